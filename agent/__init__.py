@@ -1,0 +1,1 @@
+"""The login-node side of Milex: schedulers, submission, and (later) the per-user agent daemon."""

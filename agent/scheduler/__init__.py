@@ -1,0 +1,19 @@
+"""Schedulers behind one interface: `slurm` for clusters, `local` for machines without SLURM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from milex.agent.scheduler.base import Scheduler
+from milex.common.model import MachineSettings
+
+
+def scheduler_for(settings: MachineSettings) -> Scheduler:
+    """The scheduler that backs the machine `settings` describes."""
+    if settings.scheduler == "local":
+        from milex.agent.scheduler.local import LocalScheduler
+
+        return LocalScheduler(Path(settings.path) / "local-jobs")
+    from milex.agent.scheduler.slurm import SlurmScheduler
+
+    return SlurmScheduler()

@@ -1,0 +1,37 @@
+"""The interface every scheduler implements: submit a script, report states, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from milex.common.model import JobStatus
+
+
+class Scheduler(Protocol):
+    """A batch system that runs rendered scripts; job ids are strings it chooses."""
+
+    name: str
+
+    def submit(
+        self,
+        script: Path,
+        *,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> str:
+        """Queue `script` to start once the jobs `after` satisfy `dependency_type`; return its id.
+
+        Raises SubmitError carrying the scheduler's own message when the job is refused.
+        """
+        ...
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The current status of each of `job_ids`, in one query whatever their number."""
+        ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel the given jobs (and, for an array, all its tasks)."""
+        ...

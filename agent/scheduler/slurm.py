@@ -1,0 +1,88 @@
+"""The SLURM scheduler: sbatch to submit, one squeue call for the states of all jobs, scancel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from milex.agent.scheduler.command import run_command
+from milex.common.errors import SchedulerError, SubmitError
+from milex.common.model import JobState, JobStatus
+
+# Fields of `squeue --Format`, each padded wide and followed by a separator no value contains.
+_SQUEUE_FIELDS = ("JobID", "ArrayJobID", "State", "Reason", "exit_code")
+_SQUEUE_FORMAT = ",".join(f"{field}:256|" for field in _SQUEUE_FIELDS)
+_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING)
+
+
+class SlurmScheduler:
+    """Drives a SLURM cluster through its client commands on this host."""
+
+    name = "slurm"
+
+    def submit(
+        self,
+        script: Path,
+        *,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> str:
+        argv = ["sbatch", "--parsable"]
+        if after:
+            argv.append(f"--dependency={dependency_type}:{':'.join(after)}")
+        if comment:
+            argv.append(f"--comment={comment}")
+        argv.append(str(script))
+        result = run_command(argv)
+        if result.returncode != 0:
+            raise SubmitError(f"sbatch refused {script.name}: {result.message}")
+        # --parsable prints `jobid` or `jobid;cluster`.
+        return result.stdout.strip().split(";")[0]
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        if not job_ids:
+            return {}
+        argv = ["squeue", "--noheader", "--array", "--states=all", f"--Format={_SQUEUE_FORMAT}"]
+        result = run_command([*argv, f"--jobs={','.join(job_ids)}"])
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+            raise SchedulerError(f"squeue failed: {result.message}")
+        rows = [_parse_row(line) for line in result.stdout.splitlines() if line.strip()]
+        return {job_id: _combine(job_id, [r for r in rows if job_id in r[:2]]) for job_id in job_ids}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        result = run_command(["scancel", *job_ids])
+        if result.returncode != 0:
+            raise SchedulerError(f"scancel {' '.join(job_ids)} failed: {result.message}")
+
+
+def _parse_row(line: str) -> tuple[str, str, JobState, str, int | None]:
+    job_id, array_job_id, state, reason, exit_code, *_ = (part.strip() for part in line.split("|"))
+    code = int(exit_code.split(":")[0]) if exit_code.split(":")[0].isdigit() else None
+    return job_id, array_job_id, JobState.from_slurm(state), reason, code
+
+
+def _combine(job_id: str, rows: list[tuple[str, str, JobState, str, int | None]]) -> JobStatus:
+    """One status for a job from its squeue rows (several for the tasks of an array)."""
+    if not rows:
+        return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="no longer known to squeue")
+    states = [row[2] for row in rows]
+    for active in _ACTIVE_ORDER:
+        if active in states:
+            return JobStatus(job_id=job_id, state=active, reason=_first_reason(rows, active))
+    failed = [row for row in rows if row[2] is not JobState.COMPLETED]
+    worst = failed[0] if failed else rows[0]
+    codes = [row[4] for row in rows if row[4]]
+    return JobStatus(
+        job_id=job_id,
+        state=worst[2],
+        exit_code=max(codes) if codes else (0 if not failed else None),
+        reason=_first_reason(rows, worst[2]),
+    )
+
+
+def _first_reason(rows: list[tuple[str, str, JobState, str, int | None]], state: JobState) -> str:
+    reason = next((row[3] for row in rows if row[2] is state), "")
+    return "" if reason == "None" else reason

@@ -1,0 +1,215 @@
+"""The Python API: schedule an app, run a bundle, submit jobs built in memory, wait for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from milex.common.errors import SubmitError
+from milex.common.model import Bundle, Job, JobStatus, SlurmOptions
+from milex.common.slurm_values import validate_name
+from milex.config import Config, Machine, load_config
+from milex.records import (
+    Submission,
+    SubmittedJobRecord,
+    append_job,
+    load_bundle,
+    now_stamp,
+    save_bundle,
+    save_submission,
+)
+
+MACHINE_OVERRIDES = ("path", "env_command", "slurm_account")
+
+
+class Scheduled(msgspec.Struct, kw_only=True):
+    """Where `schedule` recorded a job."""
+
+    bundle: Bundle
+    job: Job
+    path: Path
+
+
+def make_job(
+    app: str,
+    script_args: dict[str, Any],
+    *,
+    job_name: str | None = None,
+    slurm: SlurmOptions | None = None,
+    dependencies: Sequence[str] = (),
+    pre_commands: Sequence[str] = (),
+) -> Job:
+    """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option."""
+    job = Job(
+        name=validate_name("job name", job_name or app),
+        script=app,
+        script_args=dict(script_args),
+        dependencies=list(dependencies),
+        pre_commands=list(pre_commands),
+        slurm=(slurm or SlurmOptions()).validate(),
+    )
+    for dependency in job.dependencies:
+        validate_name("dependency", dependency)
+    return job
+
+
+def schedule(
+    app: str,
+    app_arguments: Sequence[str] = (),
+    *,
+    bundle: str | None = None,
+    append: bool = False,
+    script_args: dict[str, Any] | None = None,
+    config: Config | None = None,
+    **job_options: Any,
+) -> Scheduled:
+    """Record a job running `app`; its arguments come from `APP-cli app_arguments`.
+
+    Pass `script_args` to skip the capture; `job_options` are those of `make_job`.
+    """
+    config = config or load_config()
+    bundle_name = validate_name("bundle name", bundle or app)
+    if script_args is None:
+        from milex.capture import capture_arguments
+
+        script_args = capture_arguments(app, app_arguments)
+    job = make_job(app, script_args, **job_options)
+    jobs_dir = config.jobs_dir
+    if append:
+        saved, path = append_job(jobs_dir, bundle_name, job)
+    else:
+        saved = Bundle(name=bundle_name, created=now_stamp(), jobs={job.name: job})
+        path = save_bundle(jobs_dir, saved)
+    return Scheduled(bundle=saved, job=job, path=path)
+
+
+def run(
+    bundle: str,
+    *,
+    machine: str | None = None,
+    date: str | None = None,
+    config: Config | None = None,
+    **overrides: str,
+) -> Submission:
+    """Submit the newest bundle called `bundle` (or the one of `date`) to `machine`."""
+    config = config or load_config()
+    return submit_bundle(load_bundle(config.jobs_dir, bundle, date), machine, config, **overrides)
+
+
+def submit(
+    jobs: Job | Iterable[Job],
+    *,
+    bundle: str | None = None,
+    machine: str | None = None,
+    config: Config | None = None,
+    **overrides: str,
+) -> Submission:
+    """Submit jobs built in memory; they are recorded as a bundle first, so the run is reproducible."""
+    config = config or load_config()
+    job_list = [jobs] if isinstance(jobs, Job) else list(jobs)
+    name = validate_name("bundle name", bundle or job_list[0].name)
+    record = Bundle(name=name, created=now_stamp(), jobs={job.name: job for job in job_list})
+    record.ordered_jobs()  # refuse an unknown dependency or a cycle before writing anything
+    save_bundle(config.jobs_dir, record)
+    return submit_bundle(record, machine, config, **overrides)
+
+
+def preview(
+    bundle: str,
+    *,
+    machine: str | None = None,
+    date: str | None = None,
+    config: Config | None = None,
+    **overrides: str,
+) -> dict[str, str]:
+    """The scripts `run` would submit, by job name, in submission order; nothing is submitted."""
+    from milex.common.render import render_script, script_stem
+
+    config = config or load_config()
+    record = load_bundle(config.jobs_dir, bundle, date)
+    settings = _with_overrides(config.machine(machine), overrides)
+    return {
+        job.name: render_script(job, settings, script_stem(record.stem, job.name))
+        for job in record.ordered_jobs()
+    }
+
+
+def submit_bundle(
+    bundle: Bundle, machine_name: str | None = None, config: Config | None = None, **overrides: str
+) -> Submission:
+    """Submit a loaded bundle and keep a record of the submission beside it, even a partial one."""
+    from milex.submitters import submitter_for
+
+    config = config or load_config()
+    machine = config.machine(machine_name)
+    settings = _with_overrides(machine, overrides)
+    submission = Submission(
+        bundle=bundle.stem,
+        machine=machine.name,
+        submitted_at=dt.datetime.now().isoformat(timespec="seconds"),
+    )
+
+    def record(job: Any) -> None:
+        submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+
+    try:
+        submitter_for(machine).submit(bundle, settings, record)
+    except SubmitError as error:
+        submission.error = str(error)
+        raise
+    finally:
+        if submission.jobs or submission.error:
+            save_submission(config.jobs_dir, submission)
+    return submission
+
+
+def _with_overrides(machine: Machine, overrides: dict[str, str]) -> Any:
+    unknown = set(overrides) - set(MACHINE_OVERRIDES)
+    if unknown:
+        raise TypeError(f"unknown machine override(s) {sorted(unknown)}; use {MACHINE_OVERRIDES}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return msgspec.structs.replace(machine.settings, **given)
+
+
+def refresh(submission: Submission, *, config: Config | None = None) -> dict[str, JobStatus]:
+    """Ask the machine for the state of every job of `submission`, and record what it says."""
+    from milex.submitters import submitter_for
+
+    config = config or load_config()
+    ids = {name: job.job_id for name, job in submission.jobs.items()}
+    states = submitter_for(config.machine(submission.machine)).states(list(ids.values()))
+    for name, job_id in ids.items():
+        status = states[job_id]
+        record = submission.jobs[name]
+        record.state, record.exit_code, record.reason = (
+            status.state,
+            status.exit_code,
+            status.reason,
+        )
+    save_submission(config.jobs_dir, submission)
+    return {name: states[job_id] for name, job_id in ids.items()}
+
+
+def wait(
+    submission: Submission,
+    *,
+    timeout: float | None = None,
+    interval: float = 1.0,
+    config: Config | None = None,
+) -> dict[str, JobStatus]:
+    """Poll until every job of `submission` has finished; TimeoutError after `timeout` seconds."""
+    config = config or load_config()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        states = refresh(submission, config=config)
+        if all(status.state.finished for status in states.values()):
+            return states
+        if deadline is not None and time.monotonic() > deadline:
+            pending = [name for name, s in states.items() if not s.state.finished]
+            raise TimeoutError(f"jobs still unfinished after {timeout} s: {', '.join(pending)}")
+        time.sleep(interval)

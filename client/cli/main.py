@@ -1,0 +1,28 @@
+"""The `milex` command group: every Milex command under one name."""
+
+from __future__ import annotations
+
+import click
+
+from milex.cli.configuration import config_group, configuration
+from milex.cli.records import list_records
+from milex.cli.run import run
+from milex.cli.schedule import schedule
+
+
+@click.group()
+@click.version_option(package_name="milex-scheduler")
+def milex() -> None:
+    """Schedule, run and watch reproducible jobs on SLURM clusters."""
+
+
+milex.add_command(configuration)
+milex.add_command(config_group)
+milex.add_command(schedule)
+milex.add_command(run)
+milex.add_command(run, name="submit")
+milex.add_command(list_records)
+
+
+def main() -> None:
+    milex.main(prog_name="milex")

@@ -1,0 +1,63 @@
+"""`milex-run NAME`: submit the newest bundle of that name to a machine (alias `milex-submit`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from milex.cli import reports_errors
+from milex.records import Submission
+
+
+@click.command()
+@click.argument("bundle")
+@click.option("--machine", help="Machine of the configuration (default: local).")
+@click.option("--date", help="Run the bundle of this date (YYYYmmddHHMMSS), not the newest.")
+@click.option("--wait", is_flag=True, help="Wait until every job has finished, showing states.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@click.option("--dry-run", is_flag=True, help="Print the scripts that would be submitted.")
+@click.option("--slurm-account", "--slurm_account", help="Use this account, not the machine's.")
+@click.option("--env-command", "--env_command", help="Use this env command, not the machine's.")
+@click.option("--path", help="Use this Milex path, not the machine's.")
+@reports_errors
+def run(
+    bundle: str,
+    machine: str | None,
+    date: str | None,
+    wait: bool,
+    timeout: float | None,
+    dry_run: bool,
+    **overrides: str | None,
+) -> None:
+    """Submit the newest bundle called BUNDLE (exact name) in dependency order."""
+    from milex import api
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if dry_run:
+        for name, script in api.preview(bundle, machine=machine, date=date, **given).items():
+            click.echo(f"# ---- {name} ----\n{script}")
+        return
+    submit_and_report(
+        lambda: api.run(bundle, machine=machine, date=date, **given), wait=wait, timeout=timeout
+    )
+
+
+def submit_and_report(submit: Callable[[], Submission], *, wait: bool, timeout: float | None = None) -> None:
+    """Submit, print the job ids; with `wait`, follow the jobs and fail if any did not complete."""
+    from milex import api
+    from milex.cli.output import print_submission
+    from milex.common.model import JobState
+
+    submission = submit()
+    if not wait:
+        print_submission(submission)
+        return
+    states = api.wait(submission, timeout=timeout)
+    print_submission(submission, states)
+    if any(status.state is not JobState.COMPLETED for status in states.values()):
+        raise SystemExit(1)
+
+
+def main() -> None:
+    run.main(prog_name="milex-run")

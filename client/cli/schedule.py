@@ -1,0 +1,45 @@
+"""`milex-schedule NAME [options] [app arguments]`: record a job, optionally run it now."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from milex.cli import reports_errors
+
+RAW_ARGUMENTS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@click.command(context_settings=RAW_ARGUMENTS, add_help_option=False)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+@reports_errors
+def schedule(argv: tuple[str, ...]) -> None:
+    """Record a job running NAME with its arguments (see `milex-schedule --help`)."""
+    from milex import api
+    from milex.schedule_args import parse_schedule_args
+
+    request = parse_schedule_args(argv)
+    scheduled = api.schedule(
+        request.app,
+        request.app_arguments,
+        bundle=request.bundle,
+        append=request.append,
+        job_name=request.job_name,
+        slurm=request.slurm,
+        dependencies=request.dependencies,
+        pre_commands=request.pre_commands,
+    )
+    verb = "Added" if request.append else "Saved"
+    click.echo(f"{verb} job {scheduled.job.name!r} to {scheduled.path}")
+    if request.run_now:
+        from milex.cli.run import submit_and_report
+
+        submit_and_report(
+            lambda: api.submit_bundle(scheduled.bundle, request.machine, **request.overrides),
+            wait=request.wait,
+        )
+
+
+def main() -> None:
+    schedule.main(args=sys.argv[1:], prog_name="milex-schedule")

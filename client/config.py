@@ -1,0 +1,157 @@
+"""The machine configuration file (`~/.milexconfig`): where it is, what it may hold, and its errors."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from milex.common.errors import ConfigError
+from milex.common.model import MachineSettings
+
+CONFIG_ENV = "MILEX_CONFIG"
+DEFAULT_MACHINE = "local"
+SCHEDULERS = ("slurm", "local")
+REQUIRED_KEYS = ("path", "env_command", "slurm_account")
+REMOTE_KEYS = ("username", "key_path")
+KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, "port")
+
+
+class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One machine of the configuration: its settings, plus how to reach it when it is remote."""
+
+    name: str
+    path: str
+    env_command: str
+    slurm_account: str
+    scheduler: str = "slurm"
+    hostname: str | None = None
+    username: str | None = None
+    key_path: str | None = None
+    port: int | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.hostname is not None
+
+    @property
+    def settings(self) -> MachineSettings:
+        """What the renderer and the agent need; never the SSH details."""
+        return MachineSettings(
+            name=self.name,
+            path=self.path,
+            env_command=self.env_command,
+            slurm_account=self.slurm_account,
+            scheduler="local" if self.scheduler == "local" else "slurm",
+        )
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """All configured machines, and the file they came from (for error messages)."""
+
+    source: Path
+    machines: dict[str, Machine]
+
+    def machine(self, name: str | None = None) -> Machine:
+        """The machine called `name` (default: `local`), or a ConfigError listing the known ones."""
+        name = name or os.environ.get("MILEX_MACHINE") or DEFAULT_MACHINE
+        if name not in self.machines:
+            known = ", ".join(sorted(self.machines)) or "none"
+            raise ConfigError(
+                f"{self.source}: no machine named {name!r} (configured machines: {known}). "
+                "Add it with `milex-configuration` or `milex config set "
+                f"{name} path /abs/path`."
+            )
+        return self.machines[name]
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Where job records live: `jobs/` under the local machine's path."""
+        return Path(self.machine(DEFAULT_MACHINE).path) / "jobs"
+
+
+def config_path() -> Path:
+    """`$MILEX_CONFIG`, else `~/.milexconfig`."""
+    return Path(os.environ.get(CONFIG_ENV) or Path.home() / ".milexconfig").expanduser()
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the configuration; ConfigError says what is wrong and where."""
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} does not exist: run `milex-configuration` to create it "
+            f"(or set {CONFIG_ENV} to the file you use)."
+        ) from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: Path) -> Config:
+    """Validate configuration `text`; `source` names it in errors."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{source}, line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}."
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: the configuration must be a JSON object of machines by name.")
+    machines = {name: _machine(name, raw, source) for name, raw in document.items()}
+    return Config(source=source, machines=machines)
+
+
+def _machine(name: str, raw: Any, source: Path) -> Machine:
+    where = f"{source}, machine {name!r}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object with keys {', '.join(REQUIRED_KEYS)}.")
+    for key in raw:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(KNOWN_KEYS)}.")
+    required = [*REQUIRED_KEYS, *(REMOTE_KEYS if "hostname" in raw else ())]
+    missing = [key for key in required if key not in raw]
+    if missing and "hostname" in raw and _ssh_config_knows(raw["hostname"]):
+        missing = [key for key in missing if key not in REMOTE_KEYS]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r} (required: {', '.join(required)}).")
+    try:
+        machine = msgspec.convert({**raw, "name": name}, Machine)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"{where}: {error}.") from None
+    if machine.scheduler not in SCHEDULERS:
+        raise ConfigError(
+            f"{where}: key 'scheduler' is {machine.scheduler!r}; use one of {', '.join(SCHEDULERS)}."
+        )
+    if not machine.path.startswith(("/", "~")):
+        raise ConfigError(f"{where}: key 'path' must be an absolute path, not {machine.path!r}.")
+    if not machine.is_remote:
+        machine.path = os.path.expanduser(machine.path)
+    return machine
+
+
+def _ssh_config_knows(hostname: str) -> bool:
+    """Whether `~/.ssh/config` has a `Host` entry for `hostname` (it may supply user and key)."""
+    ssh_config = Path.home() / ".ssh" / "config"
+    if not ssh_config.is_file():
+        return False
+    for line in ssh_config.read_text(errors="replace").splitlines():
+        words = line.split()
+        if len(words) > 1 and words[0].lower() == "host" and hostname in words[1:]:
+            return True
+    return False
+
+
+def dump_config(machines: dict[str, Machine]) -> str:
+    """The configuration file text for `machines` (the `name` field is the key, not repeated)."""
+    document = {
+        name: {k: v for k, v in msgspec.to_builtins(machine).items() if k != "name"}
+        for name, machine in machines.items()
+    }
+    return json.dumps(document, indent=4) + "\n"

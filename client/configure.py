@@ -1,0 +1,137 @@
+"""Setting up Milex: the configuration template, the edit-validate loop, directories, `$MILEX`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from milex.common.errors import ConfigError
+from milex.common.files import atomic_write
+from milex.common.model import MACHINE_DIRS
+from milex.config import DEFAULT_MACHINE, Config, Machine, dump_config, parse_config
+
+RC_BEGIN = "# >>> milex >>>"
+RC_END = "# <<< milex <<<"
+
+
+def template() -> str:
+    """A starting configuration: one `local` machine filled in from this environment."""
+    in_venv = sys.prefix != sys.base_prefix
+    local = Machine(
+        name=DEFAULT_MACHINE,
+        path=str(Path.home() / "milex"),
+        env_command=f"source {sys.prefix}/bin/activate" if in_venv else "",
+        slurm_account="",
+        scheduler="slurm" if shutil.which("sbatch") else "local",
+    )
+    return dump_config({DEFAULT_MACHINE: local})
+
+
+def find_editor() -> str:
+    """`$VISUAL`, `$EDITOR`, git's `core.editor`, then `nano`."""
+    for variable in ("VISUAL", "EDITOR"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    if shutil.which("git"):
+        git = subprocess.run(["git", "config", "core.editor"], capture_output=True, text=True, check=False)
+        if git.returncode == 0 and git.stdout.strip():
+            return git.stdout.strip()
+    return "nano"
+
+
+def open_in_editor(path: Path, editor: str) -> None:
+    """Let the user edit `path`; the editor string may carry arguments, as git allows."""
+    status = subprocess.run(["sh", "-c", f'{editor} "$1"', editor, str(path)], check=False)
+    if status.returncode != 0:
+        raise ConfigError(
+            f"the editor {editor!r} exited with status {status.returncode}; your text is kept in "
+            f"{path}. Set $EDITOR to an editor that works here."
+        )
+
+
+def edit_config(path: Path, confirm: Callable[[str], bool], report: Callable[[str], None]) -> Config:
+    """Open the configuration in the editor until it validates, then save it and set machines up.
+
+    The text being edited lives in a draft beside the configuration, so nothing the user typed is
+    lost: an invalid draft is offered for re-editing, and kept if the user declines.
+    """
+    draft = path.with_name(f"{path.name}.draft.json")
+    if not draft.exists():
+        atomic_write(draft, (path.read_text() if path.exists() else template()).encode(), mode=0o600)
+    editor = find_editor()
+    while True:
+        open_in_editor(draft, editor)
+        try:
+            config = parse_config(draft.read_text(), path)
+            break
+        except ConfigError as error:
+            report(f"error: {error}")
+            if not confirm("Edit the configuration again?"):
+                raise ConfigError(
+                    f"the configuration was not saved; your edits are kept in {draft} and "
+                    "reopen the next time you run `milex-configuration`."
+                ) from None
+    return install_config(config, draft.read_text(), path, draft=draft, report=report)
+
+
+def install_config(
+    config: Config,
+    text: str,
+    path: Path,
+    *,
+    draft: Path | None = None,
+    report: Callable[[str], None] = print,
+) -> Config:
+    """Save validated configuration `text` to `path`, then create directories and set `$MILEX`."""
+    atomic_write(path, text.encode(), mode=0o600)
+    if draft is not None:
+        draft.unlink(missing_ok=True)
+    report(f"Saved the configuration to {path}.")
+    for machine in config.machines.values():
+        if not machine.is_remote:
+            created = create_machine_dirs(machine)
+            if created:
+                report(f"Created {', '.join(str(p) for p in created)}.")
+    if DEFAULT_MACHINE in config.machines and not config.machines[DEFAULT_MACHINE].is_remote:
+        for rc_file in set_milex_variable(config.machines[DEFAULT_MACHINE].path):
+            report(f"Set MILEX in {rc_file} (open a new shell to use it).")
+    return config
+
+
+def create_machine_dirs(machine: Machine) -> list[Path]:
+    """Create `jobs/`, `slurm/`, `models/`, `results/`, `data/` under a local machine's path."""
+    created = []
+    for name in MACHINE_DIRS:
+        directory = Path(machine.path) / name
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            created.append(directory)
+    return created
+
+
+def set_milex_variable(path: str, home: Path | None = None) -> list[Path]:
+    """Export `MILEX=path` from the user's shell start-up files, in one marked block per file.
+
+    The block is replaced in place, so running this again changes nothing; returns the files changed.
+    """
+    home = home or Path.home()
+    block = f'{RC_BEGIN}\nexport MILEX="{path}"\n{RC_END}\n'
+    changed = []
+    for rc_file in (home / ".bashrc", home / ".zshrc"):
+        if rc_file.name == ".zshrc" and not rc_file.exists():
+            continue
+        text = rc_file.read_text() if rc_file.exists() else ""
+        if RC_BEGIN in text and RC_END in text:
+            before, _, rest = text.partition(RC_BEGIN)
+            _, _, after = rest.partition(RC_END + "\n") if RC_END + "\n" in rest else rest.partition(RC_END)
+            updated = before + block + after
+        else:
+            updated = text + ("" if not text or text.endswith("\n") else "\n") + block
+        if updated != text:
+            atomic_write(rc_file, updated.encode())
+            changed.append(rc_file)
+    return changed

@@ -1,0 +1,146 @@
+"""Job records on the laptop: bundle files under `jobs/` and the submissions made from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import msgspec
+
+from milex.common.errors import BundleError
+from milex.common.files import atomic_write
+from milex.common.model import DATE_FORMAT, Bundle, Job, JobState
+from milex.common.record_format import decode_bundle, encode_bundle
+
+_BUNDLE_FILE = re.compile(r"(?P<name>.+)_(?P<date>\d{14})\.json")
+SUBMISSIONS_SUFFIX = ".runs.json"
+
+
+class SubmittedJobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One job of a submission: its scheduler id and its last known state."""
+
+    job_id: str
+    script: str = ""
+    state: JobState = JobState.SUBMITTED
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One `milex-run` of a bundle: where, when, and the ids the scheduler gave its jobs."""
+
+    bundle: str
+    machine: str
+    submitted_at: str
+    jobs: dict[str, SubmittedJobRecord] = {}
+    error: str = ""
+
+
+def now_stamp() -> str:
+    return dt.datetime.now().strftime(DATE_FORMAT)
+
+
+def bundle_path(jobs_dir: Path, name: str, created: str) -> Path:
+    return jobs_dir / f"{name}_{created}.json"
+
+
+def bundle_dates(jobs_dir: Path, name: str) -> list[str]:
+    """The dates of the bundles called exactly `name`, oldest first."""
+    dates = []
+    for path in jobs_dir.glob(f"{glob_escape(name)}_*.json"):
+        match = _BUNDLE_FILE.fullmatch(path.name)
+        if match and match["name"] == name:
+            dates.append(match["date"])
+    return sorted(dates)
+
+
+def list_bundles(jobs_dir: Path) -> list[tuple[str, str]]:
+    """Every bundle record as (name, date), sorted by name then date."""
+    found = []
+    for path in jobs_dir.glob("*.json"):
+        match = _BUNDLE_FILE.fullmatch(path.name)
+        if match:
+            found.append((match["name"], match["date"]))
+    return sorted(found)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
+    """The newest bundle called exactly `name` (or the one of `date`); BundleError if there is none."""
+    dates = bundle_dates(jobs_dir, name)
+    if date is not None and date not in dates:
+        available = ", ".join(dates) or "none"
+        raise BundleError(f"no bundle {name!r} dated {date} in {jobs_dir} (its dates: {available}).")
+    if not dates:
+        raise BundleError(
+            f"no bundle named {name!r} in {jobs_dir}; schedule one first with "
+            f"`milex-schedule {name} ...` (see `milex ls` for the bundles there are)."
+        )
+    created = date or dates[-1]
+    path = bundle_path(jobs_dir, name, created)
+    return decode_bundle(path.read_bytes(), name=name, created=created, source=str(path))
+
+
+def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
+    """Write `bundle` as a new record; its date moves forward if a record of that second exists."""
+    dates = bundle_dates(jobs_dir, bundle.name)
+    created = bundle.created
+    while created in dates or (dates and created < dates[-1]):
+        created = _next_second(max(created, dates[-1]))
+    bundle.created = created
+    path = bundle_path(jobs_dir, bundle.name, created)
+    atomic_write(path, encode_bundle(bundle))
+    return path
+
+
+def append_job(jobs_dir: Path, bundle_name: str, job: Job) -> tuple[Bundle, Path]:
+    """Add `job` to the newest bundle called `bundle_name` (a new bundle if there is none)."""
+    if not bundle_dates(jobs_dir, bundle_name):
+        bundle = Bundle(name=bundle_name, created=now_stamp(), jobs={job.name: job})
+        return bundle, save_bundle(jobs_dir, bundle)
+    bundle = load_bundle(jobs_dir, bundle_name)
+    if job.name in bundle.jobs:
+        raise BundleError(
+            f"bundle {bundle.stem!r} already has a job named {job.name!r}; give this one another "
+            "name with --job_name."
+        )
+    bundle.jobs[job.name] = job
+    path = bundle_path(jobs_dir, bundle.name, bundle.created)
+    atomic_write(path, encode_bundle(bundle))
+    return bundle, path
+
+
+def _next_second(stamp: str) -> str:
+    return (dt.datetime.strptime(stamp, DATE_FORMAT) + dt.timedelta(seconds=1)).strftime(DATE_FORMAT)
+
+
+def submissions_path(jobs_dir: Path, bundle_stem: str) -> Path:
+    return jobs_dir / f"{bundle_stem}{SUBMISSIONS_SUFFIX}"
+
+
+def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
+    """Every submission recorded for the bundle `NAME_DATE`, oldest first."""
+    path = submissions_path(jobs_dir, bundle_stem)
+    if not path.exists():
+        return []
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=list[Submission])
+    except msgspec.DecodeError as error:
+        raise BundleError(f"{path} is damaged ({error}); move it aside to continue.") from None
+
+
+def save_submission(jobs_dir: Path, submission: Submission) -> Path:
+    """Add or update `submission` (matched by its time and machine) in its bundle's local record."""
+    path = submissions_path(jobs_dir, submission.bundle)
+    history = [
+        s
+        for s in load_submissions(jobs_dir, submission.bundle)
+        if (s.submitted_at, s.machine) != (submission.submitted_at, submission.machine)
+    ]
+    history.append(submission)
+    atomic_write(path, msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n")
+    return path

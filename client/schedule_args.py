@@ -1,0 +1,144 @@
+"""The command line of `milex-schedule`: Milex's own options, and everything else for the app."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from milex.common.errors import InvalidValue
+from milex.common.model import SlurmOptions
+
+USAGE = "milex-schedule NAME [options] [app arguments] [-- app arguments]"
+EPILOG = (
+    "Options Milex does not know go to the app's NAME-cli, as do all arguments after `--` "
+    "(use it when an app option has the same name as a Milex option). "
+    "Every option may be spelled with dashes or underscores."
+)
+
+
+@dataclass
+class ScheduleRequest:
+    """What the user asked `milex-schedule` for."""
+
+    app: str
+    app_arguments: list[str]
+    bundle: str | None = None
+    job_name: str | None = None
+    append: bool = False
+    dependencies: list[str] = field(default_factory=list)
+    pre_commands: list[str] = field(default_factory=list)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    run_now: bool = False
+    wait: bool = False
+    machine: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+def _spellings(name: str) -> list[str]:
+    """`--cpus-per-task` and `--cpus_per_task` for the option `cpus_per_task`."""
+    dashed, underscored = name.replace("_", "-"), name.replace("-", "_")
+    return sorted({f"--{dashed}", f"--{underscored}"}, key=lambda s: "_" in s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: an app option such as --me must not be taken for Milex's --mem.
+    parser = argparse.ArgumentParser(prog="milex-schedule", usage=USAGE, epilog=EPILOG, allow_abbrev=False)
+    add = parser.add_argument
+    parser.add_argument("app", metavar="NAME", help="the app, registered as NAME and NAME-cli")
+    add(*_spellings("name"), dest="bundle", help="bundle (record) name; default: NAME")
+    add(*_spellings("job_name"), help="job name within the bundle; default: NAME")
+    add("--append", action="store_true", help="add the job to the newest bundle of that name")
+    add(
+        "--dependencies",
+        nargs="+",
+        default=[],
+        metavar="JOB",
+        help="jobs of the bundle to wait for",
+    )
+    add(*_spellings("dependency_type"), default="afterok", help="afterok (default), afterany, ...")
+    add(
+        *_spellings("pre_commands"),
+        nargs="+",
+        default=[],
+        metavar="CMD",
+        help="shell lines run first",
+    )
+    slurm = parser.add_argument_group("SLURM options")
+    slurm.add_argument("--time", help="time limit, e.g. 00-01:00 (D-HH:MM) or 30 (minutes)")
+    slurm.add_argument(*_spellings("cpus_per_task"), type=int, help="CPUs per task")
+    slurm.add_argument("--gres", help="generic resources, e.g. gpu:1")
+    slurm.add_argument("--mem", help="memory per node, e.g. 16G")
+    slurm.add_argument("--array", help="array indices, e.g. 1-10:2 or 0,4,8%%2")
+    slurm.add_argument("--tasks", "--ntasks", type=int, help="number of tasks")
+    slurm.add_argument("--nodes", type=int, help="number of nodes")
+    slurm.add_argument("--partition", help="partition to submit to")
+    slurm.add_argument("--qos", help="quality of service")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION[=VALUE]",
+        help="any other sbatch option, e.g. --sbatch constraint=v100 --sbatch exclusive",
+    )
+    run = parser.add_argument_group("running now")
+    run.add_argument(*_spellings("run_now"), "--submit", action="store_true", help="run right away")
+    run.add_argument("--wait", action="store_true", help="with --run-now: wait for the jobs to end")
+    run.add_argument("--machine", help="machine of the configuration; default: local")
+    for override in ("slurm_account", "env_command", "path"):
+        run.add_argument(*_spellings(override), help=f"use this {override} instead of the machine's")
+    return parser
+
+
+def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
+    """Split `argv` into Milex's options and the app's; argparse exits on malformed options."""
+    argv = list(argv)
+    app_tail: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, app_tail = argv[:split], argv[split + 1 :]
+    options, app_arguments = build_parser().parse_known_args(argv)
+    slurm = SlurmOptions(
+        time=options.time,
+        cpus_per_task=options.cpus_per_task,
+        gres=options.gres,
+        mem=options.mem,
+        array=options.array,
+        tasks=options.tasks,
+        nodes=options.nodes,
+        partition=options.partition,
+        qos=options.qos,
+        dependency_type=options.dependency_type,
+        extra=parse_sbatch_options(options.sbatch),
+    )
+    overrides = {
+        key: getattr(options, key)
+        for key in ("slurm_account", "env_command", "path")
+        if getattr(options, key) is not None
+    }
+    return ScheduleRequest(
+        app=options.app,
+        app_arguments=app_arguments + app_tail,
+        bundle=options.bundle,
+        job_name=options.job_name,
+        append=options.append,
+        dependencies=options.dependencies,
+        pre_commands=options.pre_commands,
+        slurm=slurm,
+        run_now=options.run_now,
+        wait=options.wait,
+        machine=options.machine,
+        overrides=overrides,
+    )
+
+
+def parse_sbatch_options(items: Sequence[str]) -> dict[str, Any]:
+    """`["constraint=v100", "--exclusive"]` -> `{"constraint": "v100", "exclusive": True}`."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        name, has_value, value = item.lstrip("-").partition("=")
+        if not name:
+            raise InvalidValue(f"--sbatch {item!r}: give an sbatch option such as constraint=v100.")
+        parsed[name] = value if has_value else True
+    return parsed

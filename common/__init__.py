@@ -1,0 +1,1 @@
+"""Code shared by the laptop client and the login-node agent: model, renderer, wire protocol."""

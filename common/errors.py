@@ -1,0 +1,33 @@
+"""The one hierarchy of errors Milex raises on purpose; each message says what to do next."""
+
+from __future__ import annotations
+
+
+class MilexError(Exception):
+    """Base of every error Milex means to show to a user (exit code 1, no traceback)."""
+
+    exit_code = 1
+
+
+class ConfigError(MilexError):
+    """The machine configuration file is missing, malformed or names an unknown machine."""
+
+
+class InvalidValue(MilexError):
+    """A value given by the user (a SLURM option, a job name...) is not acceptable."""
+
+
+class CaptureError(MilexError):
+    """Running `NAME-cli` to capture the app's arguments failed."""
+
+
+class BundleError(MilexError):
+    """A job bundle record is missing, unreadable, or inconsistent (unknown dependency, cycle)."""
+
+
+class SubmitError(MilexError):
+    """The scheduler refused a job; carries the scheduler's own message."""
+
+
+class SchedulerError(MilexError):
+    """A scheduler command (sbatch, squeue, ...) could not be run or failed."""

@@ -1,0 +1,202 @@
+"""The job model: a Job, a Bundle of jobs, its SLURM options, and the machine settings it renders with."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+import msgspec
+
+from milex.common import slurm_values
+from milex.common.errors import BundleError, InvalidValue
+
+DATE_FORMAT = "%Y%m%d%H%M%S"
+# Directories Milex keeps under every machine's path.
+MACHINE_DIRS = ("jobs", "slurm", "models", "results", "data")
+DEPENDENCY_TYPES = ("afterok", "afterany", "afternotok", "after", "aftercorr")
+
+
+class SlurmOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Resources and scheduling options of one job; `None` leaves the cluster's default."""
+
+    time: str | None = None
+    cpus_per_task: int | None = None
+    gres: str | None = None
+    mem: str | None = None
+    array: str | None = None
+    tasks: int | None = None
+    nodes: int | None = None
+    partition: str | None = None
+    qos: str | None = None
+    job_name: str | None = None
+    dependency_type: str = "afterok"
+    # Any other sbatch long option, name without dashes; `True` for a bare flag such as `exclusive`.
+    extra: dict[str, str | bool] = {}
+
+    def validate(self) -> SlurmOptions:
+        """Raise InvalidValue naming the first option SLURM would reject."""
+        if self.time is not None:
+            slurm_values.validate_time(self.time)
+        if self.mem is not None:
+            slurm_values.validate_memory(self.mem)
+        if self.array is not None:
+            slurm_values.validate_array(self.array)
+        for option in ("cpus_per_task", "tasks", "nodes"):
+            count = getattr(self, option)
+            if count is not None:
+                slurm_values.validate_positive(option.replace("_", "-"), count)
+        if self.job_name is not None:
+            slurm_values.validate_name("job name", self.job_name)
+        if self.dependency_type not in DEPENDENCY_TYPES:
+            raise InvalidValue(
+                f"--dependency-type {self.dependency_type!r} is not one of {', '.join(DEPENDENCY_TYPES)}."
+            )
+        for name, value in self.extra.items():
+            slurm_values.validate_sbatch_option(name, value if isinstance(value, str) else None)
+        return self
+
+
+class Job(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One app run: the command (`script`), its captured arguments, and how SLURM should run it."""
+
+    name: str
+    script: str
+    script_args: dict[str, Any] = {}
+    dependencies: list[str] = []
+    pre_commands: list[str] = []
+    slurm: SlurmOptions = msgspec.field(default_factory=SlurmOptions)
+
+
+class Bundle(msgspec.Struct, kw_only=True):
+    """Jobs recorded together under one name and date; dependencies refer to jobs of the same bundle."""
+
+    name: str
+    created: str
+    jobs: dict[str, Job]
+
+    @property
+    def stem(self) -> str:
+        """The record's file name without extension: `NAME_YYYYmmddHHMMSS`."""
+        return f"{self.name}_{self.created}"
+
+    def ordered_jobs(self) -> list[Job]:
+        """The jobs, each after those it depends on; BundleError on an unknown dependency or a cycle."""
+        for job in self.jobs.values():
+            for dependency in job.dependencies:
+                if dependency not in self.jobs:
+                    known = ", ".join(sorted(self.jobs)) or "none"
+                    raise BundleError(
+                        f"job {job.name!r} of bundle {self.stem!r} depends on {dependency!r}, "
+                        f"which is not in the bundle (its jobs: {known})."
+                    )
+        ordered: list[Job] = []
+        state: dict[str, str] = {}  # name -> "visiting" | "done"
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "visiting":
+                cycle = " -> ".join([*path[path.index(name) :], name])
+                raise BundleError(f"bundle {self.stem!r} has a dependency cycle: {cycle}.")
+            state[name] = "visiting"
+            for dependency in self.jobs[name].dependencies:
+                visit(dependency, [*path, name])
+            state[name] = "done"
+            ordered.append(self.jobs[name])
+
+        for name in self.jobs:
+            visit(name, [])
+        return ordered
+
+
+class MachineSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a job needs from the machine it runs on; never written into a record."""
+
+    name: str
+    path: str
+    env_command: str = ""
+    slurm_account: str = ""
+    scheduler: Literal["slurm", "local"] = "slurm"
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life; SLURM's own state strings map here in one place."""
+
+    SUBMITTED = "SUBMITTED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+    @classmethod
+    def from_slurm(cls, text: str) -> JobState:
+        """Map a SLURM state string (`CANCELLED by 0`, `OOM`, `CD`...) to a JobState."""
+        word = text.strip().split(" ")[0].rstrip("+").upper()
+        return _SLURM_STATES.get(word, cls.UNKNOWN)
+
+
+_FINISHED = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.OUT_OF_MEMORY,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+    }
+)
+_SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "PD": JobState.PENDING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "SUSPENDED": JobState.PENDING,
+    "CONFIGURING": JobState.RUNNING,
+    "CF": JobState.RUNNING,
+    "RUNNING": JobState.RUNNING,
+    "R": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "CG": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "CD": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "F": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.TIMEOUT,
+    "CANCELLED": JobState.CANCELLED,
+    "CA": JobState.CANCELLED,
+    "REVOKED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "TO": JobState.TIMEOUT,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "OOM": JobState.OUT_OF_MEMORY,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "NF": JobState.NODE_FAIL,
+    "PREEMPTED": JobState.PREEMPTED,
+    "PR": JobState.PREEMPTED,
+}
+
+
+class JobStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The last known state of one submitted job (for an array, of all its tasks together)."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""

@@ -1,0 +1,46 @@
+"""`milex-example`: prints (and optionally saves) the arguments it was run with, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Report the arguments received, as JSON.")
+    parser.add_argument("--message", type=str, default="hello", help="any text")
+    parser.add_argument("--values", nargs="*", default=[], help="a list of words")
+    parser.add_argument("--count", type=int, default=1, help="a number")
+    parser.add_argument("--flag", action="store_true", help="a boolean switch")
+    parser.add_argument("--output", type=str, default=None, help="also write the report here")
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds to wait before ending")
+    parser.add_argument("--exit_code", type=int, default=0, help="exit with this status")
+    return parser.parse_args()
+
+
+def cli() -> None:
+    """The seed's contract: parse the arguments, print them as JSON, exit 0."""
+    args = parse_args()
+    print(json.dumps(vars(args), indent=4))
+    sys.exit(0)
+
+
+def main() -> None:
+    args = parse_args()
+    report = {
+        "arguments": vars(args),
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "milex": os.environ.get("MILEX"),
+    }
+    text = json.dumps(report, sort_keys=True)
+    print(text)
+    if args.output:
+        suffix = f".{report['array_task_id']}" if report["array_task_id"] is not None else ""
+        Path(args.output + suffix).write_text(text + "\n")
+    time.sleep(args.sleep)
+    sys.exit(args.exit_code)
