@@ -60,8 +60,19 @@ class SlurmScheduler:
 
 def _parse_row(line: str) -> tuple[str, str, JobState, str, int | None]:
     job_id, array_job_id, state, reason, exit_code, *_ = (part.strip() for part in line.split("|"))
-    code = int(exit_code.split(":")[0]) if exit_code.split(":")[0].isdigit() else None
-    return job_id, array_job_id, JobState.from_slurm(state), reason, code
+    return job_id, array_job_id, JobState.from_slurm(state), reason, _exit_code(exit_code)
+
+
+def _exit_code(text: str) -> int | None:
+    """`3:0` (code:signal, as scontrol prints it) or a raw wait status (as squeue prints it)."""
+    code, colon, signal = text.partition(":")
+    if not code.isdigit():
+        return None
+    if colon:
+        return int(code) or (128 + int(signal) if signal.isdigit() and int(signal) else 0)
+    status = int(code)
+    # A raw wait status: the exit code is its high byte, or 128 + the signal that killed the job.
+    return 128 + (status & 0x7F) if status & 0x7F else status >> 8
 
 
 def _combine(job_id: str, rows: list[tuple[str, str, JobState, str, int | None]]) -> JobStatus:

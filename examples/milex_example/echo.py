@@ -36,6 +36,8 @@ def main() -> None:
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "milex": os.environ.get("MILEX"),
+        "started_at": time.time(),
+        "user": os.environ.get("USER") or os.environ.get("SLURM_JOB_USER"),
     }
     text = json.dumps(report, sort_keys=True)
     print(text)

@@ -1,0 +1,110 @@
+"""Fixtures for end-to-end tests: the real SLURM cluster of deploy/, Milex run as its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The test cluster must be up: a missing cluster fails the run, it never skips it."""
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
+    if "is UP" not in ping.stdout:
+        pytest.fail(
+            "the SLURM test cluster is not running (scontrol ping: "
+            f"{(ping.stdout + ping.stderr).strip()!r}); start it with `deploy/slurm-up.sh`.",
+            pytrace=False,
+        )
+
+
+@dataclass
+class MilexHome:
+    """A user's Milex set-up in a temporary directory: configuration, machine path, CLI runner."""
+
+    root: Path
+    config: Path
+    env: dict[str, str]
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "milex" / "jobs"
+
+    @property
+    def slurm(self) -> Path:
+        return self.root / "milex" / "slurm"
+
+    def configure(self, machines: dict[str, dict[str, str]]) -> None:
+        source = self.root / "machines.json"
+        source.write_text(json.dumps(machines))
+        self.milex("milex-configuration", "--from", str(source))
+
+    def milex(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a Milex command as the user would, from the venv's bin directory."""
+        command = [str(BIN / argv[0]), *argv[1:]]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=self.env, cwd=self.root, timeout=180
+        )
+        if check and completed.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {completed.returncode}\n"
+                f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+            )
+        return completed
+
+    def reports(self, pattern: str) -> list[dict]:
+        """The JSON reports the example app printed into the SLURM output files matching `pattern`."""
+        return [json.loads(path.read_text()) for path in sorted(self.slurm.glob(pattern))]
+
+    def submissions(self) -> list[dict]:
+        """Every submission recorded beside every bundle."""
+        return [s for p in sorted(self.jobs.glob("*.runs.json")) for s in json.loads(p.read_text())]
+
+
+@pytest.fixture
+def milex_home(tmp_path: Path, slurm_cluster: None) -> MilexHome:
+    """A fresh user set-up whose `local` machine submits to the test cluster."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "MILEX_CONFIG": str(tmp_path / "milexconfig"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("MILEX_MACHINE", None)
+    user = MilexHome(root=tmp_path, config=tmp_path / "milexconfig", env=env)
+    user.configure(
+        {
+            "local": {
+                "path": str(tmp_path / "milex"),
+                "env_command": f"source {BIN}/activate",
+                "slurm_account": "physics",
+            }
+        }
+    )
+    return user
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
