@@ -7,18 +7,19 @@ import re
 from milex.common.errors import InvalidValue
 
 _TIME_FORMATS = (
-    re.compile(r"\d+"),  # minutes
-    re.compile(r"\d+:\d{1,2}"),  # minutes:seconds
-    re.compile(r"\d+:\d{1,2}:\d{1,2}"),  # hours:minutes:seconds
-    re.compile(r"\d+-\d{1,2}"),  # days-hours
-    re.compile(r"\d+-\d{1,2}:\d{1,2}"),  # days-hours:minutes
-    re.compile(r"\d+-\d{1,2}:\d{1,2}:\d{1,2}"),  # days-hours:minutes:seconds
+    re.compile(r"\d+", re.ASCII),  # minutes
+    re.compile(r"\d+:\d{1,2}", re.ASCII),  # minutes:seconds
+    re.compile(r"\d+:\d{1,2}:\d{1,2}", re.ASCII),  # hours:minutes:seconds
+    re.compile(r"\d+-\d{1,2}", re.ASCII),  # days-hours
+    re.compile(r"\d+-\d{1,2}:\d{1,2}", re.ASCII),  # days-hours:minutes
+    re.compile(r"\d+-\d{1,2}:\d{1,2}:\d{1,2}", re.ASCII),  # days-hours:minutes:seconds
 )
 _TIME_HELP = (
     "use one of MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED (e.g. 00-01:00 for one hour)"
 )
-_MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
-_ARRAY_ITEM = re.compile(r"(?P<start>\d+)(?:-(?P<end>\d+)(?::(?P<step>\d+))?)?")
+_MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE | re.ASCII)
+_ARRAY_ITEM = re.compile(r"(?P<start>\d+)(?:-(?P<end>\d+)(?::(?P<step>\d+))?)?", re.ASCII)
+_COUNT = re.compile(r"\d+", re.ASCII)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
 
@@ -52,7 +53,7 @@ def validate_array(value: str) -> str:
     """Return `value` if it is a SLURM array spec such as `1-10:2`, `0,4,8-12` or `1-100%10`."""
     spec, _, limit = value.partition("%")
     problem = None
-    if _ and not limit.isdigit():
+    if _ and not _COUNT.fullmatch(limit):
         problem = f"the limit after '%' must be a whole number, not {limit!r}"
     for item in spec.split(","):
         match = _ARRAY_ITEM.fullmatch(item)

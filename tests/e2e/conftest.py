@@ -70,7 +70,11 @@ class MilexHome:
 
     def reports(self, pattern: str) -> list[dict]:
         """The JSON reports the example app printed into the SLURM output files matching `pattern`."""
-        return [json.loads(path.read_text()) for path in sorted(self.slurm.glob(pattern))]
+        return [self.read_report(path) for path in sorted(self.slurm.glob(pattern))]
+
+    @staticmethod
+    def read_report(path: Path) -> dict:
+        return json.loads(path.read_text())
 
     def submissions(self) -> list[dict]:
         """Every submission recorded beside every bundle."""

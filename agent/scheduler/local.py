@@ -1,0 +1,283 @@
+"""The `local` scheduler: jobs run as detached processes on this machine, recorded in a state dir."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import msgspec
+
+from milex.common import slurm_values
+from milex.common.errors import InvalidValue, SchedulerError, SubmitError
+from milex.common.model import DEPENDENCY_TYPES, JobState, JobStatus
+
+# The files of one job directory, `STATE_DIR/JOB_ID/`.
+SPEC_FILE = "spec.json"  # LocalJobSpec, written once at submission
+STATE_FILE = "state.json"  # LocalJobRecord, replaced atomically at each transition
+SCRIPT_FILE = "script.sh"  # the script as submitted; later edits of the original do not leak in
+RUNNER_LOCK = "runner.lock"  # flock held by the runner for its whole life: free means it is gone
+STATE_LOCK = "state.lock"  # flock serialising read-modify-write of STATE_FILE
+RUNNER_LOG = "runner.log"  # the runner's own stderr (tracebacks), not the job's
+VANISHED = "runner process vanished"
+# The `#SBATCH` options the local scheduler reads; long names, and short ones mapped to them.
+_HEADER_OPTIONS = ("output", "error", "array", "job-name")
+_SHORT_OPTIONS = {"-o": "output", "-e": "error", "-a": "array", "-J": "job-name"}
+
+
+class LocalJobSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a local job runs and waits for; `output`/`error` keep SLURM's `%j`/`%A`/`%a` patterns."""
+
+    job_id: str
+    script: str
+    submit_dir: str
+    after: list[str] = []
+    dependency_type: str = "afterok"
+    comment: str = ""
+    job_name: str = ""
+    array: str | None = None
+    output: str | None = None
+    error: str | None = None
+    submitted: float = 0.0
+
+
+class LocalJobRecord(msgspec.Struct, kw_only=True):
+    """Where a local job is; `pid` is its runner's, which also leads the job's process group."""
+
+    state: JobState = JobState.PENDING
+    exit_code: int | None = None
+    reason: str = ""
+    pid: int | None = None
+    updated: float = 0.0
+
+
+class LocalScheduler:
+    """Runs each job as a detached runner process that keeps its record under `state_dir`."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.absolute()
+
+    def submit(
+        self,
+        script: Path,
+        *,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> str:
+        text, options = _read_script(script, after, dependency_type)
+        self._check_dependencies(after)
+        job_id = self._allocate_id()
+        job_dir = self.state_dir / job_id
+        (job_dir / SCRIPT_FILE).write_text(text)
+        spec = LocalJobSpec(
+            job_id=job_id,
+            script=str(script.resolve()),
+            submit_dir=os.getcwd(),
+            after=list(after),
+            dependency_type=dependency_type,
+            comment=comment,
+            job_name=options.get("job-name", script.stem),
+            array=options.get("array"),
+            output=options.get("output"),
+            error=options.get("error"),
+            submitted=time.time(),
+        )
+        write_atomic(job_dir / SPEC_FILE, msgspec.json.encode(spec))
+        _start_runner(job_dir, LocalJobRecord(reason="Dependency" if after else ""))
+        return job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        return {job_id: read_status(self.state_dir, job_id) for job_id in job_ids}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        unknown = [job_id for job_id in job_ids if not self._cancel_one(job_id)]
+        if unknown:
+            raise SchedulerError(
+                f"cannot cancel {', '.join(unknown)}: no such local job under {self.state_dir}."
+            )
+
+    def _cancel_one(self, job_id: str) -> bool:
+        """Mark `job_id` CANCELLED and stop its runner; False if there is no such job."""
+        job_dir = job_directory(self.state_dir, job_id)
+        if job_dir is None or not (job_dir / STATE_FILE).is_file():
+            return False
+        with file_lock(job_dir / STATE_LOCK):
+            record = read_record(job_dir)
+            if record.state.finished:
+                return True
+            write_record(job_dir, record, state=JobState.CANCELLED, reason="cancelled")
+        # A runner that has not recorded its pid yet sees CANCELLED before it starts anything.
+        if record.pid is not None and runner_alive(job_dir):
+            _terminate_group(record.pid)
+        return True
+
+    def _check_dependencies(self, after: Sequence[str]) -> None:
+        unknown = [
+            job_id
+            for job_id in after
+            if (job_dir := job_directory(self.state_dir, job_id)) is None
+            or not (job_dir / SPEC_FILE).is_file()
+        ]
+        if unknown:
+            raise SubmitError(
+                f"dependency {', '.join(unknown)} is not a job of the local scheduler "
+                f"(state directory {self.state_dir}); submit the jobs it depends on first."
+            )
+
+    def _allocate_id(self) -> str:
+        """The next job id, its directory created; safe across processes through a lock file."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        counter = self.state_dir / "last-id"
+        with file_lock(self.state_dir / "id.lock"):
+            try:
+                last = int(counter.read_text())
+            except (FileNotFoundError, ValueError):
+                names = (path.name for path in self.state_dir.iterdir())
+                last = max((int(name) for name in names if name.isdecimal()), default=0)
+            last += 1
+            while (self.state_dir / str(last)).exists():  # a counter lost or reset: skip used ids
+                last += 1
+            (self.state_dir / str(last)).mkdir()
+            write_atomic(counter, str(last).encode())
+        return str(last)
+
+
+def job_directory(state_dir: Path, job_id: str) -> Path | None:
+    """The directory of `job_id`, or None for a string that cannot be a local job id."""
+    return state_dir / job_id if job_id.isascii() and job_id.isdigit() else None
+
+
+def read_spec(job_dir: Path) -> LocalJobSpec:
+    return msgspec.json.decode((job_dir / SPEC_FILE).read_bytes(), type=LocalJobSpec)
+
+
+def read_record(job_dir: Path) -> LocalJobRecord:
+    return msgspec.json.decode((job_dir / STATE_FILE).read_bytes(), type=LocalJobRecord)
+
+
+def write_record(job_dir: Path, record: LocalJobRecord, **changes: object) -> LocalJobRecord:
+    """Write `record` with `changes` applied; callers hold STATE_LOCK when they read it first."""
+    new = msgspec.structs.replace(record, **changes, updated=time.time())
+    write_atomic(job_dir / STATE_FILE, msgspec.json.encode(new))
+    return new
+
+
+def read_status(state_dir: Path, job_id: str) -> JobStatus:
+    """The status of one job from its state file; a dead runner's unfinished job is FAILED."""
+    job_dir = job_directory(state_dir, job_id)
+    if job_dir is None or not (job_dir / STATE_FILE).is_file():
+        reason = f"no such job under the local scheduler's state directory {state_dir}"
+        return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
+    record = read_record(job_dir)
+    if not record.state.finished and not runner_alive(job_dir):
+        return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED)
+    return JobStatus(job_id=job_id, state=record.state, exit_code=record.exit_code, reason=record.reason)
+
+
+def runner_alive(job_dir: Path) -> bool:
+    """Whether a process still holds the job's runner lock (the kernel drops it when it dies)."""
+    try:
+        fd = os.open(job_dir / RUNNER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[int]:
+    """Hold an exclusive flock on `path` (created if needed) for the duration of the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old or the new content, never a part."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def parse_header(text: str) -> dict[str, str]:
+    """The `#SBATCH` options of a script's header (up to its first command), by long name."""
+    options: dict[str, str] = {}
+    for line in text.splitlines()[1:]:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        words = shlex.split(stripped[7:]) if stripped.startswith("#SBATCH") else []
+        if words:
+            flag, equals, value = words[0].partition("=")
+            name = flag[2:] if flag.startswith("--") else _SHORT_OPTIONS.get(flag, "")
+            if not equals and len(words) > 1:
+                value = words[1]
+            if name in _HEADER_OPTIONS and value:
+                options[name] = value
+    return options
+
+
+def _read_script(script: Path, after: Sequence[str], kind: str) -> tuple[str, dict[str, str]]:
+    """The script's text and header options; SubmitError for anything sbatch would refuse."""
+    if after and kind not in DEPENDENCY_TYPES:
+        raise SubmitError(f"dependency type {kind!r} is not one of {', '.join(DEPENDENCY_TYPES)}.")
+    try:
+        text = script.read_text()
+        options = parse_header(text)
+        slurm_values.validate_array(options.get("array", "1"))
+    except OSError as error:
+        raise SubmitError(f"cannot read the job script {script}: {error.strerror}.") from None
+    except (ValueError, InvalidValue) as error:
+        raise SubmitError(f"the #SBATCH lines of {script} are not valid: {error}") from None
+    return text, options
+
+
+def _start_runner(job_dir: Path, record: LocalJobRecord) -> None:
+    """Start the job's runner, detached (it outlives us and is never our zombie), holding its lock."""
+    with file_lock(job_dir / RUNNER_LOCK) as lock_fd:
+        # Written under the lock, so nobody sees a pending job without a live runner.
+        write_record(job_dir, record)
+        runner = [sys.executable, "-m", "milex.agent.scheduler.local_runner", str(job_dir)]
+        with open(job_dir / RUNNER_LOG, "ab") as log:
+            # `sh` puts the runner in the background and exits at once: the runner is orphaned
+            # to init, and inherits the already locked descriptor, so the lock never lapses.
+            shell = subprocess.run(
+                ["/bin/sh", "-c", '"$@" &', "sh", *runner, str(lock_fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                pass_fds=(lock_fd,),
+                cwd=job_dir,
+                start_new_session=True,
+                check=False,
+            )
+    if shell.returncode != 0:
+        write_record(job_dir, record, state=JobState.FAILED, reason="runner did not start")
+        raise SchedulerError(f"could not start the local runner; see {job_dir / RUNNER_LOG}.")
+
+
+def _terminate_group(pid: int) -> None:
+    """SIGTERM the runner's process group (its scripts included), or the runner if it has none yet."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# setup.sh - everything a fresh Debian machine needs to run Milex and its tests, from nothing:
+# Debian packages, the project's virtual environment (.venv, with the example app), and the
+# single-node SLURM test cluster on 127.0.0.1. Safe to run again: each step skips what is done.
+#
+# Environment: MILEX_VENV (default: <repo>/.venv), MILEX_PYTHON (default: python3).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${MILEX_VENV:-$REPO/.venv}
+PYTHON=${MILEX_PYTHON:-python3}
+# python3-venv: a non-root test user builds its venv from the system Python (root's is unreadable).
+PACKAGES=(slurmctld slurmd slurm-client munge python3-venv)
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+log "installing milex-scheduler and the example app into $VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" -e "$REPO/examples"
+
+"$REPO/deploy/slurm-up.sh"
+log "ready: activate with 'source $VENV/bin/activate'"
