@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from milex.common.errors import SubmitError
+from milex.common.errors import BundleError, InvalidValue, SubmitError
 from milex.common.model import Bundle, Job, JobStatus, SlurmOptions
 from milex.common.slurm_values import validate_name
 from milex.config import Config, Machine, load_config
@@ -45,16 +45,24 @@ def make_job(
     pre_commands: Sequence[str] = (),
 ) -> Job:
     """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option."""
-    job = Job(
-        name=validate_name("job name", job_name or app),
-        script=app,
-        script_args=dict(script_args),
-        dependencies=list(dependencies),
-        pre_commands=list(pre_commands),
-        slurm=(slurm or SlurmOptions()).validate(),
+    return validate_job(
+        Job(
+            name=job_name or app,
+            script=app,
+            script_args=dict(script_args),
+            dependencies=list(dependencies),
+            pre_commands=list(pre_commands),
+            slurm=slurm or SlurmOptions(),
+        )
     )
+
+
+def validate_job(job: Job) -> Job:
+    """`job`, if its name, dependencies and SLURM options are valid; InvalidValue otherwise."""
+    validate_name("job name", job.name)
     for dependency in job.dependencies:
         validate_name("dependency", dependency)
+    job.slurm.validate()
     return job
 
 
@@ -111,7 +119,13 @@ def submit(
 ) -> Submission:
     """Submit jobs built in memory; they are recorded as a bundle first, so the run is reproducible."""
     config = config or load_config()
-    job_list = [jobs] if isinstance(jobs, Job) else list(jobs)
+    job_list = [validate_job(job) for job in ([jobs] if isinstance(jobs, Job) else jobs)]
+    if not job_list:
+        raise InvalidValue("submit() needs at least one job.")
+    names = [job.name for job in job_list]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BundleError(f"jobs of one bundle need distinct names; repeated: {', '.join(duplicates)}.")
     name = validate_name("bundle name", bundle or job_list[0].name)
     record = Bundle(name=name, created=now_stamp(), jobs={job.name: job for job in job_list})
     record.ordered_jobs()  # refuse an unknown dependency or a cycle before writing anything

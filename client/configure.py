@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def set_milex_variable(path: str, home: Path | None = None) -> list[Path]:
     The block is replaced in place, so running this again changes nothing; returns the files changed.
     """
     home = home or Path.home()
-    block = f'{RC_BEGIN}\nexport MILEX="{path}"\n{RC_END}\n'
+    block = f"{RC_BEGIN}\nexport MILEX={shlex.quote(path)}\n{RC_END}\n"
     changed = []
     for rc_file in (home / ".bashrc", home / ".zshrc"):
         if rc_file.name == ".zshrc" and not rc_file.exists():

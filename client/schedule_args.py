@@ -98,7 +98,7 @@ def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
     if "--" in argv:
         split = argv.index("--")
         argv, app_tail = argv[:split], argv[split + 1 :]
-    options, app_arguments = build_parser().parse_known_args(argv)
+    options, app_arguments = build_parser().parse_known_args(_join_sbatch_values(argv))
     slurm = SlurmOptions(
         time=options.time,
         cpus_per_task=options.cpus_per_task,
@@ -131,6 +131,19 @@ def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
         machine=options.machine,
         overrides=overrides,
     )
+
+
+def _join_sbatch_values(argv: list[str]) -> list[str]:
+    """`--sbatch --exclusive` -> `--sbatch=--exclusive`: argparse takes no dash-led word as a value."""
+    joined: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--sbatch":
+            value = next(words, None)
+            joined.append(word if value is None else f"--sbatch={value}")
+        else:
+            joined.append(word)
+    return joined
 
 
 def parse_sbatch_options(items: Sequence[str]) -> dict[str, Any]:

@@ -51,8 +51,13 @@ def _decode_job(key: str, raw: Any, source: str) -> Job:
     fields.setdefault("name", key)
     slurm = fields.get("slurm", {})
     if isinstance(slurm, dict):
-        # Unknown SLURM keys of older records are sbatch options: keep them rather than fail.
-        extra = {k: v for k, v in slurm.items() if k not in _SLURM_FIELDS and v is not None}
+        # Unknown SLURM keys of older records are sbatch options, which the reference implementation
+        # rendered as `--key-with-dashes=value`: keep them so rather than fail.
+        extra = {
+            k.replace("_", "-"): v if isinstance(v, bool) else str(v)
+            for k, v in slurm.items()
+            if k not in _SLURM_FIELDS and v is not None
+        }
         known = {k: v for k, v in slurm.items() if k in _SLURM_FIELDS and v is not None}
         fields["slurm"] = {**known, "extra": {**known.get("extra", {}), **extra}}
     try:

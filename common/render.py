@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import shlex
 from typing import Any
 
 from milex.common.model import Job, MachineSettings
 
 # Options the renderer writes itself; the rest of SlurmOptions maps field -> sbatch long option.
+# sbatch splits `#SBATCH` lines at white space and stops at `#`; such values need quotes.
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:/%=+@-]*")
 _SBATCH_NAMES = {
     "time": "time",
     "nodes": "nodes",
@@ -88,4 +91,14 @@ def _sbatch_lines(job: Job, settings: MachineSettings, stem: str) -> list[str]:
     for option, value in sorted(job.slurm.extra.items()):
         if value is not False:
             options.append((option, None if value is True else str(value)))
-    return [f"#SBATCH --{name}" if value is None else f"#SBATCH --{name}={value}" for name, value in options]
+    return [
+        f"#SBATCH --{name}" if value is None else f"#SBATCH --{name}={_sbatch_value(value)}"
+        for name, value in options
+    ]
+
+
+def _sbatch_value(value: str) -> str:
+    """`value` as sbatch reads it back from an `#SBATCH` line: double-quoted unless plainly safe."""
+    if _SBATCH_SAFE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -21,11 +21,13 @@ JSON
 
 set -x
 milex-configuration --from "$DEMO/machines.json"
+# shellcheck disable=SC2016  # the $HOME is meant to reach the app literally
 milex-schedule milex-example --time 00-00:05 --mem 100M \
     --message 'Hello from Milex: $HOME stays literal, "quotes" too' --values a 'b c'
 milex-schedule milex-example --append --job_name summary --dependencies milex-example --count 2
 milex-run milex-example --wait --timeout 120
 { set +x; } 2>/dev/null
+# shellcheck disable=SC2012  # record names are plain: NAME_DATE.json
 newest=$(basename "$(ls -t "$DEMO"/milex/jobs/milex-example_*[0-9].json | head -n 1)" .json)
 echo "What each job received (from its SLURM output file):"
 cat "$DEMO/milex/slurm/$newest"_*.out

@@ -31,7 +31,7 @@ if [[ ! -x $VENV/bin/python ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 log "installing milex-scheduler and the example app into $VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" -e "$REPO/examples"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "${REPO}[test]" -e "$REPO/examples"
 
 "$REPO/deploy/slurm-up.sh"
 log "ready: activate with 'source $VENV/bin/activate'"

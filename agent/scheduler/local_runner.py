@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-from milex.agent.scheduler.local import (
+from milex.agent.scheduler.local_store import (
     SCRIPT_FILE,
     STATE_LOCK,
     LocalJobSpec,

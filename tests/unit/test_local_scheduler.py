@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler.local import (
-    VANISHED,
-    LocalJobSpec,
-    LocalScheduler,
-    parse_header,
-    read_record,
-    runner_alive,
-)
+from milex.agent.scheduler.local import LocalScheduler, parse_header
 from milex.agent.scheduler.local_runner import (
     dependency_verdict,
     expand_array,
     expand_pattern,
 )
+from milex.agent.scheduler.local_store import VANISHED, LocalJobSpec, read_record, runner_alive
 from milex.common.errors import SchedulerError, SubmitError
 from milex.common.model import JobState, JobStatus
 

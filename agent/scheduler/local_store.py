@@ -1,0 +1,108 @@
+"""The on-disk records of the `local` scheduler: one directory per job, with its spec and state."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+
+from milex.common.files import atomic_write
+from milex.common.model import JobState, JobStatus
+
+# The files of one job directory, `STATE_DIR/JOB_ID/`.
+SPEC_FILE = "spec.json"  # LocalJobSpec, written once at submission
+STATE_FILE = "state.json"  # LocalJobRecord, replaced atomically at each transition
+SCRIPT_FILE = "script.sh"  # the script as submitted; later edits of the original do not leak in
+RUNNER_LOCK = "runner.lock"  # flock held by the runner for its whole life: free means it is gone
+STATE_LOCK = "state.lock"  # flock serialising read-modify-write of STATE_FILE
+RUNNER_LOG = "runner.log"  # the runner's own stderr (tracebacks), not the job's
+VANISHED = "runner process vanished"
+
+
+class LocalJobSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a local job runs and waits for; `output`/`error` keep SLURM's `%j`/`%A`/`%a` patterns."""
+
+    job_id: str
+    script: str
+    submit_dir: str
+    after: list[str] = []
+    dependency_type: str = "afterok"
+    comment: str = ""
+    job_name: str = ""
+    array: str | None = None
+    output: str | None = None
+    error: str | None = None
+    submitted: float = 0.0
+
+
+class LocalJobRecord(msgspec.Struct, kw_only=True):
+    """Where a local job is; `pid` is its runner's, which also leads the job's process group."""
+
+    state: JobState = JobState.PENDING
+    exit_code: int | None = None
+    reason: str = ""
+    pid: int | None = None
+    updated: float = 0.0
+
+
+def job_directory(state_dir: Path, job_id: str) -> Path | None:
+    """The directory of `job_id`, or None for a string that cannot be a local job id."""
+    return state_dir / job_id if job_id.isascii() and job_id.isdigit() else None
+
+
+def read_spec(job_dir: Path) -> LocalJobSpec:
+    return msgspec.json.decode((job_dir / SPEC_FILE).read_bytes(), type=LocalJobSpec)
+
+
+def read_record(job_dir: Path) -> LocalJobRecord:
+    return msgspec.json.decode((job_dir / STATE_FILE).read_bytes(), type=LocalJobRecord)
+
+
+def write_record(job_dir: Path, record: LocalJobRecord, **changes: object) -> LocalJobRecord:
+    """Write `record` with `changes` applied; callers hold STATE_LOCK when they read it first."""
+    new = msgspec.structs.replace(record, **changes, updated=time.time())
+    atomic_write(job_dir / STATE_FILE, msgspec.json.encode(new))
+    return new
+
+
+def read_status(state_dir: Path, job_id: str) -> JobStatus:
+    """The status of one job from its state file; a dead runner's unfinished job is FAILED."""
+    job_dir = job_directory(state_dir, job_id)
+    if job_dir is None or not (job_dir / STATE_FILE).is_file():
+        reason = f"no such job under the local scheduler's state directory {state_dir}"
+        return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
+    record = read_record(job_dir)
+    if not record.state.finished and not runner_alive(job_dir):
+        return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED)
+    return JobStatus(job_id=job_id, state=record.state, exit_code=record.exit_code, reason=record.reason)
+
+
+def runner_alive(job_dir: Path) -> bool:
+    """Whether a process still holds the job's runner lock (the kernel drops it when it dies)."""
+    try:
+        fd = os.open(job_dir / RUNNER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[int]:
+    """Hold an exclusive flock on `path` (created if needed) for the duration of the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)

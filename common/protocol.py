@@ -1,0 +1,272 @@
+"""The wire protocol between client and agent: every message, its version, and the only codec.
+
+Messages are msgspec Structs tagged by type, carried as msgpack in one ZeroMQ frame. A request
+carries an id; every reply names the request it answers (several replies for `Watch` and a
+following `Logs`). New fields get defaults; field types never change; a change that old peers
+cannot read raises PROTOCOL_VERSION.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from milex.common.model import Bundle, JobState, MachineSettings
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+LOG_CHUNK_BYTES = 64 * 1024
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    """Fields every message has: the protocol version it speaks and the request id it belongs to."""
+
+    v: int = PROTOCOL_VERSION
+    id: str = ""
+
+
+# ---- requests (client -> agent) ----------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    """First request of a connection: versions are compared, the agent says who and where it is."""
+
+    client_version: str = ""
+
+
+class SubmitBundle(Message, tag="submit"):
+    """Render and submit every job of `bundle` in dependency order with `settings`.
+
+    `keys` maps each job name to its idempotency key: a job whose key the agent has seen is
+    never submitted again; its recorded id is returned instead.
+    """
+
+    bundle: Bundle
+    settings: MachineSettings
+    keys: dict[str, str]
+
+
+class Cancel(Message, tag="cancel"):
+    """Cancel jobs by scheduler id, or every unfinished job of a bundle (`NAME_DATE` or `NAME`)."""
+
+    job_ids: list[str] = []
+    bundle: str = ""
+
+
+class Status(Message, tag="status"):
+    """The last known state of tracked jobs: all, those of `job_ids`, or those of a bundle."""
+
+    job_ids: list[str] = []
+    bundle: str = ""
+
+
+class Watch(Message, tag="watch"):
+    """Every event after sequence number `since`, then (with `follow`) each new one as it happens."""
+
+    since: int = 0
+    follow: bool = True
+
+
+class Unwatch(Message, tag="unwatch"):
+    """Stop the watch (or log follow) that the request `watch_id` started."""
+
+    watch_id: str
+
+
+class Logs(Message, tag="logs"):
+    """A job's stdout or stderr from byte `offset`; with `follow`, more as it grows until the job ends."""
+
+    job_id: str
+    stream: Literal["out", "err"] = "out"
+    offset: int = 0
+    follow: bool = False
+    array_task: int | None = None
+
+
+class Shutdown(Message, tag="shutdown"):
+    """Stop the agent (its journal keeps every job; the next agent resumes watching them)."""
+
+
+Request = Hello | SubmitBundle | Cancel | Status | Watch | Unwatch | Logs | Shutdown
+
+
+# ---- replies (agent -> client) -----------------------------------------------------------------
+
+
+class TrackedJob(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A job the agent tracks: who it is in its bundle, its scheduler id and its last known state."""
+
+    key: str
+    bundle: str
+    name: str
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""
+    script: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    submitted_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A change of a job's state, numbered in the order the agent saw it."""
+
+    seq: int
+    key: str
+    bundle: str
+    name: str
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""
+    time: float = 0.0
+
+
+class HelloReply(Message, tag="hello_reply"):
+    agent_version: str
+    protocol: int = PROTOCOL_VERSION
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+    last_seq: int = 0
+
+
+class Submitted(Message, tag="submitted"):
+    """The jobs submitted (or found already submitted) in order; `error` if one was refused."""
+
+    jobs: list[TrackedJob] = []
+    error: str = ""
+
+
+class Cancelled(Message, tag="cancelled"):
+    job_ids: list[str] = []
+
+
+class StatusReply(Message, tag="status_reply"):
+    jobs: list[TrackedJob] = []
+    last_seq: int = 0
+
+
+class Events(Message, tag="events"):
+    """Events in sequence order; `last_seq` is the newest the agent has, to resume from."""
+
+    events: list[Event] = []
+    last_seq: int = 0
+
+
+class LogChunk(Message, tag="log_chunk"):
+    """Bytes of a log from `offset`; `eof` when the job has finished and nothing more will come."""
+
+    path: str = ""
+    offset: int = 0
+    data: bytes = b""
+    eof: bool = False
+
+
+class Ack(Message, tag="ack"):
+    """A request done that has nothing to return."""
+
+
+ErrorCode = Literal["bad_request", "version_mismatch", "too_large", "not_found", "submit_failed", "internal"]
+
+
+class Error(Message, tag="error"):
+    """The one error reply: a code for programs, a message for the user, detail for debugging."""
+
+    code: ErrorCode
+    message: str
+    detail: str = ""
+
+
+Reply = HelloReply | Submitted | Cancelled | StatusReply | Events | LogChunk | Ack | Error
+
+
+# ---- the codec ---------------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be read; `reply` is the Error to send back."""
+
+    def __init__(self, reply: Error) -> None:
+        super().__init__(reply.message)
+        self.reply = reply
+
+
+class _Envelope(msgspec.Struct):
+    """What can be read of any message of any version: enough to answer it."""
+
+    type: str = ""
+    v: int = 0
+    id: str = ""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_request(frame: bytes) -> Request:
+    """The request in `frame`; ProtocolError (with the Error reply to send) when it is not one."""
+    envelope = _read_envelope(frame)
+    if envelope.v != PROTOCOL_VERSION:
+        raise ProtocolError(version_mismatch(envelope.id, peer=envelope.v, side="client"))
+    try:
+        return _request_decoder.decode(frame)
+    except msgspec.ValidationError as error:
+        raise ProtocolError(
+            Error(id=envelope.id, code="bad_request", message=f"invalid {envelope.type!r} request: {error}")
+        ) from None
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """The reply in `frame`; ProtocolError when the agent speaks another version or sent garbage."""
+    envelope = _read_envelope(frame)
+    try:
+        reply = _reply_decoder.decode(frame)
+    except msgspec.ValidationError as error:
+        if envelope.v != PROTOCOL_VERSION:
+            raise ProtocolError(version_mismatch(envelope.id, peer=envelope.v, side="agent")) from None
+        raise ProtocolError(
+            Error(id=envelope.id, code="bad_request", message=f"invalid {envelope.type!r} reply: {error}")
+        ) from None
+    return reply
+
+
+def _read_envelope(frame: bytes) -> _Envelope:
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            Error(
+                code="too_large",
+                message=f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}; "
+                "submit large bundles in parts.",
+            )
+        )
+    try:
+        return _envelope_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise ProtocolError(
+            Error(code="bad_request", message=f"not a Milex message (msgpack map expected): {error}")
+        ) from None
+
+
+def version_mismatch(request_id: str, *, peer: int, side: str) -> Error:
+    """The error both sides show when their protocol versions differ, with how to fix it."""
+    newer = "agent" if (side == "client") == (peer < PROTOCOL_VERSION) else "client"
+    return Error(
+        id=request_id,
+        code="version_mismatch",
+        message=(
+            f"the {side} speaks Milex protocol {peer} but this {'agent' if side == 'client' else 'client'} "
+            f"speaks {PROTOCOL_VERSION}; the {newer} is newer. Install the same milex-scheduler "
+            "version on both sides (`milex agent deploy --machine M` updates the agent), "
+            "then `milex agent stop --machine M` so the new agent starts."
+        ),
+    )

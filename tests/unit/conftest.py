@@ -1,0 +1,71 @@
+"""Shared fixtures of the unit tests: a home directory and a Milex configuration inside `tmp_path`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ACCOUNT = "def-alice"
+ENV_COMMAND = "source /opt/alice/venvs/ml/bin/activate"
+
+
+@dataclass
+class MilexSetup:
+    """Where the `milex_config` fixture put things."""
+
+    home: Path
+    config_path: Path
+    milex_path: Path
+    account: str = ACCOUNT
+    env_command: str = ENV_COMMAND
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.milex_path / "jobs"
+
+    def write_config(self, document: dict) -> None:
+        self.config_path.write_text(json.dumps(document, indent=4))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty home directory; `Path.home()` and `~` point to it, and Milex's own variables are unset."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for variable in ("MILEX_CONFIG", "MILEX_MACHINE", "MILEX"):
+        monkeypatch.delenv(variable, raising=False)
+    return home
+
+
+@pytest.fixture
+def milex_config(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> MilexSetup:
+    """A configuration with a local SLURM machine (account and env command) and a remote one."""
+    setup = MilexSetup(
+        home=home,
+        config_path=tmp_path / "milexconfig.json",
+        milex_path=tmp_path / "milex",
+    )
+    setup.write_config(
+        {
+            "local": {
+                "path": str(setup.milex_path),
+                "env_command": ENV_COMMAND,
+                "slurm_account": ACCOUNT,
+                "scheduler": "slurm",
+            },
+            "cluster": {
+                "hostname": "cluster.example.org",
+                "username": "alice",
+                "key_path": "~/.ssh/id_ed25519",
+                "path": "/scratch/alice/milex",
+                "env_command": "module load python",
+                "slurm_account": "rrg-cluster",
+            },
+        }
+    )
+    monkeypatch.setenv("MILEX_CONFIG", str(setup.config_path))
+    return setup

@@ -1,0 +1,211 @@
+"""The Python API with a configuration in tmp_path: records written, refusals before any write, previews.
+
+Nothing here submits: a fake submitter stands in wherever a submission would start.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import milex.submitters
+from milex import api
+from milex.common.errors import BundleError, InvalidValue, MilexError
+from milex.common.model import Job, SlurmOptions
+from milex.records import load_bundle
+
+
+@pytest.fixture
+def no_submission(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Fail the test if a submission starts; returns the bundles it would have submitted."""
+    attempts: list[object] = []
+
+    def submitter_for(machine: object) -> object:
+        attempts.append(machine)
+        raise AssertionError("a unit test must not submit")
+
+    monkeypatch.setattr(milex.submitters, "submitter_for", submitter_for)
+    return attempts
+
+
+@pytest.fixture
+def no_capture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No `NAME-cli` anywhere on PATH, so a capture would fail loudly."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def records(jobs_dir: Path) -> list[str]:
+    return sorted(path.name for path in jobs_dir.glob("*")) if jobs_dir.exists() else []
+
+
+def test_schedule_with_script_args_writes_a_record(milex_config, no_capture: None) -> None:
+    scheduled = api.schedule("train", script_args={"lr": 0.1}, slurm=SlurmOptions(time="00-01:00"))
+    assert scheduled.path.parent == milex_config.jobs_dir
+    assert scheduled.path.name == f"train_{scheduled.bundle.created}.json"
+    loaded = load_bundle(milex_config.jobs_dir, "train")
+    assert loaded.jobs == {"train": scheduled.job}
+    assert loaded.jobs["train"].script_args == {"lr": 0.1}
+    assert loaded.jobs["train"].slurm.time == "00-01:00"
+
+
+def test_schedule_bundle_and_job_names(milex_config, no_capture: None) -> None:
+    scheduled = api.schedule("train", bundle="pipeline", job_name="big", script_args={})
+    assert scheduled.path.name.startswith("pipeline_")
+    assert list(load_bundle(milex_config.jobs_dir, "pipeline").jobs) == ["big"]
+    assert scheduled.job.script == "train"
+
+
+def test_schedule_append_adds_to_the_bundle(milex_config, no_capture: None) -> None:
+    first = api.schedule("prepare", bundle="pipeline", script_args={})
+    second = api.schedule(
+        "train", bundle="pipeline", append=True, script_args={"lr": 0.1}, dependencies=["prepare"]
+    )
+    assert second.path == first.path
+    assert records(milex_config.jobs_dir) == [first.path.name]
+    loaded = load_bundle(milex_config.jobs_dir, "pipeline")
+    assert [job.name for job in loaded.ordered_jobs()] == ["prepare", "train"]
+
+
+def test_schedule_without_append_makes_a_new_record(milex_config, no_capture: None) -> None:
+    api.schedule("train", script_args={"lr": 1})
+    api.schedule("train", script_args={"lr": 2})
+    assert len(records(milex_config.jobs_dir)) == 2
+    assert load_bundle(milex_config.jobs_dir, "train").jobs["train"].script_args == {"lr": 2}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"slurm": SlurmOptions(time="1h")},
+        {"slurm": SlurmOptions(mem="16GB")},
+        {"job_name": "my job"},
+        {"dependencies": ["../etc"]},
+        {"bundle": "a/b"},
+    ],
+)
+def test_invalid_value_refused_before_anything_is_written(milex_config, no_capture: None, options) -> None:
+    with pytest.raises(InvalidValue):
+        api.schedule("train", script_args={}, **options)
+    assert records(milex_config.jobs_dir) == []
+
+
+def test_bad_time_error_names_the_option(milex_config, no_capture: None) -> None:
+    with pytest.raises(InvalidValue, match="--time '1h'"):
+        api.schedule("train", script_args={}, slurm=SlurmOptions(time="1h"))
+
+
+def test_schedule_without_script_args_captures(milex_config, no_capture: None) -> None:
+    with pytest.raises(MilexError, match=r"train-cli"):
+        api.schedule("train", ["--lr", "0.1"])
+    assert records(milex_config.jobs_dir) == []
+
+
+def test_make_job_defaults_name_to_app() -> None:
+    job = api.make_job("train", {"lr": 0.1})
+    assert (job.name, job.script, job.script_args) == ("train", "train", {"lr": 0.1})
+
+
+# --- submit ----------------------------------------------------------------------------------------------
+
+
+def job(name: str, *dependencies: str, **slurm: object) -> Job:
+    return Job(name=name, script="app", dependencies=list(dependencies), slurm=SlurmOptions(**slurm))
+
+
+def test_submit_with_cycle_refused_before_writing(milex_config, no_submission: list[object]) -> None:
+    with pytest.raises(BundleError, match="cycle: a -> b -> a"):
+        api.submit([job("a", "b"), job("b", "a")], bundle="loop")
+    assert records(milex_config.jobs_dir) == []
+    assert no_submission == []
+
+
+def test_submit_with_unknown_dependency_refused_before_writing(
+    milex_config, no_submission: list[object]
+) -> None:
+    with pytest.raises(BundleError, match="'missing'"):
+        api.submit(job("a", "missing"))
+    assert records(milex_config.jobs_dir) == []
+
+
+def test_submit_records_the_bundle_before_submitting(milex_config, no_submission: list[object]) -> None:
+    with pytest.raises(AssertionError, match="must not submit"):
+        api.submit([job("prepare"), job("train", "prepare")], bundle="pipe")
+    assert list(load_bundle(milex_config.jobs_dir, "pipe").jobs) == ["prepare", "train"]
+
+
+def test_submit_jobs_with_the_same_name_refused(milex_config, no_submission: list[object]) -> None:
+    # A bundle is keyed by job name: the second `train` would silently replace the first.
+    with pytest.raises(MilexError, match="train"):
+        api.submit([job("train", time="10"), job("train", time="20")], bundle="pipe")
+    assert records(milex_config.jobs_dir) == []
+
+
+def test_submit_nothing_refused_with_a_milex_error(milex_config, no_submission: list[object]) -> None:
+    with pytest.raises(MilexError):
+        api.submit([])
+
+
+def test_submit_invalid_job_refused_before_writing(milex_config, no_submission: list[object]) -> None:
+    # Jobs built with Job(...) skip make_job; their values must still be checked before any write.
+    with pytest.raises(InvalidValue, match="--time '1h'"):
+        api.submit(job("train", time="1h"))
+    assert records(milex_config.jobs_dir) == []
+
+
+# --- preview ---------------------------------------------------------------------------------------------
+
+
+def test_preview_renders_machine_settings(milex_config, no_capture: None) -> None:
+    api.schedule("train", script_args={"lr": 0.1}, slurm=SlurmOptions(time="10"))
+    script = api.preview("train")["train"]
+    assert f"#SBATCH --account={milex_config.account}" in script
+    assert milex_config.env_command in script
+    assert f"export MILEX={milex_config.milex_path}" in script
+
+
+def test_preview_applies_overrides(milex_config, no_capture: None) -> None:
+    api.schedule("train", script_args={})
+    script = api.preview(
+        "train", slurm_account="rrg-other", env_command="conda activate ml", path="/scratch/other"
+    )["train"]
+    assert "#SBATCH --account=rrg-other" in script
+    assert "conda activate ml" in script
+    assert milex_config.env_command not in script
+    assert "#SBATCH --output=/scratch/other/slurm/" in script
+
+
+def test_preview_for_another_machine(milex_config, no_capture: None) -> None:
+    api.schedule("train", script_args={})
+    script = api.preview("train", machine="cluster")["train"]
+    assert "#SBATCH --account=rrg-cluster" in script
+    assert "export MILEX=/scratch/alice/milex" in script
+
+
+def test_preview_in_submission_order(milex_config, no_capture: None) -> None:
+    api.schedule("train", bundle="pipe", script_args={}, dependencies=["prepare"])
+    api.schedule("prepare", bundle="pipe", append=True, script_args={})
+    assert list(api.preview("pipe")) == ["prepare", "train"]
+
+
+def test_preview_unknown_override_refused(milex_config, no_capture: None) -> None:
+    api.schedule("train", script_args={})
+    with pytest.raises(TypeError, match="hostname"):
+        api.preview("train", hostname="elsewhere")
+
+
+def test_record_is_user_agnostic(milex_config, no_capture: None) -> None:
+    scheduled = api.schedule("train", script_args={"lr": 0.1})
+    api.preview("train", slurm_account="rrg-other")
+    text = scheduled.path.read_text()
+    for private in (
+        milex_config.account,
+        "rrg-other",
+        milex_config.env_command,
+        str(milex_config.milex_path),
+    ):
+        assert private not in text
+    assert set(json.loads(text)) == {"_milex", "train"}

@@ -1,0 +1,228 @@
+"""Job records on the laptop: bundle files by exact name and date, appends, and submission records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from milex.common.errors import BundleError
+from milex.common.model import Bundle, Job, JobState
+from milex.records import (
+    Submission,
+    SubmittedJobRecord,
+    append_job,
+    bundle_dates,
+    list_bundles,
+    load_bundle,
+    load_submissions,
+    save_bundle,
+    save_submission,
+    submissions_path,
+)
+
+
+@pytest.fixture
+def jobs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "jobs"
+
+
+def job(name: str, **script_args: object) -> Job:
+    return Job(name=name, script=name, script_args=script_args)
+
+
+def bundle(name: str, created: str, *jobs: Job) -> Bundle:
+    return Bundle(name=name, created=created, jobs={j.name: j for j in jobs or (job(name),)})
+
+
+def test_save_writes_name_date_json(jobs_dir: Path) -> None:
+    path = save_bundle(jobs_dir, bundle("train", "20240102030405"))
+    assert path == jobs_dir / "train_20240102030405.json"
+    assert path.is_file()
+
+
+def test_load_gives_the_newest(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("train", lr=1)))
+    save_bundle(jobs_dir, bundle("train", "20240301000000", job("train", lr=3)))
+    loaded = load_bundle(jobs_dir, "train")
+    assert loaded.created == "20240301000000"
+    assert loaded.jobs["train"].script_args == {"lr": 3}
+
+
+def test_loaded_bundle_equals_saved(jobs_dir: Path) -> None:
+    saved = bundle("train", "20240102030405", job("prepare"), job("train", lr=0.1))
+    save_bundle(jobs_dir, saved)
+    assert load_bundle(jobs_dir, "train") == saved
+
+
+def test_exact_name_prefix_bundle_not_taken(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000"))
+    save_bundle(jobs_dir, bundle("train_big", "20240201000000"))
+    assert load_bundle(jobs_dir, "train").name == "train"
+    assert load_bundle(jobs_dir, "train").created == "20240101000000"
+    assert load_bundle(jobs_dir, "train_big").created == "20240201000000"
+    assert bundle_dates(jobs_dir, "train") == ["20240101000000"]
+
+
+def test_exact_name_longer_name_only_does_not_count(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train_big", "20240201000000"))
+    with pytest.raises(BundleError, match="no bundle named 'train'"):
+        load_bundle(jobs_dir, "train")
+
+
+def test_exact_name_shorter_name_only_does_not_count(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240201000000"))
+    with pytest.raises(BundleError, match="no bundle named 'train_big'"):
+        load_bundle(jobs_dir, "train_big")
+
+
+def test_missing_bundle_error_says_how_to_make_one(jobs_dir: Path) -> None:
+    jobs_dir.mkdir()
+    with pytest.raises(BundleError) as error:
+        load_bundle(jobs_dir, "train")
+    assert "milex-schedule train" in str(error.value)
+    assert str(jobs_dir) in str(error.value)
+
+
+def test_load_by_date(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("train", lr=1)))
+    save_bundle(jobs_dir, bundle("train", "20240301000000", job("train", lr=3)))
+    assert load_bundle(jobs_dir, "train", "20240101000000").jobs["train"].script_args == {"lr": 1}
+
+
+def test_unknown_date_error_lists_dates(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000"))
+    save_bundle(jobs_dir, bundle("train", "20240301000000"))
+    with pytest.raises(BundleError) as error:
+        load_bundle(jobs_dir, "train", "20240201000000")
+    message = str(error.value)
+    assert "dated 20240201000000" in message
+    assert "its dates: 20240101000000, 20240301000000" in message
+
+
+def test_same_second_saves_get_distinct_dates(jobs_dir: Path) -> None:
+    first = save_bundle(jobs_dir, bundle("train", "20240102030405", job("train", n=1)))
+    second = save_bundle(jobs_dir, bundle("train", "20240102030405", job("train", n=2)))
+    third = save_bundle(jobs_dir, bundle("train", "20240102030405", job("train", n=3)))
+    assert len({first, second, third}) == 3
+    assert bundle_dates(jobs_dir, "train") == ["20240102030405", "20240102030406", "20240102030407"]
+    assert load_bundle(jobs_dir, "train").jobs["train"].script_args == {"n": 3}
+
+
+def test_same_second_date_rolls_over_minutes(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20241231235959"))
+    saved = bundle("train", "20241231235959")
+    save_bundle(jobs_dir, saved)
+    assert saved.created == "20250101000000"
+
+
+def test_save_with_an_older_clock_still_becomes_the_newest(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240301000000", job("train", n=1)))
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("train", n=2)))
+    assert load_bundle(jobs_dir, "train").jobs["train"].script_args == {"n": 2}
+
+
+def test_append_adds_to_the_newest_in_place(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("pipe", "20240101000000", job("old")))
+    save_bundle(jobs_dir, bundle("pipe", "20240201000000", job("prepare")))
+    appended, path = append_job(jobs_dir, "pipe", job("train"))
+    assert path == jobs_dir / "pipe_20240201000000.json"
+    assert list(appended.jobs) == ["prepare", "train"]
+    assert list(load_bundle(jobs_dir, "pipe").jobs) == ["prepare", "train"]
+    assert list(load_bundle(jobs_dir, "pipe", "20240101000000").jobs) == ["old"]
+    assert bundle_dates(jobs_dir, "pipe") == ["20240101000000", "20240201000000"]
+
+
+def test_append_without_a_bundle_creates_one(jobs_dir: Path) -> None:
+    created, path = append_job(jobs_dir, "pipe", job("train"))
+    assert path.is_file()
+    assert load_bundle(jobs_dir, "pipe") == created
+
+
+def test_append_does_not_pick_a_longer_name(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("pipe_big", "20240201000000", job("prepare")))
+    _, path = append_job(jobs_dir, "pipe", job("train"))
+    assert path.name.startswith("pipe_2")
+    assert list(load_bundle(jobs_dir, "pipe_big").jobs) == ["prepare"]
+
+
+def test_append_duplicate_job_name_refused(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("pipe", "20240201000000", job("train", lr=1)))
+    with pytest.raises(BundleError) as error:
+        append_job(jobs_dir, "pipe", job("train", lr=2))
+    assert "already has a job named 'train'" in str(error.value)
+    assert "--job_name" in str(error.value)
+    assert load_bundle(jobs_dir, "pipe").jobs["train"].script_args == {"lr": 1}
+
+
+def test_list_bundles_sorted_and_ignores_other_files(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train_big", "20240201000000"))
+    save_bundle(jobs_dir, bundle("train", "20240101000000"))
+    save_bundle(jobs_dir, bundle("train", "20240301000000"))
+    (jobs_dir / "notes.json").write_text("{}")
+    (jobs_dir / "train_20240101000000.runs.json").write_text("[]")
+    assert list_bundles(jobs_dir) == [
+        ("train", "20240101000000"),
+        ("train", "20240301000000"),
+        ("train_big", "20240201000000"),
+    ]
+
+
+def test_damaged_record_error_names_the_file(jobs_dir: Path) -> None:
+    jobs_dir.mkdir()
+    (jobs_dir / "train_20240101000000.json").write_text("{not json")
+    with pytest.raises(BundleError, match=r"train_20240101000000\.json is not valid JSON"):
+        load_bundle(jobs_dir, "train")
+
+
+# --- Submissions ------------------------------------------------------------------------------------------
+
+
+def submission(at: str, machine: str = "cluster", **jobs: SubmittedJobRecord) -> Submission:
+    return Submission(bundle="train_20240101000000", machine=machine, submitted_at=at, jobs=dict(jobs))
+
+
+def test_no_submissions_yet(jobs_dir: Path) -> None:
+    assert load_submissions(jobs_dir, "train_20240101000000") == []
+
+
+def test_submission_round_trip(jobs_dir: Path) -> None:
+    saved = submission(
+        "2024-01-01T10:00:00",
+        train=SubmittedJobRecord(job_id="123", script="/s/train.sh", state=JobState.FAILED, exit_code=3),
+    )
+    path = save_submission(jobs_dir, saved)
+    assert path == submissions_path(jobs_dir, "train_20240101000000")
+    assert path.name == "train_20240101000000.runs.json"
+    assert load_submissions(jobs_dir, "train_20240101000000") == [saved]
+
+
+def test_submissions_accumulate_oldest_first(jobs_dir: Path) -> None:
+    first, second = submission("2024-01-01T10:00:00"), submission("2024-01-02T10:00:00")
+    save_submission(jobs_dir, first)
+    save_submission(jobs_dir, second)
+    assert load_submissions(jobs_dir, "train_20240101000000") == [first, second]
+
+
+def test_same_time_other_machine_is_another_submission(jobs_dir: Path) -> None:
+    save_submission(jobs_dir, submission("2024-01-01T10:00:00", machine="cluster"))
+    save_submission(jobs_dir, submission("2024-01-01T10:00:00", machine="local"))
+    assert len(load_submissions(jobs_dir, "train_20240101000000")) == 2
+
+
+def test_submission_updated_in_place(jobs_dir: Path) -> None:
+    saved = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="123"))
+    save_submission(jobs_dir, saved)
+    saved.jobs["train"].state = JobState.COMPLETED
+    saved.jobs["evaluate"] = SubmittedJobRecord(job_id="124", state=JobState.RUNNING)
+    save_submission(jobs_dir, saved)
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert loaded.jobs["train"].state is JobState.COMPLETED
+    assert loaded.jobs["evaluate"].job_id == "124"
+
+
+def test_damaged_submissions_file_says_what_to_do(jobs_dir: Path) -> None:
+    jobs_dir.mkdir()
+    submissions_path(jobs_dir, "train_20240101000000").write_text("[{")
+    with pytest.raises(BundleError, match="move it aside"):
+        load_submissions(jobs_dir, "train_20240101000000")
