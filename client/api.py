@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import msgspec
 
 from milex.common.errors import BundleError, InvalidValue, SubmitError
 from milex.common.model import Bundle, Job, JobStatus, SlurmOptions
+from milex.common.protocol import TrackedJob
 from milex.common.slurm_values import validate_name
 from milex.config import Config, Machine, load_config
 from milex.records import (
@@ -168,15 +169,17 @@ def submit_bundle(
         submitted_at=dt.datetime.now().isoformat(timespec="seconds"),
     )
 
-    def record(job: Any) -> None:
+    def record(job: TrackedJob) -> None:
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
 
+    submitter = submitter_for(machine)
     try:
-        submitter_for(machine).submit(bundle, settings, record)
+        submitter.submit(bundle, settings, record)
     except SubmitError as error:
         submission.error = str(error)
         raise
     finally:
+        submitter.close()
         if submission.jobs or submission.error:
             save_submission(config.jobs_dir, submission)
     return submission
@@ -191,39 +194,68 @@ def _with_overrides(machine: Machine, overrides: dict[str, str]) -> Any:
 
 
 def refresh(submission: Submission, *, config: Config | None = None) -> dict[str, JobStatus]:
-    """Ask the machine for the state of every job of `submission`, and record what it says."""
+    """Ask the machine's agent for the state of every job of `submission`, and record it."""
     from milex.submitters import submitter_for
 
     config = config or load_config()
-    ids = {name: job.job_id for name, job in submission.jobs.items()}
-    states = submitter_for(config.machine(submission.machine)).states(list(ids.values()))
-    for name, job_id in ids.items():
-        status = states[job_id]
-        record = submission.jobs[name]
-        record.state, record.exit_code, record.reason = (
-            status.state,
-            status.exit_code,
-            status.reason,
-        )
-    save_submission(config.jobs_dir, submission)
-    return {name: states[job_id] for name, job_id in ids.items()}
+    submitter = submitter_for(config.machine(submission.machine))
+    try:
+        return _record_states(submission, submitter.tracked(_job_ids(submission)).jobs, config)
+    finally:
+        submitter.close()
 
 
 def wait(
     submission: Submission,
     *,
     timeout: float | None = None,
-    interval: float = 1.0,
     config: Config | None = None,
+    on_change: Callable[[dict[str, JobStatus]], None] | None = None,
 ) -> dict[str, JobStatus]:
-    """Poll until every job of `submission` has finished; TimeoutError after `timeout` seconds."""
+    """Follow the agent's events until every job of `submission` has finished; TimeoutError after
+    `timeout` seconds. `on_change` sees the states each time one changes."""
+    from milex.submitters import submitter_for
+    from milex.watch import follow_events
+
     config = config or load_config()
+    machine = config.machine(submission.machine)
+    submitter = submitter_for(machine)
+    try:
+        reply = submitter.tracked(_job_ids(submission))
+    finally:
+        submitter.close()
+    tracked = {job.job_id: job for job in reply.jobs}
+    states = _record_states(submission, list(tracked.values()), config)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        states = refresh(submission, config=config)
+    for event in follow_events(machine, reply.last_seq, heartbeat=1.0):
         if all(status.state.finished for status in states.values()):
-            return states
+            break
+        if event is not None and event.job_id in tracked:
+            job = tracked[event.job_id]
+            job.state, job.exit_code, job.reason = event.state, event.exit_code, event.reason
+            states = _record_states(submission, list(tracked.values()), config)
+            if on_change:
+                on_change(states)
         if deadline is not None and time.monotonic() > deadline:
             pending = [name for name, s in states.items() if not s.state.finished]
             raise TimeoutError(f"jobs still unfinished after {timeout} s: {', '.join(pending)}")
-        time.sleep(interval)
+    return states
+
+
+def _job_ids(submission: Submission) -> list[str]:
+    return [job.job_id for job in submission.jobs.values()]
+
+
+def _record_states(submission: Submission, tracked: list[Any], config: Config) -> dict[str, JobStatus]:
+    """Copy the agent's view of the jobs into the submission and its local record."""
+    by_id = {job.job_id: job for job in tracked}
+    states = {}
+    for name, record in submission.jobs.items():
+        job = by_id.get(record.job_id)
+        if job is not None:
+            record.state, record.exit_code, record.reason = job.state, job.exit_code, job.reason
+        states[name] = JobStatus(
+            job_id=record.job_id, state=record.state, exit_code=record.exit_code, reason=record.reason
+        )
+    save_submission(config.jobs_dir, submission)
+    return states

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -11,6 +12,7 @@ import msgspec
 from milex.common.errors import BundleError
 from milex.common.files import atomic_write
 from milex.common.model import DATE_FORMAT, Bundle, Job, JobState
+from milex.common.protocol import TrackedJob
 from milex.common.record_format import decode_bundle, encode_bundle
 
 _BUNDLE_FILE = re.compile(r"(?P<name>.+)_(?P<date>\d{14})\.json")
@@ -131,6 +133,30 @@ def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
         return msgspec.json.decode(path.read_bytes(), type=list[Submission])
     except msgspec.DecodeError as error:
         raise BundleError(f"{path} is damaged ({error}); move it aside to continue.") from None
+
+
+def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) -> int:
+    """Record the states `machine`'s agent reported in the local submission records; how many changed."""
+    by_bundle: dict[str, dict[str, TrackedJob]] = {}
+    for job in tracked:
+        by_bundle.setdefault(job.bundle, {})[job.job_id] = job
+    changed = 0
+    for stem, jobs in by_bundle.items():
+        if not submissions_path(jobs_dir, stem).exists():
+            continue
+        for submission in load_submissions(jobs_dir, stem):
+            if submission.machine != machine:
+                continue
+            touched = False
+            for record in submission.jobs.values():
+                job = jobs.get(record.job_id)
+                if job and (record.state, record.exit_code) != (job.state, job.exit_code):
+                    record.state, record.exit_code, record.reason = job.state, job.exit_code, job.reason
+                    touched = True
+            if touched:
+                save_submission(jobs_dir, submission)
+                changed += 1
+    return changed
 
 
 def save_submission(jobs_dir: Path, submission: Submission) -> Path:

@@ -1,61 +1,77 @@
-"""The one interface through which the client submits, watches and cancels jobs on a machine."""
+"""The one interface through which the client submits, watches and cancels jobs: the machine's agent."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from milex.agent.submission import SubmittedJob
-from milex.common.errors import ConfigError
+from milex.agents import connect
+from milex.common.errors import SubmitError
 from milex.common.model import Bundle, JobStatus, MachineSettings
+from milex.common.protocol import Cancel, Cancelled, Status, StatusReply, SubmitBundle, Submitted, TrackedJob
 from milex.config import Machine
+from milex.connection import AgentConnection, AgentUnavailable
 
 
-class Submitter(Protocol):
-    """Submits bundles to one machine and reports on its jobs."""
+class AgentSubmitter:
+    """Submits bundles to one machine's agent and asks it about its jobs."""
 
-    def submit(
-        self,
-        bundle: Bundle,
-        settings: MachineSettings,
-        on_submitted: Callable[[SubmittedJob], None],
-    ) -> list[SubmittedJob]: ...
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self._connection: AgentConnection | None = None
 
-    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]: ...
+    @property
+    def connection(self) -> AgentConnection:
+        if self._connection is None:
+            self._connection = connect(self.machine)
+        return self._connection
 
-    def cancel(self, job_ids: Sequence[str]) -> None: ...
-
-
-class DirectSubmitter:
-    """Submits on this host, with the machine's scheduler, in this process."""
-
-    def __init__(self, settings: MachineSettings) -> None:
-        from milex.agent.scheduler import scheduler_for
-
-        self.scheduler = scheduler_for(settings)
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def submit(
         self,
         bundle: Bundle,
         settings: MachineSettings,
-        on_submitted: Callable[[SubmittedJob], None],
-    ) -> list[SubmittedJob]:
-        from milex.agent.submission import submit_bundle
+        on_submitted: Callable[[TrackedJob], None],
+    ) -> list[TrackedJob]:
+        """Submit `bundle`; a lost reply is retried once with the same keys, so nothing doubles."""
+        attempt = uuid.uuid4().hex[:12]
+        keys = {name: f"{bundle.stem}/{name}/{attempt}" for name in bundle.jobs}
+        request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
+        try:
+            reply = self.connection.request(request)
+        except AgentUnavailable:
+            self.close()
+            reply = self.connection.request(request)
+        assert isinstance(reply, Submitted)
+        for job in reply.jobs:
+            on_submitted(job)
+        if reply.error:
+            raise SubmitError(reply.error)
+        return reply.jobs
 
-        return submit_bundle(bundle, settings, self.scheduler, on_submitted=on_submitted)
+    def tracked(self, job_ids: Sequence[str] = (), bundle: str = "") -> StatusReply:
+        reply = self.connection.request(Status(job_ids=list(job_ids), bundle=bundle))
+        assert isinstance(reply, StatusReply)
+        return reply
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        return self.scheduler.states(job_ids)
+        """The agent's last known state of each job (it polls SLURM; this asks only the agent)."""
+        known = {job.job_id: job for job in self.tracked(job_ids).jobs}
+        return {
+            job_id: JobStatus(job_id=job_id, state=job.state, exit_code=job.exit_code, reason=job.reason)
+            for job_id, job in known.items()
+        }
 
-    def cancel(self, job_ids: Sequence[str]) -> None:
-        self.scheduler.cancel(job_ids)
+    def cancel(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[str]:
+        reply = self.connection.request(Cancel(job_ids=list(job_ids), bundle=bundle))
+        assert isinstance(reply, Cancelled)
+        return reply.job_ids
 
 
-def submitter_for(machine: Machine) -> Submitter:
+def submitter_for(machine: Machine) -> AgentSubmitter:
     """The submitter that reaches `machine`."""
-    if machine.is_remote:
-        raise ConfigError(
-            f"machine {machine.name!r} is remote ({machine.hostname}); submitting to remote "
-            "machines needs the Milex agent, which this version does not have yet."
-        )
-    return DirectSubmitter(machine.settings)
+    return AgentSubmitter(machine)

@@ -62,10 +62,15 @@ class Status(Message, tag="status"):
 
 
 class Watch(Message, tag="watch"):
-    """Every event after sequence number `since`, then (with `follow`) each new one as it happens."""
+    """Every event after sequence number `since`, then (with `follow`) each new one as it happens.
+
+    While following, the agent sends an empty `Events` every `heartbeat` seconds, so a client
+    can tell a quiet agent from a dead link and resume from its last sequence number.
+    """
 
     since: int = 0
     follow: bool = True
+    heartbeat: float = 5.0
 
 
 class Unwatch(Message, tag="unwatch"):

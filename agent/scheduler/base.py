@@ -35,3 +35,10 @@ class Scheduler(Protocol):
     def cancel(self, job_ids: Sequence[str]) -> None:
         """Cancel the given jobs (and, for an array, all its tasks)."""
         ...
+
+    def lookup(self, comments: Sequence[str]) -> dict[str, str]:
+        """The ids of jobs submitted with these comments, by comment (those found), in one query.
+
+        How a submission interrupted by a crash is found again before anything is resubmitted.
+        """
+        ...

@@ -26,6 +26,7 @@ from milex.agent.scheduler.local_store import (
     file_lock,
     job_directory,
     read_record,
+    read_spec,
     read_status,
     runner_alive,
     write_record,
@@ -80,6 +81,15 @@ class LocalScheduler:
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         return {job_id: read_status(self.state_dir, job_id) for job_id in job_ids}
+
+    def lookup(self, comments: Sequence[str]) -> dict[str, str]:
+        wanted = set(comments)
+        found: dict[str, str] = {}
+        for spec_file in self.state_dir.glob(f"*/{SPEC_FILE}") if wanted else ():
+            spec = read_spec(spec_file.parent)
+            if spec.comment in wanted:
+                found[spec.comment] = spec.job_id
+        return found
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         unknown = [job_id for job_id in job_ids if not self._cancel_one(job_id)]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
+from milex.agent.scheduler.slurm_history import SlurmHistory
 from milex.common.errors import SchedulerError, SubmitError
 from milex.common.model import JobState, JobStatus
 
@@ -19,6 +20,9 @@ class SlurmScheduler:
     """Drives a SLURM cluster through its client commands on this host."""
 
     name = "slurm"
+
+    def __init__(self) -> None:
+        self.history = SlurmHistory()
 
     def submit(
         self,
@@ -48,7 +52,29 @@ class SlurmScheduler:
         if result.returncode != 0 and "Invalid job id" not in result.stderr:
             raise SchedulerError(f"squeue failed: {result.message}")
         rows = [_parse_row(line) for line in result.stdout.splitlines() if line.strip()]
-        return {job_id: _combine(job_id, [r for r in rows if job_id in r[:2]]) for job_id in job_ids}
+        states = {job_id: _combine(job_id, [r for r in rows if job_id in r[:2]]) for job_id in job_ids}
+        forgotten = [job_id for job_id, status in states.items() if status.state is JobState.UNKNOWN]
+        if forgotten:
+            # Only jobs that ended longer ago than MinJobAge: rare, so a second query is fine.
+            states.update(self.history.states(forgotten))
+        return states
+
+    def lookup(self, comments: Sequence[str]) -> dict[str, str]:
+        if not comments:
+            return {}
+        wanted = set(comments)
+        argv = ["squeue", "--noheader", "--states=all", "--me", "--Format=JobID:256|,Comment:1024|"]
+        result = run_command(argv)
+        if result.returncode != 0:
+            raise SchedulerError(f"squeue failed: {result.message}")
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            job_id, _, rest = line.partition("|")
+            comment = rest.rpartition("|")[0].strip()
+            if comment in wanted:
+                # An array's tasks share the comment; the array's own id is the one we gave out.
+                found.setdefault(comment, job_id.strip().split("_")[0])
+        return found
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if not job_ids:

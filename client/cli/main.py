@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from milex.cli.agent import agent_group
 from milex.cli.configuration import config_group, configuration
+from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
 from milex.cli.run import run
 from milex.cli.schedule import schedule
@@ -22,6 +24,10 @@ milex.add_command(schedule)
 milex.add_command(run)
 milex.add_command(run, name="submit")
 milex.add_command(list_records)
+milex.add_command(status)
+milex.add_command(logs)
+milex.add_command(cancel)
+milex.add_command(agent_group)
 
 
 def main() -> None:

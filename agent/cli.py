@@ -1,0 +1,109 @@
+"""`milex-agent`: run, start, stop and inspect the per-user agent; `bridge` relays a socket over stdio."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("milex-scheduler")
+
+
+def _directory(path: str | None, directory: str | None) -> Path:
+    from milex.agent.daemon import agent_dir
+
+    if directory:
+        return Path(directory).expanduser()
+    if path:
+        return agent_dir(path)
+    raise click.UsageError("give --path (the machine's Milex path) or --dir (the agent directory).")
+
+
+def _print(info: object) -> None:
+    import msgspec
+
+    click.echo(msgspec.json.encode(info).decode())
+
+
+_path_option = click.option("--path", help="The machine's Milex path; the agent lives in PATH/agent/HOST.")
+_dir_option = click.option("--dir", "directory", help="The agent directory itself.")
+
+
+@click.group()
+@click.version_option(package_name="milex-scheduler")
+def main() -> None:
+    """The Milex agent: one per user per login node, reached through a private socket."""
+
+
+@main.command()
+@_path_option
+@_dir_option
+@click.option("--poll-interval", type=float, default=2.0, show_default=True)
+@click.option("--max-interval", type=float, default=30.0, show_default=True)
+def run(path: str | None, directory: str | None, poll_interval: float, max_interval: float) -> None:
+    """Serve in the foreground (what `start` runs detached, and what a container runs)."""
+    from milex.agent import daemon
+    from milex.common.errors import MilexError
+
+    try:
+        daemon.run(_directory(path, directory), poll_interval=poll_interval,
+                   max_interval=max_interval, version=_version())  # fmt: skip
+    except MilexError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@_path_option
+@_dir_option
+@click.option("--poll-interval", type=float, default=2.0, show_default=True)
+@click.option("--max-interval", type=float, default=30.0, show_default=True)
+def start(path: str | None, directory: str | None, poll_interval: float, max_interval: float) -> None:
+    """Start the agent detached unless one runs; print its info as JSON."""
+    from milex.agent import daemon
+
+    info = daemon.start(_directory(path, directory), poll_interval=poll_interval, max_interval=max_interval)
+    _print(info)
+
+
+@main.command()
+@_path_option
+@_dir_option
+def stop(path: str | None, directory: str | None) -> None:
+    """Stop the running agent (its journal keeps every job for the next one)."""
+    from milex.agent import daemon
+
+    info = daemon.stop(_directory(path, directory))
+    click.echo("no agent was running" if info is None else f"stopped agent {info.pid}")
+
+
+@main.command()
+@_path_option
+@_dir_option
+def status(path: str | None, directory: str | None) -> None:
+    """Print the running agent's info as JSON; exit 3 when none runs."""
+    from milex.agent import daemon
+
+    info = daemon.read_info(_directory(path, directory))
+    if info is None:
+        click.echo('{"running": false}')
+        sys.exit(3)
+    _print(info)
+
+
+@main.command()
+@click.option("--socket", "socket_path", required=True, help="The agent's unix socket.")
+def bridge(socket_path: str) -> None:
+    """Relay stdin/stdout to the agent's socket (for SSH servers that forbid socket forwarding)."""
+    from milex.agent.bridge import relay
+
+    sys.exit(relay(socket_path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The agent as a per-user daemon: its directory, private socket, lock, start, stop and status."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from milex.common.errors import MilexError
+from milex.common.files import atomic_write
+
+SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux; keep a margin
+START_TIMEOUT = 15.0
+
+
+class AgentInfo(msgspec.Struct, kw_only=True):
+    """What a running agent publishes in its directory, and what `milex-agent start` prints."""
+
+    pid: int
+    socket: str
+    version: str
+    started_at: float
+    directory: str
+    running: bool = True
+
+
+def agent_dir(milex_path: str | Path, host: str | None = None) -> Path:
+    """The agent's directory for this login node: `PATH/agent/HOST` (homes are often shared)."""
+    return Path(milex_path).expanduser() / "agent" / (host or socket.gethostname().split(".")[0])
+
+
+def socket_path(directory: Path) -> Path:
+    """`DIR/run/agent.sock`, or a private directory under /tmp when that path is too long for a socket."""
+    preferred = directory / "run" / "agent.sock"
+    if len(str(preferred)) <= SOCKET_PATH_LIMIT:
+        return preferred
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"milex-agent-{os.getuid()}" / f"{digest}.sock"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` as a directory only its owner can enter (0700), refusing one others control."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = path.stat()
+    if status.st_uid != os.getuid():
+        raise MilexError(f"{path} belongs to another user; the agent's socket cannot live there.")
+    if status.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def read_info(directory: Path) -> AgentInfo | None:
+    """The running agent's info, or None when no agent holds the lock of `directory`."""
+    if not is_locked(directory / "agent.lock"):
+        return None
+    try:
+        return msgspec.json.decode((directory / "agent.json").read_bytes(), type=AgentInfo)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def is_locked(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def hold_lock(directory: Path) -> int:
+    """Take the agent lock for this process's life; MilexError naming the running agent if taken."""
+    fd = os.open(directory / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        info = read_info(directory)
+        running = f"pid {info.pid}, socket {info.socket}" if info else "starting"
+        raise MilexError(f"an agent is already running for {directory} ({running}).") from None
+    return fd
+
+
+def publish(directory: Path, info: AgentInfo) -> None:
+    atomic_write(directory / "agent.json", msgspec.json.encode(info), mode=0o600)
+
+
+def start(directory: Path, *, poll_interval: float = 2.0, max_interval: float = 30.0) -> AgentInfo:
+    """The running agent of `directory`, started detached first if there is none."""
+    info = read_info(directory)
+    if info is not None:
+        return info
+    private_dir(directory)
+    log_file = directory / "agent.log"
+    command = [sys.executable, "-m", "milex.agent.cli", "run", "--dir", str(directory),
+               "--poll-interval", str(poll_interval), "--max-interval", str(max_interval)]  # fmt: skip
+    with open(log_file, "ab") as log:
+        child = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        info = read_info(directory)
+        if info is not None and Path(info.socket).exists():
+            return info
+        if child.poll() is not None and read_info(directory) is None:
+            tail = log_file.read_text(errors="replace")[-2000:]
+            raise MilexError(f"the agent exited at start (status {child.returncode}); {log_file}:\n{tail}")
+        time.sleep(0.02)
+    raise MilexError(f"the agent did not start within {START_TIMEOUT:.0f} s; see {log_file}.")
+
+
+def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:
+    """Stop the running agent of `directory` (SIGTERM, then SIGKILL); its info, None if none ran."""
+    info = read_info(directory)
+    if info is None:
+        return None
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_locked(directory / "agent.lock"):
+        if time.monotonic() > deadline:
+            os.kill(info.pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.02)
+    info.running = False
+    return info
+
+
+def run(directory: Path, *, poll_interval: float, max_interval: float, version: str) -> None:
+    """Serve in the foreground until SIGTERM, SIGINT or a Shutdown request."""
+    from milex.agent.journal import Journal
+    from milex.agent.poller import Poller
+    from milex.agent.recovery import recover
+    from milex.agent.server import AgentServer
+    from milex.agent.state import Agent, scheduler_cache
+
+    private_dir(directory)
+    lock = hold_lock(directory)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    sock = socket_path(directory)
+    private_dir(sock.parent)
+    sock.unlink(missing_ok=True)  # left by an agent that was killed; we hold the lock now
+    journal = Journal(directory / "journal.sqlite")
+    schedulers = scheduler_cache()
+    poller = Poller(journal, schedulers, interval=poll_interval, max_interval=max_interval)
+    agent = Agent(journal=journal, poller=poller, schedulers=schedulers, version=version)
+    recover(agent)
+    previous = os.umask(0o077)  # the socket file itself is private too
+    try:
+        server = AgentServer(agent, f"ipc://{sock}")
+    finally:
+        os.umask(previous)
+
+    def request_stop(signum: int, frame: object) -> None:
+        agent.stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    publish(directory, AgentInfo(pid=os.getpid(), socket=str(sock), version=version,
+                                 started_at=time.time(), directory=str(directory)))  # fmt: skip
+    logging.getLogger("milex.agent").info("agent %s serving on %s", version, sock)
+    try:
+        server.serve()
+    finally:
+        server.close()
+        sock.unlink(missing_ok=True)
+        journal.close()
+        os.close(lock)

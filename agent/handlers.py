@@ -1,0 +1,183 @@
+"""One small function per request type; `handle` dispatches a decoded request to it."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+
+from milex.agent.journal import Journal
+from milex.agent.logs import LogNotFound, log_path, read_chunk
+from milex.agent.scheduler.base import Scheduler
+from milex.agent.state import Agent, LogStream, Peer, WatchStream
+from milex.agent.submission import SubmittedJob, submit_bundle
+from milex.common.errors import MilexError, SubmitError
+from milex.common.model import Job, JobState
+from milex.common.protocol import (
+    Ack,
+    Cancel,
+    Cancelled,
+    Error,
+    Events,
+    Hello,
+    HelloReply,
+    LogChunk,
+    Logs,
+    Reply,
+    Request,
+    Shutdown,
+    Status,
+    StatusReply,
+    SubmitBundle,
+    Submitted,
+    TrackedJob,
+    Unwatch,
+    Watch,
+)
+
+
+def handle(agent: Agent, peer: Peer, request: Request) -> Reply:
+    """The reply to `request` from `peer`; streams it starts are registered on `agent`."""
+    match request:
+        case Hello():
+            return hello(agent, request)
+        case SubmitBundle():
+            return submit(agent, request)
+        case Cancel():
+            return cancel(agent, request)
+        case Status():
+            return status(agent, request)
+        case Watch():
+            return watch(agent, peer, request)
+        case Unwatch():
+            return unwatch(agent, peer, request)
+        case Logs():
+            return logs(agent, peer, request)
+        case Shutdown():
+            agent.stopping = True
+            return Ack(id=request.id)
+
+
+def hello(agent: Agent, request: Hello) -> HelloReply:
+    return HelloReply(
+        id=request.id,
+        agent_version=agent.version,
+        user=getpass.getuser(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        last_seq=agent.journal.last_seq,
+    )
+
+
+class JournalLedger:
+    """Submits each idempotency key at most once, recording intent before sbatch and ids after."""
+
+    def __init__(self, agent: Agent, request: SubmitBundle, scheduler: Scheduler) -> None:
+        self.journal: Journal = agent.journal
+        self.request = request
+        self.scheduler = scheduler
+
+    def key(self, job: Job) -> str:
+        if job.name not in self.request.keys:
+            raise MilexError(f"the submit request has no idempotency key for job {job.name!r}.")
+        return self.request.keys[job.name]
+
+    def known(self, job: Job) -> str | None:
+        tracked = self.journal.find(self.key(job))
+        if tracked is None:
+            return None
+        if not tracked.job_id:  # an earlier attempt was cut short: did SLURM get the job?
+            found = self.scheduler.lookup([comment_of(tracked.key)]).get(comment_of(tracked.key))
+            if found is None:
+                return None
+            self.journal.submitted(tracked.key, found)
+            return found
+        return tracked.job_id
+
+    def begin(self, job: Job, planned: SubmittedJob) -> str:
+        key = self.key(job)
+        tracked = TrackedJob(
+            key=key, bundle=self.request.bundle.stem, name=job.name, job_id="",
+            state=JobState.SUBMITTED, script=planned.script, stdout=planned.stdout,
+            stderr=planned.stderr,
+        )  # fmt: skip
+        self.journal.begin(
+            tracked, scheduler=self.request.settings.scheduler, machine_path=self.request.settings.path
+        )
+        return comment_of(key)
+
+    def accepted(self, job: Job, submitted: SubmittedJob) -> None:
+        self.journal.submitted(self.key(job), submitted.job_id)
+
+    def refused(self, job: Job) -> None:
+        self.journal.forget(self.key(job))
+
+
+def comment_of(key: str) -> str:
+    """The sbatch comment that carries an idempotency key with its job."""
+    return f"milex:{key}"
+
+
+def submit(agent: Agent, request: SubmitBundle) -> Submitted:
+    ledger = JournalLedger(agent, request, agent.scheduler_for(request.settings))
+    error = ""
+    try:
+        submit_bundle(request.bundle, request.settings, ledger.scheduler, ledger)
+    except SubmitError as refusal:
+        error = str(refusal)
+    agent.poller.nudge()
+    jobs = [agent.journal.find(key) for key in request.keys.values()]
+    return Submitted(id=request.id, jobs=[job for job in jobs if job and job.job_id], error=error)
+
+
+def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
+    jobs = agent.journal.jobs(request.job_ids, request.bundle)
+    if not jobs:
+        what = request.bundle or ", ".join(request.job_ids) or "nothing"
+        return Error(id=request.id, code="not_found", message=f"no tracked job matches {what}.")
+    unfinished = {job.job_id: job for job in jobs if not job.state.finished}
+    by_scheduler: dict[tuple[str, str], list[str]] = {}
+    for job, kind, machine_path in agent.journal.unfinished():
+        if job.job_id in unfinished:
+            by_scheduler.setdefault((kind, machine_path), []).append(job.job_id)
+    for (kind, machine_path), job_ids in by_scheduler.items():
+        agent.schedulers(kind, machine_path).cancel(job_ids)
+    agent.poller.nudge()
+    return Cancelled(id=request.id, job_ids=sorted(unfinished))
+
+
+def status(agent: Agent, request: Status) -> StatusReply:
+    jobs = agent.journal.jobs(request.job_ids, request.bundle)
+    return StatusReply(id=request.id, jobs=jobs, last_seq=agent.journal.last_seq)
+
+
+def watch(agent: Agent, peer: Peer, request: Watch) -> Events:
+    events = agent.journal.events_since(request.since)
+    last_seq = events[-1].seq if events else max(request.since, agent.journal.last_seq)
+    if request.follow:
+        stream = WatchStream(peer=peer, request_id=request.id, heartbeat=max(request.heartbeat, 0.05))
+        agent.watches[(peer, request.id)] = stream
+    return Events(id=request.id, events=events, last_seq=last_seq)
+
+
+def unwatch(agent: Agent, peer: Peer, request: Unwatch) -> Ack:
+    agent.watches.pop((peer, request.watch_id), None)
+    agent.log_streams.pop((peer, request.watch_id), None)
+    return Ack(id=request.id)
+
+
+def logs(agent: Agent, peer: Peer, request: Logs) -> LogChunk | Error:
+    jobs = agent.journal.jobs([request.job_id])
+    if not jobs:
+        return Error(id=request.id, code="not_found", message=f"no tracked job with id {request.job_id}.")
+    job = jobs[0]
+    try:
+        path = log_path(job, request.stream, request.array_task)
+        data = read_chunk(path, request.offset)
+    except LogNotFound as error:
+        return Error(id=request.id, code="not_found", message=str(error))
+    eof = not data and job.state.finished
+    if request.follow and not eof:
+        stream = LogStream(peer, request, job.key, str(path), request.offset + len(data))
+        agent.log_streams[(peer, request.id)] = stream
+    return LogChunk(id=request.id, path=str(path), offset=request.offset, data=data, eof=eof)

@@ -1,0 +1,65 @@
+"""Watching SLURM politely: one batched status query per interval for every tracked job.
+
+However many jobs and watching clients there are, each poll asks each scheduler once; the
+interval doubles while nothing changes (up to a ceiling) and drops back when something does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from milex.agent.journal import Journal
+from milex.agent.scheduler.base import Scheduler
+from milex.common.model import JobStatus
+from milex.common.protocol import Event
+
+SchedulerLookup = Callable[[str, str], Scheduler]  # (kind, machine path) -> scheduler
+
+
+class Poller:
+    """Turns scheduler states into journal events, on a backing-off timer."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        schedulers: SchedulerLookup,
+        *,
+        interval: float = 2.0,
+        max_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.journal = journal
+        self.schedulers = schedulers
+        self.interval = interval
+        self.max_interval = max(max_interval, interval)
+        self.clock = clock
+        self.current = interval
+        self.next_at = clock()
+        self.queries = 0
+
+    def due_in(self) -> float:
+        """Seconds until the next poll (0 when it is due)."""
+        return max(0.0, self.next_at - self.clock())
+
+    def nudge(self) -> None:
+        """Something new happened (a submission): poll at the base interval again, starting now."""
+        self.current = self.interval
+        self.next_at = self.clock()
+
+    def poll(self) -> list[Event]:
+        """Ask each scheduler once about all its unfinished jobs; return the resulting events."""
+        groups: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)  # job id -> key
+        for job, kind, machine_path in self.journal.unfinished():
+            # One SLURM serves every machine path; local schedulers keep a state dir per path.
+            groups[(kind, machine_path if kind == "local" else "")][job.job_id] = job.key
+        updates: list[tuple[str, JobStatus]] = []
+        for (kind, machine_path), keys in groups.items():
+            self.queries += 1
+            states = self.schedulers(kind, machine_path).states(list(keys))
+            updates += [(keys[job_id], status) for job_id, status in states.items() if job_id in keys]
+        events = self.journal.update(updates)
+        self.current = self.interval if events else min(self.current * 2, self.max_interval)
+        self.next_at = self.clock() + self.current
+        return events

@@ -1,0 +1,136 @@
+"""The agent's event loop: a ZeroMQ ROUTER socket, requests dispatched, events and logs pushed."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import zmq
+
+from milex.agent.handlers import handle
+from milex.agent.logs import read_chunk
+from milex.agent.state import Agent, Peer
+from milex.common.errors import MilexError
+from milex.common.protocol import (
+    MAX_MESSAGE_BYTES,
+    Error,
+    Events,
+    LogChunk,
+    Message,
+    ProtocolError,
+    decode_request,
+    encode,
+)
+
+LOG_FOLLOW_INTERVAL = 0.25
+log = logging.getLogger("milex.agent")
+
+
+class AgentServer:
+    """Serves one agent on one socket; `serve` returns when the agent is asked to stop."""
+
+    def __init__(self, agent: Agent, endpoint: str, context: zmq.Context | None = None) -> None:
+        self.agent = agent
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        # Sending to a client that has gone raises, so its streams can be dropped.
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A hard limit well above ours: a bigger frame still gets our `too_large` reply.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_MESSAGE_BYTES)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(endpoint)
+        self.pushed_seq = agent.journal.last_seq
+        self.requests = 0
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def serve(self, max_requests: int | None = None) -> None:
+        """Answer requests and push streams until stopped (or after `max_requests`, for tests)."""
+        while not self.agent.stopping and (max_requests is None or self.requests < max_requests):
+            if self.socket.poll(int(self._wait() * 1000), zmq.POLLIN):
+                self._receive_all()
+            if self.agent.poller.due_in() == 0:
+                self._poll_scheduler()
+            self._push_events()
+            self._push_logs()
+
+    def _wait(self) -> float:
+        wait = min(self.agent.poller.due_in(), 1.0)
+        if self.agent.log_streams:
+            wait = min(wait, LOG_FOLLOW_INTERVAL)
+        for stream in self.agent.watches.values():
+            wait = min(wait, max(0.0, stream.last_sent + stream.heartbeat - time.monotonic()))
+        return wait
+
+    def _receive_all(self) -> None:
+        while not self.agent.stopping:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.requests += 1
+            peer, payload = frames[0], frames[-1]
+            self.send(peer, self._answer(peer, payload))
+
+    def _answer(self, peer: Peer, payload: bytes) -> Message:
+        try:
+            request = decode_request(payload)
+        except ProtocolError as error:
+            return error.reply
+        try:
+            return handle(self.agent, peer, request)
+        except MilexError as error:
+            return Error(id=request.id, code="failed", message=str(error))
+        except Exception as error:  # the agent never dies of one request
+            log.exception("request %s failed", type(request).__name__)
+            return Error(
+                id=request.id,
+                code="internal",
+                message=f"the agent failed on this request: {error!r}; its log has the traceback.",
+                detail=traceback.format_exc(),
+            )
+
+    def send(self, peer: Peer, message: Message) -> bool:
+        """Send `message` to `peer`; False when that client is gone."""
+        try:
+            self.socket.send_multipart([peer, encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def _poll_scheduler(self) -> None:
+        try:
+            self.agent.poller.poll()
+        except MilexError as error:
+            log.warning("status poll failed: %s", error)
+
+    def _push_events(self) -> None:
+        events = self.agent.journal.events_since(self.pushed_seq) if self.agent.watches else []
+        if not self.agent.watches:
+            self.pushed_seq = self.agent.journal.last_seq
+        if events:
+            self.pushed_seq = events[-1].seq
+        now = time.monotonic()
+        for key, stream in list(self.agent.watches.items()):
+            if events or now - stream.last_sent >= stream.heartbeat:
+                reply = Events(id=stream.request_id, events=events, last_seq=self.pushed_seq)
+                if not self.send(stream.peer, reply):
+                    del self.agent.watches[key]
+                stream.last_sent = now
+
+    def _push_logs(self) -> None:
+        for key, stream in list(self.agent.log_streams.items()):
+            job = self.agent.journal.find(stream.job_key)
+            finished = job is None or job.state.finished
+            data = read_chunk(Path(stream.path), stream.offset)
+            eof = not data and finished
+            if data or eof:
+                chunk = LogChunk(
+                    id=stream.request.id, path=stream.path, offset=stream.offset, data=data, eof=eof
+                )
+                stream.offset += len(data)
+                if not self.send(stream.peer, chunk) or eof:
+                    del self.agent.log_streams[key]

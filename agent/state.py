@@ -1,0 +1,69 @@
+"""What a running agent holds: its journal, poller, schedulers, and the clients it streams to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from milex.agent.journal import Journal
+from milex.agent.poller import Poller
+from milex.agent.scheduler.base import Scheduler
+from milex.common.model import MachineSettings
+from milex.common.protocol import Logs, Message
+
+Peer = bytes  # a client's ZeroMQ routing id
+Send = Callable[[Peer, Message], bool]  # False when the client is gone
+
+
+@dataclass
+class WatchStream:
+    """A client following events: where it is, and when it last heard from us."""
+
+    peer: Peer
+    request_id: str
+    heartbeat: float
+    last_sent: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class LogStream:
+    """A client following a job's log: the request and how far it has read."""
+
+    peer: Peer
+    request: Logs
+    job_key: str
+    path: str
+    offset: int
+
+
+@dataclass
+class Agent:
+    """The agent's state; dependencies come in through the constructor so tests can build one."""
+
+    journal: Journal
+    poller: Poller
+    schedulers: Callable[[str, str], Scheduler]
+    version: str
+    watches: dict[tuple[Peer, str], WatchStream] = field(default_factory=dict)
+    log_streams: dict[tuple[Peer, str], LogStream] = field(default_factory=dict)
+    stopping: bool = False
+
+    def scheduler_for(self, settings: MachineSettings) -> Scheduler:
+        return self.schedulers(settings.scheduler, settings.path)
+
+
+def scheduler_cache() -> Callable[[str, str], Scheduler]:
+    """Schedulers by (kind, machine path), made once each: SLURM's is shared by every path."""
+    from milex.agent.scheduler import scheduler_for
+
+    made: dict[tuple[str, str], Scheduler] = {}
+
+    def lookup(kind: str, machine_path: str) -> Scheduler:
+        key = (kind, machine_path if kind == "local" else "")
+        if key not in made:
+            settings = MachineSettings(name=kind, path=machine_path, scheduler=kind)  # type: ignore[arg-type]
+            made[key] = scheduler_for(settings)
+        return made[key]
+
+    return lookup

@@ -1,0 +1,60 @@
+"""Starting, stopping and inspecting a machine's agent: in-process for local machines, over SSH else."""
+
+from __future__ import annotations
+
+import shlex
+
+from milex.agents import client_version, connect, local_agent_dir, poll_settings
+from milex.config import Machine
+
+
+def remote_agent_command(machine: Machine, action: str) -> str:
+    """The shell command that runs `milex-agent ACTION` on `machine`, in its environment."""
+    settings = poll_settings()
+    command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
+    if action == "start":
+        command += f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
+    prefix = f"{machine.env_command} && " if machine.env_command else ""
+    return f"bash -lc {shlex.quote(prefix + command)}"
+
+
+def start_agent(machine: Machine) -> str:
+    if machine.is_remote:
+        from milex.remote import run_remote
+
+        return run_remote(machine, remote_agent_command(machine, "start"))
+    from milex.agent.daemon import start
+
+    info = start(local_agent_dir(machine), **poll_settings())
+    return f"agent {info.version} running (pid {info.pid}) on {info.socket}"
+
+
+def stop_agent(machine: Machine) -> str:
+    if machine.is_remote:
+        from milex.remote import run_remote
+
+        return run_remote(machine, remote_agent_command(machine, "stop"))
+    from milex.agent.daemon import stop
+
+    info = stop(local_agent_dir(machine))
+    return "no agent was running" if info is None else f"stopped agent {info.pid}"
+
+
+def agent_status(machine: Machine) -> str:
+    if not machine.is_remote:
+        from milex.agent.daemon import read_info
+
+        if read_info(local_agent_dir(machine)) is None:
+            return f"no agent running for {machine.name}"
+    with connect(machine) as connection:
+        hello = connection.hello(client_version())
+    return (
+        f"agent {hello.agent_version} (protocol {hello.protocol}) running as {hello.user} on "
+        f"{hello.host}, pid {hello.pid}; {hello.last_seq} events recorded"
+    )
+
+
+def deploy_agent(machine: Machine, *, upload_wheel: bool) -> str:
+    from milex.remote import deploy
+
+    return deploy(machine, upload_wheel=upload_wheel)

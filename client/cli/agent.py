@@ -1,0 +1,67 @@
+"""`milex agent start|stop|status|deploy`: manage a machine's agent from the laptop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from milex.cli import reports_errors
+from milex.cli.jobs import machine_option
+
+if TYPE_CHECKING:
+    from milex.config import Machine
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """Manage the Milex agent of a machine (started automatically on first use)."""
+
+
+@agent_group.command("start")
+@machine_option
+@reports_errors
+def start(machine: str | None) -> None:
+    """Start the machine's agent unless it runs; show where it listens."""
+    from milex.agent_control import start_agent
+
+    click.echo(start_agent(_machine(machine)))
+
+
+@agent_group.command("stop")
+@machine_option
+@reports_errors
+def stop(machine: str | None) -> None:
+    """Stop the machine's agent; its journal keeps every job for the next one."""
+    from milex.agent_control import stop_agent
+
+    click.echo(stop_agent(_machine(machine)))
+
+
+@agent_group.command("status")
+@machine_option
+@reports_errors
+def status(machine: str | None) -> None:
+    """Whether the machine's agent runs, its version, and where."""
+    from milex.agent_control import agent_status
+
+    click.echo(agent_status(_machine(machine)))
+
+
+@agent_group.command("deploy")
+@machine_option
+@click.option(
+    "--wheel", is_flag=True, help="Upload a wheel built here (for clusters without a package index)."
+)
+@reports_errors
+def deploy(machine: str | None, wheel: bool) -> None:
+    """Install this version of Milex into the machine's environment, then (re)start its agent."""
+    from milex.agent_control import deploy_agent
+
+    click.echo(deploy_agent(_machine(machine), upload_wheel=wheel))
+
+
+def _machine(name: str | None) -> Machine:
+    from milex.config import load_config
+
+    return load_config().machine(name)

@@ -1,0 +1,69 @@
+"""`milex status`, `milex logs`, `milex cancel`: what the machine's agent knows of your jobs."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import click
+
+from milex.cli import reports_errors
+
+_JOB_ID = re.compile(r"\d+(_\d+)?")
+machine_option = click.option("--machine", help="Machine of the configuration (default: local).")
+
+
+@click.command("status")
+@click.argument("bundle", required=False)
+@machine_option
+@click.option("--watch", is_flag=True, help="Keep the table updated as events arrive, until all finish.")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@reports_errors
+def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) -> None:
+    """The jobs of BUNDLE (all tracked jobs without it) and their states."""
+    from milex.cli.status_view import show_status
+
+    show_status(bundle or "", machine, watch=watch, as_json=as_json)
+
+
+@click.command("logs")
+@click.argument("job_id")
+@machine_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows, until the job ends.")
+@click.option("--err", is_flag=True, help="The job's stderr instead of its stdout.")
+@click.option("--task", type=int, help="For an array job: which task's log.")
+@reports_errors
+def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | None) -> None:
+    """Print a job's output (JOB_ID as `milex status` shows it)."""
+    from milex.agents import connect
+    from milex.common.protocol import LogChunk, Logs
+    from milex.config import load_config
+
+    request = Logs(job_id=job_id, stream="err" if err else "out", follow=follow, array_task=task)
+    with connect(load_config().machine(machine)) as connection:
+        for reply in connection.stream(request, idle_timeout=None if follow else 30):
+            assert isinstance(reply, LogChunk)
+            sys.stdout.buffer.write(reply.data)
+            sys.stdout.flush()
+            if reply.eof or not follow:
+                return
+
+
+@click.command("cancel")
+@click.argument("target")
+@machine_option
+@reports_errors
+def cancel(target: str, machine: str | None) -> None:
+    """Cancel a job (by id) or every unfinished job of a bundle (by name)."""
+    from milex.config import load_config
+    from milex.submitters import submitter_for
+
+    submitter = submitter_for(load_config().machine(machine))
+    try:
+        if _JOB_ID.fullmatch(target):
+            cancelled = submitter.cancel(job_ids=[target])
+        else:
+            cancelled = submitter.cancel(bundle=target)
+    finally:
+        submitter.close()
+    click.echo(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing left to cancel")

@@ -1,0 +1,93 @@
+"""The status table: from the agent (live, with `--watch`) or, offline, from the local records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from milex.common.protocol import TrackedJob
+from milex.config import Machine
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+_STYLES = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMITTED": "yellow"}
+
+
+def table(jobs: list[TrackedJob], title: str) -> Table:
+    from rich.table import Table
+
+    view = Table(title=title, title_justify="left")
+    for column in ("bundle", "job", "id", "state", "exit", "reason"):
+        view.add_column(column)
+    for job in jobs:
+        style = _STYLES.get(job.state.value, "red")
+        exit_code = "" if job.exit_code is None else str(job.exit_code)
+        state = f"[{style}]{job.state.value}[/]"
+        view.add_row(job.bundle, job.name, job.job_id, state, exit_code, job.reason)
+    return view
+
+
+def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: bool) -> None:
+    from milex.config import load_config
+    from milex.connection import AgentUnavailable
+    from milex.records import apply_states
+    from milex.submitters import submitter_for
+
+    config = load_config()
+    machine = config.machine(machine_name)
+    submitter = submitter_for(machine)
+    try:
+        reply = submitter.tracked(bundle=bundle)
+    except AgentUnavailable as error:
+        _show_offline(bundle, machine, config.jobs_dir, str(error))
+        return
+    finally:
+        submitter.close()
+    apply_states(config.jobs_dir, machine.name, reply.jobs)
+    if as_json:
+        import msgspec
+
+        click.echo(msgspec.json.encode(reply.jobs).decode())
+    elif watch:
+        _watch(reply.jobs, reply.last_seq, machine, config.jobs_dir, bundle)
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(table(reply.jobs, f"{bundle or 'all jobs'} on {machine.name}"))
+
+
+def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path, bundle: str) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    from milex.records import apply_states
+    from milex.watch import follow_events
+
+    by_id = {job.job_id: job for job in jobs}
+    title = f"{bundle or 'all jobs'} on {machine.name} (watching; Ctrl-C to stop)"
+    with Live(table(jobs, title), console=Console(soft_wrap=True), auto_refresh=False) as live:
+        for event in follow_events(machine, since):
+            if all(job.state.finished for job in by_id.values()):
+                break
+            job = by_id.get(event.job_id) if event else None
+            if job is None:
+                continue
+            job.state, job.exit_code, job.reason = event.state, event.exit_code, event.reason
+            apply_states(jobs_dir, machine.name, [job])
+            live.update(table(list(by_id.values()), title), refresh=True)
+
+
+def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str) -> None:
+    from milex.cli.output import print_submission
+    from milex.records import list_bundles, load_submissions
+
+    click.echo(f"warning: {problem}\nLast known states, from the local records:", err=True)
+    for name, date in list_bundles(jobs_dir):
+        if bundle and bundle not in (name, f"{name}_{date}"):
+            continue
+        for submission in load_submissions(jobs_dir, f"{name}_{date}"):
+            if submission.machine == machine.name:
+                print_submission(submission)

@@ -1,0 +1,98 @@
+"""A connection to an agent: a ZeroMQ DEALER, request ids, timeouts, and streamed replies."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import zmq
+
+from milex.common.errors import MilexError
+from milex.common.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    Hello,
+    HelloReply,
+    Message,
+    ProtocolError,
+    Reply,
+    decode_reply,
+    encode,
+)
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class AgentUnavailable(MilexError):
+    """The agent did not answer in time: it is down, or the link to it is."""
+
+
+class AgentError(MilexError):
+    """The agent answered with an error reply."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class AgentConnection:
+    """Requests to one agent endpoint; replies to other requests are dropped, as the protocol says."""
+
+    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-{os.urandom(3).hex()}"
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> AgentConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, request: Message) -> str:
+        """Send `request` with a fresh id; return the id its replies will carry."""
+        request.id = f"{self._prefix}-{next(self._ids)}"
+        self.socket.send(encode(request))
+        return request.id
+
+    def receive(self, request_id: str, timeout: float | None = None) -> Reply:
+        """The next reply to `request_id`; AgentUnavailable after `timeout` seconds of silence."""
+        timeout = self.timeout if timeout is None else timeout
+        while True:
+            if not self.socket.poll(int(timeout * 1000), zmq.POLLIN):
+                raise AgentUnavailable(
+                    f"no answer from the agent at {self.endpoint} within {timeout:.0f} s; "
+                    "check it with `milex agent status` (and `milex tunnel status` for a remote machine)."
+                )
+            try:
+                reply = decode_reply(self.socket.recv())
+            except ProtocolError as error:
+                raise AgentError(error.reply) from None
+            if reply.id == request_id:
+                if isinstance(reply, Error):
+                    raise AgentError(reply)
+                return reply
+
+    def request(self, request: Message, timeout: float | None = None) -> Reply:
+        return self.receive(self.send(request), timeout)
+
+    def stream(self, request: Message, idle_timeout: float | None = None) -> Iterator[Reply]:
+        """Every reply to `request` as it arrives, until the caller stops iterating."""
+        request_id = self.send(request)
+        while True:
+            yield self.receive(request_id, idle_timeout)
+
+    def hello(self, client_version: str) -> HelloReply:
+        """Check that the agent speaks our protocol; AgentError with the fix when it does not."""
+        reply = self.request(Hello(client_version=client_version))
+        if not isinstance(reply, HelloReply) or reply.protocol != PROTOCOL_VERSION:
+            raise MilexError(f"unexpected hello reply from the agent: {reply!r}")
+        return reply
