@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -45,17 +46,41 @@ def main() -> None:
 @_dir_option
 @click.option("--poll-interval", type=float, default=2.0, show_default=True)
 @click.option("--max-interval", type=float, default=30.0, show_default=True)
-def run(path: str | None, directory: str | None, poll_interval: float, max_interval: float) -> None:
+@click.option("--detach", is_flag=True, help="Run in the background; exit once the agent serves.")
+def run(
+    path: str | None, directory: str | None, poll_interval: float, max_interval: float, detach: bool
+) -> None:
     """Serve in the foreground (what `start` runs detached, and what a container runs)."""
     from milex.agent import daemon
     from milex.common.errors import MilexError
 
+    target = _directory(path, directory)
+    on_ready = _detach() if detach else (lambda: None)
     try:
-        daemon.run(_directory(path, directory), poll_interval=poll_interval,
-                   max_interval=max_interval, version=_version())  # fmt: skip
+        daemon.run(target, poll_interval=poll_interval, max_interval=max_interval,
+                   version=_version(), on_ready=on_ready)  # fmt: skip
     except MilexError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+
+
+def _detach() -> Callable[[], None]:
+    """Fork into a new session; the parent exits 0 once the child calls the returned function,
+    1 if the child dies first. Done before any thread or socket exists."""
+    import os
+
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        os._exit(0 if os.read(read_end, 1) == b"1" else 1)
+    os.close(read_end)
+    os.setsid()
+
+    def ready() -> None:
+        os.write(write_end, b"1")
+        os.close(write_end)
+
+    return ready
 
 
 @main.command()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -106,23 +107,21 @@ def start(directory: Path, *, poll_interval: float = 2.0, max_interval: float = 
     if info is not None:
         return info
     private_dir(directory)
+    (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
-    command = [sys.executable, "-m", "milex.agent.cli", "run", "--dir", str(directory),
+    command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory),
                "--poll-interval", str(poll_interval), "--max-interval", str(max_interval)]  # fmt: skip
     with open(log_file, "ab") as log:
-        child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        # `run --detach` forks; its parent exits once the agent serves (or failed), so the agent
+        # is nobody's child here and the exit status says whether it started.
+        launcher = subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=START_TIMEOUT, check=False
         )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        info = read_info(directory)
-        if info is not None and Path(info.socket).exists():
-            return info
-        if child.poll() is not None and read_info(directory) is None:
-            tail = log_file.read_text(errors="replace")[-2000:]
-            raise MilexError(f"the agent exited at start (status {child.returncode}); {log_file}:\n{tail}")
-        time.sleep(0.02)
-    raise MilexError(f"the agent did not start within {START_TIMEOUT:.0f} s; see {log_file}.")
+    info = read_info(directory)
+    if launcher.returncode != 0 or info is None:
+        tail = log_file.read_text(errors="replace")[-2000:]
+        raise MilexError(f"the agent did not start (status {launcher.returncode}); {log_file}:\n{tail}")
+    return info
 
 
 def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:
@@ -141,8 +140,15 @@ def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:
     return info
 
 
-def run(directory: Path, *, poll_interval: float, max_interval: float, version: str) -> None:
-    """Serve in the foreground until SIGTERM, SIGINT or a Shutdown request."""
+def run(
+    directory: Path,
+    *,
+    poll_interval: float,
+    max_interval: float,
+    version: str,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve in the foreground until SIGTERM, SIGINT or a Shutdown request; `on_ready` once serving."""
     from milex.agent.journal import Journal
     from milex.agent.poller import Poller
     from milex.agent.recovery import recover
@@ -174,6 +180,7 @@ def run(directory: Path, *, poll_interval: float, max_interval: float, version: 
     publish(directory, AgentInfo(pid=os.getpid(), socket=str(sock), version=version,
                                  started_at=time.time(), directory=str(directory)))  # fmt: skip
     logging.getLogger("milex.agent").info("agent %s serving on %s", version, sock)
+    on_ready()
     try:
         server.serve()
     finally:

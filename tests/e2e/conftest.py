@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.e2e)
+        if Path(item.path).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +83,9 @@ class MilexHome:
 
 
 @pytest.fixture
-def milex_home(tmp_path: Path, slurm_cluster: None) -> MilexHome:
-    """A fresh user set-up whose `local` machine submits to the test cluster."""
+def milex_home(tmp_path: Path, slurm_cluster: None) -> Iterator[MilexHome]:
+    """A fresh user set-up whose `local` machine submits to the test cluster; its agent is
+    stopped afterwards."""
     home = tmp_path / "home"
     home.mkdir()
     env = {
@@ -91,6 +93,9 @@ def milex_home(tmp_path: Path, slurm_cluster: None) -> MilexHome:
         "HOME": str(home),
         "MILEX_CONFIG": str(tmp_path / "milexconfig"),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        # Tests wait for jobs of a second or two: keep the agent's polls frequent.
+        "MILEX_AGENT_POLL_INTERVAL": "0.5",
+        "MILEX_AGENT_MAX_INTERVAL": "1",
     }
     env.pop("MILEX_MACHINE", None)
     user = MilexHome(root=tmp_path, config=tmp_path / "milexconfig", env=env)
@@ -103,7 +108,9 @@ def milex_home(tmp_path: Path, slurm_cluster: None) -> MilexHome:
             }
         }
     )
-    return user
+    yield user
+    for agent_dir in (tmp_path / "milex" / "agent").glob("*"):
+        subprocess.run([str(BIN / "milex-agent"), "stop", "--dir", str(agent_dir)], check=False)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

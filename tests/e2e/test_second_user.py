@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,8 +14,10 @@ from tests.e2e.other_user import OtherUser, ensure_user
 
 
 @pytest.fixture(scope="session")
-def colleague(slurm_cluster: None) -> OtherUser:
-    return ensure_user("milex-colleague")
+def colleague(slurm_cluster: None) -> Iterator[OtherUser]:
+    user = ensure_user("milex-colleague")
+    yield user
+    user.run("milex-agent", "stop", "--path", str(user.home / "milex"), check=False)
 
 
 @pytest.mark.timeout(600)
