@@ -118,7 +118,15 @@ def comment_of(key: str) -> str:
     return f"milex:{key}"
 
 
-def submit(agent: Agent, request: SubmitBundle) -> Submitted:
+def submit(agent: Agent, request: SubmitBundle) -> Submitted | Error:
+    missing = [name for name in request.bundle.jobs if name not in request.keys]
+    if missing:
+        return Error(
+            id=request.id,
+            code="bad_request",
+            message=f"the submit request has no idempotency key for job(s) {', '.join(map(repr, missing))}; "
+            "nothing was submitted.",
+        )
     ledger = JournalLedger(agent, request, agent.scheduler_for(request.settings))
     error = ""
     try:
@@ -139,7 +147,8 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
     by_scheduler: dict[tuple[str, str], list[str]] = {}
     for job, kind, machine_path in agent.journal.unfinished():
         if job.job_id in unfinished:
-            by_scheduler.setdefault((kind, machine_path), []).append(job.job_id)
+            # As in the poller: one scancel for every SLURM job, one per local scheduler directory.
+            by_scheduler.setdefault((kind, machine_path if kind == "local" else ""), []).append(job.job_id)
     for (kind, machine_path), job_ids in by_scheduler.items():
         agent.schedulers(kind, machine_path).cancel(job_ids)
     agent.poller.nudge()

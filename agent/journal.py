@@ -116,7 +116,7 @@ class Journal:
         return [(_tracked(row[:12]), row[12], row[13]) for row in rows]
 
     def update(self, statuses: Iterable[tuple[str, JobStatus]]) -> list[Event]:
-        """Apply (key, status) pairs; an event for each job whose state, exit code or reason changed."""
+        """Apply (key, status) pairs; an event for each job whose state or exit code changed."""
         events = []
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -125,6 +125,8 @@ class Journal:
                 if row is None or status.state is JobState.UNKNOWN:
                     continue
                 if (row[0], row[1]) == (status.state.value, status.exit_code):
+                    # A new reason alone (Priority -> Resources) is kept, without an event.
+                    self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
                     continue
                 events.append(self._event(key, status.state, status.exit_code, status.reason))
         return events
@@ -170,7 +172,7 @@ class Journal:
             parameters += list(job_ids)
         if bundle:
             query += " AND (bundle = ? OR bundle GLOB ?)"
-            parameters += [bundle, f"{_glob_escape(bundle)}_[0-9]*"]
+            parameters += [bundle, f"{_glob_escape(bundle)}_" + "[0-9]" * 14]
         rows = self.db.execute(query + " ORDER BY submitted_at, rowid", parameters).fetchall()
         return [_tracked(row) for row in rows]
 

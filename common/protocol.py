@@ -175,7 +175,8 @@ class Ack(Message, tag="ack"):
     """A request done that has nothing to return."""
 
 
-ErrorCode = Literal["bad_request", "version_mismatch", "too_large", "not_found", "submit_failed", "internal"]
+# `failed`: the request was understood but could not be done (the message says why).
+ErrorCode = Literal["bad_request", "version_mismatch", "too_large", "not_found", "failed", "internal"]
 
 
 class Error(Message, tag="error"):

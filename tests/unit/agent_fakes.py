@@ -1,0 +1,183 @@
+"""Test doubles and builders for the agent's unit tests: an in-memory scheduler, bundles, an Agent."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from milex.agent.journal import Journal
+from milex.agent.poller import Poller
+from milex.agent.state import Agent
+from milex.common.errors import SubmitError
+from milex.common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
+from milex.common.protocol import SubmitBundle
+
+CREATED = "20240101000000"
+
+
+class SchedulerCrash(Exception):
+    """The agent "died" in the middle of a submission (raised by FakeScheduler where told to)."""
+
+
+@dataclass
+class SubmitCall:
+    """One `submit` the fake received, with the id it gave (empty if it never accepted the job)."""
+
+    script: Path
+    after: list[str]
+    dependency_type: str
+    comment: str
+    job_id: str = ""
+
+    @property
+    def job(self) -> str:
+        """The job's name in its bundle, read back from the script name `BUNDLE_DATE_JOB.sh`."""
+        return self.script.stem.rsplit("_", 1)[-1]
+
+
+@dataclass
+class FakeScheduler:
+    """The Scheduler protocol in memory: records every call, and does what the test sets up.
+
+    `refuse[job]` makes the submission of that job (by its name in the bundle) fail with the
+    given message, as sbatch would; `crash_after` jobs are accepted (they get an id and can be
+    looked up by comment) and then SchedulerCrash is raised, as if the agent died before the
+    journal write; `crash_before` jobs raise SchedulerCrash without being accepted. `errors[op]`
+    makes `states`, `cancel` or `lookup` raise that exception.
+    """
+
+    name: str = "fake"
+    first_id: int = 1000
+    calls: list[SubmitCall] = field(default_factory=list)
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+    comments: dict[str, str] = field(default_factory=dict)  # comment -> job id
+    state_calls: list[list[str]] = field(default_factory=list)
+    cancelled: list[list[str]] = field(default_factory=list)
+    lookups: list[list[str]] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    crash_after: set[str] = field(default_factory=set)
+    crash_before: set[str] = field(default_factory=set)
+    errors: dict[str, Exception] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(self.first_id)
+
+    # ---- the Scheduler protocol ---------------------------------------------------------------
+
+    def submit(
+        self,
+        script: Path,
+        *,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> str:
+        call = SubmitCall(Path(script), list(after), dependency_type, comment)
+        self.calls.append(call)
+        if call.job in self.refuse:
+            raise SubmitError(self.refuse[call.job])
+        if call.job in self.crash_before:
+            raise SchedulerCrash(f"crashed before submitting {call.job}")
+        call.job_id = self.add(state=JobState.PENDING, comment=comment)
+        if call.job in self.crash_after:
+            raise SchedulerCrash(f"crashed after {call.job} was accepted as {call.job_id}")
+        return call.job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        self._fail("states")
+        self.state_calls.append(list(job_ids))
+        return {job_id: self.jobs[job_id] for job_id in job_ids if job_id in self.jobs}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        self._fail("cancel")
+        self.cancelled.append(list(job_ids))
+        for job_id in job_ids:
+            if job_id in self.jobs and not self.jobs[job_id].state.finished:
+                self.set_state(job_id, JobState.CANCELLED)
+
+    def lookup(self, comments: Sequence[str]) -> dict[str, str]:
+        self._fail("lookup")
+        self.lookups.append(list(comments))
+        return {comment: self.comments[comment] for comment in comments if comment in self.comments}
+
+    # ---- for tests ----------------------------------------------------------------------------
+
+    def add(self, state: JobState = JobState.PENDING, comment: str = "") -> str:
+        """A job the scheduler has, as if submitted by someone; its new id."""
+        job_id = str(next(self._ids))
+        self.jobs[job_id] = JobStatus(job_id=job_id, state=state)
+        if comment:
+            self.comments[comment] = job_id
+        return job_id
+
+    def set_state(self, job_id: str, state: JobState, exit_code: int | None = None, reason: str = "") -> None:
+        self.jobs[job_id] = JobStatus(job_id=job_id, state=state, exit_code=exit_code, reason=reason)
+
+    @property
+    def submitted(self) -> list[tuple[str, str]]:
+        """(job name, id) of every job the fake accepted, in order."""
+        return [(call.job, call.job_id) for call in self.calls if call.job_id]
+
+    def _fail(self, operation: str) -> None:
+        if operation in self.errors:
+            raise self.errors[operation]
+
+
+def chain_bundle(name: str = "exp", *jobs: str, created: str = CREATED, array: str | None = None) -> Bundle:
+    """A bundle of `jobs` (default a, b, c), each depending on the one before."""
+    names = jobs or ("a", "b", "c")
+    return Bundle(
+        name=name,
+        created=created,
+        jobs={
+            job: Job(
+                name=job,
+                script=f"{job}.py",
+                dependencies=[names[i - 1]] if i else [],
+                slurm=SlurmOptions(dependency_type="afterany" if i == 2 else "afterok", array=array),
+            )
+            for i, job in enumerate(names)
+        },
+    )
+
+
+def submit_request(
+    bundle: Bundle, settings: MachineSettings, keys: dict[str, str] | None = None
+) -> SubmitBundle:
+    """A SubmitBundle with a key per job (`BUNDLE_DATE/JOB`) unless `keys` are given."""
+    if keys is None:
+        keys = {job: f"{bundle.stem}/{job}" for job in bundle.jobs}
+    return SubmitBundle(id="r-submit", bundle=bundle, settings=settings, keys=keys)
+
+
+def make_agent(
+    journal: Journal,
+    scheduler: FakeScheduler,
+    *,
+    interval: float = 2.0,
+    max_interval: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Agent:
+    """An Agent on `journal` whose every scheduler is `scheduler`."""
+
+    def schedulers(kind: str, machine_path: str) -> FakeScheduler:
+        return scheduler
+
+    poller = Poller(journal, schedulers, interval=interval, max_interval=max_interval, clock=clock)
+    return Agent(journal=journal, poller=poller, schedulers=schedulers, version="9.9.9-test")
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,349 @@
+"""The agent's ZeroMQ loop over a real ipc socket, driven by the real client connection."""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from milex.agent.journal import Journal
+from milex.agent.server import AgentServer
+from milex.agent.state import Agent
+from milex.common.errors import SchedulerError
+from milex.common.model import JobState, MachineSettings
+from milex.common.protocol import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Cancel,
+    Error,
+    ErrorCode,
+    Event,
+    Events,
+    Hello,
+    HelloReply,
+    LogChunk,
+    Logs,
+    Reply,
+    Shutdown,
+    Status,
+    StatusReply,
+    Submitted,
+    Unwatch,
+    Watch,
+    decode_reply,
+)
+from milex.connection import AgentConnection, AgentError, AgentUnavailable
+from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request
+
+DEADLINE = 3.0
+RUNNING, COMPLETED = JobState.RUNNING, JobState.COMPLETED
+
+
+def wait_until(condition: Callable[[], object], deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline} s")
+        time.sleep(0.01)
+
+
+@dataclass
+class Served:
+    """An AgentServer serving in a thread, with a fake scheduler, and the clients a test opened."""
+
+    agent: Agent
+    fake: FakeScheduler
+    server: AgentServer
+    endpoint: str
+    settings: MachineSettings
+    thread: threading.Thread | None = None
+    connections: list[AgentConnection] = field(default_factory=list)
+
+    def start(self, max_requests: int | None = None) -> None:
+        self.thread = threading.Thread(target=self.server.serve, args=(max_requests,), daemon=True)
+        self.thread.start()
+
+    def connect(self, timeout: float = DEADLINE) -> AgentConnection:
+        connection = AgentConnection(self.endpoint, timeout=timeout)
+        self.connections.append(connection)
+        return connection
+
+    def submit(self, connection: AgentConnection, *jobs: str, name: str = "exp") -> Submitted:
+        reply = connection.request(submit_request(chain_bundle(name, *jobs), self.settings))
+        assert isinstance(reply, Submitted) and reply.error == "", reply
+        return reply
+
+    def raw(self, connection: AgentConnection, frame: bytes) -> Reply:
+        """The reply to a frame sent as is, bypassing the client's encoding and id matching."""
+        connection.socket.send(frame)
+        assert connection.socket.poll(int(DEADLINE * 1000), zmq.POLLIN), "no reply"
+        return decode_reply(connection.socket.recv())
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    journal = Journal(tmp_path / "journal.sqlite")
+    fake = FakeScheduler()
+    agent = make_agent(journal, fake, interval=0.02, max_interval=0.1)
+    endpoint = f"ipc://{tmp_path / 'agent.sock'}"
+    settings = MachineSettings(name="cluster", path=str(tmp_path / "milex"))
+    served = Served(agent, fake, AgentServer(agent, endpoint), endpoint, settings)
+    try:
+        yield served
+    finally:
+        agent.stopping = True
+        if served.thread is not None:
+            served.thread.join(DEADLINE)
+            assert not served.thread.is_alive(), "the server did not stop"
+        for connection in served.connections:
+            connection.close()
+        served.server.close()
+        journal.close()
+
+
+@pytest.fixture
+def running(served: Served) -> Served:
+    served.start()
+    return served
+
+
+def collect_events(stream: Iterator[Reply], until: Callable[[list[Event]], bool]) -> list[Events]:
+    """Replies of a watch stream until the events received so far satisfy `until`."""
+    replies: list[Events] = []
+    seen: list[Event] = []
+    while not until(seen):
+        reply = next(stream)
+        assert isinstance(reply, Events)
+        replies.append(reply)
+        seen += reply.events
+    return replies
+
+
+def states_of(replies: list[Events]) -> list[tuple[str, JobState]]:
+    return [(event.name, event.state) for reply in replies for event in reply.events]
+
+
+# ---- requests and replies ------------------------------------------------------------------------
+
+
+def test_hello(running):
+    reply = running.connect().hello("0.1.0")
+    assert isinstance(reply, HelloReply)
+    assert (reply.agent_version, reply.protocol, reply.last_seq) == ("9.9.9-test", PROTOCOL_VERSION, 0)
+
+
+def test_submit_status_and_shutdown(running):
+    connection = running.connect()
+    reply = running.submit(connection)
+    assert [(job.name, job.job_id) for job in reply.jobs] == [("a", "1000"), ("b", "1001"), ("c", "1002")]
+    status = connection.request(Status(bundle="exp"))
+    assert isinstance(status, StatusReply) and len(status.jobs) == 3
+    assert connection.request(Shutdown()) == Ack(id=connection._prefix + "-3")
+    running.thread.join(DEADLINE)
+    assert not running.thread.is_alive()
+
+
+def test_garbage_gets_a_bad_request_error_and_the_server_keeps_serving(running):
+    connection = running.connect()
+    for frame in (b"\xc1 not msgpack", msgspec.msgpack.encode([1, 2]), b""):
+        reply = running.raw(connection, frame)
+        assert isinstance(reply, Error) and reply.code == "bad_request", reply
+    assert isinstance(connection.hello("0.1.0"), HelloReply)
+
+
+def test_an_invalid_request_is_a_bad_request_naming_the_field(running):
+    connection = running.connect()
+    reply = running.raw(
+        connection, msgspec.msgpack.encode({"type": "logs", "v": PROTOCOL_VERSION, "id": "x", "job_id": 7})
+    )
+    assert isinstance(reply, Error) and (reply.code, reply.id) == ("bad_request", "x")
+    assert "$.job_id" in reply.message
+
+
+def test_a_request_of_another_version_gets_a_version_mismatch(running):
+    connection = running.connect()
+    reply = running.raw(
+        connection, msgspec.msgpack.encode({"type": "hello", "v": PROTOCOL_VERSION + 1, "id": "x"})
+    )
+    assert isinstance(reply, Error) and (reply.code, reply.id) == ("version_mismatch", "x")
+    assert "the client is newer" in reply.message
+
+
+def test_a_frame_over_the_limit_gets_too_large_and_the_server_keeps_serving(running):
+    connection = running.connect()
+    reply = running.raw(connection, b"\x00" * (MAX_MESSAGE_BYTES + 1))
+    assert isinstance(reply, Error) and reply.code == "too_large"
+    assert isinstance(connection.hello("0.1.0"), HelloReply)
+
+
+def test_a_handler_failing_unexpectedly_is_an_internal_error_and_the_loop_survives(running):
+    connection = running.connect()
+    running.submit(connection)
+    running.fake.errors["cancel"] = RuntimeError("boom")
+    with pytest.raises(AgentError) as caught:
+        connection.request(Cancel(bundle="exp"))
+    assert caught.value.error.code == "internal"
+    assert "boom" in caught.value.error.message
+    assert "RuntimeError" in caught.value.error.detail
+    assert isinstance(connection.hello("0.1.0"), HelloReply)
+    assert running.thread.is_alive()
+
+
+def test_a_scheduler_error_reaches_the_client_as_a_readable_error(running):
+    connection = running.connect()
+    running.submit(connection)
+    running.fake.errors["cancel"] = SchedulerError(
+        "scancel: error: Kill job error on job id 1001: Access denied"
+    )
+    with pytest.raises(AgentError) as caught:
+        connection.request(Cancel(bundle="exp"))
+    assert caught.value.error.code in typing.get_args(ErrorCode)
+    assert "Access denied" in str(caught.value)
+    assert isinstance(connection.hello("0.1.0"), HelloReply)
+
+
+def test_a_submission_missing_a_key_is_an_error_the_client_can_read(running):
+    connection = running.connect()
+    request = submit_request(chain_bundle(), running.settings, keys={"a": "ka", "c": "kc"})
+    with pytest.raises(AgentError) as caught:
+        connection.request(request)
+    assert "'b'" in str(caught.value)
+
+
+def test_serve_returns_after_max_requests(served):
+    served.start(max_requests=2)
+    connection = served.connect()
+    connection.hello("0.1.0")
+    connection.hello("0.1.0")
+    served.thread.join(DEADLINE)
+    assert not served.thread.is_alive()
+    with pytest.raises(AgentUnavailable):
+        connection.request(Hello(), timeout=0.2)
+
+
+def test_replies_reach_the_client_that_asked(running):
+    first, second = running.connect(), running.connect()
+    first_id, second_id = first.send(Status()), second.send(Hello())
+    assert isinstance(second.receive(second_id), HelloReply)
+    assert isinstance(first.receive(first_id), StatusReply)
+
+
+# ---- watch streams -------------------------------------------------------------------------------
+
+
+def test_watch_follow_pushes_the_events_of_each_poll(running):
+    connection = running.connect()
+    stream = connection.stream(Watch(since=0, heartbeat=1.0), idle_timeout=DEADLINE)
+    first = next(stream)
+    assert isinstance(first, Events) and (first.events, first.last_seq) == ([], 0)
+    running.submit(running.connect(), "a")
+    replies = collect_events(stream, lambda seen: any(e.state is JobState.PENDING for e in seen))
+    assert states_of(replies) == [("a", JobState.SUBMITTED), ("a", JobState.PENDING)]
+    running.fake.set_state("1000", RUNNING)
+    replies = collect_events(stream, lambda seen: any(e.state is RUNNING for e in seen))
+    assert states_of(replies)[-1] == ("a", RUNNING)
+    assert replies[-1].last_seq == replies[-1].events[-1].seq == 3
+
+
+def test_watch_since_replays_history_first(running):
+    connection = running.connect()
+    running.submit(connection, "a", "b")
+    wait_until(lambda: running.agent.journal.last_seq >= 4)  # submitted and pending, twice
+    reply = connection.request(Watch(since=1, follow=False))
+    assert isinstance(reply, Events)
+    assert [event.seq for event in reply.events] == [2, 3, 4]
+    assert running.agent.watches == {}
+
+
+def test_heartbeats_are_empty_events_at_the_heartbeat_interval(running):
+    connection = running.connect()
+    stream = connection.stream(Watch(since=0, heartbeat=0.1), idle_timeout=DEADLINE)
+    next(stream)
+    started = time.monotonic()
+    beats = [next(stream) for _ in range(4)]
+    elapsed = time.monotonic() - started
+    assert all(isinstance(beat, Events) and beat.events == [] and beat.last_seq == 0 for beat in beats)
+    assert 0.3 <= elapsed < 2.0
+
+
+def test_two_watchers_both_get_each_event(running):
+    watchers = [
+        running.connect().stream(Watch(since=0, heartbeat=1.0), idle_timeout=DEADLINE) for _ in range(2)
+    ]
+    for stream in watchers:
+        next(stream)
+    running.submit(running.connect(), "a")
+    running.fake.set_state("1000", RUNNING)
+    for stream in watchers:
+        replies = collect_events(stream, lambda seen: any(e.state is RUNNING for e in seen))
+        seqs = [event.seq for reply in replies for event in reply.events]
+        assert seqs == sorted(set(seqs))
+        assert states_of(replies)[0] == ("a", JobState.SUBMITTED)
+        assert states_of(replies)[-1] == ("a", RUNNING)
+
+
+def test_a_watcher_that_disconnects_is_dropped(running):
+    gone = running.connect()
+    stream = gone.stream(Watch(since=0, heartbeat=0.05), idle_timeout=DEADLINE)
+    next(stream)
+    stayed = running.connect()
+    kept = stayed.stream(Watch(since=0, heartbeat=0.05), idle_timeout=DEADLINE)
+    next(kept)
+    assert len(running.agent.watches) == 2
+    gone.close()
+    wait_until(lambda: len(running.agent.watches) == 1)
+    assert isinstance(next(kept), Events)  # the other watcher still gets its heartbeats
+    assert isinstance(running.connect().hello("0.1.0"), HelloReply)
+    assert running.thread.is_alive()
+
+
+def test_unwatch_stops_the_stream(running):
+    connection = running.connect()
+    watch_id = connection.send(Watch(since=0, heartbeat=0.05))
+    connection.receive(watch_id)
+    assert connection.request(Unwatch(watch_id=watch_id)) == Ack(id=connection._prefix + "-2")
+    assert running.agent.watches == {}
+
+
+# ---- log streams ---------------------------------------------------------------------------------
+
+
+def test_logs_follow_streams_chunks_as_the_log_grows_then_eof_when_the_job_ends(running):
+    connection = running.connect()
+    running.submit(connection, "a")
+    log = Path(running.settings.path) / "slurm" / "exp_20240101000000_a-1000.out"
+    log.write_bytes(b"one\n")
+    stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE)
+    first = next(stream)
+    assert isinstance(first, LogChunk) and (first.offset, first.data, first.eof) == (0, b"one\n", False)
+    assert first.path == str(log)
+    received = b""
+    for line in (b"two\n", b"three\n"):
+        with log.open("ab") as file:
+            file.write(line)
+        chunk = next(stream)
+        assert isinstance(chunk, LogChunk) and chunk.offset == 4 + len(received) and not chunk.eof
+        received += chunk.data
+        assert chunk.data == line
+    running.fake.set_state("1000", COMPLETED, 0)
+    last = next(stream)
+    assert isinstance(last, LogChunk) and (last.data, last.eof, last.offset) == (b"", True, 4 + len(received))
+    wait_until(lambda: running.agent.log_streams == {})
+
+
+def test_logs_follow_of_a_finished_job_ends_at_once(running):
+    connection = running.connect()
+    running.submit(connection, "a")
+    (Path(running.settings.path) / "slurm" / "exp_20240101000000_a-1000.out").write_bytes(b"all\n")
+    running.fake.set_state("1000", COMPLETED, 0)
+    wait_until(lambda: running.agent.journal.find("exp_20240101000000/a").state is COMPLETED)
+    stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE)
+    assert (next(stream).data, next(stream).eof) == (b"all\n", True)

@@ -1,0 +1,239 @@
+"""The SQLite journal: submissions by idempotency key, numbered events, queries, and persistence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from milex.agent.journal import Journal
+from milex.common.model import JobState, JobStatus
+from milex.common.protocol import TrackedJob
+
+PENDING, RUNNING, COMPLETED, FAILED = JobState.PENDING, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    journal = Journal(tmp_path / "agent" / "journal.sqlite")
+    yield journal
+    journal.close()
+
+
+def tracked(key: str, bundle: str = "exp_20240101000000", name: str = "") -> TrackedJob:
+    return TrackedJob(
+        key=key, bundle=bundle, name=name or key.rsplit("/", 1)[-1], job_id="", state=JobState.SUBMITTED,
+        script=f"/m/slurm/{key}.sh", stdout="/m/slurm/o-%j.out", stderr="/m/slurm/o-%j.err",
+    )  # fmt: skip
+
+
+def add(journal: Journal, key: str, job_id: str, bundle: str = "exp_20240101000000", **kw: str) -> None:
+    """A job begun and accepted as `job_id`."""
+    journal.begin(
+        tracked(key, bundle), scheduler=kw.get("scheduler", "slurm"), machine_path=kw.get("path", "/m")
+    )
+    journal.submitted(key, job_id)
+
+
+def status(job_id: str, state: JobState, exit_code: int | None = None, reason: str = "") -> JobStatus:
+    return JobStatus(job_id=job_id, state=state, exit_code=exit_code, reason=reason)
+
+
+# ---- submission ----------------------------------------------------------------------------------
+
+
+def test_a_begun_job_is_in_doubt_until_submitted(journal):
+    journal.begin(tracked("k/a"), scheduler="local", machine_path="/m")
+    found = journal.find("k/a")
+    assert found is not None
+    assert (found.job_id, found.state, found.script) == ("", JobState.SUBMITTED, "/m/slurm/k/a.sh")
+    [(doubtful, kind, path)] = journal.in_doubt()
+    assert (doubtful.key, kind, path) == ("k/a", "local", "/m")
+    assert journal.unfinished() == []
+    assert journal.jobs() == []  # not tracked until the scheduler gave it an id
+    assert journal.last_seq == 0
+
+
+def test_submitted_records_the_id_and_a_first_event(journal):
+    journal.begin(tracked("k/a"), scheduler="slurm", machine_path="/m")
+    event = journal.submitted("k/a", "1234")
+    assert (event.seq, event.key, event.job_id, event.state, event.name) == (
+        1,
+        "k/a",
+        "1234",
+        JobState.SUBMITTED,
+        "a",
+    )
+    assert event.bundle == "exp_20240101000000"
+    assert journal.in_doubt() == []
+    assert journal.find("k/a").job_id == "1234"
+    [(job, kind, path)] = journal.unfinished()
+    assert (job.job_id, kind, path) == ("1234", "slurm", "/m")
+    assert journal.last_seq == 1
+    assert journal.events_since(0) == [event]
+
+
+def test_forget_removes_a_refused_job(journal):
+    journal.begin(tracked("k/a"), scheduler="slurm", machine_path="/m")
+    journal.forget("k/a")
+    assert journal.find("k/a") is None
+    assert journal.in_doubt() == []
+
+
+def test_find_of_an_unknown_key_is_none(journal):
+    assert journal.find("nope") is None
+
+
+def test_unfinished_leaves_out_finished_and_in_doubt_jobs(journal):
+    add(journal, "k/a", "1")
+    add(journal, "k/b", "2")
+    add(journal, "k/c", "3")
+    journal.begin(tracked("k/d"), scheduler="slurm", machine_path="/m")
+    journal.update([("k/a", status("1", COMPLETED, 0)), ("k/b", status("2", RUNNING))])
+    assert sorted(job.key for job, _, _ in journal.unfinished()) == ["k/b", "k/c"]
+
+
+# ---- events --------------------------------------------------------------------------------------
+
+
+def test_update_emits_an_event_only_when_state_or_exit_code_change(journal):
+    add(journal, "k/a", "1")
+    assert [e.state for e in journal.update([("k/a", status("1", PENDING, reason="Priority"))])] == [PENDING]
+    assert journal.update([("k/a", status("1", PENDING, reason="Priority"))]) == []
+    assert journal.update([("k/a", status("1", PENDING, reason="Resources"))]) == []  # reason only
+    [running] = journal.update([("k/a", status("1", RUNNING))])
+    assert (running.state, running.exit_code, running.job_id) == (RUNNING, None, "1")
+    [failed] = journal.update([("k/a", status("1", FAILED, 1, "NonZeroExitCode"))])
+    assert (failed.state, failed.exit_code, failed.reason) == (FAILED, 1, "NonZeroExitCode")
+    [changed_code] = journal.update([("k/a", status("1", FAILED, 2))])
+    assert changed_code.exit_code == 2
+    assert journal.update([("k/a", status("1", FAILED, 2))]) == []
+    job = journal.find("k/a")
+    assert (job.state, job.exit_code) == (FAILED, 2)
+    assert [e.seq for e in journal.events_since(0)] == [1, 2, 3, 4, 5]
+
+
+def test_update_ignores_unknown_states_and_unknown_keys(journal):
+    add(journal, "k/a", "1")
+    assert journal.update([("k/a", status("1", JobState.UNKNOWN)), ("nope", status("9", RUNNING))]) == []
+    assert journal.find("k/a").state is JobState.SUBMITTED
+    assert journal.last_seq == 1
+
+
+def test_update_of_several_jobs_emits_their_events_in_order(journal):
+    for i in range(3):
+        add(journal, f"k/{i}", str(i))
+    events = journal.update([(f"k/{i}", status(str(i), RUNNING)) for i in (2, 0, 1)])
+    assert [(e.key, e.seq) for e in events] == [("k/2", 4), ("k/0", 5), ("k/1", 6)]
+
+
+def test_events_since_is_ordered_by_seq_and_limited(journal):
+    for i in range(5):
+        add(journal, f"k/{i}", str(100 + i))
+    journal.update([(f"k/{i}", status(str(100 + i), RUNNING)) for i in range(5)])
+    assert [e.seq for e in journal.events_since(0)] == list(range(1, 11))
+    assert [e.seq for e in journal.events_since(3, limit=4)] == [4, 5, 6, 7]
+    assert journal.events_since(10) == []
+    assert journal.events_since(99) == []
+    latest = journal.events_since(9)
+    assert [(e.key, e.job_id, e.state) for e in latest] == [("k/4", "104", RUNNING)]
+    assert journal.last_seq == 10
+
+
+def test_last_seq_of_an_empty_journal_is_zero(journal):
+    assert journal.last_seq == 0
+    assert journal.events_since(0) == []
+
+
+# ---- queries -------------------------------------------------------------------------------------
+
+
+def test_jobs_by_ids_and_all(journal):
+    add(journal, "k/a", "1")
+    add(journal, "k/b", "2")
+    add(journal, "k/c", "3")
+    assert [job.key for job in journal.jobs()] == ["k/a", "k/b", "k/c"]
+    assert [job.job_id for job in journal.jobs(["3", "1"])] == ["1", "3"]
+    assert journal.jobs(["404"]) == []
+
+
+def test_jobs_by_bundle_name_matches_every_date_of_that_name_only(journal):
+    add(journal, "1", "1", bundle="exp_20240101000000")
+    add(journal, "2", "2", bundle="exp_20240202000000")
+    add(journal, "3", "3", bundle="expX_20240101000000")
+    add(journal, "4", "4", bundle="ex_20240101000000")
+    assert [job.job_id for job in journal.jobs(bundle="exp")] == ["1", "2"]
+    assert [job.job_id for job in journal.jobs(bundle="exp_20240202000000")] == ["2"]
+    assert [job.job_id for job in journal.jobs(["1", "3"], bundle="exp")] == ["1"]
+    assert journal.jobs(bundle="e") == []
+
+
+def test_jobs_by_bundle_name_does_not_match_a_longer_name_made_of_it_and_digits(journal):
+    # `exp_1` is a valid bundle name: `milex cancel exp` must not cancel the jobs of bundle `exp_1`.
+    add(journal, "1", "1", bundle="exp_20240101000000")
+    add(journal, "2", "2", bundle="exp_1_20240101000000")
+    add(journal, "3", "3", bundle="exp_2024_20240101000000")
+    assert [job.job_id for job in journal.jobs(bundle="exp")] == ["1"]
+    assert [job.job_id for job in journal.jobs(bundle="exp_1")] == ["2"]
+
+
+def test_jobs_by_bundle_name_treats_glob_characters_literally(journal):
+    add(journal, "1", "1", bundle="a[1]_20240101000000")
+    add(journal, "2", "2", bundle="ab_20240101000000")
+    add(journal, "3", "3", bundle="a*_20240101000000")
+    assert [job.job_id for job in journal.jobs(bundle="a[1]")] == ["1"]
+    assert [job.job_id for job in journal.jobs(bundle="a*")] == ["3"]
+    assert [job.job_id for job in journal.jobs(bundle="a?")] == []
+
+
+# ---- durability and scale ------------------------------------------------------------------------
+
+
+def test_a_new_journal_on_the_same_file_sees_everything(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    first = Journal(path)
+    add(first, "k/a", "1")
+    add(first, "k/b", "2", scheduler="local", path="/other")
+    first.begin(tracked("k/c"), scheduler="slurm", machine_path="/m")
+    first.update([("k/a", status("1", COMPLETED, 0))])
+    events = first.events_since(0)
+    first.close()
+
+    second = Journal(path)
+    try:
+        assert second.last_seq == 3
+        assert second.events_since(0) == events
+        assert second.find("k/a").state is COMPLETED
+        assert [(job.key, kind, where) for job, kind, where in second.unfinished()] == [
+            ("k/b", "local", "/other")
+        ]
+        assert [job.key for job, _, _ in second.in_doubt()] == ["k/c"]
+        add(second, "k/d", "4")
+        assert second.last_seq == 4  # numbering goes on where it stopped
+    finally:
+        second.close()
+
+
+def test_ten_thousand_jobs(journal):
+    # Loaded in one transaction (10,000 separate commits take seconds on a slow disk): the rows
+    # are what `begin` then `submitted` leave, less the 10,000 first events.
+    with journal.db:
+        journal.db.execute("BEGIN")
+        for i in range(10_000):
+            journal.begin(
+                tracked(f"big/{i}", f"big_2024010100{i % 100:04d}"), scheduler="slurm", machine_path="/m"
+            )
+        journal.db.executemany(
+            "UPDATE jobs SET job_id = ? WHERE key = ?", [(str(i), f"big/{i}") for i in range(10_000)]
+        )
+    assert journal.in_doubt() == []
+    unfinished = journal.unfinished()
+    assert len(unfinished) == 10_000
+    assert len({job.job_id for job, _, _ in unfinished}) == 10_000
+    events = journal.update([(f"big/{i}", status(str(i), COMPLETED, 0)) for i in range(0, 10_000, 2)])
+    assert len(events) == 5_000
+    assert [e.seq for e in events] == list(range(1, 5_001))
+    assert len(journal.unfinished()) == 5_000
+    assert len(journal.jobs(bundle="big")) == 10_000
+    assert len(journal.jobs([str(i) for i in range(10_000)])) == 10_000
