@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # setup.sh - everything a fresh Debian machine needs to run Milex and its tests, from nothing:
-# Debian packages, the project's virtual environment (.venv, with the example app), and the
-# single-node SLURM test cluster on 127.0.0.1. Safe to run again: each step skips what is done.
+# Debian packages, the project's virtual environment (.venv, with the example app), the
+# single-node SLURM test cluster and an OpenSSH server, both on 127.0.0.1. Safe to run again:
+# each step skips what is done.
 #
 # Environment: MILEX_VENV (default: <repo>/.venv), MILEX_PYTHON (default: python3).
 set -euo pipefail
@@ -10,7 +11,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${MILEX_VENV:-$REPO/.venv}
 PYTHON=${MILEX_PYTHON:-python3}
 # python3-venv: a non-root test user builds its venv from the system Python (root's is unreadable).
-PACKAGES=(slurmctld slurmd slurm-client munge python3-venv)
+PACKAGES=(slurmctld slurmd slurm-client munge python3-venv openssh-server)
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -34,4 +35,9 @@ log "installing milex-scheduler and the example app into $VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "${REPO}[test]" -e "$REPO/examples"
 
 "$REPO/deploy/slurm-up.sh"
+# The test "login node": a real sshd on 127.0.0.1 (and variants without stream-local forwarding
+# and with a second factor, for the tunnel's fallbacks).
+"$REPO/deploy/sshd-up.sh"
+MILEX_SSHD_PORT=2223 "$REPO/deploy/sshd-up.sh" --no-streamlocal
+MILEX_SSHD_PORT=2224 "$REPO/deploy/sshd-up.sh" --kbd-interactive
 log "ready: activate with 'source $VENV/bin/activate'"

@@ -10,6 +10,7 @@ from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
 from milex.cli.run import run
 from milex.cli.schedule import schedule
+from milex.cli.tunnel import tunnel_group
 
 
 @click.group()
@@ -28,6 +29,7 @@ milex.add_command(status)
 milex.add_command(logs)
 milex.add_command(cancel)
 milex.add_command(agent_group)
+milex.add_command(tunnel_group)
 
 
 def main() -> None:

@@ -13,6 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.sshd import (
+    PASSPHRASE,
+    PASSWORD,
+    Keys,
+    LoginUser,
+    Sshd,
+    ensure_login_user,
+    generate_key,
+    known_hosts_line,
+    start_sshd,
+)
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -119,3 +131,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
+
+
+# ---- the test sshd and its login user (shared by the tunnel and remote-machine tests) ----------
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Sshd:
+    return start_sshd()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    directory = tmp_path_factory.mktemp("keys")
+    return Keys(plain=directory / "id_plain", encrypted=directory / "id_encrypted")
+
+
+@pytest.fixture(scope="session")
+def login(sshd: Sshd, keys: Keys) -> LoginUser:
+    public = [generate_key(keys.plain), generate_key(keys.encrypted, PASSPHRASE)]
+    return ensure_login_user(public, PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def known_hosts(sshd: Sshd) -> str:
+    ports = (sshd.port, sshd.no_streamlocal_port, sshd.kbdint_port)
+    return "".join(known_hosts_line(port) for port in ports)

@@ -1,0 +1,83 @@
+"""Remote machines: their agent reached through the machine's tunnel, and commands run over SSH."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from milex.agent_control import remote_agent_command
+from milex.common.errors import MilexError
+from milex.config import Machine
+
+
+def remote_endpoint(machine: Machine) -> str:
+    """The local end of `machine`'s tunnel to its agent; tunnel and agent are started if needed.
+
+    The tunnel runs `milex-agent start` after each SSH (re)connection, so a stopped or crashed
+    agent comes back with the link, and learns the agent's socket from what it prints.
+    """
+    from milex.tunnel_service import start_tunnel
+
+    status = start_tunnel(machine.name, "", on_connect=remote_agent_command(machine, "start"))
+    return f"ipc://{status.local_socket}"
+
+
+def run_remote(machine: Machine, command: str, *, check: bool = True) -> str:
+    """Run `command` on `machine` over SSH; its output, or MilexError with what it printed."""
+    from milex.tunnel import SshSession
+
+    with SshSession.for_machine(machine) as session:
+        code, out, err = session.exec(command)
+    if check and code != 0:
+        raise MilexError(f"on {machine.name}: `{command}` exited {code}:\n{(err or out).strip()}")
+    return out.strip()
+
+
+def deploy(machine: Machine, *, upload_wheel: bool) -> str:
+    """Install this Milex version into the machine's environment (index or uploaded wheel), create
+    its directories, and restart its agent so the new version serves."""
+    from milex.agents import client_version
+    from milex.common.model import MACHINE_DIRS
+    from milex.tunnel import SshSession
+    from milex.tunnel_service import stop_tunnel
+
+    prefix = f"{machine.env_command} && " if machine.env_command else ""
+    dirs = " ".join(shell_path(f"{machine.path}/{name}") for name in MACHINE_DIRS)
+    with SshSession.for_machine(machine) as session:
+        if upload_wheel:
+            wheel = _build_wheel()
+            remote_wheel = f"/tmp/{wheel.name}"
+            session.upload(wheel, remote_wheel)
+            package = shlex.quote(remote_wheel)
+        else:
+            package = shlex.quote(f"milex-scheduler=={client_version()}")
+        steps = [f"mkdir -p {dirs}", f"python3 -m pip install --quiet {package}"]
+        for step in steps:
+            code, out, err = session.exec(f"bash -lc {shlex.quote(prefix + step)}", timeout=600)
+            if code != 0:
+                raise MilexError(f"on {machine.name}: `{step}` exited {code}:\n{(err or out).strip()}")
+        session.exec(remote_agent_command(machine, "stop"))
+    stop_tunnel(machine.name)  # the next command reconnects and starts the new agent
+    return f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
+
+
+def shell_path(path: str) -> str:
+    """`path` quoted for a remote shell, with a leading `~/` still meaning the remote home."""
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _build_wheel() -> Path:
+    import subprocess
+    import tempfile
+
+    source = Path(__file__).resolve().parents[1]
+    if not (source / "pyproject.toml").exists():
+        raise MilexError("--wheel needs a source checkout of milex-scheduler to build the wheel from.")
+    out = Path(tempfile.mkdtemp(prefix="milex-wheel-"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)], check=True
+    )
+    return next(out.glob("milex_scheduler-*.whl"))

@@ -1,0 +1,328 @@
+"""One long-lived SSH session to a machine, and byte channels through it to a unix socket over there."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import paramiko
+from paramiko.common import (
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_FAILED_CONNECT_FAILED,
+    OPEN_FAILED_UNKNOWN_CHANNEL_TYPE,
+    cMSG_CHANNEL_OPEN,
+)
+
+from milex.common.errors import ConfigError
+from milex.config import Machine
+from milex.ssh_auth import (
+    Credentials,
+    Prompt,
+    Target,
+    TunnelError,
+    connect_socket,
+    handshake,
+    resolve_target,
+    tty_prompt,
+)
+
+log = logging.getLogger("milex.tunnel")
+
+STREAMLOCAL = "direct-streamlocal@openssh.com"
+DEFAULT_RELAY = "milex-agent bridge --socket {socket}"
+Mode = Literal["streamlocal", "relay"]
+
+
+@dataclass
+class Backoff:
+    """After each failure, refuse new attempts for a delay that doubles up to `cap`; a success resets it."""
+
+    base: float = 0.25
+    cap: float = 15.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    not_before: float = field(default=0.0, repr=False)
+
+    def failed(self) -> float:
+        delay = min(self.cap, self.base * 2**self.failures)
+        self.failures += 1
+        self.not_before = self.clock() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.not_before = 0, 0.0
+
+    def wait_left(self) -> float:
+        return max(0.0, self.not_before - self.clock())
+
+
+def streamlocal_open_message(
+    chanid: int, window_size: int, max_packet_size: int, path: str
+) -> paramiko.Message:
+    """SSH_MSG_CHANNEL_OPEN for OpenSSH's direct-streamlocal (PROTOCOL, section 2.4)."""
+    message = paramiko.Message()
+    message.add_byte(cMSG_CHANNEL_OPEN)
+    message.add_string(STREAMLOCAL)
+    message.add_int(chanid)
+    message.add_int(window_size)
+    message.add_int(max_packet_size)
+    message.add_string(path)
+    message.add_string("")  # reserved
+    message.add_int(0)  # reserved
+    return message
+
+
+def open_direct_streamlocal(transport: paramiko.Transport, path: str, timeout: float) -> paramiko.Channel:
+    """A channel to unix socket `path` on the server.
+
+    Paramiko has no API for this channel kind, so this is `Transport.open_channel` (paramiko 3 to 5)
+    with our own payload: the same lock, channel registration and wait; tests/unit checks that
+    the private members it relies on still exist. A refusal raises paramiko.ChannelException.
+    """
+    if not transport.is_active():
+        raise paramiko.SSHException("SSH session not active")
+    window, packet = transport.default_window_size, transport.default_max_packet_size
+    with transport.lock:
+        chanid = transport._next_channel()
+        channel = paramiko.Channel(chanid)
+        transport._channels.put(chanid, channel)
+        transport.channel_events[chanid] = event = threading.Event()
+        transport.channels_seen[chanid] = True
+        channel._set_transport(transport)
+        channel._set_window(window, packet)
+    transport._send_user_message(streamlocal_open_message(chanid, window, packet, path))
+    deadline = time.monotonic() + timeout
+    while not event.wait(0.1):
+        if not transport.is_active():
+            raise transport.get_exception() or paramiko.SSHException("Unable to open channel.")
+        if time.monotonic() > deadline:
+            raise paramiko.SSHException("Timeout opening channel.")
+    # On failure paramiko drops the channel from its table and keeps a ChannelException for us.
+    if transport._channels.get(chanid) is None:
+        raise transport.get_exception() or paramiko.SSHException("Unable to open channel.")
+    return channel
+
+
+def relay_command(path: str, template: str = DEFAULT_RELAY, env_command: str = "") -> str:
+    """The remote command that pipes its stdin/stdout to socket `path` (`{socket}` in `template`)."""
+    quoted = shlex.quote(path)
+    relay = template.replace("{socket}", quoted) if "{socket}" in template else f"{template} {quoted}"
+    script = f"{env_command} && exec {relay}" if env_command else f"exec {relay}"
+    return f"bash -lc {shlex.quote(script)}"
+
+
+class SshSession:
+    """A paramiko connection to one machine, reconnected on next use after it drops.
+
+    `prompt` asks for passphrases and keyboard-interactive answers; they are kept for reconnections.
+    `relay` and `env_command` build the fallback command when the server forbids stream-local
+    forwarding. `on_connect` runs after each (re)connection, e.g. to start the remote agent.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        username: str | None = None,
+        key_path: str | None = None,
+        port: int | None = None,
+        *,
+        prompt: Prompt = tty_prompt,
+        relay: str = DEFAULT_RELAY,
+        env_command: str = "",
+        ssh_config: Path | None = None,
+        timeout: float = 15.0,
+        jump: str | None = None,
+        credentials: Credentials | None = None,
+        on_connect: Callable[[SshSession], None] | None = None,
+    ) -> None:
+        self.target: Target = resolve_target(hostname, username, key_path, port, ssh_config)
+        self.credentials = credentials or Credentials(prompt)
+        self.relay, self.env_command, self.timeout = relay, env_command, timeout
+        self.on_connect = on_connect
+        self.mode: Mode | None = None
+        self.connected_at: float | None = None
+        self.backoff = Backoff()
+        self._ssh_config = ssh_config
+        self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
+        self._jump: SshSession | None = None
+        self._transport: paramiko.Transport | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_machine(cls, machine: Machine, **options: object) -> SshSession:
+        if not machine.hostname:
+            raise ConfigError(
+                f"machine {machine.name!r} has no hostname: it is local, there is nothing to tunnel."
+            )
+        return cls(
+            machine.hostname, machine.username, machine.key_path, machine.port,
+            env_command=machine.env_command, **options,
+        )  # fmt: skip
+
+    @property
+    def is_connected(self) -> bool:
+        transport = self._transport
+        return transport is not None and transport.is_active() and transport.is_authenticated()
+
+    def connect(self) -> paramiko.Transport:
+        """The live transport: the current one, or a new connection (host key checked, authenticated)."""
+        with self._lock:
+            if self.is_connected and self._transport is not None:
+                return self._transport
+            self._close_transport()
+            transport = None
+            try:
+                transport = paramiko.Transport(self._socket())
+                handshake(transport, self.target, self.credentials, self.timeout)
+                self._server_nodelay(transport)
+            except BaseException as error:
+                if transport is not None:
+                    transport.close()
+                if isinstance(error, (paramiko.SSHException, EOFError, OSError)):
+                    raise TunnelError(f"SSH connection to {self.target} failed: {error}") from None
+                raise
+            self._transport, self.connected_at = transport, time.time()
+            log.info("connected to %s", self.target)
+            if self.on_connect:
+                self.on_connect(self)
+            return transport
+
+    def _server_nodelay(self, transport: paramiko.Transport) -> None:
+        """Make sshd set TCP_NODELAY on its side too: it does so only when the connection's first command
+        runs on a terminal. Measured without it: replies written in pieces (the ZeroMQ greeting, large
+        messages) stall about 45 ms on Nagle and delayed ACKs."""
+        try:
+            with transport.open_session(timeout=self.timeout) as channel:
+                channel.get_pty()
+                channel.exec_command("true")
+        except paramiko.SSHException as refusal:  # e.g. PermitTTY no: slower, still correct
+            log.warning("%s gives no terminal (%s): some replies may lag by ~45 ms", self.target, refusal)
+
+    def _socket(self) -> socket.socket | paramiko.Channel | paramiko.ProxyCommand:
+        if not self._jump_spec:
+            return connect_socket(self.target, self.timeout)
+        hops, _, last = self._jump_spec.rpartition(",")  # `a,b`: reach b through a, then us through b
+        user, _, host = last.rpartition("@")
+        host, _, port = host.partition(":")
+        self._jump = self._jump or SshSession(
+            host, user or None, None, int(port) if port else None, ssh_config=self._ssh_config,
+            timeout=self.timeout, jump=hops, credentials=self.credentials,
+        )  # fmt: skip
+        destination = (self.target.hostname, self.target.port)
+        return self._jump.connect().open_channel("direct-tcpip", destination, ("127.0.0.1", 0))
+
+    def open_streamlocal(self, remote_path: str) -> paramiko.Channel:
+        """A byte channel to unix socket `remote_path`: stream-local forwarding, else the relay command.
+
+        After a failure, attempts are refused for a while (see Backoff) instead of hammering the server.
+        """
+        with self._lock:
+            wait = self.backoff.wait_left()
+            if wait:
+                raise TunnelError(
+                    f"{self.target}: the last channel to {remote_path} failed; retrying in {wait:.1f} s."
+                )
+            try:
+                channel = self._open_retrying(remote_path)
+            except TunnelError:
+                self.backoff.failed()
+                raise
+            self.backoff.succeeded()
+            return channel
+
+    def _open_retrying(self, remote_path: str) -> paramiko.Channel:
+        for attempt in (1, 2):
+            transport = self.connect()
+            try:
+                return self._open(transport, remote_path)
+            except (paramiko.SSHException, EOFError, OSError) as error:
+                # A connection that died unnoticed (server restart, laptop sleep) is replaced once.
+                if isinstance(error, paramiko.ChannelException) or transport.is_active() or attempt == 2:
+                    raise TunnelError(
+                        f"{self.target}: cannot open a channel to {remote_path}: {error}"
+                    ) from None
+                log.info("connection to %s lost; reconnecting", self.target)
+        raise AssertionError("unreachable")
+
+    def _open(self, transport: paramiko.Transport, path: str) -> paramiko.Channel:
+        if self.mode != "relay":
+            try:
+                channel = open_direct_streamlocal(transport, path, self.timeout)
+            except paramiko.ChannelException as refusal:
+                self._refused(refusal, path)
+                log.info("%s forbids stream-local forwarding; relaying through a command", self.target)
+                self.mode = "relay"
+            else:
+                self.mode = "streamlocal"
+                return channel
+        channel = transport.open_session(timeout=self.timeout)
+        channel.exec_command(relay_command(path, self.relay, self.env_command))
+        return channel
+
+    def _refused(self, refusal: paramiko.ChannelException, path: str) -> None:
+        """Raise unless `refusal` means the server forbids stream-local forwarding."""
+        if refusal.code in (OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED, OPEN_FAILED_UNKNOWN_CHANNEL_TYPE):
+            return
+        # OpenSSH (9.2 at least) refuses a forbidden forwarding with the code of a failed connect, so
+        # look: a socket that exists, yet was never reachable this way, means forwarding is off.
+        exists = self.exec(f"test -S {shlex.quote(path)}")[0] == 0
+        if refusal.code != OPEN_FAILED_CONNECT_FAILED or self.mode == "streamlocal" or not exists:
+            problem = "refuses connections" if exists else "does not exist"
+            raise TunnelError(f"{self.target}: the socket {path} {problem}: is the agent running there?")
+
+    def upload(self, local: Path, remote: str) -> None:
+        """Copy the file `local` to `remote` over SFTP on this session."""
+        sftp = paramiko.SFTPClient.from_transport(self.connect())
+        if sftp is None:
+            raise TunnelError(f"{self.target} refused an SFTP session")
+        with sftp:
+            sftp.put(str(local), remote)
+
+    def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        """Run `command` on the machine: its exit status, stdout and stderr."""
+        channel = self.connect().open_session(timeout=self.timeout)
+        with channel:
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            channel.shutdown_write()
+            errors: list[bytes] = []
+
+            def read_stderr() -> None:  # beside stdout: a full stderr window would stall the command
+                with contextlib.suppress(OSError):
+                    errors.append(channel.makefile_stderr("rb").read())
+
+            reader = threading.Thread(target=read_stderr)
+            reader.start()
+            try:
+                out = channel.makefile("rb").read()
+                reader.join(timeout)
+            except TimeoutError:
+                raise TunnelError(f"{self.target}: {command!r} did not finish within {timeout} s.") from None
+            status = channel.recv_exit_status()
+        return status, out.decode(errors="replace"), b"".join(errors).decode(errors="replace")
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_transport()
+            if self._jump is not None:
+                self._jump.close()
+                self._jump = None
+
+    def __enter__(self) -> SshSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

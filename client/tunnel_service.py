@@ -1,0 +1,421 @@
+"""The per-machine background process that keeps one SSH session up and serves a local socket through it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+import msgspec
+import paramiko
+
+from milex.config import load_config
+from milex.ssh_auth import ERRORS, PromptUnavailable, TunnelError
+from milex.tunnel import DEFAULT_RELAY, SshSession
+
+log = logging.getLogger("milex.tunnel")
+
+DEFAULT_IDLE = 30 * 60.0
+CHUNK = 256 * 1024
+ACCEPT_POLL = 0.5
+STARTING_WAIT = 120.0
+
+
+class TunnelStatus(msgspec.Struct, kw_only=True):
+    """What `milex tunnel status` shows; a running service keeps it in `NAME.json`."""
+
+    machine: str
+    state: Literal["down", "starting", "up"] = "down"
+    pid: int | None = None
+    since: float | None = None
+    host: str = ""
+    mode: str | None = None  # "streamlocal" or "relay", once the first connection has gone through
+    local_socket: str = ""
+    remote_socket: str = ""
+    connected_at: float | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+
+@dataclass(frozen=True)
+class TunnelFiles:
+    """Where a machine's tunnel keeps socket, pid, lock, status and log: `$XDG_RUNTIME_DIR/milex` or /tmp."""
+
+    machine: str
+    directory: Path
+
+    @classmethod
+    def of(cls, machine: str) -> TunnelFiles:
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        uid_dir = Path(f"/tmp/milex-{os.getuid()}")
+        return cls(machine, Path(base) / "milex" if base and os.path.isdir(base) else uid_dir)
+
+    def path(self, suffix: str) -> Path:
+        return self.directory / f"{self.machine}.{suffix}"
+
+
+def private_directory(directory: Path) -> None:
+    """Create `directory` 0700, or check that it is ours and closed: a socket in it is ours alone."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()  # lstat: a symlink planted in /tmp must not redirect us
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise TunnelError(
+            f"{directory} must be a directory of yours that nobody else can enter "
+            f"(it is {stat.filemode(info.st_mode)}, owner uid {info.st_uid}); remove it and retry."
+        )
+
+
+def _locked(files: TunnelFiles) -> bool:
+    """Whether a live service holds the machine's lock: a lock dies with its process, a pid file does not."""
+    try:
+        fd = os.open(files.path("lock"), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def tunnel_status(machine: str) -> TunnelStatus:
+    files = TunnelFiles.of(machine)
+    if not _locked(files):
+        return TunnelStatus(machine=machine)
+    try:
+        return msgspec.json.decode(files.path("json").read_bytes(), type=TunnelStatus)
+    except (OSError, msgspec.DecodeError):  # still authenticating: no status written yet
+        with contextlib.suppress(OSError, ValueError):
+            return TunnelStatus(machine=machine, state="starting", pid=int(files.path("pid").read_text()))
+        return TunnelStatus(machine=machine, state="starting")
+
+
+def start_tunnel(
+    machine: str,
+    remote_socket: str,
+    *,
+    local_socket: Path | None = None,
+    idle: float = DEFAULT_IDLE,
+    relay: str | None = None,
+    on_connect: str | None = None,
+) -> TunnelStatus:
+    """The machine's tunnel to `remote_socket`, started if needed (prompting on the terminal).
+
+    Connect ZeroMQ to `"ipc://" + status.local_socket`. `on_connect` is a remote command run after each
+    SSH (re)connection, e.g. to start the agent without authenticating a second time.
+    """
+    status = tunnel_status(machine)
+    deadline = time.monotonic() + STARTING_WAIT
+    while status.state == "starting" and time.monotonic() < deadline:  # another command is authenticating
+        time.sleep(0.2)
+        status = tunnel_status(machine)
+    if status.up and (not remote_socket or status.remote_socket == remote_socket):
+        return status
+    stop_tunnel(machine)  # one to another remote socket (the agent moved), or stuck starting
+    options = {"--machine": machine, "--remote-socket": remote_socket, "--local-socket": local_socket,
+               "--idle": idle, "--relay": relay, "--on-connect": on_connect}  # fmt: skip
+    argv = [sys.executable, "-m", "milex.tunnel_service"]
+    argv += [str(word) for option, value in options.items() if value is not None for word in (option, value)]
+    # stdin and stderr are inherited, so that passphrase and 2FA prompts reach the user's terminal.
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        word, _, rest = process.stdout.readline().strip().partition(" ")
+    if word == "READY":
+        return tunnel_status(machine)
+    error = json.loads(rest) if word == "ERROR" else {"message": "it exited without a word"}
+    log_path = TunnelFiles.of(machine).path("log")
+    raise ERRORS.get(error.get("kind", ""), TunnelError)(
+        f"the tunnel to {machine} did not start: {error['message']} (log: {log_path})"
+    )
+
+
+def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
+    """Stop the machine's tunnel (SIGTERM, then SIGKILL); False if none was running."""
+    files = TunnelFiles.of(machine)
+    status = tunnel_status(machine)
+    if status.pid is None:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(status.pid, sig)
+        deadline = time.monotonic() + timeout
+        while _locked(files) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _locked(files):
+            break
+    for path in (Path(status.local_socket or files.path("sock")), files.path("pid"), files.path("json")):
+        path.unlink(missing_ok=True)  # a killed service could not remove its own files
+    return True
+
+
+class TunnelService:
+    """Accept local connections and pipe each through its own channel of `session`, until idle or stopped."""
+
+    def __init__(self, session: SshSession, status: TunnelStatus, files: TunnelFiles, idle: float) -> None:
+        self.session, self.status, self.files, self.idle = session, status, files, idle
+        self.stop = threading.Event()
+        self.active = 0
+        self.last_activity = time.monotonic()
+        self._lock = threading.Lock()
+
+    def save_status(self) -> None:
+        with self._lock:
+            self.status.mode, self.status.connected_at = self.session.mode, self.session.connected_at
+            scratch = self.files.path("json.tmp")
+            scratch.write_bytes(msgspec.json.encode(self.status))
+            scratch.replace(self.files.path("json"))  # readers never see half a file
+
+    def serve(self, listener: socket.socket) -> None:
+        listener.settimeout(ACCEPT_POLL)
+        while not self.stop.is_set():
+            if self.active == 0 and time.monotonic() - self.last_activity > self.idle:
+                log.info("no connection for %.0f s: stopping", self.idle)
+                return
+            try:
+                local, _ = listener.accept()
+            except TimeoutError:
+                continue
+            local.settimeout(None)
+            with self._lock:
+                self.active += 1
+            # Opening the channel may mean reconnecting: done in the connection's thread, so that
+            # accepting, idling and stopping never wait for the network.
+            threading.Thread(target=self._connect, args=(local,), daemon=True).start()
+
+    def _connect(self, local: socket.socket) -> None:
+        seen = (self.session.mode, self.session.connected_at)
+        try:
+            channel = self.session.open_streamlocal(self.status.remote_socket)
+        except PromptUnavailable as error:
+            # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground.
+            log.error("%s; stopping", error)
+            self.stop.set()
+            return self._finished(local)
+        except TunnelError as error:
+            channel = self._restart_remote_and_retry(error)
+            if channel is None:
+                return self._finished(local)
+        if (self.session.mode, self.session.connected_at) != seen:
+            self.save_status()
+
+        def closed() -> None:
+            if self.session.mode == "relay" and channel.exit_status not in (-1, 0):
+                self.session.backoff.failed()  # the relay could not reach the socket: no respawn at once
+            self._finished()
+
+        splice(local, channel, closed)
+
+    def _restart_remote_and_retry(self, error: TunnelError) -> paramiko.Channel | None:
+        """The socket is gone (the agent died?): run the on-connect command (which starts it) and
+        try once more; None, logged, when that does not help either."""
+        if self.session.on_connect is None:
+            log.warning("connection refused: %s", error)
+            return None
+        try:
+            self.session.on_connect(self.session)
+            self.session.backoff.succeeded()  # the remote side is new: no reason to wait
+            return self.session.open_streamlocal(self.status.remote_socket)
+        except TunnelError as again:
+            log.warning("connection refused: %s (after restarting the remote side: %s)", error, again)
+            return None
+
+    def _finished(self, local: socket.socket | None = None) -> None:
+        if local is not None:
+            local.close()
+        with self._lock:
+            self.active -= 1
+            self.last_activity = time.monotonic()
+
+
+def splice(local: socket.socket, channel: paramiko.Channel, done: Callable[[], None]) -> None:
+    """Pipe bytes both ways in two threads; EOF passes on as a half-close; both ends close when both end."""
+    remaining = [2]
+    lock = threading.Lock()
+
+    def pump(read: Callable[[int], bytes], write: Callable[[bytes], object], eof: Callable[[], None]) -> None:
+        try:
+            while data := read(CHUNK):
+                write(data)
+            eof()
+        except OSError:  # one side is gone: wake the other thread's blocked read
+            channel.close()
+            with contextlib.suppress(OSError):
+                local.shutdown(socket.SHUT_RDWR)
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        channel.close()
+        local.close()
+        done()
+
+    def downstream_eof() -> None:
+        if channel.recv_stderr_ready():  # the relay command's complaints, if any
+            log.warning("relay: %s", channel.recv_stderr(CHUNK).decode(errors="replace").strip())
+        local.shutdown(socket.SHUT_WR)
+
+    for args in (
+        (local.recv, channel.sendall, channel.shutdown_write),
+        (channel.recv, local.sendall, downstream_eof),
+    ):
+        threading.Thread(target=pump, args=args, daemon=True).start()
+
+
+def _listen(path: Path) -> socket.socket:
+    private_directory(path.parent)
+    path.unlink(missing_ok=True)  # a dead service's socket: we hold the lock, it is not a live one
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)  # the socket is born closed to others: no window where they could connect
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    listener.listen(128)
+    return listener
+
+
+def _take_lock(files: TunnelFiles) -> int:
+    """Hold the machine's lock for our whole life: one tunnel per machine."""
+    private_directory(files.directory)
+    lock = os.open(files.path("lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise TunnelError(
+            f"another tunnel to {files.machine} is starting; see `milex tunnel status`."
+        ) from None
+    files.path("pid").write_text(f"{os.getpid()}\n")
+    return lock
+
+
+def _detach(log_path: Path) -> None:
+    """Leave the terminal's session, so that closing the terminal does not stop us; output goes to the log."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    for fd, source in ((0, null), (1, out), (2, out)):
+        os.dup2(source, fd)
+
+
+def _no_prompt(text: str, echo: bool) -> str:
+    raise PromptUnavailable(f"the server asks {text.strip()!r}: restart the tunnel from a terminal")
+
+
+def _on_connect(command: str, outputs: list[str]) -> Callable[[SshSession], None]:
+    def run_command(session: SshSession) -> None:
+        code, out, err = session.exec(command)
+        if code != 0:
+            raise TunnelError(f"{command!r} failed on {session.target} (exit {code}): {(err or out).strip()}")
+        outputs.append(out)
+
+    return run_command
+
+
+def _socket_from(outputs: list[str]) -> str:
+    """The agent's socket, from the JSON that `milex-agent start` printed last (its last line)."""
+    lines = [line for line in (outputs[-1] if outputs else "").splitlines() if line.strip()]
+    try:
+        return str(json.loads(lines[-1])["socket"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise TunnelError(
+            "no remote socket given, and the on-connect command printed no agent info "
+            f"(JSON with a 'socket'); it printed: {outputs[-1][-500:] if outputs else 'nothing'!r}"
+        ) from None
+
+
+def run(
+    machine: str, remote_socket: str, local_socket: Path, idle: float, relay: str, on_connect: str | None
+) -> int:
+    """The service's life: lock, authenticate, listen, say READY, detach, serve, clean up."""
+    files = TunnelFiles.of(machine)
+    lock: int | None = None
+    try:
+        lock = _take_lock(files)
+        logging.basicConfig(filename=files.path("log"), level=logging.INFO, format="%(asctime)s %(message)s")
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
+        outputs: list[str] = []
+        hook = _on_connect(on_connect, outputs) if on_connect else None
+        session = SshSession.for_machine(load_config().machine(machine), relay=relay, on_connect=hook)
+        session.connect()
+        # Without a socket path, the agent's own start command says where it listens.
+        remote_socket = remote_socket or _socket_from(outputs)
+        listener = _listen(local_socket)
+    except Exception as error:  # every failure must reach the waiting CLI, as one line
+        if lock is not None:
+            files.path("pid").unlink(missing_ok=True)
+            os.close(lock)  # released before answering: the CLI then sees the tunnel down, not starting
+        print("ERROR " + json.dumps({"kind": type(error).__name__, "message": str(error)}), flush=True)
+        return 1
+    status = TunnelStatus(machine=machine, state="up", pid=os.getpid(), since=time.time(),
+                          host=str(session.target), local_socket=str(local_socket),
+                          remote_socket=remote_socket)  # fmt: skip
+    service = TunnelService(session, status, files, idle)
+    service.save_status()
+    print(f"READY {os.getpid()}", flush=True)
+    _detach(files.path("log"))
+    session.credentials.prompt = _no_prompt
+    signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
+    try:
+        service.serve(listener)
+    finally:
+        listener.close()
+        for path in (local_socket, files.path("json"), files.path("pid")):
+            path.unlink(missing_ok=True)
+        os.close(lock)  # down from here on, even while the SSH session is still closing
+        session.close()
+        log.info("stopped")
+    return 0
+
+
+@click.command()
+@click.option("--machine", required=True, help="Machine name in the Milex configuration.")
+@click.option(
+    "--remote-socket",
+    default="",
+    help="The agent's unix socket there (absolute); default: from --on-connect.",
+)
+@click.option(
+    "--local-socket", type=click.Path(path_type=Path), help="Default: NAME.sock in the runtime dir."
+)
+@click.option("--idle", type=float, default=DEFAULT_IDLE, show_default=True, help="Stop after idle seconds.")
+@click.option("--relay", default=DEFAULT_RELAY, show_default=True, help="Fallback relay command ({socket}).")
+@click.option("--on-connect", help="Remote command to run after each SSH (re)connection.")
+def main(
+    machine: str,
+    remote_socket: str,
+    local_socket: Path | None,
+    idle: float,
+    relay: str,
+    on_connect: str | None,
+) -> None:
+    # Closing the terminal must not kill us, not even in the instant between READY and detaching.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Fork first, while there are no threads: the CLI's child exits at once (nothing left for it to
+    # reap) and the grandchild keeps the terminal for prompts and the stdout pipe for READY.
+    if os.fork() > 0:
+        os._exit(0)
+    local_socket = local_socket or TunnelFiles.of(machine).path("sock")
+    sys.exit(run(machine, remote_socket, local_socket.absolute(), idle, relay, on_connect))
+
+
+if __name__ == "__main__":
+    main()

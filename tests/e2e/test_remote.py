@@ -1,0 +1,209 @@
+"""A remote machine end to end: the laptop client (root, its own HOME) reaches a login-node user's
+agent through the real sshd, and the agent submits to the real cluster as that user."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BIN, MilexHome, wait_until
+from tests.e2e.other_user import OtherUser, ensure_user, run
+from tests.e2e.sshd import LOGIN, Keys, LoginUser, Sshd, session_processes
+
+MACHINE = "cluster"
+# The first test also builds the login user's venv from wheels (PyPI for dependencies).
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="session")
+def login_node(login: LoginUser, slurm_cluster: None) -> OtherUser:
+    """The login user with Milex in a venv of its own, and an `sbatch` that can be slowed down."""
+    user = ensure_user(login.name)
+    wrappers = user.home / "bin"
+    wrappers.mkdir(exist_ok=True)
+    # MILEX_SBATCH_DELAY: seconds the wrapper lingers after SLURM accepted a job (crash tests).
+    (wrappers / "sbatch").write_text(
+        '#!/bin/bash\nout=$(/usr/bin/sbatch "$@") || exit $?\necho "$out"\n'
+        'delay=$(cat ~/sbatch-delay 2>/dev/null); sleep "${delay:-0}"\n'
+    )
+    (wrappers / "sbatch").chmod(0o755)
+    os.chown(wrappers, *user.ids)
+    return user
+
+
+@pytest.fixture
+def laptop(
+    tmp_path: Path, login_node: OtherUser, sshd: Sshd, keys: Keys, known_hosts: str
+) -> Iterator[MilexHome]:
+    """The client: root with its own HOME, known_hosts, and a `cluster` machine behind the sshd."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text(known_hosts)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    remote_path = login_node.home / "milex"
+    run(["rm", "-rf", str(remote_path)])
+    (login_node.home / "sbatch-delay").write_text("0")
+    env = {key: value for key, value in os.environ.items() if key != "SSH_AUTH_SOCK"}
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(runtime), MILEX_CONFIG=str(tmp_path / "milexconfig"),
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MILEX_AGENT_POLL_INTERVAL="0.5",
+               MILEX_AGENT_MAX_INTERVAL="1")  # fmt: skip
+    user = MilexHome(root=tmp_path, config=tmp_path / "milexconfig", env=env)
+    env_command = f"source {login_node.venv}/bin/activate && export PATH={login_node.home}/bin:$PATH"
+    user.configure({
+        "local": {"path": str(tmp_path / "milex"), "env_command": "", "slurm_account": "",
+                  "scheduler": "local"},
+        MACHINE: {"hostname": "127.0.0.1", "port": sshd.port, "username": LOGIN, "key_path": str(keys.plain),
+                  "path": str(remote_path), "env_command": env_command, "slurm_account": "physics"},
+    })  # fmt: skip
+    yield user
+    user.milex("milex", "agent", "stop", "--machine", MACHINE, check=False)
+    user.milex("milex", "tunnel", "down", "--machine", MACHINE, check=False)
+
+
+def agent_info(login_node: OtherUser) -> dict:
+    [info] = (login_node.home / "milex" / "agent").glob("*/agent.json")
+    return json.loads(info.read_text())
+
+
+def status(laptop: MilexHome, bundle: str) -> dict[str, dict]:
+    jobs = json.loads(laptop.milex("milex", "status", bundle, "--machine", MACHINE, "--json").stdout)
+    return {job["name"]: job for job in jobs}
+
+
+def test_bundle_with_dependency_and_array_runs_on_the_remote_machine(
+    laptop: MilexHome, login_node: OtherUser
+) -> None:
+    laptop.milex("milex-schedule", "milex-example", "--name", "remote", "--message", "from the laptop $HOME")
+    laptop.milex("milex-schedule", "milex-example", "--name", "remote", "--append", "--job_name", "fan",
+                 "--dependencies", "milex-example", "--array", "1-3")  # fmt: skip
+
+    result = laptop.milex("milex-run", "remote", "--machine", MACHINE, "--wait", "--timeout", "90")
+
+    assert result.stdout.count("COMPLETED") == 2, result.stdout
+    jobs = status(laptop, "remote")
+    logs = laptop.milex("milex", "logs", jobs["milex-example"]["job_id"], "--machine", MACHINE).stdout
+    report = json.loads(logs)
+    assert report["arguments"]["message"] == "from the laptop $HOME"
+    assert report["user"] == LOGIN  # the jobs are the login user's
+    task = laptop.milex("milex", "logs", jobs["fan"]["job_id"], "--task", "2", "--machine", MACHINE).stdout
+    assert json.loads(task)["array_task_id"] == "2"
+    tunnel = laptop.milex("milex", "tunnel", "status", "--machine", MACHINE).stdout
+    assert "up since" in tunnel and "streamlocal" in tunnel, tunnel
+    [submission] = laptop.submissions()
+    assert {job["state"] for job in submission["jobs"].values()} == {"COMPLETED"}
+
+
+def test_watch_shows_a_failure_and_cancel_stops_a_bundle(laptop: MilexHome) -> None:
+    laptop.milex("milex-schedule", "milex-example", "--name", "bad", "--exit_code", "4")
+    laptop.milex("milex-schedule", "milex-example", "--name", "bad", "--append", "--job_name", "never",
+                 "--dependencies", "milex-example")  # fmt: skip
+    laptop.milex("milex-run", "bad", "--machine", MACHINE)
+    watched = laptop.milex("milex", "status", "bad", "--machine", MACHINE, "--watch")
+    assert "FAILED" in watched.stdout and "CANCELLED" in watched.stdout
+    assert status(laptop, "bad")["milex-example"]["exit_code"] == 4
+
+    laptop.milex("milex-schedule", "milex-example", "--name", "long", "--sleep", "300")
+    laptop.milex("milex-run", "long", "--machine", MACHINE)
+    assert laptop.milex("milex", "cancel", "long", "--machine", MACHINE).stdout.startswith("cancelled")
+    wait_until(lambda: status(laptop, "long")["milex-example"]["state"] == "CANCELLED", what="CANCELLED")
+
+
+def test_watch_survives_a_cut_ssh_connection_and_misses_no_event(
+    laptop: MilexHome, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in laptop.env.items():
+        monkeypatch.setenv(key, value)
+    from milex.config import load_config
+    from milex.watch import follow_events
+
+    laptop.milex("milex-schedule", "milex-example", "--name", "steady", "--sleep", "4")
+    laptop.milex("milex-run", "steady", "--machine", MACHINE)
+    seen: list[tuple[int, str]] = []
+
+    def watch() -> None:
+        for event in follow_events(load_config().machine(MACHINE), 0, heartbeat=0.3):
+            if event is not None and event.bundle.startswith("steady"):
+                seen.append((event.seq, event.state.value))
+                if event.state.finished:
+                    return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_until(lambda: any(state == "RUNNING" for _, state in seen), what="the job RUNNING")
+    for pid in session_processes(sshd.listener_pid(sshd.port), LOGIN):
+        os.kill(pid, signal.SIGKILL)  # the SSH connection dies under the watch
+    watcher.join(timeout=60)
+
+    assert not watcher.is_alive()
+    states = [state for _, state in seen]
+    assert states[0] == "SUBMITTED" and states[-2:] == ["RUNNING", "COMPLETED"], states
+    assert [seq for seq, _ in seen] == list(range(seen[0][0], seen[0][0] + len(seen)))
+
+
+def test_remote_agent_killed_mid_bundle_loses_and_doubles_nothing(
+    laptop: MilexHome, login_node: OtherUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in laptop.env.items():
+        monkeypatch.setenv(key, value)
+    from milex.agents import endpoint
+    from milex.common.model import Bundle, Job
+    from milex.common.protocol import SubmitBundle, Submitted
+    from milex.config import load_config
+    from milex.connection import AgentConnection
+
+    machine = load_config().machine(MACHINE)
+    jobs = {f"j{i}": Job(name=f"j{i}", script="milex-example") for i in range(8)}
+    bundle = Bundle(name="crash", created=time.strftime("%Y%m%d%H%M%S"), jobs=jobs)
+    keys = {name: f"{bundle.stem}/{name}/remote" for name in jobs}
+    request = SubmitBundle(bundle=bundle, settings=machine.settings, keys=keys)
+    with AgentConnection(endpoint(machine), timeout=60) as connection:  # agent up, sbatch normal
+        connection.hello("test")
+    # The wrapper reads the delay at each call: from now on, each sbatch lingers after SLURM accepted
+    # the job, so the SIGKILL lands between acceptance and the journal.
+    (login_node.home / "sbatch-delay").write_text("0.3")
+    agent_pid = agent_info(login_node)["pid"]
+    with AgentConnection(endpoint(machine), timeout=60) as connection:
+        connection.send(request)
+        time.sleep(1.0)
+        os.kill(agent_pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{agent_pid}").exists() or _zombie(agent_pid), what="agent gone")
+    (login_node.home / "sbatch-delay").write_text("0")
+
+    with AgentConnection(endpoint(machine), timeout=60) as connection:  # the tunnel restarts it
+        reply = connection.request(request)
+    assert isinstance(reply, Submitted) and not reply.error
+    assert sorted(job.name for job in reply.jobs) == sorted(jobs)
+    squeue = ["squeue", "--noheader", "--states=all", f"--user={LOGIN}", "--Format=Comment:300"]
+    comments = subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.split()
+    for key in keys.values():
+        assert comments.count(f"milex:{key}") == 1, key
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_another_user_cannot_reach_the_agents_socket(laptop: MilexHome, login_node: OtherUser) -> None:
+    laptop.milex("milex", "agent", "start", "--machine", MACHINE)
+    agent_socket = agent_info(login_node)["socket"]
+    try:
+        run(["id", "milex-intruder"])
+    except subprocess.CalledProcessError:
+        run(["useradd", "--create-home", "milex-intruder"])
+    probe = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
+    attempt = subprocess.run(["runuser", "-u", "milex-intruder", "--", "/usr/bin/python3", "-c", probe,
+                              agent_socket], capture_output=True, text=True, check=False)  # fmt: skip
+    assert attempt.returncode != 0 and "PermissionError" in attempt.stderr, attempt
+    assert "connected" not in attempt.stdout

@@ -1,0 +1,230 @@
+"""The tunnel's pure logic: message bytes, backoff, ssh config, host keys, credentials, local plumbing."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from milex.ssh_auth import (
+    Credentials,
+    HostKeyChangedError,
+    PromptUnavailable,
+    Target,
+    TunnelError,
+    UnknownHostError,
+    check_host_key,
+    key_family,
+    resolve_target,
+)
+from milex.tunnel import Backoff, relay_command, streamlocal_open_message
+from milex.tunnel_service import TunnelFiles, private_directory, splice, tunnel_status
+
+
+def ssh_string(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def test_streamlocal_open_message_is_openssh_direct_streamlocal() -> None:
+    message = streamlocal_open_message(7, 2097152, 32768, "/home/u/milex/agent.sock")
+    assert message.asbytes() == (
+        bytes([90])  # SSH_MSG_CHANNEL_OPEN
+        + ssh_string(b"direct-streamlocal@openssh.com")
+        + struct.pack(">III", 7, 2097152, 32768)
+        + ssh_string(b"/home/u/milex/agent.sock")
+        + ssh_string(b"")  # reserved string
+        + struct.pack(">I", 0)  # reserved uint32
+    )
+
+
+def test_paramiko_still_has_the_internals_open_direct_streamlocal_borrows() -> None:
+    borrowed = ("lock", "_next_channel", "_channels", "channel_events", "channels_seen", "_send_user_message",
+                "get_exception", "default_window_size", "default_max_packet_size")  # fmt: skip
+    with socket.socket() as sock:
+        transport = paramiko.Transport(sock)
+        for name in borrowed:
+            assert hasattr(transport, name), f"paramiko.Transport lost {name}: review open_direct_streamlocal"
+        assert hasattr(transport._channels, "put") and hasattr(transport._channels, "get")
+        assert hasattr(paramiko.Channel, "_set_transport") and hasattr(paramiko.Channel, "_set_window")
+        transport.close()
+
+
+def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it() -> None:
+    now = [100.0]
+    backoff = Backoff(base=0.5, cap=3.0, clock=lambda: now[0])
+    assert backoff.wait_left() == 0
+    assert [backoff.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert backoff.wait_left() == 3.0
+    now[0] += 1.0
+    assert backoff.wait_left() == 2.0
+    backoff.succeeded()
+    assert backoff.wait_left() == 0 and backoff.failed() == 0.5
+
+
+def test_relay_command_quotes_the_socket_and_runs_in_a_login_shell() -> None:
+    command = relay_command(
+        "/home/a b/agent.sock", "milex-agent bridge --socket {socket}", "source ~/venv/bin/activate"
+    )
+    assert shlex.split(command) == [
+        "bash", "-lc", "source ~/venv/bin/activate && exec milex-agent bridge --socket '/home/a b/agent.sock'"
+    ]  # fmt: skip
+    assert relay_command("/s", "socat STDIO UNIX-CONNECT:") == "bash -lc 'exec socat STDIO UNIX-CONNECT: /s'"
+
+
+def test_ssh_config_supplies_what_the_machine_does_not(home: Path) -> None:
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "config").write_text(
+        "Host cluster\n  HostName login.cluster.org\n  Port 2200\n  User alice\n"
+        "  IdentityFile ~/.ssh/cluster_key\n  UserKnownHostsFile ~/.ssh/cluster_hosts\n"
+        "  ProxyJump bastion.org\n"
+    )
+    target = resolve_target("cluster")
+    assert (target.hostname, target.port, target.username) == ("login.cluster.org", 2200, "alice")
+    assert target.key_files == (str(home / ".ssh" / "cluster_key"),)
+    assert target.known_hosts[0] == str(home / ".ssh" / "cluster_hosts")
+    assert target.proxy_jump == "bastion.org"
+    assert target.host_key_name == "[login.cluster.org]:2200"
+    explicit = resolve_target("cluster", username="bob", key_path="~/.ssh/mine", port=22)
+    assert (explicit.username, explicit.port, explicit.host_key_name) == ("bob", 22, "login.cluster.org")
+    assert explicit.key_files[0] == str(home / ".ssh" / "mine")
+    plain = resolve_target("other.org", "carol")
+    assert plain.hostname == "other.org" and plain.port == 22 and plain.proxy_jump is None
+    assert plain.key_files == tuple(
+        str(home / ".ssh" / name) for name in ("id_ed25519", "id_ecdsa", "id_rsa")
+    )
+    assert plain.known_hosts[0] == str(home / ".ssh" / "known_hosts")
+
+
+def test_key_family_maps_algorithms_to_known_hosts_types() -> None:
+    assert key_family("rsa-sha2-512") == "ssh-rsa"
+    assert key_family("ssh-ed25519-cert-v01@openssh.com") == "ssh-ed25519"
+    assert key_family("ecdsa-sha2-nistp256") == "ecdsa-sha2-nistp256"
+
+
+def host_key() -> paramiko.PKey:
+    private = ed25519.Ed25519PrivateKey.generate()
+    blob = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return paramiko.Ed25519Key(data=base64.b64decode(blob.split()[1]))
+
+
+def test_unknown_host_error_gives_the_keyscan_command() -> None:
+    target = Target(alias="c", hostname="cluster.example.org", port=2222, username="alice")
+    key = host_key()
+    with pytest.raises(UnknownHostError) as caught:
+        check_host_key(target, paramiko.HostKeys(), key)
+    assert "ssh-keyscan -p 2222 cluster.example.org >> ~/.ssh/known_hosts" in str(caught.value)
+    assert "[cluster.example.org]:2222 is not a known host" in str(caught.value)
+    assert key.fingerprint in str(caught.value)
+
+
+def test_a_changed_host_key_is_refused_and_the_known_one_accepted() -> None:
+    target = Target(alias="c", hostname="cluster.example.org", port=22, username="alice")
+    known, other = host_key(), host_key()
+    keys = paramiko.HostKeys()
+    keys.add("cluster.example.org", known.get_name(), known)
+    check_host_key(target, keys, known)
+    with pytest.raises(HostKeyChangedError, match=r"ssh-keygen -R 'cluster\.example\.org'"):
+        check_host_key(target, keys, other)
+
+
+def test_keyboard_interactive_answers_are_asked_once_then_reused() -> None:
+    asked: list[tuple[str, bool]] = []
+    credentials = Credentials(lambda text, echo: asked.append((text, echo)) or f"answer{len(asked)}")
+    first = credentials._handler(use_saved=True)("Duo", "", [("Passcode:", False), ("User:", True)])
+    again = credentials._handler(use_saved=True)("Duo", "", [("Passcode:", False)])
+    assert first == ["answer1", "answer2"] and again == ["answer1"]
+    assert asked == [("Duo\nPasscode:", False), ("Duo\nUser:", True)]
+    assert credentials._handler(use_saved=False)("", "", [("Passcode:", False)]) == ["answer3"]
+
+
+def write_encrypted_key(path: Path, passphrase: bytes) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    encryption = serialization.BestAvailableEncryption(passphrase)
+    path.write_bytes(
+        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
+    )
+
+
+def test_a_passphrase_is_asked_until_right_then_kept(tmp_path: Path) -> None:
+    write_encrypted_key(tmp_path / "id", b"right")
+    answers = iter(["wrong", "right"])
+    asked: list[str] = []
+    credentials = Credentials(lambda text, echo: asked.append(text) or next(answers))
+    key = credentials._load_key(str(tmp_path / "id"))
+    assert key is not None and credentials._load_key(str(tmp_path / "id")) is key
+    assert [text.split(";")[0].split(" for")[0] for text in asked] == ["Enter passphrase", "Wrong passphrase"]
+
+
+def test_no_terminal_means_a_clear_error(tmp_path: Path) -> None:
+    write_encrypted_key(tmp_path / "id", b"secret")
+
+    def no_terminal(text: str, echo: bool) -> str:
+        raise PromptUnavailable(f"the server asks {text!r}")
+
+    with pytest.raises(PromptUnavailable, match="Enter passphrase"):
+        Credentials(no_terminal)._load_key(str(tmp_path / "id"))
+
+
+def test_runtime_directory_must_be_private(tmp_path: Path) -> None:
+    private_directory(tmp_path / "new" / "milex")
+    assert (tmp_path / "new" / "milex").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open").chmod(0o755)
+    with pytest.raises(TunnelError, match="nobody else can enter"):
+        private_directory(tmp_path / "open")
+
+
+def test_tunnel_files_live_in_the_runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert TunnelFiles.of("cluster").path("sock") == tmp_path / "milex" / "cluster.sock"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "absent"))
+    assert TunnelFiles.of("cluster").directory.name.startswith("milex-")
+    assert tunnel_status("cluster").state == "down"
+
+
+class SocketChannel:
+    """A socket standing in for a paramiko channel: the calls splice makes, and nothing else."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recv, self.sendall = sock.recv, sock.sendall
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_splice_pipes_both_ways_passes_half_closes_on_and_closes_both_ends() -> None:
+    client, local = socket.socketpair()
+    channel_end, remote = socket.socketpair()
+    done = threading.Event()
+    splice(local, SocketChannel(channel_end), done.set)  # type: ignore[arg-type]
+    payload = bytes(range(256)) * 8192  # 2 MiB: more than any socket buffer
+    sender = threading.Thread(target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR)))
+    sender.start()
+    received = bytearray()
+    while data := remote.recv(1 << 16):
+        received += data
+    sender.join()
+    assert received == payload  # and the client's half-close reached the remote end
+    remote.sendall(b"reply after the request ended")
+    remote.close()
+    assert client.recv(100) == b"reply after the request ended"
+    assert client.recv(100) == b""
+    assert done.wait(5)
+    client.close()
