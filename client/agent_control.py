@@ -5,17 +5,30 @@ from __future__ import annotations
 import shlex
 
 from milex.agents import client_version, connect, local_agent_dir, poll_settings
+from milex.common.model import MACHINE_DIRS
 from milex.config import Machine
 
 
 def remote_agent_command(machine: Machine, action: str) -> str:
-    """The shell command that runs `milex-agent ACTION` on `machine`, in its environment."""
+    """The shell command that runs `milex-agent ACTION` on `machine`, in its environment.
+
+    Starting also creates the machine's directories: the first use of a machine sets it up.
+    """
     settings = poll_settings()
     command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
     if action == "start":
         command += f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
+        dirs = " ".join(shell_path(f"{machine.path}/{name}") for name in MACHINE_DIRS)
+        command = f"mkdir -p {dirs} && {command}"
     prefix = f"{machine.env_command} && " if machine.env_command else ""
     return f"bash -lc {shlex.quote(prefix + command)}"
+
+
+def shell_path(path: str) -> str:
+    """`path` quoted for a remote shell, with a leading `~/` still meaning the remote home."""
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
 
 
 def start_agent(machine: Machine) -> str:

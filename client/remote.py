@@ -38,12 +38,10 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     """Install this Milex version into the machine's environment (index or uploaded wheel), create
     its directories, and restart its agent so the new version serves."""
     from milex.agents import client_version
-    from milex.common.model import MACHINE_DIRS
     from milex.tunnel import SshSession
     from milex.tunnel_service import stop_tunnel
 
     prefix = f"{machine.env_command} && " if machine.env_command else ""
-    dirs = " ".join(shell_path(f"{machine.path}/{name}") for name in MACHINE_DIRS)
     with SshSession.for_machine(machine) as session:
         if upload_wheel:
             wheel = _build_wheel()
@@ -52,7 +50,7 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
             package = shlex.quote(remote_wheel)
         else:
             package = shlex.quote(f"milex-scheduler=={client_version()}")
-        steps = [f"mkdir -p {dirs}", f"python3 -m pip install --quiet {package}"]
+        steps = [f"python3 -m pip install --quiet {package}"]
         for step in steps:
             code, out, err = session.exec(f"bash -lc {shlex.quote(prefix + step)}", timeout=600)
             if code != 0:
@@ -60,13 +58,6 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
         session.exec(remote_agent_command(machine, "stop"))
     stop_tunnel(machine.name)  # the next command reconnects and starts the new agent
     return f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
-
-
-def shell_path(path: str) -> str:
-    """`path` quoted for a remote shell, with a leading `~/` still meaning the remote home."""
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
 
 
 def _build_wheel() -> Path:

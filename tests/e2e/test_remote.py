@@ -207,3 +207,15 @@ def test_another_user_cannot_reach_the_agents_socket(laptop: MilexHome, login_no
                               agent_socket], capture_output=True, text=True, check=False)  # fmt: skip
     assert attempt.returncode != 0 and "PermissionError" in attempt.stderr, attempt
     assert "connected" not in attempt.stdout
+
+
+def test_agent_deploy_uploads_a_wheel_and_first_use_sets_the_machine_up(
+    laptop: MilexHome, login_node: OtherUser
+) -> None:
+    result = laptop.milex("milex", "agent", "deploy", "--machine", MACHINE, "--wheel")
+    assert f"installed on {MACHINE}" in result.stdout
+
+    status = laptop.milex("milex", "agent", "status", "--machine", MACHINE).stdout
+    assert f"running as {LOGIN}" in status
+    for name in ("jobs", "slurm", "models", "results", "data"):
+        assert (login_node.home / "milex" / name).is_dir()
