@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from milex.common.errors import MilexError
-from milex.common.files import atomic_write
+from milex.common.files import atomic_write, is_locked, private_directory, take_lock
 
 SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux; keep a margin
 START_TIMEOUT = 15.0
@@ -49,17 +48,6 @@ def socket_path(directory: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"milex-agent-{os.getuid()}" / f"{digest}.sock"
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` as a directory only its owner can enter (0700), refusing one others control."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    status = path.stat()
-    if status.st_uid != os.getuid():
-        raise MilexError(f"{path} belongs to another user; the agent's socket cannot live there.")
-    if status.st_mode & 0o077:
-        path.chmod(0o700)
-    return path
-
-
 def read_info(directory: Path) -> AgentInfo | None:
     """The running agent's info, or None when no agent holds the lock of `directory`."""
     if not is_locked(directory / "agent.lock"):
@@ -70,27 +58,10 @@ def read_info(directory: Path) -> AgentInfo | None:
         return None
 
 
-def is_locked(lock: Path) -> bool:
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def hold_lock(directory: Path) -> int:
     """Take the agent lock for this process's life; MilexError naming the running agent if taken."""
-    fd = os.open(directory / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = take_lock(directory / "agent.lock")
+    if fd is None:
         info = read_info(directory)
         running = f"pid {info.pid}, socket {info.socket}" if info else "starting"
         raise MilexError(f"an agent is already running for {directory} ({running}).") from None
@@ -106,7 +77,7 @@ def start(directory: Path, *, poll_interval: float = 2.0, max_interval: float = 
     info = read_info(directory)
     if info is not None:
         return info
-    private_dir(directory)
+    private_directory(directory)
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
     command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory),
@@ -155,11 +126,11 @@ def run(
     from milex.agent.server import AgentServer
     from milex.agent.state import Agent, scheduler_cache
 
-    private_dir(directory)
+    private_directory(directory)
     lock = hold_lock(directory)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sock = socket_path(directory)
-    private_dir(sock.parent)
+    private_directory(sock.parent)
     sock.unlink(missing_ok=True)  # left by an agent that was killed; we hold the lock now
     journal = Journal(directory / "journal.sqlite")
     schedulers = scheduler_cache()

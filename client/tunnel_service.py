@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -23,6 +21,7 @@ import click
 import msgspec
 import paramiko
 
+from milex.common.files import is_locked, private_directory, take_lock
 from milex.config import load_config
 from milex.ssh_auth import ERRORS, PromptUnavailable, TunnelError
 from milex.tunnel import DEFAULT_RELAY, SshSession
@@ -70,30 +69,9 @@ class TunnelFiles:
         return self.directory / f"{self.machine}.{suffix}"
 
 
-def private_directory(directory: Path) -> None:
-    """Create `directory` 0700, or check that it is ours and closed: a socket in it is ours alone."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.lstat()  # lstat: a symlink planted in /tmp must not redirect us
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise TunnelError(
-            f"{directory} must be a directory of yours that nobody else can enter "
-            f"(it is {stat.filemode(info.st_mode)}, owner uid {info.st_uid}); remove it and retry."
-        )
-
-
 def _locked(files: TunnelFiles) -> bool:
-    """Whether a live service holds the machine's lock: a lock dies with its process, a pid file does not."""
-    try:
-        fd = os.open(files.path("lock"), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    """Whether a live service holds the machine's lock."""
+    return is_locked(files.path("lock"))
 
 
 def tunnel_status(machine: str) -> TunnelStatus:
@@ -295,11 +273,8 @@ def _listen(path: Path) -> socket.socket:
 def _take_lock(files: TunnelFiles) -> int:
     """Hold the machine's lock for our whole life: one tunnel per machine."""
     private_directory(files.directory)
-    lock = os.open(files.path("lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
+    lock = take_lock(files.path("lock"))
+    if lock is None:
         raise TunnelError(
             f"another tunnel to {files.machine} is starting; see `milex tunnel status`."
         ) from None

@@ -1,10 +1,14 @@
-"""Atomic file writes: a reader sees the old content or the new, never a half-written file."""
+"""Files that must not be half-written, private directories, and locks that die with their holder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from milex.common.errors import MilexError
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -21,3 +25,47 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def private_directory(path: Path) -> Path:
+    """Create `path` as a directory only its owner can enter (0700), or make sure it is one.
+
+    A symlink, or a directory another user owns (planted in /tmp, say), is refused: a socket
+    inside must be reachable by us alone.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise MilexError(
+            f"{path} must be a directory of yours (it is {stat.filemode(info.st_mode)}, owner uid "
+            f"{info.st_uid}); remove it and retry."
+        )
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds an flock on `path` (a lock dies with its process; a pid file does not)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def take_lock(path: Path) -> int | None:
+    """An exclusive flock on `path`, held until the returned descriptor is closed; None if taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

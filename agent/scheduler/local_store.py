@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from milex.common.files import atomic_write
+from milex.common.files import atomic_write, is_locked
 from milex.common.model import JobState, JobStatus
 
 # The files of one job directory, `STATE_DIR/JOB_ID/`.
@@ -84,17 +84,7 @@ def read_status(state_dir: Path, job_id: str) -> JobStatus:
 
 def runner_alive(job_dir: Path) -> bool:
     """Whether a process still holds the job's runner lock (the kernel drops it when it dies)."""
-    try:
-        fd = os.open(job_dir / RUNNER_LOCK, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_locked(job_dir / RUNNER_LOCK)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import pytest
 
 from milex.agent import daemon
 from milex.common.errors import MilexError
+from milex.common.files import private_directory
 from milex.common.protocol import HelloReply
 from milex.connection import AgentConnection
 
@@ -60,13 +61,13 @@ def test_socket_path_falls_back_to_a_private_tmp_dir_for_a_long_path(tmp_path, m
 
 
 def test_private_dir_is_created_0700_and_tightened_if_open(tmp_path):
-    created = daemon.private_dir(tmp_path / "a" / "b")
+    created = private_directory(tmp_path / "a" / "b")
     assert created == tmp_path / "a" / "b"
     assert mode(created) == 0o700
     opened = tmp_path / "open"
     opened.mkdir(mode=0o755)
     opened.chmod(0o755)
-    daemon.private_dir(opened)
+    private_directory(opened)
     assert mode(opened) == 0o700
 
 
@@ -76,8 +77,8 @@ def test_private_dir_refuses_a_dir_owned_by_another_user(tmp_path):
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o777)
     os.chown(theirs, NOBODY, NOBODY)
-    with pytest.raises(MilexError, match="another user"):
-        daemon.private_dir(theirs)
+    with pytest.raises(MilexError, match="must be a directory of yours"):
+        private_directory(theirs)
 
 
 def test_read_info_without_an_agent_is_none(tmp_path):
@@ -167,7 +168,7 @@ def test_an_agent_refuses_a_tmp_socket_dir_that_another_user_made_first(tmp_path
     os.chown(planted, NOBODY, NOBODY)
     directory = tmp_path / ("long" * 30) / "agent"
     try:
-        with pytest.raises(MilexError, match="another user"):
+        with pytest.raises(MilexError, match="must be a directory of yours"):
             daemon.start(directory, poll_interval=0.1, max_interval=0.5)
         assert list(planted.iterdir()) == []
     finally:

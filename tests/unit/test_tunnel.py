@@ -14,19 +14,20 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from milex.common.errors import MilexError
+from milex.common.files import private_directory
 from milex.ssh_auth import (
     Credentials,
     HostKeyChangedError,
     PromptUnavailable,
     Target,
-    TunnelError,
     UnknownHostError,
     check_host_key,
     key_family,
     resolve_target,
 )
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
-from milex.tunnel_service import TunnelFiles, private_directory, splice, tunnel_status
+from milex.tunnel_service import TunnelFiles, splice, tunnel_status
 
 
 def ssh_string(value: bytes) -> bytes:
@@ -180,8 +181,11 @@ def test_runtime_directory_must_be_private(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "milex").stat().st_mode & 0o777 == 0o700
     (tmp_path / "open").mkdir(mode=0o755)
     (tmp_path / "open").chmod(0o755)
-    with pytest.raises(TunnelError, match="nobody else can enter"):
-        private_directory(tmp_path / "open")
+    private_directory(tmp_path / "open")  # ours: closed, not refused
+    assert (tmp_path / "open").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "link").symlink_to(tmp_path / "open")
+    with pytest.raises(MilexError, match="must be a directory of yours"):
+        private_directory(tmp_path / "link")
 
 
 def test_tunnel_files_live_in_the_runtime_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
