@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.other_user import OtherUser, ensure_user
 from tests.e2e.sshd import (
     PASSPHRASE,
     PASSWORD,
@@ -157,3 +158,9 @@ def login(sshd: Sshd, keys: Keys) -> LoginUser:
 def known_hosts(sshd: Sshd) -> str:
     ports = (sshd.port, sshd.no_streamlocal_port, sshd.kbdint_port)
     return "".join(known_hosts_line(port) for port in ports)
+
+
+@pytest.fixture(scope="session")
+def login_venv(login: LoginUser, slurm_cluster: None) -> OtherUser:
+    """The login user with Milex (and so pyzmq) in a venv of its own, built from wheels."""
+    return ensure_user(login.name)

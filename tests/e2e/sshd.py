@@ -21,10 +21,9 @@ NO_STREAMLOCAL_PORT = PORT + 1
 KBDINT_PORT = PORT + 2
 LOGIN = "milex-login"
 PASSPHRASE = "correct horse battery staple"
-# The remote side runs Debian's python3 as the login user (the venv's Python lives under /root);
-# the venv's site-packages lends it pyzmq, built for the same Python 3.11.
+# The remote side runs Debian's python3 as the login user (root's Python is unreadable to it); the
+# ZeroMQ server runs in the login user's own venv, which has pyzmq (see `login_venv`).
 REMOTE_PYTHON = "/usr/bin/python3"
-SITE_PACKAGES = next(Path(REPO.parent / "venv" / "lib").glob("python3*/site-packages"), None)
 
 # The relay a real deployment gets from `milex-agent bridge`, inline: stdin/stdout <-> the socket.
 RELAY = (
@@ -120,7 +119,7 @@ class LoginUser:
 
     def spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         """Start a process as this user (its pid is the process itself, so it can be stopped by pid)."""
-        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SITE_PACKAGES)}
+        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin"}
         return subprocess.Popen(list(argv), user=self.uid, group=self.gid, extra_groups=[], env=env,
                                 cwd=self.home, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import BIN, MilexHome, wait_until
-from tests.e2e.other_user import OtherUser, ensure_user, run
-from tests.e2e.sshd import LOGIN, Keys, LoginUser, Sshd, session_processes
+from tests.e2e.other_user import OtherUser, run
+from tests.e2e.sshd import LOGIN, Keys, Sshd, session_processes
 
 MACHINE = "cluster"
 # The first test also builds the login user's venv from wheels (PyPI for dependencies).
@@ -24,9 +24,9 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="session")
-def login_node(login: LoginUser, slurm_cluster: None) -> OtherUser:
+def login_node(login_venv: OtherUser) -> OtherUser:
     """The login user with Milex in a venv of its own, and an `sbatch` that can be slowed down."""
-    user = ensure_user(login.name)
+    user = login_venv
     wrappers = user.home / "bin"
     wrappers.mkdir(exist_ok=True)
     # MILEX_SBATCH_DELAY: seconds the wrapper lingers after SLURM accepted a job (crash tests).

@@ -21,6 +21,7 @@ import zmq
 from milex.ssh_auth import HostKeyChangedError, TunnelError, UnknownHostError
 from milex.tunnel import SshSession
 from milex.tunnel_service import start_tunnel, stop_tunnel, tunnel_status
+from tests.e2e.other_user import OtherUser
 from tests.e2e.sshd import (
     ECHO_SERVER,
     LOGIN,
@@ -38,6 +39,9 @@ from tests.e2e.sshd import (
     session_processes,
     wait_for,
 )
+
+# The first test also builds the login user's venv (for pyzmq) from wheels.
+pytestmark = pytest.mark.timeout(600)
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,12 @@ class Client:
 
 
 @pytest.fixture(scope="session")
-def remote(login: LoginUser) -> Iterator[Remote]:
+def remote(login: LoginUser, login_venv: OtherUser) -> Iterator[Remote]:
     echo, zmq_socket = login.work / "echo.sock", login.work / "zmq.sock"
     for stale in (echo, zmq_socket):  # left by an earlier run: waiting for it would not wait at all
         stale.unlink(missing_ok=True)
     servers = [login.spawn(REMOTE_PYTHON, "-c", ECHO_SERVER, str(echo))]
-    servers.append(login.spawn(REMOTE_PYTHON, "-c", ZMQ_SERVER, str(zmq_socket)))
+    servers.append(login.spawn(str(login_venv.venv / "bin" / "python"), "-c", ZMQ_SERVER, str(zmq_socket)))
     try:
         wait_for(echo, servers[0])
         wait_for(zmq_socket, servers[1])
