@@ -17,7 +17,7 @@ def remote_endpoint(machine: Machine) -> str:
     The tunnel runs `milex-agent start` after each SSH (re)connection, so a stopped or crashed
     agent comes back with the link, and learns the agent's socket from what it prints.
     """
-    from milex.tunnel_service import start_tunnel
+    from milex.tunnel_control import start_tunnel
 
     status = start_tunnel(machine.name, "", on_connect=remote_agent_command(machine, "start"))
     return f"ipc://{status.local_socket}"
@@ -39,7 +39,7 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     its directories, and restart its agent so the new version serves."""
     from milex.agents import client_version
     from milex.tunnel import SshSession
-    from milex.tunnel_service import stop_tunnel
+    from milex.tunnel_control import stop_tunnel
 
     prefix = f"{machine.env_command} && " if machine.env_command else ""
     with SshSession.for_machine(machine) as session:

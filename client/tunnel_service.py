@@ -8,140 +8,26 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import click
 import msgspec
 import paramiko
 
-from milex.common.files import is_locked, private_directory, take_lock
+from milex.common.files import private_directory, take_lock
 from milex.config import load_config
-from milex.ssh_auth import ERRORS, PromptUnavailable, TunnelError
+from milex.ssh_auth import PromptUnavailable, TunnelError
 from milex.tunnel import DEFAULT_RELAY, SshSession
+from milex.tunnel_control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
 
 log = logging.getLogger("milex.tunnel")
 
-DEFAULT_IDLE = 30 * 60.0
 CHUNK = 256 * 1024
 ACCEPT_POLL = 0.5
-STARTING_WAIT = 120.0
-
-
-class TunnelStatus(msgspec.Struct, kw_only=True):
-    """What `milex tunnel status` shows; a running service keeps it in `NAME.json`."""
-
-    machine: str
-    state: Literal["down", "starting", "up"] = "down"
-    pid: int | None = None
-    since: float | None = None
-    host: str = ""
-    mode: str | None = None  # "streamlocal" or "relay", once the first connection has gone through
-    local_socket: str = ""
-    remote_socket: str = ""
-    connected_at: float | None = None
-
-    @property
-    def up(self) -> bool:
-        return self.state == "up"
-
-
-@dataclass(frozen=True)
-class TunnelFiles:
-    """Where a machine's tunnel keeps socket, pid, lock, status and log: `$XDG_RUNTIME_DIR/milex` or /tmp."""
-
-    machine: str
-    directory: Path
-
-    @classmethod
-    def of(cls, machine: str) -> TunnelFiles:
-        base = os.environ.get("XDG_RUNTIME_DIR")
-        uid_dir = Path(f"/tmp/milex-{os.getuid()}")
-        return cls(machine, Path(base) / "milex" if base and os.path.isdir(base) else uid_dir)
-
-    def path(self, suffix: str) -> Path:
-        return self.directory / f"{self.machine}.{suffix}"
-
-
-def _locked(files: TunnelFiles) -> bool:
-    """Whether a live service holds the machine's lock."""
-    return is_locked(files.path("lock"))
-
-
-def tunnel_status(machine: str) -> TunnelStatus:
-    files = TunnelFiles.of(machine)
-    if not _locked(files):
-        return TunnelStatus(machine=machine)
-    try:
-        return msgspec.json.decode(files.path("json").read_bytes(), type=TunnelStatus)
-    except (OSError, msgspec.DecodeError):  # still authenticating: no status written yet
-        with contextlib.suppress(OSError, ValueError):
-            return TunnelStatus(machine=machine, state="starting", pid=int(files.path("pid").read_text()))
-        return TunnelStatus(machine=machine, state="starting")
-
-
-def start_tunnel(
-    machine: str,
-    remote_socket: str,
-    *,
-    local_socket: Path | None = None,
-    idle: float = DEFAULT_IDLE,
-    relay: str | None = None,
-    on_connect: str | None = None,
-) -> TunnelStatus:
-    """The machine's tunnel to `remote_socket`, started if needed (prompting on the terminal).
-
-    Connect ZeroMQ to `"ipc://" + status.local_socket`. `on_connect` is a remote command run after each
-    SSH (re)connection, e.g. to start the agent without authenticating a second time.
-    """
-    status = tunnel_status(machine)
-    deadline = time.monotonic() + STARTING_WAIT
-    while status.state == "starting" and time.monotonic() < deadline:  # another command is authenticating
-        time.sleep(0.2)
-        status = tunnel_status(machine)
-    if status.up and (not remote_socket or status.remote_socket == remote_socket):
-        return status
-    stop_tunnel(machine)  # one to another remote socket (the agent moved), or stuck starting
-    options = {"--machine": machine, "--remote-socket": remote_socket, "--local-socket": local_socket,
-               "--idle": idle, "--relay": relay, "--on-connect": on_connect}  # fmt: skip
-    argv = [sys.executable, "-m", "milex.tunnel_service"]
-    argv += [str(word) for option, value in options.items() if value is not None for word in (option, value)]
-    # stdin and stderr are inherited, so that passphrase and 2FA prompts reach the user's terminal.
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:
-        assert process.stdout is not None
-        word, _, rest = process.stdout.readline().strip().partition(" ")
-    if word == "READY":
-        return tunnel_status(machine)
-    error = json.loads(rest) if word == "ERROR" else {"message": "it exited without a word"}
-    log_path = TunnelFiles.of(machine).path("log")
-    raise ERRORS.get(error.get("kind", ""), TunnelError)(
-        f"the tunnel to {machine} did not start: {error['message']} (log: {log_path})"
-    )
-
-
-def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
-    """Stop the machine's tunnel (SIGTERM, then SIGKILL); False if none was running."""
-    files = TunnelFiles.of(machine)
-    status = tunnel_status(machine)
-    if status.pid is None:
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(status.pid, sig)
-        deadline = time.monotonic() + timeout
-        while _locked(files) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _locked(files):
-            break
-    for path in (Path(status.local_socket or files.path("sock")), files.path("pid"), files.path("json")):
-        path.unlink(missing_ok=True)  # a killed service could not remove its own files
-    return True
 
 
 class TunnelService:

@@ -20,7 +20,7 @@ import zmq
 
 from milex.ssh_auth import HostKeyChangedError, TunnelError, UnknownHostError
 from milex.tunnel import SshSession
-from milex.tunnel_service import start_tunnel, stop_tunnel, tunnel_status
+from milex.tunnel_control import start_tunnel, stop_tunnel, tunnel_status
 from tests.e2e.other_user import OtherUser
 from tests.e2e.sshd import (
     ECHO_SERVER,

@@ -27,7 +27,8 @@ from milex.ssh_auth import (
     resolve_target,
 )
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
-from milex.tunnel_service import TunnelFiles, splice, tunnel_status
+from milex.tunnel_control import TunnelFiles, tunnel_status
+from milex.tunnel_service import splice
 
 
 def ssh_string(value: bytes) -> bytes:
