@@ -122,6 +122,35 @@ def status(path: str | None, directory: str | None) -> None:
 
 
 @main.command()
+@click.option("--path", envvar="MILEX", help="The machine's Milex path (default: $MILEX).")
+@_dir_option
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the answer."
+)
+def ping(path: str | None, directory: str | None, timeout: float) -> None:
+    """Ask the running agent for its version over its socket; exit 1 when it does not answer.
+
+    The container image's health check.
+    """
+    from milex.agent.daemon import read_info
+    from milex.common.errors import MilexError
+    from milex.connection import AgentConnection
+
+    target = _directory(path, directory)
+    info = read_info(target)
+    if info is None:
+        click.echo(f"no agent is running for {target}", err=True)
+        sys.exit(1)
+    try:
+        with AgentConnection(f"ipc://{info.socket}", timeout=timeout) as connection:
+            reply = connection.hello(_version())
+    except MilexError as error:
+        click.echo(f"the agent of {target} (pid {info.pid}) does not answer: {error}", err=True)
+        sys.exit(1)
+    click.echo(reply.agent_version)
+
+
+@main.command()
 @click.option("--socket", "socket_path", required=True, help="The agent's unix socket.")
 def bridge(socket_path: str) -> None:
     """Relay stdin/stdout to the agent's socket (for SSH servers that forbid socket forwarding)."""

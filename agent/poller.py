@@ -16,6 +16,7 @@ from milex.common.model import JobStatus
 from milex.common.protocol import Event
 
 SchedulerLookup = Callable[[str, str], Scheduler]  # (kind, machine path) -> scheduler
+Plan = dict[tuple[str, str], dict[str, str]]  # (kind, machine path) -> {job id: key}
 
 
 class Poller:
@@ -37,6 +38,7 @@ class Poller:
         self.clock = clock
         self.current = interval
         self.next_at = clock()
+        self.nudged = False  # since the last plan: a poll in flight may not include the news
         self.queries = 0
 
     def due_in(self) -> float:
@@ -44,22 +46,39 @@ class Poller:
         return max(0.0, self.next_at - self.clock())
 
     def nudge(self) -> None:
-        """Something new happened (a submission): poll at the base interval again, starting now."""
+        """Something new happened (a submission): poll within the base interval again.
+
+        Not at once: a burst of submissions must not become a burst of squeue calls.
+        """
         self.current = self.interval
-        self.next_at = self.clock()
+        self.next_at = min(self.next_at, self.clock() + self.interval)
+        self.nudged = True
 
     def poll(self) -> list[Event]:
         """Ask each scheduler once about all its unfinished jobs; return the resulting events."""
-        groups: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)  # job id -> key
+        return self.apply(self.query(self.plan()))
+
+    def plan(self) -> Plan:
+        """Which jobs to ask about, grouped by scheduler (reads the journal: the server's thread)."""
+        self.nudged = False
+        groups: Plan = defaultdict(dict)  # job id -> key
         for job, kind, machine_path in self.journal.unfinished():
             # One SLURM serves every machine path; local schedulers keep a state dir per path.
             groups[(kind, machine_path if kind == "local" else "")][job.job_id] = job.key
+        return groups
+
+    def query(self, plan: Plan) -> list[tuple[str, JobStatus]]:
+        """One scheduler call per group; touches no journal, so it may run in a worker thread."""
         updates: list[tuple[str, JobStatus]] = []
-        for (kind, machine_path), keys in groups.items():
+        for (kind, machine_path), keys in plan.items():
             self.queries += 1
             states = self.schedulers(kind, machine_path).states(list(keys))
             updates += [(keys[job_id], status) for job_id, status in states.items() if job_id in keys]
+        return updates
+
+    def apply(self, updates: list[tuple[str, JobStatus]]) -> list[Event]:
+        """Record the states (the server's thread), and set the next poll: sooner after a change."""
         events = self.journal.update(updates)
-        self.current = self.interval if events else min(self.current * 2, self.max_interval)
+        self.current = self.interval if events or self.nudged else min(self.current * 2, self.max_interval)
         self.next_at = self.clock() + self.current
         return events

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import zmq
@@ -13,6 +14,7 @@ from milex.agent.handlers import handle
 from milex.agent.logs import read_chunk
 from milex.agent.state import Agent, Peer
 from milex.common.errors import MilexError
+from milex.common.model import JobStatus
 from milex.common.protocol import (
     MAX_MESSAGE_BYTES,
     Error,
@@ -25,6 +27,7 @@ from milex.common.protocol import (
 )
 
 LOG_FOLLOW_INTERVAL = 0.25
+POLL_CHECK_INTERVAL = 0.005
 log = logging.getLogger("milex.agent")
 
 
@@ -43,8 +46,12 @@ class AgentServer:
         self.socket.bind(endpoint)
         self.pushed_seq = agent.journal.last_seq
         self.requests = 0
+        # Scheduler queries run in a worker, so that a slow squeue never delays an answer.
+        self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milex-poll")
+        self.polling: Future[list[tuple[str, JobStatus]]] | None = None
 
     def close(self) -> None:
+        self.workers.shutdown(wait=True)
         self.socket.close(linger=0)
 
     def serve(self, max_requests: int | None = None) -> None:
@@ -52,13 +59,12 @@ class AgentServer:
         while not self.agent.stopping and (max_requests is None or self.requests < max_requests):
             if self.socket.poll(int(self._wait() * 1000), zmq.POLLIN):
                 self._receive_all()
-            if self.agent.poller.due_in() == 0:
-                self._poll_scheduler()
+            self._poll_scheduler()
             self._push_events()
             self._push_logs()
 
     def _wait(self) -> float:
-        wait = min(self.agent.poller.due_in(), 1.0)
+        wait = min(self.agent.poller.due_in(), 1.0) if self.polling is None else POLL_CHECK_INTERVAL
         if self.agent.log_streams:
             wait = min(wait, LOG_FOLLOW_INTERVAL)
         for stream in self.agent.watches.values():
@@ -102,10 +108,21 @@ class AgentServer:
         return True
 
     def _poll_scheduler(self) -> None:
+        """Start a poll when one is due; apply its result when it is done."""
+        poller = self.agent.poller
+        if self.polling is None:
+            if poller.due_in() == 0:
+                self.polling = self.workers.submit(poller.query, poller.plan())
+            return
+        if not self.polling.done():
+            return
         try:
-            self.agent.poller.poll()
+            poller.apply(self.polling.result())
         except MilexError as error:
             log.warning("status poll failed: %s", error)
+            poller.apply([])  # back off as if nothing changed
+        finally:
+            self.polling = None
 
     def _push_events(self) -> None:
         events = self.agent.journal.events_since(self.pushed_seq) if self.agent.watches else []

@@ -93,7 +93,8 @@ def submit_bundle(
 def _write_script(bundle: Bundle, job: Job, settings: MachineSettings) -> SubmittedJob:
     stem = script_stem(bundle.stem, job.name)
     script = Path(settings.path) / "slurm" / f"{stem}.sh"
-    atomic_write(script, render_script(job, settings, stem).encode(), mode=0o755)
+    # Not fsynced: the journal, not this file, is what a restart relies on; it can be rendered again.
+    atomic_write(script, render_script(job, settings, stem).encode(), mode=0o755, durable=False)
     stdout, stderr = log_paths(job, settings, stem)
     return SubmittedJob(name=job.name, job_id="", script=str(script), stdout=stdout, stderr=stderr)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ POLL_INTERVAL_ENV = "MILEX_AGENT_POLL_INTERVAL"
 MAX_INTERVAL_ENV = "MILEX_AGENT_MAX_INTERVAL"
 
 
+@functools.cache
 def client_version() -> str:
     from importlib.metadata import version
 
@@ -42,6 +44,24 @@ def endpoint(machine: Machine) -> str:
 
     info = start(local_agent_dir(machine), **poll_settings())
     return f"ipc://{info.socket}"
+
+
+_shared: dict[str, AgentConnection] = {}
+
+
+def shared_connection(machine: Machine) -> AgentConnection:
+    """This process's connection to `machine`'s agent, opened (and checked) once and then reused:
+    repeated submissions from one program cost one round trip each."""
+    if machine.name not in _shared:
+        _shared[machine.name] = connect(machine)
+    return _shared[machine.name]
+
+
+def drop_shared_connection(machine: Machine) -> None:
+    """Forget a connection that failed; the next use opens a new one (restarting what is needed)."""
+    connection = _shared.pop(machine.name, None)
+    if connection is not None:
+        connection.close()
 
 
 def connect(machine: Machine, *, timeout: float | None = None) -> AgentConnection:

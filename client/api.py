@@ -172,14 +172,12 @@ def submit_bundle(
     def record(job: TrackedJob) -> None:
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
 
-    submitter = submitter_for(machine)
     try:
-        submitter.submit(bundle, settings, record)
+        submitter_for(machine).submit(bundle, settings, record)
     except SubmitError as error:
         submission.error = str(error)
         raise
     finally:
-        submitter.close()
         if submission.jobs or submission.error:
             save_submission(config.jobs_dir, submission)
     return submission
@@ -199,10 +197,7 @@ def refresh(submission: Submission, *, config: Config | None = None) -> dict[str
 
     config = config or load_config()
     submitter = submitter_for(config.machine(submission.machine))
-    try:
-        return _record_states(submission, submitter.tracked(_job_ids(submission)).jobs, config)
-    finally:
-        submitter.close()
+    return _record_states(submission, submitter.tracked(_job_ids(submission)).jobs, config)
 
 
 def wait(
@@ -219,11 +214,7 @@ def wait(
 
     config = config or load_config()
     machine = config.machine(submission.machine)
-    submitter = submitter_for(machine)
-    try:
-        reply = submitter.tracked(_job_ids(submission))
-    finally:
-        submitter.close()
+    reply = submitter_for(machine).tracked(_job_ids(submission))
     tracked = {job.job_id: job for job in reply.jobs}
     states = _record_states(submission, list(tracked.values()), config)
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -168,5 +168,6 @@ def save_submission(jobs_dir: Path, submission: Submission) -> Path:
         if (s.submitted_at, s.machine) != (submission.submitted_at, submission.machine)
     ]
     history.append(submission)
-    atomic_write(path, msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n")
+    # Not fsynced: the agent's journal holds the same ids and states durably.
+    atomic_write(path, msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n", durable=False)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 
-from milex.agents import connect
+from milex.agents import drop_shared_connection, shared_connection
 from milex.common.errors import SubmitError
 from milex.common.model import Bundle, JobStatus, MachineSettings
 from milex.common.protocol import Cancel, Cancelled, Status, StatusReply, SubmitBundle, Submitted, TrackedJob
@@ -18,18 +18,10 @@ class AgentSubmitter:
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
-        self._connection: AgentConnection | None = None
 
     @property
     def connection(self) -> AgentConnection:
-        if self._connection is None:
-            self._connection = connect(self.machine)
-        return self._connection
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        return shared_connection(self.machine)
 
     def submit(
         self,
@@ -44,7 +36,7 @@ class AgentSubmitter:
         try:
             reply = self.connection.request(request)
         except AgentUnavailable:
-            self.close()
+            drop_shared_connection(self.machine)
             reply = self.connection.request(request)
         assert isinstance(reply, Submitted)
         for job in reply.jobs:

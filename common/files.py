@@ -11,15 +11,20 @@ from pathlib import Path
 from milex.common.errors import MilexError
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` in one step (temporary file in the same directory, then rename)."""
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` in one step (temporary file in the same directory, then rename).
+
+    `durable` also flushes the data to disk before the rename; files that can be made again
+    (rendered scripts, caches of state kept elsewhere) skip that cost.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
         os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:

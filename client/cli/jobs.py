@@ -59,11 +59,8 @@ def cancel(target: str, machine: str | None) -> None:
     from milex.submitters import submitter_for
 
     submitter = submitter_for(load_config().machine(machine))
-    try:
-        if _JOB_ID.fullmatch(target):
-            cancelled = submitter.cancel(job_ids=[target])
-        else:
-            cancelled = submitter.cancel(bundle=target)
-    finally:
-        submitter.close()
+    if _JOB_ID.fullmatch(target):
+        cancelled = submitter.cancel(job_ids=[target])
+    else:
+        cancelled = submitter.cancel(bundle=target)
     click.echo(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing left to cancel")

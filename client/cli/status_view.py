@@ -44,8 +44,6 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
     except AgentUnavailable as error:
         _show_offline(bundle, machine, config.jobs_dir, str(error))
         return
-    finally:
-        submitter.close()
     apply_states(config.jobs_dir, machine.name, reply.jobs)
     if as_json:
         import msgspec

@@ -270,7 +270,7 @@ def test_cancel_a_bundle_cancels_its_unfinished_jobs_only(agent, fake, settings)
     reply = handle(agent, PEER, Cancel(id="r", bundle="exp"))
     assert reply == Cancelled(id="r", job_ids=["1001", "1002"])
     assert [sorted(call) for call in fake.cancelled] == [["1001", "1002"]]
-    assert agent.poller.due_in() == 0
+    assert agent.poller.due_in() <= agent.poller.interval  # the cancellation is seen within one interval
 
 
 def test_cancel_by_ids(agent, fake, settings):
