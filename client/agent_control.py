@@ -71,3 +71,14 @@ def deploy_agent(machine: Machine, *, upload_wheel: bool) -> str:
     from milex.remote import deploy
 
     return deploy(machine, upload_wheel=upload_wheel)
+
+
+def deploy_container(machine: Machine, *, image: str) -> str:
+    """Start (or restart, for a new image) the machine's agent from its container image."""
+    if machine.is_remote:
+        from milex.remote import deploy_container as remote_deploy_container
+
+        return remote_deploy_container(machine, image=image)
+    from milex.container import start_container_agent
+
+    return start_container_agent(machine.path, image=image, replace=True, **poll_settings())

@@ -192,7 +192,8 @@ def stop_container_agent(engine: str | None = None, run: Run = _run) -> str:
     name = container_name(getpass.getuser())
     if container_state(engine, name, run) is None:
         return f"no agent container {name}"
-    _check(run([engine, "rm", "--force", "--time=15", name]))
+    _check(run([engine, "stop", "-t", "15", name]))  # SIGTERM: the agent finishes its request
+    _check(run([engine, "rm", "--force", name]))
     return f"stopped and removed {name}"
 
 

@@ -60,6 +60,25 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     return f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
 
 
+def deploy_container(machine: Machine, *, image: str) -> str:
+    """Upload milex/container.py (standard library only) to the login node and start the agent
+    there from its image; an agent already running outside a container is stopped first."""
+    from milex import container
+    from milex.tunnel import SshSession
+    from milex.tunnel_control import stop_tunnel
+
+    script = ".milex-container.py"  # SFTP and exec both start in the remote home
+    with SshSession.for_machine(machine) as session:
+        session.exec(remote_agent_command(machine, "stop"))
+        session.upload(Path(container.__file__), script)
+        command = container.remote_start_command(script, machine.path, image=image, replace=True)
+        code, out, err = session.exec(f"bash -lc {shlex.quote(command)}", timeout=300)
+    if code != 0:
+        raise MilexError(f"on {machine.name}: starting the agent container failed:\n{(err or out).strip()}")
+    stop_tunnel(machine.name)
+    return out.strip()
+
+
 def _build_wheel() -> Path:
     import subprocess
     import tempfile

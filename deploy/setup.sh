@@ -11,7 +11,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${MILEX_VENV:-$REPO/.venv}
 PYTHON=${MILEX_PYTHON:-python3}
 # python3-venv: a non-root test user builds its venv from the system Python (root's is unreadable).
-PACKAGES=(slurmctld slurmd slurm-client munge python3-venv openssh-server)
+# podman, runc, uidmap, debootstrap: the agent's container image (deploy/container/) and its test,
+# which runs it rootless as an unprivileged user (runc named: podman would otherwise pick crun).
+PACKAGES=(slurmctld slurmd slurm-client munge python3-venv openssh-server podman buildah runc uidmap
+          debootstrap)
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

@@ -51,11 +51,19 @@ def status(machine: str | None) -> None:
 @agent_group.command("deploy")
 @machine_option
 @click.option(
-    "--wheel", is_flag=True, help="Upload a wheel built here (for clusters without a package index)."
+    "--wheel", is_flag=True, help="Upload a wheel built here (for a cluster without a package index)."
 )
+@click.option("--container", is_flag=True, help="Run the agent from its image (podman or docker there).")
+@click.option("--image", default="milex-agent:latest", show_default=True, help="With --container: the image.")
 @reports_errors
-def deploy(machine: str | None, wheel: bool) -> None:
-    """Install this version of Milex into the machine's environment, then (re)start its agent."""
+def deploy(machine: str | None, wheel: bool, container: bool, image: str) -> None:
+    """Install this version of Milex into the machine's environment, then (re)start its agent;
+    or, with --container, start the agent from its container image."""
+    if container:
+        from milex.agent_control import deploy_container
+
+        click.echo(deploy_container(_machine(machine), image=image))
+        return
     from milex.agent_control import deploy_agent
 
     click.echo(deploy_agent(_machine(machine), upload_wheel=wheel))
