@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from milex.cli import reports_errors
-from milex.records import Submission
+
+if TYPE_CHECKING:
+    from milex.records import Submission
 
 
 @click.command()

@@ -1,0 +1,27 @@
+"""The CLI stays light: `milex --help` and `milex-schedule` load no heavy module before they need it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("zmq", "paramiko", "rich", "msgspec", "sqlite3", "milex.records", "milex.agent.server")
+
+
+@pytest.mark.parametrize("module", ["milex.cli.main", "milex.cli.schedule", "milex.cli.run"])
+def test_command_modules_import_nothing_heavy(module: str) -> None:
+    probe = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""
+
+
+def test_help_lists_every_command() -> None:
+    from click.testing import CliRunner
+
+    from milex.cli.main import milex
+
+    output = CliRunner().invoke(milex, ["--help"]).output
+    for command in ("schedule", "run", "submit", "status", "logs", "cancel", "agent", "tunnel", "config"):
+        assert f"  {command} " in output
