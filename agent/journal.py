@@ -47,6 +47,7 @@ _JOB_COLUMNS = (
 )
 # A job whose submission was started but whose scheduler id is not known yet.
 IN_DOUBT = ""
+_FINISHED = tuple(state.value for state in JobState if state.finished)
 
 
 class Journal:
@@ -106,12 +107,10 @@ class Journal:
 
     def unfinished(self) -> list[tuple[TrackedJob, str, str]]:
         """Submitted jobs not yet in a final state, with their scheduler kind and machine path."""
-        finished = tuple(state.value for state in JobState if state.finished)
-        marks = ",".join("?" * len(finished))
         rows = self.db.execute(
             f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs "
-            f"WHERE job_id != ? AND state NOT IN ({marks})",
-            (IN_DOUBT, *finished),
+            f"WHERE job_id != ? AND state NOT IN ({','.join('?' * len(_FINISHED))})",
+            (IN_DOUBT, *_FINISHED),
         ).fetchall()
         return [(_tracked(row[:12]), row[12], row[13]) for row in rows]
 
@@ -120,16 +119,30 @@ class Journal:
         events = []
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
+            statuses = list(statuses)
+            recorded = self._recorded([key for key, _ in statuses])
             for key, status in statuses:
-                row = self.db.execute("SELECT state, exit_code FROM jobs WHERE key = ?", (key,)).fetchone()
+                row = recorded.get(key)
                 if row is None or status.state is JobState.UNKNOWN:
                     continue
                 if (row[0], row[1]) == (status.state.value, status.exit_code):
-                    # A new reason alone (Priority -> Resources) is kept, without an event.
-                    self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
+                    if row[2] != status.reason:  # a new reason alone (Priority -> Resources): no event
+                        self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
                     continue
                 events.append(self._event(key, status.state, status.exit_code, status.reason))
         return events
+
+    def _recorded(self, keys: list[str]) -> dict[str, tuple[str, int | None, str]]:
+        """(state, exit code, reason) of these jobs, read in a few queries rather than one per job."""
+        recorded = {}
+        for start in range(0, len(keys), 500):  # SQLite caps the number of parameters
+            chunk = keys[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT key, state, exit_code, reason FROM jobs WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            recorded.update({key: (state, exit_code, reason) for key, state, exit_code, reason in rows})
+        return recorded
 
     def _event(self, key: str, state: JobState, exit_code: int | None, reason: str) -> Event:
         now = time.time()

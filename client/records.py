@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,26 +50,26 @@ def bundle_path(jobs_dir: Path, name: str, created: str) -> Path:
 
 def bundle_dates(jobs_dir: Path, name: str) -> list[str]:
     """The dates of the bundles called exactly `name`, oldest first."""
-    dates = []
-    for path in jobs_dir.glob(f"{glob_escape(name)}_*.json"):
-        match = _BUNDLE_FILE.fullmatch(path.name)
-        if match and match["name"] == name:
-            dates.append(match["date"])
-    return sorted(dates)
+    return sorted(date for found, date in _records(jobs_dir, prefix=f"{name}_") if found == name)
 
 
 def list_bundles(jobs_dir: Path) -> list[tuple[str, str]]:
     """Every bundle record as (name, date), sorted by name then date."""
-    found = []
-    for path in jobs_dir.glob("*.json"):
-        match = _BUNDLE_FILE.fullmatch(path.name)
-        if match:
-            found.append((match["name"], match["date"]))
-    return sorted(found)
+    return sorted(_records(jobs_dir))
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
+def _records(jobs_dir: Path, prefix: str = "") -> list[tuple[str, str]]:
+    """(name, date) of the record files in `jobs_dir` whose names start with `prefix`.
+
+    os.scandir and a prefix test, not pathlib's glob: this runs at every save, in directories
+    that collect thousands of records.
+    """
+    try:
+        entries = [entry.name for entry in os.scandir(jobs_dir) if entry.name.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    matches = (_BUNDLE_FILE.fullmatch(name) for name in entries)
+    return [(match["name"], match["date"]) for match in matches if match]
 
 
 def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
@@ -88,13 +89,21 @@ def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
 
 
 def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
-    """Write `bundle` as a new record; its date moves forward if a record of that second exists."""
+    """Write `bundle` as a new record, the newest of its name: its date moves forward past any
+    record of that second or later. The file name is claimed with O_EXCL first, so two programs
+    saving in the same second never overwrite each other's record.
+    """
+    jobs_dir.mkdir(parents=True, exist_ok=True)
     dates = bundle_dates(jobs_dir, bundle.name)
-    created = bundle.created
-    while created in dates or (dates and created < dates[-1]):
-        created = _next_second(max(created, dates[-1]))
-    bundle.created = created
-    path = bundle_path(jobs_dir, bundle.name, created)
+    if dates and bundle.created <= dates[-1]:  # a clock set back: the new record is still the newest
+        bundle.created = _next_second(dates[-1])
+    while True:
+        path = bundle_path(jobs_dir, bundle.name, bundle.created)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            break
+        except FileExistsError:
+            bundle.created = _next_second(bundle.created)
     atomic_write(path, encode_bundle(bundle))
     return path
 

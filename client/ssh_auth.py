@@ -12,7 +12,13 @@ from pathlib import Path
 
 import paramiko
 
-from milex.common.errors import MilexError
+from milex.ssh_errors import (
+    AuthError,
+    HostKeyChangedError,
+    PromptUnavailable,
+    TunnelError,
+    UnknownHostError,
+)
 
 log = logging.getLogger("milex.tunnel")
 
@@ -25,32 +31,6 @@ GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
 PASSPHRASE_ATTEMPTS = 3
 KEEPALIVE_SECONDS = 15
 AUTH_TIMEOUT = 120.0  # OpenSSH's default LoginGraceTime
-
-
-class TunnelError(MilexError):
-    """The SSH connection, or a channel through it to the remote agent, could not be set up."""
-
-
-class UnknownHostError(TunnelError):
-    """The server's host key is in no known_hosts file: it is never accepted silently."""
-
-
-class HostKeyChangedError(TunnelError):
-    """The server's host key differs from the one known_hosts holds for it."""
-
-
-class AuthError(TunnelError):
-    """The server accepted none of the keys, passphrases or answers we have."""
-
-
-class PromptUnavailable(AuthError):
-    """The server wants a passphrase or an answer, and there is no terminal to ask the user."""
-
-
-ERRORS: dict[str, type[TunnelError]] = {
-    kind.__name__: kind
-    for kind in (TunnelError, UnknownHostError, HostKeyChangedError, AuthError, PromptUnavailable)
-}
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from milex.ssh_auth import (
     Credentials,
     Prompt,
     Target,
-    TunnelError,
     connect_socket,
     handshake,
     resolve_target,
     tty_prompt,
 )
+from milex.ssh_errors import TunnelError
 
 log = logging.getLogger("milex.tunnel")
 

@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 
 from milex.common.files import is_locked
-from milex.ssh_auth import ERRORS, TunnelError
+from milex.ssh_errors import ERRORS, TunnelError
 
 DEFAULT_IDLE = 30 * 60.0
 STARTING_WAIT = 120.0

@@ -20,7 +20,7 @@ import paramiko
 
 from milex.common.files import private_directory, take_lock
 from milex.config import load_config
-from milex.ssh_auth import PromptUnavailable, TunnelError
+from milex.ssh_errors import PromptUnavailable, TunnelError
 from milex.tunnel import DEFAULT_RELAY, SshSession
 from milex.tunnel_control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from milex.common.model import JobState, JobStatus
 _SQUEUE_FIELDS = ("JobID", "ArrayJobID", "State", "Reason", "exit_code")
 _SQUEUE_FORMAT = ",".join(f"{field}:256|" for field in _SQUEUE_FIELDS)
 _ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING)
+Row = tuple[str, str, JobState, str, "int | None"]  # job id, array job id, state, reason, exit code
 
 
 class SlurmScheduler:
@@ -51,8 +53,15 @@ class SlurmScheduler:
         result = run_command([*argv, f"--jobs={','.join(job_ids)}"])
         if result.returncode != 0 and "Invalid job id" not in result.stderr:
             raise SchedulerError(f"squeue failed: {result.message}")
-        rows = [_parse_row(line) for line in result.stdout.splitlines() if line.strip()]
-        states = {job_id: _combine(job_id, [r for r in rows if job_id in r[:2]]) for job_id in job_ids}
+        # Rows by the job id they belong to: their own, or their array's (one pass, not one per job).
+        rows_of: dict[str, list[Row]] = defaultdict(list)
+        for line in result.stdout.splitlines():
+            if line.strip():
+                row = _parse_row(line)
+                rows_of[row[0]].append(row)
+                if row[1] != row[0]:
+                    rows_of[row[1]].append(row)
+        states = {job_id: _combine(job_id, rows_of.get(job_id, [])) for job_id in job_ids}
         forgotten = [job_id for job_id, status in states.items() if status.state is JobState.UNKNOWN]
         if forgotten:
             # Only jobs that ended longer ago than MinJobAge: rare, so a second query is fine.
@@ -84,7 +93,7 @@ class SlurmScheduler:
             raise SchedulerError(f"scancel {' '.join(job_ids)} failed: {result.message}")
 
 
-def _parse_row(line: str) -> tuple[str, str, JobState, str, int | None]:
+def _parse_row(line: str) -> Row:
     job_id, array_job_id, state, reason, exit_code, *_ = (part.strip() for part in line.split("|"))
     return job_id, array_job_id, JobState.from_slurm(state), reason, _exit_code(exit_code)
 
@@ -101,7 +110,7 @@ def _exit_code(text: str) -> int | None:
     return 128 + (status & 0x7F) if status & 0x7F else status >> 8
 
 
-def _combine(job_id: str, rows: list[tuple[str, str, JobState, str, int | None]]) -> JobStatus:
+def _combine(job_id: str, rows: list[Row]) -> JobStatus:
     """One status for a job from its squeue rows (several for the tasks of an array)."""
     if not rows:
         return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="no longer known to squeue")
@@ -120,6 +129,6 @@ def _combine(job_id: str, rows: list[tuple[str, str, JobState, str, int | None]]
     )
 
 
-def _first_reason(rows: list[tuple[str, str, JobState, str, int | None]], state: JobState) -> str:
+def _first_reason(rows: list[Row], state: JobState) -> str:
     reason = next((row[3] for row in rows if row[2] is state), "")
     return "" if reason == "None" else reason

@@ -18,7 +18,7 @@ import paramiko
 import pytest
 import zmq
 
-from milex.ssh_auth import HostKeyChangedError, TunnelError, UnknownHostError
+from milex.ssh_errors import HostKeyChangedError, TunnelError, UnknownHostError
 from milex.tunnel import SshSession
 from milex.tunnel_control import start_tunnel, stop_tunnel, tunnel_status
 from tests.e2e.other_user import OtherUser

@@ -18,14 +18,12 @@ from milex.common.errors import MilexError
 from milex.common.files import private_directory
 from milex.ssh_auth import (
     Credentials,
-    HostKeyChangedError,
-    PromptUnavailable,
     Target,
-    UnknownHostError,
     check_host_key,
     key_family,
     resolve_target,
 )
+from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, UnknownHostError
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
 from milex.tunnel_control import TunnelFiles, tunnel_status
 from milex.tunnel_service import splice

@@ -1,0 +1,31 @@
+"""The errors of SSH connections and tunnels, apart from paramiko so that naming them costs nothing."""
+
+from __future__ import annotations
+
+from milex.common.errors import MilexError
+
+
+class TunnelError(MilexError):
+    """The SSH connection, or a channel through it to the remote agent, could not be set up."""
+
+
+class UnknownHostError(TunnelError):
+    """The server's host key is in no known_hosts file: it is never accepted silently."""
+
+
+class HostKeyChangedError(TunnelError):
+    """The server's host key differs from the one known_hosts holds for it."""
+
+
+class AuthError(TunnelError):
+    """The server accepted none of the keys, passphrases or answers we have."""
+
+
+class PromptUnavailable(AuthError):
+    """The server wants a passphrase or an answer, and there is no terminal to ask the user."""
+
+
+ERRORS: dict[str, type[TunnelError]] = {
+    kind.__name__: kind
+    for kind in (TunnelError, UnknownHostError, HostKeyChangedError, AuthError, PromptUnavailable)
+}
