@@ -122,8 +122,8 @@ def milex_home(tmp_path: Path, slurm_cluster: None) -> Iterator[MilexHome]:
         }
     )
     yield user
-    for agent_dir in (tmp_path / "milex" / "agent").glob("*"):
-        subprocess.run([str(BIN / "milex-agent"), "stop", "--dir", str(agent_dir)], check=False)
+    for lock in tmp_path.glob("**/agent/*/agent.lock"):  # every machine's agent the test started
+        subprocess.run([str(BIN / "milex-agent"), "stop", "--dir", str(lock.parent)], check=False)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

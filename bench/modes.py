@@ -1,0 +1,80 @@
+"""How much each section measures: the full run, and the quick smoke run that keeps the harness alive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Repetitions and sizes of every section."""
+
+    name: str
+    latency_reps: dict[str, int]
+    bundle: int  # jobs of each Milex bundle (independent, chain)
+    raw_loop: int  # jobs of each raw sbatch loop on the node
+    ssh_loop: int  # jobs of the fresh `ssh host sbatch` loop
+    clients: int  # watching clients in the load section
+    window: float  # seconds the load section counts SLURM commands
+    load_interval: float  # the agent's (fixed) poll interval while counting
+    status_waves: list[list[float]]  # job durations (s) of each wave of the status-latency section
+    lone_jobs: list[float] = field(default_factory=list)  # durations of jobs run alone (poll back-off)
+    footprint_jobs: int = 10_000
+    footprint_settle: float = 3.0  # seconds after the first answer before measuring (the first poll ran)
+    footprint_cpu_window: float = 10.0  # seconds over which the idle agent's CPU time is measured
+    poll_sizes: tuple[int, ...] = (1000, 2000, 4000)  # jobs of the status-query cost measurement
+    startup_runs: int = 20
+
+    @property
+    def expected_jobs(self) -> int:
+        """Roughly how many SLURM job records a run creates (they count against MaxJobCount)."""
+        latency = sum(self.latency_reps.values()) + self.latency_reps["milex_api"] + 16
+        statuses = sum(len(wave) for wave in self.status_waves) + len(self.lone_jobs)
+        submitting = int(self.window / 0.2)  # the load section's second window
+        return latency + 2 * self.bundle + 2 * self.raw_loop + self.ssh_loop + statuses + submitting
+
+
+def _reps(fast: int, ssh: int, cli: int, cold: int) -> dict[str, int]:
+    return {
+        "raw_sbatch": fast,
+        "ssh_fresh": ssh,
+        "ssh_controlmaster": fast,
+        "paramiko_exec": fast,
+        "milex_api": fast,
+        "milex_protocol": fast,
+        "milex_run": cli,
+        "milex_cold": cold,
+    }
+
+
+FULL = Mode(
+    name="full",
+    latency_reps=_reps(fast=80, ssh=50, cli=40, cold=12),
+    bundle=1000,
+    raw_loop=500,
+    ssh_loop=100,
+    clients=10,
+    window=20.0,
+    load_interval=1.0,
+    status_waves=[[1.0 + 1.5 * i for i in range(8)] for _ in range(3)],
+    lone_jobs=[20.0],
+)
+
+QUICK = Mode(
+    name="quick",
+    latency_reps=_reps(fast=2, ssh=1, cli=1, cold=1),
+    bundle=20,
+    raw_loop=10,
+    ssh_loop=3,
+    clients=3,
+    window=2.0,
+    load_interval=0.5,
+    status_waves=[[0.5, 1.0]],
+    footprint_jobs=300,
+    footprint_settle=0.5,
+    footprint_cpu_window=0.3,
+    poll_sizes=(100, 200),
+    startup_runs=3,
+)
+
+MODES = {mode.name: mode for mode in (FULL, QUICK)}

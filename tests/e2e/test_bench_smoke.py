@@ -1,0 +1,35 @@
+"""The benchmark harness in its quick mode, so that it cannot rot: every section runs and is reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup")
+# About 45 s once the benchmark account exists; its first run also installs Milex's dependencies
+# into that account's venv (from the package index), and each new source tree into an overlay.
+pytestmark = pytest.mark.timeout(420)
+
+
+def test_quick_run_writes_every_section(tmp_path: Path, slurm_cluster: None) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-5000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["errors"] == {}
+    for section in SECTIONS:
+        assert results[section], section
+    assert {"raw_sbatch", "ssh_fresh", "milex_api", "milex_run", "milex_cold"} <= set(results["latency"])
+    assert all(row["n"] >= 1 for row in results["latency"].values())
+    assert results["load"]["watching"]["commands"]["squeue"] >= 1  # the wrappers saw the agent's polls
+    assert len(results["goals"]) == 6
+    report = (tmp_path / "latest.md").read_text()
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+        assert heading in report
+    assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
