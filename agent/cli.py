@@ -8,11 +8,7 @@ from pathlib import Path
 
 import click
 
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("milex-scheduler")
+from milex.common.version import VERSION
 
 
 def _directory(path: str | None, directory: str | None) -> Path:
@@ -36,7 +32,7 @@ _dir_option = click.option("--dir", "directory", help="The agent directory itsel
 
 
 @click.group()
-@click.version_option(package_name="milex-scheduler")
+@click.version_option(VERSION, prog_name="milex-agent")
 def main() -> None:
     """The Milex agent: one per user per login node, reached through a private socket."""
 
@@ -58,7 +54,7 @@ def run(
     on_ready = _detach() if detach else (lambda: None)
     try:
         daemon.run(target, poll_interval=poll_interval, max_interval=max_interval,
-                   version=_version(), on_ready=on_ready)  # fmt: skip
+                   version=VERSION, on_ready=on_ready)  # fmt: skip
     except MilexError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -143,7 +139,7 @@ def ping(path: str | None, directory: str | None, timeout: float) -> None:
         sys.exit(1)
     try:
         with AgentConnection(f"ipc://{info.socket}", timeout=timeout) as connection:
-            reply = connection.hello(_version())
+            reply = connection.hello(VERSION)
     except MilexError as error:
         click.echo(f"the agent of {target} (pid {info.pid}) does not answer: {error}", err=True)
         sys.exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -13,11 +12,10 @@ POLL_INTERVAL_ENV = "MILEX_AGENT_POLL_INTERVAL"
 MAX_INTERVAL_ENV = "MILEX_AGENT_MAX_INTERVAL"
 
 
-@functools.cache
 def client_version() -> str:
-    from importlib.metadata import version
+    from milex.common.version import VERSION
 
-    return version("milex-scheduler")
+    return VERSION
 
 
 def poll_settings() -> dict[str, float]:

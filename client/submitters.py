@@ -10,7 +10,9 @@ from milex.common.errors import SubmitError
 from milex.common.model import Bundle, JobStatus, MachineSettings
 from milex.common.protocol import Cancel, Cancelled, Status, StatusReply, SubmitBundle, Submitted, TrackedJob
 from milex.config import Machine
-from milex.connection import AgentConnection, AgentUnavailable
+from milex.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
+
+SECONDS_PER_JOB = 0.5
 
 
 class AgentSubmitter:
@@ -33,11 +35,13 @@ class AgentSubmitter:
         attempt = uuid.uuid4().hex[:12]
         keys = {name: f"{bundle.stem}/{name}/{attempt}" for name in bundle.jobs}
         request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
+        # The agent answers once every job is submitted: give a big bundle the time its sbatch calls take.
+        timeout = DEFAULT_TIMEOUT + SECONDS_PER_JOB * len(bundle.jobs)
         try:
-            reply = self.connection.request(request)
+            reply = self.connection.request(request, timeout)
         except AgentUnavailable:
             drop_shared_connection(self.machine)
-            reply = self.connection.request(request)
+            reply = self.connection.request(request, timeout)
         assert isinstance(reply, Submitted)
         for job in reply.jobs:
             on_submitted(job)

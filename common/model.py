@@ -91,21 +91,29 @@ class Bundle(msgspec.Struct, kw_only=True):
                     )
         ordered: list[Job] = []
         state: dict[str, str] = {}  # name -> "visiting" | "done"
-
-        def visit(name: str, path: list[str]) -> None:
-            if state.get(name) == "done":
-                return
-            if state.get(name) == "visiting":
-                cycle = " -> ".join([*path[path.index(name) :], name])
-                raise BundleError(f"bundle {self.stem!r} has a dependency cycle: {cycle}.")
-            state[name] = "visiting"
-            for dependency in self.jobs[name].dependencies:
-                visit(dependency, [*path, name])
-            state[name] = "done"
-            ordered.append(self.jobs[name])
-
-        for name in self.jobs:
-            visit(name, [])
+        # Depth first with an explicit stack, not recursion: a chain may be thousands of jobs long.
+        for root in self.jobs:
+            if state.get(root) == "done":
+                continue
+            path: list[str] = [root]
+            pending: list[list[str]] = [list(self.jobs[root].dependencies)]
+            state[root] = "visiting"
+            while path:
+                if not pending[-1]:
+                    done = path.pop()
+                    pending.pop()
+                    state[done] = "done"
+                    ordered.append(self.jobs[done])
+                    continue
+                dependency = pending[-1].pop(0)
+                if state.get(dependency) == "done":
+                    continue
+                if state.get(dependency) == "visiting":
+                    cycle = " -> ".join([*path[path.index(dependency) :], dependency])
+                    raise BundleError(f"bundle {self.stem!r} has a dependency cycle: {cycle}.")
+                state[dependency] = "visiting"
+                path.append(dependency)
+                pending.append(list(self.jobs[dependency].dependencies))
         return ordered
 
 

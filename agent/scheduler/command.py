@@ -38,6 +38,8 @@ def run_command(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> Com
             f"{argv[0]!r} is not installed or not on PATH; this machine needs the SLURM client "
             'commands, or set "scheduler": "local" for it in the Milex configuration.'
         ) from None
+    except OSError as error:  # e.g. E2BIG: the agent must survive what it cannot run
+        raise SchedulerError(f"could not run {argv[0]}: {error}") from None
     except subprocess.TimeoutExpired:
         raise SchedulerError(
             f"{' '.join(argv)} did not answer within {timeout:.0f} s; is slurmctld up (try `sinfo`)?"

@@ -11,10 +11,11 @@ from milex.cli.records import list_records
 from milex.cli.run import run
 from milex.cli.schedule import schedule
 from milex.cli.tunnel import tunnel_group
+from milex.common.version import VERSION
 
 
 @click.group()
-@click.version_option(package_name="milex-scheduler")
+@click.version_option(VERSION, prog_name="milex")
 def milex() -> None:
     """Schedule, run and watch reproducible jobs on SLURM clusters."""
 

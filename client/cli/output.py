@@ -1,38 +1,39 @@
-"""How commands print submissions and job states (rich tables, imported only when printing)."""
+"""How commands print a submission: a plain aligned table (no rich: `milex-run` must start fast)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import click
+
 from milex.common.model import JobState, JobStatus
 from milex.records import Submission
 
-_STYLES = {
-    JobState.COMPLETED: "green",
-    JobState.RUNNING: "cyan",
-    JobState.PENDING: "yellow",
-    JobState.SUBMITTED: "yellow",
-}
+_COLORS = {JobState.COMPLETED: "green", JobState.RUNNING: "cyan", JobState.PENDING: "yellow"}
+_COLUMNS = ("job", "id", "state", "exit", "reason")
 
 
 def print_submission(submission: Submission, states: Mapping[str, JobStatus] | None = None) -> None:
-    """A table of the submission's jobs: name, id, and state when known."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{submission.bundle} on {submission.machine}", title_justify="left")
-    for column in ("job", "id", "state", "exit", "reason"):
-        table.add_column(column)
+    """The submission's jobs, one line each: name, id, state (colored on a terminal), exit, reason."""
+    rows = []
     for name, job in submission.jobs.items():
         status = (states or {}).get(name)
         state = status.state if status else job.state
         exit_code = status.exit_code if status else job.exit_code
         reason = status.reason if status else job.reason
-        table.add_row(
-            name,
-            job.job_id,
-            f"[{_STYLES.get(state, 'red')}]{state.value}[/]",
-            "" if exit_code is None else str(exit_code),
-            reason,
-        )
-    Console(soft_wrap=True).print(table)
+        rows.append((name, job.job_id, state, "" if exit_code is None else str(exit_code), reason))
+    widths = [
+        max([len(column)] + [len(str(_text(row[i]))) for row in rows]) for i, column in enumerate(_COLUMNS)
+    ]
+    click.echo(f"{submission.bundle} on {submission.machine}")
+    click.echo(
+        "  ".join(column.ljust(width) for column, width in zip(_COLUMNS, widths, strict=True)).rstrip()
+    )
+    for row in rows:
+        cells = [_text(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+        cells[2] = click.style(cells[2], fg=_COLORS.get(row[2], "red"))
+        click.echo("  ".join(cells).rstrip())
+
+
+def _text(cell: object) -> str:
+    return cell.value if isinstance(cell, JobState) else str(cell)

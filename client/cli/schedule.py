@@ -16,10 +16,11 @@ RAW_ARGUMENTS = {"ignore_unknown_options": True, "allow_extra_args": True, "help
 @reports_errors
 def schedule(argv: tuple[str, ...]) -> None:
     """Record a job running NAME with its arguments (see `milex-schedule --help`)."""
-    from milex import api
     from milex.schedule_args import parse_schedule_args
 
-    request = parse_schedule_args(argv)
+    request = parse_schedule_args(argv)  # before importing the API: `--help` stays fast
+    from milex import api
+
     scheduled = api.schedule(
         request.app,
         request.app_arguments,

@@ -119,3 +119,14 @@ def test_end_states_are_finished(state: JobState) -> None:
 @pytest.mark.parametrize("state", [JobState.SUBMITTED, JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN])
 def test_other_states_are_not_finished(state: JobState) -> None:
     assert not state.finished
+
+
+def test_a_long_chain_listed_backwards_is_ordered_without_recursion_limits() -> None:
+    from milex.common.model import Bundle, Job
+
+    jobs = {
+        f"j{i}": Job(name=f"j{i}", script="true", dependencies=[f"j{i - 1}"] if i else [])
+        for i in range(3000)
+    }
+    bundle = Bundle(name="chain", created="20240101000000", jobs=dict(reversed(list(jobs.items()))))
+    assert [job.name for job in bundle.ordered_jobs()] == [f"j{i}" for i in range(3000)]
