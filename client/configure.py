@@ -97,9 +97,15 @@ def install_config(
             created = create_machine_dirs(machine)
             if created:
                 report(f"Created {', '.join(str(p) for p in created)}.")
-    if DEFAULT_MACHINE in config.machines and not config.machines[DEFAULT_MACHINE].is_remote:
-        for rc_file in set_milex_variable(config.machines[DEFAULT_MACHINE].path):
-            report(f"Set MILEX in {rc_file} (open a new shell to use it).")
+    local = config.machines.get(DEFAULT_MACHINE)
+    if local is None or local.is_remote:
+        return config
+    if path.expanduser() != (Path.home() / ".milexconfig"):
+        # A configuration of its own ($MILEX_CONFIG: a demo, a test): the user's shell keeps its MILEX.
+        report(f"Not setting MILEX in your shell files for {path}; export MILEX={local.path} to use it.")
+        return config
+    for rc_file in set_milex_variable(local.path):
+        report(f"Set MILEX in {rc_file} (open a new shell to use it).")
     return config
 
 
