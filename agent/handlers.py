@@ -8,6 +8,7 @@ import socket
 
 from milex.agent.journal import Journal
 from milex.agent.logs import LogNotFound, log_path, read_chunk
+from milex.agent.scheduler import scheduler_group
 from milex.agent.scheduler.base import Scheduler
 from milex.agent.state import Agent, LogStream, Peer, WatchStream
 from milex.agent.submission import SubmittedJob, submit_bundle
@@ -147,8 +148,7 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
     by_scheduler: dict[tuple[str, str], list[str]] = {}
     for job, kind, machine_path in agent.journal.unfinished():
         if job.job_id in unfinished:
-            # As in the poller: one scancel for every SLURM job, one per local scheduler directory.
-            by_scheduler.setdefault((kind, machine_path if kind == "local" else ""), []).append(job.job_id)
+            by_scheduler.setdefault(scheduler_group(kind, machine_path), []).append(job.job_id)
     for (kind, machine_path), job_ids in by_scheduler.items():
         agent.schedulers(kind, machine_path).cancel(job_ids)
     agent.poller.nudge()

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from milex.agent.journal import Journal
+from milex.agent.scheduler import scheduler_group
 from milex.agent.scheduler.base import Scheduler
 from milex.common.model import JobStatus
 from milex.common.protocol import Event
@@ -63,8 +64,7 @@ class Poller:
         self.nudged = False
         groups: Plan = defaultdict(dict)  # job id -> key
         for job, kind, machine_path in self.journal.unfinished():
-            # One SLURM serves every machine path; local schedulers keep a state dir per path.
-            groups[(kind, machine_path if kind == "local" else "")][job.job_id] = job.key
+            groups[scheduler_group(kind, machine_path)][job.job_id] = job.key
         return groups
 
     def query(self, plan: Plan) -> list[tuple[str, JobStatus]]:

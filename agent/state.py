@@ -55,12 +55,12 @@ class Agent:
 
 def scheduler_cache() -> Callable[[str, str], Scheduler]:
     """Schedulers by (kind, machine path), made once each: SLURM's is shared by every path."""
-    from milex.agent.scheduler import scheduler_for
+    from milex.agent.scheduler import scheduler_for, scheduler_group
 
     made: dict[tuple[str, str], Scheduler] = {}
 
     def lookup(kind: str, machine_path: str) -> Scheduler:
-        key = (kind, machine_path if kind == "local" else "")
+        key = scheduler_group(kind, machine_path)
         if key not in made:
             settings = MachineSettings(name=kind, path=machine_path, scheduler=kind)  # type: ignore[arg-type]
             made[key] = scheduler_for(settings)

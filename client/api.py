@@ -237,14 +237,13 @@ def _job_ids(submission: Submission) -> list[str]:
     return [job.job_id for job in submission.jobs.values()]
 
 
-def _record_states(submission: Submission, tracked: list[Any], config: Config) -> dict[str, JobStatus]:
+def _record_states(submission: Submission, tracked: list[TrackedJob], config: Config) -> dict[str, JobStatus]:
     """Copy the agent's view of the jobs into the submission and its local record."""
     by_id = {job.job_id: job for job in tracked}
     states = {}
     for name, record in submission.jobs.items():
-        job = by_id.get(record.job_id)
-        if job is not None:
-            record.state, record.exit_code, record.reason = job.state, job.exit_code, job.reason
+        if record.job_id in by_id:
+            record.take(by_id[record.job_id])
         states[name] = JobStatus(
             job_id=record.job_id, state=record.state, exit_code=record.exit_code, reason=record.reason
         )

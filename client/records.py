@@ -29,6 +29,12 @@ class SubmittedJobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     exit_code: int | None = None
     reason: str = ""
 
+    def take(self, job: TrackedJob) -> bool:
+        """Copy the agent's view of this job; whether its state or exit code changed."""
+        changed = (self.state, self.exit_code) != (job.state, job.exit_code)
+        self.state, self.exit_code, self.reason = job.state, job.exit_code, job.reason
+        return changed
+
 
 class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One `milex-run` of a bundle: where, when, and the ids the scheduler gave its jobs."""
@@ -156,13 +162,9 @@ def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) ->
         for submission in load_submissions(jobs_dir, stem):
             if submission.machine != machine:
                 continue
-            touched = False
-            for record in submission.jobs.values():
-                job = jobs.get(record.job_id)
-                if job and (record.state, record.exit_code) != (job.state, job.exit_code):
-                    record.state, record.exit_code, record.reason = job.state, job.exit_code, job.reason
-                    touched = True
-            if touched:
+            touched = [record.take(jobs[record.job_id]) for record in submission.jobs.values()
+                       if record.job_id in jobs]  # fmt: skip
+            if any(touched):
                 save_submission(jobs_dir, submission)
                 changed += 1
     return changed

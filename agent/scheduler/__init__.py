@@ -8,6 +8,12 @@ from milex.agent.scheduler.base import Scheduler
 from milex.common.model import MachineSettings
 
 
+def scheduler_group(kind: str, machine_path: str) -> tuple[str, str]:
+    """Which scheduler instance serves a job: one SLURM for every machine path, one local
+    scheduler per path (each keeps its own state directory)."""
+    return (kind, machine_path if kind == "local" else "")
+
+
 def scheduler_for(settings: MachineSettings) -> Scheduler:
     """The scheduler that backs the machine `settings` describes."""
     if settings.scheduler == "local":
