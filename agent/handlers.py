@@ -6,14 +6,12 @@ import getpass
 import os
 import socket
 
-from milex.agent.journal import Journal
+from milex.agent.ledger import JournalLedger
 from milex.agent.logs import LogNotFound, log_path, read_chunk
+from milex.agent.pending import PendingSubmit
 from milex.agent.scheduler import scheduler_group
-from milex.agent.scheduler.base import Scheduler
 from milex.agent.state import Agent, LogStream, Peer, WatchStream
-from milex.agent.submission import SubmittedJob, submit_bundle
-from milex.common.errors import MilexError, SubmitError
-from milex.common.model import Job, JobState
+from milex.agent.submission import BundleSubmission
 from milex.common.protocol import (
     Ack,
     Cancel,
@@ -30,15 +28,14 @@ from milex.common.protocol import (
     Status,
     StatusReply,
     SubmitBundle,
-    Submitted,
-    TrackedJob,
     Unwatch,
     Watch,
 )
 
 
-def handle(agent: Agent, peer: Peer, request: Request) -> Reply:
-    """The reply to `request` from `peer`; streams it starts are registered on `agent`."""
+def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit:
+    """The reply to `request` from `peer`, or a submission whose reply comes when it is done;
+    streams it starts are registered on `agent`."""
     match request:
         case Hello():
             return hello(agent, request)
@@ -70,56 +67,7 @@ def hello(agent: Agent, request: Hello) -> HelloReply:
     )
 
 
-class JournalLedger:
-    """Submits each idempotency key at most once, recording intent before sbatch and ids after."""
-
-    def __init__(self, agent: Agent, request: SubmitBundle, scheduler: Scheduler) -> None:
-        self.journal: Journal = agent.journal
-        self.request = request
-        self.scheduler = scheduler
-
-    def key(self, job: Job) -> str:
-        if job.name not in self.request.keys:
-            raise MilexError(f"the submit request has no idempotency key for job {job.name!r}.")
-        return self.request.keys[job.name]
-
-    def known(self, job: Job) -> str | None:
-        tracked = self.journal.find(self.key(job))
-        if tracked is None:
-            return None
-        if not tracked.job_id:  # an earlier attempt was cut short: did SLURM get the job?
-            found = self.scheduler.lookup([comment_of(tracked.key)]).get(comment_of(tracked.key))
-            if found is None:
-                return None
-            self.journal.submitted(tracked.key, found)
-            return found
-        return tracked.job_id
-
-    def begin(self, job: Job, planned: SubmittedJob) -> str:
-        key = self.key(job)
-        tracked = TrackedJob(
-            key=key, bundle=self.request.bundle.stem, name=job.name, job_id="",
-            state=JobState.SUBMITTED, script=planned.script, stdout=planned.stdout,
-            stderr=planned.stderr,
-        )  # fmt: skip
-        self.journal.begin(
-            tracked, scheduler=self.request.settings.scheduler, machine_path=self.request.settings.path
-        )
-        return comment_of(key)
-
-    def accepted(self, job: Job, submitted: SubmittedJob) -> None:
-        self.journal.submitted(self.key(job), submitted.job_id)
-
-    def refused(self, job: Job) -> None:
-        self.journal.forget(self.key(job))
-
-
-def comment_of(key: str) -> str:
-    """The sbatch comment that carries an idempotency key with its job."""
-    return f"milex:{key}"
-
-
-def submit(agent: Agent, request: SubmitBundle) -> Submitted | Error:
+def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
     missing = [name for name in request.bundle.jobs if name not in request.keys]
     if missing:
         return Error(
@@ -128,15 +76,16 @@ def submit(agent: Agent, request: SubmitBundle) -> Submitted | Error:
             message=f"the submit request has no idempotency key for job(s) {', '.join(map(repr, missing))}; "
             "nothing was submitted.",
         )
-    ledger = JournalLedger(agent, request, agent.scheduler_for(request.settings))
-    error = ""
-    try:
-        submit_bundle(request.bundle, request.settings, ledger.scheduler, ledger)
-    except SubmitError as refusal:
-        error = str(refusal)
-    agent.poller.nudge()
-    jobs = [agent.journal.find(key) for key in request.keys.values()]
-    return Submitted(id=request.id, jobs=[job for job in jobs if job and job.job_id], error=error)
+    scheduler = agent.scheduler_for(request.settings)
+    submission = BundleSubmission(
+        request.bundle,
+        request.settings,
+        scheduler,
+        JournalLedger(agent.journal, request, scheduler),
+        dispatch=agent.dispatch,
+        in_flight=scheduler.parallel_submissions,
+    )
+    return PendingSubmit(agent, request, submission)
 
 
 def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:

@@ -69,28 +69,32 @@ class Journal:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
         return _tracked(row) if row else None
 
-    def begin(
-        self,
-        job: TrackedJob,
-        *,
-        scheduler: str,
-        machine_path: str,
-    ) -> None:
+    def begin(self, job: TrackedJob, *, scheduler: str, machine_path: str) -> None:
         """Record the intent to submit `job` before the scheduler is asked, so a crash leaves a trace."""
+        self.begin_many([job], scheduler=scheduler, machine_path=machine_path)
+
+    def begin_many(self, jobs: Sequence[TrackedJob], *, scheduler: str, machine_path: str) -> None:
+        """`begin` for several jobs of one machine, in one transaction."""
         now = time.time()
-        self.db.execute(
-            "INSERT OR REPLACE INTO jobs (key, bundle, name, job_id, state, script, stdout, stderr,"
-            " scheduler, machine_path, submitted_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job.key, job.bundle, job.name, IN_DOUBT, JobState.SUBMITTED.value, job.script,
-             job.stdout, job.stderr, scheduler, machine_path, now, now),
-        )  # fmt: skip
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO jobs (key, bundle, name, job_id, state, script, stdout, stderr,"
+                " scheduler, machine_path, submitted_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(job.key, job.bundle, job.name, IN_DOUBT, JobState.SUBMITTED.value, job.script,
+                  job.stdout, job.stderr, scheduler, machine_path, now, now) for job in jobs],
+            )  # fmt: skip
 
     def submitted(self, key: str, job_id: str) -> Event:
         """The scheduler accepted the job as `job_id`: record it, with its first event."""
+        return self.submitted_many([(key, job_id)])[0]
+
+    def submitted_many(self, accepted: Sequence[tuple[str, str]]) -> list[Event]:
+        """`submitted` for several (key, job id) pairs, in one transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("UPDATE jobs SET job_id = ? WHERE key = ?", (job_id, key))
-            return self._event(key, JobState.SUBMITTED, None, "")
+            self.db.executemany("UPDATE jobs SET job_id = ? WHERE key = ?", [(i, k) for k, i in accepted])
+            return [self._event(key, JobState.SUBMITTED, None, "") for key, _ in accepted]
 
     def forget(self, key: str) -> None:
         """The scheduler refused the job: it was never submitted, so nothing is tracked."""

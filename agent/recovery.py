@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from milex.agent.handlers import comment_of
+from milex.agent.ledger import comment_of
 from milex.agent.state import Agent
 
 log = logging.getLogger("milex.agent")

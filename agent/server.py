@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import zmq
 
 from milex.agent.handlers import handle
 from milex.agent.logs import read_chunk
+from milex.agent.pending import PendingSubmit
 from milex.agent.state import Agent, Peer
+from milex.agent.submission import SchedulerCall
 from milex.common.errors import MilexError
 from milex.common.model import JobStatus
 from milex.common.protocol import (
@@ -22,12 +28,14 @@ from milex.common.protocol import (
     LogChunk,
     Message,
     ProtocolError,
+    Request,
     decode_request,
     encode,
 )
 
 LOG_FOLLOW_INTERVAL = 0.25
-POLL_CHECK_INTERVAL = 0.005
+T = TypeVar("T")
+SUBMIT_WORKERS = 4  # scheduler calls in flight at once, over every submission
 log = logging.getLogger("milex.agent")
 
 
@@ -46,25 +54,60 @@ class AgentServer:
         self.socket.bind(endpoint)
         self.pushed_seq = agent.journal.last_seq
         self.requests = 0
-        # Scheduler queries run in a worker, so that a slow squeue never delays an answer.
-        self.workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milex-poll")
+        # Scheduler calls run in workers, so that a slow squeue or a big bundle never delays an
+        # answer; a worker that finishes wakes the loop through a pipe.
+        self.poll_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milex-poll")
+        self.submit_workers = ThreadPoolExecutor(SUBMIT_WORKERS, thread_name_prefix="milex-submit")
         self.polling: Future[list[tuple[str, JobStatus]]] | None = None
+        self.submitting: list[tuple[Peer, PendingSubmit]] = []
+        self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.readiness = zmq.Poller()
+        self.readiness.register(self.socket, zmq.POLLIN)
+        self.readiness.register(self._woken, zmq.POLLIN)
+        agent.dispatch = self._dispatch
 
     def close(self) -> None:
-        self.workers.shutdown(wait=True)
+        if self.socket.closed:
+            return
+        for peer, pending in self.submitting:  # answer with what got submitted; start nothing more
+            pending.stop("the agent was stopped during the submission; submit again for the rest.")
+            self.send(peer, self._guarded(pending.request, pending.wait))
+        self.submitting.clear()
+        self.poll_worker.shutdown(wait=True)
+        self.submit_workers.shutdown(wait=True)
         self.socket.close(linger=0)
+        os.close(self._woken)
+        os.close(self._wake_up)
 
     def serve(self, max_requests: int | None = None) -> None:
         """Answer requests and push streams until stopped (or after `max_requests`, for tests)."""
         while not self.agent.stopping and (max_requests is None or self.requests < max_requests):
-            if self.socket.poll(int(self._wait() * 1000), zmq.POLLIN):
+            ready = dict(self.readiness.poll(int(self._wait() * 1000)))
+            if self._woken in ready:
+                self._drain_wake_ups()
+            if self.socket in ready:
                 self._receive_all()
+            self._step_submissions()
             self._poll_scheduler()
             self._push_events()
             self._push_logs()
 
+    def _dispatch(self, call: SchedulerCall) -> Future[str]:
+        future = self.submit_workers.submit(call)
+        future.add_done_callback(self._wake)
+        return future
+
+    def _wake(self, _: object = None) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+            os.write(self._wake_up, b"\0")
+
+    def _drain_wake_ups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._woken, 4096):
+                pass
+
     def _wait(self) -> float:
-        wait = min(self.agent.poller.due_in(), 1.0) if self.polling is None else POLL_CHECK_INTERVAL
+        wait = min(self.agent.poller.due_in(), 1.0) if self.polling is None else 1.0
         if self.agent.log_streams:
             wait = min(wait, LOG_FOLLOW_INTERVAL)
         for stream in self.agent.watches.values():
@@ -79,15 +122,32 @@ class AgentServer:
                 return
             self.requests += 1
             peer, payload = frames[0], frames[-1]
-            self.send(peer, self._answer(peer, payload))
+            answer = self._answer(peer, payload)
+            if isinstance(answer, PendingSubmit):
+                self.submitting.append((peer, answer))
+            else:
+                self.send(peer, answer)
 
-    def _answer(self, peer: Peer, payload: bytes) -> Message:
+    def _answer(self, peer: Peer, payload: bytes) -> Message | PendingSubmit:
         try:
             request = decode_request(payload)
         except ProtocolError as error:
             return error.reply
+        return self._guarded(request, lambda: handle(self.agent, peer, request))
+
+    def _step_submissions(self) -> None:
+        """Advance every submission in progress; answer those that are done."""
+        for entry in list(self.submitting):
+            peer, pending = entry
+            reply = self._guarded(pending.request, pending.step)
+            if reply is not None:
+                self.submitting.remove(entry)
+                self.send(peer, reply)
+
+    def _guarded(self, request: Request, work: Callable[[], T]) -> T | Error:
+        """What `work` returns, or the error reply to `request` if it fails: the agent never dies of one."""
         try:
-            return handle(self.agent, peer, request)
+            return work()
         except MilexError as error:
             return Error(id=request.id, code="failed", message=str(error))
         except Exception as error:  # the agent never dies of one request
@@ -112,7 +172,8 @@ class AgentServer:
         poller = self.agent.poller
         if self.polling is None:
             if poller.due_in() == 0:
-                self.polling = self.workers.submit(poller.query, poller.plan())
+                self.polling = self.poll_worker.submit(poller.query, poller.plan())
+                self.polling.add_done_callback(self._wake)
             return
         if not self.polling.done():
             return

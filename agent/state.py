@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from milex.agent.journal import Journal
 from milex.agent.poller import Poller
 from milex.agent.scheduler.base import Scheduler
+from milex.agent.submission import Dispatch, run_inline
 from milex.common.model import MachineSettings
 from milex.common.protocol import Logs, Message
 
@@ -48,6 +49,8 @@ class Agent:
     watches: dict[tuple[Peer, str], WatchStream] = field(default_factory=dict)
     log_streams: dict[tuple[Peer, str], LogStream] = field(default_factory=dict)
     stopping: bool = False
+    # How scheduler calls of a submission run: here and now, unless the server hands them to workers.
+    dispatch: Dispatch = run_inline
 
     def scheduler_for(self, settings: MachineSettings) -> Scheduler:
         return self.schedulers(settings.scheduler, settings.path)

@@ -13,6 +13,7 @@ class Scheduler(Protocol):
     """A batch system that runs rendered scripts; job ids are strings it chooses."""
 
     name: str
+    parallel_submissions: int  # submit calls it takes at once (independent jobs of a bundle)
 
     def submit(
         self,

@@ -45,6 +45,7 @@ class LocalScheduler:
     """Runs each job as a detached runner process that keeps its record under `state_dir`."""
 
     name = "local"
+    parallel_submissions = 1  # ids are allocated from files, one submission at a time
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.absolute()

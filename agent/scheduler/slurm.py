@@ -23,6 +23,8 @@ class SlurmScheduler:
     """Drives a SLURM cluster through its client commands on this host."""
 
     name = "slurm"
+    # slurmctld serves several sbatch calls at once; more than a few only queue on its locks.
+    parallel_submissions = 4
 
     def __init__(self) -> None:
         self.history = SlurmHistory()

@@ -50,6 +50,7 @@ class FakeScheduler:
     """
 
     name: str = "fake"
+    parallel_submissions: int = 1
     first_id: int = 1000
     calls: list[SubmitCall] = field(default_factory=list)
     jobs: dict[str, JobStatus] = field(default_factory=dict)

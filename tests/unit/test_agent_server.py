@@ -218,6 +218,55 @@ def test_a_submission_missing_a_key_is_an_error_the_client_can_read(running):
     assert "'b'" in str(caught.value)
 
 
+def slow_submissions(fake: FakeScheduler, seconds: float) -> None:
+    """Make every submit call of `fake` take `seconds`, as sbatch does on a busy controller."""
+    submit = fake.submit
+
+    def slow(*args: object, **kwargs: object) -> str:
+        time.sleep(seconds)
+        return submit(*args, **kwargs)  # type: ignore[arg-type]
+
+    fake.submit = slow  # type: ignore[method-assign]
+
+
+def submit_in_background(served: Served, jobs: int) -> tuple[threading.Thread, list[Reply]]:
+    replies: list[Reply] = []
+    names = [f"j{i:02d}" for i in range(jobs)]
+    request = submit_request(chain_bundle("big", *names), served.settings)
+    connection = served.connect(timeout=10)
+    thread = threading.Thread(target=lambda: replies.append(connection.request(request)), daemon=True)
+    thread.start()
+    wait_until(lambda: served.fake.calls)
+    return thread, replies
+
+
+def test_the_agent_answers_others_while_it_submits_a_big_bundle(running):
+    slow_submissions(running.fake, 0.05)
+    submitting, replies = submit_in_background(running, 40)  # two seconds of sbatch
+    started = time.monotonic()
+    assert isinstance(running.connect().hello("0.1.0"), HelloReply)
+    assert time.monotonic() - started < 0.5
+    status = running.connect().request(Status(bundle="big"))
+    assert isinstance(status, StatusReply) and 0 < len(status.jobs) < 40  # the jobs so far, with ids
+    assert submitting.is_alive()
+    submitting.join(10)
+    [reply] = replies
+    assert isinstance(reply, Submitted) and len(reply.jobs) == 40 and reply.error == ""
+
+
+def test_a_shutdown_during_a_submission_answers_it_with_what_was_submitted(running):
+    slow_submissions(running.fake, 0.05)
+    submitting, replies = submit_in_background(running, 40)
+    assert running.connect().request(Shutdown()).id
+    running.thread.join(DEADLINE)
+    running.server.close()
+    submitting.join(DEADLINE)
+    [reply] = replies
+    assert isinstance(reply, Submitted) and 0 < len(reply.jobs) < 40
+    assert "the agent was stopped during the submission; submit again for the rest" in reply.error
+    assert running.agent.journal.in_doubt() == []  # the call in flight finished and was recorded
+
+
 def test_serve_returns_after_max_requests(served):
     served.start(max_requests=2)
     connection = served.connect()

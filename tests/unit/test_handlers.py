@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.handlers import JournalLedger, comment_of, handle
+from milex.agent.handlers import handle
 from milex.agent.journal import Journal
+from milex.agent.ledger import JournalLedger, comment_of
+from milex.agent.pending import PendingSubmit
 from milex.agent.recovery import recover
 from milex.agent.state import Agent
 from milex.agent.submission import SubmittedJob
@@ -61,8 +63,14 @@ def agent(journal: Journal, fake: FakeScheduler) -> Agent:
     return make_agent(journal, fake)
 
 
-def submitted(agent: Agent, request) -> Submitted:
+def answer(agent: Agent, request):
+    """The reply to `request`, a submission driven to its end here."""
     reply = handle(agent, PEER, request)
+    return reply.wait() if isinstance(reply, PendingSubmit) else reply
+
+
+def submitted(agent: Agent, request) -> Submitted:
+    reply = answer(agent, request)
     assert isinstance(reply, Submitted), reply
     return reply
 
@@ -191,10 +199,10 @@ def test_recovery_adopts_what_the_scheduler_got_and_forgets_what_it_did_not(agen
     lost = submit_request(chain_bundle("lost"), settings)
     fake.crash_after = {"b"}  # sbatch accepted got's b, then the agent died before the journal write
     with pytest.raises(SchedulerCrash):
-        handle(agent, PEER, got)
+        answer(agent, got)
     fake.crash_after, fake.crash_before = set(), {"b"}  # the agent died before lost's b reached sbatch
     with pytest.raises(SchedulerCrash):
-        handle(agent, PEER, lost)
+        answer(agent, lost)
     assert sorted(job.key for job, _, _ in agent.journal.in_doubt()) == [
         "got_20240101000000/b",
         "lost_20240101000000/b",
@@ -231,7 +239,7 @@ def test_a_retry_without_recovery_looks_up_an_interrupted_submission_first(agent
     request = submit_request(chain_bundle(), settings)
     fake.crash_after = {"a"}
     with pytest.raises(SchedulerCrash):
-        handle(agent, PEER, request)
+        answer(agent, request)
     fake.crash_after = set()
     reply = submitted(agent, request)
     assert [call.job for call in fake.calls] == ["a", "b", "c"]  # `a` not again
@@ -242,9 +250,9 @@ def test_a_retry_without_recovery_looks_up_an_interrupted_submission_first(agent
 
 def test_ledger_begin_before_sbatch_leaves_a_trace_that_a_retry_resubmits(agent, fake, settings):
     request = submit_request(chain_bundle("solo", "only"), settings)
-    ledger = JournalLedger(agent, request, fake)
+    ledger = JournalLedger(agent.journal, request, fake)
     job = request.bundle.jobs["only"]
-    comment = ledger.begin(job, SubmittedJob(name="only", job_id="", script="/s.sh"))
+    [comment] = ledger.begin([(job, SubmittedJob(name="only", job_id="", script="/s.sh"))])
     assert comment == "milex:solo_20240101000000/only"
     assert ledger.known(job) is None  # the scheduler has no job with that comment
     assert [job.key for job, _, _ in agent.journal.in_doubt()] == ["solo_20240101000000/only"]

@@ -1,0 +1,176 @@
+"""BundleSubmission with several scheduler calls in flight: order, batching, and where it stops."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+
+from milex.agent.submission import BundleSubmission, SubmittedJob, run_inline, submit_bundle
+from milex.common.errors import SubmitError
+from milex.common.model import Bundle, Job, MachineSettings
+from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle
+
+IN_FLIGHT = 3
+
+
+class GatedScheduler:
+    """A FakeScheduler whose submit calls wait at a gate: a test sees which calls are in flight together."""
+
+    name = "gated"
+    parallel_submissions = IN_FLIGHT
+
+    def __init__(self) -> None:
+        self.fake = FakeScheduler()
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.waiting = 0
+        self.most_at_once = 0
+
+    def submit(self, script: Path, **options: object) -> str:
+        with self.lock:
+            self.waiting += 1
+            self.most_at_once = max(self.most_at_once, self.waiting)
+        assert self.gate.wait(5), "the test never opened the gate"
+        with self.lock:
+            self.waiting -= 1
+            return self.fake.submit(script, **options)  # type: ignore[arg-type]
+
+
+class CountingLedger:
+    """A ledger that submits everything and remembers how it was called."""
+
+    def __init__(self) -> None:
+        self.begun: list[list[str]] = []
+        self.accepted_batches: list[list[str]] = []
+        self.refused_jobs: list[str] = []
+
+    def known(self, job: Job) -> str | None:
+        return None
+
+    def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
+        self.begun.append([job.name for job, _ in planned])
+        return [f"c-{job.name}" for job, _ in planned]
+
+    def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None:
+        self.accepted_batches.append([job.name for job, _ in submitted])
+
+    @property
+    def accepted_jobs(self) -> list[str]:
+        return sorted(name for batch in self.accepted_batches for name in batch)
+
+    def refused(self, job: Job) -> None:
+        self.refused_jobs.append(job.name)
+
+
+@pytest.fixture
+def workers() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        yield pool
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> MachineSettings:
+    return MachineSettings(name="cluster", path=str(tmp_path / "milex"))
+
+
+def independent(count: int) -> Bundle:
+    jobs = {f"j{i}": Job(name=f"j{i}", script="app") for i in range(count)}
+    return Bundle(name="wide", created=CREATED, jobs=jobs)
+
+
+def wait_for_calls(scheduler: GatedScheduler, count: int) -> None:
+    for _ in range(500):
+        if scheduler.waiting == count:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{scheduler.waiting} calls in flight, expected {count}")
+
+
+def test_independent_jobs_go_a_few_at_a_time_each_once(workers, settings):
+    scheduler, ledger = GatedScheduler(), CountingLedger()
+    submission = BundleSubmission(
+        independent(8), settings, scheduler, ledger, dispatch=workers.submit, in_flight=IN_FLIGHT
+    )
+    assert not submission.step()
+    wait_for_calls(scheduler, IN_FLIGHT)
+    assert ledger.begun == [["j0", "j1", "j2"]]  # one journal transaction for the three
+    scheduler.gate.set()
+    jobs = submission.run()
+    assert [job.name for job in jobs] == [f"j{i}" for i in range(8)]
+    assert sorted(name for name, _ in scheduler.fake.submitted) == sorted(f"j{i}" for i in range(8))
+    assert scheduler.most_at_once == IN_FLIGHT
+    assert ledger.accepted_jobs == sorted(f"j{i}" for i in range(8))
+
+
+def test_a_job_starts_only_once_its_dependencies_have_ids(workers, settings):
+    bundle = chain_bundle("mixed", "a", "b", "c")
+    bundle.jobs["c"].dependencies = []  # a <- b; c on its own
+    scheduler = GatedScheduler()
+    submission = BundleSubmission(bundle, settings, scheduler, dispatch=workers.submit, in_flight=IN_FLIGHT)
+    submission.step()
+    wait_for_calls(scheduler, 2)
+    assert sorted(job.name for job, _ in submission.running.values()) == ["a", "c"]  # b waits for a's id
+    scheduler.gate.set()
+    jobs = {job.name: job for job in submission.run()}
+    [b_call] = [call for call in scheduler.fake.calls if call.job == "b"]
+    assert b_call.after == [jobs["a"].job_id]
+
+
+def test_a_refusal_stops_new_jobs_and_records_those_in_flight(workers, settings):
+    scheduler, ledger = GatedScheduler(), CountingLedger()
+    scheduler.fake.refuse["j1"] = "sbatch: error: invalid partition"
+    submission = BundleSubmission(
+        independent(6), settings, scheduler, ledger, dispatch=workers.submit, in_flight=IN_FLIGHT
+    )
+    submission.step()
+    wait_for_calls(scheduler, IN_FLIGHT)
+    scheduler.gate.set()
+    wait(list(submission.running))
+    assert submission.step()  # all three answered: nothing more starts
+    assert ledger.refused_jobs == ["j1"]
+    assert ledger.accepted_jobs == ["j0", "j2"]
+    with pytest.raises(SubmitError) as refusal:
+        submission.result()
+    message = str(refusal.value)
+    assert "job 'j1' of bundle 'wide_20240101000000' was not submitted: sbatch: error: invalid" in message
+    assert "Not submitted: j3, j4, j5." in message
+    assert "j0 (job " in message and "j2 (job " in message
+
+
+def test_stop_lets_the_calls_in_flight_finish_and_starts_nothing_more(workers, settings):
+    scheduler = GatedScheduler()
+    submission = BundleSubmission(
+        independent(5), settings, scheduler, dispatch=workers.submit, in_flight=IN_FLIGHT
+    )
+    submission.step()
+    wait_for_calls(scheduler, IN_FLIGHT)
+    submission.stop("the agent is stopping")
+    scheduler.gate.set()
+    with pytest.raises(SubmitError, match="the agent is stopping"):
+        submission.run()
+    assert len(submission.submitted) == IN_FLIGHT
+    assert len(scheduler.fake.calls) == IN_FLIGHT
+
+
+def test_inline_dispatch_submits_a_chain_in_order(settings):
+    fake = FakeScheduler()
+    jobs = submit_bundle(chain_bundle("exp", "a", "b", "c"), settings, fake)
+    assert [(job.name, job.job_id) for job in jobs] == [("a", "1000"), ("b", "1001"), ("c", "1002")]
+    assert [call.after for call in fake.calls] == [[], ["1000"], ["1001"]]
+    assert run_inline(lambda: "7").result() == "7"
+
+
+def test_scripts_are_written_before_the_scheduler_sees_them_and_rewritten_in_place(settings):
+    fake = FakeScheduler()
+    bundle = chain_bundle("exp", "a")
+    [job] = submit_bundle(bundle, settings, fake)
+    script = Path(job.script)
+    assert script.read_text().startswith("#!") and script.stat().st_mode & 0o777 == 0o755
+    script.chmod(0o600)
+    script.write_text("stale and longer than the script " * 100)
+    submit_bundle(bundle, settings, fake)
+    assert script.read_text().startswith("#!") and script.stat().st_mode & 0o777 == 0o755
