@@ -59,6 +59,9 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        # Only this agent writes its journal (it holds the lock), so the newest sequence number is
+        # kept here rather than asked of SQLite at every turn of the server's loop.
+        self._last_seq: int = self.db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
 
     def close(self) -> None:
         self.db.close()
@@ -94,7 +97,8 @@ class Journal:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany("UPDATE jobs SET job_id = ? WHERE key = ?", [(i, k) for k, i in accepted])
-            return [self._event(key, JobState.SUBMITTED, None, "") for key, _ in accepted]
+            events = [self._event(key, JobState.SUBMITTED, None, "") for key, _ in accepted]
+        return self._committed(events)
 
     def forget(self, key: str) -> None:
         """The scheduler refused the job: it was never submitted, so nothing is tracked."""
@@ -134,6 +138,11 @@ class Journal:
                         self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
                     continue
                 events.append(self._event(key, status.state, status.exit_code, status.reason))
+        return self._committed(events)
+
+    def _committed(self, events: list[Event]) -> list[Event]:
+        if events:
+            self._last_seq = events[-1].seq
         return events
 
     def _recorded(self, keys: list[str]) -> dict[str, tuple[str, int | None, str]]:
@@ -176,8 +185,7 @@ class Journal:
 
     @property
     def last_seq(self) -> int:
-        row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
-        return row[0] or 0
+        return self._last_seq
 
     # ---- queries -----------------------------------------------------------------------------
 

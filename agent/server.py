@@ -186,9 +186,14 @@ class AgentServer:
             self.polling = None
 
     def _push_events(self) -> None:
-        events = self.agent.journal.events_since(self.pushed_seq) if self.agent.watches else []
+        journal = self.agent.journal
+        events = (
+            journal.events_since(self.pushed_seq)
+            if self.agent.watches and journal.last_seq > self.pushed_seq
+            else []
+        )
         if not self.agent.watches:
-            self.pushed_seq = self.agent.journal.last_seq
+            self.pushed_seq = journal.last_seq
         if events:
             self.pushed_seq = events[-1].seq
         now = time.monotonic()

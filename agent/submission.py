@@ -156,16 +156,25 @@ class BundleSubmission:
                 self._release(job, planned)
             changed = True
         if batch:
-            for job, planned in batch:  # all written before any is recorded as begun
-                self._write_script(job, planned)
-            for (job, planned), comment in zip(batch, self.ledger.begin(batch), strict=True):
-                self.running[self.dispatch(self._call(job, planned, comment))] = (job, planned)
+            texts = [
+                render_script(job, self.settings, script_stem(self.bundle.stem, job.name)) for job, _ in batch
+            ]
+            comments = self.ledger.begin(batch)
+            for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
+                self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)
+            # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
+            for (job, planned), text in zip(batch, texts, strict=True):
+                self._keep_script(job, planned, text)
         return changed
 
-    def _call(self, job: Job, planned: SubmittedJob, comment: str) -> SchedulerCall:
+    def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
         after = [self.submitted[dependency].job_id for dependency in job.dependencies]
         return lambda: self.scheduler.submit(
-            Path(planned.script), after=after, dependency_type=job.slurm.dependency_type, comment=comment
+            Path(planned.script),
+            text=text,
+            after=after,
+            dependency_type=job.slurm.dependency_type,
+            comment=comment,
         )
 
     def _collect(self) -> None:
@@ -202,18 +211,23 @@ class BundleSubmission:
         stdout, stderr = log_paths(job, self.settings, stem)
         return SubmittedJob(name=job.name, job_id="", script=str(script), stdout=stdout, stderr=stderr)
 
-    def _write_script(self, job: Job, planned: SubmittedJob) -> None:
-        # Written in place, neither renamed nor fsynced: the journal, not this file, is what a restart
-        # relies on, and a job is only submitted after its script is complete.
-        text = render_script(job, self.settings, script_stem(self.bundle.stem, job.name)).encode()
+    def _keep_script(self, job: Job, planned: SubmittedJob, text: str) -> None:
+        """Write the script under `slurm/`, in place: neither renamed nor fsynced, since the journal,
+        not this copy, is what a restart relies on. A copy that cannot be written stops the bundle."""
         try:
-            descriptor = os.open(planned.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-        except FileNotFoundError:
-            Path(planned.script).parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(planned.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
-        with open(descriptor, "wb") as script:
-            script.write(text)
-            os.fchmod(descriptor, 0o755)
+            try:
+                descriptor = os.open(planned.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+            except FileNotFoundError:
+                Path(planned.script).parent.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(planned.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+            with open(descriptor, "wb") as script:
+                script.write(text.encode())
+                os.fchmod(descriptor, 0o755)
+        except OSError as error:
+            self.stop(
+                f"job {job.name!r} was submitted, but its script could not be kept at "
+                f"{planned.script}: {error.strerror}; no further job was submitted."
+            )
 
     def _refusal(self, job: Job, message: str) -> str:
         done = ", ".join(f"{s.name} (job {s.job_id})" for s in self.submitted.values()) or "none"

@@ -19,10 +19,12 @@ from milex.records import (
     Submission,
     SubmittedJobRecord,
     append_job,
+    claim_bundle,
     load_bundle,
     now_stamp,
     save_bundle,
     save_submission,
+    write_bundle,
 )
 
 MACHINE_OVERRIDES = ("path", "env_command", "slurm_account")
@@ -118,7 +120,11 @@ def submit(
     config: Config | None = None,
     **overrides: str,
 ) -> Submission:
-    """Submit jobs built in memory; they are recorded as a bundle first, so the run is reproducible."""
+    """Submit jobs built in memory; they are recorded as a bundle, so the run is reproducible.
+
+    The record's name is claimed first and its content written while the agent submits; it is kept
+    even when the submission fails, for a `milex-run` later.
+    """
     config = config or load_config()
     job_list = [validate_job(job) for job in ([jobs] if isinstance(jobs, Job) else jobs)]
     if not job_list:
@@ -130,8 +136,14 @@ def submit(
     name = validate_name("bundle name", bundle or job_list[0].name)
     record = Bundle(name=name, created=now_stamp(), jobs={job.name: job for job in job_list})
     record.ordered_jobs()  # refuse an unknown dependency or a cycle before writing anything
-    save_bundle(config.jobs_dir, record)
-    return submit_bundle(record, machine, config, **overrides)
+    path = claim_bundle(config.jobs_dir, record)
+    try:
+        return submit_bundle(
+            record, machine, config, while_waiting=lambda: write_bundle(path, record), **overrides
+        )
+    finally:
+        if path.exists() and path.stat().st_size == 0:  # the request never left: keep the record anyway
+            write_bundle(path, record)
 
 
 def preview(
@@ -155,9 +167,17 @@ def preview(
 
 
 def submit_bundle(
-    bundle: Bundle, machine_name: str | None = None, config: Config | None = None, **overrides: str
+    bundle: Bundle,
+    machine_name: str | None = None,
+    config: Config | None = None,
+    *,
+    while_waiting: Callable[[], None] = lambda: None,
+    **overrides: str,
 ) -> Submission:
-    """Submit a loaded bundle and keep a record of the submission beside it, even a partial one."""
+    """Submit a loaded bundle and keep a record of the submission beside it, even a partial one.
+
+    `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped).
+    """
     from milex.submitters import submitter_for
 
     config = config or load_config()
@@ -173,7 +193,7 @@ def submit_bundle(
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
 
     try:
-        submitter_for(machine).submit(bundle, settings, record)
+        submitter_for(machine).submit(bundle, settings, record, while_waiting)
     except SubmitError as error:
         submission.error = str(error)
         raise

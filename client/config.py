@@ -80,16 +80,28 @@ def config_path() -> Path:
 
 
 def load_config(path: Path | None = None) -> Config:
-    """Read and validate the configuration; ConfigError says what is wrong and where."""
+    """Read and validate the configuration; ConfigError says what is wrong and where.
+
+    A process that submits again and again reads the file again only once it has changed.
+    """
     path = path or config_path()
     try:
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if str(path) in _LOADED and _LOADED[str(path)][0] == version:
+            return _LOADED[str(path)][1]
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(
             f"{path} does not exist: run `milex-configuration` to create it "
             f"(or set {CONFIG_ENV} to the file you use)."
         ) from None
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    _LOADED[str(path)] = (version, config)
+    return config
+
+
+_LOADED: dict[str, tuple[tuple[int, int, int], Config]] = {}  # by path: (mtime, size, inode), config
 
 
 def parse_config(text: str, source: Path) -> Config:

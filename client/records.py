@@ -55,27 +55,33 @@ def bundle_path(jobs_dir: Path, name: str, created: str) -> Path:
 
 
 def bundle_dates(jobs_dir: Path, name: str) -> list[str]:
-    """The dates of the bundles called exactly `name`, oldest first."""
-    return sorted(date for found, date in _records(jobs_dir, prefix=f"{name}_") if found == name)
+    """The dates of the bundles called exactly `name`, oldest first.
+
+    Names compared as strings, not matched by a pattern: this runs at every save, in directories
+    that collect thousands of records.
+    """
+    try:
+        names = os.listdir(jobs_dir)
+    except FileNotFoundError:
+        return []
+    prefix = f"{name}_"
+    start, end = len(prefix), len(prefix) + 14
+    return sorted(
+        found[start:end]
+        for found in names
+        if len(found) == end + 5 and found.startswith(prefix) and found.endswith(".json")
+        and found[start:end].isdigit()
+    )  # fmt: skip
 
 
 def list_bundles(jobs_dir: Path) -> list[tuple[str, str]]:
     """Every bundle record as (name, date), sorted by name then date."""
-    return sorted(_records(jobs_dir))
-
-
-def _records(jobs_dir: Path, prefix: str = "") -> list[tuple[str, str]]:
-    """(name, date) of the record files in `jobs_dir` whose names start with `prefix`.
-
-    os.scandir and a prefix test, not pathlib's glob: this runs at every save, in directories
-    that collect thousands of records.
-    """
     try:
-        entries = [entry.name for entry in os.scandir(jobs_dir) if entry.name.startswith(prefix)]
+        entries = os.listdir(jobs_dir)
     except FileNotFoundError:
         return []
     matches = (_BUNDLE_FILE.fullmatch(name) for name in entries)
-    return [(match["name"], match["date"]) for match in matches if match]
+    return sorted((match["name"], match["date"]) for match in matches if match)
 
 
 def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
@@ -95,9 +101,16 @@ def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
 
 
 def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
-    """Write `bundle` as a new record, the newest of its name: its date moves forward past any
-    record of that second or later. The file name is claimed with O_EXCL first, so two programs
-    saving in the same second never overwrite each other's record.
+    """Write `bundle` as a new record, the newest of its name (see `claim_bundle`)."""
+    path = claim_bundle(jobs_dir, bundle)
+    write_bundle(path, bundle)
+    return path
+
+
+def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
+    """Reserve the file of a new record of `bundle`, the newest of its name: its date moves forward
+    past any record of that second or later. The name is claimed with O_EXCL, so two programs
+    saving in the same second never overwrite each other's record. `write_bundle` fills it.
     """
     jobs_dir.mkdir(parents=True, exist_ok=True)
     dates = bundle_dates(jobs_dir, bundle.name)
@@ -107,11 +120,19 @@ def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
         path = bundle_path(jobs_dir, bundle.name, bundle.created)
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            break
+            return path
         except FileExistsError:
             bundle.created = _next_second(bundle.created)
-    atomic_write(path, encode_bundle(bundle))
-    return path
+
+
+def write_bundle(path: Path, bundle: Bundle) -> None:
+    """Write the record of `bundle` to `path` (claimed); the empty claim is removed if that fails."""
+    try:
+        atomic_write(path, encode_bundle(bundle))
+    except BaseException:
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+        raise
 
 
 def append_job(jobs_dir: Path, bundle_name: str, job: Job) -> tuple[Bundle, Path]:

@@ -30,21 +30,35 @@ class AgentSubmitter:
         bundle: Bundle,
         settings: MachineSettings,
         on_submitted: Callable[[TrackedJob], None],
+        while_waiting: Callable[[], None] = lambda: None,
     ) -> list[TrackedJob]:
-        """Submit `bundle`; a lost reply is retried once with the same keys, so nothing doubles."""
+        """Submit `bundle`; `while_waiting` runs once the request is on its way, while the agent works.
+
+        A lost reply is retried once with the same keys, so nothing doubles. If `while_waiting`
+        fails, the reply is still collected (the jobs are submitted and reach `on_submitted`) before
+        its error is raised.
+        """
         attempt = uuid.uuid4().hex[:12]
         keys = {name: f"{bundle.stem}/{name}/{attempt}" for name in bundle.jobs}
         request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
         # The agent answers once every job is submitted: give a big bundle the time its sbatch calls take.
         timeout = DEFAULT_TIMEOUT + SECONDS_PER_JOB * len(bundle.jobs)
+        request_id = self.connection.send(request)
+        meanwhile: Exception | None = None
         try:
-            reply = self.connection.request(request, timeout)
+            while_waiting()
+        except Exception as error:  # raised below, once the submission is known
+            meanwhile = error
+        try:
+            reply = self.connection.receive(request_id, timeout)
         except AgentUnavailable:
             drop_shared_connection(self.machine)
             reply = self.connection.request(request, timeout)
         assert isinstance(reply, Submitted)
         for job in reply.jobs:
             on_submitted(job)
+        if meanwhile is not None:
+            raise meanwhile
         if reply.error:
             raise SubmitError(reply.error)
         return reply.jobs

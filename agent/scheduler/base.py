@@ -19,11 +19,14 @@ class Scheduler(Protocol):
         self,
         script: Path,
         *,
+        text: str | None = None,
         after: Sequence[str] = (),
         dependency_type: str = "afterok",
         comment: str = "",
     ) -> str:
         """Queue `script` to start once the jobs `after` satisfy `dependency_type`; return its id.
+
+        With its `text` given, the script is not read from `script`, which may still be being written.
 
         Raises SubmitError carrying the scheduler's own message when the job is refused.
         """

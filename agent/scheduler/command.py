@@ -26,13 +26,18 @@ class CommandResult:
         return (self.stderr.strip() or self.stdout.strip()) or f"exit status {self.returncode}"
 
 
-def run_command(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
-    """Run `argv` and return what it printed; SchedulerError if it cannot start or times out.
+def run_command(
+    argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, stdin: str | None = None
+) -> CommandResult:
+    """Run `argv` (given `stdin`) and return what it printed; SchedulerError if it cannot start or
+    times out.
 
     A non-zero exit is returned, not raised: callers decide which failures are errors.
     """
     try:
-        completed = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        completed = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise SchedulerError(
             f"{argv[0]!r} is not installed or not on PATH; this machine needs the SLURM client "

@@ -54,11 +54,12 @@ class LocalScheduler:
         self,
         script: Path,
         *,
+        text: str | None = None,
         after: Sequence[str] = (),
         dependency_type: str = "afterok",
         comment: str = "",
     ) -> str:
-        text, options = _read_script(script, after, dependency_type)
+        text, options = _read_script(script, text, after, dependency_type)
         self._check_dependencies(after)
         job_id = self._allocate_id()
         job_dir = self.state_dir / job_id
@@ -163,12 +164,15 @@ def parse_header(text: str) -> dict[str, str]:
     return options
 
 
-def _read_script(script: Path, after: Sequence[str], kind: str) -> tuple[str, dict[str, str]]:
-    """The script's text and header options; SubmitError for anything sbatch would refuse."""
+def _read_script(
+    script: Path, text: str | None, after: Sequence[str], kind: str
+) -> tuple[str, dict[str, str]]:
+    """The script's text (read unless given) and header options; SubmitError for anything sbatch
+    would refuse."""
     if after and kind not in DEPENDENCY_TYPES:
         raise SubmitError(f"dependency type {kind!r} is not one of {', '.join(DEPENDENCY_TYPES)}.")
     try:
-        text = script.read_text()
+        text = script.read_text() if text is None else text
         options = parse_header(text)
         slurm_values.validate_array(options.get("array", "1"))
     except OSError as error:

@@ -33,6 +33,7 @@ class SlurmScheduler:
         self,
         script: Path,
         *,
+        text: str | None = None,
         after: Sequence[str] = (),
         dependency_type: str = "afterok",
         comment: str = "",
@@ -42,8 +43,9 @@ class SlurmScheduler:
             argv.append(f"--dependency={dependency_type}:{':'.join(after)}")
         if comment:
             argv.append(f"--comment={comment}")
-        argv.append(str(script))
-        result = run_command(argv)
+        if text is None:
+            argv.append(str(script))
+        result = run_command(argv, stdin=text)  # sbatch reads a script from stdin when given no file
         if result.returncode != 0:
             raise SubmitError(f"sbatch refused {script.name}: {result.message}")
         # --parsable prints `jobid` or `jobid;cluster`.

@@ -31,6 +31,7 @@ class SubmitCall:
     dependency_type: str
     comment: str
     job_id: str = ""
+    text: str | None = None
 
     @property
     def job(self) -> str:
@@ -72,11 +73,12 @@ class FakeScheduler:
         self,
         script: Path,
         *,
+        text: str | None = None,
         after: Sequence[str] = (),
         dependency_type: str = "afterok",
         comment: str = "",
     ) -> str:
-        call = SubmitCall(Path(script), list(after), dependency_type, comment)
+        call = SubmitCall(Path(script), list(after), dependency_type, comment, text=text)
         self.calls.append(call)
         if call.job in self.refuse:
             raise SubmitError(self.refuse[call.job])

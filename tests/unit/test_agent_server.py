@@ -267,6 +267,35 @@ def test_a_shutdown_during_a_submission_answers_it_with_what_was_submitted(runni
     assert running.agent.journal.in_doubt() == []  # the call in flight finished and was recorded
 
 
+def test_the_submitter_runs_its_bookkeeping_while_the_agent_submits(running, tmp_path):
+    from milex.config import Machine
+    from milex.submitters import AgentSubmitter
+
+    connection = running.connect()
+
+    class Direct(AgentSubmitter):
+        @property
+        def connection(self) -> AgentConnection:
+            return connection
+
+    slow_submissions(running.fake, 0.1)
+    submitter = Direct(Machine(name="cluster", path=running.settings.path, env_command="", slurm_account=""))
+    seen: list[str] = []
+    calls_when_waiting: list[int] = []
+
+    def bookkeeping() -> None:
+        wait_until(lambda: running.fake.calls)  # the request is at the agent already
+        calls_when_waiting.append(len(running.fake.calls))
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        submitter.submit(
+            chain_bundle("exp", "a"), running.settings, lambda job: seen.append(job.job_id), bookkeeping
+        )
+    assert calls_when_waiting == [1]
+    assert seen == ["1000"]  # the submission was reported before the bookkeeping's error
+
+
 def test_serve_returns_after_max_requests(served):
     served.start(max_requests=2)
     connection = served.connect()

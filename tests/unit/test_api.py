@@ -137,6 +137,69 @@ def test_submit_records_the_bundle_before_submitting(milex_config, no_submission
     assert list(load_bundle(milex_config.jobs_dir, "pipe").jobs) == ["prepare", "train"]
 
 
+class RecordingSubmitter:
+    """Accepts every job with made-up ids; notes whether the bundle record was written when it sent."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        self.record_size_when_sent: int | None = None
+
+    def submit(self, bundle, settings, on_submitted, while_waiting) -> list[object]:
+        """As AgentSubmitter does: the request is sent, `while_waiting` runs, and its error comes last."""
+        from milex.common.model import JobState
+        from milex.common.protocol import TrackedJob
+        from milex.records import bundle_path
+
+        self.record_size_when_sent = bundle_path(self.jobs_dir, bundle.name, bundle.created).stat().st_size
+        meanwhile = None
+        try:
+            while_waiting()
+        except OSError as error:
+            meanwhile = error
+        jobs = [TrackedJob(key=name, bundle=bundle.stem, name=name, job_id=str(100 + i),
+                           state=JobState.SUBMITTED) for i, name in enumerate(bundle.jobs)]  # fmt: skip
+        for tracked in jobs:
+            on_submitted(tracked)
+        if meanwhile:
+            raise meanwhile
+        return jobs
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch, milex_config) -> RecordingSubmitter:
+    submitter = RecordingSubmitter(milex_config.jobs_dir)
+    monkeypatch.setattr(milex.submitters, "submitter_for", lambda machine: submitter)
+    return submitter
+
+
+def test_submit_writes_the_record_while_the_agent_submits(milex_config, recording) -> None:
+    submission = api.submit([job("prepare"), job("train", "prepare")], bundle="pipe")
+    assert recording.record_size_when_sent == 0  # the name was claimed, the content came meanwhile
+    assert list(load_bundle(milex_config.jobs_dir, "pipe").jobs) == ["prepare", "train"]
+    assert {name: job.job_id for name, job in submission.jobs.items()} == {"prepare": "100", "train": "101"}
+
+
+def test_a_record_that_cannot_be_written_is_an_error_after_the_submission_is_recorded(
+    milex_config, recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from milex import records as records_module
+
+    write = records_module.atomic_write
+
+    def bundle_disk_full(path: Path, data: bytes, **options: object) -> None:
+        if not path.name.endswith(".runs.json"):
+            raise OSError(28, "No space left on device")
+        write(path, data, **options)
+
+    monkeypatch.setattr(records_module, "atomic_write", bundle_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        api.submit(job("train"), bundle="full")
+    [runs] = records(milex_config.jobs_dir)  # no empty bundle record left behind
+    assert runs.endswith(".runs.json")
+    [submission] = json.loads((milex_config.jobs_dir / runs).read_text())
+    assert submission["jobs"]["train"]["job_id"] == "100"
+
+
 def test_submit_jobs_with_the_same_name_refused(milex_config, no_submission: list[object]) -> None:
     # A bundle is keyed by job name: the second `train` would silently replace the first.
     with pytest.raises(MilexError, match="train"):

@@ -65,6 +65,21 @@ def test_load_config_reads_milex_config(milex_config) -> None:
     assert config.jobs_dir == milex_config.jobs_dir
 
 
+def test_a_changed_configuration_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "milexconfig"
+    path.write_text(
+        json.dumps({"local": {"path": str(tmp_path / "a"), "env_command": "", "slurm_account": ""}})
+    )
+    assert load_config(path) is load_config(path)  # unchanged: not parsed again
+    path.write_text(
+        json.dumps({"local": {"path": str(tmp_path / "bb"), "env_command": "", "slurm_account": ""}})
+    )
+    assert load_config(path).machine("local").path == str(tmp_path / "bb")
+    path.write_text("{")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_config(path)
+
+
 def test_config_path_defaults_to_home(home: Path) -> None:
     assert config_path() == home / ".milexconfig"
 

@@ -164,13 +164,26 @@ def test_inline_dispatch_submits_a_chain_in_order(settings):
     assert run_inline(lambda: "7").result() == "7"
 
 
-def test_scripts_are_written_before_the_scheduler_sees_them_and_rewritten_in_place(settings):
+def test_the_scheduler_gets_the_script_text_and_a_copy_is_kept_in_place(settings):
     fake = FakeScheduler()
     bundle = chain_bundle("exp", "a")
     [job] = submit_bundle(bundle, settings, fake)
     script = Path(job.script)
+    assert script.parent == Path(settings.path) / "slurm"
+    assert script.read_text() == fake.calls[0].text
     assert script.read_text().startswith("#!") and script.stat().st_mode & 0o777 == 0o755
     script.chmod(0o600)
     script.write_text("stale and longer than the script " * 100)
     submit_bundle(bundle, settings, fake)
     assert script.read_text().startswith("#!") and script.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_script_that_cannot_be_kept_stops_the_bundle_after_recording_its_job(settings, tmp_path):
+    blocked = tmp_path / "milex"
+    blocked.mkdir()
+    (blocked / "slurm").write_text("a file where the scripts' directory should be")
+    fake, ledger = FakeScheduler(), CountingLedger()
+    submission = BundleSubmission(chain_bundle("exp", "a", "b"), settings, fake, ledger)
+    with pytest.raises(SubmitError, match="job 'a' was submitted, but its script could not be kept at"):
+        submission.run()
+    assert [call.job for call in fake.calls] == ["a"] and ledger.accepted_jobs == ["a"]
