@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
 from milex.common.version import VERSION
 
 
@@ -40,8 +41,8 @@ def main() -> None:
 @main.command()
 @_path_option
 @_dir_option
-@click.option("--poll-interval", type=float, default=2.0, show_default=True)
-@click.option("--max-interval", type=float, default=30.0, show_default=True)
+@click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
+@click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
 @click.option("--detach", is_flag=True, help="Run in the background; exit once the agent serves.")
 def run(
     path: str | None, directory: str | None, poll_interval: float, max_interval: float, detach: bool
@@ -82,8 +83,8 @@ def _detach() -> Callable[[], None]:
 @main.command()
 @_path_option
 @_dir_option
-@click.option("--poll-interval", type=float, default=2.0, show_default=True)
-@click.option("--max-interval", type=float, default=30.0, show_default=True)
+@click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
+@click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
 def start(path: str | None, directory: str | None, poll_interval: float, max_interval: float) -> None:
     """Start the agent detached unless one runs; print its info as JSON."""
     from milex.agent import daemon

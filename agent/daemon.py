@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
 from milex.common.errors import MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
 
@@ -72,7 +73,9 @@ def publish(directory: Path, info: AgentInfo) -> None:
     atomic_write(directory / "agent.json", msgspec.json.encode(info), mode=0o600)
 
 
-def start(directory: Path, *, poll_interval: float = 2.0, max_interval: float = 30.0) -> AgentInfo:
+def start(
+    directory: Path, *, poll_interval: float = POLL_INTERVAL, max_interval: float = MAX_POLL_INTERVAL
+) -> AgentInfo:
     """The running agent of `directory`, started detached first if there is none."""
     info = read_info(directory)
     if info is not None:

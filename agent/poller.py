@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
 from milex.agent.journal import Journal
 from milex.agent.scheduler import scheduler_group
 from milex.agent.scheduler.base import Scheduler
@@ -28,8 +29,8 @@ class Poller:
         journal: Journal,
         schedulers: SchedulerLookup,
         *,
-        interval: float = 2.0,
-        max_interval: float = 30.0,
+        interval: float = POLL_INTERVAL,
+        max_interval: float = MAX_POLL_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.journal = journal

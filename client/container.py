@@ -33,6 +33,7 @@ SLURM_DIR = "/etc/slurm"
 MUNGE_DIR = "/run/munge"
 SOCKET_PATH_LIMIT = 100  # milex.agent.daemon's: longer socket paths move to /tmp/milex-agent-UID
 READY_TIMEOUT = 60.0
+POLL_INTERVAL, MAX_POLL_INTERVAL = 2.0, 10.0  # milex.agent.intervals' (this file also runs alone)
 
 Run = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -68,8 +69,8 @@ def container_run_command(
     host: str | None = None,
     rootless: bool = False,
     identity_dir: str | None = None,
-    poll_interval: float = 2.0,
-    max_interval: float = 30.0,
+    poll_interval: float = POLL_INTERVAL,
+    max_interval: float = MAX_POLL_INTERVAL,
 ) -> list[str]:
     """The `ENGINE run` argv that serves `milex_path`'s agent as the user `uid:gid`.
 
@@ -150,8 +151,8 @@ def start_container_agent(
     image: str = DEFAULT_IMAGE,
     engine: str | None = None,
     replace: bool = False,
-    poll_interval: float = 2.0,
-    max_interval: float = 30.0,
+    poll_interval: float = POLL_INTERVAL,
+    max_interval: float = MAX_POLL_INTERVAL,
     run: Run = _run,
 ) -> str:
     """Start this user's agent container unless it runs (`replace`: restart it, e.g. on a new
@@ -267,8 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image", default=DEFAULT_IMAGE)
     parser.add_argument("--engine", choices=ENGINES, help="default: podman if installed, else docker")
     parser.add_argument("--replace", action="store_true", help="restart a running agent container")
-    parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between SLURM polls")
-    parser.add_argument("--max-interval", type=float, default=30.0, help="their back-off ceiling")
+    parser.add_argument(
+        "--poll-interval", type=float, default=POLL_INTERVAL, help="seconds between SLURM polls"
+    )
+    parser.add_argument(
+        "--max-interval", type=float, default=MAX_POLL_INTERVAL, help="their back-off ceiling"
+    )
     args = parser.parse_args(argv)
     if args.action != "stop" and not args.path:
         parser.error("give --path (this machine's Milex path) or set MILEX")

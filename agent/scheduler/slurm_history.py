@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ class SlurmHistory:
     def __init__(self) -> None:
         self.accounting = True
         self.jobcomp_log: Path | bool | None = True  # True: not looked up yet
+        self.jobcomp: JobCompLog | None = None
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """What is known of `job_ids` after they left the controller's memory (those found)."""
@@ -48,26 +50,12 @@ class SlurmHistory:
         return found
 
     def _from_jobcomp(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        log = self._jobcomp_path()
-        if log is None:
-            return {}
-        wanted = set(job_ids)
-        found: dict[str, JobStatus] = {}
-        try:
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            return {}
-        for line in lines:
-            fields = dict(_FIELD.findall(line))
-            job_id = fields.get("JobId", "")
-            if job_id in wanted:
-                code = fields.get("ExitCode", "").split(":")[0]
-                found[job_id] = JobStatus(
-                    job_id=job_id,
-                    state=JobState.from_slurm(fields.get("JobState", "")),
-                    exit_code=int(code) if code.isdigit() else None,
-                )
-        return found
+        if self.jobcomp is None:
+            path = self._jobcomp_path()
+            if path is None:
+                return {}
+            self.jobcomp = JobCompLog(path)
+        return self.jobcomp.states(job_ids)
 
     def _jobcomp_path(self) -> Path | None:
         if self.jobcomp_log is True:
@@ -80,3 +68,43 @@ class SlurmHistory:
             if config.get("JobCompType") == "jobcomp/filetxt" and config.get("JobCompLoc"):
                 self.jobcomp_log = Path(config["JobCompLoc"])
         return self.jobcomp_log if isinstance(self.jobcomp_log, Path) else None
+
+
+class JobCompLog:
+    """The job-completion text log, read as it grows: each poll reads only the lines added since the
+    last, and keeps the final states of this user's jobs (the log holds everybody's)."""
+
+    def __init__(self, path: Path, uid: int | None = None) -> None:
+        self.path = path
+        self.uid = str(os.getuid() if uid is None else uid)
+        self.finished: dict[str, JobStatus] = {}
+        self._offset = 0
+        self._inode = 0
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The final states of those of `job_ids` the log has recorded."""
+        self._read_new_lines()
+        return {job_id: self.finished[job_id] for job_id in job_ids if job_id in self.finished}
+
+    def _read_new_lines(self) -> None:
+        try:
+            with self.path.open("rb") as log:
+                stat = os.fstat(log.fileno())
+                if stat.st_ino != self._inode or stat.st_size < self._offset:  # rotated or truncated
+                    self._inode, self._offset = stat.st_ino, 0
+                log.seek(self._offset)
+                added = log.read()
+        except OSError:
+            return
+        complete = added[: added.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            fields = dict(_FIELD.findall(line))
+            if fields.get("UserId", "").partition("(")[2].rstrip(")") != self.uid:
+                continue
+            code = fields.get("ExitCode", "").split(":")[0]
+            self.finished[fields.get("JobId", "")] = JobStatus(
+                job_id=fields.get("JobId", ""),
+                state=JobState.from_slurm(fields.get("JobState", "")),
+                exit_code=int(code) if code.isdigit() else None,
+            )

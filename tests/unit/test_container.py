@@ -42,7 +42,7 @@ def test_the_run_line_serves_the_users_path_as_the_user_in_the_hosts_namespaces(
         assert option in argv
     image = argv.index("milex-agent:latest")
     assert argv[image + 1 :] == ["run", "--path", "/home/alice/milex",
-                                 "--poll-interval", "2.0", "--max-interval", "30.0"]  # fmt: skip
+                                 "--poll-interval", "2.0", "--max-interval", "10.0"]  # fmt: skip
 
 
 def test_root_podman_and_docker_set_the_uid_with_user_alone() -> None:

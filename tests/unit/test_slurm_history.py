@@ -1,0 +1,59 @@
+"""The job-completion log read as it grows: only new lines, only this user's jobs, rotation survived."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from milex.agent.scheduler.slurm_history import JobCompLog
+from milex.common.model import JobState
+
+UID = 1234
+
+
+def line(job_id: int, state: str, exit_code: str = "0:0", uid: int = UID) -> str:
+    return (
+        f"JobId={job_id} UserId=alice({uid}) GroupId=alice({uid}) Name=train JobState={state} "
+        f"Partition=debug TimeLimit=UNLIMITED DerivedExitCode=0:0 ExitCode={exit_code}\n"
+    )
+
+
+def test_only_this_users_finished_jobs_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "jobcomp.log"
+    path.write_text(line(1, "COMPLETED") + line(2, "FAILED", "3:0") + line(3, "COMPLETED", uid=99))
+    log = JobCompLog(path, uid=UID)
+    states = log.states(["1", "2", "3", "4"])
+    assert {job_id: (s.state, s.exit_code) for job_id, s in states.items()} == {
+        "1": (JobState.COMPLETED, 0),
+        "2": (JobState.FAILED, 3),
+    }
+    assert set(log.finished) == {"1", "2"}
+
+
+def test_each_read_starts_where_the_last_ended_and_waits_for_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "jobcomp.log"
+    path.write_text(line(1, "COMPLETED"))
+    log = JobCompLog(path, uid=UID)
+    assert list(log.states(["1"])) == ["1"]
+    partial = line(2, "TIMEOUT", "0:15")
+    with path.open("a") as appending:
+        appending.write(partial[:30])  # slurmctld is still writing this line
+    assert log.states(["2"]) == {}
+    with path.open("a") as appending:
+        appending.write(partial[30:] + line(1, "CANCELLED"))  # a requeued job's last line wins
+    states = log.states(["1", "2"])
+    assert (states["2"].state, states["1"].state) == (JobState.TIMEOUT, JobState.CANCELLED)
+
+
+def test_a_rotated_log_is_read_from_its_start(tmp_path: Path) -> None:
+    path = tmp_path / "jobcomp.log"
+    path.write_text(line(1, "COMPLETED") * 50)
+    log = JobCompLog(path, uid=UID)
+    log.states(["1"])
+    path.rename(tmp_path / "jobcomp.log.1")
+    path.write_text(line(7, "FAILED", "1:0"))
+    assert log.states(["7"])["7"].exit_code == 1
+    assert log.states(["1"])["1"].state is JobState.COMPLETED  # what was read before is kept
+
+
+def test_a_missing_log_knows_nothing(tmp_path: Path) -> None:
+    assert JobCompLog(tmp_path / "absent.log", uid=UID).states(["1"]) == {}
