@@ -45,8 +45,12 @@ def start_agent(machine: Machine) -> str:
 def stop_agent(machine: Machine) -> str:
     if machine.is_remote:
         from milex.remote import run_remote
+        from milex.tunnel_control import stop_tunnel
 
-        return run_remote(machine, remote_agent_command(machine, "stop"))
+        # The tunnel first: on reconnecting it starts the agent, which would undo the stop.
+        stop_tunnel(machine.name)
+        stopped = run_remote(machine, remote_agent_command(machine, "stop"))
+        return f"{stopped}\n(its tunnel is down too; the next command that needs the agent starts both)"
     from milex.agent.daemon import stop
 
     info = stop(local_agent_dir(machine))

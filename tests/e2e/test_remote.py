@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from milex.agent.daemon import read_info
 from tests.e2e.conftest import BIN, MilexHome, wait_until
 from tests.e2e.other_user import OtherUser, run
 from tests.e2e.sshd import LOGIN, Keys, Sshd, session_processes
@@ -100,6 +101,23 @@ def test_bundle_with_dependency_and_array_runs_on_the_remote_machine(
     assert "up since" in tunnel and "streamlocal" in tunnel, tunnel
     [submission] = laptop.submissions()
     assert {job["state"] for job in submission["jobs"].values()} == {"COMPLETED"}
+
+
+def test_agent_stop_sticks_until_the_next_command_needs_the_agent(
+    laptop: MilexHome, login_node: OtherUser
+) -> None:
+    laptop.milex("milex-schedule", "milex-example", "--name", "stopped", "--run-now", "--machine", MACHINE)
+    first = agent_info(login_node)["pid"]
+
+    stopped = laptop.milex("milex", "agent", "stop", "--machine", MACHINE).stdout
+    assert "tunnel is down too" in stopped, stopped
+    time.sleep(3)  # a tunnel left up would have reconnected and started the agent by now
+    [directory] = (login_node.home / "milex" / "agent").glob("*")
+    assert read_info(directory) is None
+    assert "is down" in laptop.milex("milex", "tunnel", "status", "--machine", MACHINE).stdout
+
+    laptop.milex("milex-run", "stopped", "--machine", MACHINE)
+    assert agent_info(login_node)["pid"] != first
 
 
 def test_watch_shows_a_failure_and_cancel_stops_a_bundle(laptop: MilexHome) -> None:
