@@ -43,7 +43,7 @@ def plot(results: dict, path: Path) -> None:
         right.boxplot([samples for _, samples in groups], vert=False, showfliers=True)
         right.set_yticks(range(1, len(groups) + 1), [name for name, _ in groups])
     right.set_xlabel("seconds from the state change in SLURM to the client")
-    right.set_title("Status latency (agent defaults: 2 s poll, back-off to 30 s)")
+    right.set_title(f"Status latency ({status.get('poll', 'agent defaults')})")
     right.grid(True, axis="x", alpha=0.3)
     figure.suptitle(f"Milex benchmarks, {results['mode']} run of {results['started']}")
     figure.tight_layout()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.modes import Mode
 from bench.stats import summarize
-from bench.world import MACHINE, Laptop, Ledger
+from bench.world import DEFAULT_POLL, MACHINE, Laptop, Ledger
 
 WAIT_SLACK = 60.0
 
@@ -65,7 +65,7 @@ def measure(laptop: Laptop, ledger: Ledger, mode: Mode) -> dict:
     finally:
         events.stop.set()
     return {
-        "poll": "agent defaults: 2 s, doubling to 30 s while nothing changes",
+        "poll": f"agent defaults: {DEFAULT_POLL[0]:g} s, doubling to {DEFAULT_POLL[1]:g} s while nothing changes",  # noqa: E501
         "running": {**summarize(latencies["RUNNING"]), "samples": latencies["RUNNING"]},
         "completed": {**summarize(latencies["COMPLETED"]), "samples": latencies["COMPLETED"]},
         "lone_completed": {**summarize(lone), "samples": lone, "durations": mode.lone_jobs},

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.login_node import LoginNode, prepare, release
+from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
 from tests.e2e.sshd import PORT, generate_key, known_hosts_line, start_sshd
 
 BIN = Path(sys.executable).parent
 MACHINE = "cluster"
-DEFAULT_POLL = (2.0, 30.0)  # the agent's defaults: 2 s, backing off to 30 s while nothing changes
+DEFAULT_POLL = (POLL_INTERVAL, MAX_POLL_INTERVAL)  # the agent's own defaults
 ACTIVE_STATES = "PD,R,CG,CF,S"
 
 
