@@ -18,6 +18,15 @@ from milex.common.protocol import SubmitBundle
 CREATED = "20240101000000"
 
 
+def wait_until(condition: Callable[[], object], deadline: float = 3.0) -> None:
+    """Poll `condition` until it holds; AssertionError after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline} s")
+        time.sleep(0.01)
+
+
 class SchedulerCrash(Exception):
     """The agent "died" in the middle of a submission (raised by FakeScheduler where told to)."""
 

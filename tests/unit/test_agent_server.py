@@ -41,18 +41,10 @@ from milex.common.protocol import (
     decode_reply,
 )
 from milex.connection import AgentConnection, AgentError, AgentUnavailable
-from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request
+from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
 
 DEADLINE = 3.0
 RUNNING, COMPLETED = JobState.RUNNING, JobState.COMPLETED
-
-
-def wait_until(condition: Callable[[], object], deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline} s")
-        time.sleep(0.01)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from milex.agent.scheduler.local_runner import (
 from milex.agent.scheduler.local_store import VANISHED, LocalJobSpec, read_record, runner_alive
 from milex.common.errors import SchedulerError, SubmitError
 from milex.common.model import JobState, JobStatus
+from tests.unit.agent_fakes import wait_until as wait_for
 
 DEADLINE = 10.0
 COMPLETED, FAILED, CANCELLED = JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED
@@ -38,12 +38,9 @@ def scheduler(tmp_path: Path) -> Iterator[LocalScheduler]:
     wait_until(lambda: not any(runner_alive(path) for path in job_dirs))
 
 
-def wait_until(condition: Callable[[], object], deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline} s")
-        time.sleep(0.02)
+def wait_until(condition: Callable[[], object]) -> None:
+    """agent_fakes.wait_until with this module's longer deadline: jobs run real processes."""
+    wait_for(condition, DEADLINE)
 
 
 def wait_for_state(local: LocalScheduler, job_id: str, *states: JobState) -> JobStatus:

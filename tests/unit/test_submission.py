@@ -12,7 +12,7 @@ import pytest
 from milex.agent.submission import BundleSubmission, SubmittedJob, run_inline, submit_bundle
 from milex.common.errors import SubmitError
 from milex.common.model import Bundle, Job, MachineSettings
-from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle
+from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, wait_until
 
 IN_FLIGHT = 3
 
@@ -83,11 +83,7 @@ def independent(count: int) -> Bundle:
 
 
 def wait_for_calls(scheduler: GatedScheduler, count: int) -> None:
-    for _ in range(500):
-        if scheduler.waiting == count:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"{scheduler.waiting} calls in flight, expected {count}")
+    wait_until(lambda: scheduler.waiting == count, deadline=5.0)
 
 
 def test_independent_jobs_go_a_few_at_a_time_each_once(workers, settings):
