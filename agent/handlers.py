@@ -13,6 +13,7 @@ from milex.agent.scheduler import scheduler_group
 from milex.agent.state import Agent, LogStream, Peer, WatchStream
 from milex.agent.submission import BundleSubmission
 from milex.common.protocol import (
+    AGENT_FEATURES,
     Ack,
     Cancel,
     Cancelled,
@@ -64,6 +65,7 @@ def hello(agent: Agent, request: Hello) -> HelloReply:
         host=socket.gethostname(),
         pid=os.getpid(),
         last_seq=agent.journal.last_seq,
+        features=list(AGENT_FEATURES),
     )
 
 

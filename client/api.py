@@ -243,7 +243,7 @@ def wait(
             break
         if event is not None and event.job_id in tracked:
             job = tracked[event.job_id]
-            job.state, job.exit_code, job.reason = event.state, event.exit_code, event.reason
+            job.take(event)
             states = _record_states(submission, list(tracked.values()), config)
             if on_change:
                 on_change(states)
@@ -264,8 +264,6 @@ def _record_states(submission: Submission, tracked: list[TrackedJob], config: Co
     for name, record in submission.jobs.items():
         if record.job_id in by_id:
             record.take(by_id[record.job_id])
-        states[name] = JobStatus(
-            job_id=record.job_id, state=record.state, exit_code=record.exit_code, reason=record.reason
-        )
+        states[name] = record.status()
     save_submission(config.jobs_dir, submission)
     return states

@@ -12,7 +12,7 @@ import msgspec
 
 from milex.common.errors import BundleError
 from milex.common.files import atomic_write
-from milex.common.model import DATE_FORMAT, Bundle, Job, JobState
+from milex.common.model import DATE_FORMAT, Bundle, Job, JobState, JobStatus
 from milex.common.protocol import TrackedJob
 from milex.common.record_format import decode_bundle, encode_bundle
 
@@ -20,20 +20,11 @@ _BUNDLE_FILE = re.compile(r"(?P<name>.+)_(?P<date>\d{14})\.json")
 SUBMISSIONS_SUFFIX = ".runs.json"
 
 
-class SubmittedJobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One job of a submission: its scheduler id and its last known state."""
+class SubmittedJobRecord(JobStatus):
+    """One job of a submission: its script and its status (scheduler id, last known state)."""
 
-    job_id: str
-    script: str = ""
     state: JobState = JobState.SUBMITTED
-    exit_code: int | None = None
-    reason: str = ""
-
-    def take(self, job: TrackedJob) -> bool:
-        """Copy the agent's view of this job; whether its state or exit code changed."""
-        changed = (self.state, self.exit_code) != (job.state, job.exit_code)
-        self.state, self.exit_code, self.reason = job.state, job.exit_code, job.reason
-        return changed
+    script: str = ""
 
 
 class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):

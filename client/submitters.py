@@ -70,11 +70,7 @@ class AgentSubmitter:
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The agent's last known state of each job (it polls SLURM; this asks only the agent)."""
-        known = {job.job_id: job for job in self.tracked(job_ids).jobs}
-        return {
-            job_id: JobStatus(job_id=job_id, state=job.state, exit_code=job.exit_code, reason=job.reason)
-            for job_id, job in known.items()
-        }
+        return {job.job_id: job.status() for job in self.tracked(job_ids).jobs}
 
     def cancel(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[str]:
         reply = self.connection.request(Cancel(job_ids=list(job_ids), bundle=bundle))

@@ -202,9 +202,23 @@ _SLURM_STATES: dict[str, JobState] = {
 
 
 class JobStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The last known state of one submitted job (for an array, of all its tasks together)."""
+    """The last known state of one submitted job (for an array, of all its tasks together).
+
+    The one type of a job's state: the wire's TrackedJob and Event and the laptop's records extend
+    it, and a state moves between them only through `take` and `status`.
+    """
 
     job_id: str
     state: JobState
     exit_code: int | None = None
     reason: str = ""
+
+    def status(self) -> JobStatus:
+        """The state alone, whatever type carries it."""
+        return JobStatus(job_id=self.job_id, state=self.state, exit_code=self.exit_code, reason=self.reason)
+
+    def take(self, other: JobStatus) -> bool:
+        """Take the state, exit code and reason of `other`; whether the state or exit code changed."""
+        changed = (self.state, self.exit_code) != (other.state, other.exit_code)
+        self.state, self.exit_code, self.reason = other.state, other.exit_code, other.reason
+        return changed

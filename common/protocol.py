@@ -12,9 +12,11 @@ from typing import Literal
 
 import msgspec
 
-from milex.common.model import Bundle, JobState, MachineSettings
+from milex.common.model import Bundle, JobStatus, MachineSettings
 
 PROTOCOL_VERSION = 1
+# Behaviours added to protocol 1 that a client may ask for, named in HelloReply.features.
+AGENT_FEATURES: tuple[str, ...] = ()
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -99,16 +101,12 @@ Request = Hello | SubmitBundle | Cancel | Status | Watch | Unwatch | Logs | Shut
 # ---- replies (agent -> client) -----------------------------------------------------------------
 
 
-class TrackedJob(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A job the agent tracks: who it is in its bundle, its scheduler id and its last known state."""
+class TrackedJob(JobStatus):
+    """A job the agent tracks: who it is in its bundle, and its status (scheduler id, last known state)."""
 
     key: str
     bundle: str
     name: str
-    job_id: str
-    state: JobState
-    exit_code: int | None = None
-    reason: str = ""
     script: str = ""
     stdout: str = ""
     stderr: str = ""
@@ -116,17 +114,13 @@ class TrackedJob(msgspec.Struct, kw_only=True, omit_defaults=True):
     updated_at: float = 0.0
 
 
-class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A change of a job's state, numbered in the order the agent saw it."""
+class Event(JobStatus):
+    """A change of a job's state (its new status), numbered in the order the agent saw it."""
 
     seq: int
     key: str
     bundle: str
     name: str
-    job_id: str
-    state: JobState
-    exit_code: int | None = None
-    reason: str = ""
     time: float = 0.0
 
 
@@ -137,6 +131,9 @@ class HelloReply(Message, tag="hello_reply"):
     host: str = ""
     pid: int = 0
     last_seq: int = 0
+    # What this agent does beyond protocol 1's first release (`AGENT_FEATURES`): a newer client
+    # asks for a behaviour only when the agent names it, so it works with older agents too.
+    features: list[str] = []
 
 
 class Submitted(Message, tag="submitted"):

@@ -70,10 +70,10 @@ def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path,
         for event in follow_events(machine, since):
             if all(job.state.finished for job in by_id.values()):
                 break
-            job = by_id.get(event.job_id) if event else None
-            if job is None:
+            if event is None or event.job_id not in by_id:
                 continue
-            job.state, job.exit_code, job.reason = event.state, event.exit_code, event.reason
+            job = by_id[event.job_id]
+            job.take(event)
             apply_states(jobs_dir, machine.name, [job])
             live.update(table(list(by_id.values()), title), refresh=True)
 
