@@ -195,7 +195,9 @@ class MilexProtocol:
         keys = {"proto": f"{bundle.stem}/proto/{time.time_ns()}"}
         with connect(machine) as connection:
             start = time.perf_counter()
-            reply = connection.request(SubmitBundle(bundle=bundle, settings=machine.settings, keys=keys))
+            reply = connection.request(
+                SubmitBundle(bundle=bundle, settings=machine.settings, keys=keys), expect=Submitted
+            )
             seconds = time.perf_counter() - start
         assert isinstance(reply, Submitted) and not reply.error, reply
         return Sample(seconds, [job.job_id for job in reply.jobs])

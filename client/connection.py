@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from typing import TypeVar
 
 import zmq
 
@@ -22,10 +23,15 @@ from milex.common.protocol import (
 )
 
 DEFAULT_TIMEOUT = 30.0
+R = TypeVar("R", bound=Reply)
 
 
 class AgentUnavailable(MilexError):
     """The agent did not answer in time: it is down, or the link to it is."""
+
+
+class UnexpectedReply(MilexError):
+    """The agent answered with a reply of another kind than the request calls for."""
 
 
 class AgentError(MilexError):
@@ -63,8 +69,9 @@ class AgentConnection:
         self.socket.send(encode(request))
         return request.id
 
-    def receive(self, request_id: str, timeout: float | None = None) -> Reply:
-        """The next reply to `request_id`; AgentUnavailable after `timeout` seconds of silence."""
+    def receive(self, request_id: str, timeout: float | None = None, *, expect: type[R]) -> R:
+        """The next reply to `request_id`, of the kind `expect`; AgentUnavailable after `timeout`
+        seconds of silence, AgentError for an error reply, UnexpectedReply for any other kind."""
         timeout = self.timeout if timeout is None else timeout
         while True:
             if not self.socket.poll(int(timeout * 1000), zmq.POLLIN):
@@ -79,20 +86,27 @@ class AgentConnection:
             if reply.id == request_id:
                 if isinstance(reply, Error):
                     raise AgentError(reply)
+                if not isinstance(reply, expect):
+                    raise UnexpectedReply(
+                        f"the agent at {self.endpoint} answered a {type(reply).__name__} where a "
+                        f"{expect.__name__} was due; are client and agent the same Milex version "
+                        "(`milex agent status`)?"
+                    )
                 return reply
 
-    def request(self, request: Message, timeout: float | None = None) -> Reply:
-        return self.receive(self.send(request), timeout)
+    def request(self, request: Message, timeout: float | None = None, *, expect: type[R]) -> R:
+        """Send `request` and return its reply, which must be of the kind `expect`."""
+        return self.receive(self.send(request), timeout, expect=expect)
 
-    def stream(self, request: Message, idle_timeout: float | None = None) -> Iterator[Reply]:
-        """Every reply to `request` as it arrives, until the caller stops iterating."""
+    def stream(self, request: Message, idle_timeout: float | None = None, *, expect: type[R]) -> Iterator[R]:
+        """Every reply to `request` (each of the kind `expect`) as it arrives, until the caller stops."""
         request_id = self.send(request)
         while True:
-            yield self.receive(request_id, idle_timeout)
+            yield self.receive(request_id, idle_timeout, expect=expect)
 
     def hello(self, client_version: str) -> HelloReply:
         """Check that the agent speaks our protocol; AgentError with the fix when it does not."""
-        reply = self.request(Hello(client_version=client_version))
-        if not isinstance(reply, HelloReply) or reply.protocol != PROTOCOL_VERSION:
-            raise MilexError(f"unexpected hello reply from the agent: {reply!r}")
+        reply = self.request(Hello(client_version=client_version), expect=HelloReply)
+        if reply.protocol != PROTOCOL_VERSION:
+            raise MilexError(f"the agent speaks protocol {reply.protocol}, this client {PROTOCOL_VERSION}.")
         return reply

@@ -50,11 +50,10 @@ class AgentSubmitter:
         except Exception as error:  # raised below, once the submission is known
             meanwhile = error
         try:
-            reply = self.connection.receive(request_id, timeout)
+            reply = self.connection.receive(request_id, timeout, expect=Submitted)
         except AgentUnavailable:
             drop_shared_connection(self.machine)
-            reply = self.connection.request(request, timeout)
-        assert isinstance(reply, Submitted)
+            reply = self.connection.request(request, timeout, expect=Submitted)
         for job in reply.jobs:
             on_submitted(job)
         if meanwhile is not None:
@@ -64,17 +63,14 @@ class AgentSubmitter:
         return reply.jobs
 
     def tracked(self, job_ids: Sequence[str] = (), bundle: str = "") -> StatusReply:
-        reply = self.connection.request(Status(job_ids=list(job_ids), bundle=bundle))
-        assert isinstance(reply, StatusReply)
-        return reply
+        return self.connection.request(Status(job_ids=list(job_ids), bundle=bundle), expect=StatusReply)
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The agent's last known state of each job (it polls SLURM; this asks only the agent)."""
         return {job.job_id: job.status() for job in self.tracked(job_ids).jobs}
 
     def cancel(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[str]:
-        reply = self.connection.request(Cancel(job_ids=list(job_ids), bundle=bundle))
-        assert isinstance(reply, Cancelled)
+        reply = self.connection.request(Cancel(job_ids=list(job_ids), bundle=bundle), expect=Cancelled)
         return reply.job_ids
 
 

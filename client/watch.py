@@ -27,8 +27,7 @@ def follow_events(machine: Machine, since: int, *, heartbeat: float = 5.0) -> It
             with connect(machine, timeout=heartbeat * 3) as connection:
                 delay, gave_up_at = 0.2, time.monotonic() + RECONNECT_DEADLINE
                 watch = Watch(since=last, heartbeat=heartbeat)
-                for reply in connection.stream(watch, idle_timeout=heartbeat * 3):
-                    assert isinstance(reply, Events)
+                for reply in connection.stream(watch, idle_timeout=heartbeat * 3, expect=Events):
                     for event in reply.events:
                         if event.seq > last:
                             last = event.seq

@@ -41,8 +41,7 @@ def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | 
 
     request = Logs(job_id=job_id, stream="err" if err else "out", follow=follow, array_task=task)
     with connect(load_config().machine(machine)) as connection:
-        for reply in connection.stream(request, idle_timeout=None if follow else 30):
-            assert isinstance(reply, LogChunk)
+        for reply in connection.stream(request, idle_timeout=None if follow else 30, expect=LogChunk):
             sys.stdout.buffer.write(reply.data)
             sys.stdout.flush()
             if reply.eof or not follow:

@@ -116,7 +116,7 @@ def test_agent_killed_mid_bundle_loses_no_job_and_doubles_none(in_process: Milex
         kill_agent(machine.path)
 
     with AgentConnection(endpoint(machine), timeout=60) as connection:  # a new agent starts
-        reply = connection.request(request)
+        reply = connection.request(request, expect=Submitted)
         assert isinstance(reply, Submitted) and not reply.error
         assert sorted(job.name for job in reply.jobs) == sorted(bundle.jobs)
 
@@ -127,7 +127,7 @@ def test_agent_killed_mid_bundle_loses_no_job_and_doubles_none(in_process: Milex
         assert len({job.job_id for job in reply.jobs}) == 12
 
         def all_completed() -> bool:
-            status = connection.request(Status(bundle=bundle.stem))
+            status = connection.request(Status(bundle=bundle.stem), expect=StatusReply)
             assert isinstance(status, StatusReply)
             return {job.state for job in status.jobs} == {JobState.COMPLETED}
 

@@ -197,7 +197,7 @@ def test_remote_agent_killed_mid_bundle_loses_and_doubles_nothing(
     (login_node.home / "sbatch-delay").write_text("0")
 
     with AgentConnection(endpoint(machine), timeout=60) as connection:  # the tunnel restarts it
-        reply = connection.request(request)
+        reply = connection.request(request, expect=Submitted)
     assert isinstance(reply, Submitted) and not reply.error
     assert sorted(job.name for job in reply.jobs) == sorted(jobs)
     squeue = ["squeue", "--noheader", "--states=all", f"--user={LOGIN}", "--Format=Comment:300"]

@@ -23,6 +23,7 @@ from milex.common.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Cancel,
+    Cancelled,
     Error,
     ErrorCode,
     Event,
@@ -69,7 +70,7 @@ class Served:
         return connection
 
     def submit(self, connection: AgentConnection, *jobs: str, name: str = "exp") -> Submitted:
-        reply = connection.request(submit_request(chain_bundle(name, *jobs), self.settings))
+        reply = connection.request(submit_request(chain_bundle(name, *jobs), self.settings), expect=Submitted)
         assert isinstance(reply, Submitted) and reply.error == "", reply
         return reply
 
@@ -136,9 +137,9 @@ def test_submit_status_and_shutdown(running):
     connection = running.connect()
     reply = running.submit(connection)
     assert [(job.name, job.job_id) for job in reply.jobs] == [("a", "1000"), ("b", "1001"), ("c", "1002")]
-    status = connection.request(Status(bundle="exp"))
+    status = connection.request(Status(bundle="exp"), expect=StatusReply)
     assert isinstance(status, StatusReply) and len(status.jobs) == 3
-    assert connection.request(Shutdown()) == Ack(id=connection._prefix + "-3")
+    assert connection.request(Shutdown(), expect=Ack) == Ack(id=connection._prefix + "-3")
     running.thread.join(DEADLINE)
     assert not running.thread.is_alive()
 
@@ -181,7 +182,7 @@ def test_a_handler_failing_unexpectedly_is_an_internal_error_and_the_loop_surviv
     running.submit(connection)
     running.fake.errors["cancel"] = RuntimeError("boom")
     with pytest.raises(AgentError) as caught:
-        connection.request(Cancel(bundle="exp"))
+        connection.request(Cancel(bundle="exp"), expect=Cancelled)
     assert caught.value.error.code == "internal"
     assert "boom" in caught.value.error.message
     assert "RuntimeError" in caught.value.error.detail
@@ -196,7 +197,7 @@ def test_a_scheduler_error_reaches_the_client_as_a_readable_error(running):
         "scancel: error: Kill job error on job id 1001: Access denied"
     )
     with pytest.raises(AgentError) as caught:
-        connection.request(Cancel(bundle="exp"))
+        connection.request(Cancel(bundle="exp"), expect=Cancelled)
     assert caught.value.error.code in typing.get_args(ErrorCode)
     assert "Access denied" in str(caught.value)
     assert isinstance(connection.hello("0.1.0"), HelloReply)
@@ -206,7 +207,7 @@ def test_a_submission_missing_a_key_is_an_error_the_client_can_read(running):
     connection = running.connect()
     request = submit_request(chain_bundle(), running.settings, keys={"a": "ka", "c": "kc"})
     with pytest.raises(AgentError) as caught:
-        connection.request(request)
+        connection.request(request, expect=Submitted)
     assert "'b'" in str(caught.value)
 
 
@@ -226,7 +227,9 @@ def submit_in_background(served: Served, jobs: int) -> tuple[threading.Thread, l
     names = [f"j{i:02d}" for i in range(jobs)]
     request = submit_request(chain_bundle("big", *names), served.settings)
     connection = served.connect(timeout=10)
-    thread = threading.Thread(target=lambda: replies.append(connection.request(request)), daemon=True)
+    thread = threading.Thread(
+        target=lambda: replies.append(connection.request(request, expect=Submitted)), daemon=True
+    )
     thread.start()
     wait_until(lambda: served.fake.calls)
     return thread, replies
@@ -238,7 +241,7 @@ def test_the_agent_answers_others_while_it_submits_a_big_bundle(running):
     started = time.monotonic()
     assert isinstance(running.connect().hello("0.1.0"), HelloReply)
     assert time.monotonic() - started < 0.5
-    status = running.connect().request(Status(bundle="big"))
+    status = running.connect().request(Status(bundle="big"), expect=StatusReply)
     assert isinstance(status, StatusReply) and 0 < len(status.jobs) < 40  # the jobs so far, with ids
     assert submitting.is_alive()
     submitting.join(10)
@@ -249,7 +252,7 @@ def test_the_agent_answers_others_while_it_submits_a_big_bundle(running):
 def test_a_shutdown_during_a_submission_answers_it_with_what_was_submitted(running):
     slow_submissions(running.fake, 0.05)
     submitting, replies = submit_in_background(running, 40)
-    assert running.connect().request(Shutdown()).id
+    assert running.connect().request(Shutdown(), expect=Ack).id
     running.thread.join(DEADLINE)
     running.server.close()
     submitting.join(DEADLINE)
@@ -296,14 +299,14 @@ def test_serve_returns_after_max_requests(served):
     served.thread.join(DEADLINE)
     assert not served.thread.is_alive()
     with pytest.raises(AgentUnavailable):
-        connection.request(Hello(), timeout=0.2)
+        connection.request(Hello(), timeout=0.2, expect=HelloReply)
 
 
 def test_replies_reach_the_client_that_asked(running):
     first, second = running.connect(), running.connect()
     first_id, second_id = first.send(Status()), second.send(Hello())
-    assert isinstance(second.receive(second_id), HelloReply)
-    assert isinstance(first.receive(first_id), StatusReply)
+    assert isinstance(second.receive(second_id, expect=HelloReply), HelloReply)
+    assert isinstance(first.receive(first_id, expect=StatusReply), StatusReply)
 
 
 # ---- watch streams -------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ def test_replies_reach_the_client_that_asked(running):
 
 def test_watch_follow_pushes_the_events_of_each_poll(running):
     connection = running.connect()
-    stream = connection.stream(Watch(since=0, heartbeat=1.0), idle_timeout=DEADLINE)
+    stream = connection.stream(Watch(since=0, heartbeat=1.0), idle_timeout=DEADLINE, expect=Events)
     first = next(stream)
     assert isinstance(first, Events) and (first.events, first.last_seq) == ([], 0)
     running.submit(running.connect(), "a")
@@ -327,7 +330,7 @@ def test_watch_since_replays_history_first(running):
     connection = running.connect()
     running.submit(connection, "a", "b")
     wait_until(lambda: running.agent.journal.last_seq >= 4)  # submitted and pending, twice
-    reply = connection.request(Watch(since=1, follow=False))
+    reply = connection.request(Watch(since=1, follow=False), expect=Events)
     assert isinstance(reply, Events)
     assert [event.seq for event in reply.events] == [2, 3, 4]
     assert running.agent.watches == {}
@@ -335,7 +338,7 @@ def test_watch_since_replays_history_first(running):
 
 def test_heartbeats_are_empty_events_at_the_heartbeat_interval(running):
     connection = running.connect()
-    stream = connection.stream(Watch(since=0, heartbeat=0.1), idle_timeout=DEADLINE)
+    stream = connection.stream(Watch(since=0, heartbeat=0.1), idle_timeout=DEADLINE, expect=Events)
     next(stream)
     started = time.monotonic()
     beats = [next(stream) for _ in range(4)]
@@ -346,7 +349,8 @@ def test_heartbeats_are_empty_events_at_the_heartbeat_interval(running):
 
 def test_two_watchers_both_get_each_event(running):
     watchers = [
-        running.connect().stream(Watch(since=0, heartbeat=1.0), idle_timeout=DEADLINE) for _ in range(2)
+        running.connect().stream(Watch(since=0, heartbeat=1.0), idle_timeout=DEADLINE, expect=Events)
+        for _ in range(2)
     ]
     for stream in watchers:
         next(stream)
@@ -362,10 +366,10 @@ def test_two_watchers_both_get_each_event(running):
 
 def test_a_watcher_that_disconnects_is_dropped(running):
     gone = running.connect()
-    stream = gone.stream(Watch(since=0, heartbeat=0.05), idle_timeout=DEADLINE)
+    stream = gone.stream(Watch(since=0, heartbeat=0.05), idle_timeout=DEADLINE, expect=Events)
     next(stream)
     stayed = running.connect()
-    kept = stayed.stream(Watch(since=0, heartbeat=0.05), idle_timeout=DEADLINE)
+    kept = stayed.stream(Watch(since=0, heartbeat=0.05), idle_timeout=DEADLINE, expect=Events)
     next(kept)
     assert len(running.agent.watches) == 2
     gone.close()
@@ -378,8 +382,8 @@ def test_a_watcher_that_disconnects_is_dropped(running):
 def test_unwatch_stops_the_stream(running):
     connection = running.connect()
     watch_id = connection.send(Watch(since=0, heartbeat=0.05))
-    connection.receive(watch_id)
-    assert connection.request(Unwatch(watch_id=watch_id)) == Ack(id=connection._prefix + "-2")
+    connection.receive(watch_id, expect=Events)
+    assert connection.request(Unwatch(watch_id=watch_id), expect=Ack) == Ack(id=connection._prefix + "-2")
     assert running.agent.watches == {}
 
 
@@ -391,7 +395,7 @@ def test_logs_follow_streams_chunks_as_the_log_grows_then_eof_when_the_job_ends(
     running.submit(connection, "a")
     log = Path(running.settings.path) / "slurm" / "exp_20240101000000_a-1000.out"
     log.write_bytes(b"one\n")
-    stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE)
+    stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE, expect=LogChunk)
     first = next(stream)
     assert isinstance(first, LogChunk) and (first.offset, first.data, first.eof) == (0, b"one\n", False)
     assert first.path == str(log)
@@ -415,5 +419,5 @@ def test_logs_follow_of_a_finished_job_ends_at_once(running):
     (Path(running.settings.path) / "slurm" / "exp_20240101000000_a-1000.out").write_bytes(b"all\n")
     running.fake.set_state("1000", COMPLETED, 0)
     wait_until(lambda: running.agent.journal.find("exp_20240101000000/a").state is COMPLETED)
-    stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE)
+    stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE, expect=LogChunk)
     assert (next(stream).data, next(stream).eof) == (b"all\n", True)
