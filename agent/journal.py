@@ -6,48 +6,77 @@ was acknowledged, and a restarted agent reads back every job it must keep watchi
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+import msgspec
+
+from milex.common.errors import MilexError
 from milex.common.model import JobState, JobStatus
 from milex.common.protocol import Event, TrackedJob
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key TEXT PRIMARY KEY,
-    bundle TEXT NOT NULL,
-    name TEXT NOT NULL,
-    job_id TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    exit_code INTEGER,
-    reason TEXT NOT NULL DEFAULT '',
-    script TEXT NOT NULL DEFAULT '',
-    stdout TEXT NOT NULL DEFAULT '',
-    stderr TEXT NOT NULL DEFAULT '',
-    scheduler TEXT NOT NULL DEFAULT 'slurm',
-    machine_path TEXT NOT NULL DEFAULT '',
-    submitted_at REAL NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id);
-CREATE INDEX IF NOT EXISTS jobs_by_bundle ON jobs (bundle);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    exit_code INTEGER,
-    reason TEXT NOT NULL DEFAULT '',
-    time REAL NOT NULL
-);
-"""
-_JOB_COLUMNS = (
-    "key, bundle, name, job_id, state, exit_code, reason, script, stdout, stderr, submitted_at, updated_at"
+# The schema, as the migrations that build it: a journal's `PRAGMA user_version` says how many have
+# run. 0 is a journal of the first release, which had no version (its tables are migration 1's).
+# Append, never edit: a journal on a login node may be opened by any later release.
+_FINISHED = tuple(state.value for state in JobState if state.finished)
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        key TEXT PRIMARY KEY,
+        bundle TEXT NOT NULL,
+        name TEXT NOT NULL,
+        job_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        script TEXT NOT NULL DEFAULT '',
+        stdout TEXT NOT NULL DEFAULT '',
+        stderr TEXT NOT NULL DEFAULT '',
+        scheduler TEXT NOT NULL DEFAULT 'slurm',
+        machine_path TEXT NOT NULL DEFAULT '',
+        submitted_at REAL NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id);
+    CREATE INDEX IF NOT EXISTS jobs_by_bundle ON jobs (bundle);
+    CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        time REAL NOT NULL
+    );
+    """,
+    # Each poll asks for the unfinished jobs: an index of those alone, not a scan of every job ever.
+    # (Its condition is the text of `_UNFINISHED`, so that SQLite sees the query can use it.)
+    """
+    CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state NOT IN ('COMPLETED',
+        'FAILED','CANCELLED','TIMEOUT','OUT_OF_MEMORY','NODE_FAIL','PREEMPTED');
+    """,
 )
+SCHEMA_VERSION = len(_MIGRATIONS)
+_JOB_COLUMNS = ", ".join(TrackedJob.__struct_fields__)
+_STATUS_COLUMNS = ", ".join(("key", *JobStatus.__struct_fields__))
+_UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  # of every release
 # A job whose submission was started but whose scheduler id is not known yet.
 IN_DOUBT = ""
-_FINISHED = tuple(state.value for state in JobState if state.finished)
+
+
+class JournalError(MilexError):
+    """The journal cannot be opened or written (damaged, from a newer agent, disk full)."""
+
+
+class JobRow(NamedTuple):
+    """A job as the journal keeps it: what clients see of it, and the scheduler that serves it."""
+
+    job: TrackedJob
+    scheduler: str
+    machine_path: str
 
 
 class Journal:
@@ -55,16 +84,29 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self.path = path
+        self.db = _open(path)
         # Only this agent writes its journal (it holds the lock), so the newest sequence number is
         # kept here rather than asked of SQLite at every turn of the server's loop.
         self._last_seq: int = self.db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction; JournalError (naming the file) when SQLite cannot write it."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                yield
+        except sqlite3.Error as error:
+            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+            advice = "free space on its filesystem; " if full else ""
+            raise JournalError(
+                f"the agent could not write its journal {self.path} ({error}); {advice}nothing of this "
+                "change was recorded, and what was recorded before is intact."
+            ) from None
 
     # ---- submission --------------------------------------------------------------------------
 
@@ -79,8 +121,7 @@ class Journal:
     def begin_many(self, jobs: Sequence[TrackedJob], *, scheduler: str, machine_path: str) -> None:
         """`begin` for several jobs of one machine, in one transaction."""
         now = time.time()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._writing():
             self.db.executemany(
                 "INSERT OR REPLACE INTO jobs (key, bundle, name, job_id, state, script, stdout, stderr,"
                 " scheduler, machine_path, submitted_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -94,50 +135,54 @@ class Journal:
 
     def submitted_many(self, accepted: Sequence[tuple[str, str]]) -> list[Event]:
         """`submitted` for several (key, job id) pairs, in one transaction."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._writing():
             self.db.executemany("UPDATE jobs SET job_id = ? WHERE key = ?", [(i, k) for k, i in accepted])
-            events = [self._event(key, JobState.SUBMITTED, None, "") for key, _ in accepted]
+            for key, job_id in accepted:
+                self._record(key, JobStatus(job_id=job_id, state=JobState.SUBMITTED))
+            events = self.events_since(self._last_seq, limit=len(accepted))
         return self._committed(events)
 
     def forget(self, key: str) -> None:
         """The scheduler refused the job: it was never submitted, so nothing is tracked."""
-        self.db.execute("DELETE FROM jobs WHERE key = ?", (key,))
+        with self._writing():
+            self.db.execute("DELETE FROM jobs WHERE key = ?", (key,))
 
-    def in_doubt(self) -> list[tuple[TrackedJob, str, str]]:
-        """Jobs whose submission was interrupted, with their scheduler kind and machine path."""
-        rows = self.db.execute(
-            f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs WHERE job_id = ?", (IN_DOUBT,)
-        ).fetchall()
-        return [(_tracked(row[:12]), row[12], row[13]) for row in rows]
+    def in_doubt(self) -> list[JobRow]:
+        """Jobs whose submission was interrupted, with the scheduler that was asked."""
+        return self._rows("job_id = ?", (IN_DOUBT,))
 
     # ---- watching ----------------------------------------------------------------------------
 
-    def unfinished(self) -> list[tuple[TrackedJob, str, str]]:
-        """Submitted jobs not yet in a final state, with their scheduler kind and machine path."""
-        rows = self.db.execute(
-            f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs "
-            f"WHERE job_id != ? AND state NOT IN ({','.join('?' * len(_FINISHED))})",
-            (IN_DOUBT, *_FINISHED),
-        ).fetchall()
-        return [(_tracked(row[:12]), row[12], row[13]) for row in rows]
+    def unfinished(self) -> list[JobRow]:
+        """Submitted jobs not yet in a final state, with the scheduler that runs them."""
+        return self._rows(f"job_id != ? AND {_UNFINISHED}", (IN_DOUBT,))
+
+    def _rows(self, where: str, parameters: Sequence[object]) -> list[JobRow]:
+        query = f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs WHERE {where}"
+        return [
+            JobRow(_tracked(row), row["scheduler"], row["machine_path"])
+            for row in self.db.execute(query, parameters)
+        ]
 
     def update(self, statuses: Iterable[tuple[str, JobStatus]]) -> list[Event]:
         """Apply (key, status) pairs; an event for each job whose state or exit code changed."""
-        events = []
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            statuses = list(statuses)
+        statuses = [(key, status) for key, status in statuses if status.state is not JobState.UNKNOWN]
+        if not statuses:
+            return []
+        changed = 0
+        with self._writing():
             recorded = self._recorded([key for key, _ in statuses])
             for key, status in statuses:
-                row = recorded.get(key)
-                if row is None or status.state is JobState.UNKNOWN:
+                known = recorded.get(key)
+                if known is None:
                     continue
-                if (row[0], row[1]) == (status.state.value, status.exit_code):
-                    if row[2] != status.reason:  # a new reason alone (Priority -> Resources): no event
+                if (known.state, known.exit_code) == (status.state, status.exit_code):
+                    if known.reason != status.reason:  # a new reason alone (Priority -> Resources): no event
                         self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
                     continue
-                events.append(self._event(key, status.state, status.exit_code, status.reason))
+                self._record(key, status)
+                changed += 1
+            events = self.events_since(self._last_seq, limit=changed) if changed else []
         return self._committed(events)
 
     def _committed(self, events: list[Event]) -> list[Event]:
@@ -145,43 +190,35 @@ class Journal:
             self._last_seq = events[-1].seq
         return events
 
-    def _recorded(self, keys: list[str]) -> dict[str, tuple[str, int | None, str]]:
-        """(state, exit code, reason) of these jobs, read in a few queries rather than one per job."""
+    def _recorded(self, keys: list[str]) -> dict[str, JobStatus]:
+        """The recorded status of these jobs, read in a few queries rather than one per job."""
         recorded = {}
         for start in range(0, len(keys), 500):  # SQLite caps the number of parameters
             chunk = keys[start : start + 500]
-            rows = self.db.execute(
-                f"SELECT key, state, exit_code, reason FROM jobs WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            recorded.update({key: (state, exit_code, reason) for key, state, exit_code, reason in rows})
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT {_STATUS_COLUMNS} FROM jobs WHERE key IN ({marks})", chunk)
+            recorded.update({row["key"]: msgspec.convert(dict(row), JobStatus) for row in rows})
         return recorded
 
-    def _event(self, key: str, state: JobState, exit_code: int | None, reason: str) -> Event:
+    def _record(self, key: str, status: JobStatus) -> None:
+        """Set the job's status, and number the change as an event (read back by `events_since`)."""
         now = time.time()
         self.db.execute(
             "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, updated_at = ? WHERE key = ?",
-            (state.value, exit_code, reason, now, key),
+            (status.state.value, status.exit_code, status.reason, now, key),
         )
-        cursor = self.db.execute(
+        self.db.execute(
             "INSERT INTO events (key, state, exit_code, reason, time) VALUES (?,?,?,?,?)",
-            (key, state.value, exit_code, reason, now),
+            (key, status.state.value, status.exit_code, status.reason, now),
         )
-        job = self.find(key)
-        assert job is not None and cursor.lastrowid is not None
-        return _event_of(job, cursor.lastrowid, now)
 
     def events_since(self, seq: int, limit: int = 1000) -> list[Event]:
         rows = self.db.execute(
             "SELECT e.seq, e.key, j.bundle, j.name, j.job_id, e.state, e.exit_code, e.reason, e.time"
             " FROM events e JOIN jobs j ON j.key = e.key WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
             (seq, limit),
-        ).fetchall()
-        return [
-            Event(seq=r[0], key=r[1], bundle=r[2], name=r[3], job_id=r[4], state=JobState(r[5]),
-                  exit_code=r[6], reason=r[7], time=r[8])
-            for r in rows
-        ]  # fmt: skip
+        )
+        return [msgspec.convert(dict(row), Event) for row in rows]
 
     @property
     def last_seq(self) -> int:
@@ -198,25 +235,60 @@ class Journal:
         if bundle:
             query += " AND (bundle = ? OR bundle GLOB ?)"
             parameters += [bundle, f"{_glob_escape(bundle)}_" + "[0-9]" * 14]
-        rows = self.db.execute(query + " ORDER BY submitted_at, rowid", parameters).fetchall()
+        rows = self.db.execute(query + " ORDER BY submitted_at, rowid", parameters)
         return [_tracked(row) for row in rows]
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The journal at `path`, checked and migrated to this release's schema.
+
+    A damaged file is moved aside (never replaced in place, never deleted) and refused; a journal of
+    a newer agent is refused untouched.
+    """
+    fresh = not path.exists()
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    try:
+        if not fresh and db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("quick_check found damage")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        db.close()
+        raise JournalError(_set_aside(path, error)) from None
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise JournalError(
+            f"the journal {path} was written by a newer Milex agent (schema {version}; this agent "
+            f"knows up to {SCHEMA_VERSION}); run that version (`milex agent deploy`), or upgrade this one."
+        )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    for number, migration in enumerate(_MIGRATIONS[version:], start=version + 1):
+        with db:  # each migration and its version number in one transaction
+            db.execute("BEGIN IMMEDIATE")
+            for statement in migration.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+    return db
+
+
+def _set_aside(path: Path, error: sqlite3.DatabaseError) -> str:
+    """Move a damaged journal (and its WAL) aside; the message that says where, and what to do."""
+    kept = path.with_name(f"{path.stem}.damaged-{time.strftime('%Y%m%d%H%M%S')}{path.suffix}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").rename(f"{kept}{suffix}")
+    return (
+        f"the agent's journal {path} is damaged ({error}); it was moved to {kept} and kept there. "
+        "The next start begins a new journal: jobs submitted before are no longer watched by Milex "
+        "(they still run; see them with squeue). Keep the damaged file for a report."
+    )
 
 
 def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
-def _tracked(row: Sequence[object]) -> TrackedJob:
-    key, bundle, name, job_id, state, exit_code, reason, script, stdout, stderr, sub, upd = row
-    return TrackedJob(
-        key=str(key), bundle=str(bundle), name=str(name), job_id=str(job_id), state=JobState(state),
-        exit_code=exit_code, reason=str(reason), script=str(script), stdout=str(stdout),
-        stderr=str(stderr), submitted_at=float(sub), updated_at=float(upd),  # type: ignore[arg-type]
-    )  # fmt: skip
-
-
-def _event_of(job: TrackedJob, seq: int, now: float) -> Event:
-    return Event(
-        seq=seq, key=job.key, bundle=job.bundle, name=job.name, job_id=job.job_id, state=job.state,
-        exit_code=job.exit_code, reason=job.reason, time=now,
-    )  # fmt: skip
+def _tracked(row: sqlite3.Row) -> TrackedJob:
+    return msgspec.convert(dict(row), TrackedJob)  # other columns of the row are left out

@@ -237,3 +237,100 @@ def test_ten_thousand_jobs(journal):
     assert len(journal.unfinished()) == 5_000
     assert len(journal.jobs(bundle="big")) == 10_000
     assert len(journal.jobs([str(i) for i in range(10_000)])) == 10_000
+
+
+# ---- schema versions, damage, a full disk ----------------------------------------------------------
+
+RELEASES = Path(__file__).parent / "journals"
+
+
+def restore(dump: str, path: Path) -> Path:
+    """A journal file with the content an earlier release wrote (its dump, loaded back)."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.executescript((RELEASES / dump).read_text())
+    db.close()
+    return path
+
+
+def test_a_journal_of_the_first_release_is_migrated_and_keeps_every_job(tmp_path):
+    from milex.agent.journal import SCHEMA_VERSION
+
+    journal = Journal(restore("release-0.1.sql", tmp_path / "journal.sqlite"))
+    try:
+        assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert journal.last_seq == 8
+        jobs = {job.name: job for job in journal.jobs()}
+        assert {name: (job.job_id, job.state, job.exit_code) for name, job in jobs.items()} == {
+            "prep": ("101", COMPLETED, 0),
+            "train": ("102", PENDING, None),
+            "eval": ("103", JobState.SUBMITTED, None),
+            "solo": ("7", FAILED, 137),
+        }
+        assert jobs["train"].reason == "Dependency"
+        assert [(row.job.name, row.scheduler) for row in journal.in_doubt()] == [("report", "slurm")]
+        assert sorted(row.job.name for row in journal.unfinished()) == ["eval", "train"]
+        assert [event.seq for event in journal.events_since(0)] == list(range(1, 9))
+        # and it goes on working: the next event is numbered after the release's last
+        [event] = journal.update([(jobs["train"].key, status("102", RUNNING))])
+        assert event.seq == 9
+    finally:
+        journal.close()
+    reopened = Journal(tmp_path / "journal.sqlite")  # migrated once: opening again changes nothing
+    assert len(reopened.jobs()) == 4
+    reopened.close()
+
+
+def test_a_journal_of_a_newer_agent_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    from milex.agent.journal import SCHEMA_VERSION, JournalError
+
+    path = restore("release-0.1.sql", tmp_path / "journal.sqlite")
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match="newer Milex agent"):
+        Journal(path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "torn"])
+def test_a_damaged_journal_is_refused_and_kept_aside_never_replaced(tmp_path, damage):
+    from milex.agent.journal import JournalError
+
+    path = restore("release-0.1.sql", tmp_path / "journal.sqlite")
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data[:16] = b"not a database!!"
+    else:  # a page in the middle overwritten, as a bad disk or a stray write would
+        data[4096 : 4096 + 512] = b"\xff" * 512
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError) as refused:
+        Journal(path)
+    kept = [p for p in tmp_path.iterdir() if ".damaged-" in p.name and p.suffix == ".sqlite"]
+    assert len(kept) == 1 and kept[0].read_bytes() == bytes(data)
+    assert str(kept[0]) in str(refused.value) and "damaged" in str(refused.value)
+    assert not path.exists()
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing_recorded(tmp_path):
+    from milex.agent.journal import JournalError
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    add(journal, "k/a", "1")
+    pages = journal.db.execute("PRAGMA page_count").fetchone()[0]
+    journal.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    with pytest.raises(JournalError, match=r"could not write its journal .*full.*free space"):
+        journal.begin_many(
+            [tracked(f"k/b{i:04d}") for i in range(2000)], scheduler="slurm", machine_path="/m"
+        )
+    assert journal.in_doubt() == []  # the failed transaction left nothing half-written
+    assert [job.key for job in journal.jobs()] == ["k/a"]
+    journal.db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    add(journal, "k/c", "2")
+    assert [job.key for job in journal.jobs()] == ["k/a", "k/c"]
+    journal.close()
