@@ -50,7 +50,7 @@ class AgentConnection:
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{os.urandom(3).hex()}"
-        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
 
