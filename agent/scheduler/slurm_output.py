@@ -21,7 +21,7 @@ from milex.common.model import JobState, JobStatus
 SIGNAL_BASE = 128  # a shell reports a process killed by signal N as exiting with 128 + N
 _NO_EXIT_CODE = frozenset({JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED, JobState.NODE_FAIL})
 # Before any final state: a job with one task still active (or not understood) is not over.
-_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING, JobState.UNKNOWN)
+_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING, JobState.SUBMITTED, JobState.UNKNOWN)
 # Final states, worst first: the job's own failures (what its user can act on) before SLURM's ends.
 _WORST_FIRST = (
     JobState.OUT_OF_MEMORY,
@@ -134,7 +134,7 @@ def combine(job_id: str, rows: Iterable[TaskRow]) -> JobStatus:
     active = next((state for state in _ACTIVE_ORDER if state in present), None)
     if active is not None:
         return JobStatus(job_id=job_id, state=active, reason=_first_reason(rows, active))
-    state = next(state for state in _WORST_FIRST if state in present)
+    state = next(state for state in _WORST_FIRST if state in present)  # each state is in one list
     return JobStatus(
         job_id=job_id, state=state, exit_code=_exit_code(rows, state), reason=_first_reason(rows, state)
     )

@@ -135,3 +135,8 @@ def test_slurm_ending_a_job_is_no_exit_code_of_the_job() -> None:
 
 def test_no_rows_is_unknown() -> None:
     assert combine("7", []).state is JobState.UNKNOWN
+
+
+@pytest.mark.parametrize("state", list(JobState))
+def test_every_state_is_ranked(state: JobState) -> None:
+    assert combine("7", [row(state), row(state, task="1")]).state is state
