@@ -4,7 +4,7 @@ through the one gateway, run_command: every source gives a job the same state an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from milex.agent.scheduler import slurm, slurm_history
 from milex.agent.scheduler.command import CommandResult
 from milex.agent.scheduler.slurm import SlurmScheduler
 from milex.agent.scheduler.slurm_history import JobCompLog, SlurmHistory
-from milex.common.model import JobState
+from milex.common.model import JobState, JobStatus
 
 CAPTURED = Path(__file__).parent / "slurm_captured" / "2205"
 IDS = dict(line.split() for line in (CAPTURED / "ids.txt").read_text().splitlines())
@@ -47,19 +47,16 @@ class Cluster:
 
     def __call__(self, argv: list[str], *, timeout: float = 60.0, stdin: str | None = None) -> CommandResult:
         self.calls.append(tuple(argv))
-        if argv[0] == "squeue":
-            return CommandResult(tuple(argv), 0, captured(self.squeue), "")
         if argv[0] == "sacct" and self.sacct is None:
             return CommandResult(tuple(argv), 1, "", captured("sacct_disabled.stderr").splitlines()[0])
-        if argv[0] == "sacct":
-            return CommandResult(tuple(argv), 0, captured(self.sacct), "")
         if argv[:3] == ["scontrol", "show", "config"]:
             config = captured("scontrol_show_config.txt")
             config = config.replace("/var/run/milex-test-cluster/jobcomp.log", str(self.jobcomp))
             return CommandResult(tuple(argv), 0, config, "")
-        if argv[0] == "sbatch":
-            return CommandResult(tuple(argv), 0, captured(self.sbatch), "")
-        raise AssertionError(f"unexpected command {argv}")
+        printed = {"squeue": self.squeue, "sacct": self.sacct, "sbatch": self.sbatch}.get(argv[0])
+        if printed is None:
+            raise AssertionError(f"unexpected command {argv}")
+        return CommandResult(tuple(argv), 0, captured(printed), "")
 
 
 @pytest.fixture
@@ -73,8 +70,10 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
     yield fake
 
 
-def outcomes(states: dict, roles: object = FINISHED) -> dict[str, tuple[JobState, int | None]]:
-    return {role: (states[IDS[role]].state, states[IDS[role]].exit_code) for role in roles}  # type: ignore[attr-defined]
+def outcomes(
+    states: dict[str, JobStatus], roles: Iterable[str] = FINISHED
+) -> dict[str, tuple[JobState, int | None]]:
+    return {role: (states[IDS[role]].state, states[IDS[role]].exit_code) for role in roles}
 
 
 def test_squeue_gives_each_finished_job_its_state_and_exit_code(cluster: Cluster) -> None:
