@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
 from milex.agent.scheduler.slurm_history import SlurmHistory
+from milex.agent.scheduler.slurm_output import squeue_rows, statuses
 from milex.common.errors import SchedulerError, SubmitError
 from milex.common.model import JobState, JobStatus
 
@@ -16,9 +16,7 @@ from milex.common.model import JobState, JobStatus
 # padded fields made squeue spend most of a poll formatting spaces (and us reading them).
 _SQUEUE_FIELDS = ("JobID", "ArrayJobID", "State", "Reason", "exit_code")
 _SQUEUE_FORMAT = ",".join(f"{field}:0|" for field in _SQUEUE_FIELDS)
-_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING)
 MAX_LISTED_JOBS = 500
-Row = tuple[str, str, JobState, str, "int | None"]  # job id, array job id, state, reason, exit code
 
 
 class SlurmScheduler:
@@ -63,15 +61,8 @@ class SlurmScheduler:
         result = run_command([*argv, "--me"] if many else [*argv, f"--jobs={','.join(job_ids)}"])
         if result.returncode != 0 and "Invalid job id" not in result.stderr:
             raise SchedulerError(f"squeue failed: {result.message}")
-        # Rows by the job id they belong to: their own, or their array's (one pass, not one per job).
-        rows_of: dict[str, list[Row]] = defaultdict(list)
-        for line in result.stdout.splitlines():
-            if line.strip():
-                row = _parse_row(line)
-                rows_of[row[0]].append(row)
-                if row[1] != row[0]:
-                    rows_of[row[1]].append(row)
-        states = {job_id: _combine(job_id, rows_of.get(job_id, [])) for job_id in job_ids}
+        found = statuses(job_ids, squeue_rows(result.stdout))
+        states = {job_id: found.get(job_id) or _forgotten(job_id) for job_id in job_ids}
         forgotten = [job_id for job_id, status in states.items() if status.state is JobState.UNKNOWN]
         if forgotten:
             # Only jobs that ended longer ago than MinJobAge: rare, so a second query is fine.
@@ -103,42 +94,5 @@ class SlurmScheduler:
             raise SchedulerError(f"scancel {' '.join(job_ids)} failed: {result.message}")
 
 
-def _parse_row(line: str) -> Row:
-    job_id, array_job_id, state, reason, exit_code, *_ = (part.strip() for part in line.split("|"))
-    return job_id, array_job_id, JobState.from_slurm(state), reason, _exit_code(exit_code)
-
-
-def _exit_code(text: str) -> int | None:
-    """`3:0` (code:signal, as scontrol prints it) or a raw wait status (as squeue prints it)."""
-    code, colon, signal = text.partition(":")
-    if not code.isdigit():
-        return None
-    if colon:
-        return int(code) or (128 + int(signal) if signal.isdigit() and int(signal) else 0)
-    status = int(code)
-    # A raw wait status: the exit code is its high byte, or 128 + the signal that killed the job.
-    return 128 + (status & 0x7F) if status & 0x7F else status >> 8
-
-
-def _combine(job_id: str, rows: list[Row]) -> JobStatus:
-    """One status for a job from its squeue rows (several for the tasks of an array)."""
-    if not rows:
-        return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="no longer known to squeue")
-    states = [row[2] for row in rows]
-    for active in _ACTIVE_ORDER:
-        if active in states:
-            return JobStatus(job_id=job_id, state=active, reason=_first_reason(rows, active))
-    failed = [row for row in rows if row[2] is not JobState.COMPLETED]
-    worst = failed[0] if failed else rows[0]
-    codes = [row[4] for row in rows if row[4]]
-    return JobStatus(
-        job_id=job_id,
-        state=worst[2],
-        exit_code=max(codes) if codes else (0 if not failed else None),
-        reason=_first_reason(rows, worst[2]),
-    )
-
-
-def _first_reason(rows: list[Row], state: JobState) -> str:
-    reason = next((row[3] for row in rows if row[2] is state), "")
-    return "" if reason == "None" else reason
+def _forgotten(job_id: str) -> JobStatus:
+    return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason="no longer known to squeue")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
-from milex.common.model import JobState, JobStatus
-
-_FIELD = re.compile(r"(\w+)=(\S*)")
+from milex.agent.scheduler.slurm_output import TaskRow, combine, jobcomp_row, sacct_rows, statuses
+from milex.common.model import JobStatus
 
 
 class SlurmHistory:
@@ -36,18 +35,7 @@ class SlurmHistory:
             # "Slurm accounting storage is disabled": ask once, not at every poll.
             self.accounting = "disabled" not in result.message
             return {}
-        found: dict[str, JobStatus] = {}
-        for line in result.stdout.splitlines():
-            job_id, state, exit_code = [*line.split("|"), "", "", ""][:3]
-            base = job_id.split("_")[0]
-            if base in job_ids and base not in found:
-                code = exit_code.split(":")[0]
-                found[base] = JobStatus(
-                    job_id=base,
-                    state=JobState.from_slurm(state),
-                    exit_code=int(code) if code.isdigit() else None,
-                )
-        return found
+        return statuses(job_ids, sacct_rows(result.stdout))
 
     def _from_jobcomp(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         if self.jobcomp is None:
@@ -77,14 +65,18 @@ class JobCompLog:
     def __init__(self, path: Path, uid: int | None = None) -> None:
         self.path = path
         self.uid = str(os.getuid() if uid is None else uid)
-        self.finished: dict[str, JobStatus] = {}
+        self.finished: dict[str, dict[str, TaskRow]] = defaultdict(dict)  # by job id, then task
         self._offset = 0
         self._inode = 0
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The final states of those of `job_ids` the log has recorded."""
         self._read_new_lines()
-        return {job_id: self.finished[job_id] for job_id in job_ids if job_id in self.finished}
+        return {
+            job_id: combine(job_id, self.finished[job_id].values())
+            for job_id in job_ids
+            if job_id in self.finished
+        }
 
     def _read_new_lines(self) -> None:
         try:
@@ -99,12 +91,7 @@ class JobCompLog:
         complete = added[: added.rfind(b"\n") + 1]  # a line still being written is read next time
         self._offset += len(complete)
         for line in complete.decode(errors="replace").splitlines():
-            fields = dict(_FIELD.findall(line))
-            if fields.get("UserId", "").partition("(")[2].rstrip(")") != self.uid:
-                continue
-            code = fields.get("ExitCode", "").split(":")[0]
-            self.finished[fields.get("JobId", "")] = JobStatus(
-                job_id=fields.get("JobId", ""),
-                state=JobState.from_slurm(fields.get("JobState", "")),
-                exit_code=int(code) if code.isdigit() else None,
-            )
+            uid, row = jobcomp_row(line)
+            if uid == self.uid:
+                # By task: a requeued job's (or task's) last line replaces its earlier ones.
+                self.finished[row.job_id][row.task] = row

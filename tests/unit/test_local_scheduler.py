@@ -85,6 +85,13 @@ def test_a_failing_job_is_failed_with_its_exit_code(scheduler, tmp_path):
     assert (status.state, status.exit_code, status.reason) == (FAILED, 3, "NonZeroExitCode")
 
 
+def test_a_job_killed_by_a_signal_fails_with_128_plus_the_signal(scheduler, tmp_path):
+    """The convention of the SLURM scheduler (agent/scheduler/slurm_output.py): as a shell reports it."""
+    job_id = scheduler.submit(write_script(tmp_path, "selfkill", "kill -9 $$"))
+    status = wait_for_state(scheduler, job_id)
+    assert (status.state, status.exit_code) == (FAILED, 137)
+
+
 def test_afterok_on_a_failing_job_is_cancelled_and_never_runs(scheduler, tmp_path):
     failing = scheduler.submit(write_script(tmp_path, "bad", "exit 1"))
     child = scheduler.submit(write_script(tmp_path, "child", f"touch {tmp_path}/ran"), after=[failing])
@@ -152,7 +159,8 @@ def test_cancel_stops_a_running_job_and_its_pending_dependent(scheduler, tmp_pat
     script_pid = int((tmp_path / "pid").read_text())
     wait_until(lambda: not _process_exists(script_pid))
     wait_until(lambda: not runner_alive(scheduler.state_dir / running))
-    assert scheduler.states([running])[running].state is CANCELLED
+    final = scheduler.states([running])[running]
+    assert (final.state, final.exit_code) == (CANCELLED, None)  # as SLURM's cancelled jobs: no exit code
     assert not (tmp_path / "ran").exists()
 
 

@@ -57,3 +57,19 @@ def test_a_rotated_log_is_read_from_its_start(tmp_path: Path) -> None:
 
 def test_a_missing_log_knows_nothing(tmp_path: Path) -> None:
     assert JobCompLog(tmp_path / "absent.log", uid=UID).states(["1"]) == {}
+
+
+def test_an_arrays_tasks_combine_across_reads(tmp_path: Path) -> None:
+    def task(job_id: int, index: int, state: str, exit_code: str) -> str:
+        return line(job_id, state, exit_code).replace(
+            " DerivedExitCode", f" ArrayJobId=40 ArrayTaskId={index} DerivedExitCode"
+        )
+
+    path = tmp_path / "jobcomp.log"
+    path.write_text(task(41, 1, "COMPLETED", "0:0"))
+    log = JobCompLog(path, uid=UID)
+    assert (log.states(["40"])["40"].state, log.states(["41"])) == (JobState.COMPLETED, {})
+    with path.open("a") as appending:
+        appending.write(task(42, 2, "FAILED", "0:9") + task(40, 0, "CANCELLED", "0:0"))
+    status = log.states(["40"])["40"]
+    assert (status.state, status.exit_code) == (JobState.FAILED, 137)

@@ -1,0 +1,161 @@
+"""SLURM's printed job states and exit codes (squeue, sacct, the job-completion log) decoded into JobStatus.
+
+One convention for every source: a job that ended by itself has the exit code a shell would report
+(its own, or 128 + the signal that killed it); a job SLURM ended (cancelled, timed out, preempted,
+its node failed) has none, since the signal SLURM sent it is not the job's. The job-completion log
+writes such a job's line before its exit status is known, so any other choice would make the
+sources disagree. The tasks of an array (and components of a heterogeneous job) combine into one
+status: an active task makes the job active; else the worst final state, with the exit code of
+the worst task in it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from milex.common.model import JobState, JobStatus
+
+SIGNAL_BASE = 128  # a shell reports a process killed by signal N as exiting with 128 + N
+_NO_EXIT_CODE = frozenset({JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED, JobState.NODE_FAIL})
+# Before any final state: a job with one task still active (or not understood) is not over.
+_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING, JobState.SUBMITTED, JobState.UNKNOWN)
+# Final states, worst first: the job's own failures (what its user can act on) before SLURM's ends.
+_WORST_FIRST = (
+    JobState.OUT_OF_MEMORY,
+    JobState.FAILED,
+    JobState.TIMEOUT,
+    JobState.NODE_FAIL,
+    JobState.PREEMPTED,
+    JobState.CANCELLED,
+    JobState.COMPLETED,
+)
+_JOBCOMP_FIELD = re.compile(r"(\w+)=(\S*)")
+_SACCT_ID = re.compile(r"[_+.]")  # what follows a job id in sacct's JobID
+
+
+class TaskRow(NamedTuple):
+    """One row of SLURM's output: a job, or one task (or range of tasks) of an array."""
+
+    job_id: str  # the id sbatch gave out: an array's own id for each of its tasks
+    task: str  # the row's own name within that job ("" for a plain job)
+    state: JobState
+    reason: str
+    exit_code: int | None  # as the row printed it, decoded; combine() decides whether it counts
+
+
+def signal_exit_code(signal: int) -> int:
+    """The exit code of a process killed by `signal`, as a shell reports it."""
+    return SIGNAL_BASE + signal
+
+
+def exit_code_from_pair(text: str) -> int | None:
+    """`code:signal`, as sacct, scontrol and the job-completion log print an exit code."""
+    code, colon, signal = text.strip().partition(":")
+    if not code.isdecimal() or (colon and not signal.isdecimal()):
+        return None
+    return signal_exit_code(int(signal)) if colon and int(signal) else int(code)
+
+
+def exit_code_from_wait_status(text: str) -> int | None:
+    """squeue's `exit_code` field: the raw wait status (`768` for exit 3, `9` for SIGKILL)."""
+    text = text.strip()
+    if not text.isdecimal() or int(text) > 0xFFFF:  # NO_VAL and its kin: not known yet
+        return None
+    status = int(text)
+    return signal_exit_code(status & 0x7F) if status & 0x7F else status >> 8
+
+
+def squeue_rows(text: str) -> list[TaskRow]:
+    """The rows of `squeue --noheader --array --Format=JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,
+    exit_code:0|` (see _SQUEUE_FORMAT in slurm.py).
+
+    An array's task prints its own job id beside its array's (`190|189|...`); the array's own row
+    stands for the task that kept the array's id, or for its tasks not started yet. A heterogeneous
+    job's component prints `200+1` as its JobID.
+    """
+    return [_squeue_row(line) for line in text.splitlines() if line.strip()]
+
+
+def _squeue_row(line: str) -> TaskRow:
+    own_id, array_id, state, reason, exit_code, *_ = (*(part.strip() for part in line.split("|")), "", "")
+    if "+" in own_id:
+        job_id, task = own_id.partition("+")[0], own_id[own_id.index("+") :]
+    else:
+        job_id = array_id if array_id not in ("", "N/A") else own_id
+        task = "" if job_id == own_id else own_id
+    return TaskRow(
+        job_id=job_id,
+        task=task,
+        state=JobState.from_slurm(state),
+        reason="" if reason == "None" else reason,
+        exit_code=exit_code_from_wait_status(exit_code),
+    )
+
+
+def sacct_rows(text: str) -> list[TaskRow]:
+    """The rows of `sacct --noheader --parsable2 --format=JobID,State,ExitCode` but those of job
+    steps (`123.batch`): JobID `123`, `123_4`, `123_[5-9]` (tasks not started) or `123+0` (a
+    heterogeneous job's component); State such as `CANCELLED by 1000`; ExitCode `code:signal`."""
+    rows = []
+    for line in text.splitlines():
+        sacct_id, state, exit_code, *_ = (*(part.strip() for part in line.split("|")), "", "")
+        job_id = _SACCT_ID.split(sacct_id, maxsplit=1)[0]
+        if job_id and "." not in sacct_id:
+            task = sacct_id[len(job_id) :]
+            rows.append(TaskRow(job_id, task, JobState.from_slurm(state), "", exit_code_from_pair(exit_code)))
+    return rows
+
+
+def jobcomp_row(line: str) -> tuple[str, TaskRow]:
+    """A line of the job-completion text log (jobcomp/filetxt): the uid of the job's user and the
+    row. An array's task names its array and index (`ArrayJobId=189 ArrayTaskId=2`), a
+    heterogeneous job's component its job and offset (`HetJobId=200 HetJobOffset=1`)."""
+    fields = dict(_JOBCOMP_FIELD.findall(line))
+    uid = fields.get("UserId", "").partition("(")[2].rstrip(")")
+    if "ArrayJobId" in fields:
+        job_id, task = fields["ArrayJobId"], fields.get("ArrayTaskId", "")
+    elif "HetJobId" in fields:
+        job_id, task = fields["HetJobId"], "+" + fields.get("HetJobOffset", "")
+    else:
+        job_id, task = fields.get("JobId", ""), ""
+    state = JobState.from_slurm(fields.get("JobState", ""))
+    return uid, TaskRow(job_id, task, state, "", exit_code_from_pair(fields.get("ExitCode", "")))
+
+
+def combine(job_id: str, rows: Iterable[TaskRow]) -> JobStatus:
+    """One status for `job_id` from its rows (several for an array's tasks); UNKNOWN without any."""
+    rows = list(rows)
+    if not rows:
+        return JobStatus(job_id=job_id, state=JobState.UNKNOWN)
+    present = {row.state for row in rows}
+    active = next((state for state in _ACTIVE_ORDER if state in present), None)
+    if active is not None:
+        return JobStatus(job_id=job_id, state=active, reason=_first_reason(rows, active))
+    state = next(state for state in _WORST_FIRST if state in present)  # each state is in one list
+    return JobStatus(
+        job_id=job_id, state=state, exit_code=_exit_code(rows, state), reason=_first_reason(rows, state)
+    )
+
+
+def statuses(job_ids: Iterable[str], rows: Iterable[TaskRow]) -> dict[str, JobStatus]:
+    """The combined status of each of `job_ids` that `rows` mention."""
+    rows_of: dict[str, list[TaskRow]] = defaultdict(list)
+    for row in rows:
+        rows_of[row.job_id].append(row)
+    return {job_id: combine(job_id, rows_of[job_id]) for job_id in job_ids if job_id in rows_of}
+
+
+def _exit_code(rows: list[TaskRow], state: JobState) -> int | None:
+    """The exit code of the worst of the tasks that ended in `state`; None if SLURM ended them, or
+    if none printed a non-zero one although they failed."""
+    if state is JobState.COMPLETED:
+        return 0
+    codes = [row.exit_code for row in rows if row.state is state and row.exit_code]
+    return max(codes) if codes and state not in _NO_EXIT_CODE else None
+
+
+def _first_reason(rows: list[TaskRow], state: JobState) -> str:
+    return next((row.reason for row in rows if row.state is state and row.reason), "")

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# capture.sh - produce the fixture files of this folder from the test cluster (deploy/slurm-up.sh).
+# Run under the e2e lock: flock /tmp/milex-e2e.lock tests/unit/slurm_captured/2205/capture.sh OUTDIR
+# Job ids differ run to run; ids.txt maps each job's role to its id.
+set -euo pipefail
+OUT=$(realpath "${1:-.}")
+WORK=$(mktemp -d)
+cd "$WORK"
+FORMAT='JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,exit_code:0|'  # as agent/scheduler/slurm.py asks
+sb() { sbatch --parsable -o "$WORK/%j.out" "$@"; }
+state() { squeue --noheader --array --states=all --jobs="$1" --Format=State:0 | sort -u | tr '\n' ' '; }
+wait_for() {  # job id, regex the states of all its rows must match
+    for _ in $(seq 600); do [[ $(state "$1") =~ $2 ]] && return 0; sleep 0.5; done
+    echo "timed out waiting for $1 to match $2 (now: $(state "$1"))" >&2; return 1
+}
+squeue_rows() { squeue --noheader --array --states=all --jobs="$1" --Format="$FORMAT"; }
+
+printf '#!/bin/sh\nexit 0\n' >ok.sh
+printf '#!/bin/sh\nexit 3\n' >exit3.sh
+printf '#!/bin/sh\nkill -9 $$\n' >selfkill.sh
+printf '#!/bin/sh\nsleep 600\n' >sleep.sh
+printf '#!/bin/sh\n[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && exit 0\nsleep 600\n' >requeue.sh
+cat >array.sh <<'SH'
+#!/bin/sh
+case "$SLURM_ARRAY_TASK_ID" in
+    1) exit 5 ;;
+    2) kill -9 $$ ;;
+    3) sleep 600 ;;
+esac
+exit 0
+SH
+
+declare -A id
+id[completed]=$(sb ok.sh)
+id[exit3]=$(sb exit3.sh)
+id[selfkill]=$(sb selfkill.sh)
+id[pending]=$(sb --hold ok.sh)
+id[cancelled]=$(sb sleep.sh)
+id[scancel_kill]=$(sb sleep.sh)
+id[requeued]=$(sb requeue.sh)
+id[timeout]=$(sb --time=1 sleep.sh)
+id[array]=$(sb --array=0-3 array.sh)
+sbatch --parsable --clusters=milex -o /dev/null ok.sh >sbatch_parsable_cluster.txt 2>&1 || true
+printf '%s\n' "${id[completed]}" >sbatch_parsable.txt
+for role in "${!id[@]}"; do echo "$role ${id[$role]}"; done | sort >ids.txt
+cp sbatch_parsable.txt sbatch_parsable_cluster.txt ids.txt "$OUT"/
+
+for role in cancelled scancel_kill requeued timeout; do wait_for "${id[$role]}" '^RUNNING $'; done
+wait_for "${id[array]}" '^(COMPLETED |FAILED |RUNNING )+$'
+for role in completed exit3 selfkill; do wait_for "${id[$role]}" '^(COMPLETED|FAILED) $'; done
+all=$(IFS=,; echo "${id[*]}")
+squeue_rows "$all" >"$OUT/squeue_active.txt"
+scontrol show job "${id[array]}" >"$OUT/scontrol_show_job_array_active.txt"
+
+scancel "${id[cancelled]}"
+scancel --signal=KILL "${id[scancel_kill]}"
+scontrol requeue "${id[requeued]}"
+scancel "${id[array]}_3"
+wait_for "${id[requeued]}" '^(PENDING|REQUEUED|CONFIGURING|RUNNING) $'
+squeue_rows "${id[requeued]}" >"$OUT/squeue_requeued.txt"
+for role in cancelled scancel_kill requeued timeout array; do
+    wait_for "${id[$role]}" '^((COMPLETED|FAILED|CANCELLED|TIMEOUT) )+$'
+done
+squeue_rows "$all" >"$OUT/squeue_finished.txt"
+scancel "${id[pending]}"
+wait_for "${id[pending]}" '^CANCELLED $'
+squeue_rows "${id[pending]}" >"$OUT/squeue_pending_cancelled.txt"
+for role in "${!id[@]}"; do
+    scontrol show job "${id[$role]}" >>"$OUT/scontrol_show_job.txt" 2>&1 || true
+done
+squeue --noheader --jobs=999999 --Format="$FORMAT" >"$OUT/squeue_invalid_id.stdout" 2>"$OUT/squeue_invalid_id.stderr" \
+    || echo "exit status $?" >>"$OUT/squeue_invalid_id.stderr"
+sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode --jobs="$all" \
+    >"$OUT/sacct_disabled.stdout" 2>"$OUT/sacct_disabled.stderr" || echo "exit status $?" >>"$OUT/sacct_disabled.stderr"
+jobcomp=$(scontrol show config | awk '$1 == "JobCompLoc" {print $3}')
+sleep 1  # slurmctld writes the log line after the job's end is known to squeue
+grep -E "^JobId=($(IFS='|'; echo "${id[*]}")|$(( ${id[array]} + 1 ))|$(( ${id[array]} + 2 ))|$(( ${id[array]} + 3 )))( |$)" "$jobcomp" \
+    >"$OUT/jobcomp.log"
+scontrol show config >"$OUT/scontrol_show_config.txt"
+echo "captured into $OUT (work dir $WORK)"

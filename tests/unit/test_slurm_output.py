@@ -1,0 +1,142 @@
+"""The one decoding of SLURM's exit codes and rows, and the one combination of an array's tasks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from milex.agent.scheduler.slurm_output import (
+    TaskRow,
+    combine,
+    exit_code_from_pair,
+    exit_code_from_wait_status,
+    jobcomp_row,
+    sacct_rows,
+    squeue_rows,
+)
+from milex.common.model import JobState
+
+CAPTURED = Path(__file__).parent / "slurm_captured" / "2205"
+C, F, CA, R, PD = JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING
+
+
+@pytest.mark.parametrize(
+    ("printed", "code"),
+    [
+        ("0:0", 0),
+        ("3:0", 3),
+        ("0:9", 137),
+        ("0:15", 143),
+        ("255:0", 255),
+        ("", None),
+        ("x:0", None),
+        ("1:", None),
+    ],
+)
+def test_code_signal_pairs(printed: str, code: int | None) -> None:
+    assert exit_code_from_pair(printed) == code
+
+
+@pytest.mark.parametrize(
+    ("printed", "code"),
+    [("0", 0), ("768", 3), ("1280", 5), ("9", 137), ("15", 143), ("", None), ("4294967294", None)],
+)
+def test_squeue_wait_statuses(printed: str, code: int | None) -> None:
+    assert exit_code_from_wait_status(printed) == code
+
+
+def test_squeue_and_scontrol_print_the_same_exit_codes_two_ways() -> None:
+    """Every captured job: squeue's wait status and scontrol's `code:signal` decode alike."""
+    from_squeue = {
+        row.task or row.job_id: row.exit_code
+        for row in squeue_rows((CAPTURED / "squeue_finished.txt").read_text())
+    }
+    shown = (CAPTURED / "scontrol_show_job.txt").read_text()
+    from_scontrol = {
+        job_id: exit_code_from_pair(code)
+        for job_id, code in re.findall(r"^JobId=(\d+) .*?ExitCode=(\S+)", shown, re.MULTILINE | re.DOTALL)
+    }
+    assert from_squeue == from_scontrol
+    assert set(from_squeue.values()) == {0, 3, 5, 137, 143}
+
+
+def test_squeue_rows_name_the_array_they_belong_to() -> None:
+    rows = squeue_rows(
+        "190|189|COMPLETED|None|0|\n\n189|189|RUNNING|None|0|\n200+1|201|FAILED|NonZeroExitCode|512|\n"
+    )
+    assert rows == [
+        TaskRow("189", "190", C, "", 0),
+        TaskRow("189", "", R, "", 0),
+        TaskRow("200", "+1", F, "NonZeroExitCode", 2),
+    ]
+
+
+def test_sacct_rows_keep_allocations_and_drop_steps() -> None:
+    rows = sacct_rows((CAPTURED / "sacct_forms.derived.txt").read_text())
+    assert [(row.job_id, row.task) for row in rows] == [
+        ("300", "_0"),
+        ("300", "_1"),
+        ("300", "_[2-9]"),
+        ("400", "+0"),
+        ("400", "+1"),
+        ("500", ""),
+        ("600", "_[0-3]"),
+    ]
+    assert rows[-1].state is CA
+
+
+def test_jobcomp_lines_name_array_tasks_and_heterogeneous_components() -> None:
+    lines = (CAPTURED / "jobcomp.log").read_text().splitlines()
+    task = next(line for line in lines if "ArrayTaskId=2 " in line)
+    assert jobcomp_row(task) == ("0", TaskRow("189", "2", F, "", 137))
+    het = (  # the format of SLURM 22.05's jobcomp_filetxt.c for a heterogeneous job's component
+        "JobId=201 UserId=u(7) JobState=FAILED EligibleTime=x HetJobId=200 HetJobOffset=1 "
+        "DerivedExitCode=0:0 ExitCode=2:0 "
+    )
+    assert jobcomp_row(het) == ("7", TaskRow("200", "+1", F, "", 2))
+
+
+def row(state: JobState, code: int | None = None, reason: str = "", task: str = "") -> TaskRow:
+    return TaskRow("7", task, state, reason, code)
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ([C, F, R, PD], (R, None)),  # an active task first
+        ([C, PD, CA], (PD, None)),
+        ([C, JobState.UNKNOWN], (JobState.UNKNOWN, None)),  # a task not understood: not over
+        ([C, C], (C, 0)),
+        ([C, CA, F], (F, 4)),  # the job's own failure before SLURM's cancel
+        ([C, JobState.TIMEOUT], (JobState.TIMEOUT, None)),
+        ([CA, JobState.OUT_OF_MEMORY, F], (JobState.OUT_OF_MEMORY, None)),
+    ],
+)
+def test_tasks_combine_into_one_status(states: list[JobState], expected: tuple[JobState, int | None]) -> None:
+    codes = {C: 0, F: 4}
+    status = combine(
+        "7", [row(state, codes.get(state, 0), task=str(index)) for index, state in enumerate(states)]
+    )
+    assert (status.state, status.exit_code) == expected
+
+
+def test_the_exit_code_is_the_worst_failed_tasks() -> None:
+    status = combine("7", [row(F, 5, "NonZeroExitCode"), row(F, 137, "JobLaunchFailure"), row(CA, 143)])
+    assert (status.state, status.exit_code, status.reason) == (F, 137, "NonZeroExitCode")
+
+
+def test_slurm_ending_a_job_is_no_exit_code_of_the_job() -> None:
+    assert combine("7", [row(CA, 143)]).exit_code is None
+    assert combine("7", [row(JobState.TIMEOUT, 143)]).exit_code is None
+    assert combine("7", [row(F, 0)]).exit_code is None  # failed, but no code printed: unknown
+
+
+def test_no_rows_is_unknown() -> None:
+    assert combine("7", []).state is JobState.UNKNOWN
+
+
+@pytest.mark.parametrize("state", list(JobState))
+def test_every_state_is_ranked(state: JobState) -> None:
+    assert combine("7", [row(state), row(state, task="1")]).state is state
