@@ -10,12 +10,11 @@ import msgspec
 
 from milex.agents import greeted
 from milex.common.errors import MilexError
-from milex.common.protocol import Event, Events, HelloReply, LogChunk, Logs, Watch
+from milex.common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
 from milex.config import Machine
 from milex.connection import AgentConnection, AgentUnavailable
 
 RECONNECT_DEADLINE = 120.0
-LOG_HEARTBEAT = "log_heartbeat"  # the agent feature: a followed log gets heartbeats while quiet
 # An agent without log heartbeats is silent while a log is: wait for it as long as the job runs.
 NO_IDLE_TIMEOUT = 365 * 24 * 3600.0
 T = TypeVar("T")

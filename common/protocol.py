@@ -16,8 +16,8 @@ from milex.common.model import Bundle, JobStatus, MachineSettings
 
 PROTOCOL_VERSION = 1
 # Behaviours added to protocol 1 that a client may ask for, named in HelloReply.features.
-# "log_heartbeat": a following `Logs` gets an empty `LogChunk` every `heartbeat` seconds of quiet.
-AGENT_FEATURES: tuple[str, ...] = ("log_heartbeat",)
+LOG_HEARTBEAT = "log_heartbeat"  # a following `Logs` gets an empty `LogChunk` after `heartbeat` s of quiet
+AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT,)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 

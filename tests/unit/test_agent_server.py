@@ -19,6 +19,7 @@ from milex.agent.state import Agent
 from milex.common.errors import SchedulerError
 from milex.common.model import JobState, MachineSettings
 from milex.common.protocol import (
+    LOG_HEARTBEAT,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Ack,
@@ -435,4 +436,4 @@ def test_a_quiet_followed_log_gets_empty_chunks_at_the_heartbeat_interval(runnin
     elapsed = time.monotonic() - started
     assert [(beat.offset, beat.data, beat.eof) for beat in beats] == [(4, b"", False)] * 3
     assert 0.8 <= elapsed < 2.0
-    assert "log_heartbeat" in connection.hello("0.1.0").features
+    assert LOG_HEARTBEAT in connection.hello("0.1.0").features
