@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex.agent.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL
 from milex.common.errors import MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
 
@@ -74,7 +74,11 @@ def publish(directory: Path, info: AgentInfo) -> None:
 
 
 def start(
-    directory: Path, *, poll_interval: float = POLL_INTERVAL, max_interval: float = MAX_POLL_INTERVAL
+    directory: Path,
+    *,
+    poll_interval: float = POLL_INTERVAL,
+    max_interval: float = MAX_POLL_INTERVAL,
+    idle_exit: float = IDLE_EXIT,
 ) -> AgentInfo:
     """The running agent of `directory`, started detached first if there is none."""
     info = read_info(directory)
@@ -84,7 +88,8 @@ def start(
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
     command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory),
-               "--poll-interval", str(poll_interval), "--max-interval", str(max_interval)]  # fmt: skip
+               "--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
+               "--idle-exit", str(idle_exit)]  # fmt: skip
     with open(log_file, "ab") as log:
         # `run --detach` forks; its parent exits once the agent serves (or failed), so the agent
         # is nobody's child here and the exit status says whether it started.
@@ -119,11 +124,14 @@ def run(
     *,
     poll_interval: float,
     max_interval: float,
+    idle_exit: float = IDLE_EXIT,
     version: str,
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
-    """Serve in the foreground until SIGTERM, SIGINT or a Shutdown request; `on_ready` once serving."""
+    """Serve in the foreground until SIGTERM, SIGINT, a Shutdown request, `idle_exit` seconds of
+    idleness, or the removal of `directory`; `on_ready` once serving."""
     from milex.agent.journal import Journal
+    from milex.agent.lifetime import Lifetime, identity
     from milex.agent.poller import Poller
     from milex.agent.recovery import recover
     from milex.agent.server import AgentServer
@@ -135,16 +143,19 @@ def run(
     sock = socket_path(directory)
     private_directory(sock.parent)
     sock.unlink(missing_ok=True)  # left by an agent that was killed; we hold the lock now
-    journal = Journal(directory / "journal.sqlite")
+    journal_path = directory / "journal.sqlite"
+    journal = Journal(journal_path)
     schedulers = scheduler_cache()
     poller = Poller(journal, schedulers, interval=poll_interval, max_interval=max_interval)
     agent = Agent(journal=journal, poller=poller, schedulers=schedulers, version=version)
     recover(agent)
     previous = os.umask(0o077)  # the socket file itself is private too
     try:
-        server = AgentServer(agent, f"ipc://{sock}")
+        lifetime = Lifetime(idle_exit=idle_exit, home=[directory, journal_path])
+        server = AgentServer(agent, f"ipc://{sock}", lifetime=lifetime)
     finally:
         os.umask(previous)
+    ours = {path: identity(path) for path in (sock,)}
 
     def request_stop(signum: int, frame: object) -> None:
         agent.stopping = True
@@ -153,12 +164,16 @@ def run(
     signal.signal(signal.SIGINT, request_stop)
     publish(directory, AgentInfo(pid=os.getpid(), socket=str(sock), version=version,
                                  started_at=time.time(), directory=str(directory)))  # fmt: skip
+    ours[directory / "agent.json"] = identity(directory / "agent.json")
     logging.getLogger("milex.agent").info("agent %s serving on %s", version, sock)
     on_ready()
     try:
         server.serve()
     finally:
         server.close()
-        sock.unlink(missing_ok=True)
+        for path, created in ours.items():  # not another agent's, if the directory was replaced
+            if identity(path) == created:
+                path.unlink(missing_ok=True)
         journal.close()
         os.close(lock)
+        logging.getLogger("milex.agent").info("agent %s stopped", version)

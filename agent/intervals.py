@@ -1,6 +1,11 @@
-"""How often the agent asks the scheduler: the defaults every way of starting it shares."""
+"""How often the agent asks the scheduler, and when it leaves: defaults every way of starting it shares."""
 
 POLL_INTERVAL = 2.0  # seconds between polls while states change
 # The back-off ceiling while nothing changes: a job's end is seen at most this late. One squeue of
 # the user's jobs every 10 s is far below what sites ask of tools.
 MAX_POLL_INTERVAL = 10.0
+# An agent with no unfinished job, no submission, no client following it and no request for this
+# long exits (login nodes frown on idle daemons); the next command starts it again. 0: never.
+IDLE_EXIT = 3600.0
+# How often the agent checks that its directory and journal are still its own (one stat each).
+HOME_CHECK_INTERVAL = 5.0

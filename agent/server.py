@@ -15,6 +15,7 @@ from typing import TypeVar
 import zmq
 
 from milex.agent.handlers import handle
+from milex.agent.lifetime import Lifetime
 from milex.agent.logs import read_chunk
 from milex.agent.pending import PendingSubmit
 from milex.agent.state import Agent, Peer
@@ -42,8 +43,17 @@ log = logging.getLogger("milex.agent")
 class AgentServer:
     """Serves one agent on one socket; `serve` returns when the agent is asked to stop."""
 
-    def __init__(self, agent: Agent, endpoint: str, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        endpoint: str,
+        context: zmq.Context | None = None,
+        *,
+        lifetime: Lifetime | None = None,
+    ) -> None:
         self.agent = agent
+        # Without one, the agent runs until asked to stop (tests, and embedding).
+        self.lifetime = lifetime
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         # Sending to a client that has gone raises, so its streams can be dropped.
@@ -91,6 +101,7 @@ class AgentServer:
             self._poll_scheduler()
             self._push_events()
             self._push_logs()
+            self._check_lifetime()
 
     def _dispatch(self, call: SchedulerCall) -> Future[str]:
         future = self.submit_workers.submit(call)
@@ -121,6 +132,8 @@ class AgentServer:
             except zmq.Again:
                 return
             self.requests += 1
+            if self.lifetime is not None:
+                self.lifetime.busy()
             peer, payload = frames[0], frames[-1]
             answer = self._answer(peer, payload)
             if isinstance(answer, PendingSubmit):
@@ -205,15 +218,32 @@ class AgentServer:
                 stream.last_sent = now
 
     def _push_logs(self) -> None:
+        """What each followed log has gained; an empty chunk as a heartbeat when it stays quiet."""
+        now = time.monotonic()
         for key, stream in list(self.agent.log_streams.items()):
             job = self.agent.journal.find(stream.job_key)
             finished = job is None or job.state.finished
             data = read_chunk(Path(stream.path), stream.offset)
             eof = not data and finished
-            if data or eof:
+            if data or eof or now - stream.last_sent >= max(stream.request.heartbeat, LOG_FOLLOW_INTERVAL):
                 chunk = LogChunk(
                     id=stream.request.id, path=stream.path, offset=stream.offset, data=data, eof=eof
                 )
                 stream.offset += len(data)
+                stream.last_sent = now
                 if not self.send(stream.peer, chunk) or eof:
                     del self.agent.log_streams[key]
+
+    def _check_lifetime(self) -> None:
+        """Stop the agent when it has no reason to run (see Lifetime), saying why in its log."""
+        if self.lifetime is None:
+            return
+        agent = self.agent
+        if self.submitting or agent.watches or agent.log_streams:  # unfinished jobs: reason_to_stop asks
+            self.lifetime.busy()
+        reason = self.lifetime.reason_to_stop(
+            lambda: bool(agent.journal.unfinished() or agent.journal.in_doubt())
+        )
+        if reason and not self.socket.poll(0, zmq.POLLIN):  # a request just in: answer it first
+            log.info("stopping: %s", reason)
+            agent.stopping = True

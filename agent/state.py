@@ -29,13 +29,14 @@ class WatchStream:
 
 @dataclass
 class LogStream:
-    """A client following a job's log: the request and how far it has read."""
+    """A client following a job's log: the request, how far it has read, and when it last heard from us."""
 
     peer: Peer
     request: Logs
     job_key: str
     path: str
     offset: int
+    last_sent: float = field(default_factory=time.monotonic)
 
 
 @dataclass

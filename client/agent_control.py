@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
-from milex.agents import client_version, connect, local_agent_dir, poll_settings
+from milex.agents import (
+    IDLE_EXIT_ENV,
+    client_version,
+    connect,
+    local_agent_dir,
+    poll_settings,
+    start_settings,
+)
 from milex.common.model import MACHINE_DIRS
 from milex.config import Machine
 
@@ -12,12 +20,16 @@ from milex.config import Machine
 def remote_agent_command(machine: Machine, action: str) -> str:
     """The shell command that runs `milex-agent ACTION` on `machine`, in its environment.
 
-    Starting also creates the machine's directories: the first use of a machine sets it up.
+    Starting also creates the machine's directories: the first use of a machine sets it up. The
+    idle exit is passed only when the environment sets it: an agent older than that option then
+    still starts, with its own default.
     """
-    settings = poll_settings()
     command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
     if action == "start":
+        settings = start_settings()
         command += f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
+        if IDLE_EXIT_ENV in os.environ:
+            command += f" --idle-exit {settings['idle_exit']}"
         dirs = " ".join(shell_path(f"{machine.path}/{name}") for name in MACHINE_DIRS)
         command = f"mkdir -p {dirs} && {command}"
     prefix = f"{machine.env_command} && " if machine.env_command else ""
@@ -38,7 +50,7 @@ def start_agent(machine: Machine) -> str:
         return run_remote(machine, remote_agent_command(machine, "start"))
     from milex.agent.daemon import start
 
-    info = start(local_agent_dir(machine), **poll_settings())
+    info = start(local_agent_dir(machine), **start_settings())
     return f"agent {info.version} running (pid {info.pid}) on {info.socket}"
 
 

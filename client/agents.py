@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypedDict
 
+from milex.common.errors import MilexError
+from milex.common.protocol import HelloReply
 from milex.config import Machine
 from milex.connection import AgentConnection
 
 POLL_INTERVAL_ENV = "MILEX_AGENT_POLL_INTERVAL"
 MAX_INTERVAL_ENV = "MILEX_AGENT_MAX_INTERVAL"
+IDLE_EXIT_ENV = "MILEX_AGENT_IDLE_EXIT"
 
 
 def client_version() -> str:
@@ -18,12 +22,44 @@ def client_version() -> str:
     return VERSION
 
 
-def poll_settings() -> dict[str, float]:
-    """The agent's SLURM poll interval and its back-off ceiling (environment overrides)."""
-    return {
-        "poll_interval": float(os.environ.get(POLL_INTERVAL_ENV, 2.0)),
-        "max_interval": float(os.environ.get(MAX_INTERVAL_ENV, 30.0)),
-    }
+class PollSettings(TypedDict):
+    poll_interval: float
+    max_interval: float
+
+
+class StartSettings(PollSettings):
+    idle_exit: float
+
+
+def poll_settings() -> PollSettings:
+    """The agent's SLURM poll interval and its back-off ceiling: the agent's own defaults
+    (`milex.agent.intervals`) unless the environment overrides them."""
+    from milex.agent import intervals
+
+    return PollSettings(
+        poll_interval=_seconds(POLL_INTERVAL_ENV, intervals.POLL_INTERVAL),
+        max_interval=_seconds(MAX_INTERVAL_ENV, intervals.MAX_POLL_INTERVAL),
+    )
+
+
+def start_settings() -> StartSettings:
+    """What a detached agent starts with: the poll settings, and how long it stays when idle."""
+    from milex.agent.intervals import IDLE_EXIT
+
+    return StartSettings(**poll_settings(), idle_exit=_seconds(IDLE_EXIT_ENV, IDLE_EXIT))
+
+
+def _seconds(variable: str, default: float) -> float:
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise MilexError(f"{variable}={text!r} is not a number of seconds; set it to one, or unset it.")
+    return seconds
 
 
 def local_agent_dir(machine: Machine) -> Path:
@@ -40,7 +76,7 @@ def endpoint(machine: Machine) -> str:
         return remote_endpoint(machine)
     from milex.agent.daemon import start
 
-    info = start(local_agent_dir(machine), **poll_settings())
+    info = start(local_agent_dir(machine), **start_settings())
     return f"ipc://{info.socket}"
 
 
@@ -64,10 +100,14 @@ def drop_shared_connection(machine: Machine) -> None:
 
 def connect(machine: Machine, *, timeout: float | None = None) -> AgentConnection:
     """A connection to `machine`'s agent whose protocol version has been checked."""
+    return greeted(machine, timeout=timeout)[0]
+
+
+def greeted(machine: Machine, *, timeout: float | None = None) -> tuple[AgentConnection, HelloReply]:
+    """A checked connection to `machine`'s agent, and what the agent said of itself (its features)."""
     connection = AgentConnection(endpoint(machine), **({"timeout": timeout} if timeout else {}))
     try:
-        connection.hello(client_version())
+        return connection, connection.hello(client_version())
     except BaseException:
         connection.close()
         raise
-    return connection

@@ -97,13 +97,14 @@ def container_run_command(
         # SELinux hosts: no relabelling of the user's files or of /etc/slurm.
         "--security-opt=label=disable",
         # A crash restarts the agent; a stop (exit 0) does not, and a refused start (another agent
-        # holds the lock) is not retried for ever.
+        # holds the lock) is not retried for ever. The container is there to keep an agent up, so
+        # it does not leave when idle (--idle-exit 0); a removed directory still ends it, cleanly.
         "--restart=on-failure:5", "--log-opt=max-size=10mb",
         *(f"--volume={volume}" for volume in volumes),
         f"--workdir={milex_path}",  # jobs start in sbatch's directory, which must exist on the host
         f"--env=MILEX={milex_path}", f"--env=HOME={home}", f"--env=USER={user}", f"--env=LOGNAME={user}",
         image, "run", "--path", milex_path,
-        "--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
+        "--poll-interval", str(poll_interval), "--max-interval", str(max_interval), "--idle-exit", "0",
     ]  # fmt: skip
 
 

@@ -1,17 +1,24 @@
-"""Following an agent's events across dropped links: reconnect, resume from the last sequence number."""
+"""Following an agent across dropped links: events from the last sequence number, logs from their offset."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from milex.agents import connect
+import msgspec
+
+from milex.agents import greeted
 from milex.common.errors import MilexError
-from milex.common.protocol import Event, Events, Watch
+from milex.common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
 from milex.config import Machine
-from milex.connection import AgentUnavailable
+from milex.connection import AgentConnection, AgentUnavailable
 
 RECONNECT_DEADLINE = 120.0
+# An agent without log heartbeats is silent while a log is: wait for it as long as the job runs.
+NO_IDLE_TIMEOUT = 365 * 24 * 3600.0
+T = TypeVar("T")
+Follow = Callable[[AgentConnection, HelloReply], Iterator[T]]
 
 
 def follow_events(machine: Machine, since: int, *, heartbeat: float = 5.0) -> Iterator[Event | None]:
@@ -21,18 +28,55 @@ def follow_events(machine: Machine, since: int, *, heartbeat: float = 5.0) -> It
     from the last event seen, so nothing is missed and nothing repeats.
     """
     last = since
+
+    def follow(connection: AgentConnection, hello: HelloReply) -> Iterator[Event | None]:
+        nonlocal last
+        watch = Watch(since=last, heartbeat=heartbeat)
+        for reply in connection.stream(watch, idle_timeout=heartbeat * 3, expect=Events):
+            for event in reply.events:
+                if event.seq > last:
+                    last = event.seq
+                    yield event
+            yield None
+
+    return reconnecting(machine, follow, timeout=heartbeat * 3)
+
+
+def follow_log(machine: Machine, request: Logs) -> Iterator[bytes]:
+    """The bytes of the log `request` names as they come, until the job ends.
+
+    When the agent or the link goes quiet for three heartbeats, the follow is re-opened from
+    the last offset received, so nothing is missed and nothing repeats. An agent without
+    heartbeats is waited for however long the log stays quiet.
+    """
+    offset = request.offset
+
+    def follow(connection: AgentConnection, hello: HelloReply) -> Iterator[bytes]:
+        nonlocal offset
+        idle = request.heartbeat * 3 if LOG_HEARTBEAT in hello.features else NO_IDLE_TIMEOUT
+        resumed = msgspec.structs.replace(request, offset=offset, follow=True)
+        for chunk in connection.stream(resumed, idle_timeout=idle, expect=LogChunk):
+            if chunk.offset == offset and chunk.data:
+                offset += len(chunk.data)
+                yield chunk.data
+            if chunk.eof:
+                return
+
+    return reconnecting(machine, follow, timeout=max(request.heartbeat * 3, 10.0))
+
+
+def reconnecting(machine: Machine, follow: Follow[T], *, timeout: float) -> Iterator[T]:
+    """What `follow` yields on a connection to `machine`'s agent, until it returns; a link that
+    drops (AgentUnavailable) is reopened with back-off and `follow` called again to resume, for up
+    to RECONNECT_DEADLINE seconds without a connection."""
     delay, gave_up_at = 0.2, time.monotonic() + RECONNECT_DEADLINE
     while True:
         try:
-            with connect(machine, timeout=heartbeat * 3) as connection:
+            connection, hello = greeted(machine, timeout=timeout)
+            with connection:
                 delay, gave_up_at = 0.2, time.monotonic() + RECONNECT_DEADLINE
-                watch = Watch(since=last, heartbeat=heartbeat)
-                for reply in connection.stream(watch, idle_timeout=heartbeat * 3, expect=Events):
-                    for event in reply.events:
-                        if event.seq > last:
-                            last = event.seq
-                            yield event
-                    yield None
+                yield from follow(connection, hello)
+                return
         except AgentUnavailable as error:
             if time.monotonic() > gave_up_at:
                 raise MilexError(

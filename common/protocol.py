@@ -16,7 +16,8 @@ from milex.common.model import Bundle, JobStatus, MachineSettings
 
 PROTOCOL_VERSION = 1
 # Behaviours added to protocol 1 that a client may ask for, named in HelloReply.features.
-AGENT_FEATURES: tuple[str, ...] = ()
+LOG_HEARTBEAT = "log_heartbeat"  # a following `Logs` gets an empty `LogChunk` after `heartbeat` s of quiet
+AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT,)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -82,13 +83,18 @@ class Unwatch(Message, tag="unwatch"):
 
 
 class Logs(Message, tag="logs"):
-    """A job's stdout or stderr from byte `offset`; with `follow`, more as it grows until the job ends."""
+    """A job's stdout or stderr from byte `offset`; with `follow`, more as it grows until the job ends.
+
+    While following, an agent with the "log_heartbeat" feature sends an empty `LogChunk` after
+    `heartbeat` seconds without one, so a quiet job can be told from a dead agent or link.
+    """
 
     job_id: str
     stream: Literal["out", "err"] = "out"
     offset: int = 0
     follow: bool = False
     array_task: int | None = None
+    heartbeat: float = 5.0
 
 
 class Shutdown(Message, tag="shutdown"):

@@ -38,14 +38,17 @@ def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | 
     from milex.agents import connect
     from milex.common.protocol import LogChunk, Logs
     from milex.config import load_config
+    from milex.watch import follow_log
 
+    target = load_config().machine(machine)
     request = Logs(job_id=job_id, stream="err" if err else "out", follow=follow, array_task=task)
-    with connect(load_config().machine(machine)) as connection:
-        for reply in connection.stream(request, idle_timeout=None if follow else 30, expect=LogChunk):
-            sys.stdout.buffer.write(reply.data)
+    if follow:
+        for data in follow_log(target, request):
+            sys.stdout.buffer.write(data)
             sys.stdout.flush()
-            if reply.eof or not follow:
-                return
+        return
+    with connect(target) as connection:
+        sys.stdout.buffer.write(connection.request(request, expect=LogChunk).data)
 
 
 @click.command("cancel")

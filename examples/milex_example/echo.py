@@ -18,6 +18,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--flag", action="store_true", help="a boolean switch")
     parser.add_argument("--output", type=str, default=None, help="also write the report here")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to wait before ending")
+    parser.add_argument("--then", type=str, default=None, help="a line to print after the sleep")
     parser.add_argument("--exit_code", type=int, default=0, help="exit with this status")
     return parser.parse_args()
 
@@ -40,9 +41,11 @@ def main() -> None:
         "user": os.environ.get("USER") or os.environ.get("SLURM_JOB_USER"),
     }
     text = json.dumps(report, sort_keys=True)
-    print(text)
+    print(text, flush=True)  # in the log at once, not when the job ends
     if args.output:
         suffix = f".{report['array_task_id']}" if report["array_task_id"] is not None else ""
         Path(args.output + suffix).write_text(text + "\n")
     time.sleep(args.sleep)
+    if args.then is not None:
+        print(args.then)
     sys.exit(args.exit_code)

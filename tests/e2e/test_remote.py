@@ -120,6 +120,30 @@ def test_agent_stop_sticks_until_the_next_command_needs_the_agent(
     assert agent_info(login_node)["pid"] != first
 
 
+@pytest.mark.parametrize("mode", ["streamlocal", "relay"])
+def test_an_idle_agent_leaves_and_the_tunnel_starts_it_again_on_the_next_command(
+    laptop: MilexHome, login_node: OtherUser, sshd: Sshd, mode: str
+) -> None:
+    if mode == "relay":  # a server that forbids stream-local forwarding: `milex-agent bridge` relays
+        machines = json.loads((laptop.root / "machines.json").read_text())
+        machines[MACHINE]["port"] = sshd.no_streamlocal_port
+        laptop.configure(machines)
+    laptop.env["MILEX_AGENT_IDLE_EXIT"] = "3"
+    laptop.milex("milex-schedule", "milex-example", "--name", "idle", "--sleep", "2", "--run-now",
+                 "--machine", MACHINE)  # fmt: skip
+    first = agent_info(login_node)["pid"]
+    [directory] = (login_node.home / "milex" / "agent").glob("*")
+
+    wait_until(lambda: read_info(directory) is None, timeout=60, what="the idle remote agent to exit")
+    assert "stopping: idle for" in (directory / "agent.log").read_text()
+    tunnel = laptop.milex("milex", "tunnel", "status", "--machine", MACHINE).stdout
+    assert "up since" in tunnel and mode in tunnel, tunnel
+
+    jobs = status(laptop, "idle")  # through the tunnel that stayed up: it starts the agent again
+    assert jobs["milex-example"]["state"] == "COMPLETED"
+    assert agent_info(login_node)["pid"] != first
+
+
 def test_watch_shows_a_failure_and_cancel_stops_a_bundle(laptop: MilexHome) -> None:
     laptop.milex("milex-schedule", "milex-example", "--name", "bad", "--exit_code", "4")
     laptop.milex("milex-schedule", "milex-example", "--name", "bad", "--append", "--job_name", "never",

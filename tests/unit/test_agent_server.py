@@ -19,6 +19,7 @@ from milex.agent.state import Agent
 from milex.common.errors import SchedulerError
 from milex.common.model import JobState, MachineSettings
 from milex.common.protocol import (
+    LOG_HEARTBEAT,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Ack,
@@ -421,3 +422,18 @@ def test_logs_follow_of_a_finished_job_ends_at_once(running):
     wait_until(lambda: running.agent.journal.find("exp_20240101000000/a").state is COMPLETED)
     stream = connection.stream(Logs(job_id="1000", follow=True), idle_timeout=DEADLINE, expect=LogChunk)
     assert (next(stream).data, next(stream).eof) == (b"all\n", True)
+
+
+def test_a_quiet_followed_log_gets_empty_chunks_at_the_heartbeat_interval(running):
+    connection = running.connect()
+    running.submit(connection, "a")
+    (Path(running.settings.path) / "slurm" / "exp_20240101000000_a-1000.out").write_bytes(b"one\n")
+    request = Logs(job_id="1000", follow=True, heartbeat=0.3)
+    stream = connection.stream(request, idle_timeout=DEADLINE, expect=LogChunk)
+    assert next(stream).data == b"one\n"
+    started = time.monotonic()
+    beats = [next(stream) for _ in range(3)]
+    elapsed = time.monotonic() - started
+    assert [(beat.offset, beat.data, beat.eof) for beat in beats] == [(4, b"", False)] * 3
+    assert 0.8 <= elapsed < 2.0
+    assert LOG_HEARTBEAT in connection.hello("0.1.0").features

@@ -42,7 +42,8 @@ def test_the_run_line_serves_the_users_path_as_the_user_in_the_hosts_namespaces(
         assert option in argv
     image = argv.index("milex-agent:latest")
     assert argv[image + 1 :] == ["run", "--path", "/home/alice/milex",
-                                 "--poll-interval", "2.0", "--max-interval", "10.0"]  # fmt: skip
+                                 "--poll-interval", "2.0", "--max-interval", "10.0",
+                                 "--idle-exit", "0"]  # fmt: skip
 
 
 def test_root_podman_and_docker_set_the_uid_with_user_alone() -> None:
@@ -194,6 +195,9 @@ def test_the_systemd_unit_restarts_the_agent_on_failure() -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
     unit.read(unit_file)
     assert "milex-agent run --path" in unit["Service"]["ExecStart"]
+    # A service kept up by systemd does not leave when idle; a clean exit (a stop, a removed
+    # directory) is not restarted.
+    assert "--idle-exit 0" in unit["Service"]["ExecStart"]
     assert unit["Service"]["Restart"] == "on-failure"
     assert unit["Install"]["WantedBy"] == "default.target"
     if shutil.which("systemd-analyze"):

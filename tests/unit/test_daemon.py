@@ -133,6 +133,21 @@ def test_start_then_start_again_is_the_same_agent_and_stop_stops_it(agent_dir):
     wait_until_gone(info.pid)
 
 
+def test_an_idle_agent_exits_cleanly_by_itself_and_says_why(agent_dir):
+    info = daemon.start(agent_dir, poll_interval=0.1, max_interval=0.5, idle_exit=0.5)
+    wait_until_gone(info.pid)
+    assert daemon.read_info(agent_dir) is None
+    assert not (agent_dir / "agent.json").exists() and not Path(info.socket).exists()
+    assert "stopping: idle for" in (agent_dir / "agent.log").read_text()
+    assert daemon.start(agent_dir, poll_interval=0.1, max_interval=0.5).pid != info.pid  # starts again
+
+
+def test_an_agent_started_with_the_idle_exit_off_stays(agent_dir):
+    info = daemon.start(agent_dir, poll_interval=0.1, max_interval=0.5, idle_exit=0)
+    time.sleep(1.0)  # nothing to wait for: the test is that nothing happens in a second of idleness
+    assert daemon.read_info(agent_dir) == info
+
+
 def test_the_socket_and_its_directory_are_private(agent_dir):
     info = daemon.start(agent_dir, poll_interval=0.1, max_interval=0.5)
     socket = Path(info.socket)

@@ -1,0 +1,67 @@
+"""What the client starts agents with: the agent's defaults (milex.agent.intervals), or the environment's."""
+
+from __future__ import annotations
+
+import pytest
+
+from milex import agent_control, agents
+from milex.agent import daemon, intervals
+from milex.common.errors import MilexError
+from milex.config import Machine
+
+ENV = (agents.POLL_INTERVAL_ENV, agents.MAX_INTERVAL_ENV, agents.IDLE_EXIT_ENV)
+
+
+@pytest.fixture(autouse=True)
+def no_overrides(monkeypatch):
+    for variable in ENV:
+        monkeypatch.delenv(variable, raising=False)
+
+
+def remote() -> Machine:
+    return Machine(name="cluster", path="~/milex", env_command="", slurm_account="", hostname="login1")
+
+
+def test_the_remote_start_command_carries_the_agents_defaults():
+    command = agent_control.remote_agent_command(remote(), "start")
+    assert (
+        f"--poll-interval {intervals.POLL_INTERVAL} --max-interval {intervals.MAX_POLL_INTERVAL}" in command
+    )
+    # The agent's own default: an agent older than --idle-exit still starts.
+    assert "--idle-exit" not in command
+
+
+def test_the_local_start_carries_the_agents_defaults(monkeypatch, tmp_path):
+    started: list[dict[str, float]] = []
+
+    def start(directory, **settings):
+        started.append(settings)
+        return daemon.AgentInfo(
+            pid=1, socket="/x.sock", version="0", started_at=0.0, directory=str(directory)
+        )
+
+    monkeypatch.setattr(daemon, "start", start)
+    agents.endpoint(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
+    agent_control.start_agent(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
+    expected = {
+        "poll_interval": intervals.POLL_INTERVAL,
+        "max_interval": intervals.MAX_POLL_INTERVAL,
+        "idle_exit": intervals.IDLE_EXIT,
+    }
+    assert started == [expected, expected]
+
+
+def test_the_environment_overrides_every_setting(monkeypatch):
+    monkeypatch.setenv(agents.POLL_INTERVAL_ENV, "0.5")
+    monkeypatch.setenv(agents.MAX_INTERVAL_ENV, "4")
+    monkeypatch.setenv(agents.IDLE_EXIT_ENV, "0")
+    assert agents.start_settings() == {"poll_interval": 0.5, "max_interval": 4.0, "idle_exit": 0.0}
+    command = agent_control.remote_agent_command(remote(), "start")
+    assert "--poll-interval 0.5 --max-interval 4.0 --idle-exit 0.0" in command
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_override_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(agents.IDLE_EXIT_ENV, value)
+    with pytest.raises(MilexError, match=f"{agents.IDLE_EXIT_ENV}='{value}' is not a number of seconds"):
+        agents.start_settings()
