@@ -21,6 +21,7 @@ from milex.records import (
     append_job,
     claim_bundle,
     load_bundle,
+    new_run_id,
     now_stamp,
     save_bundle,
     save_submission,
@@ -187,13 +188,14 @@ def submit_bundle(
         bundle=bundle.stem,
         machine=machine.name,
         submitted_at=dt.datetime.now().isoformat(timespec="seconds"),
+        run_id=new_run_id(),
     )
 
     def record(job: TrackedJob) -> None:
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
 
     try:
-        submitter_for(machine).submit(bundle, settings, record, while_waiting)
+        submitter_for(machine).submit(bundle, settings, record, while_waiting, run_id=submission.run_id)
     except SubmitError as error:
         submission.error = str(error)
         raise

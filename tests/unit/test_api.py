@@ -39,7 +39,9 @@ def no_capture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def records(jobs_dir: Path) -> list[str]:
-    return sorted(path.name for path in jobs_dir.glob("*")) if jobs_dir.exists() else []
+    """The files under `jobs_dir`, but for the lock that runs files are rewritten under."""
+    names = (path.name for path in jobs_dir.glob("*") if path.name != ".runs.lock")
+    return sorted(names) if jobs_dir.exists() else []
 
 
 def test_schedule_with_script_args_writes_a_record(milex_config, no_capture: None) -> None:
@@ -144,7 +146,7 @@ class RecordingSubmitter:
         self.jobs_dir = jobs_dir
         self.record_size_when_sent: int | None = None
 
-    def submit(self, bundle, settings, on_submitted, while_waiting) -> list[object]:
+    def submit(self, bundle, settings, on_submitted, while_waiting, run_id="") -> list[object]:
         """As AgentSubmitter does: the request is sent, `while_waiting` runs, and its error comes last."""
         from milex.common.model import JobState
         from milex.common.protocol import TrackedJob

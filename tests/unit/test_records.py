@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from milex.common.errors import BundleError
 from milex.common.model import Bundle, Job, JobState
+from milex.common.protocol import TrackedJob
 from milex.records import (
     Submission,
     SubmittedJobRecord,
     append_job,
+    apply_states,
     bundle_dates,
     list_bundles,
     load_bundle,
     load_submissions,
+    new_run_id,
     save_bundle,
     save_submission,
     submissions_path,
@@ -226,3 +233,110 @@ def test_damaged_submissions_file_says_what_to_do(jobs_dir: Path) -> None:
     submissions_path(jobs_dir, "train_20240101000000").write_text("[{")
     with pytest.raises(BundleError, match="move it aside"):
         load_submissions(jobs_dir, "train_20240101000000")
+
+
+# --- Runs made together: each has its own id and its own record ------------------------------------------
+
+
+def test_run_ids_are_unique_and_start_with_the_time() -> None:
+    ids = {new_run_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(run_id) == 23 and run_id[:14].isdigit() and run_id[14] == "-" for run_id in ids)
+
+
+def test_runs_of_the_same_second_and_machine_are_kept_apart_by_their_run_id(jobs_dir: Path) -> None:
+    first = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="1"))
+    first.run_id = "20240101100000-00000001"
+    second = msgspec.structs.replace(first, run_id="20240101100000-00000002",
+                                     jobs={"train": SubmittedJobRecord(job_id="2")})  # fmt: skip
+    save_submission(jobs_dir, first)
+    save_submission(jobs_dir, second)
+    first.jobs["train"].state = JobState.RUNNING
+    save_submission(jobs_dir, first)  # an update of the first run, not a third run
+    loaded = load_submissions(jobs_dir, "train_20240101000000")
+    assert [(s.run_id, s.jobs["train"].job_id, s.jobs["train"].state) for s in loaded] == [
+        ("20240101100000-00000002", "2", JobState.SUBMITTED),
+        ("20240101100000-00000001", "1", JobState.RUNNING),
+    ]
+
+
+def test_a_record_of_an_older_version_without_run_ids_loads_and_updates_in_place(jobs_dir: Path) -> None:
+    jobs_dir.mkdir()
+    older = [{"bundle": "train_20240101000000", "machine": "cluster", "submitted_at": "2024-01-01T10:00:00",
+              "jobs": {"train": {"job_id": "7", "script": "/s/train.sh"}}}]  # fmt: skip
+    submissions_path(jobs_dir, "train_20240101000000").write_text(json.dumps(older))
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert loaded.run_id == ""
+    loaded.jobs["train"].state = JobState.COMPLETED
+    save_submission(jobs_dir, loaded)
+    tracked = TrackedJob(key="k", bundle="train_20240101000000", name="train", job_id="7",
+                         state=JobState.FAILED, exit_code=2)  # fmt: skip
+    assert apply_states(jobs_dir, "cluster", [tracked]) == 1
+    [updated] = load_submissions(jobs_dir, "train_20240101000000")
+    assert (updated.run_id, updated.jobs["train"].state, updated.jobs["train"].exit_code) == (
+        "",
+        JobState.FAILED,
+        2,
+    )
+
+
+# Each racer saves RUNS runs of its own, one at a time, as a `milex-run` does; the `status` racer
+# meanwhile writes states into every run it finds, as `milex status` does.
+_RACER = """
+import sys
+from pathlib import Path
+from milex.common.model import JobState
+from milex.common.protocol import TrackedJob
+from milex.records import Submission, SubmittedJobRecord, apply_states, load_submissions, new_run_id
+from milex.records import save_submission
+
+jobs_dir, racer, runs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.read()
+stem = "train_20240101000000"
+for n in range(runs):
+    if racer == "status":
+        seen = [job for run in load_submissions(jobs_dir, stem) for job in run.jobs.values()]
+        apply_states(jobs_dir, "cluster", [TrackedJob(key="k", bundle=stem, name="train", job_id=job.job_id,
+                                                      state=JobState.RUNNING) for job in seen])
+        continue
+    run = Submission(bundle=stem, machine="cluster", submitted_at="2024-01-01T10:00:00", run_id=new_run_id(),
+                     jobs={"train": SubmittedJobRecord(job_id=f"{racer}.{n}")})
+    save_submission(jobs_dir, run)
+"""
+
+
+def race(jobs_dir: Path, racers: list[str], runs: int) -> None:
+    """Start one process per racer, all held at a barrier (their stdin), then let them go together."""
+    jobs_dir.mkdir(exist_ok=True)
+    command = [sys.executable, "-c", _RACER, str(jobs_dir)]
+    options: dict = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    processes = [subprocess.Popen([*command, racer, str(runs)], **options) for racer in racers]
+    try:
+        assert [process.stdout.readline() for process in processes] == ["ready\n"] * len(racers)
+        for process in processes:
+            process.stdin.close()
+        assert [process.wait(timeout=60) for process in processes] == [0] * len(racers)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+            process.stdin.close()
+            process.stdout.close()
+
+
+def test_runs_saved_by_processes_racing_are_all_recorded(jobs_dir: Path) -> None:
+    race(jobs_dir, ["a", "b", "c", "d"], runs=25)
+    loaded = load_submissions(jobs_dir, "train_20240101000000")
+    assert sorted(s.jobs["train"].job_id for s in loaded) == sorted(
+        f"{r}.{n}" for r in "abcd" for n in range(25)
+    )
+    assert len({s.run_id for s in loaded}) == 100
+
+
+def test_states_written_while_runs_are_saved_lose_no_run(jobs_dir: Path) -> None:
+    race(jobs_dir, ["a", "b", "status", "status"], runs=40)
+    loaded = load_submissions(jobs_dir, "train_20240101000000")
+    assert sorted(s.jobs["train"].job_id for s in loaded) == sorted(
+        f"{r}.{n}" for r in "ab" for n in range(40)
+    )
