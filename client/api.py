@@ -201,8 +201,24 @@ def submit_bundle(
         raise
     finally:
         if submission.jobs or submission.error:
-            save_submission(config.jobs_dir, submission)
+            _save(config.jobs_dir, submission)
     return submission
+
+
+def _save(jobs_dir: Path, submission: Submission) -> None:
+    """Record `submission`; if that fails, the error says which jobs were submitted all the same."""
+    try:
+        save_submission(jobs_dir, submission)
+    except BundleError as error:
+        if not submission.jobs:
+            raise
+        jobs = ", ".join(f"{name}={record.job_id}" for name, record in submission.jobs.items())
+        machine = "" if submission.machine == "local" else f" --machine {submission.machine}"
+        also = f" ({submission.error})" if submission.error else ""
+        raise BundleError(
+            f"{error} The jobs of run {submission.run_id} were submitted{also}: {jobs}. The agent "
+            f"keeps them: once there is space, `milex status{machine}` records them."
+        ) from None
 
 
 def _with_overrides(machine: Machine, overrides: dict[str, str]) -> Any:

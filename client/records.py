@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import secrets
@@ -46,6 +47,9 @@ class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
     def identity(self) -> tuple[str, ...]:
         """What tells this run from the others of its bundle."""
         return (self.run_id,) if self.run_id else (self.submitted_at, self.machine)
+
+
+_RUN_ID = re.compile(r"\d{14}-[0-9a-f]{8}")
 
 
 def new_run_id() -> str:
@@ -135,7 +139,7 @@ def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
 def write_bundle(path: Path, bundle: Bundle) -> None:
     """Write the record of `bundle` to `path` (claimed); the empty claim is removed if that fails."""
     try:
-        atomic_write(path, encode_bundle(bundle))
+        write_record(path, encode_bundle(bundle))
     except BaseException:
         if path.exists() and path.stat().st_size == 0:
             path.unlink()
@@ -155,8 +159,21 @@ def append_job(jobs_dir: Path, bundle_name: str, job: Job) -> tuple[Bundle, Path
         )
     bundle.jobs[job.name] = job
     path = bundle_path(jobs_dir, bundle.name, bundle.created)
-    atomic_write(path, encode_bundle(bundle))
+    write_record(path, encode_bundle(bundle))
     return bundle, path
+
+
+def write_record(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace the record at `path` in one step (the old one stays whole if that fails); a BundleError
+    naming the file when it cannot be written, saying so when the disk is full."""
+    try:
+        atomic_write(path, data, durable=durable)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BundleError(
+                f"cannot write {path}: the disk is full ({error.strerror}); free some space there and retry."
+            ) from None
+        raise BundleError(f"cannot write {path}: {error.strerror or error}.") from None
 
 
 def _next_second(stamp: str) -> str:
@@ -187,20 +204,41 @@ def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) ->
         by_bundle.setdefault(job.bundle, {})[job.job_id] = job
     changed = 0
     for stem, jobs in by_bundle.items():
-        if submissions_path(jobs_dir, stem).exists():
+        # Only bundles recorded here: the agent also tracks jobs submitted from elsewhere.
+        if submissions_path(jobs_dir, stem).exists() or (jobs_dir / f"{stem}.json").exists():
             changed += update_submissions(jobs_dir, stem, partial(_take_states, machine, jobs))
     return changed
 
 
 def _take_states(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
-    """Copy the states of `jobs` into the runs of `history` made on `machine`; how many runs changed."""
+    """Copy the states of `jobs` into the runs of `history` made on `machine`, and add the runs the
+    record lacks (see `_restore_runs`); how many runs changed."""
     changed = 0
     for submission in history:
         if submission.machine == machine:
             touched = [record.take(jobs[record.job_id]) for record in submission.jobs.values()
                        if record.job_id in jobs]  # fmt: skip
             changed += any(touched)
-    return changed
+    return changed + _restore_runs(machine, jobs, history)
+
+
+def _restore_runs(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
+    """Add to `history` the runs whose jobs the agent tracks but whose record was never written (a full
+    disk, a killed `milex-run`): a job's idempotency key ends with its run's id. How many were added."""
+    ours = [s for s in history if s.machine == machine]
+    recorded = {s.run_id for s in history} | {r.job_id for s in ours for r in s.jobs.values()}
+    restored: dict[str, Submission] = {}
+    for job in jobs.values():
+        run_id = job.key.rpartition("/")[2]
+        if not job.job_id or job.job_id in recorded or run_id in recorded or not _RUN_ID.fullmatch(run_id):
+            continue
+        if run_id not in restored:
+            at = dt.datetime.strptime(run_id[:14], DATE_FORMAT).isoformat()
+            restored[run_id] = Submission(bundle=job.bundle, machine=machine, submitted_at=at, run_id=run_id)
+        restored[run_id].jobs[job.name] = record = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+        record.take(job)
+    history.extend(sorted(restored.values(), key=lambda run: run.run_id))
+    return len(restored)
 
 
 def save_submission(jobs_dir: Path, submission: Submission) -> Path:
@@ -230,7 +268,7 @@ def update_submissions(jobs_dir: Path, bundle_stem: str, change: Callable[[list[
         if changed:
             # Not fsynced: the agent's journal holds the same ids and states durably.
             data = msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n"
-            atomic_write(path, data, durable=False)
+            write_record(path, data, durable=False)
     finally:
         os.close(lock)
     return changed

@@ -340,3 +340,67 @@ def test_states_written_while_runs_are_saved_lose_no_run(jobs_dir: Path) -> None
     assert sorted(s.jobs["train"].job_id for s in loaded) == sorted(
         f"{r}.{n}" for r in "ab" for n in range(40)
     )
+
+
+# --- Records that cannot be written, and runs the agent knows that the record lacks ---------------------
+
+
+def test_a_full_disk_is_a_bundle_error_naming_the_file_and_the_old_record_stays(
+    jobs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from milex import records as records_module
+
+    saved = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="1"))
+    save_submission(jobs_dir, saved)
+    before = submissions_path(jobs_dir, saved.bundle).read_bytes()
+
+    def disk_full(path: Path, data: bytes, **options: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records_module, "atomic_write", disk_full)
+    with pytest.raises(BundleError) as error:
+        save_submission(jobs_dir, submission("2024-01-01T11:00:00", train=SubmittedJobRecord(job_id="2")))
+    path = submissions_path(jobs_dir, saved.bundle)
+    assert str(error.value) == (
+        f"cannot write {path}: the disk is full (No space left on device); free some space there and retry."
+    )
+    assert path.read_bytes() == before
+
+
+def tracked(name: str, job_id: str, run: str, state: JobState = JobState.RUNNING) -> TrackedJob:
+    stem = "train_20240101000000"
+    return TrackedJob(key=f"{stem}/{name}/{run}", bundle=stem, name=name, job_id=job_id, state=state)
+
+
+def test_states_restore_a_run_whose_record_was_never_written(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("prepare"), job("train")))
+    run = "20240101100000-0123abcd"
+    jobs = [tracked("prepare", "11", run, JobState.COMPLETED), tracked("train", "12", run)]
+    assert apply_states(jobs_dir, "cluster", jobs) == 1
+    [restored] = load_submissions(jobs_dir, "train_20240101000000")
+    assert (restored.run_id, restored.machine, restored.submitted_at) == (
+        run,
+        "cluster",
+        "2024-01-01T10:00:00",
+    )
+    assert {name: (r.job_id, r.state) for name, r in restored.jobs.items()} == {
+        "prepare": ("11", JobState.COMPLETED),
+        "train": ("12", JobState.RUNNING),
+    }
+    assert apply_states(jobs_dir, "cluster", jobs) == 0  # restored once, then only updated
+    assert len(load_submissions(jobs_dir, "train_20240101000000")) == 1
+
+
+def test_states_restore_no_run_that_is_recorded_or_not_of_this_laptop(jobs_dir: Path) -> None:
+    recorded = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="7"))  # an older version's
+    save_submission(jobs_dir, recorded)
+    jobs = [tracked("train", "7", "5f0c1a2b3c4d"), tracked("train", "8", "0123456789ab")]  # uuid attempts
+    assert apply_states(jobs_dir, "cluster", jobs) == 1  # job 7's state only
+    assert load_submissions(jobs_dir, "train_20240101000000")[0].jobs["train"].state is JobState.RUNNING
+    assert len(load_submissions(jobs_dir, "train_20240101000000")) == 1
+    other = TrackedJob(key="other_20240101000000/a/20240101100000-0123abcd", bundle="other_20240101000000",
+                       name="a", job_id="9", state=JobState.RUNNING)  # fmt: skip
+    assert apply_states(jobs_dir, "cluster", [other]) == 0  # a bundle not recorded here
+    assert not submissions_path(jobs_dir, "other_20240101000000").exists()
