@@ -48,7 +48,7 @@ def _decode_job(key: str, raw: Any, source: str) -> Job:
     where = f"{source}, job {key!r}"
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: a job must be a JSON object, not {type(raw).__name__}.")
-    fields = {_LEGACY_KEYS.get(k, k): v for k, v in raw.items() if v is not None}
+    fields: dict[str, Any] = {_LEGACY_KEYS.get(str(k), str(k)): v for k, v in raw.items() if v is not None}
     for field in fields:
         if field not in _JOB_FIELDS:  # Job drops unknown fields (as the wire must): refuse them here
             raise BundleError(unknown_key(where, field, _JOB_FIELDS))
