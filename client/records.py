@@ -134,6 +134,8 @@ def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
             return path
         except FileExistsError:
             bundle.created = _next_second(bundle.created)
+        except OSError as error:  # no inode left, a read-only directory...
+            raise cannot_write(path, error) from None
 
 
 def write_bundle(path: Path, bundle: Bundle) -> None:
@@ -169,11 +171,16 @@ def write_record(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
         atomic_write(path, data, durable=durable)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BundleError(
-                f"cannot write {path}: the disk is full ({error.strerror}); free some space there and retry."
-            ) from None
-        raise BundleError(f"cannot write {path}: {error.strerror or error}.") from None
+        raise cannot_write(path, error) from None
+
+
+def cannot_write(path: Path, error: OSError) -> BundleError:
+    """The error to show for a record `path` that `error` kept from being written."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BundleError(
+            f"cannot write {path}: the disk is full ({error.strerror}); free some space there and retry."
+        )
+    return BundleError(f"cannot write {path}: {error.strerror or error}.")
 
 
 def _next_second(stamp: str) -> str:
@@ -223,22 +230,25 @@ def _take_states(machine: str, jobs: dict[str, TrackedJob], history: list[Submis
 
 
 def _restore_runs(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
-    """Add to `history` the runs whose jobs the agent tracks but whose record was never written (a full
-    disk, a killed `milex-run`): a job's idempotency key ends with its run's id. How many were added."""
-    ours = [s for s in history if s.machine == machine]
-    recorded = {s.run_id for s in history} | {r.job_id for s in ours for r in s.jobs.values()}
-    restored: dict[str, Submission] = {}
+    """Add to `history` the jobs the agent tracks that no run records (a record the laptop could not
+    write: a full disk, a killed `milex-run`), each to its run: a job's idempotency key ends with its
+    run's id. How many runs were added or completed."""
+    runs = {s.run_id: s for s in history if s.run_id}
+    recorded = {r.job_id for s in history if s.machine == machine for r in s.jobs.values()}
+    changed: set[str] = set()
     for job in jobs.values():
         run_id = job.key.rpartition("/")[2]
-        if not job.job_id or job.job_id in recorded or run_id in recorded or not _RUN_ID.fullmatch(run_id):
+        if not job.job_id or job.job_id in recorded or not _RUN_ID.fullmatch(run_id):
             continue
-        if run_id not in restored:
+        if run_id not in runs:
             at = dt.datetime.strptime(run_id[:14], DATE_FORMAT).isoformat()
-            restored[run_id] = Submission(bundle=job.bundle, machine=machine, submitted_at=at, run_id=run_id)
-        restored[run_id].jobs[job.name] = record = SubmittedJobRecord(job_id=job.job_id, script=job.script)
-        record.take(job)
-    history.extend(sorted(restored.values(), key=lambda run: run.run_id))
-    return len(restored)
+            runs[run_id] = Submission(bundle=job.bundle, machine=machine, submitted_at=at, run_id=run_id)
+            history.append(runs[run_id])
+        if job.name not in runs[run_id].jobs:
+            runs[run_id].jobs[job.name] = record = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+            record.take(job)
+            changed.add(run_id)
+    return len(changed)
 
 
 def save_submission(jobs_dir: Path, submission: Submission) -> Path:
@@ -259,8 +269,11 @@ def update_submissions(jobs_dir: Path, bundle_stem: str, change: Callable[[list[
     and write them back if it did; all under the jobs directory's lock, so concurrent runs and state
     updates never overwrite each other's records. Returns what `change` returned."""
     path = submissions_path(jobs_dir, bundle_stem)
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    lock = take_lock(jobs_dir / _SUBMISSIONS_LOCK, wait=True)
+    try:
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        lock = take_lock(jobs_dir / _SUBMISSIONS_LOCK, wait=True)
+    except OSError as error:
+        raise cannot_write(path, error) from None
     assert lock is not None  # impossible: a waiting take_lock returns once it holds the lock
     try:
         history = load_submissions(jobs_dir, bundle_stem)

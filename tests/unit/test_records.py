@@ -404,3 +404,25 @@ def test_states_restore_no_run_that_is_recorded_or_not_of_this_laptop(jobs_dir: 
                        name="a", job_id="9", state=JobState.RUNNING)  # fmt: skip
     assert apply_states(jobs_dir, "cluster", [other]) == 0  # a bundle not recorded here
     assert not submissions_path(jobs_dir, "other_20240101000000").exists()
+
+
+def test_states_one_job_at_a_time_restore_the_whole_run(jobs_dir: Path) -> None:
+    # `milex status --watch` applies each event on its own: the run is completed job by job.
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("prepare"), job("train")))
+    run = "20240101100000-0123abcd"
+    assert apply_states(jobs_dir, "cluster", [tracked("prepare", "11", run)]) == 1
+    assert apply_states(jobs_dir, "cluster", [tracked("train", "12", run)]) == 1
+    [restored] = load_submissions(jobs_dir, "train_20240101000000")
+    assert {name: r.job_id for name, r in restored.jobs.items()} == {"prepare": "11", "train": "12"}
+
+
+def test_a_job_the_agent_accepted_beyond_a_recorded_run_is_added_to_it(jobs_dir: Path) -> None:
+    run = "20240101100000-0123abcd"
+    partial = submission("2024-01-01T10:00:00", prepare=SubmittedJobRecord(job_id="11"))
+    partial.run_id, partial.error = run, "the agent stopped answering"
+    save_submission(jobs_dir, partial)
+    assert (
+        apply_states(jobs_dir, "cluster", [tracked("prepare", "11", run), tracked("train", "12", run)]) == 2
+    )
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert {name: r.job_id for name, r in loaded.jobs.items()} == {"prepare": "11", "train": "12"}
