@@ -85,6 +85,17 @@ def start(
     if info is not None:
         return info
     private_directory(directory)
+    # Commands starting the agent together queue here: the first starts it, the others then find it.
+    starting = take_lock(directory / "start.lock", wait=True)
+    assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
+    try:
+        return read_info(directory) or _launch(directory, poll_interval, max_interval)
+    finally:
+        os.close(starting)
+
+
+def _launch(directory: Path, poll_interval: float, max_interval: float) -> AgentInfo:
+    """Start the agent of `directory` detached; its info once it serves."""
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
     command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory),

@@ -21,6 +21,7 @@ from milex.records import (
     append_job,
     claim_bundle,
     load_bundle,
+    new_run_id,
     now_stamp,
     save_bundle,
     save_submission,
@@ -187,20 +188,37 @@ def submit_bundle(
         bundle=bundle.stem,
         machine=machine.name,
         submitted_at=dt.datetime.now().isoformat(timespec="seconds"),
+        run_id=new_run_id(),
     )
 
     def record(job: TrackedJob) -> None:
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
 
     try:
-        submitter_for(machine).submit(bundle, settings, record, while_waiting)
+        submitter_for(machine).submit(bundle, settings, record, while_waiting, run_id=submission.run_id)
     except SubmitError as error:
         submission.error = str(error)
         raise
     finally:
         if submission.jobs or submission.error:
-            save_submission(config.jobs_dir, submission)
+            _save(config.jobs_dir, submission)
     return submission
+
+
+def _save(jobs_dir: Path, submission: Submission) -> None:
+    """Record `submission`; if that fails, the error says which jobs were submitted all the same."""
+    try:
+        save_submission(jobs_dir, submission)
+    except BundleError as error:
+        if not submission.jobs:
+            raise
+        jobs = ", ".join(f"{name}={record.job_id}" for name, record in submission.jobs.items())
+        machine = "" if submission.machine == "local" else f" --machine {submission.machine}"
+        also = f" ({submission.error})" if submission.error else ""
+        raise BundleError(
+            f"{error} The jobs of run {submission.run_id} were submitted{also}: {jobs}. The agent "
+            f"keeps them: once there is space, `milex status{machine}` records them."
+        ) from None
 
 
 def _with_overrides(machine: Machine, overrides: dict[str, str]) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from milex.common.errors import ConfigError
+from milex.common.errors import ConfigError, unknown_key
 from milex.common.model import MachineSettings
 
 CONFIG_ENV = "MILEX_CONFIG"
@@ -124,9 +123,7 @@ def _machine(name: str, raw: Any, source: Path) -> Machine:
         raise ConfigError(f"{where}: must be a JSON object with keys {', '.join(REQUIRED_KEYS)}.")
     for key in raw:
         if key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(KNOWN_KEYS)}.")
+            raise ConfigError(unknown_key(where, key, KNOWN_KEYS))
     required = [*REQUIRED_KEYS, *(REMOTE_KEYS if "hostname" in raw else ())]
     missing = [key for key in required if key not in raw]
     if missing and "hostname" in raw and _ssh_config_knows(raw["hostname"]):

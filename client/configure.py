@@ -32,8 +32,12 @@ def template() -> str:
     return dump_config({DEFAULT_MACHINE: local})
 
 
-def find_editor() -> str:
-    """`$VISUAL`, `$EDITOR`, git's `core.editor`, then `nano`."""
+FALLBACK_EDITOR = "nano"
+EDITOR_SETTINGS = "$VISUAL, $EDITOR or git's core.editor"
+
+
+def configured_editor() -> str | None:
+    """The editor the user chose: `$VISUAL`, `$EDITOR`, then git's `core.editor`; None if none is set."""
     for variable in ("VISUAL", "EDITOR"):
         if os.environ.get(variable):
             return os.environ[variable]
@@ -41,7 +45,12 @@ def find_editor() -> str:
         git = subprocess.run(["git", "config", "core.editor"], capture_output=True, text=True, check=False)
         if git.returncode == 0 and git.stdout.strip():
             return git.stdout.strip()
-    return "nano"
+    return None
+
+
+def find_editor() -> str:
+    """The editor the user chose, else `nano` (a terminal editor)."""
+    return configured_editor() or FALLBACK_EDITOR
 
 
 def open_in_editor(path: Path, editor: str) -> None:
@@ -54,7 +63,9 @@ def open_in_editor(path: Path, editor: str) -> None:
         )
 
 
-def edit_config(path: Path, confirm: Callable[[str], bool], report: Callable[[str], None]) -> Config:
+def edit_config(
+    path: Path, confirm: Callable[[str], bool], report: Callable[[str], None], editor: str | None = None
+) -> Config:
     """Open the configuration in the editor until it validates, then save it and set machines up.
 
     The text being edited lives in a draft beside the configuration, so nothing the user typed is
@@ -63,7 +74,7 @@ def edit_config(path: Path, confirm: Callable[[str], bool], report: Callable[[st
     draft = path.with_name(f"{path.name}.draft.json")
     if not draft.exists():
         atomic_write(draft, (path.read_text() if path.exists() else template()).encode(), mode=0o600)
-    editor = find_editor()
+    editor = editor or find_editor()
     while True:
         open_in_editor(draft, editor)
         try:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
-from collections.abc import Iterable
+import secrets
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import msgspec
 
 from milex.common.errors import BundleError
-from milex.common.files import atomic_write
+from milex.common.files import atomic_write, take_lock
 from milex.common.model import DATE_FORMAT, Bundle, Job, JobState, JobStatus
 from milex.common.protocol import TrackedJob
 from milex.common.record_format import decode_bundle, encode_bundle
 
 _BUNDLE_FILE = re.compile(r"(?P<name>.+)_(?P<date>\d{14})\.json")
 SUBMISSIONS_SUFFIX = ".runs.json"
+_SUBMISSIONS_LOCK = ".runs.lock"  # one for the directory: held only while a runs file is rewritten
 
 
 class SubmittedJobRecord(JobStatus):
@@ -33,8 +37,24 @@ class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
     bundle: str
     machine: str
     submitted_at: str
+    # Unique to this run (time and randomness), also the attempt part of the agent's idempotency keys;
+    # empty in records of versions before it, which are told apart by time and machine.
+    run_id: str = ""
     jobs: dict[str, SubmittedJobRecord] = {}
     error: str = ""
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What tells this run from the others of its bundle."""
+        return (self.run_id,) if self.run_id else (self.submitted_at, self.machine)
+
+
+_RUN_ID = re.compile(r"\d{14}-[0-9a-f]{8}")
+
+
+def new_run_id() -> str:
+    """A run id: the local time to the second, then 8 random hex digits (unique across processes)."""
+    return f"{now_stamp()}-{secrets.token_hex(4)}"
 
 
 def now_stamp() -> str:
@@ -114,12 +134,14 @@ def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
             return path
         except FileExistsError:
             bundle.created = _next_second(bundle.created)
+        except OSError as error:  # no inode left, a read-only directory...
+            raise cannot_write(path, error) from None
 
 
 def write_bundle(path: Path, bundle: Bundle) -> None:
     """Write the record of `bundle` to `path` (claimed); the empty claim is removed if that fails."""
     try:
-        atomic_write(path, encode_bundle(bundle))
+        write_record(path, encode_bundle(bundle))
     except BaseException:
         if path.exists() and path.stat().st_size == 0:
             path.unlink()
@@ -139,8 +161,26 @@ def append_job(jobs_dir: Path, bundle_name: str, job: Job) -> tuple[Bundle, Path
         )
     bundle.jobs[job.name] = job
     path = bundle_path(jobs_dir, bundle.name, bundle.created)
-    atomic_write(path, encode_bundle(bundle))
+    write_record(path, encode_bundle(bundle))
     return bundle, path
+
+
+def write_record(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace the record at `path` in one step (the old one stays whole if that fails); a BundleError
+    naming the file when it cannot be written, saying so when the disk is full."""
+    try:
+        atomic_write(path, data, durable=durable)
+    except OSError as error:
+        raise cannot_write(path, error) from None
+
+
+def cannot_write(path: Path, error: OSError) -> BundleError:
+    """The error to show for a record `path` that `error` kept from being written."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BundleError(
+            f"cannot write {path}: the disk is full ({error.strerror}); free some space there and retry."
+        )
+    return BundleError(f"cannot write {path}: {error.strerror or error}.")
 
 
 def _next_second(stamp: str) -> str:
@@ -154,10 +194,12 @@ def submissions_path(jobs_dir: Path, bundle_stem: str) -> Path:
 def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
     """Every submission recorded for the bundle `NAME_DATE`, oldest first."""
     path = submissions_path(jobs_dir, bundle_stem)
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return []
     try:
-        return msgspec.json.decode(path.read_bytes(), type=list[Submission])
+        return msgspec.json.decode(data, type=list[Submission])
     except msgspec.DecodeError as error:
         raise BundleError(f"{path} is damaged ({error}); move it aside to continue.") from None
 
@@ -169,28 +211,77 @@ def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) ->
         by_bundle.setdefault(job.bundle, {})[job.job_id] = job
     changed = 0
     for stem, jobs in by_bundle.items():
-        if not submissions_path(jobs_dir, stem).exists():
-            continue
-        for submission in load_submissions(jobs_dir, stem):
-            if submission.machine != machine:
-                continue
-            touched = [record.take(jobs[record.job_id]) for record in submission.jobs.values()
-                       if record.job_id in jobs]  # fmt: skip
-            if any(touched):
-                save_submission(jobs_dir, submission)
-                changed += 1
+        # Only bundles recorded here: the agent also tracks jobs submitted from elsewhere.
+        if submissions_path(jobs_dir, stem).exists() or (jobs_dir / f"{stem}.json").exists():
+            changed += update_submissions(jobs_dir, stem, partial(_take_states, machine, jobs))
     return changed
 
 
+def _take_states(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
+    """Copy the states of `jobs` into the runs of `history` made on `machine`, and add the runs the
+    record lacks (see `_restore_runs`); how many runs changed."""
+    changed = 0
+    for submission in history:
+        if submission.machine == machine:
+            touched = [record.take(jobs[record.job_id]) for record in submission.jobs.values()
+                       if record.job_id in jobs]  # fmt: skip
+            changed += any(touched)
+    return changed + _restore_runs(machine, jobs, history)
+
+
+def _restore_runs(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
+    """Add to `history` the jobs the agent tracks that no run records (a record the laptop could not
+    write: a full disk, a killed `milex-run`), each to its run: a job's idempotency key ends with its
+    run's id. How many runs were added or completed."""
+    runs = {s.run_id: s for s in history if s.run_id}
+    recorded = {r.job_id for s in history if s.machine == machine for r in s.jobs.values()}
+    changed: set[str] = set()
+    for job in jobs.values():
+        run_id = job.key.rpartition("/")[2]
+        if not job.job_id or job.job_id in recorded or not _RUN_ID.fullmatch(run_id):
+            continue
+        if run_id not in runs:
+            at = dt.datetime.strptime(run_id[:14], DATE_FORMAT).isoformat()
+            runs[run_id] = Submission(bundle=job.bundle, machine=machine, submitted_at=at, run_id=run_id)
+            history.append(runs[run_id])
+        if job.name not in runs[run_id].jobs:
+            runs[run_id].jobs[job.name] = record = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+            record.take(job)
+            changed.add(run_id)
+    return len(changed)
+
+
 def save_submission(jobs_dir: Path, submission: Submission) -> Path:
-    """Add or update `submission` (matched by its time and machine) in its bundle's local record."""
-    path = submissions_path(jobs_dir, submission.bundle)
-    history = [
-        s
-        for s in load_submissions(jobs_dir, submission.bundle)
-        if (s.submitted_at, s.machine) != (submission.submitted_at, submission.machine)
-    ]
-    history.append(submission)
-    # Not fsynced: the agent's journal holds the same ids and states durably.
-    atomic_write(path, msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n", durable=False)
-    return path
+    """Add or update `submission` (matched by its run id, or for older records by time and machine)
+    in its bundle's local record."""
+
+    def put(history: list[Submission]) -> int:
+        history[:] = [s for s in history if s.identity != submission.identity]
+        history.append(submission)
+        return 1
+
+    update_submissions(jobs_dir, submission.bundle, put)
+    return submissions_path(jobs_dir, submission.bundle)
+
+
+def update_submissions(jobs_dir: Path, bundle_stem: str, change: Callable[[list[Submission]], int]) -> int:
+    """Read the runs of `bundle_stem`, let `change` change them in place (it says how many it changed),
+    and write them back if it did; all under the jobs directory's lock, so concurrent runs and state
+    updates never overwrite each other's records. Returns what `change` returned."""
+    path = submissions_path(jobs_dir, bundle_stem)
+    try:
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        lock = take_lock(jobs_dir / _SUBMISSIONS_LOCK, wait=True)
+    except OSError as error:
+        raise cannot_write(path, error) from None
+    assert lock is not None  # impossible: a waiting take_lock returns once it holds the lock
+    try:
+        history = load_submissions(jobs_dir, bundle_stem)
+        changed = change(history)
+        if changed:
+            # Not fsynced: the agent's journal holds the same ids and states durably.
+            data = msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n"
+            write_record(path, data, durable=False)
+    finally:
+        os.close(lock)
+    return changed

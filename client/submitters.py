@@ -31,14 +31,16 @@ class AgentSubmitter:
         settings: MachineSettings,
         on_submitted: Callable[[TrackedJob], None],
         while_waiting: Callable[[], None] = lambda: None,
+        run_id: str = "",
     ) -> list[TrackedJob]:
         """Submit `bundle`; `while_waiting` runs once the request is on its way, while the agent works.
 
         A lost reply is retried once with the same keys, so nothing doubles. If `while_waiting`
         fails, the reply is still collected (the jobs are submitted and reach `on_submitted`) before
-        its error is raised.
+        its error is raised. `run_id` (the run's record id) is the keys' per-attempt part, so a job in
+        SLURM names the run it belongs to.
         """
-        attempt = uuid.uuid4().hex[:12]
+        attempt = run_id or uuid.uuid4().hex[:12]
         keys = {name: f"{bundle.stem}/{name}/{attempt}" for name in bundle.jobs}
         request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
         # The agent answers once every job is submitted: give a big bundle the time its sbatch calls take.

@@ -31,3 +31,12 @@ class SubmitError(MilexError):
 
 class SchedulerError(MilexError):
     """A scheduler command (sbatch, squeue, ...) could not be run or failed."""
+
+
+def unknown_key(where: str, key: str, known: tuple[str, ...]) -> str:
+    """The message for an unknown `key` in what the user wrote at `where`: the closest known key, or all."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(known)}."

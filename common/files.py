@@ -65,11 +65,12 @@ def is_locked(path: Path) -> bool:
     return False
 
 
-def take_lock(path: Path) -> int | None:
-    """An exclusive flock on `path`, held until the returned descriptor is closed; None if taken."""
+def take_lock(path: Path, *, wait: bool = False) -> int | None:
+    """An exclusive flock on `path`, held until the returned descriptor is closed; None if taken
+    (with `wait`, waits for the holder to let go instead)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None

@@ -16,8 +16,12 @@ MACHINE_DIRS = ("jobs", "slurm", "models", "results", "data")
 DEPENDENCY_TYPES = ("afterok", "afterany", "afternotok", "after", "aftercorr")
 
 
-class SlurmOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """Resources and scheduling options of one job; `None` leaves the cluster's default."""
+class SlurmOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Resources and scheduling options of one job; `None` leaves the cluster's default.
+
+    Like `Job`, tolerant of unknown fields (dropped): it travels on the wire, where a newer client may
+    send one more option. Where the user writes (records), common/record_format.py checks the keys.
+    """
 
     time: str | None = None
     cpus_per_task: int | None = None
@@ -56,8 +60,12 @@ class SlurmOptions(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkn
         return self
 
 
-class Job(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """One app run: the command (`script`), its captured arguments, and how SLURM should run it."""
+class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One app run: the command (`script`), its captured arguments, and how SLURM should run it.
+
+    Unknown fields are dropped when decoded (the wire's rule); a record's unknown keys are refused
+    by common/record_format.py, which names them.
+    """
 
     name: str
     script: str

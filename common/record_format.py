@@ -6,13 +6,14 @@ from typing import Any
 
 import msgspec
 
-from milex.common.errors import BundleError
+from milex.common.errors import BundleError, unknown_key
 from milex.common.model import Bundle, Job, SlurmOptions
 
 SCHEMA_VERSION = 1
 # Bundles are keyed by job name, so bundle-level metadata sits under a key no job name can take.
 METADATA_KEY = "_milex"
 _SLURM_FIELDS = frozenset(SlurmOptions.__struct_fields__)
+_JOB_FIELDS = Job.__struct_fields__
 # Keys the reference implementation wrote with another spelling.
 _LEGACY_KEYS = {"pre-commands": "pre_commands", "args": "script_args"}
 
@@ -47,7 +48,10 @@ def _decode_job(key: str, raw: Any, source: str) -> Job:
     where = f"{source}, job {key!r}"
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: a job must be a JSON object, not {type(raw).__name__}.")
-    fields = {_LEGACY_KEYS.get(k, k): v for k, v in raw.items() if v is not None}
+    fields: dict[str, Any] = {_LEGACY_KEYS.get(str(k), str(k)): v for k, v in raw.items() if v is not None}
+    for field in fields:
+        if field not in _JOB_FIELDS:  # Job drops unknown fields (as the wire must): refuse them here
+            raise BundleError(unknown_key(where, field, _JOB_FIELDS))
     fields.setdefault("name", key)
     slurm = fields.get("slurm", {})
     if isinstance(slurm, dict):

@@ -21,19 +21,34 @@ from milex.cli import reports_errors
 def configuration(source: Path | None) -> None:
     """Edit the machine configuration (~/.milexconfig) and set the machines up."""
     from milex.config import config_path, parse_config
-    from milex.configure import edit_config, install_config
+    from milex.configure import (
+        EDITOR_SETTINGS,
+        FALLBACK_EDITOR,
+        configured_editor,
+        edit_config,
+        install_config,
+    )
 
     path = config_path()
     if source is not None:
         text = source.read_text()
         install_config(parse_config(text, source), text, path, report=click.echo)
         return
-    if not sys.stdin.isatty():
+    # An editor the user set (a GUI editor such as `code --wait`, a script) needs no terminal, as
+    # with git; only the fallback, a terminal editor, does.
+    editor = configured_editor()
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    if editor is None and not terminal:
         raise click.UsageError(
-            "milex-configuration opens an editor and needs a terminal; use "
+            f"milex-configuration opens an editor: none is set ({EDITOR_SETTINGS}) and there is no "
+            f"terminal for {FALLBACK_EDITOR}. Set one of them (`code --wait` or a script works), or use "
             "`milex-configuration --from FILE` or `milex config set` in scripts."
         )
-    edit_config(path, confirm=lambda q: click.confirm(q, default=True), report=click.echo)
+
+    def confirm(question: str) -> bool:  # without a terminal, no one to ask: the draft is kept
+        return terminal and click.confirm(question, default=True)
+
+    edit_config(path, confirm=confirm, report=click.echo, editor=editor)
 
 
 @click.group("config")

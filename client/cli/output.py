@@ -25,7 +25,8 @@ def print_submission(submission: Submission, states: Mapping[str, JobStatus] | N
     widths = [
         max([len(column)] + [len(str(_text(row[i]))) for row in rows]) for i, column in enumerate(_COLUMNS)
     ]
-    click.echo(f"{submission.bundle} on {submission.machine}")
+    run = f" (run {submission.run_id})" if submission.run_id else ""
+    click.echo(f"{submission.bundle} on {submission.machine}{run}")
     click.echo(
         "  ".join(column.ljust(width) for column, width in zip(_COLUMNS, widths, strict=True)).rstrip()
     )

@@ -25,4 +25,5 @@ def list_records(name: str | None) -> None:
                 f"{job}={record.job_id}:{record.state.value}" for job, record in submission.jobs.items()
             )
             failed = "  (incomplete: see the record)" if submission.error else ""
-            click.echo(f"    {submission.submitted_at} on {submission.machine}: {jobs}{failed}")
+            run = f" run {submission.run_id}" if submission.run_id else ""
+            click.echo(f"    {submission.submitted_at}{run} on {submission.machine}: {jobs}{failed}")

@@ -39,7 +39,9 @@ def no_capture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def records(jobs_dir: Path) -> list[str]:
-    return sorted(path.name for path in jobs_dir.glob("*")) if jobs_dir.exists() else []
+    """The files under `jobs_dir`, but for the lock that runs files are rewritten under."""
+    names = (path.name for path in jobs_dir.glob("*") if path.name != ".runs.lock")
+    return sorted(names) if jobs_dir.exists() else []
 
 
 def test_schedule_with_script_args_writes_a_record(milex_config, no_capture: None) -> None:
@@ -144,7 +146,7 @@ class RecordingSubmitter:
         self.jobs_dir = jobs_dir
         self.record_size_when_sent: int | None = None
 
-    def submit(self, bundle, settings, on_submitted, while_waiting) -> list[object]:
+    def submit(self, bundle, settings, on_submitted, while_waiting, run_id="") -> list[object]:
         """As AgentSubmitter does: the request is sent, `while_waiting` runs, and its error comes last."""
         from milex.common.model import JobState
         from milex.common.protocol import TrackedJob
@@ -154,7 +156,7 @@ class RecordingSubmitter:
         meanwhile = None
         try:
             while_waiting()
-        except OSError as error:
+        except Exception as error:  # as AgentSubmitter: raised once the jobs are known
             meanwhile = error
         jobs = [TrackedJob(key=name, bundle=bundle.stem, name=name, job_id=str(100 + i),
                            state=JobState.SUBMITTED) for i, name in enumerate(bundle.jobs)]  # fmt: skip
@@ -192,12 +194,33 @@ def test_a_record_that_cannot_be_written_is_an_error_after_the_submission_is_rec
         write(path, data, **options)
 
     monkeypatch.setattr(records_module, "atomic_write", bundle_disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(BundleError, match=r"full_\d{14}\.json: the disk is full \(No space left"):
         api.submit(job("train"), bundle="full")
     [runs] = records(milex_config.jobs_dir)  # no empty bundle record left behind
     assert runs.endswith(".runs.json")
     [submission] = json.loads((milex_config.jobs_dir / runs).read_text())
     assert submission["jobs"]["train"]["job_id"] == "100"
+
+
+def test_a_run_record_that_cannot_be_written_names_the_jobs_submitted_all_the_same(
+    milex_config, recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from milex import records as records_module
+
+    write = records_module.atomic_write
+
+    def runs_disk_full(path: Path, data: bytes, **options: object) -> None:
+        if path.name.endswith(".runs.json"):
+            raise OSError(28, "No space left on device")
+        write(path, data, **options)
+
+    monkeypatch.setattr(records_module, "atomic_write", runs_disk_full)
+    with pytest.raises(BundleError) as error:
+        api.submit([job("prepare"), job("train", "prepare")], bundle="pipe")
+    message = str(error.value)
+    assert ".runs.json: the disk is full" in message
+    assert "were submitted" in message and "prepare=100, train=101" in message
+    assert "`milex status`" in message
 
 
 def test_submit_jobs_with_the_same_name_refused(milex_config, no_submission: list[object]) -> None:

@@ -108,6 +108,19 @@ def test_unknown_fields_from_a_newer_peer_are_ignored():
     assert decode_request(frame) == Hello(id="r1")
 
 
+def test_a_bundle_from_a_newer_client_with_one_more_job_field_and_slurm_option_decodes():
+    request = SubmitBundle(
+        id="r2", bundle=chain_bundle(), settings=SETTINGS, keys={"a": "ka", "b": "kb", "c": "kc"}
+    )
+    newer = msgspec.to_builtins(request)
+    newer["bundle"]["jobs"]["a"]["retries"] = 3
+    newer["bundle"]["jobs"]["a"]["slurm"] = {"time": "10", "gpus_per_task": 2}
+    decoded = decode_request(msgspec.msgpack.encode(newer))
+    assert isinstance(decoded, SubmitBundle)
+    assert decoded.bundle.jobs["a"].slurm.time == "10"
+    assert decoded.bundle.jobs["b"] == request.bundle.jobs["b"]
+
+
 # ---- bad frames, for both directions ------------------------------------------------------------
 
 DECODERS = [pytest.param(decode_request, id="request"), pytest.param(decode_reply, id="reply")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from milex.common.errors import BundleError
@@ -200,7 +201,15 @@ def test_unknown_job_field_refused() -> None:
         decode({"train": {"script": "train", "scirpt_args": {}}})
     message = str(error.value)
     assert "job 'train'" in message
-    assert "scirpt_args" in message
+    assert "unknown key 'scirpt_args' (did you mean 'script_args'?)" in message
+    assert SOURCE in message
+
+
+def test_unknown_job_field_refused_though_the_wire_drops_it() -> None:
+    # Job itself is tolerant (a newer client's field must not break an older agent): the record is not.
+    assert msgspec.convert({"name": "a", "script": "a", "retries": 3}, Job) == Job(name="a", script="a")
+    with pytest.raises(BundleError, match=r"job 'train': unknown key 'retries'; known keys: name, script"):
+        decode({"train": {"script": "train", "retries": 3}})
 
 
 def test_missing_script_refused() -> None:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from milex.common.errors import BundleError
 from milex.common.model import Bundle, Job, JobState
+from milex.common.protocol import TrackedJob
 from milex.records import (
     Submission,
     SubmittedJobRecord,
     append_job,
+    apply_states,
     bundle_dates,
     list_bundles,
     load_bundle,
     load_submissions,
+    new_run_id,
     save_bundle,
     save_submission,
     submissions_path,
@@ -226,3 +233,196 @@ def test_damaged_submissions_file_says_what_to_do(jobs_dir: Path) -> None:
     submissions_path(jobs_dir, "train_20240101000000").write_text("[{")
     with pytest.raises(BundleError, match="move it aside"):
         load_submissions(jobs_dir, "train_20240101000000")
+
+
+# --- Runs made together: each has its own id and its own record ------------------------------------------
+
+
+def test_run_ids_are_unique_and_start_with_the_time() -> None:
+    ids = {new_run_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(run_id) == 23 and run_id[:14].isdigit() and run_id[14] == "-" for run_id in ids)
+
+
+def test_runs_of_the_same_second_and_machine_are_kept_apart_by_their_run_id(jobs_dir: Path) -> None:
+    first = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="1"))
+    first.run_id = "20240101100000-00000001"
+    second = msgspec.structs.replace(first, run_id="20240101100000-00000002",
+                                     jobs={"train": SubmittedJobRecord(job_id="2")})  # fmt: skip
+    save_submission(jobs_dir, first)
+    save_submission(jobs_dir, second)
+    first.jobs["train"].state = JobState.RUNNING
+    save_submission(jobs_dir, first)  # an update of the first run, not a third run
+    loaded = load_submissions(jobs_dir, "train_20240101000000")
+    assert [(s.run_id, s.jobs["train"].job_id, s.jobs["train"].state) for s in loaded] == [
+        ("20240101100000-00000002", "2", JobState.SUBMITTED),
+        ("20240101100000-00000001", "1", JobState.RUNNING),
+    ]
+
+
+def test_a_record_of_an_older_version_without_run_ids_loads_and_updates_in_place(jobs_dir: Path) -> None:
+    jobs_dir.mkdir()
+    older = [{"bundle": "train_20240101000000", "machine": "cluster", "submitted_at": "2024-01-01T10:00:00",
+              "jobs": {"train": {"job_id": "7", "script": "/s/train.sh"}}}]  # fmt: skip
+    submissions_path(jobs_dir, "train_20240101000000").write_text(json.dumps(older))
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert loaded.run_id == ""
+    loaded.jobs["train"].state = JobState.COMPLETED
+    save_submission(jobs_dir, loaded)
+    tracked = TrackedJob(key="k", bundle="train_20240101000000", name="train", job_id="7",
+                         state=JobState.FAILED, exit_code=2)  # fmt: skip
+    assert apply_states(jobs_dir, "cluster", [tracked]) == 1
+    [updated] = load_submissions(jobs_dir, "train_20240101000000")
+    assert (updated.run_id, updated.jobs["train"].state, updated.jobs["train"].exit_code) == (
+        "",
+        JobState.FAILED,
+        2,
+    )
+
+
+# Each racer saves RUNS runs of its own, one at a time, as a `milex-run` does; the `status` racer
+# meanwhile writes states into every run it finds, as `milex status` does.
+_RACER = """
+import sys
+from pathlib import Path
+from milex.common.model import JobState
+from milex.common.protocol import TrackedJob
+from milex.records import Submission, SubmittedJobRecord, apply_states, load_submissions, new_run_id
+from milex.records import save_submission
+
+jobs_dir, racer, runs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.read()
+stem = "train_20240101000000"
+for n in range(runs):
+    if racer == "status":
+        seen = [job for run in load_submissions(jobs_dir, stem) for job in run.jobs.values()]
+        apply_states(jobs_dir, "cluster", [TrackedJob(key="k", bundle=stem, name="train", job_id=job.job_id,
+                                                      state=JobState.RUNNING) for job in seen])
+        continue
+    run = Submission(bundle=stem, machine="cluster", submitted_at="2024-01-01T10:00:00", run_id=new_run_id(),
+                     jobs={"train": SubmittedJobRecord(job_id=f"{racer}.{n}")})
+    save_submission(jobs_dir, run)
+"""
+
+
+def race(jobs_dir: Path, racers: list[str], runs: int) -> None:
+    """Start one process per racer, all held at a barrier (their stdin), then let them go together."""
+    jobs_dir.mkdir(exist_ok=True)
+    command = [sys.executable, "-c", _RACER, str(jobs_dir)]
+    options: dict = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    processes = [subprocess.Popen([*command, racer, str(runs)], **options) for racer in racers]
+    try:
+        assert [process.stdout.readline() for process in processes] == ["ready\n"] * len(racers)
+        for process in processes:
+            process.stdin.close()
+        assert [process.wait(timeout=60) for process in processes] == [0] * len(racers)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+            process.stdin.close()
+            process.stdout.close()
+
+
+def test_runs_saved_by_processes_racing_are_all_recorded(jobs_dir: Path) -> None:
+    race(jobs_dir, ["a", "b", "c", "d"], runs=25)
+    loaded = load_submissions(jobs_dir, "train_20240101000000")
+    assert sorted(s.jobs["train"].job_id for s in loaded) == sorted(
+        f"{r}.{n}" for r in "abcd" for n in range(25)
+    )
+    assert len({s.run_id for s in loaded}) == 100
+
+
+def test_states_written_while_runs_are_saved_lose_no_run(jobs_dir: Path) -> None:
+    race(jobs_dir, ["a", "b", "status", "status"], runs=40)
+    loaded = load_submissions(jobs_dir, "train_20240101000000")
+    assert sorted(s.jobs["train"].job_id for s in loaded) == sorted(
+        f"{r}.{n}" for r in "ab" for n in range(40)
+    )
+
+
+# --- Records that cannot be written, and runs the agent knows that the record lacks ---------------------
+
+
+def test_a_full_disk_is_a_bundle_error_naming_the_file_and_the_old_record_stays(
+    jobs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from milex import records as records_module
+
+    saved = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="1"))
+    save_submission(jobs_dir, saved)
+    before = submissions_path(jobs_dir, saved.bundle).read_bytes()
+
+    def disk_full(path: Path, data: bytes, **options: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records_module, "atomic_write", disk_full)
+    with pytest.raises(BundleError) as error:
+        save_submission(jobs_dir, submission("2024-01-01T11:00:00", train=SubmittedJobRecord(job_id="2")))
+    path = submissions_path(jobs_dir, saved.bundle)
+    assert str(error.value) == (
+        f"cannot write {path}: the disk is full (No space left on device); free some space there and retry."
+    )
+    assert path.read_bytes() == before
+
+
+def tracked(name: str, job_id: str, run: str, state: JobState = JobState.RUNNING) -> TrackedJob:
+    stem = "train_20240101000000"
+    return TrackedJob(key=f"{stem}/{name}/{run}", bundle=stem, name=name, job_id=job_id, state=state)
+
+
+def test_states_restore_a_run_whose_record_was_never_written(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("prepare"), job("train")))
+    run = "20240101100000-0123abcd"
+    jobs = [tracked("prepare", "11", run, JobState.COMPLETED), tracked("train", "12", run)]
+    assert apply_states(jobs_dir, "cluster", jobs) == 1
+    [restored] = load_submissions(jobs_dir, "train_20240101000000")
+    assert (restored.run_id, restored.machine, restored.submitted_at) == (
+        run,
+        "cluster",
+        "2024-01-01T10:00:00",
+    )
+    assert {name: (r.job_id, r.state) for name, r in restored.jobs.items()} == {
+        "prepare": ("11", JobState.COMPLETED),
+        "train": ("12", JobState.RUNNING),
+    }
+    assert apply_states(jobs_dir, "cluster", jobs) == 0  # restored once, then only updated
+    assert len(load_submissions(jobs_dir, "train_20240101000000")) == 1
+
+
+def test_states_restore_no_run_that_is_recorded_or_not_of_this_laptop(jobs_dir: Path) -> None:
+    recorded = submission("2024-01-01T10:00:00", train=SubmittedJobRecord(job_id="7"))  # an older version's
+    save_submission(jobs_dir, recorded)
+    jobs = [tracked("train", "7", "5f0c1a2b3c4d"), tracked("train", "8", "0123456789ab")]  # uuid attempts
+    assert apply_states(jobs_dir, "cluster", jobs) == 1  # job 7's state only
+    assert load_submissions(jobs_dir, "train_20240101000000")[0].jobs["train"].state is JobState.RUNNING
+    assert len(load_submissions(jobs_dir, "train_20240101000000")) == 1
+    other = TrackedJob(key="other_20240101000000/a/20240101100000-0123abcd", bundle="other_20240101000000",
+                       name="a", job_id="9", state=JobState.RUNNING)  # fmt: skip
+    assert apply_states(jobs_dir, "cluster", [other]) == 0  # a bundle not recorded here
+    assert not submissions_path(jobs_dir, "other_20240101000000").exists()
+
+
+def test_states_one_job_at_a_time_restore_the_whole_run(jobs_dir: Path) -> None:
+    # `milex status --watch` applies each event on its own: the run is completed job by job.
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("prepare"), job("train")))
+    run = "20240101100000-0123abcd"
+    assert apply_states(jobs_dir, "cluster", [tracked("prepare", "11", run)]) == 1
+    assert apply_states(jobs_dir, "cluster", [tracked("train", "12", run)]) == 1
+    [restored] = load_submissions(jobs_dir, "train_20240101000000")
+    assert {name: r.job_id for name, r in restored.jobs.items()} == {"prepare": "11", "train": "12"}
+
+
+def test_a_job_the_agent_accepted_beyond_a_recorded_run_is_added_to_it(jobs_dir: Path) -> None:
+    run = "20240101100000-0123abcd"
+    partial = submission("2024-01-01T10:00:00", prepare=SubmittedJobRecord(job_id="11"))
+    partial.run_id, partial.error = run, "the agent stopped answering"
+    save_submission(jobs_dir, partial)
+    assert (
+        apply_states(jobs_dir, "cluster", [tracked("prepare", "11", run), tracked("train", "12", run)]) == 2
+    )
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert {name: r.job_id for name, r in loaded.jobs.items()} == {"prepare": "11", "train": "12"}

@@ -1,0 +1,89 @@
+"""The laptop's `jobs/` on a full filesystem (a small tmpfs), with the real cluster behind the agent:
+clear errors, nothing half-written, nothing recorded lost, and every run recorded once space is back."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import MilexHome
+
+
+@pytest.fixture
+def small_jobs_dir(milex_home: MilexHome) -> Iterator[Path]:
+    """The user's `jobs/` on a 256 KiB tmpfs of its own, unmounted afterwards."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(milex_home.jobs)], check=True)
+    try:
+        yield milex_home.jobs
+    finally:
+        subprocess.run(["umount", str(milex_home.jobs)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file into `directory` until its filesystem is full; the file, to free the space later."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return filler
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    """Every file of `directory` but the filler, by name, with its bytes."""
+    return {path.name: path.read_bytes() for path in directory.iterdir() if path.name != "filler"}
+
+
+def assert_fails_saying_the_disk_is_full(result: subprocess.CompletedProcess[str], path: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert re.search(rf"error: cannot write {re.escape(path)}\S*: the disk is full", result.stderr), (
+        result.stderr
+    )
+
+
+def test_a_full_jobs_directory_fails_clearly_keeps_every_record_and_recovers(
+    milex_home: MilexHome, small_jobs_dir: Path
+) -> None:
+    milex_home.milex("milex-schedule", "milex-example", "--name", "kept", "--job_name", "first")
+    milex_home.milex("milex-schedule", "milex-example", "--name", "kept", "--job_name", "second",
+                     "--append", "--dependencies", "first")  # fmt: skip
+    milex_home.milex("milex-run", "kept")
+    [recorded] = milex_home.submissions()
+    filler = fill(small_jobs_dir)
+    before = contents(small_jobs_dir)
+
+    schedule = milex_home.milex("milex-schedule", "milex-example", "--name", "new", check=False)
+    assert_fails_saying_the_disk_is_full(schedule, f"{small_jobs_dir}/new_")
+    run = milex_home.milex("milex-run", "kept", check=False)
+    assert_fails_saying_the_disk_is_full(run, f"{small_jobs_dir}/kept_")
+    unrecorded = dict(re.findall(r"(first|second)=(\d+)", run.stderr))
+    assert set(unrecorded) == {"first", "second"}, run.stderr  # submitted all the same: the ids are shown
+    [run_id] = re.findall(r"run (\S+) were submitted", run.stderr)
+    status = milex_home.milex("milex", "status", check=False)
+    assert_fails_saying_the_disk_is_full(status, f"{small_jobs_dir}/kept_")
+    assert contents(small_jobs_dir) == before  # nothing half-written, nothing recorded changed
+
+    filler.unlink()
+    milex_home.milex("milex", "status")  # records the run the full disk kept out
+    [old, restored] = milex_home.submissions()
+    assert old["run_id"] == recorded["run_id"]
+    assert {name: job["job_id"] for name, job in old["jobs"].items()} == {
+        name: job["job_id"] for name, job in recorded["jobs"].items()
+    }
+    assert restored["run_id"] == run_id
+    assert {name: job["job_id"] for name, job in restored["jobs"].items()} == unrecorded
+    milex_home.milex("milex-schedule", "milex-example", "--name", "new")
+    milex_home.milex("milex-run", "kept")
+    assert len(milex_home.submissions()) == 3
+    for path in small_jobs_dir.glob("*.json"):
+        json.loads(path.read_text())  # whole JSON, every one
+    assert not [path.name for path in small_jobs_dir.iterdir() if path.name.startswith(".kept")]
