@@ -89,12 +89,12 @@ def start(
     starting = take_lock(directory / "start.lock", wait=True)
     assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
     try:
-        return read_info(directory) or _launch(directory, poll_interval, max_interval)
+        return read_info(directory) or _launch(directory, poll_interval, max_interval, idle_exit)
     finally:
         os.close(starting)
 
 
-def _launch(directory: Path, poll_interval: float, max_interval: float) -> AgentInfo:
+def _launch(directory: Path, poll_interval: float, max_interval: float, idle_exit: float) -> AgentInfo:
     """Start the agent of `directory` detached; its info once it serves."""
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
