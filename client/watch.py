@@ -15,8 +15,9 @@ from milex.config import Machine
 from milex.connection import AgentConnection, AgentUnavailable
 
 RECONNECT_DEADLINE = 120.0
-# An agent without log heartbeats is silent while a log is: wait for it as long as the job runs.
-NO_IDLE_TIMEOUT = 365 * 24 * 3600.0
+# An agent without log heartbeats is silent while a log is: wait for it as long as zmq_poll can
+# (an int of milliseconds: 24 days), then reconnect and resume.
+NO_IDLE_TIMEOUT = 24 * 24 * 3600.0
 T = TypeVar("T")
 Follow = Callable[[AgentConnection, HelloReply], Iterator[T]]
 

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import zmq
 
+from milex import watch
 from milex.agent.journal import Journal
 from milex.agent.server import AgentServer
 from milex.agent.state import Agent
@@ -42,10 +43,12 @@ from milex.common.protocol import (
     Watch,
     decode_reply,
 )
+from milex.config import Machine
 from milex.connection import AgentConnection, AgentError, AgentUnavailable
 from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
 
 DEADLINE = 3.0
+LOCAL = Machine(name="local", path="/unused", env_command="", slurm_account="")
 RUNNING, COMPLETED = JobState.RUNNING, JobState.COMPLETED
 
 
@@ -437,3 +440,31 @@ def test_a_quiet_followed_log_gets_empty_chunks_at_the_heartbeat_interval(runnin
     assert [(beat.offset, beat.data, beat.eof) for beat in beats] == [(4, b"", False)] * 3
     assert 0.8 <= elapsed < 2.0
     assert LOG_HEARTBEAT in connection.hello("0.1.0").features
+
+
+@pytest.mark.parametrize(
+    ("features", "idle"), [([LOG_HEARTBEAT], 0.6), ([], watch.NO_IDLE_TIMEOUT)], ids=["heartbeats", "older"]
+)
+def test_a_follow_trusts_a_quiet_link_for_three_heartbeats_only_when_the_agent_sends_them(
+    running: Served, monkeypatch: pytest.MonkeyPatch, features: list[str], idle: float
+) -> None:
+    connection = running.connect()
+    running.submit(connection, "a")
+    (Path(running.settings.path) / "slurm" / "exp_20240101000000_a-1000.out").write_bytes(b"one\ntwo\n")
+    running.fake.set_state("1000", JobState.COMPLETED, 0)
+    wait_until(lambda: running.agent.journal.find("exp_20240101000000/a").state is JobState.COMPLETED)
+    hello = HelloReply(agent_version="0", features=features)
+    monkeypatch.setattr(watch, "greeted", lambda machine, timeout: (running.connect(), hello))
+    idle_timeouts: list[float | None] = []
+    stream = AgentConnection.stream
+
+    def recorded(self, request, idle_timeout=None, *, expect):  # type: ignore[no-untyped-def]
+        idle_timeouts.append(idle_timeout)
+        return stream(self, request, idle_timeout, expect=expect)
+
+    monkeypatch.setattr(AgentConnection, "stream", recorded)
+
+    received = b"".join(watch.follow_log(LOCAL, Logs(job_id="1000", offset=4, heartbeat=0.2)))
+
+    assert received == b"two\n"  # from the offset asked, up to the end of the finished job's log
+    assert idle_timeouts == [pytest.approx(idle)]
