@@ -256,8 +256,11 @@ def save_submission(jobs_dir: Path, submission: Submission) -> Path:
     in its bundle's local record."""
 
     def put(history: list[Submission]) -> int:
-        history[:] = [s for s in history if s.identity != submission.identity]
-        history.append(submission)
+        places = [i for i, s in enumerate(history) if s.identity == submission.identity]
+        if places:
+            history[places[0]] = submission  # in its place: the runs stay oldest first
+        else:
+            history.append(submission)
         return 1
 
     update_submissions(jobs_dir, submission.bundle, put)

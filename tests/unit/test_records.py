@@ -255,8 +255,8 @@ def test_runs_of_the_same_second_and_machine_are_kept_apart_by_their_run_id(jobs
     save_submission(jobs_dir, first)  # an update of the first run, not a third run
     loaded = load_submissions(jobs_dir, "train_20240101000000")
     assert [(s.run_id, s.jobs["train"].job_id, s.jobs["train"].state) for s in loaded] == [
-        ("20240101100000-00000002", "2", JobState.SUBMITTED),
         ("20240101100000-00000001", "1", JobState.RUNNING),
+        ("20240101100000-00000002", "2", JobState.SUBMITTED),
     ]
 
 
