@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ log = logging.getLogger("milex.tunnel")
 
 CHUNK = 256 * 1024
 ACCEPT_POLL = 0.5
+RELAY_EXIT_WAIT = 5.0  # after a relay's output ends, the longest wait for its exit status
 
 
 class TunnelService:
@@ -79,13 +81,20 @@ class TunnelService:
                 return self._finished(local)
         if (self.session.mode, self.session.connected_at) != seen:
             self.save_status()
+        relay_ended = functools.partial(self._relay_ended, channel) if self.session.mode == "relay" else None
+        splice(local, channel, self._finished, remote_ended=relay_ended)
 
-        def closed() -> None:
-            if self.session.mode == "relay" and channel.exit_status not in (-1, 0):
-                self.session.backoff.failed()  # the relay could not reach the socket: no respawn at once
-            self._finished()
-
-        splice(local, channel, closed)
+    def _relay_ended(self, channel: paramiko.Channel) -> None:
+        """The relay command ended its output: log its complaints and, if it failed (it could not reach
+        the socket), back off. Done before the local client sees the end, so that the reconnection it
+        makes at once already finds the back-off in place; and only once the exit status has come,
+        which OpenSSH may send just after the end of the output."""
+        if not channel.status_event.wait(RELAY_EXIT_WAIT):
+            log.warning("relay: no exit status %.0f s after its output ended", RELAY_EXIT_WAIT)
+        if channel.recv_stderr_ready():
+            log.warning("relay: %s", channel.recv_stderr(CHUNK).decode(errors="replace").strip())
+        if channel.exit_status not in (-1, 0):
+            self.session.backoff.failed()  # the relay could not reach the socket: no respawn at once
 
     def _restart_remote_and_retry(self, error: TunnelError) -> paramiko.Channel | None:
         """The socket is gone (the agent died?): run the on-connect command (which starts it) and
@@ -109,8 +118,17 @@ class TunnelService:
             self.last_activity = time.monotonic()
 
 
-def splice(local: socket.socket, channel: paramiko.Channel, done: Callable[[], None]) -> None:
-    """Pipe bytes both ways in two threads; EOF passes on as a half-close; both ends close when both end."""
+def splice(
+    local: socket.socket,
+    channel: paramiko.Channel,
+    done: Callable[[], None],
+    *,
+    remote_ended: Callable[[], None] | None = None,
+) -> None:
+    """Pipe bytes both ways in two threads; EOF passes on as a half-close; both ends close when both end.
+
+    `remote_ended` runs when the channel's output ends, before the half-close reaches the local side.
+    """
     remaining = [2]
     lock = threading.Lock()
 
@@ -132,8 +150,8 @@ def splice(local: socket.socket, channel: paramiko.Channel, done: Callable[[], N
         done()
 
     def downstream_eof() -> None:
-        if channel.recv_stderr_ready():  # the relay command's complaints, if any
-            log.warning("relay: %s", channel.recv_stderr(CHUNK).decode(errors="replace").strip())
+        if remote_ended is not None:
+            remote_ended()
         local.shutdown(socket.SHUT_WR)
 
     for args in (
