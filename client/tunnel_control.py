@@ -35,6 +35,8 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     local_socket: str = ""
     remote_socket: str = ""
     connected_at: float | None = None
+    link_error: str = ""  # why the last attempt to reach the remote side failed; "" once one succeeds
+    link_error_at: float | None = None
 
     @property
     def up(self) -> bool:

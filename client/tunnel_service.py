@@ -21,7 +21,7 @@ import paramiko
 
 from milex.common.files import private_directory, take_lock
 from milex.config import load_config
-from milex.ssh_errors import PromptUnavailable, TunnelError
+from milex.ssh_errors import BackingOff, PromptUnavailable, TunnelError
 from milex.tunnel import DEFAULT_RELAY, SshSession
 from milex.tunnel_control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
 
@@ -45,6 +45,11 @@ class TunnelService:
     def save_status(self) -> None:
         with self._lock:
             self.status.mode, self.status.connected_at = self.session.mode, self.session.connected_at
+            if not self.session.last_failure:
+                self.status.link_error_at = None
+            elif not self.status.link_error:
+                self.status.link_error_at = time.time()  # since when the link fails, whatever the errors
+            self.status.link_error = self.session.last_failure
             scratch = self.files.path("json.tmp")
             scratch.write_bytes(msgspec.json.encode(self.status))
             scratch.replace(self.files.path("json"))  # readers never see half a file
@@ -67,22 +72,28 @@ class TunnelService:
             threading.Thread(target=self._connect, args=(local,), daemon=True).start()
 
     def _connect(self, local: socket.socket) -> None:
-        seen = (self.session.mode, self.session.connected_at)
         try:
-            channel = self.session.open_streamlocal(self.status.remote_socket)
+            channel = self._open_channel()
+        finally:  # the status shows how the link went before any byte passes
+            shown = (self.status.mode, self.status.connected_at, self.status.link_error)
+            if (self.session.mode, self.session.connected_at, self.session.last_failure) != shown:
+                self.save_status()
+        if channel is None:
+            return self._finished(local)
+        relay_ended = functools.partial(self._relay_ended, channel) if self.session.mode == "relay" else None
+        splice(local, channel, self._finished, remote_ended=relay_ended)
+
+    def _open_channel(self) -> paramiko.Channel | None:
+        """A channel to the remote socket; None, logged, when there is none to be had."""
+        try:
+            return self.session.open_streamlocal(self.status.remote_socket)
         except PromptUnavailable as error:
             # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground.
             log.error("%s; stopping", error)
             self.stop.set()
-            return self._finished(local)
+            return None
         except TunnelError as error:
-            channel = self._restart_remote_and_retry(error)
-            if channel is None:
-                return self._finished(local)
-        if (self.session.mode, self.session.connected_at) != seen:
-            self.save_status()
-        relay_ended = functools.partial(self._relay_ended, channel) if self.session.mode == "relay" else None
-        splice(local, channel, self._finished, remote_ended=relay_ended)
+            return self._restart_remote_and_retry(error)
 
     def _relay_ended(self, channel: paramiko.Channel) -> None:
         """The relay command ended its output: log its complaints and, if it failed (it could not reach
@@ -98,8 +109,9 @@ class TunnelService:
 
     def _restart_remote_and_retry(self, error: TunnelError) -> paramiko.Channel | None:
         """The socket is gone (the agent died?): run the on-connect command (which starts it) and
-        try once more; None, logged, when that does not help either."""
-        if self.session.on_connect is None:
+        try once more; None, logged, when that does not help either. Not when the SSH connection is
+        what failed, or while backing off after a failure: that would reconnect at each attempt."""
+        if self.session.on_connect is None or not self.session.is_connected or isinstance(error, BackingOff):
             log.warning("connection refused: %s", error)
             return None
         try:

@@ -275,6 +275,31 @@ def test_tunnel_killed_under_a_watch_is_replaced_by_the_next_command(fragile_lap
     assert TunnelFiles.of(MACHINE).path("pid").read_text().strip() == str(new.pid)
 
 
+def test_a_link_down_longer_than_the_deadline_ends_the_watch_saying_how_to_check_it(
+    fragile_laptop: MilexHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop = fragile_laptop
+    monkeypatch.setattr("milex.watch.RECONNECT_DEADLINE", 3.0)
+    laptop.milex("milex-schedule", "milex-example", "--name", "cut", "--sleep", "60")
+    laptop.milex("milex-run", "cut", "--machine", MACHINE)
+    watch = BundleWatch("cut")
+    watch.reached("RUNNING")
+    try:
+        kill_sshd(OWN_SSHD_PORT)
+        cut = time.monotonic()
+        watch.thread.join(30)
+        ended = time.monotonic() - cut
+        tunnel = laptop.milex("milex", "tunnel", "status", "--machine", MACHINE).stdout
+    finally:
+        sshd_script("sshd-up.sh", OWN_SSHD_PORT)
+    assert not watch.thread.is_alive() and ended < 15, ended  # 3 s, plus the silence that tells of a loss
+    message = str(watch.error)
+    down = f"the link to {MACHINE} is down (cannot reach 127.0.0.1 port {OWN_SSHD_PORT}: Connection refused"
+    assert down in message and f"`milex tunnel status --machine {MACHINE}`" in message, message
+    assert "link down since" in tunnel and "Connection refused" in tunnel, tunnel
+    laptop.milex("milex", "cancel", "cut", "--machine", MACHINE)
+
+
 def test_remote_agent_killed_mid_bundle_loses_and_doubles_nothing(
     laptop: MilexHome, login_node: OtherUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
