@@ -9,6 +9,10 @@ class TunnelError(MilexError):
     """The SSH connection, or a channel through it to the remote agent, could not be set up."""
 
 
+class BackingOff(TunnelError):
+    """A channel was refused without trying: the last attempt failed a moment ago."""
+
+
 class UnknownHostError(TunnelError):
     """The server's host key is in no known_hosts file: it is never accepted silently."""
 

@@ -32,7 +32,7 @@ from milex.ssh_auth import (
     resolve_target,
     tty_prompt,
 )
-from milex.ssh_errors import TunnelError
+from milex.ssh_errors import BackingOff, TunnelError
 
 log = logging.getLogger("milex.tunnel")
 
@@ -150,6 +150,7 @@ class SshSession:
         self.mode: Mode | None = None
         self.connected_at: float | None = None
         self.backoff = Backoff()
+        self.last_failure = ""  # why the last channel could not be opened; "" once one is
         self._ssh_config = ssh_config
         self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
         self._jump: SshSession | None = None
@@ -227,15 +228,17 @@ class SshSession:
         with self._lock:
             wait = self.backoff.wait_left()
             if wait:
-                raise TunnelError(
+                raise BackingOff(
                     f"{self.target}: the last channel to {remote_path} failed; retrying in {wait:.1f} s."
                 )
             try:
                 channel = self._open_retrying(remote_path)
-            except TunnelError:
+            except TunnelError as error:
                 self.backoff.failed()
+                self.last_failure = str(error)
                 raise
             self.backoff.succeeded()
+            self.last_failure = ""
             return channel
 
     def _open_retrying(self, remote_path: str) -> paramiko.Channel:

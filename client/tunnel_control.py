@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
-from milex.common.files import is_locked
+from milex.common.files import is_locked, private_directory, take_lock
 from milex.ssh_errors import ERRORS, TunnelError
 
 DEFAULT_IDLE = 30 * 60.0
@@ -34,6 +35,8 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     local_socket: str = ""
     remote_socket: str = ""
     connected_at: float | None = None
+    link_error: str = ""  # why the last attempt to reach the remote side failed; "" once one succeeds
+    link_error_at: float | None = None
 
     @property
     def up(self) -> bool:
@@ -88,14 +91,49 @@ def start_tunnel(
     Connect ZeroMQ to `"ipc://" + status.local_socket`. `on_connect` is a remote command run after each
     SSH (re)connection, e.g. to start the agent without authenticating a second time.
     """
-    status = tunnel_status(machine)
-    deadline = time.monotonic() + STARTING_WAIT
-    while status.state == "starting" and time.monotonic() < deadline:  # another command is authenticating
-        time.sleep(0.2)
-        status = tunnel_status(machine)
-    if status.up and (not remote_socket or status.remote_socket == remote_socket):
+    if _serves(status := tunnel_status(machine), remote_socket):
         return status
-    stop_tunnel(machine)  # one to another remote socket (the agent moved), or stuck starting
+    with _starting(TunnelFiles.of(machine)):
+        if _serves(status := tunnel_status(machine), remote_socket):
+            return status  # another command started it meanwhile
+        stop_tunnel(machine)  # one to another remote socket (the agent moved), or left by a dead command
+        return _spawn(machine, remote_socket, local_socket, idle, relay, on_connect)
+
+
+def _serves(status: TunnelStatus, remote_socket: str) -> bool:
+    """Whether the tunnel is up, to `remote_socket` (any, if empty: the agent's, learnt on connect)."""
+    return status.up and (not remote_socket or status.remote_socket == remote_socket)
+
+
+@contextlib.contextmanager
+def _starting(files: TunnelFiles) -> Iterator[None]:
+    """Held by the command that checks for the machine's tunnel and starts one: commands started
+    together (or a watch and a command, after the tunnel died) share one new tunnel, where each
+    started its own and all but one failed with "another tunnel is starting"."""
+    private_directory(files.directory)
+    deadline = time.monotonic() + STARTING_WAIT
+    while (lock := take_lock(files.path("start.lock"))) is None:
+        if time.monotonic() > deadline:
+            raise TunnelError(
+                f"another command has been starting the tunnel to {files.machine} for {STARTING_WAIT:.0f} s"
+                " (is it asking for a passphrase?); see `milex tunnel status`."
+            )
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        os.close(lock)
+
+
+def _spawn(
+    machine: str,
+    remote_socket: str,
+    local_socket: Path | None,
+    idle: float,
+    relay: str | None,
+    on_connect: str | None,
+) -> TunnelStatus:
+    """Start the tunnel service and wait for its READY (or its error)."""
     options = {"--machine": machine, "--remote-socket": remote_socket, "--local-socket": local_socket,
                "--idle": idle, "--relay": relay, "--on-connect": on_connect}  # fmt: skip
     argv = [sys.executable, "-m", "milex.tunnel_service"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import paramiko
 
 from milex.common.files import private_directory, take_lock
 from milex.config import load_config
-from milex.ssh_errors import PromptUnavailable, TunnelError
+from milex.ssh_errors import BackingOff, PromptUnavailable, TunnelError
 from milex.tunnel import DEFAULT_RELAY, SshSession
 from milex.tunnel_control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
 
@@ -28,6 +29,7 @@ log = logging.getLogger("milex.tunnel")
 
 CHUNK = 256 * 1024
 ACCEPT_POLL = 0.5
+RELAY_EXIT_WAIT = 5.0  # after a relay's output ends, the longest wait for its exit status
 
 
 class TunnelService:
@@ -43,6 +45,11 @@ class TunnelService:
     def save_status(self) -> None:
         with self._lock:
             self.status.mode, self.status.connected_at = self.session.mode, self.session.connected_at
+            if not self.session.last_failure:
+                self.status.link_error_at = None
+            elif not self.status.link_error:
+                self.status.link_error_at = time.time()  # since when the link fails, whatever the errors
+            self.status.link_error = self.session.last_failure
             scratch = self.files.path("json.tmp")
             scratch.write_bytes(msgspec.json.encode(self.status))
             scratch.replace(self.files.path("json"))  # readers never see half a file
@@ -65,32 +72,46 @@ class TunnelService:
             threading.Thread(target=self._connect, args=(local,), daemon=True).start()
 
     def _connect(self, local: socket.socket) -> None:
-        seen = (self.session.mode, self.session.connected_at)
         try:
-            channel = self.session.open_streamlocal(self.status.remote_socket)
+            channel = self._open_channel()
+        finally:  # the status shows how the link went before any byte passes
+            shown = (self.status.mode, self.status.connected_at, self.status.link_error)
+            if (self.session.mode, self.session.connected_at, self.session.last_failure) != shown:
+                self.save_status()
+        if channel is None:
+            return self._finished(local)
+        relay_ended = functools.partial(self._relay_ended, channel) if self.session.mode == "relay" else None
+        splice(local, channel, self._finished, remote_ended=relay_ended)
+
+    def _open_channel(self) -> paramiko.Channel | None:
+        """A channel to the remote socket; None, logged, when there is none to be had."""
+        try:
+            return self.session.open_streamlocal(self.status.remote_socket)
         except PromptUnavailable as error:
             # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground.
             log.error("%s; stopping", error)
             self.stop.set()
-            return self._finished(local)
+            return None
         except TunnelError as error:
-            channel = self._restart_remote_and_retry(error)
-            if channel is None:
-                return self._finished(local)
-        if (self.session.mode, self.session.connected_at) != seen:
-            self.save_status()
+            return self._restart_remote_and_retry(error)
 
-        def closed() -> None:
-            if self.session.mode == "relay" and channel.exit_status not in (-1, 0):
-                self.session.backoff.failed()  # the relay could not reach the socket: no respawn at once
-            self._finished()
-
-        splice(local, channel, closed)
+    def _relay_ended(self, channel: paramiko.Channel) -> None:
+        """The relay command ended its output: log its complaints and, if it failed (it could not reach
+        the socket), back off. Done before the local client sees the end, so that the reconnection it
+        makes at once already finds the back-off in place; and only once the exit status has come,
+        which OpenSSH may send just after the end of the output."""
+        if not channel.status_event.wait(RELAY_EXIT_WAIT):
+            log.warning("relay: no exit status %.0f s after its output ended", RELAY_EXIT_WAIT)
+        if channel.recv_stderr_ready():
+            log.warning("relay: %s", channel.recv_stderr(CHUNK).decode(errors="replace").strip())
+        if channel.exit_status not in (-1, 0):
+            self.session.backoff.failed()  # the relay could not reach the socket: no respawn at once
 
     def _restart_remote_and_retry(self, error: TunnelError) -> paramiko.Channel | None:
         """The socket is gone (the agent died?): run the on-connect command (which starts it) and
-        try once more; None, logged, when that does not help either."""
-        if self.session.on_connect is None:
+        try once more; None, logged, when that does not help either. Not when the SSH connection is
+        what failed, or while backing off after a failure: that would reconnect at each attempt."""
+        if self.session.on_connect is None or not self.session.is_connected or isinstance(error, BackingOff):
             log.warning("connection refused: %s", error)
             return None
         try:
@@ -109,8 +130,17 @@ class TunnelService:
             self.last_activity = time.monotonic()
 
 
-def splice(local: socket.socket, channel: paramiko.Channel, done: Callable[[], None]) -> None:
-    """Pipe bytes both ways in two threads; EOF passes on as a half-close; both ends close when both end."""
+def splice(
+    local: socket.socket,
+    channel: paramiko.Channel,
+    done: Callable[[], None],
+    *,
+    remote_ended: Callable[[], None] | None = None,
+) -> None:
+    """Pipe bytes both ways in two threads; EOF passes on as a half-close; both ends close when both end.
+
+    `remote_ended` runs when the channel's output ends, before the half-close reaches the local side.
+    """
     remaining = [2]
     lock = threading.Lock()
 
@@ -132,8 +162,8 @@ def splice(local: socket.socket, channel: paramiko.Channel, done: Callable[[], N
         done()
 
     def downstream_eof() -> None:
-        if channel.recv_stderr_ready():  # the relay command's complaints, if any
-            log.warning("relay: %s", channel.recv_stderr(CHUNK).decode(errors="replace").strip())
+        if remote_ended is not None:
+            remote_ended()
         local.shutdown(socket.SHUT_WR)
 
     for args in (

@@ -22,6 +22,21 @@ T = TypeVar("T")
 Follow = Callable[[AgentConnection, HelloReply], Iterator[T]]
 
 
+def link_down(machine: Machine) -> str:
+    """What the machine's tunnel last failed on, as advice; "" when it is local or its link is fine."""
+    if not machine.is_remote:
+        return ""
+    from milex.tunnel_control import tunnel_status
+
+    status = tunnel_status(machine.name)
+    if not status.link_error:
+        return ""
+    return (
+        f"the link to {machine.name} is down ({status.link_error}); "
+        f"check it with `milex tunnel status --machine {machine.name}`."
+    )
+
+
 def follow_events(machine: Machine, since: int, *, heartbeat: float = 5.0) -> Iterator[Event | None]:
     """Each event after `since`, in order, exactly once; None at each heartbeat (nothing new).
 
@@ -69,19 +84,23 @@ def follow_log(machine: Machine, request: Logs) -> Iterator[bytes]:
 def reconnecting(machine: Machine, follow: Follow[T], *, timeout: float) -> Iterator[T]:
     """What `follow` yields on a connection to `machine`'s agent, until it returns; a link that
     drops (AgentUnavailable) is reopened with back-off and `follow` called again to resume, for up
-    to RECONNECT_DEADLINE seconds without a connection."""
-    delay, gave_up_at = 0.2, time.monotonic() + RECONNECT_DEADLINE
+    to RECONNECT_DEADLINE seconds from the loss of the link."""
+    lost_at: float | None = None  # when the link was lost; None while it is up
+    delay = 0.2
     while True:
         try:
             connection, hello = greeted(machine, timeout=timeout)
             with connection:
-                delay, gave_up_at = 0.2, time.monotonic() + RECONNECT_DEADLINE
+                delay, lost_at = 0.2, None
                 yield from follow(connection, hello)
                 return
         except AgentUnavailable as error:
-            if time.monotonic() > gave_up_at:
+            if lost_at is None:  # the deadline counts from the loss, not from the connection
+                lost_at = time.monotonic()
+            if time.monotonic() - lost_at > RECONNECT_DEADLINE:
                 raise MilexError(
-                    f"lost the agent of {machine.name!r} and could not reconnect: {error}"
+                    f"lost the agent of {machine.name!r} and could not reconnect within "
+                    f"{RECONNECT_DEADLINE:.0f} s: {link_down(machine) or error}"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -58,7 +58,11 @@ def _describe(status: TunnelStatus) -> str:
     if not status.up:
         return f"tunnel to {status.machine} is {status.state}"
     since = time.strftime("%H:%M:%S", time.localtime(status.since or 0))
-    return (
+    described = (
         f"tunnel to {status.host} up since {since} (pid {status.pid}, {status.mode or 'not used yet'}); "
         f"local socket {status.local_socket} -> {status.remote_socket}"
     )
+    if status.link_error:
+        failing = time.strftime("%H:%M:%S", time.localtime(status.link_error_at or 0))
+        described += f"\nlink down since {failing}: {status.link_error}"
+    return described

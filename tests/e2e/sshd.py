@@ -6,6 +6,7 @@ import os
 import pty
 import pwd
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -96,12 +97,17 @@ def start_sshd() -> Sshd:
     """Start (or find running) the test servers with deploy/sshd-up.sh; failing to is a test failure."""
     variants = [(PORT, []), (NO_STREAMLOCAL_PORT, ["--no-streamlocal"]), (KBDINT_PORT, ["--kbd-interactive"])]
     for port, flags in variants:
-        env = {**os.environ, "MILEX_SSHD_PORT": str(port), "MILEX_SSHD_STATE": str(STATE)}
-        done = subprocess.run([str(REPO / "deploy" / "sshd-up.sh"), *flags], env=env, capture_output=True,
-                              text=True, timeout=300, check=False)  # fmt: skip
-        if done.returncode != 0:
-            pytest.fail(f"deploy/sshd-up.sh {' '.join(flags)} failed:\n{done.stderr}", pytrace=False)
+        sshd_script("sshd-up.sh", port, *flags)
     return Sshd(PORT, NO_STREAMLOCAL_PORT, KBDINT_PORT)
+
+
+def sshd_script(script: str, port: int, *flags: str) -> None:
+    """Run deploy/sshd-up.sh or sshd-down.sh for the server on `port`; failing to is a test failure."""
+    env = {**os.environ, "MILEX_SSHD_PORT": str(port), "MILEX_SSHD_STATE": str(STATE)}
+    argv = [str(REPO / "deploy" / script), *flags, *([str(port)] if script == "sshd-down.sh" else [])]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"deploy/{script} {' '.join(flags)} on port {port} failed:\n{done.stderr}", pytrace=False)
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,14 @@ def session_processes(listener_pid: int, user: str) -> list[int]:
     for pid in list(found):
         found += children.get(pid, [])
     return found
+
+
+def kill_sshd(port: int) -> None:
+    """Kill the server on `port` outright, and the login user's connections to it: they drop as they
+    would if the host crashed. Bring it back with `sshd_script("sshd-up.sh", port)`."""
+    listener = int((STATE / f"sshd-{port}.pid").read_text())
+    for pid in [*session_processes(listener, LOGIN), listener]:
+        os.kill(pid, signal.SIGKILL)
 
 
 # Calls start_tunnel as the CLI would, from a terminal: argv[1] is the terminal, which becomes the

@@ -15,11 +15,23 @@ from pathlib import Path
 import pytest
 
 from milex.agent.daemon import read_info
+from milex.common.protocol import Event
+from milex.tunnel_control import TunnelFiles, tunnel_status
 from tests.e2e.conftest import BIN, MilexHome, wait_until
 from tests.e2e.other_user import OtherUser, run
-from tests.e2e.sshd import LOGIN, Keys, Sshd, session_processes
+from tests.e2e.sshd import (
+    LOGIN,
+    PORT,
+    Keys,
+    Sshd,
+    kill_sshd,
+    known_hosts_line,
+    session_processes,
+    sshd_script,
+)
 
 MACHINE = "cluster"
+OWN_SSHD_PORT = PORT + 10  # the fault tests' own server, which they kill
 # The first test also builds the login user's venv from wheels (PyPI for dependencies).
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,24 +62,100 @@ def laptop(
     (home / ".ssh" / "known_hosts").write_text(known_hosts)
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    remote_path = login_node.home / "milex"
-    run(["rm", "-rf", str(remote_path)])
+    run(["rm", "-rf", str(login_node.home / "milex")])
     (login_node.home / "sbatch-delay").write_text("0")
     env = {key: value for key, value in os.environ.items() if key != "SSH_AUTH_SOCK"}
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(runtime), MILEX_CONFIG=str(tmp_path / "milexconfig"),
                PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MILEX_AGENT_POLL_INTERVAL="0.5",
                MILEX_AGENT_MAX_INTERVAL="1")  # fmt: skip
     user = MilexHome(root=tmp_path, config=tmp_path / "milexconfig", env=env)
-    env_command = f"source {login_node.venv}/bin/activate && export PATH={login_node.home}/bin:$PATH"
-    user.configure({
-        "local": {"path": str(tmp_path / "milex"), "env_command": "", "slurm_account": "",
-                  "scheduler": "local"},
-        MACHINE: {"hostname": "127.0.0.1", "port": sshd.port, "username": LOGIN, "key_path": str(keys.plain),
-                  "path": str(remote_path), "env_command": env_command, "slurm_account": "physics"},
-    })  # fmt: skip
+    configure_cluster(user, login_node, sshd.port, keys)
     yield user
     user.milex("milex", "agent", "stop", "--machine", MACHINE, check=False)
     user.milex("milex", "tunnel", "down", "--machine", MACHINE, check=False)
+
+
+def configure_cluster(laptop: MilexHome, login_node: OtherUser, port: int, keys: Keys) -> None:
+    """The laptop's machines: `local`, and MACHINE, the login user behind the sshd on `port`."""
+    env_command = f"source {login_node.venv}/bin/activate && export PATH={login_node.home}/bin:$PATH"
+    laptop.configure({
+        "local": {"path": str(laptop.root / "milex"), "env_command": "", "slurm_account": "",
+                  "scheduler": "local"},
+        MACHINE: {"hostname": "127.0.0.1", "port": port, "username": LOGIN, "key_path": str(keys.plain),
+                  "path": str(login_node.home / "milex"), "env_command": env_command,
+                  "slurm_account": "physics"},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def own_sshd(sshd: Sshd) -> Iterator[int]:
+    """An sshd of the test's own, on a port of its own: killing it disturbs no other test or helper."""
+    sshd_script("sshd-up.sh", OWN_SSHD_PORT)
+    yield OWN_SSHD_PORT
+    sshd_script("sshd-down.sh", OWN_SSHD_PORT)
+
+
+@pytest.fixture
+def watching_laptop(laptop: MilexHome, monkeypatch: pytest.MonkeyPatch) -> MilexHome:
+    """The laptop, with this process in its environment: for the client library's calls in the test."""
+    for key, value in laptop.env.items():
+        monkeypatch.setenv(key, value)
+    return laptop
+
+
+@pytest.fixture
+def fragile_laptop(own_sshd: int, watching_laptop: MilexHome, login_node: OtherUser, keys: Keys) -> MilexHome:
+    """The watching laptop, reaching MACHINE through the test's own sshd."""
+    laptop = watching_laptop
+    with (Path(laptop.env["HOME"]) / ".ssh" / "known_hosts").open("a") as known_hosts:
+        known_hosts.write(known_hosts_line(own_sshd))
+    configure_cluster(laptop, login_node, own_sshd, keys)
+    return laptop
+
+
+class BundleWatch:
+    """`milex status --watch`'s loop (follow_events) over one bundle's events, in a thread."""
+
+    def __init__(self, bundle: str) -> None:
+        self.bundle = bundle
+        self.seen: list[Event] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        from milex.config import load_config
+        from milex.watch import follow_events
+
+        try:
+            for event in follow_events(load_config().machine(MACHINE), 0, heartbeat=0.3):
+                if event is not None and event.bundle.startswith(self.bundle):
+                    self.seen.append(event)
+                    if event.state.finished:
+                        return
+        except BaseException as error:  # reported by finish(), in the test's thread
+            self.error = error
+
+    def states(self) -> list[str]:
+        return [event.state.value for event in self.seen]
+
+    def reached(self, state: str) -> Event:
+        wait_until(lambda: state in self.states(), what=f"{self.bundle} {state}")
+        return next(event for event in self.seen if event.state.value == state)
+
+    def finish(self, timeout: float) -> list[str]:
+        """The states seen once the job ended; each event came once, none missing (contiguous numbers)."""
+        self.thread.join(timeout)
+        assert self.error is None, f"the watch failed: {self.error!r}"
+        assert not self.thread.is_alive(), f"the watch never saw the end: {self.seen}"
+        seqs = [event.seq for event in self.seen]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+        return self.states()
+
+
+def slurm_state(job_id: str) -> str:
+    squeue = ["squeue", "--noheader", "--states=all", "--jobs", job_id, "--Format=State"]
+    return subprocess.run(squeue, capture_output=True, text=True, check=False).stdout.strip() or "GONE"
 
 
 def agent_info(login_node: OtherUser) -> dict:
@@ -160,35 +248,80 @@ def test_watch_shows_a_failure_and_cancel_stops_a_bundle(laptop: MilexHome) -> N
 
 
 def test_watch_survives_a_cut_ssh_connection_and_misses_no_event(
-    laptop: MilexHome, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+    watching_laptop: MilexHome, sshd: Sshd
 ) -> None:
-    for key, value in laptop.env.items():
-        monkeypatch.setenv(key, value)
-    from milex.config import load_config
-    from milex.watch import follow_events
-
+    laptop = watching_laptop
     laptop.milex("milex-schedule", "milex-example", "--name", "steady", "--sleep", "4")
     laptop.milex("milex-run", "steady", "--machine", MACHINE)
-    seen: list[tuple[int, str]] = []
-
-    def watch() -> None:
-        for event in follow_events(load_config().machine(MACHINE), 0, heartbeat=0.3):
-            if event is not None and event.bundle.startswith("steady"):
-                seen.append((event.seq, event.state.value))
-                if event.state.finished:
-                    return
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    wait_until(lambda: any(state == "RUNNING" for _, state in seen), what="the job RUNNING")
+    watch = BundleWatch("steady")
+    watch.reached("RUNNING")
     for pid in session_processes(sshd.listener_pid(sshd.port), LOGIN):
         os.kill(pid, signal.SIGKILL)  # the SSH connection dies under the watch
-    watcher.join(timeout=60)
-
-    assert not watcher.is_alive()
-    states = [state for _, state in seen]
+    states = watch.finish(timeout=60)
     assert states[0] == "SUBMITTED" and states[-2:] == ["RUNNING", "COMPLETED"], states
-    assert [seq for seq, _ in seen] == list(range(seen[0][0], seen[0][0] + len(seen)))
+
+
+def test_watch_resumes_after_the_sshd_is_killed_and_started_again(fragile_laptop: MilexHome) -> None:
+    laptop = fragile_laptop
+    laptop.milex("milex-schedule", "milex-example", "--name", "outage", "--sleep", "4")
+    laptop.milex("milex-run", "outage", "--machine", MACHINE)
+    watch = BundleWatch("outage")
+    running = watch.reached("RUNNING")
+    tunnel_log = TunnelFiles.of(MACHINE).path("log")
+    logged = tunnel_log.stat().st_size
+    try:
+        kill_sshd(OWN_SSHD_PORT)  # the server and the connection under the watch die together
+        # Down until the job has ended (its events happen meanwhile) and the tunnel found no server.
+        wait_until(lambda: slurm_state(running.job_id) not in ("PENDING", "RUNNING"), what="the job's end")
+        wait_until(lambda: "Connection refused" in tunnel_log.read_text()[logged:], what="no server")
+    finally:
+        sshd_script("sshd-up.sh", OWN_SSHD_PORT)
+    states = watch.finish(timeout=90)
+    assert states[0] == "SUBMITTED" and states[-2:] == ["RUNNING", "COMPLETED"], states
+
+
+def test_tunnel_killed_under_a_watch_is_replaced_by_the_next_command(fragile_laptop: MilexHome) -> None:
+    laptop = fragile_laptop
+    laptop.milex("milex-schedule", "milex-example", "--name", "orphan", "--sleep", "4")
+    laptop.milex("milex-run", "orphan", "--machine", MACHINE)
+    watch = BundleWatch("orphan")
+    watch.reached("RUNNING")
+    killed = tunnel_status(MACHINE)
+    assert killed.up and killed.pid is not None
+    os.kill(killed.pid, signal.SIGKILL)
+    wait_until(lambda: tunnel_status(MACHINE).pid != killed.pid, what="the tunnel's death noticed")
+
+    assert status(laptop, "orphan")["milex-example"]["job_id"]  # the next command brings a new tunnel
+    states = watch.finish(timeout=90)
+    assert states[0] == "SUBMITTED" and states[-2:] == ["RUNNING", "COMPLETED"], states
+    new = tunnel_status(MACHINE)
+    assert new.up and new.pid not in (None, killed.pid) and new.local_socket == killed.local_socket
+    assert TunnelFiles.of(MACHINE).path("pid").read_text().strip() == str(new.pid)
+
+
+def test_a_link_down_longer_than_the_deadline_ends_the_watch_saying_how_to_check_it(
+    fragile_laptop: MilexHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop = fragile_laptop
+    monkeypatch.setattr("milex.watch.RECONNECT_DEADLINE", 3.0)
+    laptop.milex("milex-schedule", "milex-example", "--name", "cut", "--sleep", "60")
+    laptop.milex("milex-run", "cut", "--machine", MACHINE)
+    watch = BundleWatch("cut")
+    watch.reached("RUNNING")
+    try:
+        kill_sshd(OWN_SSHD_PORT)
+        cut = time.monotonic()
+        watch.thread.join(30)
+        ended = time.monotonic() - cut
+        tunnel = laptop.milex("milex", "tunnel", "status", "--machine", MACHINE).stdout
+    finally:
+        sshd_script("sshd-up.sh", OWN_SSHD_PORT)
+    assert not watch.thread.is_alive() and ended < 15, ended  # 3 s, plus the silence that tells of a loss
+    message = str(watch.error)
+    down = f"the link to {MACHINE} is down (cannot reach 127.0.0.1 port {OWN_SSHD_PORT}: Connection refused"
+    assert down in message and f"`milex tunnel status --machine {MACHINE}`" in message, message
+    assert "link down since" in tunnel and "Connection refused" in tunnel, tunnel
+    laptop.milex("milex", "cancel", "cut", "--machine", MACHINE)
 
 
 def test_remote_agent_killed_mid_bundle_loses_and_doubles_nothing(

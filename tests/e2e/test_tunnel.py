@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,3 +388,12 @@ def test_round_trip_latency_warm_tunnel_versus_fresh_ssh(client: Client, sshd: S
     warm_ms, fresh_ms = statistics.median(tunnel) * 1000, statistics.median(fresh) * 1000
     print(f"round trip: warm tunnel {warm_ms:.2f} ms, fresh ssh command {fresh_ms:.0f} ms")
     assert warm_ms < 10 < fresh_ms
+
+
+def test_commands_started_together_share_one_new_tunnel(client: Client, remote: Remote) -> None:
+    with ThreadPoolExecutor(6) as pool:  # as six commands would, each with its own lock descriptor
+        statuses = list(pool.map(lambda _: start_tunnel("cluster", remote.echo), range(6)))
+    assert len({status.pid for status in statuses}) == 1 and all(status.up for status in statuses)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(statuses[0].local_socket)
+        assert round_trip(sock, b"shared") == b"SHARED"

@@ -26,7 +26,7 @@ from milex.ssh_auth import (
 from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, UnknownHostError
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
 from milex.tunnel_control import TunnelFiles, tunnel_status
-from milex.tunnel_service import splice
+from milex.tunnel_service import TunnelService, splice
 
 
 def ssh_string(value: bytes) -> bytes:
@@ -231,3 +231,53 @@ def test_splice_pipes_both_ways_passes_half_closes_on_and_closes_both_ends() -> 
     assert client.recv(100) == b""
     assert done.wait(5)
     client.close()
+
+
+def test_splice_tells_of_the_remote_end_before_the_local_side_sees_it() -> None:
+    client, local = socket.socketpair()
+    channel_end, remote = socket.socketpair()
+    client_saw_the_end: list[bool] = []
+
+    def remote_ended() -> None:
+        client.setblocking(False)
+        try:
+            client_saw_the_end.append(client.recv(1) == b"")
+        except BlockingIOError:  # nothing to read yet: the half-close has not been passed on
+            client_saw_the_end.append(False)
+        client.setblocking(True)
+
+    done = threading.Event()
+    splice(local, SocketChannel(channel_end), done.set, remote_ended=remote_ended)  # type: ignore[arg-type]
+    remote.close()
+    assert client.recv(1) == b""
+    assert client_saw_the_end == [False]
+    client.close()
+    assert done.wait(5)
+
+
+class LateExitChannel:
+    """A relay's channel whose exit status comes a moment after its output ended, as OpenSSH may send it."""
+
+    def __init__(self, status: int) -> None:
+        self.exit_status = -1
+        self.status_event = threading.Event()
+        threading.Timer(0.2, self._exited, args=(status,)).start()
+
+    def _exited(self, status: int) -> None:
+        self.exit_status = status
+        self.status_event.set()
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+
+class BackoffOnly:
+    def __init__(self) -> None:
+        self.backoff = Backoff()
+
+
+@pytest.mark.parametrize(("status", "failures"), [(1, 1), (0, 0)])
+def test_a_relay_backs_off_by_its_exit_status_even_when_it_comes_late(status: int, failures: int) -> None:
+    service = TunnelService(BackoffOnly(), None, None, 0)  # type: ignore[arg-type]
+    service._relay_ended(LateExitChannel(status))  # type: ignore[arg-type]
+    assert service.session.backoff.failures == failures
