@@ -97,30 +97,45 @@ class TunnelService:
 
     def _relay_ended(self, channel: paramiko.Channel) -> None:
         """The relay command ended its output: log its complaints and, if it failed (it could not reach
-        the socket), back off. Done before the local client sees the end, so that the reconnection it
-        makes at once already finds the back-off in place; and only once the exit status has come,
-        which OpenSSH may send just after the end of the output."""
+        the socket: the agent is gone), start the remote side again, or back off when that fails too.
+        Done before the local client sees the end, so that the reconnection it makes at once already
+        finds the agent (or the back-off) in place; and only once the exit status has come, which
+        OpenSSH may send just after the end of the output."""
         if not channel.status_event.wait(RELAY_EXIT_WAIT):
             log.warning("relay: no exit status %.0f s after its output ended", RELAY_EXIT_WAIT)
         if channel.recv_stderr_ready():
             log.warning("relay: %s", channel.recv_stderr(CHUNK).decode(errors="replace").strip())
-        if channel.exit_status not in (-1, 0):
-            self.session.backoff.failed()  # the relay could not reach the socket: no respawn at once
+        if channel.exit_status in (-1, 0):
+            return
+        failure = TunnelError(f"the relay exited {channel.exit_status}: the agent's socket is gone")
+        if not self._restart_remote(failure):
+            self.session.backoff.failed()  # no respawn of the relay at once
 
     def _restart_remote_and_retry(self, error: TunnelError) -> paramiko.Channel | None:
-        """The socket is gone (the agent died?): run the on-connect command (which starts it) and
-        try once more; None, logged, when that does not help either. Not when the SSH connection is
-        what failed, or while backing off after a failure: that would reconnect at each attempt."""
-        if self.session.on_connect is None or not self.session.is_connected or isinstance(error, BackingOff):
-            log.warning("connection refused: %s", error)
+        """The socket is gone (the agent died?): start the remote side again and try once more; None,
+        logged, when that does not help either."""
+        if not self._restart_remote(error):
             return None
         try:
-            self.session.on_connect(self.session)
-            self.session.backoff.succeeded()  # the remote side is new: no reason to wait
             return self.session.open_streamlocal(self.status.remote_socket)
         except TunnelError as again:
             log.warning("connection refused: %s (after restarting the remote side: %s)", error, again)
             return None
+
+    def _restart_remote(self, error: TunnelError) -> bool:
+        """Run the on-connect command (which starts the agent) after `error`; whether it ran. Not when
+        the SSH connection is what failed, or while backing off after a failure: that would reconnect
+        at each attempt."""
+        if self.session.on_connect is None or not self.session.is_connected or isinstance(error, BackingOff):
+            log.warning("connection refused: %s", error)
+            return False
+        try:
+            self.session.on_connect(self.session)
+        except TunnelError as again:
+            log.warning("connection refused: %s (restarting the remote side failed: %s)", error, again)
+            return False
+        self.session.backoff.succeeded()  # the remote side is new: no reason to wait
+        return True
 
     def _finished(self, local: socket.socket | None = None) -> None:
         if local is not None:

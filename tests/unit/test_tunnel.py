@@ -7,6 +7,7 @@ import shlex
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
@@ -272,8 +273,12 @@ class LateExitChannel:
 
 
 class BackoffOnly:
-    def __init__(self) -> None:
+    """A session that can only back off (or, given `on_connect`, start the remote side again)."""
+
+    def __init__(self, on_connect: Callable[[object], None] | None = None) -> None:
         self.backoff = Backoff()
+        self.on_connect = on_connect
+        self.is_connected = True
 
 
 @pytest.mark.parametrize(("status", "failures"), [(1, 1), (0, 0)])
@@ -281,3 +286,13 @@ def test_a_relay_backs_off_by_its_exit_status_even_when_it_comes_late(status: in
     service = TunnelService(BackoffOnly(), None, None, 0)  # type: ignore[arg-type]
     service._relay_ended(LateExitChannel(status))  # type: ignore[arg-type]
     assert service.session.backoff.failures == failures
+
+
+def test_a_failed_relay_starts_the_agent_again_rather_than_backing_off() -> None:
+    """A relay fails when the agent's socket is gone (an idle agent left): the on-connect command
+    starts the agent, so the client's reconnection finds it."""
+    started: list[object] = []
+    service = TunnelService(BackoffOnly(on_connect=started.append), None, None, 0)  # type: ignore[arg-type]
+    service._relay_ended(LateExitChannel(1))  # type: ignore[arg-type]
+    assert started == [service.session]
+    assert service.session.backoff.failures == 0
