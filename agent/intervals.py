@@ -4,3 +4,9 @@ POLL_INTERVAL = 2.0  # seconds between polls while states change
 # The back-off ceiling while nothing changes: a job's end is seen at most this late. One squeue of
 # the user's jobs every 10 s is far below what sites ask of tools.
 MAX_POLL_INTERVAL = 10.0
+# How long a submission keeps looking up a job whose sbatch got no answer while the controller stays
+# silent, before it answers with the jobs submitted so far (the agent keeps resolving the rest).
+SUBMIT_RETRY = 300.0
+# How long the controller must have answered again before a lookup that misses a job proves it was
+# never received: requests queued while it was stopped are processed within this after it resumes.
+CONTROLLER_SETTLE = 5.0

@@ -31,3 +31,10 @@ class SubmitError(MilexError):
 
 class SchedulerError(MilexError):
     """A scheduler command (sbatch, squeue, ...) could not be run or failed."""
+
+
+class SchedulerUnavailable(SchedulerError):
+    """The scheduler did not answer (a timeout, its controller unreachable): the call's outcome is unknown.
+
+    A submission that ends this way may have been accepted; only a lookup can tell.
+    """
