@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
 from milex.common.version import VERSION
 
 
@@ -30,6 +30,13 @@ def _print(info: object) -> None:
 
 _path_option = click.option("--path", help="The machine's Milex path; the agent lives in PATH/agent/HOST.")
 _dir_option = click.option("--dir", "directory", help="The agent directory itself.")
+_submit_retry_option = click.option(
+    "--submit-retry",
+    type=float,
+    default=SUBMIT_RETRY,
+    show_default=True,
+    help="Seconds a submission waits for a silent SLURM controller before it gives up.",
+)
 
 
 @click.group()
@@ -43,9 +50,15 @@ def main() -> None:
 @_dir_option
 @click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
 @click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
+@_submit_retry_option
 @click.option("--detach", is_flag=True, help="Run in the background; exit once the agent serves.")
 def run(
-    path: str | None, directory: str | None, poll_interval: float, max_interval: float, detach: bool
+    path: str | None,
+    directory: str | None,
+    poll_interval: float,
+    max_interval: float,
+    submit_retry: float,
+    detach: bool,
 ) -> None:
     """Serve in the foreground (what `start` runs detached, and what a container runs)."""
     from milex.agent import daemon
@@ -55,7 +68,7 @@ def run(
     on_ready = _detach() if detach else (lambda: None)
     try:
         daemon.run(target, poll_interval=poll_interval, max_interval=max_interval,
-                   version=VERSION, on_ready=on_ready)  # fmt: skip
+                   submit_retry=submit_retry, version=VERSION, on_ready=on_ready)  # fmt: skip
     except MilexError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -85,11 +98,15 @@ def _detach() -> Callable[[], None]:
 @_dir_option
 @click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
 @click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
-def start(path: str | None, directory: str | None, poll_interval: float, max_interval: float) -> None:
+@_submit_retry_option
+def start(
+    path: str | None, directory: str | None, poll_interval: float, max_interval: float, submit_retry: float
+) -> None:
     """Start the agent detached unless one runs; print its info as JSON."""
     from milex.agent import daemon
 
-    info = daemon.start(_directory(path, directory), poll_interval=poll_interval, max_interval=max_interval)
+    info = daemon.start(_directory(path, directory), poll_interval=poll_interval,
+                        max_interval=max_interval, submit_retry=submit_retry)  # fmt: skip
     _print(info)
 
 

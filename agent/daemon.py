@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex.agent.intervals import CONTROLLER_SETTLE, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
 from milex.common.errors import MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
 
@@ -74,7 +74,11 @@ def publish(directory: Path, info: AgentInfo) -> None:
 
 
 def start(
-    directory: Path, *, poll_interval: float = POLL_INTERVAL, max_interval: float = MAX_POLL_INTERVAL
+    directory: Path,
+    *,
+    poll_interval: float = POLL_INTERVAL,
+    max_interval: float = MAX_POLL_INTERVAL,
+    submit_retry: float = SUBMIT_RETRY,
 ) -> AgentInfo:
     """The running agent of `directory`, started detached first if there is none."""
     info = read_info(directory)
@@ -84,7 +88,8 @@ def start(
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
     command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory),
-               "--poll-interval", str(poll_interval), "--max-interval", str(max_interval)]  # fmt: skip
+               "--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
+               "--submit-retry", str(submit_retry)]  # fmt: skip
     with open(log_file, "ab") as log:
         # `run --detach` forks; its parent exits once the agent serves (or failed), so the agent
         # is nobody's child here and the exit status says whether it started.
@@ -120,9 +125,11 @@ def run(
     poll_interval: float,
     max_interval: float,
     version: str,
+    submit_retry: float = SUBMIT_RETRY,
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve in the foreground until SIGTERM, SIGINT or a Shutdown request; `on_ready` once serving."""
+    from milex.agent.controller import ControllerWatch
     from milex.agent.journal import Journal
     from milex.agent.poller import Poller
     from milex.agent.recovery import recover
@@ -138,7 +145,10 @@ def run(
     journal = Journal(directory / "journal.sqlite")
     schedulers = scheduler_cache()
     poller = Poller(journal, schedulers, interval=poll_interval, max_interval=max_interval)
-    agent = Agent(journal=journal, poller=poller, schedulers=schedulers, version=version)
+    controller = ControllerWatch(settle=CONTROLLER_SETTLE, retry_for=submit_retry)
+    agent = Agent(
+        journal=journal, poller=poller, schedulers=schedulers, version=version, controller=controller
+    )
     recover(agent)
     previous = os.umask(0o077)  # the socket file itself is private too
     try:
