@@ -11,6 +11,7 @@ records it if found and submits it again (same key, same comment) once a lookup 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -30,6 +31,7 @@ from milex.common.render import log_paths, render_script, script_stem
 
 SchedulerCall = Callable[[], str]
 T = TypeVar("T")
+log = logging.getLogger("milex.agent")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
 
@@ -276,6 +278,7 @@ class BundleSubmission:
             return
         self.in_doubt[job.name] = (job, planned, comment)
         self._last_silence = error
+        log.warning("job %s of %s is in doubt (%s); looking it up", job.name, self.bundle.stem, error)
         self._backoff.failed()
 
     def _resolve(self) -> None:
@@ -285,6 +288,7 @@ class BundleSubmission:
             try:
                 found = future.result()
             except SchedulerError as error:  # still no answer
+                log.info("looking up %d job(s) in doubt: %s", len(self.in_doubt), error)
                 self.watch.unanswered()
                 self._last_silence = error
                 self._backoff.failed()
