@@ -27,7 +27,13 @@ def recover(agent: Agent) -> None:
     (once the controller has settled: until then, `InDoubtRecovery` goes on from the server's loop)."""
     groups = _in_doubt(agent, owned=())
     started = agent.controller.clock()
-    _apply(agent, groups, _look_up(agent, groups), conclusive=agent.controller.conclusive(started))
+    try:
+        found = _look_up(agent, groups)
+    except SchedulerError as error:  # a silent controller must not keep the agent from starting
+        agent.controller.unanswered()
+        log.warning("looking up submissions in doubt failed: %s; retrying while serving", error)
+        return
+    _apply(agent, groups, found, conclusive=agent.controller.conclusive(started))
 
 
 class InDoubtRecovery:

@@ -200,3 +200,12 @@ def test_a_timed_out_command_is_an_unknown_outcome_and_a_refusal_is_not(monkeypa
         scheduler.submit(Path("a.sh"), text="#!/bin/sh\n")
     with pytest.raises(SchedulerUnavailable, match="did not answer within 0 s"):
         command.run_command(["sleep", "5"], timeout=0.05)
+
+
+def test_an_agent_starts_even_when_the_controller_does_not_answer(agent, fake, clock, settings):
+    from milex.agent.recovery import recover
+
+    agent.journal.begin(in_doubt("cut"), scheduler=settings.scheduler, machine_path=settings.path)
+    fake.errors["lookup"] = SchedulerUnavailable(NO_ANSWER)
+    recover(agent)  # does not raise: the loop's recovery goes on
+    assert agent.journal.find("cut") is not None and agent.controller.silent
