@@ -87,7 +87,7 @@ class SubmitProgressBar:
 def describe(progress: SubmitProgress) -> str:
     """What the bar says the agent is doing."""
     if progress.waiting_for_controller:
-        return f"waiting for the SLURM controller to answer ({progress.in_doubt} job(s) in doubt)"
+        return f"SLURM controller silent, waiting ({progress.in_doubt} in doubt)"
     if progress.in_doubt:
-        return f"submitting; checking {progress.in_doubt} job(s) the controller may have"
+        return f"submitting ({progress.in_doubt} in doubt)"
     return "submitting"
