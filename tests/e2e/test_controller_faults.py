@@ -3,6 +3,7 @@ is in SLURM exactly once and in the laptop's record, and the same `milex-run` en
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -44,14 +46,27 @@ def comments(stem: str) -> list[str]:
     return [line.strip() for line in squeue.stdout.splitlines() if line.strip().startswith(f"milex:{stem}/")]
 
 
+CLUSTER_STATE = Path(os.environ.get("MILEX_CLUSTER_STATE", "/var/run/milex-test-cluster"))
+
+
 def slurmctld() -> int:
-    pidof = subprocess.run(["pidof", "slurmctld"], capture_output=True, text=True, check=True)
-    return int(pidof.stdout.split()[0])
+    """The test cluster's slurmctld, as deploy/slurm-up.sh recorded it (`pidof` would also name the
+    slurmctld of a container running on this host)."""
+    return int((CLUSTER_STATE / "pids" / "slurmctld.pid").read_text())
 
 
-def deploy(script: str) -> None:
-    """Run one of deploy/'s cluster scripts (they stop and start slurmctld without systemd)."""
-    subprocess.run([str(REPO / "deploy" / script)], check=True, capture_output=True, timeout=300)
+def deploy(script: str, tmp: Path) -> None:
+    """Run one of deploy/'s cluster scripts (they stop and start slurmctld without systemd).
+
+    Their `pgrep` sees every PID namespace, so a container's slurmctld on this host makes
+    slurm-up.sh refuse to start ours: it gets a `pgrep` that sees this namespace only.
+    """
+    shim = tmp / "nsbin"
+    shim.mkdir(exist_ok=True)
+    (shim / "pgrep").write_text('#!/bin/sh\nexec /usr/bin/pgrep --ns $$ --nslist pid "$@"\n')
+    (shim / "pgrep").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(REPO / "deploy" / script)], check=True, capture_output=True, timeout=300, env=env)
 
 
 @contextmanager
@@ -121,9 +136,9 @@ def test_a_controller_restarted_mid_bundle_loses_no_job_and_doubles_none(milex_h
         wait_until(when_submitted(bundle, 20), timeout=120, what="20 jobs in squeue")
         assert len(comments(bundle.stem)) < CHAIN  # the restart lands in the middle of the bundle
         try:
-            deploy("slurm-down.sh")
+            deploy("slurm-down.sh", milex_home.root)
         finally:
-            deploy("slurm-up.sh")
+            deploy("slurm-up.sh", milex_home.root)
         finished(run)
     # sbatch itself retries while the controller is down: only calls cut at the stop are in doubt.
     assert_each_job_once(milex_home, bundle)
@@ -179,11 +194,11 @@ def test_an_agent_killed_mid_bundle_is_noticed_in_seconds(milex_home: MilexHome)
 
 
 @pytest.fixture(autouse=True)
-def _controller_running() -> Iterator[None]:
+def _controller_running(tmp_path: Path) -> Iterator[None]:
     """Whatever happens in a test, slurmctld is left running and answering."""
     yield
-    for pid in subprocess.run(["pidof", "slurmctld"], capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), signal.SIGCONT)
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(slurmctld(), signal.SIGCONT)
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
     if "is UP" not in ping.stdout:
-        deploy("slurm-up.sh")
+        deploy("slurm-up.sh", tmp_path)
