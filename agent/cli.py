@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from milex.agent.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex.agent.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
 from milex.common.version import VERSION
 
 
@@ -37,6 +37,13 @@ _idle_exit_option = click.option(
     show_default=True,
     help="Exit after this many seconds with no unfinished job, client or request (0: never).",
 )
+_submit_retry_option = click.option(
+    "--submit-retry",
+    type=float,
+    default=SUBMIT_RETRY,
+    show_default=True,
+    help="Seconds a submission waits for a silent SLURM controller before it gives up.",
+)
 
 
 @click.group()
@@ -51,6 +58,7 @@ def main() -> None:
 @click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
 @click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
 @_idle_exit_option
+@_submit_retry_option
 @click.option("--detach", is_flag=True, help="Run in the background; exit once the agent serves.")
 def run(
     path: str | None,
@@ -58,6 +66,7 @@ def run(
     poll_interval: float,
     max_interval: float,
     idle_exit: float,
+    submit_retry: float,
     detach: bool,
 ) -> None:
     """Serve in the foreground (what `start` runs detached, and what a container runs)."""
@@ -68,7 +77,7 @@ def run(
     on_ready = _detach() if detach else (lambda: None)
     try:
         daemon.run(target, poll_interval=poll_interval, max_interval=max_interval, idle_exit=idle_exit,
-                   version=VERSION, on_ready=on_ready)  # fmt: skip
+                   submit_retry=submit_retry, version=VERSION, on_ready=on_ready)  # fmt: skip
     except MilexError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -99,14 +108,21 @@ def _detach() -> Callable[[], None]:
 @click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
 @click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
 @_idle_exit_option
+@_submit_retry_option
 def start(
-    path: str | None, directory: str | None, poll_interval: float, max_interval: float, idle_exit: float
+    path: str | None,
+    directory: str | None,
+    poll_interval: float,
+    max_interval: float,
+    idle_exit: float,
+    submit_retry: float,
 ) -> None:
     """Start the agent detached unless one runs; print its info as JSON."""
     from milex.agent import daemon
 
     target = _directory(path, directory)
-    info = daemon.start(target, poll_interval=poll_interval, max_interval=max_interval, idle_exit=idle_exit)
+    info = daemon.start(target, poll_interval=poll_interval, max_interval=max_interval, idle_exit=idle_exit,
+                        submit_retry=submit_retry)  # fmt: skip
     _print(info)
 
 

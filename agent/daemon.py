@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from milex.agent.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex.agent.intervals import CONTROLLER_SETTLE, IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
 from milex.common.errors import MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
 
@@ -79,6 +79,7 @@ def start(
     poll_interval: float = POLL_INTERVAL,
     max_interval: float = MAX_POLL_INTERVAL,
     idle_exit: float = IDLE_EXIT,
+    submit_retry: float = SUBMIT_RETRY,
 ) -> AgentInfo:
     """The running agent of `directory`, started detached first if there is none."""
     info = read_info(directory)
@@ -89,18 +90,19 @@ def start(
     starting = take_lock(directory / "start.lock", wait=True)
     assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
     try:
-        return read_info(directory) or _launch(directory, poll_interval, max_interval, idle_exit)
+        options = ["--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
+                   "--idle-exit", str(idle_exit), "--submit-retry", str(submit_retry)]  # fmt: skip
+        return read_info(directory) or _launch(directory, options)
     finally:
         os.close(starting)
 
 
-def _launch(directory: Path, poll_interval: float, max_interval: float, idle_exit: float) -> AgentInfo:
-    """Start the agent of `directory` detached; its info once it serves."""
+def _launch(directory: Path, options: list[str]) -> AgentInfo:
+    """Start the agent of `directory` detached, with these options of `milex-agent run`; its info
+    once it serves."""
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
-    command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory),
-               "--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
-               "--idle-exit", str(idle_exit)]  # fmt: skip
+    command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory), *options]
     with open(log_file, "ab") as log:
         # `run --detach` forks; its parent exits once the agent serves (or failed), so the agent
         # is nobody's child here and the exit status says whether it started.
@@ -137,10 +139,12 @@ def run(
     max_interval: float,
     idle_exit: float = IDLE_EXIT,
     version: str,
+    submit_retry: float = SUBMIT_RETRY,
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve in the foreground until SIGTERM, SIGINT, a Shutdown request, `idle_exit` seconds of
     idleness, or the removal of `directory`; `on_ready` once serving."""
+    from milex.agent.controller import ControllerWatch
     from milex.agent.journal import Journal
     from milex.agent.lifetime import Lifetime, identity
     from milex.agent.poller import Poller
@@ -158,7 +162,10 @@ def run(
     journal = Journal(journal_path)
     schedulers = scheduler_cache()
     poller = Poller(journal, schedulers, interval=poll_interval, max_interval=max_interval)
-    agent = Agent(journal=journal, poller=poller, schedulers=schedulers, version=version)
+    controller = ControllerWatch(settle=CONTROLLER_SETTLE, retry_for=submit_retry)
+    agent = Agent(
+        journal=journal, poller=poller, schedulers=schedulers, version=version, controller=controller
+    )
     recover(agent)
     previous = os.umask(0o077)  # the socket file itself is private too
     try:

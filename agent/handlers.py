@@ -86,6 +86,7 @@ def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
         JournalLedger(agent.journal, request, scheduler),
         dispatch=agent.dispatch,
         in_flight=scheduler.parallel_submissions,
+        watch=agent.controller,
     )
     return PendingSubmit(agent, request, submission)
 

@@ -9,3 +9,9 @@ MAX_POLL_INTERVAL = 10.0
 IDLE_EXIT = 3600.0
 # How often the agent checks that its directory and journal are still its own (one stat each).
 HOME_CHECK_INTERVAL = 5.0
+# How long a submission keeps looking up a job whose sbatch got no answer while the controller stays
+# silent, before it answers with the jobs submitted so far (the agent keeps resolving the rest).
+SUBMIT_RETRY = 300.0
+# How long the controller must have answered again before a lookup that misses a job proves it was
+# never received: requests queued while it was stopped are processed within this after it resumes.
+CONTROLLER_SETTLE = 5.0

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from milex.agent.journal import Journal
 from milex.agent.scheduler.base import Scheduler
-from milex.agent.submission import SubmittedJob
+from milex.agent.submission import IN_DOUBT, SubmittedJob
 from milex.common.errors import MilexError
 from milex.common.model import Job, JobState
 from milex.common.protocol import SubmitBundle, TrackedJob
@@ -34,14 +34,12 @@ class JournalLedger:
         tracked = self.journal.find(self.key(job))
         if tracked is None:
             return None
-        if not tracked.job_id:  # an earlier attempt was cut short: did SLURM get the job?
-            comment = comment_of(tracked.key)
-            found = self.scheduler.lookup([comment]).get(comment)
-            if found is None:
-                return None
-            self.journal.submitted(tracked.key, found)
-            return found
+        if not tracked.job_id:  # an earlier attempt was cut short: the submission looks it up
+            return IN_DOUBT
         return tracked.job_id
+
+    def comment(self, job: Job) -> str:
+        return comment_of(self.key(job))
 
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
         bundle = self.request.bundle.stem

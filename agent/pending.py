@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import logging
+import math
+import time
+from dataclasses import dataclass, field
 
 from milex.agent.state import Agent
 from milex.agent.submission import BundleSubmission
-from milex.common.errors import SubmitError
-from milex.common.protocol import SubmitBundle, Submitted
+from milex.common.errors import MilexError
+from milex.common.protocol import SubmitBundle, SubmitProgress, Submitted
+
+# Progress is sent at least this often to a client that asked for it, even when nothing moved: a
+# client that hears nothing for a few seconds knows the agent is gone.
+PROGRESS_INTERVAL = 0.5
+log = logging.getLogger("milex.agent")
 
 
 @dataclass
@@ -18,6 +26,11 @@ class PendingSubmit:
     agent: Agent
     request: SubmitBundle
     submission: BundleSubmission
+    progress_sent: float = field(default_factory=time.monotonic)
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self.request.keys.values())
 
     def step(self) -> Submitted | None:
         """The reply once every job is submitted (or the submission stopped); None until then."""
@@ -25,19 +38,45 @@ class PendingSubmit:
 
     def wait(self) -> Submitted:
         """The reply, after submitting the whole bundle here and now."""
-        with contextlib.suppress(SubmitError):  # the reply carries it
+        with contextlib.suppress(Exception):  # the reply carries it
             self.submission.run()
         return self._reply()
 
     def stop(self, reason: str) -> None:
         self.submission.stop(reason)
 
+    def progress(self) -> SubmitProgress | None:
+        """How far the submission is, when the client asked for progress and is due some."""
+        now = time.monotonic()
+        if not self.request.progress or now - self.progress_sent < PROGRESS_INTERVAL:
+            return None
+        self.progress_sent = now
+        submission = self.submission
+        return SubmitProgress(
+            id=self.request.id,
+            submitted=len(submission.submitted),
+            total=len(submission.ordered),
+            in_doubt=len(submission.in_doubt),
+            waiting_for_controller=submission.waiting_for_controller,
+        )
+
+    def next_event_in(self) -> float:
+        """Seconds until this submission has something to do that no finished call announces."""
+        progress = math.inf
+        if self.request.progress:
+            progress = self.progress_sent + PROGRESS_INTERVAL - time.monotonic()
+        return max(0.0, min(progress, self.submission.next_event_in()))
+
     def _reply(self) -> Submitted:
+        """Every job accepted so far, and what stopped the rest (a refusal, a silent controller, a bug)."""
         error = ""
         try:
             self.submission.result()
-        except SubmitError as refusal:
-            error = str(refusal)
+        except MilexError as failure:
+            error = str(failure)
+        except Exception as failure:  # the jobs accepted so far are still answered
+            log.exception("submission of %s failed", self.request.bundle.stem)
+            error = f"the agent failed during the submission: {failure!r}; its log has the traceback."
         self.agent.poller.nudge()
         jobs = [self.agent.journal.find(key) for key in self.request.keys.values()]
         return Submitted(id=self.request.id, jobs=[job for job in jobs if job and job.job_id], error=error)

@@ -1,28 +1,112 @@
-"""Resuming after a crash: submissions cut short are looked up in the scheduler before any retry."""
+"""Resolving submissions in doubt: at start, and from the server's loop for those no submission owns.
+
+A job is in doubt when its submission was started but its scheduler id never came back (the agent
+crashed, or sbatch got no answer and the submission gave up). It is looked up by its comment:
+found, it is adopted; proven absent (see `milex.agent.controller`), it is forgotten, so that a
+retry with the same key submits it.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Collection
+from concurrent.futures import Future
 
+from milex.agent.controller import Backoff
 from milex.agent.ledger import comment_of
 from milex.agent.state import Agent
+from milex.common.errors import SchedulerError
 
 log = logging.getLogger("milex.agent")
+Groups = dict[tuple[str, str], list[str]]  # keys in doubt by (scheduler kind, machine path)
 
 
 def recover(agent: Agent) -> None:
-    """Adopt each interrupted submission the scheduler has; forget those it never received."""
-    in_doubt: dict[tuple[str, str], list[str]] = {}
+    """Adopt each interrupted submission the scheduler has; forget those it proves it never received
+    (once the controller has settled: until then, `InDoubtRecovery` goes on from the server's loop)."""
+    groups = _in_doubt(agent, owned=())
+    started = agent.controller.clock()
+    try:
+        found = _look_up(agent, groups)
+    except SchedulerError as error:  # a silent controller must not keep the agent from starting
+        agent.controller.unanswered()
+        log.warning("looking up submissions in doubt failed: %s; retrying while serving", error)
+        return
+    _apply(agent, groups, found, conclusive=agent.controller.conclusive(started))
+
+
+class InDoubtRecovery:
+    """Looks up, with back-off, the jobs in doubt that no submission in progress owns."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.backoff = Backoff(agent.controller)
+        self.looking: tuple[Future[dict[str, str]], Groups, float] | None = None
+
+    def next_event_in(self) -> float:
+        if self.looking is not None:
+            return 0.0 if self.looking[0].done() else math.inf
+        return max(0.0, self.backoff.next_at - self.agent.controller.clock())
+
+    def step(self, owned: Collection[str]) -> None:
+        """Start a lookup when due and some job is in doubt; apply one that finished."""
+        if self.looking is None and self.backoff.due:
+            groups = _in_doubt(self.agent, owned)
+            if not groups:
+                self.backoff.failed()  # nothing to do: look at the journal again later
+                return
+            started = self.agent.controller.clock()
+            self.looking = (self.agent.dispatch(lambda: _look_up(self.agent, groups)), groups, started)
+        if self.looking is not None and self.looking[0].done():
+            future, groups, started = self.looking
+            self.looking = None
+            self._found(future, groups, started, owned)
+
+    def _found(
+        self, future: Future[dict[str, str]], groups: Groups, started: float, owned: Collection[str]
+    ) -> None:
+        watch = self.agent.controller
+        try:
+            found = future.result()
+        except SchedulerError as error:
+            watch.unanswered()
+            self.backoff.failed()
+            log.warning("looking up submissions in doubt failed: %s", error)
+            return
+        watch.answered()
+        self.backoff.answered()
+        groups = {group: [key for key in keys if key not in owned] for group, keys in groups.items()}
+        _apply(self.agent, groups, found, conclusive=watch.conclusive(started))
+
+
+def _in_doubt(agent: Agent, owned: Collection[str]) -> Groups:
+    groups: Groups = {}
     for job, kind, machine_path in agent.journal.in_doubt():
-        in_doubt.setdefault((kind, machine_path), []).append(job.key)
-    for (kind, machine_path), keys in in_doubt.items():
-        found = agent.schedulers(kind, machine_path).lookup([comment_of(key) for key in keys])
+        if job.key not in owned:
+            groups.setdefault((kind, machine_path), []).append(job.key)
+    return groups
+
+
+def _look_up(agent: Agent, groups: Groups) -> dict[str, str]:
+    """Job ids by comment, over every scheduler that has jobs in doubt: one query each."""
+    found: dict[str, str] = {}
+    for (kind, machine_path), keys in groups.items():
+        found.update(agent.schedulers(kind, machine_path).lookup([comment_of(key) for key in keys]))
+    return found
+
+
+def _apply(agent: Agent, groups: Groups, found: dict[str, str], *, conclusive: bool) -> None:
+    for (kind, _), keys in groups.items():
         for key in keys:
+            tracked = agent.journal.find(key)
+            if tracked is None or tracked.job_id:  # resolved meanwhile, by a retry of its submission
+                continue
             job_id = found.get(comment_of(key))
-            if job_id is None:
+            if job_id is not None:
+                agent.journal.submitted(key, job_id)
+                log.info("submission %s in doubt was accepted as job %s", key, job_id)
+            elif conclusive:
                 agent.journal.forget(key)
                 log.info("submission %s never reached %s; a retry will submit it", key, kind)
-            else:
-                agent.journal.submitted(key, job_id)
-                log.info("submission %s was accepted as job %s before the restart", key, job_id)
     agent.poller.nudge()

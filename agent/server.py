@@ -18,8 +18,8 @@ from milex.agent.handlers import handle
 from milex.agent.lifetime import Lifetime
 from milex.agent.logs import read_chunk
 from milex.agent.pending import PendingSubmit
+from milex.agent.recovery import InDoubtRecovery
 from milex.agent.state import Agent, Peer
-from milex.agent.submission import SchedulerCall
 from milex.common.errors import MilexError
 from milex.common.model import JobStatus
 from milex.common.protocol import (
@@ -70,6 +70,7 @@ class AgentServer:
         self.submit_workers = ThreadPoolExecutor(SUBMIT_WORKERS, thread_name_prefix="milex-submit")
         self.polling: Future[list[tuple[str, JobStatus]]] | None = None
         self.submitting: list[tuple[Peer, PendingSubmit]] = []
+        self.recovery = InDoubtRecovery(agent)
         self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.readiness = zmq.Poller()
         self.readiness.register(self.socket, zmq.POLLIN)
@@ -103,7 +104,7 @@ class AgentServer:
             self._push_logs()
             self._check_lifetime()
 
-    def _dispatch(self, call: SchedulerCall) -> Future[str]:
+    def _dispatch(self, call: Callable[[], T], /) -> Future[T]:
         future = self.submit_workers.submit(call)
         future.add_done_callback(self._wake)
         return future
@@ -123,7 +124,9 @@ class AgentServer:
             wait = min(wait, LOG_FOLLOW_INTERVAL)
         for stream in self.agent.watches.values():
             wait = min(wait, max(0.0, stream.last_sent + stream.heartbeat - time.monotonic()))
-        return wait
+        for _, pending in self.submitting:
+            wait = min(wait, pending.next_event_in())
+        return min(wait, self.recovery.next_event_in())
 
     def _receive_all(self) -> None:
         while not self.agent.stopping:
@@ -149,13 +152,23 @@ class AgentServer:
         return self._guarded(request, lambda: handle(self.agent, peer, request))
 
     def _step_submissions(self) -> None:
-        """Advance every submission in progress; answer those that are done."""
+        """Advance every submission in progress; answer those that are done; send progress.
+
+        A request whose keys an earlier one still submits (a client's retry after a lost reply)
+        waits for it: it then finds every job in the journal and submits none twice.
+        """
+        owned: set[str] = set()
         for entry in list(self.submitting):
             peer, pending = entry
-            reply = self._guarded(pending.request, pending.step)
+            waiting = bool(owned & pending.keys)
+            owned |= pending.keys
+            reply = None if waiting else self._guarded(pending.request, pending.step)
             if reply is not None:
                 self.submitting.remove(entry)
                 self.send(peer, reply)
+            elif (progress := pending.progress()) is not None:
+                self.send(peer, progress)
+        self.recovery.step(owned)
 
     def _guarded(self, request: Request, work: Callable[[], T]) -> T | Error:
         """What `work` returns, or the error reply to `request` if it fails: the agent never dies of one."""

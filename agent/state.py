@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from milex.agent.controller import ControllerWatch
+from milex.agent.intervals import CONTROLLER_SETTLE, SUBMIT_RETRY
 from milex.agent.journal import Journal
 from milex.agent.poller import Poller
 from milex.agent.scheduler.base import Scheduler
@@ -52,6 +54,10 @@ class Agent:
     stopping: bool = False
     # How scheduler calls of a submission run: here and now, unless the server hands them to workers.
     dispatch: Dispatch = run_inline
+    # Whether the controller answers: shared by every submission and by the recovery of jobs in doubt.
+    controller: ControllerWatch = field(
+        default_factory=lambda: ControllerWatch(settle=CONTROLLER_SETTLE, retry_for=SUBMIT_RETRY)
+    )
 
     def scheduler_for(self, settings: MachineSettings) -> Scheduler:
         return self.schedulers(settings.scheduler, settings.path)

@@ -3,26 +3,43 @@
 A job goes to the scheduler as soon as the jobs it depends on have ids, a few at a time where the
 scheduler takes that (several sbatch calls in flight); everything the ledger records is recorded
 by the caller's thread, which drives the submission with `step()` between its other work.
+
+A call that got no answer leaves its job in doubt: the submission starts nothing new, looks the job
+up by its comment (with back-off while the controller is silent, see `milex.agent.controller`),
+records it if found and submits it again (same key, same comment) once a lookup proves it absent.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from milex.agent.controller import Backoff, ControllerWatch
 from milex.agent.scheduler.base import Scheduler
-from milex.common.errors import SubmitError
+from milex.common.errors import MilexError, SchedulerError, SchedulerUnavailable, SubmitError
 from milex.common.model import Bundle, Job, MachineSettings
 from milex.common.render import log_paths, render_script, script_stem
 
 SchedulerCall = Callable[[], str]
-Dispatch = Callable[[SchedulerCall], "Future[str]"]  # runs a call now, or on a worker
+T = TypeVar("T")
+log = logging.getLogger("milex.agent")
+# `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
+IN_DOUBT = ""
+
+
+class Dispatch(Protocol):
+    """Runs a scheduler call now, or on a worker."""
+
+    def __call__(self, call: Callable[[], T], /) -> Future[T]: ...
 
 
 class SubmittedJob(msgspec.Struct, kw_only=True):
@@ -39,7 +56,11 @@ class Ledger(Protocol):
     """Where submissions are remembered, so that a job is submitted at most once."""
 
     def known(self, job: Job) -> str | None:
-        """The id `job` already has (from an earlier attempt), or None to submit it."""
+        """The id `job` already has (from an earlier attempt), None to submit it, or IN_DOUBT."""
+        ...
+
+    def comment(self, job: Job) -> str:
+        """The sbatch comment `job` is submitted with: how a lookup finds it ('' for none)."""
         ...
 
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
@@ -57,6 +78,9 @@ class NoLedger:
     def known(self, job: Job) -> str | None:
         return None
 
+    def comment(self, job: Job) -> str:
+        return ""
+
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
         return [""] * len(planned)
 
@@ -67,9 +91,9 @@ class NoLedger:
         pass
 
 
-def run_inline(call: SchedulerCall) -> Future[str]:
+def run_inline(call: Callable[[], T], /) -> Future[T]:
     """Dispatch that runs the scheduler call at once, in this thread."""
-    future: Future[str] = Future()
+    future: Future[T] = Future()
     try:
         future.set_result(call())
     except BaseException as error:  # handed to the submission, which decides what it means
@@ -82,7 +106,8 @@ class BundleSubmission:
 
     Stops starting jobs at the first refusal, so no job whose dependency failed to submit is
     submitted; calls already in flight finish and are recorded. The SubmitError then names the
-    jobs submitted and those not.
+    jobs submitted and those not. A call without answer is looked up until the controller answers
+    or `watch` gives up; giving up (or any other scheduler error) ends the submission the same way.
     """
 
     def __init__(
@@ -94,15 +119,24 @@ class BundleSubmission:
         *,
         dispatch: Dispatch = run_inline,
         in_flight: int = 1,
+        watch: ControllerWatch | None = None,
     ) -> None:
         self.bundle, self.settings, self.scheduler = bundle, settings, scheduler
         self.ledger = ledger or NoLedger()
         self.dispatch, self.in_flight = dispatch, max(1, in_flight)
+        self.watch = watch or ControllerWatch(settle=0.0, retry_for=0.0)
         self.ordered = bundle.ordered_jobs()  # raises before anything is submitted
         self.submitted: dict[str, SubmittedJob] = {}
         self.running: dict[Future[str], tuple[Job, SubmittedJob]] = {}
         self.failure: BaseException | None = None
         self._refused: tuple[Job, str] | None = None
+        # Jobs whose call got no answer, by name, with their comment; looked up until resolved.
+        self.in_doubt: dict[str, tuple[Job, SubmittedJob, str]] = {}
+        self._looking: tuple[Future[dict[str, str]], float] | None = None  # a lookup, and when it started
+        self._backoff = Backoff(self.watch)
+        self._absent: set[str] = set()  # proven absent: submitted again without asking the ledger
+        self._comments: dict[str, str] = {}  # the comment each job was submitted with
+        self._last_silence: BaseException | None = None
         self._unmet = {job.name: len(set(job.dependencies)) for job in self.ordered}
         self._dependents: dict[str, list[Job]] = {}
         for job in self.ordered:
@@ -112,13 +146,21 @@ class BundleSubmission:
 
     @property
     def done(self) -> bool:
-        return not self.running and (self.failure is not None or len(self.submitted) == len(self.ordered))
+        if self.running or self._looking is not None:
+            return False
+        return self.failure is not None or len(self.submitted) == len(self.ordered)
+
+    @property
+    def waiting_for_controller(self) -> bool:
+        """Whether jobs are in doubt while the controller does not answer."""
+        return bool(self.in_doubt) and self.watch.silent
 
     def step(self) -> bool:
         """Record the calls that finished and start the jobs now ready; whether all is done."""
         while True:
             self._collect()
-            if self.failure is not None or not self._start_ready():
+            self._resolve()
+            if self.failure is not None or self.in_doubt or not self._start_ready():
                 return self.done
 
     def stop(self, reason: str) -> None:
@@ -129,8 +171,22 @@ class BundleSubmission:
     def run(self) -> list[SubmittedJob]:
         """Submit the whole bundle, waiting for the scheduler's answers here."""
         while not self.step():
-            wait(list(self.running), return_when=FIRST_COMPLETED)
+            futures: list[Future[Any]] = [*self.running]
+            if self._looking is not None:
+                futures.append(self._looking[0])
+            if futures:
+                wait(futures, return_when=FIRST_COMPLETED)
+            else:  # only waiting for the next lookup: this blocking variant may sleep
+                time.sleep(max(0.0, min(self.next_event_in(), 1.0)))
         return self.result()
+
+    def next_event_in(self) -> float:
+        """Seconds until the submission has something to do without a call finishing."""
+        if self._looking is not None and self._looking[0].done():  # finished, not yet applied
+            return 0.0
+        if self.in_doubt and self._looking is None and self.failure is None:
+            return max(0.0, self._backoff.next_at - self.watch.clock())
+        return math.inf
 
     def result(self) -> list[SubmittedJob]:
         """The submitted jobs in dependency order; raises what stopped the submission, if anything."""
@@ -138,6 +194,8 @@ class BundleSubmission:
             job, message = self._refused
             raise SubmitError(self._refusal(job, message))
         if self.failure is not None:
+            if isinstance(self.failure, MilexError):
+                raise type(self.failure)(f"{self.failure}\n{self._summary()}")
             raise self.failure
         return [self.submitted[job.name] for job in self.ordered]
 
@@ -148,9 +206,12 @@ class BundleSubmission:
         while self._ready and len(self.running) + len(batch) < self.in_flight:
             job = self._ready.popleft()
             planned = self._planned(job)
-            job_id = self.ledger.known(job)
+            job_id = None if job.name in self._absent else self.ledger.known(job)
             if job_id is None:
                 batch.append((job, planned))
+            elif job_id == IN_DOUBT:  # an earlier attempt never learnt whether it was accepted
+                self.in_doubt[job.name] = (job, planned, self.ledger.comment(job))
+                self._backoff.next_at = self.watch.clock()
             else:  # an earlier attempt got it submitted
                 planned.job_id = job_id
                 self._release(job, planned)
@@ -162,10 +223,12 @@ class BundleSubmission:
             comments = self.ledger.begin(batch)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
                 self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)
+                self.in_doubt.pop(job.name, None)
+                self._comments[job.name] = comment
             # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
             for (job, planned), text in zip(batch, texts, strict=True):
                 self._keep_script(job, planned, text)
-        return changed
+        return changed and not self.in_doubt
 
     def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
         after = [self.submitted[dependency].job_id for dependency in job.dependencies]
@@ -184,19 +247,81 @@ class BundleSubmission:
             try:
                 planned.job_id = future.result()
             except SubmitError as refusal:
+                self.watch.answered()
                 self.ledger.refused(job)
                 if self._refused is None:
                     self._refused = (job, str(refusal))
                 self.stop(str(refusal))
+                continue
+            except SchedulerUnavailable as error:  # accepted or not: a lookup will tell
+                self._doubt(job, planned, error)
                 continue
             except BaseException as error:  # the call's outcome is unknown: the ledger keeps it in doubt
                 self.failure = self.failure or error
                 continue
             accepted.append((job, planned))
         if accepted:
-            self.ledger.accepted(accepted)  # recorded before any job that depends on them starts
-            for job, planned in accepted:
-                self._release(job, planned)
+            self.watch.answered()
+            self._accept(accepted)
+
+    def _accept(self, accepted: list[tuple[Job, SubmittedJob]]) -> None:
+        self.ledger.accepted(accepted)  # recorded before any job that depends on them starts
+        for job, planned in accepted:
+            self.in_doubt.pop(job.name, None)
+            self._release(job, planned)
+
+    def _doubt(self, job: Job, planned: SubmittedJob, error: SchedulerUnavailable) -> None:
+        self.watch.unanswered()
+        comment = self._comments.get(job.name, "")
+        if not comment:  # nothing to look it up by
+            self.failure = self.failure or error
+            return
+        self.in_doubt[job.name] = (job, planned, comment)
+        self._last_silence = error
+        log.warning("job %s of %s is in doubt (%s); looking it up", job.name, self.bundle.stem, error)
+        self._backoff.failed()
+
+    def _resolve(self) -> None:
+        """Apply a lookup that finished; start the next one when it is due."""
+        if self._looking is not None and self._looking[0].done():
+            (future, started), self._looking = self._looking, None
+            try:
+                found = future.result()
+            except SchedulerError as error:  # still no answer
+                log.info("looking up %d job(s) in doubt: %s", len(self.in_doubt), error)
+                self.watch.unanswered()
+                self._last_silence = error
+                self._backoff.failed()
+            else:
+                self._found(found, started)
+        if not self.in_doubt or self._looking is not None or self.failure is not None:
+            return
+        if self.watch.given_up():
+            self.failure = SchedulerUnavailable(
+                f"the scheduler has not answered for {self.watch.retry_for:.0f} s "
+                f"({self._last_silence}); gave up."
+            )
+        elif self._backoff.due:
+            comments = [comment for _, _, comment in self.in_doubt.values()]
+            started = self.watch.clock()
+            self._looking = (self.dispatch(lambda: self.scheduler.lookup(comments)), started)
+
+    def _found(self, found: dict[str, str], started: float) -> None:
+        """Record the jobs in doubt a lookup found; submit again those it proves absent."""
+        self.watch.answered()
+        self._backoff.answered()
+        accepted = []
+        for job, planned, comment in list(self.in_doubt.values()):
+            if comment in found:
+                planned.job_id = found[comment]
+                accepted.append((job, planned))
+        if accepted:
+            self._accept(accepted)
+        if self.in_doubt and self.watch.conclusive(started):
+            for job, _, _ in reversed(list(self.in_doubt.values())):
+                self._absent.add(job.name)
+                self._ready.appendleft(job)
+            self.in_doubt.clear()
 
     def _release(self, job: Job, planned: SubmittedJob) -> None:
         self.submitted[job.name] = planned
@@ -228,6 +353,19 @@ class BundleSubmission:
                 f"job {job.name!r} was submitted, but its script could not be kept at "
                 f"{planned.script}: {error.strerror}; no further job was submitted."
             )
+
+    def _summary(self) -> str:
+        """Which jobs were submitted, which are in doubt (and still looked up by the agent), which not."""
+        done = ", ".join(f"{s.name} (job {s.job_id})" for s in self.submitted.values()) or "none"
+        doubt = list(self.in_doubt)
+        skipped = [j.name for j in self.ordered if j.name not in self.submitted and j.name not in doubt]
+        text = f"Already submitted: {done}. Not submitted: {', '.join(skipped) or 'none'}."
+        if doubt:
+            text += (
+                f" In doubt (the scheduler may have them; the agent keeps looking them up and a retry "
+                f"with the same keys never doubles them): {', '.join(doubt)}."
+            )
+        return text
 
     def _refusal(self, job: Job, message: str) -> str:
         done = ", ".join(f"{s.name} (job {s.job_id})" for s in self.submitted.values()) or "none"

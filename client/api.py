@@ -12,7 +12,7 @@ import msgspec
 
 from milex.common.errors import BundleError, InvalidValue, SubmitError
 from milex.common.model import Bundle, Job, JobStatus, SlurmOptions
-from milex.common.protocol import TrackedJob
+from milex.common.protocol import SubmitProgress, TrackedJob
 from milex.common.slurm_values import validate_name
 from milex.config import Config, Machine, load_config
 from milex.records import (
@@ -106,11 +106,16 @@ def run(
     machine: str | None = None,
     date: str | None = None,
     config: Config | None = None,
+    progress: Callable[[SubmitProgress], None] | None = None,
     **overrides: str,
 ) -> Submission:
-    """Submit the newest bundle called `bundle` (or the one of `date`) to `machine`."""
+    """Submit the newest bundle called `bundle` (or the one of `date`) to `machine`.
+
+    `progress`, if given, is called with each SubmitProgress the agent sends while it submits.
+    """
     config = config or load_config()
-    return submit_bundle(load_bundle(config.jobs_dir, bundle, date), machine, config, **overrides)
+    record = load_bundle(config.jobs_dir, bundle, date)
+    return submit_bundle(record, machine, config, progress=progress, **overrides)
 
 
 def submit(
@@ -119,6 +124,7 @@ def submit(
     bundle: str | None = None,
     machine: str | None = None,
     config: Config | None = None,
+    progress: Callable[[SubmitProgress], None] | None = None,
     **overrides: str,
 ) -> Submission:
     """Submit jobs built in memory; they are recorded as a bundle, so the run is reproducible.
@@ -140,7 +146,12 @@ def submit(
     path = claim_bundle(config.jobs_dir, record)
     try:
         return submit_bundle(
-            record, machine, config, while_waiting=lambda: write_bundle(path, record), **overrides
+            record,
+            machine,
+            config,
+            while_waiting=lambda: write_bundle(path, record),
+            progress=progress,
+            **overrides,
         )
     finally:
         if path.exists() and path.stat().st_size == 0:  # the request never left: keep the record anyway
@@ -173,11 +184,13 @@ def submit_bundle(
     config: Config | None = None,
     *,
     while_waiting: Callable[[], None] = lambda: None,
+    progress: Callable[[SubmitProgress], None] | None = None,
     **overrides: str,
 ) -> Submission:
     """Submit a loaded bundle and keep a record of the submission beside it, even a partial one.
 
-    `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped).
+    `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped);
+    `progress` gets each SubmitProgress the agent sends meanwhile.
     """
     from milex.submitters import submitter_for
 
@@ -195,7 +208,9 @@ def submit_bundle(
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
 
     try:
-        submitter_for(machine).submit(bundle, settings, record, while_waiting, run_id=submission.run_id)
+        submitter_for(machine).submit(
+            bundle, settings, record, while_waiting, run_id=submission.run_id, on_progress=progress
+        )
     except SubmitError as error:
         submission.error = str(error)
         raise

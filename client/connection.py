@@ -53,6 +53,7 @@ class AgentConnection:
         self.socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
+        self.features: frozenset[str] = frozenset()  # what the agent named in its HelloReply
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -69,9 +70,11 @@ class AgentConnection:
         self.socket.send(encode(request))
         return request.id
 
-    def receive(self, request_id: str, timeout: float | None = None, *, expect: type[R]) -> R:
-        """The next reply to `request_id`, of the kind `expect`; AgentUnavailable after `timeout`
-        seconds of silence, AgentError for an error reply, UnexpectedReply for any other kind."""
+    def receive(
+        self, request_id: str, timeout: float | None = None, *, expect: type[R] | tuple[type[R], ...]
+    ) -> R:
+        """The next reply to `request_id`, of the kind `expect` (or one of them); AgentUnavailable after
+        `timeout` seconds of silence, AgentError for an error reply, UnexpectedReply for any other kind."""
         timeout = self.timeout if timeout is None else timeout
         while True:
             if not self.socket.poll(int(timeout * 1000), zmq.POLLIN):
@@ -89,7 +92,7 @@ class AgentConnection:
                 if not isinstance(reply, expect):
                     raise UnexpectedReply(
                         f"the agent at {self.endpoint} answered a {type(reply).__name__} where a "
-                        f"{expect.__name__} was due; are client and agent the same Milex version "
+                        f"{_names(expect)} was due; are client and agent the same Milex version "
                         "(`milex agent status`)?"
                     )
                 return reply
@@ -109,4 +112,9 @@ class AgentConnection:
         reply = self.request(Hello(client_version=client_version), expect=HelloReply)
         if reply.protocol != PROTOCOL_VERSION:
             raise MilexError(f"the agent speaks protocol {reply.protocol}, this client {PROTOCOL_VERSION}.")
+        self.features = frozenset(reply.features)
         return reply
+
+
+def _names(kinds: type | tuple[type, ...]) -> str:
+    return " or ".join(kind.__name__ for kind in (kinds if isinstance(kinds, tuple) else (kinds,)))

@@ -8,11 +8,24 @@ from collections.abc import Callable, Sequence
 from milex.agents import drop_shared_connection, shared_connection
 from milex.common.errors import SubmitError
 from milex.common.model import Bundle, JobStatus, MachineSettings
-from milex.common.protocol import Cancel, Cancelled, Status, StatusReply, SubmitBundle, Submitted, TrackedJob
+from milex.common.protocol import (
+    SUBMIT_PROGRESS,
+    Cancel,
+    Cancelled,
+    Status,
+    StatusReply,
+    SubmitBundle,
+    SubmitProgress,
+    Submitted,
+    TrackedJob,
+)
 from milex.config import Machine
 from milex.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
 
-SECONDS_PER_JOB = 0.5
+SECONDS_PER_JOB = 0.5  # for an agent that sends no progress: the time its sbatch calls may take
+# An agent that streams progress sends some every second: this long without any, it is gone.
+PROGRESS_TIMEOUT = 5.0
+OnProgress = Callable[[SubmitProgress], None]
 
 
 class AgentSubmitter:
@@ -32,30 +45,32 @@ class AgentSubmitter:
         on_submitted: Callable[[TrackedJob], None],
         while_waiting: Callable[[], None] = lambda: None,
         run_id: str = "",
+        on_progress: OnProgress | None = None,
     ) -> list[TrackedJob]:
-        """Submit `bundle`; `while_waiting` runs once the request is on its way, while the agent works.
+        """Submit `bundle`; `while_waiting` runs once the request is on its way, while the agent works;
+        `on_progress` gets each SubmitProgress of an agent that sends them.
 
-        A lost reply is retried once with the same keys, so nothing doubles. If `while_waiting`
-        fails, the reply is still collected (the jobs are submitted and reach `on_submitted`) before
-        its error is raised. `run_id` (the run's record id) is the keys' per-attempt part, so a job in
-        SLURM names the run it belongs to.
+        A lost reply (or an agent silent for PROGRESS_TIMEOUT while it should send progress) is
+        retried once with the same keys, so nothing doubles. If `while_waiting` fails, the reply is
+        still collected (the jobs are submitted and reach `on_submitted`) before its error is raised.
+        `run_id` (the run's record id) is the keys' per-attempt part, so a job in SLURM names the run
+        it belongs to.
         """
         attempt = run_id or uuid.uuid4().hex[:12]
         keys = {name: f"{bundle.stem}/{name}/{attempt}" for name in bundle.jobs}
         request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
-        # The agent answers once every job is submitted: give a big bundle the time its sbatch calls take.
-        timeout = DEFAULT_TIMEOUT + SECONDS_PER_JOB * len(bundle.jobs)
-        request_id = self.connection.send(request)
+        request_id = self.connection.send(self._asking_progress(request))
         meanwhile: Exception | None = None
         try:
             while_waiting()
         except Exception as error:  # raised below, once the submission is known
             meanwhile = error
         try:
-            reply = self.connection.receive(request_id, timeout, expect=Submitted)
+            reply = self._reply(request, request_id, on_progress)
         except AgentUnavailable:
             drop_shared_connection(self.machine)
-            reply = self.connection.request(request, timeout, expect=Submitted)
+            request_id = self.connection.send(self._asking_progress(request))
+            reply = self._reply(request, request_id, on_progress)
         for job in reply.jobs:
             on_submitted(job)
         if meanwhile is not None:
@@ -63,6 +78,23 @@ class AgentSubmitter:
         if reply.error:
             raise SubmitError(reply.error)
         return reply.jobs
+
+    def _asking_progress(self, request: SubmitBundle) -> SubmitBundle:
+        """`request`, asking for progress when this agent sends it (older agents do not)."""
+        request.progress = SUBMIT_PROGRESS in self.connection.features
+        return request
+
+    def _reply(self, request: SubmitBundle, request_id: str, on_progress: OnProgress | None) -> Submitted:
+        """The Submitted reply, passing on the progress that comes before it."""
+        if not request.progress:  # the agent answers once every job is submitted: give it their time
+            timeout = DEFAULT_TIMEOUT + SECONDS_PER_JOB * len(request.bundle.jobs)
+            return self.connection.receive(request_id, timeout, expect=Submitted)
+        while True:
+            reply = self.connection.receive(request_id, PROGRESS_TIMEOUT, expect=(SubmitProgress, Submitted))
+            if isinstance(reply, Submitted):
+                return reply
+            if isinstance(reply, SubmitProgress) and on_progress is not None:
+                on_progress(reply)
 
     def tracked(self, job_ids: Sequence[str] = (), bundle: str = "") -> StatusReply:
         return self.connection.request(Status(job_ids=list(job_ids), bundle=bundle), expect=StatusReply)

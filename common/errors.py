@@ -40,3 +40,10 @@ def unknown_key(where: str, key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(known)}."
+
+
+class SchedulerUnavailable(SchedulerError):
+    """The scheduler did not answer (a timeout, its controller unreachable): the call's outcome is unknown.
+
+    A submission that ends this way may have been accepted; only a lookup can tell.
+    """

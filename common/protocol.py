@@ -17,7 +17,10 @@ from milex.common.model import Bundle, JobStatus, MachineSettings
 PROTOCOL_VERSION = 1
 # Behaviours added to protocol 1 that a client may ask for, named in HelloReply.features.
 LOG_HEARTBEAT = "log_heartbeat"  # a following `Logs` gets an empty `LogChunk` after `heartbeat` s of quiet
-AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT,)
+SUBMIT_PROGRESS = (
+    "submit_progress"  # SubmitBundle(progress=True) gets SubmitProgress replies before its Submitted
+)
+AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -42,12 +45,14 @@ class SubmitBundle(Message, tag="submit"):
     """Render and submit every job of `bundle` in dependency order with `settings`.
 
     `keys` maps each job name to its idempotency key: a job whose key the agent has seen is
-    never submitted again; its recorded id is returned instead.
+    never submitted again; its recorded id is returned instead. With `progress` (when the agent
+    has the SUBMIT_PROGRESS feature), SubmitProgress replies come at least every second until then.
     """
 
     bundle: Bundle
     settings: MachineSettings
     keys: dict[str, str]
+    progress: bool = False
 
 
 class Cancel(Message, tag="cancel"):
@@ -149,6 +154,15 @@ class Submitted(Message, tag="submitted"):
     error: str = ""
 
 
+class SubmitProgress(Message, tag="submit_progress"):
+    """How far a submission is: jobs submitted of `total`, those in doubt, whether the controller is mute."""
+
+    submitted: int = 0
+    total: int = 0
+    in_doubt: int = 0
+    waiting_for_controller: bool = False
+
+
 class Cancelled(Message, tag="cancelled"):
     job_ids: list[str] = []
 
@@ -190,7 +204,7 @@ class Error(Message, tag="error"):
     detail: str = ""
 
 
-Reply = HelloReply | Submitted | Cancelled | StatusReply | Events | LogChunk | Ack | Error
+Reply = HelloReply | Submitted | SubmitProgress | Cancelled | StatusReply | Events | LogChunk | Ack | Error
 
 
 # ---- the codec ---------------------------------------------------------------------------------

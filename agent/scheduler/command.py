@@ -6,9 +6,26 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from milex.common.errors import SchedulerError
+from milex.common.errors import SchedulerError, SchedulerUnavailable
 
 DEFAULT_TIMEOUT = 60.0
+# What SLURM's commands print when the controller did not answer, so that a call may or may not have
+# been done (slurm_strerror of SLURM_PROTOCOL_SOCKET_IMPL_TIMEOUT, SLURM_COMMUNICATIONS_*_ERROR,
+# SLURMCTLD_COMMUNICATIONS_*, EAGAIN after sbatch's own retries). Seen on SLURM 22.05 with slurmctld
+# stopped by SIGSTOP: `sbatch: error: Batch job submission failed: Socket timed out on send/recv
+# operation` after MessageTimeout, and the job appeared once slurmctld resumed.
+_UNANSWERED = (
+    "socket timed out on send/recv operation",
+    "unable to contact slurm controller",
+    "zero bytes were transmitted or received",
+    "communication connection failure",
+    "communication send failure",
+    "communication receive failure",
+    "temporarily unable to accept job",
+    "resource temporarily unavailable",
+    "transaction in progress",
+    "backup controller in standby mode",
+)
 
 
 @dataclass(frozen=True)
@@ -25,12 +42,21 @@ class CommandResult:
         """The command's own explanation of a failure: stderr, else stdout."""
         return (self.stderr.strip() or self.stdout.strip()) or f"exit status {self.returncode}"
 
+    @property
+    def unanswered(self) -> bool:
+        """Whether it failed because the controller did not answer (or it was killed): its outcome
+        is unknown, where any other failure is the controller's own answer."""
+        if self.returncode < 0:  # killed by a signal
+            return True
+        text = self.message.lower()
+        return self.returncode != 0 and any(marker in text for marker in _UNANSWERED)
+
 
 def run_command(
     argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, stdin: str | None = None
 ) -> CommandResult:
-    """Run `argv` (given `stdin`) and return what it printed; SchedulerError if it cannot start or
-    times out.
+    """Run `argv` (given `stdin`) and return what it printed; SchedulerError if it cannot start,
+    SchedulerUnavailable (its outcome unknown) if it times out.
 
     A non-zero exit is returned, not raised: callers decide which failures are errors.
     """
@@ -46,7 +72,7 @@ def run_command(
     except OSError as error:  # e.g. E2BIG: the agent must survive what it cannot run
         raise SchedulerError(f"could not run {argv[0]}: {error}") from None
     except subprocess.TimeoutExpired:
-        raise SchedulerError(
+        raise SchedulerUnavailable(
             f"{' '.join(argv)} did not answer within {timeout:.0f} s; is slurmctld up (try `sinfo`)?"
         ) from None
     return CommandResult(tuple(argv), completed.returncode, completed.stdout, completed.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 from milex.agent.scheduler.command import run_command
 from milex.agent.scheduler.slurm_history import SlurmHistory
 from milex.agent.scheduler.slurm_output import squeue_rows, statuses
-from milex.common.errors import SchedulerError, SubmitError
+from milex.common.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from milex.common.model import JobState, JobStatus
 
 # Fields of `squeue --Format`, each followed by a separator no value contains. Width 0 prints a
@@ -46,6 +46,8 @@ class SlurmScheduler:
         if text is None:
             argv.append(str(script))
         result = run_command(argv, stdin=text)  # sbatch reads a script from stdin when given no file
+        if result.unanswered:  # it may have been accepted: the caller looks it up by its comment
+            raise SchedulerUnavailable(f"sbatch got no answer for {script.name}: {result.message}")
         if result.returncode != 0:
             raise SubmitError(f"sbatch refused {script.name}: {result.message}")
         # --parsable prints `jobid` or `jobid;cluster`.
@@ -76,7 +78,8 @@ class SlurmScheduler:
         argv = ["squeue", "--noheader", "--states=all", "--me", "--Format=JobID:0|,Comment:0|"]
         result = run_command(argv)
         if result.returncode != 0:
-            raise SchedulerError(f"squeue failed: {result.message}")
+            error = SchedulerUnavailable if result.unanswered else SchedulerError
+            raise error(f"squeue failed: {result.message}")
         found: dict[str, str] = {}
         for line in result.stdout.splitlines():
             job_id, _, rest = line.partition("|")

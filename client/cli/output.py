@@ -1,13 +1,20 @@
-"""How commands print a submission: a plain aligned table (no rich: `milex-run` must start fast)."""
+"""How commands print a submission: a plain aligned table (no rich: `milex-run` must start fast), and
+the progress bar of a submission that takes long enough to need one (rich, imported only then)."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Mapping
+from typing import IO, Any
 
 import click
 
 from milex.common.model import JobState, JobStatus
+from milex.common.protocol import SubmitProgress
 from milex.records import Submission
+
+PROGRESS_AFTER = 1.0  # seconds: a quicker submission shows no bar
 
 _COLORS = {JobState.COMPLETED: "green", JobState.RUNNING: "cyan", JobState.PENDING: "yellow"}
 _COLUMNS = ("job", "id", "state", "exit", "reason")
@@ -38,3 +45,50 @@ def print_submission(submission: Submission, states: Mapping[str, JobStatus] | N
 
 def _text(cell: object) -> str:
     return cell.value if isinstance(cell, JobState) else str(cell)
+
+
+class SubmitProgressBar:
+    """A bar on stderr for a submission taking more than PROGRESS_AFTER s, only on a terminal; it says
+    when the agent waits for a silent SLURM controller."""
+
+    def __init__(self, stream: IO[str] | None = None, *, after: float = PROGRESS_AFTER) -> None:
+        self.stream = stream or sys.stderr
+        self.shown_from = time.monotonic() + after
+        self.enabled = self.stream.isatty()
+        self.bar: Any = None  # rich's Progress, once shown
+        self.task: Any = None
+
+    def __enter__(self) -> SubmitProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, progress: SubmitProgress) -> None:
+        if not self.enabled or time.monotonic() < self.shown_from:
+            return
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            self.bar = Progress(*columns, console=Console(file=self.stream), transient=True)
+            self.task = self.bar.add_task("submitting", total=progress.total)
+            self.bar.start()
+        self.bar.update(self.task, completed=progress.submitted, total=progress.total,
+                        description=describe(progress))  # fmt: skip
+
+
+def describe(progress: SubmitProgress) -> str:
+    """What the bar says the agent is doing."""
+    if progress.waiting_for_controller:
+        return f"SLURM controller silent, waiting ({progress.in_doubt} in doubt)"
+    if progress.in_doubt:
+        return f"submitting ({progress.in_doubt} in doubt)"
+    return "submitting"

@@ -11,6 +11,7 @@ from milex.cli import reports_errors
 
 if TYPE_CHECKING:
     from milex.records import Submission
+    from milex.submitters import OnProgress
 
 
 @click.command()
@@ -42,17 +43,23 @@ def run(
             click.echo(f"# ---- {name} ----\n{script}")
         return
     submit_and_report(
-        lambda: api.run(bundle, machine=machine, date=date, **given), wait=wait, timeout=timeout
+        lambda progress: api.run(bundle, machine=machine, date=date, progress=progress, **given),
+        wait=wait,
+        timeout=timeout,
     )
 
 
-def submit_and_report(submit: Callable[[], Submission], *, wait: bool, timeout: float | None = None) -> None:
-    """Submit, print the job ids; with `wait`, follow the jobs and fail if any did not complete."""
+def submit_and_report(
+    submit: Callable[[OnProgress], Submission], *, wait: bool, timeout: float | None = None
+) -> None:
+    """Submit (a progress bar on a terminal if it takes more than a second), print the job ids;
+    with `wait`, follow the jobs and fail if any did not complete."""
     from milex import api
-    from milex.cli.output import print_submission
+    from milex.cli.output import SubmitProgressBar, print_submission
     from milex.common.model import JobState
 
-    submission = submit()
+    with SubmitProgressBar() as bar:
+        submission = submit(bar.update)
     if not wait:
         print_submission(submission)
         return

@@ -37,7 +37,9 @@ def schedule(argv: tuple[str, ...]) -> None:
         from milex.cli.run import submit_and_report
 
         submit_and_report(
-            lambda: api.submit_bundle(scheduled.bundle, request.machine, **request.overrides),
+            lambda progress: api.submit_bundle(
+                scheduled.bundle, request.machine, progress=progress, **request.overrides
+            ),
             wait=request.wait,
         )
 

@@ -8,14 +8,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from milex.agent.controller import ControllerWatch
 from milex.agent.journal import Journal
 from milex.agent.poller import Poller
 from milex.agent.state import Agent
-from milex.common.errors import SubmitError
+from milex.common.errors import SchedulerUnavailable, SubmitError
 from milex.common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
 from milex.common.protocol import SubmitBundle
 
 CREATED = "20240101000000"
+NO_ANSWER = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
 
 
 def wait_until(condition: Callable[[], object], deadline: float = 3.0) -> None:
@@ -27,8 +29,9 @@ def wait_until(condition: Callable[[], object], deadline: float = 3.0) -> None:
         time.sleep(0.01)
 
 
-class SchedulerCrash(Exception):
-    """The agent "died" in the middle of a submission (raised by FakeScheduler where told to)."""
+class SchedulerCrash(BaseException):
+    """The agent "died" in the middle of a submission (raised by FakeScheduler where told to): a
+    BaseException, so that nothing meant to survive an ordinary error catches it."""
 
 
 @dataclass
@@ -56,7 +59,12 @@ class FakeScheduler:
     given message, as sbatch would; `crash_after` jobs are accepted (they get an id and can be
     looked up by comment) and then SchedulerCrash is raised, as if the agent died before the
     journal write; `crash_before` jobs raise SchedulerCrash without being accepted. `errors[op]`
-    makes `states`, `cancel` or `lookup` raise that exception.
+    makes `states`, `cancel` or `lookup` raise that exception, `broken[job]` the submit of that job.
+
+    A stalled controller: the next `silent` submit or lookup calls get no answer (SchedulerUnavailable,
+    nothing done); `accepted_silently` jobs are accepted but their answer is lost; `queued` jobs get
+    no answer and are accepted only after the next lookup that is answered, as a request left in a
+    stopped controller's queue is processed once it resumes.
     """
 
     name: str = "fake"
@@ -72,6 +80,11 @@ class FakeScheduler:
     crash_after: set[str] = field(default_factory=set)
     crash_before: set[str] = field(default_factory=set)
     errors: dict[str, Exception] = field(default_factory=dict)
+    broken: dict[str, Exception] = field(default_factory=dict)
+    silent: int = 0
+    accepted_silently: set[str] = field(default_factory=set)
+    queued: set[str] = field(default_factory=set)
+    waiting: list[SubmitCall] = field(default_factory=list)  # queued calls not yet accepted
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(self.first_id)
@@ -93,9 +106,19 @@ class FakeScheduler:
             raise SubmitError(self.refuse[call.job])
         if call.job in self.crash_before:
             raise SchedulerCrash(f"crashed before submitting {call.job}")
+        if call.job in self.broken:
+            raise self.broken[call.job]
+        self._answer()
+        if call.job in self.queued:
+            self.queued.discard(call.job)
+            self.waiting.append(call)
+            raise SchedulerUnavailable(NO_ANSWER)
         call.job_id = self.add(state=JobState.PENDING, comment=comment)
         if call.job in self.crash_after:
             raise SchedulerCrash(f"crashed after {call.job} was accepted as {call.job_id}")
+        if call.job in self.accepted_silently:
+            self.accepted_silently.discard(call.job)
+            raise SchedulerUnavailable(NO_ANSWER)
         return call.job_id
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
@@ -112,8 +135,13 @@ class FakeScheduler:
 
     def lookup(self, comments: Sequence[str]) -> dict[str, str]:
         self._fail("lookup")
+        self._answer()
         self.lookups.append(list(comments))
-        return {comment: self.comments[comment] for comment in comments if comment in self.comments}
+        found = {comment: self.comments[comment] for comment in comments if comment in self.comments}
+        for call in self.waiting:  # processed just after this answer: the next lookup sees them
+            call.job_id = self.add(state=JobState.PENDING, comment=call.comment)
+        self.waiting.clear()
+        return found
 
     # ---- for tests ----------------------------------------------------------------------------
 
@@ -132,6 +160,12 @@ class FakeScheduler:
     def submitted(self) -> list[tuple[str, str]]:
         """(job name, id) of every job the fake accepted, in order."""
         return [(call.job, call.job_id) for call in self.calls if call.job_id]
+
+    def _answer(self) -> None:
+        """Raise as a call to a silent controller does."""
+        if self.silent > 0:
+            self.silent -= 1
+            raise SchedulerUnavailable(NO_ANSWER)
 
     def _fail(self, operation: str) -> None:
         if operation in self.errors:
@@ -172,14 +206,20 @@ def make_agent(
     interval: float = 2.0,
     max_interval: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
+    settle: float = 0.0,
+    retry_for: float = 60.0,
 ) -> Agent:
-    """An Agent on `journal` whose every scheduler is `scheduler`."""
+    """An Agent on `journal` whose every scheduler is `scheduler`; a lookup proves a job absent
+    `settle` seconds after the controller answers again (at once by default)."""
 
     def schedulers(kind: str, machine_path: str) -> FakeScheduler:
         return scheduler
 
     poller = Poller(journal, schedulers, interval=interval, max_interval=max_interval, clock=clock)
-    return Agent(journal=journal, poller=poller, schedulers=schedulers, version="9.9.9-test")
+    controller = ControllerWatch(settle=settle, retry_for=retry_for, clock=clock)
+    return Agent(
+        journal=journal, poller=poller, schedulers=schedulers, version="9.9.9-test", controller=controller
+    )
 
 
 class FakeClock:

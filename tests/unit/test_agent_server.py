@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import typing
@@ -468,3 +469,63 @@ def test_a_follow_trusts_a_quiet_link_for_three_heartbeats_only_when_the_agent_s
 
     assert received == b"two\n"  # from the offset asked, up to the end of the finished job's log
     assert idle_timeouts == [pytest.approx(idle)]
+
+
+# ---- progress while submitting, and retries of one submission -----------------------------------
+
+
+def test_a_submission_asking_for_progress_gets_some_at_least_every_second(running):
+    from milex.common.protocol import SUBMIT_PROGRESS, SubmitProgress
+
+    slow_submissions(running.fake, 0.1)
+    connection = running.connect()
+    assert SUBMIT_PROGRESS in connection.hello("0.1.0").features
+    names = [f"j{i:02d}" for i in range(25)]
+    request = submit_request(chain_bundle("big", *names), running.settings)
+    request.progress = True
+    request_id = connection.send(request)
+    arrivals: list[tuple[float, SubmitProgress | Submitted]] = []
+    while not arrivals or not isinstance(arrivals[-1][1], Submitted):
+        reply = connection.receive(request_id, 1.5, expect=(SubmitProgress, Submitted))
+        arrivals.append((time.monotonic(), reply))
+    progress = [reply for _, reply in arrivals if isinstance(reply, SubmitProgress)]
+    assert len(progress) >= 3 and all(p.total == 25 for p in progress)
+    assert [p.submitted for p in progress] == sorted(p.submitted for p in progress)
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(arrivals)]
+    assert max(gaps) < 1.0
+    assert len(arrivals[-1][1].jobs) == 25
+
+
+def test_progress_goes_on_while_the_controller_is_silent(running):
+    from milex.common.errors import SchedulerUnavailable
+    from milex.common.protocol import SubmitProgress
+
+    running.fake.errors["lookup"] = SchedulerUnavailable("squeue: Socket timed out on send/recv operation")
+    running.fake.accepted_silently = {"b"}
+    connection = running.connect()
+    request = submit_request(chain_bundle(), running.settings)
+    request.progress = True
+    request_id = connection.send(request)
+    replies = [connection.receive(request_id, 1.5, expect=(SubmitProgress, Submitted)) for _ in range(4)]
+    assert all(isinstance(reply, SubmitProgress) for reply in replies)
+    assert replies[-1].waiting_for_controller and replies[-1].in_doubt == 1 and replies[-1].submitted == 1
+    assert isinstance(running.connect().hello("0.1.0"), HelloReply)  # others are answered meanwhile
+    del running.fake.errors["lookup"]
+    reply = connection.receive(request_id, 3, expect=(SubmitProgress, Submitted))
+    while isinstance(reply, SubmitProgress):
+        reply = connection.receive(request_id, 3, expect=(SubmitProgress, Submitted))
+    assert [job.name for job in reply.jobs] == ["a", "b", "c"] and reply.error == ""
+    assert [call.job for call in running.fake.calls] == ["a", "b", "c"]
+
+
+def test_a_retried_submission_while_the_first_is_in_progress_submits_nothing_twice(running):
+    slow_submissions(running.fake, 0.05)
+    names = [f"j{i:02d}" for i in range(20)]
+    request = submit_request(chain_bundle("big", *names), running.settings)
+    first, second = running.connect(timeout=10), running.connect(timeout=10)
+    first_id = first.send(request)
+    wait_until(lambda: len(running.fake.calls) >= 3)
+    second_id = second.send(submit_request(chain_bundle("big", *names), running.settings))
+    replies = [first.receive(first_id, expect=Submitted), second.receive(second_id, expect=Submitted)]
+    assert [call.job for call in running.fake.calls] == names
+    assert replies[0].jobs == replies[1].jobs and len(replies[0].jobs) == 20

@@ -146,7 +146,9 @@ class RecordingSubmitter:
         self.jobs_dir = jobs_dir
         self.record_size_when_sent: int | None = None
 
-    def submit(self, bundle, settings, on_submitted, while_waiting, run_id="") -> list[object]:
+    def submit(
+        self, bundle, settings, on_submitted, while_waiting, run_id="", on_progress=None
+    ) -> list[object]:
         """As AgentSubmitter does: the request is sent, `while_waiting` runs, and its error comes last."""
         from milex.common.model import JobState
         from milex.common.protocol import TrackedJob

@@ -15,7 +15,7 @@ from milex.agent.ledger import JournalLedger, comment_of
 from milex.agent.pending import PendingSubmit
 from milex.agent.recovery import recover
 from milex.agent.state import Agent
-from milex.agent.submission import SubmittedJob
+from milex.agent.submission import IN_DOUBT, SubmittedJob
 from milex.common.errors import MilexError
 from milex.common.model import JobState, MachineSettings
 from milex.common.protocol import (
@@ -254,7 +254,7 @@ def test_ledger_begin_before_sbatch_leaves_a_trace_that_a_retry_resubmits(agent,
     job = request.bundle.jobs["only"]
     [comment] = ledger.begin([(job, SubmittedJob(name="only", job_id="", script="/s.sh"))])
     assert comment == "milex:solo_20240101000000/only"
-    assert ledger.known(job) is None  # the scheduler has no job with that comment
+    assert ledger.known(job) == IN_DOUBT  # the submission looks it up before submitting it again
     assert [job.key for job, _, _ in agent.journal.in_doubt()] == ["solo_20240101000000/only"]
     reply = submitted(agent, request)
     assert [call.job for call in fake.calls] == ["only"]

@@ -29,6 +29,7 @@ from milex.common.protocol import (
     Status,
     StatusReply,
     SubmitBundle,
+    SubmitProgress,
     Submitted,
     TrackedJob,
     Unwatch,
@@ -62,6 +63,7 @@ REQUESTS = [
 REPLIES = [
     HelloReply(id="r1", agent_version="0.1.0", user="alice", host="login1", pid=42, last_seq=9),
     Submitted(id="r2", jobs=[TRACKED], error="job 'b' was not submitted"),
+    SubmitProgress(id="r2", submitted=3, total=200, in_doubt=1, waiting_for_controller=True),
     Cancelled(id="r3", job_ids=["1", "2"]),
     StatusReply(
         id="r5",

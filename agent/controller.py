@@ -1,0 +1,78 @@
+"""Whether the scheduler's controller answers, and when a lookup that misses a job proves it absent.
+
+A submission whose call got no answer (sbatch timed out, the controller was unreachable) may still
+have been accepted: with slurmctld stopped, the request waits in the controller's listen queue and
+is processed when it resumes, after sbatch has given up. A lookup by comment made right after the
+controller answers again may therefore miss a job that is about to appear. So a lookup proves a job
+absent only if it started `settle` seconds after the controller first answered again, and after the
+last call that got no answer: by then every request queued during the silence has been processed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+FIRST_DELAY = 1.0  # seconds before looking up again while the controller does not answer
+MAX_DELAY = 10.0
+
+
+class ControllerWatch:
+    """The agent's view of its controller, shared by every submission and by recovery."""
+
+    def __init__(self, settle: float, retry_for: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settle, self.retry_for, self.clock = settle, retry_for, clock
+        # Since the agent started, as if the controller had just come back: a call the previous
+        # agent left unanswered is settled before any lookup proves its job absent.
+        self.answering_since: float | None = clock()
+        self.silent_since: float | None = None
+
+    def unanswered(self) -> None:
+        """A call got no answer: its outcome, and any lookup started so far, prove nothing."""
+        self.answering_since = None
+        if self.silent_since is None:
+            self.silent_since = self.clock()
+
+    def answered(self) -> None:
+        """A call got the controller's answer (a job id, a refusal, a lookup)."""
+        self.silent_since = None
+        if self.answering_since is None:
+            self.answering_since = self.clock()
+
+    @property
+    def silent(self) -> bool:
+        return self.silent_since is not None
+
+    def conclusive(self, started: float) -> bool:
+        """Whether a lookup started at `started` (by `clock`) sees every job submitted so far."""
+        return self.answering_since is not None and started >= self.answering_since + self.settle
+
+    def settled_at(self) -> float:
+        """When a lookup started will be conclusive, if the controller keeps answering."""
+        return (self.answering_since if self.answering_since is not None else self.clock()) + self.settle
+
+    def given_up(self) -> bool:
+        """Whether the controller has been silent for longer than the agent retries."""
+        return self.silent_since is not None and self.clock() - self.silent_since >= self.retry_for
+
+
+class Backoff:
+    """When to look up in-doubt jobs next: soon, then less often while the controller is silent."""
+
+    def __init__(self, watch: ControllerWatch) -> None:
+        self.watch = watch
+        self.delay = FIRST_DELAY
+        self.next_at = watch.clock()
+
+    @property
+    def due(self) -> bool:
+        return self.watch.clock() >= self.next_at
+
+    def failed(self) -> None:
+        self.next_at = self.watch.clock() + self.delay
+        self.delay = min(self.delay * 2, MAX_DELAY)
+
+    def answered(self) -> None:
+        """Look again once a lookup can be conclusive."""
+        self.delay = FIRST_DELAY
+        self.next_at = max(self.watch.clock(), self.watch.settled_at())

@@ -1,0 +1,204 @@
+"""The SLURM controller and the agent failing in the middle of a bundle, on the real cluster: every job
+is in SLURM exactly once and in the laptop's record, and the same `milex-run` ends successfully."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from milex.agent.daemon import agent_dir, read_info
+from milex.common.model import Bundle, Job, SlurmOptions
+from milex.records import save_bundle
+from tests.e2e.conftest import BIN, REPO, MilexHome, wait_until
+
+CHAIN = 200
+
+
+def chain(name: str, count: int = CHAIN) -> Bundle:
+    """`count` jobs, each after the one before, each printing its number and ending at once."""
+    names = [f"s{i:03d}" for i in range(count)]
+    jobs = {
+        job: Job(name=job, script="milex-example", script_args={"count": i},
+                 dependencies=[names[i - 1]] if i else [], slurm=SlurmOptions(dependency_type="afterany"))
+        for i, job in enumerate(names)
+    }  # fmt: skip
+    return Bundle(name=name, created=time.strftime("%Y%m%d%H%M%S"), jobs=jobs)
+
+
+def independent(name: str, count: int) -> Bundle:
+    jobs = {f"j{i:03d}": Job(name=f"j{i:03d}", script="milex-example") for i in range(count)}
+    return Bundle(name=name, created=time.strftime("%Y%m%d%H%M%S"), jobs=jobs)
+
+
+def comments(stem: str) -> list[str]:
+    """The Milex comments of the bundle's jobs in SLURM, one per job SLURM has (repeats included)."""
+    squeue = subprocess.run(["squeue", "--me", "--noheader", "--states=all", "--Format=Comment:0"],
+                            capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    return [line.strip() for line in squeue.stdout.splitlines() if line.strip().startswith(f"milex:{stem}/")]
+
+
+CLUSTER_STATE = Path(os.environ.get("MILEX_CLUSTER_STATE", "/var/run/milex-test-cluster"))
+
+
+def slurmctld() -> int:
+    """The test cluster's slurmctld, as deploy/slurm-up.sh recorded it (`pidof` would also name the
+    slurmctld of a container running on this host)."""
+    return int((CLUSTER_STATE / "pids" / "slurmctld.pid").read_text())
+
+
+def deploy(script: str, tmp: Path) -> None:
+    """Run one of deploy/'s cluster scripts (they stop and start slurmctld without systemd).
+
+    Their `pgrep` sees every PID namespace, so a container's slurmctld on this host makes
+    slurm-up.sh refuse to start ours: it gets a `pgrep` that sees this namespace only.
+    """
+    shim = tmp / "nsbin"
+    shim.mkdir(exist_ok=True)
+    (shim / "pgrep").write_text('#!/bin/sh\nexec /usr/bin/pgrep --ns $$ --nslist pid "$@"\n')
+    (shim / "pgrep").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(REPO / "deploy" / script)], check=True, capture_output=True, timeout=300, env=env)
+
+
+@contextmanager
+def milex_run(home: MilexHome, bundle: Bundle, sbatch_delay: float) -> Iterator[subprocess.Popen[str]]:
+    """`milex-run` of `bundle` (saved first) running in the background, its agent's every sbatch
+    `sbatch_delay` s slower (so that a fault lands in the middle); killed if the test fails."""
+    wrappers = home.root / "bin"
+    wrappers.mkdir(exist_ok=True)
+    (wrappers / "sbatch").write_text(f'#!/bin/sh\nsleep {sbatch_delay}\nexec /usr/bin/sbatch "$@"\n')
+    (wrappers / "sbatch").chmod(0o755)
+    home.env["PATH"] = f"{wrappers}{os.pathsep}{home.env['PATH']}"
+    save_bundle(home.jobs, bundle)
+    run = subprocess.Popen([str(BIN / "milex-run"), bundle.name], env=home.env, cwd=home.root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield run
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+        home.milex("milex", "cancel", bundle.name, check=False)  # free the cluster for the next tests
+
+
+def finished(run: subprocess.Popen[str], timeout: float = 300) -> str:
+    """What `run` printed, once it has exited 0."""
+    stdout, stderr = run.communicate(timeout=timeout)
+    assert run.returncode == 0, f"milex-run exited {run.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    return stdout
+
+
+def assert_each_job_once(home: MilexHome, bundle: Bundle) -> None:
+    """In SLURM exactly once (by its idempotency comment), and in the laptop's record of the run."""
+    found = comments(bundle.stem)
+    names = sorted(comment.split("/")[1] for comment in found)
+    assert names == sorted(bundle.jobs), f"{len(found)} comments for {len(bundle.jobs)} jobs"
+    [submission] = [s for s in home.submissions() if s["bundle"] == bundle.stem]
+    assert sorted(submission["jobs"]) == sorted(bundle.jobs)
+    assert len({job["job_id"] for job in submission["jobs"].values()}) == len(bundle.jobs)
+
+
+def agent_log(home: MilexHome) -> str:
+    return (agent_dir(str(home.root / "milex")) / "agent.log").read_text(errors="replace")
+
+
+def when_submitted(bundle: Bundle, count: int) -> Callable[[], bool]:
+    return lambda: len(comments(bundle.stem)) >= count
+
+
+def test_a_controller_paused_mid_bundle_loses_no_job_and_doubles_none(milex_home: MilexHome) -> None:
+    bundle = chain("paused")
+    with milex_run(milex_home, bundle, sbatch_delay=0.05) as run:
+        wait_until(when_submitted(bundle, 20), timeout=120, what="20 jobs in squeue")
+        controller = slurmctld()
+        os.kill(controller, signal.SIGSTOP)
+        try:
+            time.sleep(25)  # the stall itself: what is under test is its length, nothing to wait for
+        finally:
+            os.kill(controller, signal.SIGCONT)
+        finished(run)
+    assert_each_job_once(milex_home, bundle)
+    assert "Socket timed out on send/recv operation" in agent_log(milex_home)  # the stall was met
+
+
+def test_a_controller_restarted_mid_bundle_loses_no_job_and_doubles_none(milex_home: MilexHome) -> None:
+    bundle = chain("restarted")
+    with milex_run(milex_home, bundle, sbatch_delay=0.1) as run:
+        wait_until(when_submitted(bundle, 20), timeout=120, what="20 jobs in squeue")
+        assert len(comments(bundle.stem)) < CHAIN  # the restart lands in the middle of the bundle
+        try:
+            deploy("slurm-down.sh", milex_home.root)
+        finally:
+            deploy("slurm-up.sh", milex_home.root)
+        finished(run)
+    # sbatch itself retries while the controller is down: only calls cut at the stop are in doubt.
+    assert_each_job_once(milex_home, bundle)
+
+
+def test_clients_are_answered_while_a_big_bundle_is_submitted(milex_home: MilexHome) -> None:
+    bundle = independent("wide", 500)
+    asker = (
+        "import sys, time\n"
+        "from milex.agents import connect\n"
+        "from milex.config import load_config\n"
+        "from milex.common.protocol import Status, StatusReply\n"
+        "connection = connect(load_config().machine(), timeout=10)\n"
+        "slowest = 0.0\n"
+        "for _ in range(40):\n"
+        "    started = time.monotonic()\n"
+        "    connection.hello('0')\n"
+        "    connection.request(Status(bundle=sys.argv[1]), expect=StatusReply)\n"
+        "    slowest = max(slowest, time.monotonic() - started)\n"
+        "    time.sleep(0.1)\n"
+        "print(slowest)\n"
+    )
+    with milex_run(milex_home, bundle, sbatch_delay=0.05) as run:
+        wait_until(when_submitted(bundle, 10), timeout=120, what="10 jobs in squeue")
+        askers = [subprocess.Popen([sys.executable, "-c", asker, bundle.stem], env=milex_home.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for _ in range(8)]  # fmt: skip
+        answers = [asker.communicate(timeout=120) for asker in askers]
+        submitting = run.poll() is None
+        finished(run)
+    assert all(asker.returncode == 0 for asker in askers), answers
+    slowest = max(float(stdout) for stdout, _ in answers)
+    assert slowest < 2.0, f"a client waited {slowest:.1f} s for an answer"
+    assert submitting, "the bundle was submitted before the clients were done: make it bigger"
+    assert_each_job_once(milex_home, bundle)
+
+
+def test_an_agent_killed_mid_bundle_is_noticed_in_seconds(milex_home: MilexHome) -> None:
+    bundle = chain("killed")
+    directory = agent_dir(str(milex_home.root / "milex"))
+    with milex_run(milex_home, bundle, sbatch_delay=0.05) as run:
+        wait_until(when_submitted(bundle, 24), timeout=120, what="24 jobs in squeue")
+        info = read_info(directory)
+        assert info is not None
+        os.kill(info.pid, signal.SIGKILL)
+        killed = time.time()
+        wait_until(lambda: (new := read_info(directory)) is not None and new.pid != info.pid,
+                   timeout=30, what="milex-run to start a new agent")  # fmt: skip
+        restarted = read_info(directory)
+        assert restarted is not None and restarted.started_at - killed < 15
+        finished(run)
+    assert_each_job_once(milex_home, bundle)
+
+
+@pytest.fixture(autouse=True)
+def _controller_running(tmp_path: Path) -> Iterator[None]:
+    """Whatever happens in a test, slurmctld is left running and answering."""
+    yield
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(slurmctld(), signal.SIGCONT)
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
+    if "is UP" not in ping.stdout:
+        deploy("slurm-up.sh", tmp_path)
