@@ -42,7 +42,8 @@ recorded_pid() {
 netns_exists() { [[ -e /run/netns/$NETNS ]]; }
 
 lock_state() {
-    install -d -m 0755 "$STATE" "$PID_DIR"
+    # 0700: the upper layer holds the login node's files (homes, job output); no host user reads them.
+    install -d -m 0700 "$STATE" "$PID_DIR"
     exec {STATE_LOCK}>"$STATE/.lock"
     flock -w 300 "$STATE_LOCK" || die "another up.sh/down.sh holds $STATE/.lock"
 }

@@ -41,6 +41,7 @@ print_state() {
     in_cluster sinfo -N -o '%N %T %C %m' >&2
     in_cluster sacctmgr -n -P list associations format=cluster,account,user >&2
     log "login node: $(ssh_line)"
+    log "or: ssh -F $STATE/ssh_config $CLUSTER_NAME-login; settings for tests in $STATE/login.env"
 }
 
 # owner_of NAME: "uid:gid" of user NAME in the cluster's root.
@@ -177,6 +178,32 @@ smoke_job() {
     log "smoke job $id COMPLETED (${run[0]}); sacct answers"
 }
 
+# What a test or a user needs to reach the login node: a sourceable file and an ssh config entry.
+write_login_files() {
+    local key version
+    key=$(<"$STATE/client_key_path")
+    version=$(in_cluster sinfo --version | awk '{ print $2 }')
+    cat >"$STATE/login.env" <<ENV
+MILEX_CLUSTER2_HOST=$NODE_ADDR
+MILEX_CLUSTER2_PORT=22
+MILEX_CLUSTER2_USER=$LOGIN_USER
+MILEX_CLUSTER2_IDENTITY=$key
+MILEX_CLUSTER2_KNOWN_HOSTS=$STATE/known_hosts
+MILEX_CLUSTER2_ACCOUNTS="$ACCOUNTS"
+MILEX_CLUSTER2_SLURM_VERSION=$version
+ENV
+    cat >"$STATE/ssh_config" <<CONFIG
+Host $CLUSTER_NAME-login
+    HostName $NODE_ADDR
+    Port 22
+    User $LOGIN_USER
+    IdentityFile $key
+    IdentitiesOnly yes
+    UserKnownHostsFile $STATE/known_hosts
+    StrictHostKeyChecking yes
+CONFIG
+}
+
 lock_state
 if recorded_pid init "$INIT_NAME" >/dev/null && [[ -s $READY_FILE ]]; then
     log "cluster2 is up"
@@ -200,6 +227,7 @@ log "daemons up $((SECONDS - T_ROOT)) s after launch"
 smoke_job || die "the smoke job failed"
 # shellcheck disable=SC2034  # read by the EXIT trap
 started=1
+write_login_files
 log "cluster2 up in $((SECONDS - T_START)) s ($((SECONDS - T_ROOT)) s from a built root)"
 log "known_hosts line: $(<"$STATE/known_hosts")"
 print_state
