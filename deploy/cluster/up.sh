@@ -169,9 +169,12 @@ smoke_job() {
         run=(ssh -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$STATE/known_hosts"
             "$LOGIN_USER@$NODE_ADDR")
     fi
-    id=$("${run[@]}" sbatch --parsable --wrap true) || return 1
+    id=$("${run[@]}" sbatch --parsable --output=/dev/null --wrap true) || return 1
     until [[ $state == COMPLETED ]]; do
-        ((SECONDS < deadline)) || { log "smoke job $id: state '$state'"; return 1; }
+        if [[ $state =~ ^(FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL) ]] || ((SECONDS >= deadline)); then
+            log "smoke job $id: state '$state'"
+            return 1
+        fi
         sleep 0.2
         state=$("${run[@]}" sacct -n -X -P -j "$id" -o State)
     done
@@ -216,6 +219,12 @@ if recorded_pid unshare unshare >/dev/null || netns_exists || ip link show "$VET
 fi
 ROOT=$("$HERE/build-root.sh")
 T_ROOT=$SECONDS
+# An upper layer made over another build of the root would mix two installations: start afresh.
+if [[ -d $UPPER && $(cat "$STATE/root.stamp" 2>/dev/null) != "$(<"$ROOT/.milex-cluster2-build")" ]]; then
+    log "the root was rebuilt: a fresh upper layer (database, job ids and homes start afresh)"
+    rm -rf --one-file-system "$UPPER" "$STATE/work"
+fi
+cp "$ROOT/.milex-cluster2-build" "$STATE/root.stamp"
 write_config
 printf '%s %s\n' "$NODE_ADDR" "$(cut -d' ' -f1,2 "$ROOT/etc/ssh/ssh_host_ed25519_key.pub")" >"$STATE/known_hosts"
 started=0
