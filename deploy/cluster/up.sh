@@ -166,7 +166,7 @@ smoke_job() {
     key=$(<"$STATE/client_key_path")
     local -a run=(in_cluster runuser -u "$LOGIN_USER" --)
     if [[ -r $key ]]; then
-        run=(ssh -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$STATE/known_hosts"
+        run=(ssh -F none -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$STATE/known_hosts"
             "$LOGIN_USER@$NODE_ADDR")
     fi
     id=$("${run[@]}" sbatch --parsable --output=/dev/null --wrap true) || return 1
