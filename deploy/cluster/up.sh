@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# up.sh - start the second test cluster: SLURM 24.11 with slurmdbd accounting, on a single node that is
+# also its login node, a host of its own: a network namespace (address 10.77.0.2, the host's end
+# 10.77.0.1), its own hostname, mounts and PIDs, and the root file system of build-root.sh under an
+# overlay whose writable layer is in the state dir (the cached root is never written to).
+#
+# Idempotent: when the cluster runs, it prints its state and exits 0; remains of a stopped or
+# failed one are torn down first (down.sh). Needs root. On success it prints the ssh command that
+# reaches the login node, and writes the login node's host key as a known_hosts line to
+# $MILEX_CLUSTER2_STATE/known_hosts.
+#
+# Environment (all optional):
+#   MILEX_CLUSTER2_AUTHORIZED_KEY  public key file the login user authorises; without it, up.sh makes
+#                                  a key pair in the state dir ($MILEX_CLUSTER2_STATE/client_key)
+#   MILEX_CLUSTER2_STATE           state dir                                [/var/run/milex-test-cluster2]
+#   MILEX_CLUSTER2_CACHE           build-root.sh's cache                    [/var/cache/milex-test-cluster2]
+#   MILEX_CLUSTER2_NET             first three octets of the /30             [10.77.0]
+#   MILEX_CLUSTER2_NETNS           network namespace name                   [milex-cluster2]
+#   MILEX_CLUSTER2_CPUS, _MEM_MB   what the node advertises                 [4, 4000]
+#   MILEX_CLUSTER2_MIN_JOB_AGE     seconds slurmctld remembers finished jobs [300]
+#   MILEX_CLUSTER2_TIMEOUT         seconds to wait for the cluster          [120]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh source-path=SCRIPTDIR
+. "$HERE/common.sh"
+CPUS=${MILEX_CLUSTER2_CPUS:-4}
+MEM_MB=${MILEX_CLUSTER2_MEM_MB:-4000}
+MIN_JOB_AGE=${MILEX_CLUSTER2_MIN_JOB_AGE:-300}
+TIMEOUT=${MILEX_CLUSTER2_TIMEOUT:-120}
+T_START=$SECONDS
+
+[[ $(id -u) -eq 0 ]] || die "run as root (namespaces, chroot)"
+
+ssh_line() {
+    printf 'ssh -i %s -o UserKnownHostsFile=%s %s@%s\n' "$(<"$STATE/client_key_path")" \
+        "$STATE/known_hosts" "$LOGIN_USER" "$NODE_ADDR"
+}
+
+print_state() {
+    in_cluster sinfo -N -o '%N %T %C %m' >&2
+    in_cluster sacctmgr -n -P list associations format=cluster,account,user >&2
+    log "login node: $(ssh_line)"
+    log "or: ssh -F $STATE/ssh_config $CLUSTER_NAME-login; settings for tests in $STATE/login.env"
+}
+
+# owner_of NAME: "uid:gid" of user NAME in the cluster's root.
+owner_of() { awk -F: -v u="$1" '$1 == u { print $3 ":" $4 }' "$ROOT/etc/passwd"; }
+
+# upper_dirs DIR: make DIR and its parents in the overlay's upper layer with the owner and mode they
+# have in the root, as overlayfs shows a directory present in both layers with the upper's.
+upper_dirs() {
+    local rel=${1#/} path=""
+    local -a parts
+    IFS=/ read -ra parts <<<"$rel"
+    for part in "${parts[@]}"; do
+        path+=/$part
+        [[ -d $UPPER$path ]] && continue
+        install -d -o "$(stat -c %u "$ROOT$path")" -g "$(stat -c %g "$ROOT$path")" \
+            -m "$(stat -c %a "$ROOT$path")" "$UPPER$path"
+    done
+}
+
+# put MODE OWNER PATH: write stdin to PATH of the cluster's root (in the upper layer).
+put() {
+    upper_dirs "$(dirname "$3")"
+    install -m "$1" -o "${2%:*}" -g "${2#*:}" /dev/stdin "$UPPER$3"
+}
+
+# fill: a template on stdin, its @NAME@ placeholders replaced.
+fill() {
+    sed -e "s/@CLUSTER_NAME@/$CLUSTER_NAME/g; s/@NODE_NAME@/$NODE_NAME/g; s/@NODE_ADDR@/$NODE_ADDR/g" \
+        -e "s/@CPUS@/$CPUS/g; s/@MEM_MB@/$MEM_MB/g; s/@MIN_JOB_AGE@/$MIN_JOB_AGE/g" \
+        -e "s/@LOGIN_USER@/$LOGIN_USER/g; s/@DB_PASSWORD@/$DB_PASSWORD/g"
+}
+
+client_key() {
+    local key=${MILEX_CLUSTER2_AUTHORIZED_KEY:-}
+    if [[ -z $key ]]; then
+        key=$STATE/client_key.pub
+        [[ -s $key ]] || ssh-keygen -q -t ed25519 -N '' -C "milex-cluster2-client" -f "$STATE/client_key"
+    fi
+    [[ -s $key ]] || die "MILEX_CLUSTER2_AUTHORIZED_KEY=$key: no such public key file"
+    printf '%s\n' "${key%.pub}" >"$STATE/client_key_path"
+    cat "$key"
+}
+
+write_config() {
+    local slurm root=0:0 login
+    slurm=$(owner_of slurm)
+    login=$(owner_of "$LOGIN_USER")
+    [[ -s $STATE/db_password ]] || od -An -N12 -tx1 /dev/urandom | tr -d ' \n' >"$STATE/db_password"
+    DB_PASSWORD=$(<"$STATE/db_password")
+    install -d -m 0755 "$UPPER" "$STATE/work" "$STATE/merged"
+    put 0755 "$root" "/usr/local/sbin/$INIT_NAME" <"$HERE/init.sh"
+    put 0600 "$root" /etc/milex-cluster2.env <<ENV
+NODE_NAME=$NODE_NAME
+NODE_ADDR=$NODE_ADDR
+CLUSTER_NAME=$CLUSTER_NAME
+LOGIN_USER=$LOGIN_USER
+ACCOUNTS="$ACCOUNTS"
+DB_PASSWORD=$DB_PASSWORD
+ENV
+    fill <"$HERE/slurm.conf.in" | put 0644 "$root" /etc/slurm/slurm.conf
+    put 0644 "$root" /etc/slurm/cgroup.conf <"$HERE/cgroup.conf"
+    fill <"$HERE/slurmdbd.conf.in" | put 0600 "$slurm" /etc/slurm/slurmdbd.conf
+    fill <"$HERE/sshd_config.in" | put 0644 "$root" /etc/ssh/sshd_config.d/milex.conf
+    printf '127.0.0.1 localhost\n%s %s\n' "$NODE_ADDR" "$NODE_NAME" | put 0644 "$root" /etc/hosts
+    upper_dirs "/home/$LOGIN_USER"
+    install -d -m 0700 -o "${login%:*}" -g "${login#*:}" "$UPPER/home/$LOGIN_USER/.ssh"
+    client_key | put 0600 "$login" "/home/$LOGIN_USER/.ssh/authorized_keys"
+    rm -f "$READY_FILE" "$FAILED_FILE"
+}
+
+start_network() {
+    if ip -4 -o addr show | grep -q " inet $NET_PREFIX\."; then
+        die "$NET_PREFIX.0/30 is in use on this host; choose another with MILEX_CLUSTER2_NET"
+    fi
+    printf 'NETNS=%s\nVETH_HOST=%s\n' "$NETNS" "$VETH_HOST" >"$STATE/names"
+    ip netns add "$NETNS"
+    ip link add "$VETH_HOST" type veth peer name "$VETH_NODE" netns "$NETNS"
+    ip addr add "$HOST_ADDR/30" dev "$VETH_HOST"
+    ip link set "$VETH_HOST" up
+    ip -n "$NETNS" addr add "$NODE_ADDR/30" dev "$VETH_NODE"
+    ip -n "$NETNS" link set "$VETH_NODE" up
+    ip -n "$NETNS" link set lo up
+}
+
+# The cluster's process 1 is the child of unshare; the overlay is mounted in the new mount
+# namespace only, so it goes away with the cluster's last process.
+start_init() {
+    local unshare_pid init_pid="" deadline=$((SECONDS + 10))
+    # shellcheck disable=SC2016  # expanded by the inner sh
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 setsid \
+        ip netns exec "$NETNS" unshare --mount --uts --pid --fork --kill-child \
+        sh -c 'mount -t overlay overlay -o "lowerdir=$0,upperdir=$1/upper,workdir=$1/work" "$1/merged" &&
+            exec chroot "$1/merged" "/usr/local/sbin/$2"' "$ROOT" "$STATE" "$INIT_NAME" \
+        </dev/null >"$STATE/console.log" 2>&1 {STATE_LOCK}>&- &
+    unshare_pid=$!
+    printf '%s\n' "$unshare_pid" >"$PID_DIR/unshare.pid"
+    until [[ -n $init_pid ]] && [[ $(cat "/proc/$init_pid/comm" 2>/dev/null) == "$INIT_NAME" ]]; do
+        ((SECONDS < deadline)) || { cat "$STATE/console.log" >&2; die "the cluster's init did not start"; }
+        sleep 0.1
+        init_pid=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null) || true
+        init_pid=${init_pid%% *}
+    done
+    printf '%s\n' "$init_pid" >"$PID_DIR/init.pid"
+    log "init runs as pid $init_pid (unshare $unshare_pid) in netns $NETNS"
+}
+
+wait_ready() {
+    local deadline=$((SECONDS + TIMEOUT))
+    until [[ -s $READY_FILE ]]; do
+        if [[ -s $FAILED_FILE ]] || ! recorded_pid init "$INIT_NAME" >/dev/null || ((SECONDS >= deadline)); then
+            tail -n 30 "$UPPER/var/log/milex-cluster2-init.log" "$STATE/console.log" >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# A job submitted over ssh as the login user, if up.sh holds the private key; through the
+# namespaces otherwise. Waits for sacct to report it COMPLETED.
+smoke_job() {
+    local key id state="" deadline=$((SECONDS + 30))
+    key=$(<"$STATE/client_key_path")
+    local -a run=(in_cluster runuser -u "$LOGIN_USER" --)
+    if [[ -r $key ]]; then
+        run=(ssh -F none -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$STATE/known_hosts"
+            "$LOGIN_USER@$NODE_ADDR")
+    fi
+    id=$("${run[@]}" sbatch --parsable --output=/dev/null --wrap true) || return 1
+    until [[ $state == COMPLETED ]]; do
+        if [[ $state =~ ^(FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL) ]] || ((SECONDS >= deadline)); then
+            log "smoke job $id: state '$state'"
+            return 1
+        fi
+        sleep 0.2
+        state=$("${run[@]}" sacct -n -X -P -j "$id" -o State)
+    done
+    log "smoke job $id COMPLETED (${run[0]}); sacct answers"
+}
+
+# What a test or a user needs to reach the login node: a sourceable file and an ssh config entry.
+write_login_files() {
+    local key version
+    key=$(<"$STATE/client_key_path")
+    version=$(in_cluster sinfo --version | awk '{ print $2 }')
+    cat >"$STATE/login.env" <<ENV
+MILEX_CLUSTER2_HOST=$NODE_ADDR
+MILEX_CLUSTER2_PORT=22
+MILEX_CLUSTER2_USER=$LOGIN_USER
+MILEX_CLUSTER2_IDENTITY=$key
+MILEX_CLUSTER2_KNOWN_HOSTS=$STATE/known_hosts
+MILEX_CLUSTER2_ACCOUNTS="$ACCOUNTS"
+MILEX_CLUSTER2_SLURM_VERSION=$version
+ENV
+    cat >"$STATE/ssh_config" <<CONFIG
+Host $CLUSTER_NAME-login
+    HostName $NODE_ADDR
+    Port 22
+    User $LOGIN_USER
+    IdentityFile $key
+    IdentitiesOnly yes
+    UserKnownHostsFile $STATE/known_hosts
+    StrictHostKeyChecking yes
+CONFIG
+}
+
+lock_state
+if recorded_pid init "$INIT_NAME" >/dev/null && [[ -s $READY_FILE ]]; then
+    log "cluster2 is up"
+    print_state
+    exit 0
+fi
+if recorded_pid unshare unshare >/dev/null || netns_exists || ip link show "$VETH_HOST" >/dev/null 2>&1; then
+    log "remains of an earlier start: tearing them down first"
+    MILEX_CLUSTER2_LOCKED=1 "$HERE/down.sh"
+fi
+ROOT=$("$HERE/build-root.sh")
+T_ROOT=$SECONDS
+# An upper layer made over another build of the root would mix two installations: start afresh.
+if [[ -d $UPPER && $(cat "$STATE/root.stamp" 2>/dev/null) != "$(<"$ROOT/.milex-cluster2-build")" ]]; then
+    log "the root was rebuilt: a fresh upper layer (database, job ids and homes start afresh)"
+    rm -rf --one-file-system "$UPPER" "$STATE/work"
+fi
+cp "$ROOT/.milex-cluster2-build" "$STATE/root.stamp"
+write_config
+printf '%s %s\n' "$NODE_ADDR" "$(cut -d' ' -f1,2 "$ROOT/etc/ssh/ssh_host_ed25519_key.pub")" >"$STATE/known_hosts"
+started=0
+trap '((started)) || { log "start failed: tearing down"; MILEX_CLUSTER2_LOCKED=1 "$HERE/down.sh"; }' EXIT
+start_network
+start_init
+wait_ready || die "the cluster did not become ready (logs in $UPPER/var/log)"
+log "daemons up $((SECONDS - T_ROOT)) s after launch"
+smoke_job || die "the smoke job failed"
+# shellcheck disable=SC2034  # read by the EXIT trap
+started=1
+write_login_files
+log "cluster2 up in $((SECONDS - T_START)) s ($((SECONDS - T_ROOT)) s from a built root)"
+log "known_hosts line: $(<"$STATE/known_hosts")"
+print_state
