@@ -47,7 +47,7 @@ class AgentServer:
         self,
         agent: Agent,
         endpoint: str,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         *,
         lifetime: Lifetime | None = None,
     ) -> None:

@@ -6,12 +6,12 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from milex.common.errors import BundleError, InvalidValue, SubmitError
-from milex.common.model import Bundle, Job, JobStatus, SlurmOptions
+from milex.common.model import Bundle, Job, JobStatus, MachineOverrides, MachineSettings, SlurmOptions
 from milex.common.protocol import SubmitProgress, TrackedJob
 from milex.common.slurm_values import validate_name
 from milex.config import Config, Machine, load_config
@@ -28,7 +28,10 @@ from milex.records import (
     write_bundle,
 )
 
-MACHINE_OVERRIDES = ("path", "env_command", "slurm_account")
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+MACHINE_OVERRIDES = tuple(MachineOverrides.__annotations__)
 
 
 class Scheduled(msgspec.Struct, kw_only=True):
@@ -107,7 +110,7 @@ def run(
     date: str | None = None,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
-    **overrides: str,
+    **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit the newest bundle called `bundle` (or the one of `date`) to `machine`.
 
@@ -125,7 +128,7 @@ def submit(
     machine: str | None = None,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
-    **overrides: str,
+    **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit jobs built in memory; they are recorded as a bundle, so the run is reproducible.
 
@@ -164,7 +167,7 @@ def preview(
     machine: str | None = None,
     date: str | None = None,
     config: Config | None = None,
-    **overrides: str,
+    **overrides: Unpack[MachineOverrides],
 ) -> dict[str, str]:
     """The scripts `run` would submit, by job name, in submission order; nothing is submitted."""
     from milex.common.render import render_script, script_stem
@@ -185,7 +188,7 @@ def submit_bundle(
     *,
     while_waiting: Callable[[], None] = lambda: None,
     progress: Callable[[SubmitProgress], None] | None = None,
-    **overrides: str,
+    **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit a loaded bundle and keep a record of the submission beside it, even a partial one.
 
@@ -236,7 +239,7 @@ def _save(jobs_dir: Path, submission: Submission) -> None:
         ) from None
 
 
-def _with_overrides(machine: Machine, overrides: dict[str, str]) -> Any:
+def _with_overrides(machine: Machine, overrides: MachineOverrides) -> MachineSettings:
     unknown = set(overrides) - set(MACHINE_OVERRIDES)
     if unknown:
         raise TypeError(f"unknown machine override(s) {sorted(unknown)}; use {MACHINE_OVERRIDES}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from milex.common.errors import InvalidValue
-from milex.common.model import SlurmOptions
+from milex.common.model import MachineOverrides, SlurmOptions, machine_overrides
 
 USAGE = "milex-schedule NAME [options] [app arguments] [-- app arguments]"
 EPILOG = (
@@ -33,7 +33,7 @@ class ScheduleRequest:
     run_now: bool = False
     wait: bool = False
     machine: str | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: MachineOverrides = field(default_factory=lambda: MachineOverrides())
 
 
 def _spellings(name: str) -> list[str]:
@@ -112,11 +112,9 @@ def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
         dependency_type=options.dependency_type,
         extra=parse_sbatch_options(options.sbatch),
     )
-    overrides = {
-        key: getattr(options, key)
-        for key in ("slurm_account", "env_command", "path")
-        if getattr(options, key) is not None
-    }
+    overrides = machine_overrides(
+        slurm_account=options.slurm_account, env_command=options.env_command, path=options.path
+    )
     return ScheduleRequest(
         app=options.app,
         app_arguments=app_arguments + app_tail,

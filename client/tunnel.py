@@ -52,7 +52,7 @@ class Backoff:
     not_before: float = field(default=0.0, repr=False)
 
     def failed(self) -> float:
-        delay = min(self.cap, self.base * 2**self.failures)
+        delay: float = min(self.cap, self.base * 2.0**self.failures)
         self.failures += 1
         self.not_before = self.clock() + delay
         return delay
@@ -158,14 +158,20 @@ class SshSession:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_machine(cls, machine: Machine, **options: object) -> SshSession:
+    def for_machine(
+        cls,
+        machine: Machine,
+        *,
+        relay: str = DEFAULT_RELAY,
+        on_connect: Callable[[SshSession], None] | None = None,
+    ) -> SshSession:
         if not machine.hostname:
             raise ConfigError(
                 f"machine {machine.name!r} has no hostname: it is local, there is nothing to tunnel."
             )
         return cls(
             machine.hostname, machine.username, machine.key_path, machine.port,
-            env_command=machine.env_command, **options,
+            env_command=machine.env_command, relay=relay, on_connect=on_connect,
         )  # fmt: skip
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import msgspec
 
@@ -133,6 +133,28 @@ class MachineSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     env_command: str = ""
     slurm_account: str = ""
     scheduler: Literal["slurm", "local"] = "slurm"
+
+
+class MachineOverrides(TypedDict, total=False):
+    """Settings of a machine replaced for one run (`milex-run --slurm-account ...`)."""
+
+    path: str
+    env_command: str
+    slurm_account: str
+
+
+def machine_overrides(
+    *, path: str | None = None, env_command: str | None = None, slurm_account: str | None = None
+) -> MachineOverrides:
+    """The overrides among these that were given (None keeps the machine's own setting)."""
+    given: MachineOverrides = {}
+    if path is not None:
+        given["path"] = path
+    if env_command is not None:
+        given["env_command"] = env_command
+    if slurm_account is not None:
+        given["slurm_account"] = slurm_account
+    return given
 
 
 class JobState(str, enum.Enum):

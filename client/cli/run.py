@@ -36,8 +36,9 @@ def run(
 ) -> None:
     """Submit the newest bundle called BUNDLE (exact name) in dependency order."""
     from milex import api
+    from milex.common.model import machine_overrides
 
-    given = {key: value for key, value in overrides.items() if value is not None}
+    given = machine_overrides(**overrides)
     if dry_run:
         for name, script in api.preview(bundle, machine=machine, date=date, **given).items():
             click.echo(f"# ---- {name} ----\n{script}")
