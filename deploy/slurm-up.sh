@@ -353,9 +353,11 @@ install_conf
 # ---------------------------------------------------------------------------
 # A daemon from an earlier run whose PID file was lost would keep the port
 # busy and make the new one die; refuse clearly rather than fail obscurely.
+# Only this PID namespace counts: the daemons of a cluster in a namespace of
+# its own (deploy/cluster/) or in a container use other ports.
 for d in slurmctld slurmd; do
-    if ! pid_alive "$d" && pgrep -x "$d" >/dev/null; then
-        die "a $d (pid $(pgrep -x "$d" | tr '\n' ' ')) is running but not recorded in $PID_DIR; stop it first"
+    if ! pid_alive "$d" && pgrep --ns $$ --nslist pid -x "$d" >/dev/null; then
+        die "a $d (pid $(pgrep --ns $$ --nslist pid -x "$d" | tr '\n' ' ')) is running but not recorded in $PID_DIR; stop it first"
     fi
 done
 

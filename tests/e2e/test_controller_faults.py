@@ -55,18 +55,9 @@ def slurmctld() -> int:
     return int((CLUSTER_STATE / "pids" / "slurmctld.pid").read_text())
 
 
-def deploy(script: str, tmp: Path) -> None:
-    """Run one of deploy/'s cluster scripts (they stop and start slurmctld without systemd).
-
-    Their `pgrep` sees every PID namespace, so a container's slurmctld on this host makes
-    slurm-up.sh refuse to start ours: it gets a `pgrep` that sees this namespace only.
-    """
-    shim = tmp / "nsbin"
-    shim.mkdir(exist_ok=True)
-    (shim / "pgrep").write_text('#!/bin/sh\nexec /usr/bin/pgrep --ns $$ --nslist pid "$@"\n')
-    (shim / "pgrep").chmod(0o755)
-    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(REPO / "deploy" / script)], check=True, capture_output=True, timeout=300, env=env)
+def deploy(script: str) -> None:
+    """Run one of deploy/'s cluster scripts (they stop and start slurmctld without systemd)."""
+    subprocess.run([str(REPO / "deploy" / script)], check=True, capture_output=True, timeout=300)
 
 
 @contextmanager
@@ -136,9 +127,9 @@ def test_a_controller_restarted_mid_bundle_loses_no_job_and_doubles_none(milex_h
         wait_until(when_submitted(bundle, 20), timeout=120, what="20 jobs in squeue")
         assert len(comments(bundle.stem)) < CHAIN  # the restart lands in the middle of the bundle
         try:
-            deploy("slurm-down.sh", milex_home.root)
+            deploy("slurm-down.sh")
         finally:
-            deploy("slurm-up.sh", milex_home.root)
+            deploy("slurm-up.sh")
         finished(run)
     # sbatch itself retries while the controller is down: only calls cut at the stop are in doubt.
     assert_each_job_once(milex_home, bundle)
@@ -194,11 +185,11 @@ def test_an_agent_killed_mid_bundle_is_noticed_in_seconds(milex_home: MilexHome)
 
 
 @pytest.fixture(autouse=True)
-def _controller_running(tmp_path: Path) -> Iterator[None]:
+def _controller_running() -> Iterator[None]:
     """Whatever happens in a test, slurmctld is left running and answering."""
     yield
     with contextlib.suppress(OSError, ValueError):
         os.kill(slurmctld(), signal.SIGCONT)
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
     if "is UP" not in ping.stdout:
-        deploy("slurm-up.sh", tmp_path)
+        deploy("slurm-up.sh")
