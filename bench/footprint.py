@@ -119,8 +119,8 @@ def fill(directory: Path, jobs: int, *, finished: bool) -> float:
 
 def _variant(directory: Path, jobs: int, finished: bool, wrappers: Path, log: Path, mode: Mode) -> dict:
     from milex.agent.daemon import socket_path
-    from milex.agents import client_version
     from milex.connection import AgentConnection
+    from milex.endpoints import client_version
 
     fill_seconds = fill(directory, jobs, finished=finished)
     env = {**os.environ, "PATH": f"{wrappers}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}

@@ -183,10 +183,10 @@ class MilexProtocol:
     key, label = "milex_protocol", "Milex request on an open connection (diagnostic)"
 
     def sample(self) -> Sample:
-        from milex.agents import connect
         from milex.common.model import Bundle
         from milex.common.protocol import SubmitBundle, Submitted
         from milex.config import load_config
+        from milex.endpoints import connect
 
         machine = load_config().machine(MACHINE)
         bundle = Bundle(

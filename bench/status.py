@@ -23,8 +23,8 @@ class EventLog:
     """Every event a client receives, with the time it arrived, from a background thread."""
 
     def __init__(self) -> None:
-        from milex.agents import client_version, connect
         from milex.config import load_config
+        from milex.endpoints import client_version, connect
 
         self.machine = load_config().machine(MACHINE)
         with connect(self.machine) as connection:

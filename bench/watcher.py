@@ -11,8 +11,8 @@ import time
 
 
 def main(machine_name: str) -> None:
-    from milex.agents import client_version, connect
     from milex.config import load_config
+    from milex.endpoints import client_version, connect
     from milex.watch import follow_events
 
     machine = load_config().machine(machine_name)

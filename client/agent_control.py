@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 
-from milex.agents import (
+from milex.common.model import MACHINE_DIRS
+from milex.config import Machine
+from milex.endpoints import (
     IDLE_EXIT_ENV,
     client_version,
     connect,
@@ -13,8 +15,6 @@ from milex.agents import (
     poll_settings,
     start_settings,
 )
-from milex.common.model import MACHINE_DIRS
-from milex.config import Machine
 
 
 def remote_agent_command(machine: Machine, action: str) -> str:

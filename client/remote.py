@@ -37,7 +37,7 @@ def run_remote(machine: Machine, command: str, *, check: bool = True) -> str:
 def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     """Install this Milex version into the machine's environment (index or uploaded wheel), create
     its directories, and restart its agent so the new version serves."""
-    from milex.agents import client_version
+    from milex.endpoints import client_version
     from milex.tunnel import SshSession
     from milex.tunnel_control import stop_tunnel
 

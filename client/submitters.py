@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 
-from milex.agents import drop_shared_connection, shared_connection
 from milex.common.errors import SubmitError
 from milex.common.model import Bundle, JobStatus, MachineSettings
 from milex.common.protocol import (
@@ -21,6 +20,7 @@ from milex.common.protocol import (
 )
 from milex.config import Machine
 from milex.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
+from milex.endpoints import drop_shared_connection, shared_connection
 
 SECONDS_PER_JOB = 0.5  # for an agent that sends no progress: the time its sbatch calls may take
 # An agent that streams progress sends some every second: this long without any, it is gone.

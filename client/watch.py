@@ -8,11 +8,11 @@ from typing import TypeVar
 
 import msgspec
 
-from milex.agents import greeted
 from milex.common.errors import MilexError
 from milex.common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
 from milex.config import Machine
 from milex.connection import AgentConnection, AgentUnavailable
+from milex.endpoints import greeted
 
 RECONNECT_DEADLINE = 120.0
 # An agent without log heartbeats is silent while a log is: wait for it as long as zmq_poll can

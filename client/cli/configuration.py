@@ -21,7 +21,7 @@ from milex.cli import reports_errors
 def configuration(source: Path | None) -> None:
     """Edit the machine configuration (~/.milexconfig) and set the machines up."""
     from milex.config import config_path, parse_config
-    from milex.configure import (
+    from milex.config_setup import (
         EDITOR_SETTINGS,
         FALLBACK_EDITOR,
         configured_editor,
@@ -77,7 +77,7 @@ def set_value(machine: str, key: str, value: str) -> None:
     import json
 
     from milex.config import config_path, parse_config
-    from milex.configure import install_config
+    from milex.config_setup import install_config
 
     path = config_path()
     document = json.loads(path.read_text()) if path.exists() else {}

@@ -35,9 +35,9 @@ def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) 
 @reports_errors
 def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | None) -> None:
     """Print a job's output (JOB_ID as `milex status` shows it)."""
-    from milex.agents import connect
     from milex.common.protocol import LogChunk, Logs
     from milex.config import load_config
+    from milex.endpoints import connect
     from milex.watch import follow_log
 
     target = load_config().machine(machine)

@@ -108,7 +108,7 @@ def test_agent_killed_mid_bundle_loses_no_job_and_doubles_none(in_process: Milex
     bundle = bundle_of(12, "crash")
     keys = {name: f"{bundle.stem}/{name}/k" for name in bundle.jobs}
     request = SubmitBundle(bundle=bundle, settings=machine.settings, keys=keys)
-    from milex.agents import endpoint
+    from milex.endpoints import endpoint
 
     with AgentConnection(endpoint(machine), timeout=60) as connection:
         connection.send(request)

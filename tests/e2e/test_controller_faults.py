@@ -139,7 +139,7 @@ def test_clients_are_answered_while_a_big_bundle_is_submitted(milex_home: MilexH
     bundle = independent("wide", 500)
     asker = (
         "import sys, time\n"
-        "from milex.agents import connect\n"
+        "from milex.endpoints import connect\n"
         "from milex.config import load_config\n"
         "from milex.common.protocol import Status, StatusReply\n"
         "connection = connect(load_config().machine(), timeout=10)\n"

@@ -329,11 +329,11 @@ def test_remote_agent_killed_mid_bundle_loses_and_doubles_nothing(
 ) -> None:
     for key, value in laptop.env.items():
         monkeypatch.setenv(key, value)
-    from milex.agents import endpoint
     from milex.common.model import Bundle, Job
     from milex.common.protocol import SubmitBundle, Submitted
     from milex.config import load_config
     from milex.connection import AgentConnection
+    from milex.endpoints import endpoint
 
     machine = load_config().machine(MACHINE)
     jobs = {f"j{i}": Job(name=f"j{i}", script="milex-example") for i in range(8)}

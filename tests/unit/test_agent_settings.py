@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from milex import agent_control, agents
+from milex import agent_control, endpoints
 from milex.agent import daemon, intervals
 from milex.common.errors import MilexError
 from milex.config import Machine
 
-ENV = (agents.POLL_INTERVAL_ENV, agents.MAX_INTERVAL_ENV, agents.IDLE_EXIT_ENV)
+ENV = (endpoints.POLL_INTERVAL_ENV, endpoints.MAX_INTERVAL_ENV, endpoints.IDLE_EXIT_ENV)
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def test_the_local_start_carries_the_agents_defaults(monkeypatch, tmp_path):
         )
 
     monkeypatch.setattr(daemon, "start", start)
-    agents.endpoint(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
+    endpoints.endpoint(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
     agent_control.start_agent(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
     expected = {
         "poll_interval": intervals.POLL_INTERVAL,
@@ -52,16 +52,16 @@ def test_the_local_start_carries_the_agents_defaults(monkeypatch, tmp_path):
 
 
 def test_the_environment_overrides_every_setting(monkeypatch):
-    monkeypatch.setenv(agents.POLL_INTERVAL_ENV, "0.5")
-    monkeypatch.setenv(agents.MAX_INTERVAL_ENV, "4")
-    monkeypatch.setenv(agents.IDLE_EXIT_ENV, "0")
-    assert agents.start_settings() == {"poll_interval": 0.5, "max_interval": 4.0, "idle_exit": 0.0}
+    monkeypatch.setenv(endpoints.POLL_INTERVAL_ENV, "0.5")
+    monkeypatch.setenv(endpoints.MAX_INTERVAL_ENV, "4")
+    monkeypatch.setenv(endpoints.IDLE_EXIT_ENV, "0")
+    assert endpoints.start_settings() == {"poll_interval": 0.5, "max_interval": 4.0, "idle_exit": 0.0}
     command = agent_control.remote_agent_command(remote(), "start")
     assert "--poll-interval 0.5 --max-interval 4.0 --idle-exit 0.0" in command
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan"])
 def test_a_bad_override_names_the_variable(monkeypatch, value):
-    monkeypatch.setenv(agents.IDLE_EXIT_ENV, value)
-    with pytest.raises(MilexError, match=f"{agents.IDLE_EXIT_ENV}='{value}' is not a number of seconds"):
-        agents.start_settings()
+    monkeypatch.setenv(endpoints.IDLE_EXIT_ENV, value)
+    with pytest.raises(MilexError, match=f"{endpoints.IDLE_EXIT_ENV}='{value}' is not a number of seconds"):
+        endpoints.start_settings()

@@ -11,7 +11,7 @@ import pytest
 
 from milex.common.errors import ConfigError
 from milex.config import Machine, parse_config
-from milex.configure import (
+from milex.config_setup import (
     RC_BEGIN,
     RC_END,
     create_machine_dirs,
