@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -45,6 +46,22 @@ _submit_retry_option = click.option(
     help="Seconds a submission waits for a silent SLURM controller before it gives up.",
 )
 
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _settings_options(command: F) -> F:
+    """The agent's settings, options of both `run` and `start`."""
+    for option in reversed(
+        (
+            click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True),
+            click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True),
+            _idle_exit_option,
+            _submit_retry_option,
+        )
+    ):
+        command = option(command)
+    return command
+
 
 @click.group()
 @click.version_option(VERSION, prog_name="milex-agent")
@@ -55,10 +72,7 @@ def main() -> None:
 @main.command()
 @_path_option
 @_dir_option
-@click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
-@click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
-@_idle_exit_option
-@_submit_retry_option
+@_settings_options
 @click.option("--detach", is_flag=True, help="Run in the background; exit once the agent serves.")
 def run(
     path: str | None,
@@ -105,10 +119,7 @@ def _detach() -> Callable[[], None]:
 @main.command()
 @_path_option
 @_dir_option
-@click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
-@click.option("--max-interval", type=float, default=MAX_POLL_INTERVAL, show_default=True)
-@_idle_exit_option
-@_submit_retry_option
+@_settings_options
 def start(
     path: str | None,
     directory: str | None,
