@@ -42,7 +42,7 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
     try:
         reply = submitter.tracked(bundle=bundle)
     except AgentUnavailable as error:
-        _show_offline(bundle, machine, config.jobs_dir, str(error))
+        _show_offline(bundle, machine, config.jobs_dir, str(error), as_json=as_json)
         return
     apply_states(config.jobs_dir, machine.name, reply.jobs)
     if as_json:
@@ -78,14 +78,28 @@ def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path,
             live.update(table(list(by_id.values()), title), refresh=True)
 
 
-def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str) -> None:
+def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *, as_json: bool) -> None:
+    """The last known states from the local records, when the agent cannot be reached; as JSON, the
+    same list of jobs the agent's answer gives (a job's key rebuilt from its run id, where it has one)."""
+    import msgspec
+
     from milex.cli.output import print_submission
     from milex.records import list_bundles, load_submissions
 
     click.echo(f"warning: {problem}\nLast known states, from the local records:", err=True)
+    known: list[TrackedJob] = []
     for name, date in list_bundles(jobs_dir):
         if bundle and bundle not in (name, f"{name}_{date}"):
             continue
         for submission in load_submissions(jobs_dir, f"{name}_{date}"):
-            if submission.machine == machine.name:
+            if submission.machine != machine.name:
+                continue
+            if not as_json:
                 print_submission(submission)
+                continue
+            for job_name, record in submission.jobs.items():
+                key = f"{submission.bundle}/{job_name}/{submission.run_id}" if submission.run_id else ""
+                fields = {**msgspec.structs.asdict(record), "key": key, "bundle": submission.bundle}
+                known.append(msgspec.convert({**fields, "name": job_name}, TrackedJob))
+    if as_json:
+        click.echo(msgspec.json.encode(known).decode())
