@@ -60,8 +60,11 @@ def exit_code_from_pair(text: str) -> int | None:
 
 
 def exit_code_from_wait_status(text: str) -> int | None:
-    """squeue's `exit_code` field: the raw wait status (`768` for exit 3, `9` for SIGKILL)."""
+    """squeue's `exit_code` field: the raw wait status (`768` for exit 3, `9` for SIGKILL) as 22.05
+    prints it, or `code:signal` (`3:0`, `0:9`) as 24.11 does (slurm_captured/2411)."""
     text = text.strip()
+    if ":" in text:
+        return exit_code_from_pair(text)
     if not text.isdecimal() or int(text) > 0xFFFF:  # NO_VAL and its kin: not known yet
         return None
     status = int(text)

@@ -1,5 +1,6 @@
-"""SlurmScheduler and SlurmHistory fed SLURM 22.05's own output (slurm_captured/2205, see its README)
-through the one gateway, run_command: every source gives a job the same state and exit code."""
+"""SlurmScheduler and SlurmHistory fed SLURM's own output (slurm_captured/2205: 22.05 without accounting;
+slurm_captured/2411: 24.11 with it; see their READMEs) through the one gateway, run_command: every
+source gives a job the same state and exit code, on either version."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from milex.agent.scheduler import slurm, slurm_history
 from milex.agent.scheduler.command import CommandResult
 from milex.agent.scheduler.slurm import SlurmScheduler
 from milex.agent.scheduler.slurm_history import JobCompLog, SlurmHistory
+from milex.agent.scheduler.slurm_output import sacct_rows, squeue_rows, statuses
 from milex.common.model import JobState, JobStatus
 
-CAPTURED = Path(__file__).parent / "slurm_captured" / "2205"
-IDS = dict(line.split() for line in (CAPTURED / "ids.txt").read_text().splitlines())
+CAPTURES = Path(__file__).parent / "slurm_captured"
+VERSIONS = ("2205", "2411")
+CAPTURED = CAPTURES / "2205"  # the 22.05 capture, for what only it has (the job-completion log)
+
+
+def ids_of(version: str) -> dict[str, str]:
+    return dict(line.split() for line in (CAPTURES / version / "ids.txt").read_text().splitlines())
+
+
+IDS = ids_of("2205")
 # What every source must say of each job once it ended (the run of capture.sh behind ids.txt).
 FINISHED = {
     "completed": (JobState.COMPLETED, 0),
@@ -31,58 +41,80 @@ FINISHED = {
 }
 
 
-def captured(name: str) -> str:
-    return (CAPTURED / name).read_text()
+def captured(name: str, version: str = "2205") -> str:
+    return (CAPTURES / version / name).read_text()
 
 
 @dataclass
 class Cluster:
-    """Answers scheduler commands with captured output, as run_command would."""
+    """Answers scheduler commands with the output captured on one SLURM version, as run_command would."""
 
     jobcomp: Path
+    version: str = "2205"
     squeue: str = "squeue_finished.txt"
-    sacct: str | None = None  # None: accounting disabled, as on the test cluster
+    sacct: str | None = None  # None: accounting disabled, as on the 22.05 test cluster
     sbatch: str = "sbatch_parsable.txt"
     calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return ids_of(self.version)
 
     def __call__(self, argv: list[str], *, timeout: float = 60.0, stdin: str | None = None) -> CommandResult:
         self.calls.append(tuple(argv))
         if argv[0] == "sacct" and self.sacct is None:
             return CommandResult(tuple(argv), 1, "", captured("sacct_disabled.stderr").splitlines()[0])
         if argv[:3] == ["scontrol", "show", "config"]:
-            config = captured("scontrol_show_config.txt")
+            config = captured("scontrol_show_config.txt", self.version)
             config = config.replace("/var/run/milex-test-cluster/jobcomp.log", str(self.jobcomp))
             return CommandResult(tuple(argv), 0, config, "")
         printed = {"squeue": self.squeue, "sacct": self.sacct, "sbatch": self.sbatch}.get(argv[0])
         if printed is None:
             raise AssertionError(f"unexpected command {argv}")
-        return CommandResult(tuple(argv), 0, captured(printed), "")
+        return CommandResult(tuple(argv), 0, captured(printed, self.version), "")
+
+
+def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> Cluster:
+    jobcomp = tmp_path / "jobcomp.log"
+    # The captured jobs ran as root; the log is read for the jobs of whoever runs the tests.
+    jobcomp.write_text(captured("jobcomp.log").replace("UserId=root(0)", f"UserId=me({os.getuid()})"))
+    # 24.11's cluster has accounting (and no job-completion log): sacct answers there.
+    fake = Cluster(
+        jobcomp=jobcomp, version=version, sacct="sacct_allocations.txt" if version == "2411" else None
+    )
+    monkeypatch.setattr(slurm, "run_command", fake)
+    monkeypatch.setattr(slurm_history, "run_command", fake)
+    return fake
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    jobcomp = tmp_path / "jobcomp.log"
-    # The captured jobs ran as root; the log is read for the jobs of whoever runs the tests.
-    jobcomp.write_text(captured("jobcomp.log").replace("UserId=root(0)", f"UserId=me({os.getuid()})"))
-    fake = Cluster(jobcomp=jobcomp)
-    monkeypatch.setattr(slurm, "run_command", fake)
-    monkeypatch.setattr(slurm_history, "run_command", fake)
-    yield fake
+    """The 22.05 capture: no accounting, a job-completion log."""
+    yield fake_cluster(tmp_path, monkeypatch, "2205")
+
+
+@pytest.fixture(params=VERSIONS)
+def any_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cluster]:
+    """Each version's capture in turn, for the roles both captured."""
+    yield fake_cluster(tmp_path, monkeypatch, request.param)
 
 
 def outcomes(
-    states: dict[str, JobStatus], roles: Iterable[str] = FINISHED
+    states: dict[str, JobStatus], roles: Iterable[str] = FINISHED, ids: dict[str, str] = IDS
 ) -> dict[str, tuple[JobState, int | None]]:
-    return {role: (states[IDS[role]].state, states[IDS[role]].exit_code) for role in roles}
+    return {role: (states[ids[role]].state, states[ids[role]].exit_code) for role in roles}
 
 
-def test_squeue_gives_each_finished_job_its_state_and_exit_code(cluster: Cluster) -> None:
-    states = SlurmScheduler().states(list(IDS.values()))
-    assert outcomes(states) == FINISHED
-    assert (states[IDS["pending"]].state, states[IDS["pending"]].reason) == (JobState.PENDING, "JobHeldUser")
-    assert states[IDS["exit3"]].reason == "NonZeroExitCode"
-    assert states[IDS["timeout"]].reason == "TimeLimit"
-    assert not any(call[0] == "sacct" for call in cluster.calls)  # squeue knew every job
+def test_squeue_gives_each_finished_job_its_state_and_exit_code(any_cluster: Cluster) -> None:
+    ids = any_cluster.ids
+    states = SlurmScheduler().states(list(ids.values()))
+    assert outcomes(states, ids=ids) == FINISHED
+    assert (states[ids["pending"]].state, states[ids["pending"]].reason) == (JobState.PENDING, "JobHeldUser")
+    assert states[ids["exit3"]].reason == "NonZeroExitCode"
+    assert states[ids["timeout"]].reason == "TimeLimit"
+    assert not any(call[0] == "sacct" for call in any_cluster.calls)  # squeue knew every job
 
 
 def test_the_job_completion_log_agrees_with_squeue(cluster: Cluster) -> None:
@@ -98,25 +130,29 @@ def test_sacct_agrees_with_squeue(cluster: Cluster) -> None:
     assert (states[IDS["pending"]].state, states[IDS["pending"]].exit_code) == (JobState.CANCELLED, None)
 
 
-def test_a_job_squeue_forgot_is_looked_up_in_the_job_completion_log(cluster: Cluster) -> None:
-    cluster.squeue = "squeue_invalid_id.stdout"  # squeue prints nothing (and an error) for them
-    states = SlurmScheduler().states([IDS[role] for role in FINISHED])
-    assert outcomes(states) == FINISHED
+def test_a_job_squeue_forgot_is_looked_up_in_sacct_or_the_job_completion_log(any_cluster: Cluster) -> None:
+    any_cluster.squeue = "squeue_invalid_id.stdout"  # squeue prints nothing (and an error) for them
+    ids = any_cluster.ids
+    states = SlurmScheduler().states([ids[role] for role in FINISHED])
+    assert outcomes(states, ids=ids) == FINISHED
+    looked_up = {call[0] for call in any_cluster.calls} - {"squeue"}
+    assert looked_up == ({"sacct"} if any_cluster.version == "2411" else {"sacct", "scontrol"})
 
 
-def test_an_array_is_running_while_one_task_runs(cluster: Cluster) -> None:
-    cluster.squeue = "squeue_active.txt"
-    states = SlurmScheduler().states(list(IDS.values()))
-    running = ("cancelled", "scancel_kill", "requeued", "timeout", "array")
-    assert {role: states[IDS[role]].state for role in running} == dict.fromkeys(running, JobState.RUNNING)
-    assert outcomes(states, ("completed", "exit3", "selfkill")) == {
-        role: FINISHED[role] for role in ("completed", "exit3", "selfkill")
-    }
+def test_an_array_is_running_while_one_task_runs(any_cluster: Cluster) -> None:
+    any_cluster.squeue = "squeue_active.txt"
+    ids = any_cluster.ids
+    states = SlurmScheduler().states(list(ids.values()))
+    running = ("cancelled", "scancel_kill", "requeued", "array")
+    assert {role: states[ids[role]].state for role in running} == dict.fromkeys(running, JobState.RUNNING)
+    ended = ("completed", "exit3", "selfkill")
+    assert outcomes(states, ended, ids) == {role: FINISHED[role] for role in ended}
 
 
-def test_a_requeued_job_is_pending_again(cluster: Cluster) -> None:
-    cluster.squeue = "squeue_requeued.txt"
-    status = SlurmScheduler().states([IDS["requeued"]])[IDS["requeued"]]
+def test_a_requeued_job_is_pending_again(any_cluster: Cluster) -> None:
+    any_cluster.squeue = "squeue_requeued.txt"
+    job_id = any_cluster.ids["requeued"]
+    status = SlurmScheduler().states([job_id])[job_id]
     assert (status.state, status.exit_code, status.reason) == (JobState.PENDING, None, "BeginTime")
 
 
@@ -127,11 +163,12 @@ def test_the_requeued_jobs_last_line_in_the_log_wins(cluster: Cluster) -> None:
     assert log.states([IDS["requeued"]])[IDS["requeued"]].state is JobState.COMPLETED
 
 
-def test_a_cancelled_pending_job(cluster: Cluster) -> None:
-    cluster.squeue = "squeue_pending_cancelled.txt"
-    status = SlurmScheduler().states([IDS["pending"]])[IDS["pending"]]
+def test_a_cancelled_pending_job(any_cluster: Cluster) -> None:
+    any_cluster.squeue = "squeue_pending_cancelled.txt"
+    job_id = any_cluster.ids["pending"]
+    status = SlurmScheduler().states([job_id])[job_id]
     assert (status.state, status.exit_code) == (JobState.CANCELLED, None)
-    assert SlurmHistory().states([IDS["pending"]])[IDS["pending"]].state is JobState.CANCELLED
+    assert SlurmHistory().states([job_id])[job_id].state is JobState.CANCELLED
 
 
 def test_sacct_combines_array_ranges_and_heterogeneous_components_but_not_steps(cluster: Cluster) -> None:
@@ -149,3 +186,50 @@ def test_sacct_combines_array_ranges_and_heterogeneous_components_but_not_steps(
 def test_sbatch_parsable_gives_the_job_id(cluster: Cluster, printed: str, tmp_path: Path) -> None:
     cluster.sbatch = printed  # `181`, or `181;milex` on a cluster of a federation
     assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == IDS["completed"]
+
+
+# SLURM 24.11 with accounting: what the 22.05 cluster could not show.
+
+
+@pytest.fixture
+def cluster2411(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    yield fake_cluster(tmp_path, monkeypatch, "2411")
+
+
+def test_sbatch_parsable_with_clusters_gives_the_job_id_and_cluster(
+    cluster2411: Cluster, tmp_path: Path
+) -> None:
+    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == cluster2411.ids["completed"]
+    assert captured("sbatch_parsable_cluster.txt", "2411") == "27;cluster2\n"  # `--clusters=cluster2`
+    cluster2411.sbatch = "sbatch_parsable_cluster.txt"
+    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == "27"
+
+
+def test_real_sacct_agrees_with_squeue(cluster2411: Cluster) -> None:
+    ids = cluster2411.ids
+    from_squeue = SlurmScheduler().states(list(ids.values()))
+    from_sacct = SlurmHistory().states(list(ids.values()))
+    assert outcomes(from_sacct, ids=ids) == outcomes(from_squeue, ids=ids) == FINISHED
+    assert (from_sacct[ids["pending"]].state, from_sacct[ids["pending"]].exit_code) == (
+        JobState.CANCELLED,
+        None,
+    )
+
+
+def test_sacct_without_allocations_reads_to_the_same_states_its_steps_left_out() -> None:
+    ids = ids_of("2411")
+    steps, allocations = (
+        sacct_rows(captured(name, "2411")) for name in ("sacct_steps.txt", "sacct_allocations.txt")
+    )
+    assert "batch" in captured("sacct_steps.txt", "2411")
+    assert statuses(ids.values(), steps) == statuses(ids.values(), allocations)
+
+
+def test_squeue_only_job_state_gives_states_but_no_exit_codes() -> None:
+    ids = ids_of("2411")
+    states = statuses(ids.values(), squeue_rows(captured("squeue_only_job_state.txt", "2411")))
+    assert {role: states[ids[role]].state for role in FINISHED} == {
+        role: state for role, (state, _) in FINISHED.items()
+    }
+    assert {states[job_id].exit_code for job_id in ids.values()} == {None, 0}  # `0:0` for every job
+    assert states[ids["pending"]].state is JobState.CANCELLED

@@ -41,7 +41,10 @@ def test_code_signal_pairs(printed: str, code: int | None) -> None:
 
 @pytest.mark.parametrize(
     ("printed", "code"),
-    [("0", 0), ("768", 3), ("1280", 5), ("9", 137), ("15", 143), ("", None), ("4294967294", None)],
+    [
+        *[("0", 0), ("768", 3), ("1280", 5), ("9", 137), ("15", 143), ("", None), ("4294967294", None)],
+        *[("3:0", 3), ("0:9", 137), ("0:15", 143)],  # as 24.11 prints them
+    ],
 )
 def test_squeue_wait_statuses(printed: str, code: int | None) -> None:
     assert exit_code_from_wait_status(printed) == code

@@ -2,12 +2,29 @@
 # capture.sh - produce the fixture files of this folder from the test cluster (deploy/slurm-up.sh).
 # Run under the e2e lock: flock /tmp/milex-e2e.lock tests/unit/slurm_captured/2205/capture.sh OUTDIR
 # Job ids differ run to run; ids.txt maps each job's role to its id.
+# Another cluster: SLURM_PREFIX is the command that runs a command line there (such as an ssh
+# command; SLURM commands then run as its user, job scripts reach sbatch on stdin, jobs write to
+# /tmp there), CLUSTER its name for `sbatch --clusters`, ACCOUNTING=1 adds sacct's and squeue
+# --only-job-state's output (see ../2411/capture.sh).
 set -euo pipefail
 OUT=$(realpath "${1:-.}")
 WORK=$(mktemp -d)
 cd "$WORK"
 FORMAT='JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,exit_code:0|'  # as agent/scheduler/slurm.py asks
-sb() { sbatch --parsable -o "$WORK/%j.out" "$@"; }
+CLUSTER=${CLUSTER:-milex}
+on_cluster() {  # command and arguments, run on the cluster
+    if [[ -n ${SLURM_PREFIX:-} ]]; then $SLURM_PREFIX "$(printf '%q ' "$@")"; else "$@"; fi
+}
+for command in sbatch squeue scancel scontrol sacct grep awk; do
+    eval "$command() { on_cluster $command \"\$@\"; }"
+done
+JOBOUT=$WORK
+[[ -n ${SLURM_PREFIX:-} ]] && JOBOUT=/tmp
+sb() {  # script, then sbatch's options
+    local script=$1
+    shift
+    sbatch --parsable -o "$JOBOUT/%j.out" "$@" <"$script"
+}
 state() { squeue --noheader --array --states=all --jobs="$1" --Format=State:0 | sort -u | tr '\n' ' '; }
 wait_for() {  # job id, regex the states of all its rows must match
     for _ in $(seq 600); do [[ $(state "$1") =~ $2 ]] && return 0; sleep 0.5; done
@@ -34,13 +51,13 @@ declare -A id
 id[completed]=$(sb ok.sh)
 id[exit3]=$(sb exit3.sh)
 id[selfkill]=$(sb selfkill.sh)
-id[pending]=$(sb --hold ok.sh)
+id[pending]=$(sb ok.sh --hold)
 id[cancelled]=$(sb sleep.sh)
 id[scancel_kill]=$(sb sleep.sh)
 id[requeued]=$(sb requeue.sh)
-id[timeout]=$(sb --time=1 sleep.sh)
-id[array]=$(sb --array=0-3 array.sh)
-sbatch --parsable --clusters=milex -o /dev/null ok.sh >sbatch_parsable_cluster.txt 2>&1 || true
+id[timeout]=$(sb sleep.sh --time=1)
+id[array]=$(sb array.sh --array=0-3)
+sbatch --parsable --clusters="$CLUSTER" -o /dev/null <ok.sh >sbatch_parsable_cluster.txt 2>&1 || true
 printf '%s\n' "${id[completed]}" >sbatch_parsable.txt
 for role in "${!id[@]}"; do echo "$role ${id[$role]}"; done | sort >ids.txt
 cp sbatch_parsable.txt sbatch_parsable_cluster.txt ids.txt "$OUT"/
@@ -70,11 +87,24 @@ for role in "${!id[@]}"; do
 done
 squeue --noheader --jobs=999999 --Format="$FORMAT" >"$OUT/squeue_invalid_id.stdout" 2>"$OUT/squeue_invalid_id.stderr" \
     || echo "exit status $?" >>"$OUT/squeue_invalid_id.stderr"
+scontrol show config >"$OUT/scontrol_show_config.txt"
+if [[ -n ${ACCOUNTING:-} ]]; then
+    squeue --only-job-state --noheader --array --states=all --jobs="$all" --Format="$FORMAT" \
+        >"$OUT/squeue_only_job_state.txt"
+    sacct_rows() { sacct --noheader --parsable2 --format=JobID,State,ExitCode --jobs="$all" "$@"; }
+    for _ in $(seq 120); do  # slurmdbd learns of the jobs' ends a moment after slurmctld
+        [[ $(sacct_rows --allocations) =~ (PENDING|RUNNING|REQUEUED) ]] || break
+        sleep 0.5
+    done
+    sacct_rows --allocations >"$OUT/sacct_allocations.txt"
+    sacct_rows >"$OUT/sacct_steps.txt"
+    echo "captured into $OUT (work dir $WORK)"
+    exit 0
+fi
 sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode --jobs="$all" \
     >"$OUT/sacct_disabled.stdout" 2>"$OUT/sacct_disabled.stderr" || echo "exit status $?" >>"$OUT/sacct_disabled.stderr"
 jobcomp=$(scontrol show config | awk '$1 == "JobCompLoc" {print $3}')
 sleep 1  # slurmctld writes the log line after the job's end is known to squeue
 grep -E "^JobId=($(IFS='|'; echo "${id[*]}")|$(( ${id[array]} + 1 ))|$(( ${id[array]} + 2 ))|$(( ${id[array]} + 3 )))( |$)" "$jobcomp" \
     >"$OUT/jobcomp.log"
-scontrol show config >"$OUT/scontrol_show_config.txt"
 echo "captured into $OUT (work dir $WORK)"
