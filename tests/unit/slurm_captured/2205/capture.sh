@@ -13,7 +13,7 @@ cd "$WORK"
 FORMAT='JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,exit_code:0|'  # as agent/scheduler/slurm.py asks
 CLUSTER=${CLUSTER:-milex}
 on_cluster() {  # command and arguments, run on the cluster
-    if [[ -n ${SLURM_PREFIX:-} ]]; then $SLURM_PREFIX "$(printf '%q ' "$@")"; else "$@"; fi
+    if [[ -n ${SLURM_PREFIX:-} ]]; then $SLURM_PREFIX "$(printf '%q ' "$@")"; else command "$@"; fi
 }
 for command in sbatch squeue scancel scontrol sacct grep awk; do
     eval "$command() { on_cluster $command \"\$@\"; }"
