@@ -59,7 +59,7 @@ def exit_code_from_pair(text: str) -> int | None:
     return signal_exit_code(int(signal)) if colon and int(signal) else int(code)
 
 
-def exit_code_from_wait_status(text: str) -> int | None:
+def squeue_exit_code(text: str) -> int | None:
     """squeue's `exit_code` field: the raw wait status (`768` for exit 3, `9` for SIGKILL) as 22.05
     prints it, or `code:signal` (`3:0`, `0:9`) as 24.11 does (slurm_captured/2411)."""
     text = text.strip()
@@ -94,7 +94,7 @@ def _squeue_row(line: str) -> TaskRow:
         task=task,
         state=JobState.from_slurm(state),
         reason="" if reason == "None" else reason,
-        exit_code=exit_code_from_wait_status(exit_code),
+        exit_code=squeue_exit_code(exit_code),
     )
 
 

@@ -11,7 +11,7 @@ from milex.agent.scheduler.slurm_output import (
     TaskRow,
     combine,
     exit_code_from_pair,
-    exit_code_from_wait_status,
+    squeue_exit_code,
     jobcomp_row,
     sacct_rows,
     squeue_rows,
@@ -47,7 +47,7 @@ def test_code_signal_pairs(printed: str, code: int | None) -> None:
     ],
 )
 def test_squeue_wait_statuses(printed: str, code: int | None) -> None:
-    assert exit_code_from_wait_status(printed) == code
+    assert squeue_exit_code(printed) == code
 
 
 def test_squeue_and_scontrol_print_the_same_exit_codes_two_ways() -> None:
