@@ -11,9 +11,9 @@ from milex.agent.scheduler.slurm_output import (
     TaskRow,
     combine,
     exit_code_from_pair,
-    squeue_exit_code,
     jobcomp_row,
     sacct_rows,
+    squeue_exit_code,
     squeue_rows,
 )
 from milex.common.model import JobState
