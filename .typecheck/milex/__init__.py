@@ -1,0 +1,1 @@
+../../client/__init__.py

@@ -1,0 +1,1 @@
+../../client/agent_control.py

@@ -1,0 +1,1 @@
+../../client/config_setup.py

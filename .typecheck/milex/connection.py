@@ -1,0 +1,1 @@
+../../client/connection.py

@@ -1,0 +1,1 @@
+../../client/schedule_args.py

@@ -1,0 +1,1 @@
+../../client/ssh_auth.py

@@ -1,0 +1,1 @@
+../../client/tunnel_control.py
