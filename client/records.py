@@ -52,6 +52,17 @@ class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
 _RUN_ID = re.compile(r"\d{14}-[0-9a-f]{8}")
 
 
+def job_key(bundle_stem: str, job_name: str, run_id: str) -> str:
+    """The idempotency key a job of a run carries to the agent (and SLURM, in `--comment`): it
+    names the run, so `run_of_key` finds the run of any job the agent tracks."""
+    return f"{bundle_stem}/{job_name}/{run_id}"
+
+
+def run_of_key(key: str) -> str:
+    """The run id a job's key ends with (see `job_key`)."""
+    return key.rpartition("/")[2]
+
+
 def new_run_id() -> str:
     """A run id: the local time to the second, then 8 random hex digits (unique across processes)."""
     return f"{now_stamp()}-{secrets.token_hex(4)}"
@@ -237,7 +248,7 @@ def _restore_runs(machine: str, jobs: dict[str, TrackedJob], history: list[Submi
     recorded = {r.job_id for s in history if s.machine == machine for r in s.jobs.values()}
     changed: set[str] = set()
     for job in jobs.values():
-        run_id = job.key.rpartition("/")[2]
+        run_id = run_of_key(job.key)
         if not job.job_id or job.job_id in recorded or not _RUN_ID.fullmatch(run_id):
             continue
         if run_id not in runs:

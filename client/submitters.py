@@ -21,6 +21,7 @@ from milex.common.protocol import (
 from milex.config import Machine
 from milex.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
 from milex.endpoints import drop_shared_connection, shared_connection
+from milex.records import job_key
 
 SECONDS_PER_JOB = 0.5  # for an agent that sends no progress: the time its sbatch calls may take
 # An agent that streams progress sends some every second: this long without any, it is gone.
@@ -57,7 +58,7 @@ class AgentSubmitter:
         it belongs to.
         """
         attempt = run_id or uuid.uuid4().hex[:12]
-        keys = {name: f"{bundle.stem}/{name}/{attempt}" for name in bundle.jobs}
+        keys = {name: job_key(bundle.stem, name, attempt) for name in bundle.jobs}
         request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
         request_id = self.connection.send(self._asking_progress(request))
         meanwhile: Exception | None = None

@@ -84,7 +84,7 @@ def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *
     import msgspec
 
     from milex.cli.output import print_submission
-    from milex.records import list_bundles, load_submissions
+    from milex.records import job_key, list_bundles, load_submissions
 
     click.echo(f"warning: {problem}\nLast known states, from the local records:", err=True)
     known: list[TrackedJob] = []
@@ -98,7 +98,7 @@ def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *
                 print_submission(submission)
                 continue
             for job_name, record in submission.jobs.items():
-                key = f"{submission.bundle}/{job_name}/{submission.run_id}" if submission.run_id else ""
+                key = job_key(submission.bundle, job_name, submission.run_id) if submission.run_id else ""
                 fields = {**msgspec.structs.asdict(record), "key": key, "bundle": submission.bundle}
                 known.append(msgspec.convert({**fields, "name": job_name}, TrackedJob))
     if as_json:
