@@ -15,11 +15,12 @@ from concurrent.futures import Future
 
 from milex.agent.controller import Backoff
 from milex.agent.ledger import comment_of
+from milex.agent.scheduler import scheduler_group
 from milex.agent.state import Agent
 from milex.common.errors import SchedulerError
 
 log = logging.getLogger("milex.agent")
-Groups = dict[tuple[str, str], list[str]]  # keys in doubt by (scheduler kind, machine path)
+Groups = dict[tuple[str, str], list[str]]  # keys in doubt by the scheduler that has them (scheduler_group)
 
 
 def recover(agent: Agent) -> None:
@@ -84,7 +85,7 @@ def _in_doubt(agent: Agent, owned: Collection[str]) -> Groups:
     groups: Groups = {}
     for job, kind, machine_path in agent.journal.in_doubt():
         if job.key not in owned:
-            groups.setdefault((kind, machine_path), []).append(job.key)
+            groups.setdefault(scheduler_group(kind, machine_path), []).append(job.key)
     return groups
 
 
