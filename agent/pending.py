@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -28,9 +29,10 @@ class PendingSubmit:
     submission: BundleSubmission
     progress_sent: float = field(default_factory=time.monotonic)
 
-    @property
-    def keys(self) -> set[str]:
-        return set(self.request.keys.values())
+    @functools.cached_property
+    def keys(self) -> frozenset[str]:
+        """The idempotency keys of this request (asked at every turn of the server's loop)."""
+        return frozenset(self.request.keys.values())
 
     def step(self) -> Submitted | None:
         """The reply once every job is submitted (or the submission stopped); None until then."""
