@@ -105,9 +105,12 @@ class BundleSubmission:
     """One bundle on its way to the scheduler, advanced by `step()` until `done`.
 
     Stops starting jobs at the first refusal, so no job whose dependency failed to submit is
-    submitted; calls already in flight finish and are recorded. The SubmitError then names the
-    jobs submitted and those not. A call without answer is looked up until the controller answers
-    or `watch` gives up; giving up (or any other scheduler error) ends the submission the same way.
+    submitted; calls already in flight finish and are recorded. Independent jobs go several at once,
+    but the first job of each kind (its SLURM options: account, partition, resources...) goes alone:
+    a refusal of the kind (an account the user lacks) then stops the bundle with nothing after it
+    sent. The SubmitError names the jobs submitted and those not. A call without answer is looked up
+    until the controller answers or `watch` gives up; giving up (or any other scheduler error) ends
+    the submission the same way.
     """
 
     def __init__(
@@ -143,6 +146,8 @@ class BundleSubmission:
             for dependency in set(job.dependencies):
                 self._dependents.setdefault(dependency, []).append(job)
         self._ready = deque(job for job in self.ordered if not job.dependencies)
+        self._kinds = {job.name: job_kind(job) for job in self.ordered}
+        self._accepted_kinds: set[bytes] = set()
 
     @property
     def done(self) -> bool:
@@ -203,19 +208,26 @@ class BundleSubmission:
         """Start as many ready jobs as may be in flight; whether anything changed."""
         batch: list[tuple[Job, SubmittedJob]] = []
         changed = False
-        while self._ready and len(self.running) + len(batch) < self.in_flight:
-            job = self._ready.popleft()
+        while self._ready and len(self.running) + len(batch) < self.in_flight and not self._trying_a_kind():
+            job = self._ready[0]
+            new_kind = self._kinds[job.name] not in self._accepted_kinds
+            if new_kind and (self.running or batch):
+                break  # it goes alone, once the calls before it are answered
+            self._ready.popleft()
+            changed = True
             planned = self._planned(job)
             job_id = None if job.name in self._absent else self.ledger.known(job)
             if job_id is None:
                 batch.append((job, planned))
+                if new_kind:
+                    break
             elif job_id == IN_DOUBT:  # an earlier attempt never learnt whether it was accepted
                 self.in_doubt[job.name] = (job, planned, self.ledger.comment(job))
                 self._backoff.next_at = self.watch.clock()
             else:  # an earlier attempt got it submitted
                 planned.job_id = job_id
+                self._accepted_kinds.add(self._kinds[job.name])
                 self._release(job, planned)
-            changed = True
         if batch:
             texts = [
                 render_script(job, self.settings, script_stem(self.bundle.stem, job.name)) for job, _ in batch
@@ -229,6 +241,10 @@ class BundleSubmission:
             for (job, planned), text in zip(batch, texts, strict=True):
                 self._keep_script(job, planned, text)
         return changed and not self.in_doubt
+
+    def _trying_a_kind(self) -> bool:
+        """Whether a job of a kind not accepted yet is out: nothing else starts until it is answered."""
+        return any(self._kinds[job.name] not in self._accepted_kinds for job, _ in self.running.values())
 
     def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
         after = [self.submitted[dependency].job_id for dependency in job.dependencies]
@@ -266,6 +282,7 @@ class BundleSubmission:
 
     def _accept(self, accepted: list[tuple[Job, SubmittedJob]]) -> None:
         self.ledger.accepted(accepted)  # recorded before any job that depends on them starts
+        self._accepted_kinds.update(self._kinds[job.name] for job, _ in accepted)
         for job, planned in accepted:
             self.in_doubt.pop(job.name, None)
             self._release(job, planned)
@@ -374,6 +391,11 @@ class BundleSubmission:
             f"job {job.name!r} of bundle {self.bundle.stem!r} was not submitted: {message}\n"
             f"Already submitted: {done}. Not submitted: {', '.join(skipped) or 'none'}."
         )
+
+
+def job_kind(job: Job) -> bytes:
+    """What SLURM judges a job's acceptance by: its options, whatever its name."""
+    return msgspec.json.encode(msgspec.structs.replace(job.slurm, job_name=None, dependency_type="afterok"))
 
 
 def submit_bundle(

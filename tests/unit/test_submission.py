@@ -11,30 +11,37 @@ import pytest
 
 from milex.agent.submission import BundleSubmission, SubmittedJob, run_inline, submit_bundle
 from milex.common.errors import SubmitError
-from milex.common.model import Bundle, Job, MachineSettings
+from milex.common.model import Bundle, Job, MachineSettings, SlurmOptions
 from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, wait_until
 
 IN_FLIGHT = 3
 
 
 class GatedScheduler:
-    """A FakeScheduler whose submit calls wait at a gate: a test sees which calls are in flight together."""
+    """A FakeScheduler whose submit calls wait at a gate: a test sees which calls are in flight together,
+    and lets them through one by one (`let`) or all (`open`)."""
 
     name = "gated"
     parallel_submissions = IN_FLIGHT
 
     def __init__(self) -> None:
         self.fake = FakeScheduler()
-        self.gate = threading.Event()
+        self.permits = threading.Semaphore(0)
         self.lock = threading.Lock()
         self.waiting = 0
         self.most_at_once = 0
+
+    def let(self, calls: int) -> None:
+        self.permits.release(calls)
+
+    def open(self) -> None:
+        self.permits.release(10_000)
 
     def submit(self, script: Path, **options: object) -> str:
         with self.lock:
             self.waiting += 1
             self.most_at_once = max(self.most_at_once, self.waiting)
-        assert self.gate.wait(5), "the test never opened the gate"
+        assert self.permits.acquire(timeout=5), "the test never let the call through"
         with self.lock:
             self.waiting -= 1
             return self.fake.submit(script, **options)  # type: ignore[arg-type]
@@ -86,15 +93,25 @@ def wait_for_calls(scheduler: GatedScheduler, count: int) -> None:
     wait_until(lambda: scheduler.waiting == count, deadline=5.0)
 
 
+def first_accepted(submission: BundleSubmission, scheduler: GatedScheduler) -> None:
+    """Start the submission and let its first job, which goes alone, be accepted."""
+    assert not submission.step()
+    wait_for_calls(scheduler, 1)
+    assert len(submission.running) == 1  # the first of its kind: nothing goes beside it
+    scheduler.let(1)
+    wait(list(submission.running))
+
+
 def test_independent_jobs_go_a_few_at_a_time_each_once(workers, settings):
     scheduler, ledger = GatedScheduler(), CountingLedger()
     submission = BundleSubmission(
         independent(8), settings, scheduler, ledger, dispatch=workers.submit, in_flight=IN_FLIGHT
     )
+    first_accepted(submission, scheduler)
     assert not submission.step()
     wait_for_calls(scheduler, IN_FLIGHT)
-    assert ledger.begun == [["j0", "j1", "j2"]]  # one journal transaction for the three
-    scheduler.gate.set()
+    assert ledger.begun == [["j0"], ["j1", "j2", "j3"]]  # one journal transaction for the three
+    scheduler.open()
     jobs = submission.run()
     assert [job.name for job in jobs] == [f"j{i}" for i in range(8)]
     assert sorted(name for name, _ in scheduler.fake.submitted) == sorted(f"j{i}" for i in range(8))
@@ -106,11 +123,13 @@ def test_a_job_starts_only_once_its_dependencies_have_ids(workers, settings):
     bundle = chain_bundle("mixed", "a", "b", "c")
     bundle.jobs["c"].dependencies = []  # a <- b; c on its own
     scheduler = GatedScheduler()
+    bundle.jobs["c"].slurm = bundle.jobs["a"].slurm  # of a's kind, so it may go beside a
     submission = BundleSubmission(bundle, settings, scheduler, dispatch=workers.submit, in_flight=IN_FLIGHT)
+    first_accepted(submission, scheduler)  # a
     submission.step()
     wait_for_calls(scheduler, 2)
-    assert sorted(job.name for job, _ in submission.running.values()) == ["a", "c"]  # b waits for a's id
-    scheduler.gate.set()
+    assert sorted(job.name for job, _ in submission.running.values()) == ["b", "c"]  # b waited for a's id
+    scheduler.open()
     jobs = {job.name: job for job in submission.run()}
     [b_call] = [call for call in scheduler.fake.calls if call.job == "b"]
     assert b_call.after == [jobs["a"].job_id]
@@ -122,19 +141,41 @@ def test_a_refusal_stops_new_jobs_and_records_those_in_flight(workers, settings)
     submission = BundleSubmission(
         independent(6), settings, scheduler, ledger, dispatch=workers.submit, in_flight=IN_FLIGHT
     )
+    first_accepted(submission, scheduler)
     submission.step()
     wait_for_calls(scheduler, IN_FLIGHT)
-    scheduler.gate.set()
+    scheduler.open()
     wait(list(submission.running))
     assert submission.step()  # all three answered: nothing more starts
     assert ledger.refused_jobs == ["j1"]
-    assert ledger.accepted_jobs == ["j0", "j2"]
+    assert ledger.accepted_jobs == ["j0", "j2", "j3"]
     with pytest.raises(SubmitError) as refusal:
         submission.result()
     message = str(refusal.value)
     assert "job 'j1' of bundle 'wide_20240101000000' was not submitted: sbatch: error: invalid" in message
-    assert "Not submitted: j3, j4, j5." in message
+    assert "Not submitted: j4, j5." in message
     assert "j0 (job " in message and "j2 (job " in message
+
+
+def test_the_first_job_of_a_kind_goes_alone_and_its_refusal_sends_nothing_after_it(workers, settings):
+    scheduler, ledger = GatedScheduler(), CountingLedger()
+    bundle = independent(6)
+    for name in ("j2", "j4"):
+        bundle.jobs[name].slurm = SlurmOptions(extra={"account": "biology"})
+    scheduler.fake.refuse["j2"] = "sbatch: error: Invalid account or account/partition combination specified"
+    submission = BundleSubmission(
+        bundle, settings, scheduler, ledger, dispatch=workers.submit, in_flight=IN_FLIGHT
+    )
+    first_accepted(submission, scheduler)  # j0
+    submission.step()
+    wait_for_calls(scheduler, 1)
+    assert [job.name for job, _ in submission.running.values()] == ["j1"]  # j2's kind is new: it waits
+    scheduler.open()
+    with pytest.raises(SubmitError, match="Invalid account") as refusal:
+        submission.run()
+    assert [call.job for call in scheduler.fake.calls] == ["j0", "j1", "j2"]
+    assert ledger.refused_jobs == ["j2"] and ledger.accepted_jobs == ["j0", "j1"]
+    assert "Not submitted: j3, j4, j5." in str(refusal.value)
 
 
 def test_stop_lets_the_calls_in_flight_finish_and_starts_nothing_more(workers, settings):
@@ -142,14 +183,15 @@ def test_stop_lets_the_calls_in_flight_finish_and_starts_nothing_more(workers, s
     submission = BundleSubmission(
         independent(5), settings, scheduler, dispatch=workers.submit, in_flight=IN_FLIGHT
     )
+    first_accepted(submission, scheduler)
     submission.step()
     wait_for_calls(scheduler, IN_FLIGHT)
     submission.stop("the agent is stopping")
-    scheduler.gate.set()
+    scheduler.open()
     with pytest.raises(SubmitError, match="the agent is stopping"):
         submission.run()
-    assert len(submission.submitted) == IN_FLIGHT
-    assert len(scheduler.fake.calls) == IN_FLIGHT
+    assert len(submission.submitted) == 1 + IN_FLIGHT
+    assert len(scheduler.fake.calls) == 1 + IN_FLIGHT
 
 
 def test_inline_dispatch_submits_a_chain_in_order(settings):
