@@ -6,6 +6,8 @@ import getpass
 import os
 import socket
 
+import msgspec
+
 from milex.agent.ledger import JournalLedger
 from milex.agent.logs import LogNotFound, log_path, read_chunk
 from milex.agent.pending import PendingSubmit
@@ -78,6 +80,9 @@ def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
             message=f"the submit request has no idempotency key for job(s) {', '.join(map(repr, missing))}; "
             "nothing was submitted.",
         )
+    # A machine path the laptop's configuration writes `~/...` is under this login node's home.
+    settings = msgspec.structs.replace(request.settings, path=os.path.expanduser(request.settings.path))
+    request = msgspec.structs.replace(request, settings=settings)
     scheduler = agent.scheduler_for(request.settings)
     submission = BundleSubmission(
         request.bundle,

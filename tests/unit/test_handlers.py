@@ -123,6 +123,17 @@ def test_submit_records_every_job_with_its_files_and_first_event(agent, fake, se
     assert agent.poller.due_in() == 0  # a submission makes the next poll due now
 
 
+def test_a_machine_path_under_the_home_is_the_agents_home(agent, fake, settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    settings.path = "~/milex"
+    bundle = chain_bundle()
+    submitted(agent, submit_request(bundle, settings))
+    job = agent.journal.find(f"{bundle.stem}/a")
+    assert job.script == f"{tmp_path}/home/milex/slurm/exp_20240101000000_a.sh"
+    assert job.stdout == f"{tmp_path}/home/milex/slurm/exp_20240101000000_a-%j.out"
+    assert f"export MILEX={tmp_path}/home/milex" in fake.calls[0].text
+
+
 def test_resending_the_same_submission_submits_nothing_new(agent, fake, settings):
     request = submit_request(chain_bundle(), settings)
     first = submitted(agent, request)
