@@ -87,6 +87,8 @@ class SlurmScheduler:
             if comment in wanted:
                 # An array's tasks share the comment; the array's own id is the one we gave out.
                 found.setdefault(comment, job_id.strip().split("_")[0])
+        if len(found) < len(wanted):  # rare: a job accepted unanswered, and forgotten since
+            found.update(self.history.find(wanted - found.keys()))
         return found
 
     def cancel(self, job_ids: Sequence[str]) -> None:

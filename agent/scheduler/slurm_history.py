@@ -28,6 +28,24 @@ class SlurmHistory:
             found.update(self._from_jobcomp(missing))
         return found
 
+    def find(self, comments: set[str]) -> dict[str, str]:
+        """The ids of the jobs of the last week accounting has with these comments (it has them only
+        where the cluster stores comments, AccountingStoreFlags=job_comment): a job accepted while
+        the controller did not answer may have ended and left squeue before it is looked up."""
+        if not self.accounting:
+            return {}
+        argv = ["sacct", "--noheader", "--parsable2", "--allocations", "--starttime=now-7days"]
+        result = run_command([*argv, "--format=JobID,Comment"])
+        if result.returncode != 0:
+            self.accounting = "disabled" not in result.message
+            return {}
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            job_id, _, comment = line.partition("|")
+            if comment in comments:
+                found.setdefault(comment, job_id.split("_")[0])  # an array's tasks share its comment
+        return found
+
     def _from_sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         argv = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State,ExitCode"]
         result = run_command([*argv, f"--jobs={','.join(job_ids)}"])

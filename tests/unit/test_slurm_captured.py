@@ -233,3 +233,11 @@ def test_squeue_only_job_state_gives_states_but_no_exit_codes() -> None:
     }
     assert {states[job_id].exit_code for job_id in ids.values()} == {None, 0}  # `0:0` for every job
     assert states[ids["pending"]].state is JobState.CANCELLED
+
+
+def test_a_job_in_doubt_that_squeue_forgot_is_found_in_accounting(cluster2411: Cluster) -> None:
+    cluster2411.sacct = "sacct_comments.txt"
+    wanted = ["milex:capture_1/plain/x", "milex:capture_1/fan/x", "milex:capture_1/never/x"]
+    found = SlurmScheduler().lookup(wanted)
+    assert found == {"milex:capture_1/plain/x": "19100", "milex:capture_1/fan/x": "19101"}
+    assert [call[0] for call in cluster2411.calls] == ["squeue", "sacct"]
