@@ -3,6 +3,7 @@ for it, and what pip's failures mean."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -51,8 +52,11 @@ def test_manylinux_platforms_are_the_tags_pip_lists_for_that_glibc(
 
     monkeypatch.setattr(_manylinux, "_get_glibc_version", lambda: glibc)
     monkeypatch.setattr(_manylinux, "_have_compatible_abi", lambda *args: True)
+    # packaging 21 (pip 23.2's) takes (linux, arch); packaging 24 (pip 24.2's) takes (archs).
+    old = len(inspect.signature(_manylinux.platform_tags).parameters) == 2
+    pips = _manylinux.platform_tags(f"linux_{arch}", arch) if old else _manylinux.platform_tags([arch])
 
-    assert manylinux_platforms(glibc, arch) == list(_manylinux.platform_tags(f"linux_{arch}", arch))
+    assert manylinux_platforms(glibc, arch) == list(pips)
 
 
 def test_manylinux_platforms_keep_the_legacy_names_pip_would_not_derive() -> None:
