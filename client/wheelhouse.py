@@ -191,15 +191,14 @@ def install_error(machine: Machine, output: str) -> MilexError:
         return MilexError(
             venv_advice(machine, f"pip refused to install into the system's Python ({PEP_668})")
         )
-    missing = re.search(r"No matching distribution found for ([A-Za-z0-9._-]+)", output)
-    if missing:
-        return MilexError(
-            f"on {machine.name}, pip needs {missing[1]}, which pip here did not download: it read the "
-            "dependencies' environment markers for this laptop's Python "
-            f"{sys.version_info[0]}.{sys.version_info[1]}, not the login node's. Deploy from a Python of the "
-            f"login node's version, or install {missing[1]} there first."
-        )
     return MilexError(f"on {machine.name}, installing the uploaded wheels failed:\n{output.strip()}")
+
+
+def missing_requirement(output: str) -> str | None:
+    """The requirement pip found no wheel for, without its environment marker: one that held on the
+    login node but not here, where pip evaluates markers for this laptop's Python and platform."""
+    missing = re.search(r"No matching distribution found for ([^;\n]+)", output)
+    return missing[1].strip() if missing else None
 
 
 def build_wheel(into: Path) -> Path:
@@ -217,16 +216,15 @@ def build_wheel(into: Path) -> Path:
     return next(into.glob("milex_scheduler-*.whl"))
 
 
-def download_wheels(wheel: Path, target: Target, into: Path) -> list[Path]:
-    """`wheel` and the wheels of its dependencies for `target`, in `into` (pip's cache serves repeats)."""
+def download_wheels(requirement: str, target: Target, into: Path) -> None:
+    """Wheels of `requirement` and its dependencies for `target`, into `into` (pip's cache serves repeats)."""
     import subprocess
 
     command = [sys.executable, "-m", "pip", "download", "--progress-bar", "off", "-d", str(into),
-               *download_arguments(target), str(wheel)]  # fmt: skip
+               *download_arguments(target), requirement]  # fmt: skip
     fetched = subprocess.run(command, capture_output=True, text=True, check=False)
     if fetched.returncode != 0:
         raise download_error(fetched.stderr + fetched.stdout, target)
-    return sorted(into.glob("*.whl"))
 
 
 def install_from_wheels(session: SshSession, machine: Machine) -> None:
@@ -241,18 +239,39 @@ def install_from_wheels(session: SshSession, machine: Machine) -> None:
     check_target(machine, target)
     with tempfile.TemporaryDirectory(prefix="milex-wheels-") as local:
         wheel = build_wheel(Path(local) / "own")
-        wheels = download_wheels(wheel, target, Path(local) / "all")
+        wheels = Path(local) / "all"
+        download_wheels(str(wheel), target, wheels)
         code, out, err = session.exec("mktemp -d -t milex-wheels.XXXXXX")
         if code != 0:
             raise MilexError(f"on {machine.name}, `mktemp -d` failed:\n{(err or out).strip()}")
         remote = out.strip()
         try:
-            for path in wheels:
-                session.upload(path, f"{remote}/{path.name}")
-            own = shlex.quote(f"{remote}/{wheel.name}")
-            install = f"python3 -m pip install --quiet --no-index --find-links {shlex.quote(remote)} {own}"
-            code, out, err = session.exec(in_environment(machine, install), timeout=600)
-            if code != 0:
-                raise install_error(machine, err + out)
+            install_uploaded(session, machine, target, wheels, remote, wheel.name)
         finally:
             session.exec(f"rm -rf {shlex.quote(remote)}")
+
+
+def install_uploaded(
+    session: SshSession, machine: Machine, target: Target, wheels: Path, remote: str, own: str
+) -> None:
+    """Upload `wheels` into `remote` and install the wheel `own` from there with no index; a
+    requirement pip there finds missing (its marker held there, not here) is downloaded and added."""
+    from milex.remote import in_environment
+
+    found = f"--no-index --find-links {shlex.quote(remote)} {shlex.quote(f'{remote}/{own}')}"
+    install = in_environment(machine, f"python3 -m pip install --quiet {found}")
+    uploaded: set[str] = set()
+    added: set[str] = set()
+    while True:
+        for path in sorted(wheels.glob("*.whl")):
+            if path.name not in uploaded:
+                session.upload(path, f"{remote}/{path.name}")
+                uploaded.add(path.name)
+        code, out, err = session.exec(install, timeout=600)
+        if code == 0:
+            return
+        missing = missing_requirement(err + out)
+        if missing is None or missing in added:
+            raise install_error(machine, err + out)
+        added.add(missing)
+        download_wheels(missing, target, wheels)

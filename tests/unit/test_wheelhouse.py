@@ -6,10 +6,12 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from msgspec.structs import replace
 
+from milex import wheelhouse
 from milex.common.errors import MilexError
 from milex.config import Machine
 from milex.wheelhouse import (
@@ -19,7 +21,9 @@ from milex.wheelhouse import (
     download_arguments,
     download_error,
     install_error,
+    install_uploaded,
     manylinux_platforms,
+    missing_requirement,
     read_target,
 )
 
@@ -37,6 +41,12 @@ REFUSED = (
     "/simple/click/\n"
     "ERROR: Could not find a version that satisfies the requirement click>=8.1 (from milex-scheduler) "
     "(from versions: none)\nERROR: No matching distribution found for click>=8.1\n"
+)
+# A login node's Python 3.10 installing what a laptop's 3.11 downloaded: the marker held there only.
+MARKER_HID = (
+    "ERROR: Could not find a version that satisfies the requirement typing-extensions>=4.13.2; "
+    'python_full_version < "3.11" (from cryptography) (from versions: none)\n'
+    'ERROR: No matching distribution found for typing-extensions>=4.13.2; python_full_version < "3.11"\n'
 )
 NO_WHEEL = (
     "ERROR: Could not find a version that satisfies the requirement msgspec>=0.18 (from milex-scheduler) "
@@ -140,7 +150,67 @@ def test_an_unreachable_index_is_told_apart_from_a_missing_wheel() -> None:
     assert "cpython 3.13.5 on linux-x86_64 (glibc 2.41)" in missing
 
 
-def test_a_dependency_missing_at_install_is_named() -> None:
-    message = str(install_error(MACHINE, "ERROR: No matching distribution found for typing-extensions\n"))
+def test_a_requirement_missing_there_is_named_without_its_marker() -> None:
+    assert missing_requirement(MARKER_HID) == "typing-extensions>=4.13.2"
+    assert missing_requirement("ERROR: No matching distribution found for msgspec>=0.18\n") == "msgspec>=0.18"
+    assert missing_requirement("ERROR: unrelated\n") is None
 
-    assert "needs typing-extensions" in message
+
+class ScriptedSession:
+    """The SSH session's two calls, answering each command with the next scripted result."""
+
+    def __init__(self, results: list[tuple[int, str, str]]) -> None:
+        self.results = results
+        self.commands: list[str] = []
+        self.uploads: list[str] = []
+
+    def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        self.commands.append(command)
+        return self.results.pop(0)
+
+    def upload(self, local: Path, remote: str) -> None:
+        self.uploads.append(remote)
+
+
+@pytest.fixture
+def downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What install_uploaded asks pip to download; each gives one wheel named after it."""
+    asked: list[str] = []
+
+    def download(requirement: str, target: Target, into: Path) -> None:
+        asked.append(requirement)
+        (into / f"{requirement.split('>=')[0]}-1.0-py3-none-any.whl").touch()
+
+    monkeypatch.setattr(wheelhouse, "download_wheels", download)
+    (tmp_path / "milex_scheduler-0.1.0-py3-none-any.whl").touch()
+    return asked
+
+
+def test_a_requirement_whose_marker_held_only_there_is_downloaded_and_uploaded_too(
+    tmp_path: Path, downloads: list[str]
+) -> None:
+    session = ScriptedSession([(1, "", MARKER_HID), (0, "", "")])
+
+    install_uploaded(
+        session, MACHINE, VENV_PYTHON, tmp_path, "/tmp/w", "milex_scheduler-0.1.0-py3-none-any.whl"
+    )
+
+    assert downloads == ["typing-extensions>=4.13.2"]
+    assert session.uploads == ["/tmp/w/milex_scheduler-0.1.0-py3-none-any.whl",
+                               "/tmp/w/typing-extensions-1.0-py3-none-any.whl"]  # fmt: skip
+    assert len(session.commands) == 2 and session.commands[0] == session.commands[1]
+    assert (
+        "--no-index --find-links /tmp/w /tmp/w/milex_scheduler-0.1.0-py3-none-any.whl" in session.commands[0]
+    )
+
+
+def test_a_requirement_still_missing_after_its_download_fails_with_pips_words(
+    tmp_path: Path, downloads: list[str]
+) -> None:
+    session = ScriptedSession([(1, "", MARKER_HID), (1, "", MARKER_HID)])
+
+    with pytest.raises(MilexError, match=r"installing the uploaded wheels failed:\n.*typing-extensions"):
+        install_uploaded(
+            session, MACHINE, VENV_PYTHON, tmp_path, "/tmp/w", "milex_scheduler-0.1.0-py3-none-any.whl"
+        )
+    assert downloads == ["typing-extensions>=4.13.2"]
