@@ -258,8 +258,10 @@ def install_uploaded(
     requirement pip there finds missing (its marker held there, not here) is downloaded and added."""
     from milex.remote import in_environment
 
-    found = f"--no-index --find-links {shlex.quote(remote)} {shlex.quote(f'{remote}/{own}')}"
-    install = in_environment(machine, f"python3 -m pip install --quiet {found}")
+    pip = f"python3 -m pip install --quiet --no-index --find-links {shlex.quote(remote)}"
+    wheel = shlex.quote(f"{remote}/{own}")
+    # Milex once more on its own: pip keeps an installed build of the same version, not this one.
+    install = in_environment(machine, f"{pip} {wheel} && {pip} --no-deps --force-reinstall {wheel}")
     uploaded: set[str] = set()
     added: set[str] = set()
     while True:

@@ -108,6 +108,11 @@ def test_deploy_with_wheel_installs_from_uploaded_wheels_and_a_bundle_runs_there
     command = on_login_node(f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout
     assert command.startswith("/home/milex-login/deploy-test-venv/bin/python3 -m milex.agent"), command
 
+    installed = f"{login_venv}/lib/python3.*/site-packages/milex/wheelhouse.py"
+    on_login_node(f"echo '# an older build of the same version' >> {installed}")
+    laptop.milex("milex", "agent", "deploy", "--machine", MACHINE, "--wheel")  # this build again
+    assert "older build" not in on_login_node(f"cat {installed}").stdout
+
     install_example_app(login_venv, tmp_path / "example")
     laptop.milex("milex-schedule", "milex-example", "--name", "deployed", "--message", "from wheels")
     run = laptop.milex("milex-run", "deployed", "--machine", MACHINE, "--wait", "--timeout", "90")

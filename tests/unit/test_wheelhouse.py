@@ -199,9 +199,11 @@ def test_a_requirement_whose_marker_held_only_there_is_downloaded_and_uploaded_t
     assert session.uploads == ["/tmp/w/milex_scheduler-0.1.0-py3-none-any.whl",
                                "/tmp/w/typing-extensions-1.0-py3-none-any.whl"]  # fmt: skip
     assert len(session.commands) == 2 and session.commands[0] == session.commands[1]
-    assert (
-        "--no-index --find-links /tmp/w /tmp/w/milex_scheduler-0.1.0-py3-none-any.whl" in session.commands[0]
-    )
+    wheel = "/tmp/w/milex_scheduler-0.1.0-py3-none-any.whl"
+    assert f"--no-index --find-links /tmp/w {wheel} &&" in session.commands[0]
+    assert session.commands[0].endswith(
+        f"--no-deps --force-reinstall {wheel}'"
+    )  # this build, not one installed
 
 
 def test_a_requirement_still_missing_after_its_download_fails_with_pips_words(
