@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIN_PYTHON = (3, 10)
 PEP_668 = "PEP 668: externally-managed-environment"
-MAKE_VENV = "python3 -m venv ~/milex-venv"
+VENV = "~/milex-venv"  # the venv the messages propose
 TARGET_MARK = "MILEX-TARGET "  # the start of PROBE's line
 # What pip needs to choose wheels for the login node, printed by its python3 in the machine's
 # environment; written for any Python, so that an old one still answers with its version.
@@ -82,7 +82,7 @@ def read_target(machine: Machine, code: int, out: str, err: str) -> Target:
         raise MilexError(
             f"on {machine.name}, the machine's environment has no python3 (env_command: {env_command}):\n"
             f"{err.strip()}\nMake env_command load a Python 3.10 or newer (e.g. `module load python`, or "
-            f"`source ~/milex-venv/bin/activate`): `milex config set {machine.name} env_command '...'`."
+            f"`source {VENV}/bin/activate`): `milex config set {machine.name} env_command '...'`."
         )
     line = next((line for line in out.splitlines() if line.startswith(TARGET_MARK)), None)
     if code != 0 or line is None:
@@ -115,10 +115,9 @@ def check_target(machine: Machine, target: Target) -> None:
 def venv_advice(machine: Machine, problem: str) -> str:
     """What to do when the machine's python3 is the system's: make a venv, activate it in env_command."""
     ssh = f"ssh {f'-p {machine.port} ' if machine.port else ''}"
-    ssh += f"{machine.username}@{machine.hostname}" if machine.username else f"{machine.hostname}"
-    activate = "source ~/milex-venv/bin/activate"
-    env_command = f"{machine.env_command} && {activate}" if machine.env_command else activate
-    make_venv = f"{machine.env_command} && {MAKE_VENV}" if machine.env_command else MAKE_VENV
+    ssh += f"{machine.username}@{machine.hostname}" if machine.username else str(machine.hostname)
+    prefix = f"{machine.env_command} && " if machine.env_command else ""
+    make_venv, env_command = f"{prefix}python3 -m venv {VENV}", f"{prefix}source {VENV}/bin/activate"
     return (
         f"on {machine.name}, {problem}. Create a venv there and activate it in the machine's env_command:\n"
         f"    {ssh} {shlex.quote(make_venv)}\n"
@@ -178,9 +177,8 @@ def download_error(output: str, target: Target) -> MilexError:
         return MilexError(
             f"the package index has no wheel of {missing[1]} for the login node's {target.describe()}, "
             f"tagged {newest_platform(target)} or older, and the login node cannot build one without an "
-            "index. "
-            f"Put a wheel of {missing[1]} built for that platform in a directory here and deploy again with "
-            "PIP_FIND_LINKS=DIR, or deploy without --wheel if the login node reaches an index."
+            f"index. Put a wheel of {missing[1]} built for that platform in a directory DIR here and deploy "
+            "again with PIP_FIND_LINKS=DIR, or deploy without --wheel if the login node reaches an index."
         )
     return MilexError(f"downloading Milex's dependencies for the login node failed:\n{output.strip()}")
 
