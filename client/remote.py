@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 from milex.agent_control import remote_agent_command
@@ -34,6 +33,12 @@ def run_remote(machine: Machine, command: str, *, check: bool = True) -> str:
     return out.strip()
 
 
+def in_environment(machine: Machine, command: str) -> str:
+    """`command` as run on `machine` in its environment: a login shell after its env_command."""
+    prefix = f"{machine.env_command} && " if machine.env_command else ""
+    return f"bash -lc {shlex.quote(prefix + command)}"
+
+
 def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     """Install this Milex version into the machine's environment (index or uploaded wheel), create
     its directories, and restart its agent so the new version serves."""
@@ -41,20 +46,16 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     from milex.tunnel import SshSession
     from milex.tunnel_control import stop_tunnel
 
-    prefix = f"{machine.env_command} && " if machine.env_command else ""
     with SshSession.for_machine(machine) as session:
         if upload_wheel:
-            wheel = _build_wheel()
-            remote_wheel = f"/tmp/{wheel.name}"
-            session.upload(wheel, remote_wheel)
-            package = shlex.quote(remote_wheel)
+            from milex.wheelhouse import install_from_wheels
+
+            install_from_wheels(session, machine)
         else:
-            package = shlex.quote(f"milex-scheduler=={client_version()}")
-        steps = [f"python3 -m pip install --quiet {package}"]
-        for step in steps:
-            code, out, err = session.exec(f"bash -lc {shlex.quote(prefix + step)}", timeout=600)
+            install = f"python3 -m pip install --quiet {shlex.quote(f'milex-scheduler=={client_version()}')}"
+            code, out, err = session.exec(in_environment(machine, install), timeout=600)
             if code != 0:
-                raise MilexError(f"on {machine.name}: `{step}` exited {code}:\n{(err or out).strip()}")
+                raise MilexError(f"on {machine.name}: `{install}` exited {code}:\n{(err or out).strip()}")
         session.exec(remote_agent_command(machine, "stop"))
     stop_tunnel(machine.name)  # the next command reconnects and starts the new agent
     return f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
@@ -77,17 +78,3 @@ def deploy_container(machine: Machine, *, image: str) -> str:
         raise MilexError(f"on {machine.name}: starting the agent container failed:\n{(err or out).strip()}")
     stop_tunnel(machine.name)
     return out.strip()
-
-
-def _build_wheel() -> Path:
-    import subprocess
-    import tempfile
-
-    source = Path(__file__).resolve().parents[1]
-    if not (source / "pyproject.toml").exists():
-        raise MilexError("--wheel needs a source checkout of milex-scheduler to build the wheel from.")
-    out = Path(tempfile.mkdtemp(prefix="milex-wheel-"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)], check=True
-    )
-    return next(out.glob("milex_scheduler-*.whl"))

@@ -51,7 +51,9 @@ def status(machine: str | None) -> None:
 @agent_group.command("deploy")
 @machine_option
 @click.option(
-    "--wheel", is_flag=True, help="Upload a wheel built here (for a cluster without a package index)."
+    "--wheel",
+    is_flag=True,
+    help="Install from wheels downloaded here and uploaded (for a login node without internet).",
 )
 @click.option("--container", is_flag=True, help="Run the agent from its image (podman or docker there).")
 @click.option("--image", default="milex-agent:latest", show_default=True, help="With --container: the image.")
