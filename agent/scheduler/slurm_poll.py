@@ -1,12 +1,14 @@
 """How the SLURM scheduler asks squeue about its jobs: every field at once, or on SLURM 24.05+ the
 states alone (`--only-job-state`) and every field only for the jobs whose state changed.
 
-Measured on SLURM 24.11 (bench/poll_query.py, figures in docs/architecture.md, "Watching"): a
-state-only squeue costs slurmctld 0.12 to 0.14 of the full one and half or less of its wall time,
-as slurmctld packs every job record it holds for the full one (REQUEST_JOB_INFO) and only the asked
-states for this one (REQUEST_JOB_STATE). The states alone lack the reason and the exit code (Reason
-`None`, exit_code `0:0` for every job), so a job whose state changed since the last poll (or that
-this agent has not polled yet) is asked again with every field; a job whose state did not keeps
+Measured on SLURM 24.11 (bench/poll_query.py; figures in docs/architecture.md, "Watching"): with
+3,000 jobs of other users in the controller, a state-only squeue costs slurmctld 0.10 (100 jobs
+of ours) to 0.19 (2,000) of the CPU of the full one, which packs every job record for a list of
+ids (REQUEST_JOB_INFO) or every job of the user (REQUEST_JOB_USER_INFO). The states alone lack
+the reason and the exit code (Reason `None`, exit_code `0:0` for every job), so the jobs whose
+state changed since the last poll (or that this agent has not polled yet) are asked again with
+every field: one alone (REQUEST_JOB_INFO_SINGLE), several with every job of the user; a list of
+ids would make slurmctld pack every job it holds, anyone's. A job whose state did not change keeps
 its last full status (a pending job's new reason alone shows at its next change of state).
 """
 
@@ -56,6 +58,12 @@ def state_query(job_ids: Sequence[str]) -> list[str]:
     return [*_SQUEUE, ONLY_JOB_STATE, *([] if many else [f"--jobs={','.join(job_ids)}"])]
 
 
+def changed_query(job_ids: Sequence[str]) -> list[str]:
+    """squeue for every field of the jobs whose state changed: one alone (slurmctld looks it up), or
+    every job of the user, where a list of ids has slurmctld pack every job it holds, anyone's."""
+    return [*_SQUEUE, f"--jobs={job_ids[0]}" if len(job_ids) == 1 else "--me"]
+
+
 def has_only_job_state(version: str) -> bool:
     """Whether a SLURM that says `version` (`squeue --version`: `slurm 24.11.5`, `slurm-wlm 22.05.8`)
     knows `--only-job-state`; False when it cannot be read."""
@@ -87,7 +95,7 @@ class SqueuePoll:
         changed = [job_id for job_id, status in now.items() if self._changed(job_id, status)]
         found = {job_id: self.known[job_id] for job_id in now.keys() - set(changed)}
         if changed:
-            found.update(self._full(changed))
+            found.update(_decoded(changed, run_command(changed_query(changed))))
         self.known = {job_id: found[job_id] for job_id in job_ids if job_id in found}
         return found
 

@@ -16,7 +16,13 @@ from milex.agent.scheduler.command import CommandResult
 from milex.agent.scheduler.slurm import SlurmScheduler
 from milex.agent.scheduler.slurm_history import JobCompLog, SlurmHistory
 from milex.agent.scheduler.slurm_output import sacct_rows, squeue_rows, statuses
-from milex.agent.scheduler.slurm_poll import MAX_LISTED_JOBS, full_query, has_only_job_state, state_query
+from milex.agent.scheduler.slurm_poll import (
+    MAX_LISTED_JOBS,
+    changed_query,
+    full_query,
+    has_only_job_state,
+    state_query,
+)
 from milex.common.model import JobState, JobStatus
 
 CAPTURES = Path(__file__).parent / "slurm_captured"
@@ -56,6 +62,7 @@ class Cluster:
     sacct: str | None = None  # None: accounting disabled, as on the 22.05 test cluster
     sbatch: str = "sbatch_parsable.txt"
     refuses_state_only: bool | None = None  # None: as its version does
+    squeue_text: str | None = None  # printed by squeue instead of the file `squeue`
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
@@ -80,12 +87,13 @@ class Cluster:
     def _squeue(self, argv: list[str]) -> CommandResult:
         if "--version" in argv:
             return CommandResult(tuple(argv), 0, captured("squeue_version.txt", self.version), "")
+        printed = captured(self.squeue, self.version) if self.squeue_text is None else self.squeue_text
         if "--only-job-state" not in argv:
-            return CommandResult(tuple(argv), 0, captured(self.squeue, self.version), "")
+            return CommandResult(tuple(argv), 0, printed, "")
         refuses = self.version == "2205" if self.refuses_state_only is None else self.refuses_state_only
         if refuses:
             return CommandResult(tuple(argv), 1, "", captured("squeue_only_job_state.stderr", "2205"))
-        return CommandResult(tuple(argv), 0, state_only(captured(self.squeue, self.version)), "")
+        return CommandResult(tuple(argv), 0, state_only(printed), "")
 
     def squeue_calls(self) -> list[tuple[str, ...]]:
         return [call for call in self.calls if call[0] == "squeue" and "--version" not in call]
@@ -263,10 +271,9 @@ def test_squeue_only_job_state_gives_states_but_no_exit_codes() -> None:
 # The poll on 24.05+: states alone, then every field of the jobs whose state changed.
 
 
-def listed(call: tuple[str, ...]) -> set[str]:
-    """The job ids a squeue call lists."""
-    jobs = next(arg for arg in call if arg.startswith("--jobs="))
-    return set(jobs.removeprefix("--jobs=").split(","))
+def asked(cluster: Cluster) -> list[str]:
+    """What each squeue call asked: `states` (of any jobs), or every field of `--me` or `--jobs=...`."""
+    return ["states" if "--only-job-state" in call else call[-1] for call in cluster.squeue_calls()]
 
 
 def test_a_state_only_view_is_what_squeue_prints() -> None:
@@ -306,23 +313,30 @@ def test_a_poll_asks_every_field_only_of_the_jobs_whose_state_changed(cluster241
     scheduler = SlurmScheduler()
     cluster2411.squeue = "squeue_active.txt"
     active = scheduler.states(list(ids.values()))
-    first = cluster2411.squeue_calls()
-    # The first poll knows no job: the states, then every field of every job.
-    assert ["--only-job-state" in call for call in first] == [True, False]
-    assert listed(first[1]) == set(ids.values())
+    # The first poll knows no job: the states, then every field of every job of the user.
+    assert asked(cluster2411) == ["states", "--me"]
     cluster2411.squeue = "squeue_finished.txt"
     cluster2411.calls.clear()
     finished = scheduler.states(list(ids.values()))
-    second = cluster2411.squeue_calls()
-    assert ["--only-job-state" in call for call in second] == [True, False]
-    changed = {job_id for job_id in ids.values() if active[job_id].state is not finished[job_id].state}
-    assert listed(second[1]) == changed and 0 < len(changed) < len(ids)
+    assert asked(cluster2411) == ["states", "--me"]
     assert outcomes(finished, ids=ids) == FINISHED  # exit codes from the full fields
-    assert (finished[ids["pending"]].state, finished[ids["pending"]].reason) == (
-        JobState.PENDING,
-        "JobHeldUser",
-    )
+    pending = finished[ids["pending"]]
+    assert (pending.state, pending.reason) == (JobState.PENDING, "JobHeldUser")
     assert finished == SlurmScheduler().states(list(ids.values()))  # as a poll of every field says
+    assert any(active[job_id].state is not finished[job_id].state for job_id in ids.values())
+
+    cluster2411.calls.clear()  # now only the held job changes: cancelled
+    held = captured("squeue_pending_cancelled.txt", "2411")
+    others = [
+        line
+        for line in captured("squeue_finished.txt", "2411").splitlines()
+        if line.split("|")[0] != ids["pending"]
+    ]
+    cluster2411.squeue_text = "\n".join([*others, held])
+    cancelled = scheduler.states(list(ids.values()))
+    assert asked(cluster2411) == ["states", f"--jobs={ids['pending']}"]
+    assert cancelled == {**finished, ids["pending"]: cancelled[ids["pending"]]}
+    assert cancelled[ids["pending"]].state is JobState.CANCELLED
 
 
 def test_a_poll_where_nothing_changed_is_one_state_only_query(cluster2411: Cluster) -> None:
@@ -347,6 +361,12 @@ def test_a_refused_only_job_state_falls_back_to_every_field_for_good(cluster2411
     tried = ["--only-job-state" in call for call in cluster2411.squeue_calls()]
     assert tried == [True, False, False]
     assert [call for call in cluster2411.calls if "--version" in call] == [("squeue", "--version")]  # once
+
+
+def test_changed_jobs_are_asked_alone_or_with_every_job_of_the_user() -> None:
+    # A list of ids has slurmctld pack every job it holds, anyone's: --me packs only the user's.
+    assert changed_query(["7"])[-1] == "--jobs=7"
+    assert changed_query(["7", "8"])[-1] == "--me"
 
 
 def test_many_jobs_ask_the_state_of_every_job_and_every_field_of_the_users() -> None:
