@@ -1,4 +1,4 @@
-"""The SLURM scheduler: sbatch to submit, one squeue call for the states of all jobs, scancel."""
+"""The SLURM scheduler: sbatch to submit, squeue for the states of all jobs at once, scancel."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
 from milex.agent.scheduler.slurm_history import SlurmHistory
-from milex.agent.scheduler.slurm_output import squeue_rows, statuses
+from milex.agent.scheduler.slurm_poll import SqueuePoll
 from milex.common.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from milex.common.model import JobState, JobStatus
-
-# Fields of `squeue --Format`, each followed by a separator no value contains. Width 0 prints a
-# value whole and unpadded: with thousands of finished jobs still in the controller's memory,
-# padded fields made squeue spend most of a poll formatting spaces (and us reading them).
-_SQUEUE_FIELDS = ("JobID", "ArrayJobID", "State", "Reason", "exit_code")
-_SQUEUE_FORMAT = ",".join(f"{field}:0|" for field in _SQUEUE_FIELDS)
-MAX_LISTED_JOBS = 500
 
 
 class SlurmScheduler:
@@ -28,6 +21,7 @@ class SlurmScheduler:
 
     def __init__(self) -> None:
         self.history = SlurmHistory()
+        self.poll = SqueuePoll()
 
     def submit(
         self,
@@ -56,14 +50,7 @@ class SlurmScheduler:
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         if not job_ids:
             return {}
-        argv = ["squeue", "--noheader", "--array", "--states=all", f"--Format={_SQUEUE_FORMAT}"]
-        # Past a few hundred ids, ask for all of the user's jobs and pick ours: one argument holds
-        # at most 128 KiB, and squeue filters a long id list slower than we do.
-        many = len(job_ids) > MAX_LISTED_JOBS
-        result = run_command([*argv, "--me"] if many else [*argv, f"--jobs={','.join(job_ids)}"])
-        if result.returncode != 0 and "Invalid job id" not in result.stderr:
-            raise SchedulerError(f"squeue failed: {result.message}")
-        found = statuses(job_ids, squeue_rows(result.stdout))
+        found = self.poll.states(job_ids)
         states = {job_id: found.get(job_id) or _forgotten(job_id) for job_id in job_ids}
         forgotten = [job_id for job_id, status in states.items() if status.state is JobState.UNKNOWN]
         if forgotten:

@@ -73,7 +73,7 @@ def squeue_exit_code(text: str) -> int | None:
 
 def squeue_rows(text: str) -> list[TaskRow]:
     """The rows of `squeue --noheader --array --Format=JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,
-    exit_code:0|` (see _SQUEUE_FORMAT in slurm.py).
+    exit_code:0|` (see _SQUEUE_FORMAT in slurm_poll.py).
 
     An array's task prints its own job id beside its array's (`190|189|...`); the array's own row
     stands for the task that kept the array's id, or for its tasks not started yet. A heterogeneous

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler import slurm, slurm_history
+from milex.agent.scheduler import slurm, slurm_history, slurm_poll
 from milex.agent.scheduler.command import CommandResult
 from milex.agent.scheduler.slurm import SlurmScheduler
 from milex.agent.scheduler.slurm_history import JobCompLog, SlurmHistory
 from milex.agent.scheduler.slurm_output import sacct_rows, squeue_rows, statuses
+from milex.agent.scheduler.slurm_poll import (
+    MAX_LISTED_JOBS,
+    changed_query,
+    full_query,
+    has_only_job_state,
+    state_query,
+)
 from milex.common.model import JobState, JobStatus
 
 CAPTURES = Path(__file__).parent / "slurm_captured"
@@ -54,6 +61,8 @@ class Cluster:
     squeue: str = "squeue_finished.txt"
     sacct: str | None = None  # None: accounting disabled, as on the 22.05 test cluster
     sbatch: str = "sbatch_parsable.txt"
+    refuses_state_only: bool | None = None  # None: as its version does
+    squeue_text: str | None = None  # printed by squeue instead of the file `squeue`
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
@@ -68,10 +77,33 @@ class Cluster:
             config = captured("scontrol_show_config.txt", self.version)
             config = config.replace("/var/run/milex-test-cluster/jobcomp.log", str(self.jobcomp))
             return CommandResult(tuple(argv), 0, config, "")
-        printed = {"squeue": self.squeue, "sacct": self.sacct, "sbatch": self.sbatch}.get(argv[0])
+        if argv[0] == "squeue":
+            return self._squeue(argv)
+        printed = {"sacct": self.sacct, "sbatch": self.sbatch}.get(argv[0])
         if printed is None:
             raise AssertionError(f"unexpected command {argv}")
         return CommandResult(tuple(argv), 0, captured(printed, self.version), "")
+
+    def _squeue(self, argv: list[str]) -> CommandResult:
+        if "--version" in argv:
+            return CommandResult(tuple(argv), 0, captured("squeue_version.txt", self.version), "")
+        printed = captured(self.squeue, self.version) if self.squeue_text is None else self.squeue_text
+        if "--only-job-state" not in argv:
+            return CommandResult(tuple(argv), 0, printed, "")
+        refuses = self.version == "2205" if self.refuses_state_only is None else self.refuses_state_only
+        if refuses:
+            return CommandResult(tuple(argv), 1, "", captured("squeue_only_job_state.stderr", "2205"))
+        return CommandResult(tuple(argv), 0, state_only(printed), "")
+
+    def squeue_calls(self) -> list[tuple[str, ...]]:
+        return [call for call in self.calls if call[0] == "squeue" and "--version" not in call]
+
+
+def state_only(text: str) -> str:
+    """What `squeue --only-job-state` prints where squeue printed `text` with every field: the same
+    rows with Reason `None` and exit_code `0:0` (test_a_state_only_view_is_what_squeue_prints)."""
+    rows = (line.split("|") for line in text.splitlines() if line.strip())
+    return "".join(f"{own}|{array}|{state}|None|0:0|\n" for own, array, state, *_ in rows)
 
 
 def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> Cluster:
@@ -83,6 +115,7 @@ def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) 
         jobcomp=jobcomp, version=version, sacct="sacct_allocations.txt" if version == "2411" else None
     )
     monkeypatch.setattr(slurm, "run_command", fake)
+    monkeypatch.setattr(slurm_poll, "run_command", fake)
     monkeypatch.setattr(slurm_history, "run_command", fake)
     return fake
 
@@ -241,3 +274,112 @@ def test_a_job_in_doubt_that_squeue_forgot_is_found_in_accounting(cluster2411: C
     found = SlurmScheduler().lookup(wanted)
     assert found == {"milex:capture_1/plain/x": "19100", "milex:capture_1/fan/x": "19101"}
     assert [call[0] for call in cluster2411.calls] == ["squeue", "sacct"]
+
+
+# The poll on 24.05+: states alone, then every field of the jobs whose state changed.
+
+
+def asked(cluster: Cluster) -> list[str]:
+    """What each squeue call asked: `states` (of any jobs), or every field of `--me` or `--jobs=...`."""
+    return ["states" if "--only-job-state" in call else call[-1] for call in cluster.squeue_calls()]
+
+
+def test_a_state_only_view_is_what_squeue_prints() -> None:
+    real = squeue_rows(captured("squeue_only_job_state.txt", "2411"))
+    derived = squeue_rows(state_only(captured("squeue_finished.txt", "2411")))
+    held = ids_of("2411")["pending"]  # cancelled between the two captures
+    assert sorted(row for row in real if row.job_id != held) == sorted(
+        row for row in derived if row.job_id != held
+    )
+    assert {row.state for row in real if row.job_id == held} == {JobState.CANCELLED}
+
+
+@pytest.mark.parametrize(
+    ("printed", "state_only_poll"),
+    [
+        ("slurm-wlm 24.11.5", True),
+        ("slurm 24.05.0", True),
+        ("slurm 25.05.1-1", True),
+        ("slurm-wlm 23.11.4", False),
+        ("slurm-wlm 22.05.8", False),
+        ("", False),
+        ("squeue: command not understood", False),
+    ],
+)
+def test_only_job_state_is_chosen_from_24_05(printed: str, state_only_poll: bool) -> None:
+    assert has_only_job_state(printed) is state_only_poll
+
+
+def test_22_05_is_polled_with_every_field(cluster: Cluster) -> None:
+    SlurmScheduler().states(list(IDS.values()))
+    SlurmScheduler().states(list(IDS.values()))
+    assert cluster.squeue_calls() and not any("--only-job-state" in call for call in cluster.squeue_calls())
+
+
+def test_a_poll_asks_every_field_only_of_the_jobs_whose_state_changed(cluster2411: Cluster) -> None:
+    ids = cluster2411.ids
+    scheduler = SlurmScheduler()
+    cluster2411.squeue = "squeue_active.txt"
+    active = scheduler.states(list(ids.values()))
+    # The first poll knows no job: the states, then every field of every job of the user.
+    assert asked(cluster2411) == ["states", "--me"]
+    cluster2411.squeue = "squeue_finished.txt"
+    cluster2411.calls.clear()
+    finished = scheduler.states(list(ids.values()))
+    assert asked(cluster2411) == ["states", "--me"]
+    assert outcomes(finished, ids=ids) == FINISHED  # exit codes from the full fields
+    pending = finished[ids["pending"]]
+    assert (pending.state, pending.reason) == (JobState.PENDING, "JobHeldUser")
+    assert finished == SlurmScheduler().states(list(ids.values()))  # as a poll of every field says
+    assert any(active[job_id].state is not finished[job_id].state for job_id in ids.values())
+
+    cluster2411.calls.clear()  # now only the held job changes: cancelled
+    held = captured("squeue_pending_cancelled.txt", "2411")
+    others = [
+        line
+        for line in captured("squeue_finished.txt", "2411").splitlines()
+        if line.split("|")[0] != ids["pending"]
+    ]
+    cluster2411.squeue_text = "\n".join([*others, held])
+    cancelled = scheduler.states(list(ids.values()))
+    assert asked(cluster2411) == ["states", f"--jobs={ids['pending']}"]
+    assert cancelled == {**finished, ids["pending"]: cancelled[ids["pending"]]}
+    assert cancelled[ids["pending"]].state is JobState.CANCELLED
+
+
+def test_a_poll_where_nothing_changed_is_one_state_only_query(cluster2411: Cluster) -> None:
+    ids = cluster2411.ids
+    scheduler = SlurmScheduler()
+    before = scheduler.states(list(ids.values()))
+    cluster2411.calls.clear()
+    after = scheduler.states(list(ids.values()))
+    assert [call[-2:] for call in cluster2411.calls] == [
+        ("--only-job-state", f"--jobs={','.join(ids.values())}")
+    ]
+    assert after == before  # reasons and exit codes kept from the last full fields
+    assert after[ids["exit3"]].reason == "NonZeroExitCode"
+
+
+def test_a_refused_only_job_state_falls_back_to_every_field_for_good(cluster2411: Cluster) -> None:
+    cluster2411.refuses_state_only = True  # a squeue that says 24.11 but does not know the option
+    ids = cluster2411.ids
+    scheduler = SlurmScheduler()
+    assert outcomes(scheduler.states(list(ids.values())), ids=ids) == FINISHED
+    assert outcomes(scheduler.states(list(ids.values())), ids=ids) == FINISHED
+    tried = ["--only-job-state" in call for call in cluster2411.squeue_calls()]
+    assert tried == [True, False, False]
+    assert [call for call in cluster2411.calls if "--version" in call] == [("squeue", "--version")]  # once
+
+
+def test_changed_jobs_are_asked_alone_or_with_every_job_of_the_user() -> None:
+    # A list of ids has slurmctld pack every job it holds, anyone's: --me packs only the user's.
+    assert changed_query(["7"])[-1] == "--jobs=7"
+    assert changed_query(["7", "8"])[-1] == "--me"
+
+
+def test_many_jobs_ask_the_state_of_every_job_and_every_field_of_the_users() -> None:
+    few, many = [str(n) for n in range(10)], [str(n) for n in range(MAX_LISTED_JOBS + 1)]
+    assert state_query(few)[-2:] == ["--only-job-state", f"--jobs={','.join(few)}"]
+    # --me would filter out every job: the state reply names no user (seen on 24.11).
+    assert state_query(many)[-1] == "--only-job-state" and "--me" not in state_query(many)
+    assert full_query(many)[-1] == "--me"
