@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.clusters import CLUSTERS, LoginNode
 from tests.e2e.other_user import OtherUser, ensure_user
 from tests.e2e.sshd import (
     PASSPHRASE,
@@ -164,3 +165,82 @@ def known_hosts(sshd: Sshd) -> str:
 def login_venv(login: LoginUser, slurm_cluster: None) -> OtherUser:
     """The login user with Milex (and so pyzmq) in a venv of its own, built from wheels."""
     return ensure_user(login.name)
+
+
+# ---- the namespaced clusters of deploy/cluster/: a laptop and a login node that is a host of its own --
+
+
+REMOTE = "cluster"  # the laptop's machine on the login node
+FRAGILE_PORT = 2232  # a second sshd on the login node, which fault tests kill
+RELAY_PORT = 2223  # a third, forbidding stream-local forwarding: the tunnel relays (`milex-agent bridge`)
+# On the login node, behind `sbatch`: lingers after SLURM accepted a job for the seconds in
+# ~/sbatch-delay (read at each call), so that a kill lands between acceptance and the agent's journal.
+SBATCH_WRAPPER = (
+    '#!/bin/bash\nout=$(/usr/bin/sbatch "$@") || exit $?\necho "$out"\n'
+    'delay=$(cat ~/sbatch-delay 2>/dev/null); sleep "${delay:-0}"\n'
+)
+
+
+@pytest.fixture(scope="session", params=CLUSTERS)
+def login_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LoginNode:
+    """A cluster's login node, set up as a user would: a venv of their own, Milex installed in it by
+    `milex agent deploy --wheel` from a laptop (the login node has no route to a package index)."""
+    node = LoginNode.of(request.param)
+    node.sh("rm -rf ~/milex ~/venv ~/bin ~/sbatch-delay && mkdir ~/bin && python3 -m venv ~/venv")
+    node.write("bin/sbatch", SBATCH_WRAPPER)
+    node.sh("chmod 755 ~/bin/sbatch")
+    installer = remote_laptop(tmp_path_factory.mktemp(f"installer-{node.cluster}"), node)
+    deployed = installer.milex("milex", "agent", "deploy", "--machine", REMOTE, "--wheel")
+    assert f"installed on {REMOTE}" in deployed.stdout, deployed.stdout
+    node.install_wheel(example_wheel(tmp_path_factory.mktemp("example")), venv="~/venv")
+    installer.milex("milex", "tunnel", "down", "--machine", REMOTE)
+    return node
+
+
+def example_wheel(into: Path) -> Path:
+    """The example app's wheel: the jobs of the remote tests run it."""
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(into), str(REPO / "examples")]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    [wheel] = into.glob("milex_example-*.whl")
+    return wheel
+
+
+def remote_laptop(root: Path, node: LoginNode) -> MilexHome:
+    """The client: root with its own HOME, whose `~/.ssh/config` names the login node (and its
+    second and third sshd) by aliases, and whose known_hosts has the login node's real address."""
+    ssh = root / "home" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "config").write_text(node.ssh_config() + node.ssh_config(f"{node.alias}-fragile", FRAGILE_PORT)
+                                + node.ssh_config(f"{node.alias}-relay", RELAY_PORT))  # fmt: skip
+    (ssh / "known_hosts").write_text(node.known_hosts_lines(FRAGILE_PORT, RELAY_PORT))
+    runtime = root / "run"
+    runtime.mkdir(mode=0o700)
+    env = {key: value for key, value in os.environ.items() if key not in ("SSH_AUTH_SOCK", "MILEX_MACHINE")}
+    env.update(HOME=str(root / "home"), XDG_RUNTIME_DIR=str(runtime), MILEX_CONFIG=str(root / "milexconfig"),
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MILEX_AGENT_POLL_INTERVAL="0.5",
+               MILEX_AGENT_MAX_INTERVAL="1")  # fmt: skip
+    laptop = MilexHome(root=root, config=root / "milexconfig", env=env)
+    use_login_node(laptop, node.alias)
+    return laptop
+
+
+def use_login_node(laptop: MilexHome, alias: str, venv: str = "~/venv", path: str = "~/milex") -> None:
+    """The laptop's machines: `local`, and REMOTE, the login node reached by its ssh alias `alias`,
+    its environment the login user's `venv` (and ~/bin first on PATH), Milex's files in `path`."""
+    laptop.configure({
+        "local": {"path": str(laptop.root / "milex"), "env_command": "", "slurm_account": "",
+                  "scheduler": "local"},
+        REMOTE: {"hostname": alias, "path": path, "slurm_account": "physics",
+                 "env_command": f"source {venv}/bin/activate && export PATH=~/bin:$PATH"},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def laptop(tmp_path: Path, login_node: LoginNode) -> Iterator[MilexHome]:
+    """A fresh laptop, and a login node with no Milex directory of an earlier test."""
+    login_node.sh("rm -rf ~/milex && echo 0 > ~/sbatch-delay")
+    user = remote_laptop(tmp_path, login_node)
+    yield user
+    user.milex("milex", "agent", "stop", "--machine", REMOTE, check=False)
+    user.milex("milex", "tunnel", "down", "--machine", REMOTE, check=False)
+    login_node.sh("scancel --user=$USER", check=False)

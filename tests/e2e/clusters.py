@@ -1,0 +1,208 @@
+"""The namespaced test clusters of deploy/cluster/ as the remote end-to-end tests see them.
+
+Each cluster's login node is a host of its own (network, mount, UTS and PID namespaces): the laptop
+reaches it only over SSH. The test itself, as the cluster's administrator, looks inside with
+`deploy/cluster/exec.sh` (to read a login node's file, signal a daemon, start a second sshd): that is
+the oracle, never the path under test.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXEC = REPO / "deploy" / "cluster" / "exec.sh"
+CLUSTERS = ("cluster1", "cluster2")
+
+
+def state_dir(name: str) -> Path:
+    return Path(f"/var/run/milex-test-{name}")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """A sourceable KEY=VALUE file, as the shell would read it."""
+    return {
+        key: value
+        for key, _, value in (
+            shlex.split(line)[0].partition("=") for line in path.read_text().splitlines() if line.strip()
+        )
+    }
+
+
+@dataclass(frozen=True)
+class LoginNode:
+    """A cluster's login node: how the laptop reaches it, and the administrator's view inside it."""
+
+    cluster: str
+    host: str
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    slurm_version: str
+
+    @classmethod
+    def of(cls, cluster: str) -> LoginNode:
+        """The running cluster's login node; a cluster that is not up fails the run, never skips it."""
+        login_env = state_dir(cluster) / "login.env"
+        if not login_env.is_file():
+            pytest.fail(
+                f"test cluster {cluster} is not running ({login_env} is missing); start it with "
+                f"`deploy/cluster/up.sh {cluster}`.",
+                pytrace=False,
+            )
+        env = read_env(login_env)
+        node = cls(
+            cluster=env["MILEX_CLUSTER_NAME"],
+            host=env["MILEX_LOGIN_HOST"],
+            port=int(env["MILEX_LOGIN_PORT"]),
+            user=env["MILEX_LOGIN_USER"],
+            identity=Path(env["MILEX_LOGIN_IDENTITY"]),
+            known_hosts=Path(env["MILEX_LOGIN_KNOWN_HOSTS"]),
+            slurm_version=env["MILEX_SLURM_VERSION"],
+        )
+        ping = node.exec("scontrol", "ping", check=False)
+        if "is UP" not in ping.stdout:
+            pytest.fail(
+                f"test cluster {cluster}'s slurmctld does not answer ({ping.stdout.strip()!r}); "
+                f"restart it with `deploy/cluster/up.sh {cluster}`.",
+                pytrace=False,
+            )
+        return node
+
+    @property
+    def alias(self) -> str:
+        """The laptop's `~/.ssh/config` name for this login node."""
+        return f"{self.cluster}-login"
+
+    @property
+    def home(self) -> str:
+        return f"/home/{self.user}"
+
+    def ssh_config(self, alias: str | None = None, port: int | None = None) -> str:
+        """A `~/.ssh/config` entry for this login node, as a user writes one."""
+        return (
+            f"Host {alias or self.alias}\n    HostName {self.host}\n    User {self.user}\n"
+            f"    Port {port or self.port}\n    IdentityFile {self.identity}\n"
+        )
+
+    def known_hosts_lines(self, *ports: int) -> str:
+        """known_hosts lines for the login node's real address, on its port 22 and on `ports`."""
+        key = self.known_hosts.read_text().split(None, 1)[1]
+        return "".join(
+            f"{self.host if port == 22 else f'[{self.host}]:{port}'} {key}" for port in (22, *ports)
+        )
+
+    # ---- the administrator's view --------------------------------------------------------------
+
+    def exec(
+        self,
+        *argv: str,
+        user: str | None = None,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside the cluster, as root or as `user`."""
+        command = [str(EXEC), self.cluster, *(["--user", user] if user else []), *argv]
+        done = subprocess.run(
+            command, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"in {self.cluster}: {shlex.join(argv)} exited {done.returncode}\n"
+                f"{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def sh(self, script: str, *, check: bool = True) -> str:
+        """`script` run by bash as the login user, in their home; its standard output."""
+        return self.exec("bash", "-c", f"cd && {script}", user=self.user, check=check).stdout
+
+    def write(self, path: str, text: str) -> None:
+        """Write a file of the login user's (a relative path is under their home)."""
+        self.exec("bash", "-c", f"cd && cat > {shlex.quote(path)}", user=self.user, input=text)
+
+    def install_wheel(self, wheel: Path, venv: str) -> None:
+        """Install `wheel` into the login user's `venv` with no index, copied over as a user would (scp)."""
+        ssh_config = str(state_dir(self.cluster) / "ssh_config")
+        scp = ["scp", "-q", "-F", ssh_config, str(wheel), f"{self.alias}:{wheel.name}"]
+        subprocess.run(scp, check=True, capture_output=True, timeout=120)
+        self.sh(f"{venv}/bin/pip install -q --no-index --force-reinstall {wheel.name} && rm {wheel.name}")
+
+    def exists(self, path: str) -> bool:
+        return self.exec("test", "-e", path, user=self.user, check=False).returncode == 0
+
+    def agent_info(self) -> dict[str, Any] | None:
+        """The login user's running agent (`~/milex`), as the agent itself tells: None when none runs."""
+        script = (
+            "import msgspec; from milex.agent.daemon import agent_dir, read_info; "
+            "info = read_info(agent_dir('~/milex')); "
+            "print(msgspec.json.encode(info).decode() if info else 'null')"
+        )
+        return json.loads(self.sh(f"~/venv/bin/python -c {shlex.quote(script)}")) or None
+
+    def kill(self, pid: int, signal: str = "KILL") -> None:
+        """Signal a process of the login node (a pid as the login node sees it)."""
+        self.exec("kill", f"-{signal}", str(pid))
+
+    def pid_of(self, program: str) -> int:
+        [pid] = self.exec("pidof", program).stdout.split()
+        return int(pid)
+
+    def comments(self) -> list[str]:
+        """The comment (Milex's idempotency key) of each of the login user's jobs of the last hours,
+        one per job (per array task): slurmctld's, and accounting's for those it has forgotten
+        (a job waiting on a dependency reaches accounting only once eligible)."""
+        sacct = ["sacct", "--noheader", "--parsable2", "--allocations", f"--user={self.user}",
+                 "--starttime=now-6hours", "--format=JobID,Comment"]  # fmt: skip
+        squeue = ["squeue", "--noheader", "--array", "--states=all", f"--user={self.user}",
+                  "--Format=JobArrayID:0|,Comment:0"]  # fmt: skip
+        jobs = dict(
+            line.split("|", 1) for argv in (sacct, squeue) for line in self.exec(*argv).stdout.splitlines()
+        )
+        return [comment.strip() for comment in jobs.values() if comment.strip()]
+
+    def slurm_state(self, job_id: str) -> str:
+        argv = ["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%T"]
+        return self.exec(*argv, check=False).stdout.strip() or "GONE"
+
+    # ---- a second sshd, which fault tests kill ---------------------------------------------------
+
+    def sshd_up(self, port: int, *options: str) -> None:
+        """Start an sshd of the login node's on `port` (with `-o` options), unless one runs there."""
+        if self.exists(self._sshd_pidfile(port)) and self._sshd_pid(port) is not None:
+            return
+        flags = [f"-o{option}" for option in ("PidFile=" + self._sshd_pidfile(port), *options)]
+        self.exec("/usr/sbin/sshd", "-p", str(port), *flags)
+
+    def sshd_kill(self, port: int, *, sessions_only: bool = False) -> None:
+        """Kill the sshd on `port` and everything under it, as a crash of the server would; with
+        `sessions_only`, only its connections (and what runs in them), as a dropped link would."""
+        listener = self._sshd_pid(port)
+        if listener is None:
+            return
+        table = [line.split() for line in self.exec("ps", "-eo", "pid=,ppid=").stdout.splitlines()]
+        doomed = {listener}
+        while grown := {int(pid) for pid, ppid in table if int(ppid) in doomed} - doomed:
+            doomed |= grown
+        if sessions_only:
+            doomed.discard(listener)
+        if doomed:
+            self.exec("kill", "-KILL", *map(str, doomed), check=False)
+
+    def _sshd_pid(self, port: int) -> int | None:
+        pid = self.exec("cat", self._sshd_pidfile(port), check=False).stdout.strip()
+        alive = pid and self.exec("kill", "-0", pid, check=False).returncode == 0
+        return int(pid) if alive else None
+
+    @staticmethod
+    def _sshd_pidfile(port: int) -> str:
+        return f"/run/milex-sshd-{port}.pid"
