@@ -98,9 +98,11 @@ if [[ -n $LIBMARIADB_FROM ]]; then
 fi
 
 # The login node's users (their homes, and so their files and their jobs' output, live in this root
-# alone): uid 1000 and 1001 there.
-in_root useradd --create-home --shell /bin/bash "$LOGIN_USER"
-in_root useradd --create-home --shell /bin/bash "$OTHER_USER"
+# alone): uid 1000 and 1001 there. Their homes are 0755 on every suite (bookworm's default; trixie's
+# is 0700), so that what keeps one user out of another's Milex files is Milex's own modes.
+for user in "$LOGIN_USER" "$OTHER_USER"; do
+    in_root useradd --create-home --shell /bin/bash -K HOME_MODE=0755 "$user"
+done
 in_root apt-get clean
 rm -rf "$new"/var/lib/apt/lists/* "$new/etc/resolv.conf"
 

@@ -26,7 +26,7 @@ cluster_settings() {
         done
         die "no cluster '$name' (the clusters: ${known[*]})"
     fi
-    # shellcheck source=clusters/cluster1.env
+    # shellcheck source=clusters/cluster1.env source-path=SCRIPTDIR
     . "$CLUSTERS_DIR/$name.env" # SUITE NET_PREFIX NODE_NAME NETNS VETH CGROUP_PLUGIN LIBMARIADB_FROM
     CLUSTER_NAME=$name
     LOG_NAME=$name
