@@ -230,7 +230,7 @@ ENV
 }
 
 lock_state
-if recorded_pid init "$INIT_NAME" >/dev/null && [[ -s $READY_FILE ]]; then
+if recorded_pid unshare unshare >/dev/null && recorded_pid init "$INIT_NAME" >/dev/null && [[ -s $READY_FILE ]]; then
     log "$CLUSTER_NAME is up"
     print_state
     exit 0
