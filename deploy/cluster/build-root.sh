@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
-# build-root.sh - build (or reuse) the root file system of the second test cluster: Debian 13 (trixie)
-# with SLURM 24.11 (slurmctld, slurmd, slurmdbd, client), munge, MariaDB, sshd and python3.
+# build-root.sh - build (or reuse) the root file system of a test cluster (clusters/NAME.env): its Debian
+# suite (SUITE) with that suite's SLURM (slurmctld, slurmd, slurmdbd, client), munge, MariaDB, sshd,
+# python3, and the login node's users.
 #
-# The root is cached in $MILEX_CLUSTER2_CACHE/root with a stamp naming this script's hash: an
-# unchanged script reuses it (well under a second), a changed one rebuilds it from nothing (a few
-# minutes, once per machine). The cached root is never written to at run time: up.sh runs the
-# cluster on an overlay of it. Needs root. Prints the root's path on stdout.
+# Usage: build-root.sh NAME
 #
-# Environment: MILEX_CLUSTER2_CACHE (default /var/cache/milex-test-cluster2),
+# A root is cached per suite in $MILEX_TEST_CLUSTER_CACHE/SUITE/root with a stamp naming this script's
+# hash and the cluster's build settings: an unchanged script reuses it (well under a second), a changed
+# one rebuilds it from nothing (about a minute, once per machine). The cached root is never written to
+# at run time: up.sh runs the cluster on an overlay of it. Needs root. Prints the root's path on stdout.
+#
+# Environment: MILEX_TEST_CLUSTER_CACHE (default /var/cache/milex-test-roots),
 # MILEX_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
-CACHE=${MILEX_CLUSTER2_CACHE:-/var/cache/milex-test-cluster2}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh source-path=SCRIPTDIR
+. "$HERE/common.sh"
+cluster_settings "${1:?usage: build-root.sh NAME}"
+CACHE=${MILEX_TEST_CLUSTER_CACHE:-/var/cache/milex-test-roots}/$SUITE
 MIRROR=${MILEX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ROOT=$CACHE/root
-STAMP_NAME=.milex-cluster2-build
+STAMP_NAME=.milex-cluster-build
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # The cluster's daemons and clients, and what a login node offers a Milex agent (python3 -m venv).
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server
     python3 python3-venv procps iproute2)
-LOGIN_USER=milex-login
 
-log() { printf '[cluster2 build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-[[ $(id -u) -eq 0 ]] || { log "ERROR: run as root (debootstrap, chroot)"; exit 1; }
-hash=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+[[ $(id -u) -eq 0 ]] || die "run as root (debootstrap, chroot)"
+hash=$( (cat "${BASH_SOURCE[0]}" && echo "$SUITE $LIBMARIADB_FROM $LOGIN_USER $OTHER_USER") | sha256sum | cut -d' ' -f1)
 if [[ -f $ROOT/$STAMP_NAME && $(<"$ROOT/$STAMP_NAME") == "$hash" ]]; then
     log "cached root $ROOT is current (script hash ${hash:0:12})"
     printf '%s\n' "$ROOT"
@@ -33,7 +37,7 @@ fi
 
 command -v debootstrap >/dev/null ||
     apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends debootstrap
-[[ -s $KEYRING ]] || { log "ERROR: $KEYRING missing: apt-get install debian-archive-keyring"; exit 1; }
+[[ -s $KEYRING ]] || die "$KEYRING missing: apt-get install debian-archive-keyring"
 
 install -d -m 0755 "$CACHE"
 exec {lock}>"$CACHE/.build.lock"
@@ -52,8 +56,8 @@ in_root() {
         env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"
 }
 
-log "debootstrap --variant=minbase trixie from $MIRROR"
-debootstrap --variant=minbase --keyring="$KEYRING" trixie "$new" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+log "debootstrap --variant=minbase $SUITE from $MIRROR"
+debootstrap --variant=minbase --keyring="$KEYRING" "$SUITE" "$new" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
     { tail -n 30 "$CACHE/debootstrap.log" >&2; exit 1; }
 log "debootstrap done after $((SECONDS - start)) s"
 
@@ -72,24 +76,33 @@ in_root apt-get -q install -y --no-install-recommends "${PACKAGES[@]}" >>"$CACHE
     { tail -n 30 "$CACHE/debootstrap.log" >&2; exit 1; }
 log "packages installed after $((SECONDS - start)) s"
 
-# slurmdbd 24.11 fails its start-up sanity check against trixie's libmariadb3 (11.8); bookworm's
-# (10.11) works. Fetch it with a sources list of its own, unpack it beside the system's, and let
-# up.sh's init load it for slurmdbd alone (LD_LIBRARY_PATH). The root's apt never sees bookworm.
-cat >"$new/etc/apt/milex-bookworm.list" <<LIST
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm main
-LIST
-bookworm_apt=(-o Dir::Etc::SourceList=/etc/apt/milex-bookworm.list -o Dir::Etc::SourceParts=/nonexistent
-    -o Dir::State::Lists=/var/lib/apt/milex-bookworm-lists)
-mkdir -p "$new/var/lib/apt/milex-bookworm-lists/partial"
-in_root apt-get -q "${bookworm_apt[@]}" update >>"$CACHE/debootstrap.log" 2>&1
-in_root sh -c 'cd /tmp && apt-get -q "$@" download libmariadb3/bookworm' sh "${bookworm_apt[@]}" \
-    >>"$CACHE/debootstrap.log" 2>&1
-in_root sh -c 'dpkg-deb -x /tmp/libmariadb3_*.deb /opt/bookworm-libmariadb && rm /tmp/libmariadb3_*.deb'
-rm -rf "$new/var/lib/apt/milex-bookworm-lists" "$new/etc/apt/milex-bookworm.list"
-ls "$new"/opt/bookworm-libmariadb/usr/lib/*/libmariadb.so.3 >/dev/null
+# A suite whose libmariadb3 slurmdbd cannot use (LIBMARIADB_FROM, see clusters/*.env): fetch that of
+# suite LIBMARIADB_FROM with a sources list of its own, unpack it beside the system's, and let init.sh
+# load it for slurmdbd alone (LD_LIBRARY_PATH). The root's apt never sees the other suite.
+libmariadb_from() {
+    local from=$1
+    local -a other_apt=(-o Dir::Etc::SourceList="/etc/apt/milex-$from.list" -o Dir::Etc::SourceParts=/nonexistent
+        -o Dir::State::Lists="/var/lib/apt/milex-$from-lists")
+    printf 'deb [signed-by=%s] %s %s main\n' "$KEYRING" "$MIRROR" "$from" >"$new/etc/apt/milex-$from.list"
+    mkdir -p "$new/var/lib/apt/milex-$from-lists/partial"
+    in_root apt-get -q "${other_apt[@]}" update >>"$CACHE/debootstrap.log" 2>&1
+    in_root sh -c 'cd /tmp && apt-get -q "$@"' sh "${other_apt[@]}" download "libmariadb3/$from" \
+        >>"$CACHE/debootstrap.log" 2>&1
+    # shellcheck disable=SC2016  # expanded by the inner sh
+    in_root sh -c 'dpkg-deb -x /tmp/libmariadb3_*.deb "$0" && rm /tmp/libmariadb3_*.deb' "/opt/$from-libmariadb"
+    rm -rf "$new/var/lib/apt/milex-$from-lists" "$new/etc/apt/milex-$from.list"
+    ls "$new/opt/$from-libmariadb"/usr/lib/*/libmariadb.so.3 >/dev/null
+}
+if [[ -n $LIBMARIADB_FROM ]]; then
+    libmariadb_from "$LIBMARIADB_FROM"
+fi
 
-# The login user (its home, and so its files and its jobs' output, live in this root alone).
-in_root useradd --create-home --shell /bin/bash "$LOGIN_USER"
+# The login node's users (their homes, and so their files and their jobs' output, live in this root
+# alone): uid 1000 and 1001 there. Their homes are 0755 on every suite (bookworm's default; trixie's
+# is 0700), so that what keeps one user out of another's Milex files is Milex's own modes.
+for user in "$LOGIN_USER" "$OTHER_USER"; do
+    in_root useradd --create-home --shell /bin/bash -K HOME_MODE=0755 "$user"
+done
 in_root apt-get clean
 rm -rf "$new"/var/lib/apt/lists/* "$new/etc/resolv.conf"
 

@@ -1,32 +1,46 @@
-# common.sh - settings and helpers shared by deploy/cluster/up.sh and down.sh (sourced, not run):
-# the state dir, the names and addresses of the second test cluster, and how its recorded
-# processes are recognised.
+# common.sh - settings and helpers shared by deploy/cluster/'s scripts (sourced, not run): the
+# names, addresses and state dir of a test cluster, read from its definition in clusters/NAME.env,
+# and how its recorded processes are recognised and entered.
 # shellcheck shell=bash disable=SC2034  # the settings are used by the scripts that source this
 
-STATE=${MILEX_CLUSTER2_STATE:-/var/run/milex-test-cluster2}
-NETNS=${MILEX_CLUSTER2_NETNS:-milex-cluster2}
-# A /30 of its own: the host's end of the veth pair is .1, the cluster (its login node) is .2.
-NET_PREFIX=${MILEX_CLUSTER2_NET:-10.77.0}
-HOST_ADDR=$NET_PREFIX.1
-NODE_ADDR=$NET_PREFIX.2
-VETH_HOST=${MILEX_CLUSTER2_VETH:-mxc2-host}
-VETH_NODE=mxc2-node
-NODE_NAME=login2
-CLUSTER_NAME=cluster2
-LOGIN_USER=milex-login
+CLUSTERS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/clusters
+LOGIN_USER=milex-login # accounts physics and chemistry (its default: the first)
+OTHER_USER=milex-other # a second user of the login node, account chemistry alone
 ACCOUNTS="physics chemistry"
-INIT_NAME=milex-c2-init
-STOP_TIMEOUT=${MILEX_CLUSTER2_STOP_TIMEOUT:-60}
+OTHER_ACCOUNTS="chemistry"
+LOG_NAME=cluster
 
-PID_DIR=$STATE/pids
-UPPER=$STATE/upper # the overlay's writable layer: the cluster's changes to its root, logs included
-READY_FILE=$UPPER/var/lib/milex-cluster2/ready
-FAILED_FILE=$UPPER/var/lib/milex-cluster2/failed
-
-log() { printf '[cluster2 %s %s] %s\n' "${0##*/}" "$(date +%H:%M:%S)" "$*" >&2; }
+log() { printf '[%s %s %s] %s\n' "$LOG_NAME" "${0##*/}" "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
     log "ERROR: $*"
     exit 1
+}
+
+# cluster_settings NAME: the settings of cluster NAME (clusters/NAME.env, then what follows from them).
+cluster_settings() {
+    local name=$1 known=() file
+    if [[ ! $name =~ ^[a-z][a-z0-9-]*$ || ! -f $CLUSTERS_DIR/$name.env ]]; then
+        for file in "$CLUSTERS_DIR"/*.env; do
+            file=${file##*/}
+            known+=("${file%.env}")
+        done
+        die "no cluster '$name' (the clusters: ${known[*]})"
+    fi
+    # shellcheck source=clusters/cluster1.env source-path=SCRIPTDIR
+    . "$CLUSTERS_DIR/$name.env" # SUITE NET_PREFIX NODE_NAME NETNS VETH CGROUP_PLUGIN LIBMARIADB_FROM
+    CLUSTER_NAME=$name
+    LOG_NAME=$name
+    STATE=/var/run/milex-test-$name
+    HOST_ADDR=$NET_PREFIX.1
+    NODE_ADDR=$NET_PREFIX.2
+    VETH_HOST=$VETH-host
+    VETH_NODE=$VETH-node
+    INIT_NAME=milex-${VETH#mx}-init # a command name of at most 15 characters: milex-c1-init
+    STOP_TIMEOUT=${MILEX_TEST_CLUSTER_STOP_TIMEOUT:-60}
+    PID_DIR=$STATE/pids
+    UPPER=$STATE/upper # the overlay's writable layer: the cluster's changes to its root, logs included
+    READY_FILE=$UPPER/var/lib/milex-cluster/ready
+    FAILED_FILE=$UPPER/var/lib/milex-cluster/failed
 }
 
 # recorded_pid NAME COMM: the pid recorded as NAME if that process still runs under command name
@@ -48,10 +62,20 @@ lock_state() {
     flock -w 300 "$STATE_LOCK" || die "another up.sh/down.sh holds $STATE/.lock"
 }
 
-# in_cluster COMMAND...: run COMMAND in the cluster's namespaces and root, as root.
+# in_cluster [--user USER] COMMAND...: run COMMAND in the cluster's namespaces and root, as root or
+# as USER with a login environment (HOME, USER, LOGNAME, SHELL, PATH; in HOME). Returns its status.
 in_cluster() {
-    local pid
-    pid=$(recorded_pid init "$INIT_NAME") || die "the cluster's init is not running"
+    local pid user=root home=/root path=/usr/sbin:/usr/bin:/sbin:/bin
+    if [[ ${1:-} == --user ]]; then
+        user=${2:?in_cluster --user needs a user name}
+        shift 2
+        home=/home/$user
+        path=/usr/local/bin:/usr/bin:/bin
+    fi
+    pid=$(recorded_pid init "$INIT_NAME") || die "$CLUSTER_NAME is not running (deploy/cluster/up.sh $CLUSTER_NAME)"
+    # shellcheck disable=SC2016  # expanded by the inner sh
     nsenter --target "$pid" --mount --uts --pid --net --root --wd -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LC_ALL=C.UTF-8 "$@"
+        LC_ALL=C.UTF-8 setpriv --reuid="$user" --regid="$user" --init-groups \
+        env HOME="$home" USER="$user" LOGNAME="$user" SHELL=/bin/bash PATH="$path" LC_ALL=C.UTF-8 \
+        sh -c 'cd "$HOME" && exec "$@"' sh "$@"
 }

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# down.sh - stop the second test cluster that up.sh started, by the pids and names up.sh recorded:
+# down.sh - stop a test cluster that up.sh started, by the pids and names up.sh recorded:
 # SIGTERM to the cluster's init (which stops its daemons and kills what is left in its PID
-# namespace), SIGKILL to unshare after MILEX_CLUSTER2_STOP_TIMEOUT seconds (60) if it is still
+# namespace), SIGKILL to unshare after MILEX_TEST_CLUSTER_STOP_TIMEOUT seconds (60) if it is still
 # there (its child, process 1, dies with it, and the namespace's processes with that), then the
 # veth pair and the network namespace. The overlay mount lives in the cluster's own mount namespace
 # and goes with it. Harmless when nothing runs.
 #
-# Usage: down.sh [--purge]   --purge also deletes the state dir: the cluster's database, job state,
-#                            logs and home directories start afresh (the cached root stays).
+# Usage: down.sh NAME [--purge]   --purge also deletes the state dir: the cluster's database, job state,
+#                                 logs and home directories start afresh (the cached root stays).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,6 +15,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/common.sh"
 
 PURGE=0
+NAME=
 for arg in "$@"; do
     case $arg in
         --purge) PURGE=1 ;;
@@ -22,13 +23,18 @@ for arg in "$@"; do
             sed -n '2,/^set /s/^# \{0,1\}//p' "$0" | sed '$d'
             exit 0
             ;;
-        *) die "unknown argument: $arg" ;;
+        -*) die "unknown argument: $arg" ;;
+        *)
+            [[ -z $NAME ]] || die "one cluster at a time (got $NAME and $arg)"
+            NAME=$arg
+            ;;
     esac
 done
+cluster_settings "${NAME:?usage: down.sh NAME [--purge]}"
 [[ $(id -u) -eq 0 ]] || die "run as root"
 [[ -d $STATE ]] || { log "no state dir $STATE; nothing to stop"; exit 0; }
 # up.sh calls this with the lock already held.
-[[ ${MILEX_CLUSTER2_LOCKED:-} == 1 ]] || lock_state
+[[ ${MILEX_TEST_CLUSTER_LOCKED:-} == 1 ]] || lock_state
 
 # wait_gone PID SECONDS: wait until PID has exited; fails if it has not by then.
 wait_gone() {
@@ -65,7 +71,7 @@ if [[ -s $STATE/names ]]; then
     rm -f "$STATE/names"
 fi
 rm -f "$READY_FILE" "$FAILED_FILE"
-log "cluster2 is down"
+log "$CLUSTER_NAME is down"
 if ((PURGE)); then
     rm -rf --one-file-system "$STATE"
     log "deleted $STATE"

@@ -1,21 +1,24 @@
 #!/bin/bash
-# init.sh - process 1 of the second test cluster's PID namespace (up.sh copies it into the cluster's
-# root as /usr/local/sbin/milex-cluster2-init): mounts the kernel file systems, names the host, starts
+# init.sh - process 1 of a test cluster's PID namespace (up.sh copies it into the cluster's root as
+# /usr/local/sbin/milex-cN-init): mounts the kernel file systems, names the host, starts
 # munged, MariaDB, slurmdbd, slurmctld, slurmd and sshd, creates the accounting cluster, accounts
 # and users, reaps every orphan (finished slurmstepds among them), and on SIGTERM stops the
-# daemons in reverse order and kills what remains. Reads its settings from /etc/milex-cluster2.env.
+# daemons in reverse order and kills what remains. Reads its settings from /etc/milex-cluster.env.
 set -uo pipefail
 
 # shellcheck source=/dev/null
-. /etc/milex-cluster2.env # NODE_NAME NODE_ADDR CLUSTER_NAME LOGIN_USER ACCOUNTS DB_PASSWORD
-READY=/var/lib/milex-cluster2/ready
-FAILED=/var/lib/milex-cluster2/failed
-LOG=/var/log/milex-cluster2-init.log
+. /etc/milex-cluster.env # NODE_NAME NODE_ADDR CLUSTER_NAME LOGIN_USER ACCOUNTS OTHER_USER OTHER_ACCOUNTS
+# DB_PASSWORD LIBMARIADB_FROM
+READY=/var/lib/milex-cluster/ready
+FAILED=/var/lib/milex-cluster/failed
+LOG=/var/log/milex-cluster-init.log
 STOP_TIMEOUT=15
-# slurmdbd 24.11 with trixie's libmariadb3 (11.8) dies in its first start on a fresh database
-# ("Number of columns in result (=1) set exceeds maximum allowed (=0)" in _check_mysql_concat_is_sane);
-# with bookworm's (10.11), which build-root.sh unpacks here, it starts every time.
-MARIADB_LIBS=$(echo /opt/bookworm-libmariadb/usr/lib/*-linux-gnu)
+# The libmariadb3 slurmdbd loads: the system's, or another suite's that build-root.sh unpacked (see
+# clusters/*.env, LIBMARIADB_FROM).
+MARIADB_LIBS=
+if [[ -n $LIBMARIADB_FROM ]]; then
+    MARIADB_LIBS=$(echo "/opt/$LIBMARIADB_FROM-libmariadb"/usr/lib/*-linux-gnu)
+fi
 declare -a NAMES=() PIDS=()
 
 log() { printf '[init %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -49,7 +52,7 @@ mount_kernel_fs() {
 start() {
     local name=$1
     shift
-    "$@" >>"/var/log/milex-cluster2-$name.out" 2>&1 &
+    "$@" >>"/var/log/milex-cluster-$name.out" 2>&1 &
     NAMES+=("$name")
     PIDS+=("$!")
     log "started $name (pid $!)"
@@ -96,7 +99,18 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 SQL
 }
 
-# The accounting world: the cluster, the accounts, the login user in each, root in the first.
+# add_user USER ACCOUNT...: USER in each ACCOUNT (the first is its default), unless it is already.
+add_user() {
+    local user=$1 account
+    shift
+    for account in "$@"; do
+        grep -q "^$CLUSTER_NAME|$account|$user$" <<<"$have" ||
+            sacctmgr -i add user "$user" account="$account" cluster="$CLUSTER_NAME" ||
+            fail "add user $user to $account"
+    done
+}
+
+# The accounting world: the cluster, the accounts, the login users in theirs.
 setup_accounting() {
     local have account
     have=$(sacctmgr -n -P list associations format=cluster,account,user) || fail "sacctmgr list failed"
@@ -105,16 +119,17 @@ setup_accounting() {
     for account in $ACCOUNTS; do
         grep -q "^$CLUSTER_NAME|$account|$" <<<"$have" ||
             sacctmgr -i add account "$account" cluster="$CLUSTER_NAME" || fail "add account $account"
-        grep -q "^$CLUSTER_NAME|$account|$LOGIN_USER$" <<<"$have" ||
-            sacctmgr -i add user "$LOGIN_USER" account="$account" cluster="$CLUSTER_NAME" ||
-            fail "add user $LOGIN_USER to $account"
     done
+    # shellcheck disable=SC2086  # the lists of accounts are split into words
+    add_user "$LOGIN_USER" $ACCOUNTS
+    # shellcheck disable=SC2086
+    add_user "$OTHER_USER" $OTHER_ACCOUNTS
     log "accounting: $(sacctmgr -n -P list associations format=account,user | tr '\n' ' ')"
 }
 
 main() {
     mount_kernel_fs
-    install -d -m 0755 /var/lib/milex-cluster2
+    install -d -m 0755 /var/lib/milex-cluster
     rm -f "$READY" "$FAILED"
     trap 'log "SIGTERM: stopping"; stop_all; log "stopped"; exit 0' TERM
     trap 'fail "SIGINT"' INT
@@ -128,7 +143,7 @@ main() {
     start mariadb /usr/sbin/mariadbd --user=mysql --skip-networking
     wait_for mariadb sql_ready
     setup_database
-    start slurmdbd env LD_LIBRARY_PATH="$MARIADB_LIBS" /usr/sbin/slurmdbd -D
+    start slurmdbd env ${MARIADB_LIBS:+LD_LIBRARY_PATH="$MARIADB_LIBS"} /usr/sbin/slurmdbd -D
     wait_for slurmdbd dbd_ready
     setup_accounting
     start slurmctld /usr/sbin/slurmctld -D
