@@ -5,7 +5,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$REPO/deploy/setup.sh"
+"$REPO/deploy/setup.sh" --local-only
 export PATH="$REPO/.venv/bin:$PATH"
 
 DEMO=${MILEX_DEMO_DIR:-$HOME/.milex-demo}

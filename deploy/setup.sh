@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # setup.sh - everything a fresh Debian machine needs to run Milex and its tests, from nothing:
 # Debian packages, the project's virtual environment (.venv, with the example app), the
-# single-node SLURM test cluster and an OpenSSH server, both on 127.0.0.1. Safe to run again:
+# single-node SLURM test cluster and an OpenSSH server, both on 127.0.0.1, and the two namespaced
+# test clusters with accounting, each with a login node of its own (deploy/cluster/). Safe to run again:
 # each step skips what is done.
 #
+# Usage: setup.sh [--local-only]   (--local-only: not the namespaced clusters, which only tests use)
 # Environment: MILEX_VENV (default: <repo>/.venv), MILEX_PYTHON (default: python3).
 set -euo pipefail
+LOCAL_ONLY=0
+[[ ${1:-} == --local-only ]] && LOCAL_ONLY=1
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${MILEX_VENV:-$REPO/.venv}
@@ -43,4 +47,12 @@ log "installing milex-scheduler and the example app into $VENV"
 "$REPO/deploy/sshd-up.sh"
 MILEX_SSHD_PORT=2223 "$REPO/deploy/sshd-up.sh" --no-streamlocal
 MILEX_SSHD_PORT=2224 "$REPO/deploy/sshd-up.sh" --kbd-interactive
+# The namespaced test clusters with accounting (deploy/README.md): SLURM 22.05 and 24.11, each with
+# a login node of its own; the remote end-to-end tests run on both. A fresh machine builds their
+# root file systems first (about a minute each).
+if ((!LOCAL_ONLY)); then
+    for cluster in cluster1 cluster2; do
+        "$REPO/deploy/cluster/up.sh" "$cluster"
+    done
+fi
 log "ready: activate with 'source $VENV/bin/activate'"
