@@ -1,6 +1,6 @@
 """SlurmScheduler and SlurmHistory fed SLURM's own output (slurm_captured/2205: 22.05 without accounting;
-slurm_captured/2411: 24.11 with it; see their READMEs) through the one gateway, run_command: every
-source gives a job the same state and exit code, on either version."""
+slurm_captured/2205acct: 22.05 with it; slurm_captured/2411: 24.11 with it; see their READMEs) through the
+one gateway, run_command: every source gives a job the same state and exit code, on every capture."""
 
 from __future__ import annotations
 
@@ -26,12 +26,18 @@ from milex.agent.scheduler.slurm_poll import (
 from milex.common.model import JobState, JobStatus
 
 CAPTURES = Path(__file__).parent / "slurm_captured"
-VERSIONS = ("2205", "2411")
+VERSIONS = ("2205", "2205acct", "2411")  # captures: a version, and `acct` where 22.05 had accounting
+ACCOUNTED = ("2205acct", "2411")  # the captures of clusters with accounting: sacct answers there
 CAPTURED = CAPTURES / "2205"  # the 22.05 capture, for what only it has (the job-completion log)
 
 
-def ids_of(version: str) -> dict[str, str]:
-    return dict(line.split() for line in (CAPTURES / version / "ids.txt").read_text().splitlines())
+def ids_of(version: str, name: str = "ids.txt") -> dict[str, str]:
+    return dict(line.split() for line in (CAPTURES / version / name).read_text().splitlines())
+
+
+def ids_of_forms() -> dict[str, str]:
+    """The jobs of 2205acct's sacct_forms_*.txt: a throttled array, a held array, a heterogeneous job."""
+    return ids_of("2205acct", "ids_forms.txt")
 
 
 IDS = ids_of("2205")
@@ -90,7 +96,9 @@ class Cluster:
         printed = captured(self.squeue, self.version) if self.squeue_text is None else self.squeue_text
         if "--only-job-state" not in argv:
             return CommandResult(tuple(argv), 0, printed, "")
-        refuses = self.version == "2205" if self.refuses_state_only is None else self.refuses_state_only
+        refuses = (
+            self.version.startswith("2205") if self.refuses_state_only is None else self.refuses_state_only
+        )
         if refuses:
             return CommandResult(tuple(argv), 1, "", captured("squeue_only_job_state.stderr", "2205"))
         return CommandResult(tuple(argv), 0, state_only(printed), "")
@@ -110,9 +118,9 @@ def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) 
     jobcomp = tmp_path / "jobcomp.log"
     # The captured jobs ran as root; the log is read for the jobs of whoever runs the tests.
     jobcomp.write_text(captured("jobcomp.log").replace("UserId=root(0)", f"UserId=me({os.getuid()})"))
-    # 24.11's cluster has accounting (and no job-completion log): sacct answers there.
+    # A cluster with accounting (and no job-completion log): sacct answers there.
     fake = Cluster(
-        jobcomp=jobcomp, version=version, sacct="sacct_allocations.txt" if version == "2411" else None
+        jobcomp=jobcomp, version=version, sacct="sacct_allocations.txt" if version in ACCOUNTED else None
     )
     monkeypatch.setattr(slurm, "run_command", fake)
     monkeypatch.setattr(slurm_poll, "run_command", fake)
@@ -130,7 +138,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
 def any_cluster(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Cluster]:
-    """Each version's capture in turn, for the roles both captured."""
+    """Each capture in turn, for the roles all captured."""
     yield fake_cluster(tmp_path, monkeypatch, request.param)
 
 
@@ -140,14 +148,23 @@ def outcomes(
     return {role: (states[ids[role]].state, states[ids[role]].exit_code) for role in roles}
 
 
+def listed(cluster: Cluster) -> set[str]:
+    """The jobs squeue printed in `cluster`'s capture: cluster1's slurmctld forgot the others
+    (MinJobAge=30 s) before the capture's snapshots (see slurm_captured/2205acct/README.md)."""
+    return {row.job_id for row in squeue_rows(captured(cluster.squeue, cluster.version))}
+
+
 def test_squeue_gives_each_finished_job_its_state_and_exit_code(any_cluster: Cluster) -> None:
     ids = any_cluster.ids
     states = SlurmScheduler().states(list(ids.values()))
     assert outcomes(states, ids=ids) == FINISHED
     assert (states[ids["pending"]].state, states[ids["pending"]].reason) == (JobState.PENDING, "JobHeldUser")
-    assert states[ids["exit3"]].reason == "NonZeroExitCode"
-    assert states[ids["timeout"]].reason == "TimeLimit"
-    assert not any(call[0] == "sacct" for call in any_cluster.calls)  # squeue knew every job
+    reasons = {"exit3": "NonZeroExitCode", "timeout": "TimeLimit"}  # as squeue prints them; sacct has none
+    shown = {role: states[ids[role]].reason for role in reasons if ids[role] in listed(any_cluster)}
+    assert shown == {role: reason for role, reason in reasons.items() if ids[role] in listed(any_cluster)}
+    forgotten = set(ids.values()) - listed(any_cluster)
+    assert any(call[0] == "sacct" for call in any_cluster.calls) is bool(forgotten)  # asked only then
+    assert bool(forgotten) is (any_cluster.version == "2205acct")
 
 
 def test_the_job_completion_log_agrees_with_squeue(cluster: Cluster) -> None:
@@ -156,20 +173,13 @@ def test_the_job_completion_log_agrees_with_squeue(cluster: Cluster) -> None:
     assert {call[0] for call in cluster.calls} == {"sacct", "scontrol"}  # sacct refused, once
 
 
-def test_sacct_agrees_with_squeue(cluster: Cluster) -> None:
-    cluster.sacct = "sacct_finished.derived.txt"
-    states = SlurmHistory().states(list(IDS.values()))
-    assert outcomes(states) == FINISHED
-    assert (states[IDS["pending"]].state, states[IDS["pending"]].exit_code) == (JobState.CANCELLED, None)
-
-
 def test_a_job_squeue_forgot_is_looked_up_in_sacct_or_the_job_completion_log(any_cluster: Cluster) -> None:
     any_cluster.squeue = "squeue_invalid_id.stdout"  # squeue prints nothing (and an error) for them
     ids = any_cluster.ids
     states = SlurmScheduler().states([ids[role] for role in FINISHED])
     assert outcomes(states, ids=ids) == FINISHED
     looked_up = {call[0] for call in any_cluster.calls} - {"squeue"}
-    assert looked_up == ({"sacct"} if any_cluster.version == "2411" else {"sacct", "scontrol"})
+    assert looked_up == ({"sacct"} if any_cluster.version in ACCOUNTED else {"sacct", "scontrol"})
 
 
 def test_an_array_is_running_while_one_task_runs(any_cluster: Cluster) -> None:
@@ -204,24 +214,14 @@ def test_a_cancelled_pending_job(any_cluster: Cluster) -> None:
     assert SlurmHistory().states([job_id])[job_id].state is JobState.CANCELLED
 
 
-def test_sacct_combines_array_ranges_and_heterogeneous_components_but_not_steps(cluster: Cluster) -> None:
-    cluster.sacct = "sacct_forms.derived.txt"
-    states = SlurmHistory().states(["300", "400", "500", "600"])
-    assert {job_id: (s.state, s.exit_code) for job_id, s in states.items()} == {
-        "300": (JobState.RUNNING, None),
-        "400": (JobState.FAILED, 2),
-        "500": (JobState.FAILED, 1),
-        "600": (JobState.CANCELLED, None),
-    }
+# Clusters with accounting (22.05 and 24.11): what the 22.05 cluster without it could not show.
 
 
-@pytest.mark.parametrize("printed", ["sbatch_parsable.txt", "sbatch_parsable_cluster.derived.txt"])
-def test_sbatch_parsable_gives_the_job_id(cluster: Cluster, printed: str, tmp_path: Path) -> None:
-    cluster.sbatch = printed  # `181`, or `181;milex` on a cluster of a federation
-    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == IDS["completed"]
-
-
-# SLURM 24.11 with accounting: what the 22.05 cluster could not show.
+@pytest.fixture(params=ACCOUNTED)
+def accounted(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cluster]:
+    yield fake_cluster(tmp_path, monkeypatch, request.param)
 
 
 @pytest.fixture
@@ -229,17 +229,19 @@ def cluster2411(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clu
     yield fake_cluster(tmp_path, monkeypatch, "2411")
 
 
+@pytest.mark.parametrize(("version", "printed"), [("2205acct", "51;cluster1\n"), ("2411", "27;cluster2\n")])
 def test_sbatch_parsable_with_clusters_gives_the_job_id_and_cluster(
-    cluster2411: Cluster, tmp_path: Path
+    cluster: Cluster, version: str, printed: str, tmp_path: Path
 ) -> None:
-    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == cluster2411.ids["completed"]
-    assert captured("sbatch_parsable_cluster.txt", "2411") == "27;cluster2\n"  # `--clusters=cluster2`
-    cluster2411.sbatch = "sbatch_parsable_cluster.txt"
-    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == "27"
+    cluster.version = version
+    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == cluster.ids["completed"]
+    assert captured("sbatch_parsable_cluster.txt", version) == printed  # `--clusters=<its name>`
+    cluster.sbatch = "sbatch_parsable_cluster.txt"
+    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == printed.split(";")[0]
 
 
-def test_real_sacct_agrees_with_squeue(cluster2411: Cluster) -> None:
-    ids = cluster2411.ids
+def test_real_sacct_agrees_with_squeue(accounted: Cluster) -> None:
+    ids = accounted.ids
     from_squeue = SlurmScheduler().states(list(ids.values()))
     from_sacct = SlurmHistory().states(list(ids.values()))
     assert outcomes(from_sacct, ids=ids) == outcomes(from_squeue, ids=ids) == FINISHED
@@ -249,13 +251,44 @@ def test_real_sacct_agrees_with_squeue(cluster2411: Cluster) -> None:
     )
 
 
-def test_sacct_without_allocations_reads_to_the_same_states_its_steps_left_out() -> None:
-    ids = ids_of("2411")
+@pytest.mark.parametrize("version", ACCOUNTED)
+def test_sacct_without_allocations_reads_to_the_same_states_its_steps_left_out(version: str) -> None:
+    ids = ids_of(version)
     steps, allocations = (
-        sacct_rows(captured(name, "2411")) for name in ("sacct_steps.txt", "sacct_allocations.txt")
+        sacct_rows(captured(name, version)) for name in ("sacct_steps.txt", "sacct_allocations.txt")
     )
-    assert "batch" in captured("sacct_steps.txt", "2411")
     assert statuses(ids.values(), steps) == statuses(ids.values(), allocations)
+    # SLURM's SIGTERM is on the cancelled job's batch step; its allocation prints `0:0` (not `0:15`,
+    # as the hand-written 2205 fixture had it): either way no exit code of the job.
+    cancelled = ids["cancelled"]
+    assert f"\n{cancelled}|CANCELLED by 1000|0:0\n" in captured("sacct_allocations.txt", version)
+    assert f"\n{cancelled}.batch|CANCELLED|0:15\n" in captured("sacct_steps.txt", version)
+
+
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        (  # a throttled array: one task running, the others as one range; a heterogeneous job pending
+            "sacct_forms_active.txt",
+            {
+                "throttled": (JobState.RUNNING, None),
+                "held_array": (JobState.PENDING, None),
+                "hetjob": (JobState.PENDING, None),
+            },
+        ),
+        (
+            "sacct_forms_cancelled.txt",
+            dict.fromkeys(("throttled", "held_array", "hetjob"), (JobState.CANCELLED, None)),
+        ),
+    ],
+)
+def test_sacct_combines_array_ranges_and_heterogeneous_components(
+    cluster: Cluster, printed: str, expected: dict[str, tuple[JobState, int | None]]
+) -> None:
+    cluster.version, cluster.sacct = "2205acct", printed
+    ids = ids_of_forms()
+    states = SlurmHistory().states(list(ids.values()))
+    assert outcomes(states, expected, ids) == expected
 
 
 def test_squeue_only_job_state_gives_states_but_no_exit_codes() -> None:

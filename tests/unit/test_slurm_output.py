@@ -18,7 +18,8 @@ from milex.agent.scheduler.slurm_output import (
 )
 from milex.common.model import JobState
 
-CAPTURED = Path(__file__).parent / "slurm_captured" / "2205"
+CAPTURES = Path(__file__).parent / "slurm_captured"
+CAPTURED = CAPTURES / "2205"
 C, F, CA, R, PD = JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING
 
 
@@ -77,17 +78,17 @@ def test_squeue_rows_name_the_array_they_belong_to() -> None:
 
 
 def test_sacct_rows_keep_allocations_and_drop_steps() -> None:
-    rows = sacct_rows((CAPTURED / "sacct_forms.derived.txt").read_text())
-    assert [(row.job_id, row.task) for row in rows] == [
-        ("300", "_0"),
-        ("300", "_1"),
-        ("300", "_[2-9]"),
-        ("400", "+0"),
-        ("400", "+1"),
-        ("500", ""),
-        ("600", "_[0-3]"),
+    forms = sacct_rows((CAPTURES / "2205acct" / "sacct_forms_active.txt").read_text())
+    assert [(row.job_id, row.task, row.state) for row in forms] == [
+        ("55", "_0", R),
+        ("55", "_[1-3%1]", PD),  # a throttled array's tasks not started: one row, `%` and all
+        ("58", "+0", PD),
+        ("58", "+1", PD),
+        ("56", "_[0-3]", PD),
     ]
-    assert rows[-1].state is CA
+    steps = sacct_rows((CAPTURES / "2205acct" / "sacct_steps.txt").read_text())
+    assert [row.job_id + row.task for row in steps][-5:] == ["50_0", "50_1", "50_2", "50_3", "48"]
+    assert not any("." in row.task for row in steps)
 
 
 def test_jobcomp_lines_name_array_tasks_and_heterogeneous_components() -> None:

@@ -5,7 +5,7 @@
 # Another cluster: SLURM_PREFIX is the command that runs a command line there (such as an ssh
 # command; SLURM commands then run as its user, job scripts reach sbatch on stdin, jobs write to
 # /tmp there), CLUSTER its name for `sbatch --clusters`, ACCOUNTING=1 adds sacct's and squeue
-# --only-job-state's output (see ../2411/capture.sh).
+# --only-job-state's output and sacct's other JobID forms (../2411, ../2205acct).
 set -euo pipefail
 OUT=$(realpath "${1:-.}")
 WORK=$(mktemp -d)
@@ -64,7 +64,8 @@ cp sbatch_parsable.txt sbatch_parsable_cluster.txt ids.txt "$OUT"/
 
 for role in cancelled scancel_kill requeued timeout; do wait_for "${id[$role]}" '^RUNNING $'; done
 wait_for "${id[array]}" '^(COMPLETED |FAILED |RUNNING )+$'
-for role in completed exit3 selfkill; do wait_for "${id[$role]}" '^(COMPLETED|FAILED) $'; done
+# Nothing: slurmctld already forgot the job (MinJobAge; cluster1's 30 s pass while its 4 cores wait).
+for role in completed exit3 selfkill; do wait_for "${id[$role]}" '^((COMPLETED|FAILED) )?$'; done
 all=$(IFS=,; echo "${id[*]}")
 squeue_rows "$all" >"$OUT/squeue_active.txt"
 scontrol show job "${id[array]}" >"$OUT/scontrol_show_job_array_active.txt"
@@ -76,7 +77,7 @@ scancel "${id[array]}_3"
 wait_for "${id[requeued]}" '^(PENDING|REQUEUED|CONFIGURING|RUNNING) $'
 squeue_rows "${id[requeued]}" >"$OUT/squeue_requeued.txt"
 for role in cancelled scancel_kill requeued timeout array; do
-    wait_for "${id[$role]}" '^((COMPLETED|FAILED|CANCELLED|TIMEOUT) )+$'
+    wait_for "${id[$role]}" '^((COMPLETED|FAILED|CANCELLED|TIMEOUT) )*$'
 done
 squeue_rows "$all" >"$OUT/squeue_finished.txt"
 scancel "${id[pending]}"
@@ -88,9 +89,29 @@ done
 squeue --noheader --jobs=999999 --Format="$FORMAT" >"$OUT/squeue_invalid_id.stdout" 2>"$OUT/squeue_invalid_id.stderr" \
     || echo "exit status $?" >>"$OUT/squeue_invalid_id.stderr"
 scontrol show config >"$OUT/scontrol_show_config.txt"
+capture_forms() {  # sacct's other JobID forms: a throttled array, a held array, a heterogeneous job
+    declare -A form
+    form[throttled]=$(sb sleep.sh --array=0-3%1)
+    form[held_array]=$(sb ok.sh --array=0-3 --hold)
+    # Its two components never start on a one-node cluster (Reason Resources): it is seen pending.
+    form[hetjob]=$(sbatch --parsable -o "$JOBOUT/%j.out" -n1 --mem=100 : -n1 --mem=100 <exit3.sh)
+    for role in "${!form[@]}"; do echo "$role ${form[$role]}"; done | sort >"$OUT/ids_forms.txt"
+    wait_for "${form[throttled]}" '^PENDING RUNNING $'
+    local forms
+    forms=$(IFS=,; echo "${form[*]}")
+    forms_rows() { sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode --jobs="$forms"; }
+    for _ in $(seq 120); do [[ $(forms_rows) =~ RUNNING ]] && break; sleep 0.5; done
+    forms_rows >"$OUT/sacct_forms_active.txt"
+    scancel "${form[throttled]}" "${form[held_array]}" "${form[hetjob]}"
+    for role in "${!form[@]}"; do wait_for "${form[$role]}" '^CANCELLED $'; done
+    for _ in $(seq 120); do [[ $(forms_rows) =~ (PENDING|RUNNING) ]] || break; sleep 0.5; done
+    forms_rows >"$OUT/sacct_forms_cancelled.txt"
+}
 if [[ -n ${ACCOUNTING:-} ]]; then
     squeue --only-job-state --noheader --array --states=all --jobs="$all" --Format="$FORMAT" \
-        >"$OUT/squeue_only_job_state.txt"
+        >"$OUT/squeue_only_job_state.txt" 2>"$OUT/squeue_only_job_state.stderr" \
+        || { echo "exit status $?" >>"$OUT/squeue_only_job_state.stderr"; rm "$OUT/squeue_only_job_state.txt"; }
+    [[ -s $OUT/squeue_only_job_state.stderr ]] || rm "$OUT/squeue_only_job_state.stderr"  # 24.05+: refused before
     sacct_rows() { sacct --noheader --parsable2 --format=JobID,State,ExitCode --jobs="$all" "$@"; }
     for _ in $(seq 120); do  # slurmdbd learns of the jobs' ends a moment after slurmctld
         [[ $(sacct_rows --allocations) =~ (PENDING|RUNNING|REQUEUED) ]] || break
@@ -98,6 +119,7 @@ if [[ -n ${ACCOUNTING:-} ]]; then
     done
     sacct_rows --allocations >"$OUT/sacct_allocations.txt"
     sacct_rows >"$OUT/sacct_steps.txt"
+    capture_forms
     echo "captured into $OUT (work dir $WORK)"
     exit 0
 fi
