@@ -144,14 +144,30 @@ start_network() {
 
 # The cluster's process 1 is the child of unshare; the overlay is mounted in the new mount
 # namespace only, so it goes away with the cluster's last process.
+# close_inherited_files: close every descriptor but 0-2 in this (sub)shell. The cluster's daemons
+# outlive up.sh: a file they inherited, such as the lock of `flock LOCK up.sh`, would stay held
+# until the cluster stops (seen: a test run waiting on that lock forever), and so would our own.
+close_inherited_files() {
+    local fd
+    for fd in /proc/"$BASHPID"/fd/*; do
+        fd=${fd##*/}
+        if ((fd > 2)); then
+            eval "exec $fd>&-" 2>/dev/null || true
+        fi
+    done
+}
+
 start_init() {
     local unshare_pid init_pid="" deadline=$((SECONDS + 10))
-    # shellcheck disable=SC2016  # expanded by the inner sh
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 setsid \
-        ip netns exec "$NETNS" unshare --mount --uts --pid --fork --kill-child \
-        sh -c 'mount -t overlay overlay -o "lowerdir=$0,upperdir=$1/upper,workdir=$1/work" "$1/merged" &&
-            exec chroot "$1/merged" "/usr/local/sbin/$2"' "$ROOT" "$STATE" "$INIT_NAME" \
-        </dev/null >"$STATE/console.log" 2>&1 {STATE_LOCK}>&- &
+    (
+        close_inherited_files
+        # shellcheck disable=SC2016  # expanded by the inner sh
+        exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 setsid \
+            ip netns exec "$NETNS" unshare --mount --uts --pid --fork --kill-child \
+            sh -c 'mount -t overlay overlay -o "lowerdir=$0,upperdir=$1/upper,workdir=$1/work" "$1/merged" &&
+                exec chroot "$1/merged" "/usr/local/sbin/$2"' "$ROOT" "$STATE" "$INIT_NAME" \
+            </dev/null >"$STATE/console.log" 2>&1
+    ) &
     unshare_pid=$!
     printf '%s\n' "$unshare_pid" >"$PID_DIR/unshare.pid"
     until [[ -n $init_pid ]] && [[ $(cat "/proc/$init_pid/comm" 2>/dev/null) == "$INIT_NAME" ]]; do

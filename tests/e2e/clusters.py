@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,10 @@ class LoginNode:
             return
         flags = [f"-o{option}" for option in ("PidFile=" + self._sshd_pidfile(port), *options)]
         self.exec("/usr/sbin/sshd", "-p", str(port), *flags)
+        deadline = time.monotonic() + 10  # sshd may return before it listens; its pid file says it does
+        while self._sshd_pid(port) is None:
+            assert time.monotonic() < deadline, f"sshd on port {port} of {self.cluster} did not start"
+            time.sleep(0.1)
 
     def sshd_kill(self, port: int, *, sessions_only: bool = False) -> None:
         """Kill the sshd on `port` and everything under it, as a crash of the server would; with
