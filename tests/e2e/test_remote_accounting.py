@@ -46,15 +46,15 @@ def min_job_age(node: LoginNode) -> int:
     return int(found.group(1))
 
 
-def schedule_twin(laptop: MilexHome, bundle: str) -> None:
+def schedule_twin(laptop: MilexHome, bundle: str, *options: str) -> None:
     """A job that succeeds, one that fails with 3, an array, and one that runs until cancelled."""
-    laptop.milex("milex-schedule", "milex-example", "--name", bundle, "--job_name", "ok")
+    laptop.milex("milex-schedule", "milex-example", "--name", bundle, "--job_name", "ok", *options)
     laptop.milex("milex-schedule", "milex-example", "--name", bundle, "--append", "--job_name", "fails",
-                 "--exit_code", "3")  # fmt: skip
+                 "--exit_code", "3", *options)  # fmt: skip
     laptop.milex("milex-schedule", "milex-example", "--name", bundle, "--append", "--job_name", "fan",
-                 "--array", "1-2")  # fmt: skip
+                 "--array", "1-2", *options)  # fmt: skip
     laptop.milex("milex-schedule", "milex-example", "--name", bundle, "--append", "--job_name", "long",
-                 "--sleep", "600")  # fmt: skip
+                 "--sleep", "600", *options)  # fmt: skip
 
 
 def outcomes(jobs: dict[str, dict]) -> dict[str, tuple[str, int | None]]:
@@ -85,17 +85,22 @@ def test_a_job_the_controller_forgot_is_reported_from_accounting_as_squeue_repor
         "long": ("CANCELLED", None),
     }
 
-    # "unseen" ends while no agent runs, and is forgotten by slurmctld before the next one asks.
-    schedule_twin(laptop, "unseen")
+    # "unseen" is held until no agent runs, then ends and is forgotten by slurmctld before the next
+    # agent asks: that one finds its jobs in sacct only.
+    schedule_twin(laptop, "unseen", "--sbatch", "hold")
     laptop.milex("milex-run", "unseen", "--machine", REMOTE)
     laptop.milex("milex", "agent", "stop", "--machine", REMOTE)
     [submission] = [s for s in laptop.submissions() if s["bundle"].startswith("unseen")]
     ids = {name: job["job_id"] for name, job in submission["jobs"].items()}
+    node.sh(f"scontrol release {','.join(ids.values())}")
     wait_until(lambda: node.slurm_state(ids["long"]) == "RUNNING", timeout=60, what="unseen's long job")
     node.sh(f"scancel {ids['long']}")
     wait_until(lambda: all(node.slurm_state(job_id) == "GONE" for job_id in ids.values()),
                timeout=min_job_age(node) + 180, what="slurmctld to forget the jobs")  # fmt: skip
-    unseen = status(laptop, "unseen")  # the next command starts an agent, which finds them in sacct only
-    assert outcomes(unseen) == seen
+    # The next command starts an agent: its first answer is its journal's (held, PENDING), the next
+    # ones what its polls found in sacct.
+    wait_until(lambda: not UNFINISHED & {job["state"] for job in status(laptop, "unseen").values()},
+               timeout=30, what="the agent to find the jobs' ends")  # fmt: skip
+    assert outcomes(status(laptop, "unseen")) == seen
     sacct = node.sh(f"sacct --noheader --parsable2 --allocations --jobs={ids['fails']} --format=ExitCode")
     assert sacct.split() == ["3:0"]
