@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,20 @@ class MilexHome:
                 f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
             )
         return completed
+
+    @contextmanager
+    def background(self, *argv: str) -> Iterator[subprocess.Popen[str]]:
+        """A Milex command started as the user would, running while the block runs; killed if it
+        still runs at the block's end (a test that failed)."""
+        command = [str(BIN / argv[0]), *argv[1:]]
+        run = subprocess.Popen(command, env=self.env, cwd=self.root, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            yield run
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
 
     def reports(self, pattern: str) -> list[dict]:
         """The JSON reports the example app printed into the SLURM output files matching `pattern`."""

@@ -18,7 +18,7 @@ import pytest
 from milex.agent.daemon import agent_dir, read_info
 from milex.common.model import Bundle, Job, SlurmOptions
 from milex.records import save_bundle
-from tests.e2e.conftest import BIN, REPO, MilexHome, wait_until
+from tests.e2e.conftest import REPO, MilexHome, wait_until
 
 CHAIN = 200
 
@@ -70,14 +70,10 @@ def milex_run(home: MilexHome, bundle: Bundle, sbatch_delay: float) -> Iterator[
     (wrappers / "sbatch").chmod(0o755)
     home.env["PATH"] = f"{wrappers}{os.pathsep}{home.env['PATH']}"
     save_bundle(home.jobs, bundle)
-    run = subprocess.Popen([str(BIN / "milex-run"), bundle.name], env=home.env, cwd=home.root,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        yield run
+        with home.background("milex-run", bundle.name) as run:
+            yield run
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
         home.milex("milex", "cancel", bundle.name, check=False)  # free the cluster for the next tests
 
 

@@ -13,7 +13,7 @@ import pytest
 from milex.common.model import Bundle
 from milex.records import save_bundle
 from tests.e2e.clusters import LoginNode
-from tests.e2e.conftest import BIN, REMOTE, MilexHome, wait_until
+from tests.e2e.conftest import REMOTE, MilexHome, wait_until
 from tests.e2e.test_controller_faults import chain, finished
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,16 +27,10 @@ def remote_run(
     lingering `sbatch_delay` s after SLURM accepted the job; killed if the test fails."""
     node.write("sbatch-delay", f"{sbatch_delay}\n")
     save_bundle(laptop.jobs, bundle)
-    argv = [str(BIN / "milex-run"), bundle.name, "--machine", REMOTE]
-    run = subprocess.Popen(
-        argv, env=laptop.env, cwd=laptop.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
     try:
-        yield run
+        with laptop.background("milex-run", bundle.name, "--machine", REMOTE) as run:
+            yield run
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
         node.write("sbatch-delay", "0\n")
 
 
