@@ -69,6 +69,17 @@ def validate_array(value: str) -> str:
     return value
 
 
+def array_indices(spec: str) -> tuple[list[int], int | None]:
+    """The task indices of a valid array spec (`1-10:2`, `0,3,5-7`, `1-100%10`), and its `%` limit."""
+    items, _, limit = spec.partition("%")
+    indices: set[int] = set()
+    for item in items.split(","):
+        bounds, _, step = item.partition(":")
+        start, _, end = bounds.partition("-")
+        indices.update(range(int(start), int(end or start) + 1, int(step or 1)))
+    return sorted(indices), int(limit) if limit else None
+
+
 def validate_positive(option: str, value: int) -> int:
     """Return `value` if it is a count SLURM accepts (at least 1)."""
     if value < 1:

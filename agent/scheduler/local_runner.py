@@ -30,6 +30,7 @@ from milex.agent.scheduler.local_store import (
     write_record,
 )
 from milex.common.model import JobState
+from milex.common.slurm_values import array_indices
 
 # SLURM's filename patterns (with an optional zero-padding width, as in `%3a`).
 _PATTERN = re.compile(r"%(\d*)([%AajxuN])")
@@ -125,7 +126,7 @@ def run_tasks(spec: LocalJobSpec, script: Path) -> int:
     """
     if spec.array is None:
         return run_task(spec, script, None)
-    indices, limit = expand_array(spec.array)
+    indices, limit = array_indices(spec.array)
     workers = max(1, min(len(indices), limit or os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         codes = list(pool.map(lambda index: run_task(spec, script, index), indices))
@@ -163,7 +164,7 @@ def slurm_environment(spec: LocalJobSpec, index: int | None) -> dict[str, str]:
         "SLURM_SUBMIT_DIR": spec.submit_dir,
     }
     if index is not None and spec.array is not None:
-        indices, _ = expand_array(spec.array)
+        indices, _ = array_indices(spec.array)
         environment.update(
             SLURM_ARRAY_JOB_ID=spec.job_id,
             SLURM_ARRAY_TASK_ID=str(index),
@@ -172,17 +173,6 @@ def slurm_environment(spec: LocalJobSpec, index: int | None) -> dict[str, str]:
             SLURM_ARRAY_TASK_MAX=str(indices[-1]),
         )
     return environment
-
-
-def expand_array(spec: str) -> tuple[list[int], int | None]:
-    """The indices of an array spec (`1-10:2`, `0,3,5-7`, `1-100%10`) and its `%` limit, if any."""
-    items, _, limit = spec.partition("%")
-    indices: set[int] = set()
-    for item in items.split(","):
-        bounds, _, step = item.partition(":")
-        start, _, end = bounds.partition("-")
-        indices.update(range(int(start), int(end or start) + 1, int(step or 1)))
-    return sorted(indices), int(limit) if limit else None
 
 
 def expand_pattern(pattern: str, spec: LocalJobSpec, index: int | None) -> str:

@@ -15,7 +15,6 @@ import pytest
 from milex.agent.scheduler.local import LocalScheduler, parse_header
 from milex.agent.scheduler.local_runner import (
     dependency_verdict,
-    expand_array,
     expand_pattern,
 )
 from milex.agent.scheduler.local_store import VANISHED, LocalJobSpec, read_record, runner_alive
@@ -253,19 +252,6 @@ def test_parse_header_reads_sbatch_options_up_to_the_first_command():
         "#SBATCH --array 1-4\necho\n#SBATCH --job-name=late\n"
     )
     assert parse_header(text) == {"output": "o-%j.out", "error": "e.err", "array": "1-4"}
-
-
-@pytest.mark.parametrize(
-    ("spec", "indices", "limit"),
-    [
-        ("1-3", [1, 2, 3], None),
-        ("1-10:4", [1, 5, 9], None),
-        ("0,3,5-7", [0, 3, 5, 6, 7], None),
-        ("1-100%10", list(range(1, 101)), 10),
-    ],
-)
-def test_expand_array(spec, indices, limit):
-    assert expand_array(spec) == (indices, limit)
 
 
 def test_expand_pattern(tmp_path):

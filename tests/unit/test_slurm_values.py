@@ -222,3 +222,16 @@ def test_every_dependency_type_accepted(dependency_type: str) -> None:
 def test_dependency_type_error_lists_valid_types() -> None:
     with pytest.raises(InvalidValue, match="afterok, afterany, afternotok, after, aftercorr"):
         SlurmOptions(dependency_type="singleton").validate()
+
+
+@pytest.mark.parametrize(
+    ("spec", "indices", "limit"),
+    [
+        ("1-3", [1, 2, 3], None),
+        ("1-10:4", [1, 5, 9], None),
+        ("0,3,5-7", [0, 3, 5, 6, 7], None),
+        ("1-100%10", list(range(1, 101)), 10),
+    ],
+)
+def test_array_indices(spec, indices, limit):
+    assert slurm_values.array_indices(spec) == (indices, limit)
