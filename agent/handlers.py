@@ -8,12 +8,11 @@ import socket
 
 import msgspec
 
-from milex.agent.ledger import JournalLedger
+from milex.agent.job_queue import enqueue, room_for, submission_of
 from milex.agent.logs import LogNotFound, log_path, read_chunk
 from milex.agent.pending import PendingSubmit
 from milex.agent.scheduler import scheduler_group
 from milex.agent.state import Agent, LogStream, Peer, WatchStream
-from milex.agent.submission import BundleSubmission
 from milex.common.protocol import (
     AGENT_FEATURES,
     Ack,
@@ -83,17 +82,8 @@ def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
     # A machine path the laptop's configuration writes `~/...` is under this login node's home.
     settings = msgspec.structs.replace(request.settings, path=os.path.expanduser(request.settings.path))
     request = msgspec.structs.replace(request, settings=settings)
-    scheduler = agent.scheduler_for(request.settings)
-    submission = BundleSubmission(
-        request.bundle,
-        request.settings,
-        scheduler,
-        JournalLedger(agent.journal, request, scheduler),
-        dispatch=agent.dispatch,
-        in_flight=scheduler.parallel_submissions,
-        watch=agent.controller,
-    )
-    return PendingSubmit(agent, request, submission)
+    enqueue(agent, request)
+    return submission_of(agent, request, room_for(agent, request.settings))
 
 
 def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:

@@ -58,13 +58,30 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state NOT IN ('COMPLETED',
         'FAILED','CANCELLED','TIMEOUT','OUT_OF_MEMORY','NODE_FAIL','PREEMPTED');
     """,
+    # The agent's own queue: a submit request is kept whole (its jobs' specs and settings) while any
+    # of its jobs waits (QUEUED) for room in the scheduler; `tasks` is what a job counts toward the
+    # user's limit (an array's tasks each).
+    """
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        bundle TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN request INTEGER;
+    ALTER TABLE jobs ADD COLUMN tasks INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX jobs_queued ON jobs (request) WHERE state = 'QUEUED';
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _JOB_COLUMNS = ", ".join(TrackedJob.__struct_fields__)
 _STATUS_COLUMNS = ", ".join(("key", *JobStatus.__struct_fields__))
 _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  # of every release
-# A job whose submission was started but whose scheduler id is not known yet.
+# A job whose submission was started but whose scheduler id is not known yet: no id, state SUBMITTED.
+# (A job without id in any other state never reached the scheduler: QUEUED, or ended before it did.)
 IN_DOUBT = ""
+_IN_DOUBT = "job_id = '' AND state = 'SUBMITTED'"
+_IN_SCHEDULER = f"(job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})"
 
 
 class JournalError(MilexError):
@@ -119,12 +136,15 @@ class Journal:
         self.begin_many([job], scheduler=scheduler, machine_path=machine_path)
 
     def begin_many(self, jobs: Sequence[TrackedJob], *, scheduler: str, machine_path: str) -> None:
-        """`begin` for several jobs of one machine, in one transaction."""
+        """`begin` for several jobs of one machine, in one transaction (a queued job keeps its request)."""
         now = time.time()
         with self._writing():
             self.db.executemany(
-                "INSERT OR REPLACE INTO jobs (key, bundle, name, job_id, state, script, stdout, stderr,"
-                " scheduler, machine_path, submitted_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO jobs (key, bundle, name, job_id, state, script, stdout, stderr,"
+                " scheduler, machine_path, submitted_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, state = excluded.state,"
+                " reason = '', script = excluded.script, stdout = excluded.stdout, stderr = excluded.stderr,"
+                " updated_at = excluded.updated_at",
                 [(job.key, job.bundle, job.name, IN_DOUBT, JobState.SUBMITTED.value, job.script,
                   job.stdout, job.stderr, scheduler, machine_path, now, now) for job in jobs],
             )  # fmt: skip
@@ -149,7 +169,114 @@ class Journal:
 
     def in_doubt(self) -> list[JobRow]:
         """Jobs whose submission was interrupted, with the scheduler that was asked."""
-        return self._rows("job_id = ?", (IN_DOUBT,))
+        return self._rows(_IN_DOUBT, ())
+
+    # ---- the agent's queue -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        bundle: str,
+        body: bytes,
+        jobs: Sequence[tuple[TrackedJob, int]],
+        *,
+        scheduler: str,
+        machine_path: str,
+    ) -> None:
+        """Keep a submit request (`body`) and queue its jobs not seen before, each with the tasks it
+        counts for. Jobs already known (a retried request) are left as they are. No event: a job that
+        goes to the scheduler at once is seen SUBMITTED first; one that waits gets its QUEUED event
+        from `hold`."""
+        now = time.time()
+        with self._writing():
+            request = self.db.execute(
+                "INSERT INTO requests (bundle, body, created) VALUES (?,?,?)", (bundle, body, now)
+            ).lastrowid
+            queued = 0
+            for job, tasks in jobs:
+                queued += self.db.execute(
+                    "INSERT OR IGNORE INTO jobs (key, bundle, name, job_id, state, script, stdout,"
+                    " stderr, scheduler, machine_path, submitted_at, updated_at, request, tasks)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.key, job.bundle, job.name, IN_DOUBT, JobState.QUEUED.value, job.script,
+                     job.stdout, job.stderr, scheduler, machine_path, now, now, request, tasks),
+                ).rowcount  # fmt: skip
+            if not queued:
+                self.db.execute("DELETE FROM requests WHERE id = ?", (request,))
+
+    def hold(self, keys: Sequence[str], reason: str) -> list[Event]:
+        """These queued jobs still wait, for `reason`; a QUEUED event for each that starts waiting
+        (a new reason alone makes none). Jobs in any other state are left as they are."""
+        with self._writing():
+            waiting = 0
+            for key in keys:
+                if self.db.execute(
+                    "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED' AND reason = ''",
+                    (reason, key),
+                ).rowcount:
+                    self._record(key, JobStatus(job_id=IN_DOUBT, state=JobState.QUEUED, reason=reason))
+                    waiting += 1
+                else:
+                    self.db.execute(
+                        "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED'", (reason, key)
+                    )
+            events = self.events_since(self._last_seq, limit=waiting) if waiting else []
+        return self._committed(events)
+
+    def requeue(self, keys: Sequence[str], reason: str = "") -> list[Event]:
+        """These jobs are known not to be in the scheduler (refused for a limit, or proven absent):
+        each of a kept request waits in the queue again; one of an older journal is no longer tracked."""
+        with self._writing():
+            for key in keys:
+                if not self.db.execute(
+                    "UPDATE jobs SET state = 'QUEUED', reason = '' WHERE key = ? AND job_id = ''"
+                    " AND request IS NOT NULL AND request IN (SELECT id FROM requests)",
+                    (key,),
+                ).rowcount:
+                    self.db.execute("DELETE FROM jobs WHERE key = ? AND job_id = ''", (key,))
+        return self.hold(keys, reason) if reason else []
+
+    def drop_queued(self, keys: Sequence[str]) -> None:
+        """Forget these jobs if they still wait: their submission ended without them (a refusal)."""
+        with self._writing():
+            self.db.executemany(
+                "DELETE FROM jobs WHERE key = ? AND state = 'QUEUED'", [(key,) for key in keys]
+            )
+
+    def settle_unsubmitted(self, keys: Sequence[str], state: JobState, reason: str) -> list[Event]:
+        """Set the state of jobs that have no scheduler id (queued, or ended before submission)."""
+        with self._writing():
+            for key in keys:
+                self._record(key, JobStatus(job_id=IN_DOUBT, state=state, reason=reason))
+            events = self.events_since(self._last_seq, limit=len(keys)) if keys else []
+        return self._committed(events)
+
+    def queued_requests(self) -> list[tuple[int, bytes]]:
+        """The kept requests that still have queued jobs, oldest first: (id, body)."""
+        rows = self.db.execute(
+            "SELECT id, body FROM requests WHERE id IN (SELECT request FROM jobs WHERE state = 'QUEUED')"
+            " ORDER BY id"
+        )
+        return [(row["id"], row["body"]) for row in rows]
+
+    def drop_settled_requests(self) -> None:
+        """Forget kept requests none of whose jobs waits any more (or is in doubt: it may wait again)."""
+        with self._writing():
+            self.db.execute(
+                "DELETE FROM requests WHERE id NOT IN (SELECT request FROM jobs"
+                f" WHERE (state = 'QUEUED' OR ({_IN_DOUBT})) AND request IS NOT NULL)"
+            )
+
+    def queued(self) -> int:
+        """How many jobs wait in the agent's queue."""
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'QUEUED'").fetchone()[0])
+
+    def in_scheduler(self) -> dict[tuple[str, str], int]:
+        """Tasks the scheduler has (or may have: in doubt) and not finished, by (scheduler, machine path)."""
+        rows = self.db.execute(
+            f"SELECT scheduler, machine_path, SUM(tasks) FROM jobs WHERE {_IN_SCHEDULER}"
+            " GROUP BY scheduler, machine_path"
+        )
+        return {(row[0], row[1]): int(row[2]) for row in rows}
 
     # ---- watching ----------------------------------------------------------------------------
 
@@ -228,7 +355,7 @@ class Journal:
 
     def jobs(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[TrackedJob]:
         """Tracked jobs with these ids, or of this bundle (`NAME_DATE`, or `NAME` for all its dates)."""
-        query, parameters = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id != ?", [IN_DOUBT]
+        query, parameters = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE NOT ({_IN_DOUBT})", []
         if job_ids:
             query += f" AND job_id IN ({','.join('?' * len(job_ids))})"
             parameters += list(job_ids)

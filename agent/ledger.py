@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from milex.agent.journal import Journal
 from milex.agent.scheduler.base import Scheduler
-from milex.agent.submission import IN_DOUBT, SubmittedJob
+from milex.agent.submission import IN_DOUBT, NOT_RUN, SubmittedJob
 from milex.common.errors import MilexError
 from milex.common.model import Job, JobState
 from milex.common.protocol import SubmitBundle, TrackedJob
@@ -32,11 +32,16 @@ class JournalLedger:
 
     def known(self, job: Job) -> str | None:
         tracked = self.journal.find(self.key(job))
-        if tracked is None:
+        if tracked is None or tracked.state is JobState.QUEUED:
             return None
-        if not tracked.job_id:  # an earlier attempt was cut short: the submission looks it up
-            return IN_DOUBT
-        return tracked.job_id
+        if tracked.job_id:
+            return tracked.job_id
+        # No id: an earlier attempt was cut short (the submission looks it up), or it never ran.
+        return NOT_RUN if tracked.state.finished else IN_DOUBT
+
+    def ended(self, job: Job) -> JobState | None:
+        tracked = self.journal.find(self.key(job))
+        return tracked.state if tracked is not None and tracked.state.finished else None
 
     def comment(self, job: Job) -> str:
         return comment_of(self.key(job))
@@ -57,3 +62,15 @@ class JournalLedger:
 
     def refused(self, job: Job) -> None:
         self.journal.forget(self.key(job))
+
+    def held(self, jobs: Sequence[Job], reason: str) -> None:
+        self.journal.hold([self.key(job) for job in jobs], reason)
+
+    def requeued(self, jobs: Sequence[Job], reason: str) -> None:
+        self.journal.requeue([self.key(job) for job in jobs], reason)
+
+    def dropped(self, jobs: Sequence[Job]) -> None:
+        self.journal.drop_queued([self.key(job) for job in jobs])
+
+    def not_run(self, job: Job, reason: str) -> None:
+        self.journal.settle_unsubmitted([self.key(job)], JobState.CANCELLED, reason)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from milex.agent.state import Agent
 from milex.agent.submission import BundleSubmission
 from milex.common.errors import MilexError
+from milex.common.model import JobState
 from milex.common.protocol import SubmitBundle, SubmitProgress, Submitted
 
 # Progress is sent at least this often to a client that asked for it, even when nothing moved: a
@@ -81,4 +82,8 @@ class PendingSubmit:
             error = f"the agent failed during the submission: {failure!r}; its log has the traceback."
         self.agent.poller.nudge()
         jobs = [self.agent.journal.find(key) for key in self.request.keys.values()]
-        return Submitted(id=self.request.id, jobs=[job for job in jobs if job and job.job_id], error=error)
+        # Those the scheduler has, those in the agent's queue, and those settled without running.
+        known = [
+            job for job in jobs if job is not None and (job.job_id or job.state is not JobState.SUBMITTED)
+        ]
+        return Submitted(id=self.request.id, jobs=known, error=error)

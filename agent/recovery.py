@@ -108,6 +108,6 @@ def _apply(agent: Agent, groups: Groups, found: dict[str, str], *, conclusive: b
                 agent.journal.submitted(key, job_id)
                 log.info("submission %s in doubt was accepted as job %s", key, job_id)
             elif conclusive:
-                agent.journal.forget(key)
-                log.info("submission %s never reached %s; a retry will submit it", key, kind)
+                agent.journal.requeue([key])
+                log.info("submission %s never reached %s; it waits in the queue again", key, kind)
     agent.poller.nudge()

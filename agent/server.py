@@ -15,6 +15,7 @@ from typing import TypeVar
 import zmq
 
 from milex.agent.handlers import handle
+from milex.agent.job_queue import release
 from milex.agent.lifetime import Lifetime
 from milex.agent.logs import read_chunk
 from milex.agent.pending import PendingSubmit
@@ -30,6 +31,7 @@ from milex.common.protocol import (
     Message,
     ProtocolError,
     Request,
+    Submitted,
     decode_request,
     encode,
 )
@@ -69,7 +71,8 @@ class AgentServer:
         self.poll_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milex-poll")
         self.submit_workers = ThreadPoolExecutor(SUBMIT_WORKERS, thread_name_prefix="milex-submit")
         self.polling: Future[list[tuple[str, JobStatus]]] | None = None
-        self.submitting: list[tuple[Peer, PendingSubmit]] = []
+        # Submissions in progress, with the client that waits for each (None: a release of queued jobs).
+        self.submitting: list[tuple[Peer | None, PendingSubmit]] = []
         self.recovery = InDoubtRecovery(agent)
         self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.readiness = zmq.Poller()
@@ -82,7 +85,9 @@ class AgentServer:
             return
         for peer, pending in self.submitting:  # answer with what got submitted; start nothing more
             pending.stop("the agent was stopped during the submission; submit again for the rest.")
-            self.send(peer, self._guarded(pending.request, pending.wait))
+            reply = self._guarded(pending.request, pending.wait)
+            if peer is not None:
+                self.send(peer, reply)
         self.submitting.clear()
         self.poll_worker.shutdown(wait=True)
         self.submit_workers.shutdown(wait=True)
@@ -165,10 +170,24 @@ class AgentServer:
             reply = None if waiting else self._guarded(pending.request, pending.step)
             if reply is not None:
                 self.submitting.remove(entry)
-                self.send(peer, reply)
-            elif (progress := pending.progress()) is not None:
+                self._answer_submit(peer, reply)
+            elif peer is not None and (progress := pending.progress()) is not None:
                 self.send(peer, progress)
         self.recovery.step(owned)
+
+    def _answer_submit(self, peer: Peer | None, reply: Message) -> None:
+        """Send a submission's reply to its client; a release of queued jobs logs what went wrong."""
+        if peer is not None:
+            self.send(peer, reply)
+        elif isinstance(reply, Error) or (isinstance(reply, Submitted) and reply.error):
+            log.warning(
+                "releasing queued jobs: %s", reply.message if isinstance(reply, Error) else reply.error
+            )
+
+    def _release_queued(self) -> None:
+        """After a poll: submissions of queued jobs, where their scheduler has room."""
+        owned = {key for _, pending in self.submitting for key in pending.keys}
+        self.submitting.extend((None, pending) for pending in release(self.agent, owned))
 
     def _guarded(self, request: Request, work: Callable[[], T]) -> T | Error:
         """What `work` returns, or the error reply to `request` if it fails: the agent never dies of one."""
@@ -210,6 +229,7 @@ class AgentServer:
             poller.apply([])  # back off as if nothing changed
         finally:
             self.polling = None
+        self._release_queued()
 
     def _push_events(self) -> None:
         journal = self.agent.journal
@@ -255,7 +275,7 @@ class AgentServer:
         if self.submitting or agent.watches or agent.log_streams:  # unfinished jobs: reason_to_stop asks
             self.lifetime.busy()
         reason = self.lifetime.reason_to_stop(
-            lambda: bool(agent.journal.unfinished() or agent.journal.in_doubt())
+            lambda: bool(agent.journal.unfinished() or agent.journal.in_doubt() or agent.journal.queued())
         )
         if reason and not self.socket.poll(0, zmq.POLLIN):  # a request just in: answer it first
             log.info("stopping: %s", reason)

@@ -10,6 +10,7 @@ from milex.agent.controller import ControllerWatch
 from milex.agent.intervals import CONTROLLER_SETTLE, SUBMIT_RETRY
 from milex.agent.journal import Journal
 from milex.agent.poller import Poller
+from milex.agent.room import SchedulerRoom
 from milex.agent.scheduler.base import Scheduler
 from milex.agent.submission import Dispatch, run_inline
 from milex.common.model import MachineSettings
@@ -58,6 +59,8 @@ class Agent:
     controller: ControllerWatch = field(
         default_factory=lambda: ControllerWatch(settle=CONTROLLER_SETTLE, retry_for=SUBMIT_RETRY)
     )
+    # The room each scheduler group has for our jobs (see milex.agent.room), by scheduler_group.
+    rooms: dict[tuple[str, str], SchedulerRoom] = field(default_factory=dict)
 
     def scheduler_for(self, settings: MachineSettings) -> Scheduler:
         return self.schedulers(settings.scheduler, settings.path)

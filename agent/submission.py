@@ -25,15 +25,18 @@ import msgspec
 
 from milex.agent.controller import Backoff, ControllerWatch
 from milex.agent.scheduler.base import Scheduler
-from milex.common.errors import MilexError, SchedulerError, SchedulerUnavailable, SubmitError
-from milex.common.model import Bundle, Job, MachineSettings
+from milex.common.errors import LimitReached, MilexError, SchedulerError, SchedulerUnavailable, SubmitError
+from milex.common.model import Bundle, Job, JobState, MachineSettings, dependency_verdict
 from milex.common.render import log_paths, render_script, script_stem
+from milex.common.slurm_values import array_indices
 
 SchedulerCall = Callable[[], str]
 T = TypeVar("T")
 log = logging.getLogger("milex.agent")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
+# `known` of a job that ended without being submitted (cancelled while queued, or its dependency failed).
+NOT_RUN = "-"
 
 
 class Dispatch(Protocol):
@@ -56,7 +59,11 @@ class Ledger(Protocol):
     """Where submissions are remembered, so that a job is submitted at most once."""
 
     def known(self, job: Job) -> str | None:
-        """The id `job` already has (from an earlier attempt), None to submit it, or IN_DOUBT."""
+        """The id `job` already has (from an earlier attempt), None to submit it, IN_DOUBT or NOT_RUN."""
+        ...
+
+    def ended(self, job: Job) -> JobState | None:
+        """The final state of `job` if it has ended (run, or settled unsubmitted); None otherwise."""
         ...
 
     def comment(self, job: Job) -> str:
@@ -70,6 +77,42 @@ class Ledger(Protocol):
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None: ...
 
     def refused(self, job: Job) -> None: ...
+
+    def held(self, jobs: Sequence[Job], reason: str) -> None:
+        """These jobs, never begun, wait in the agent's queue, for `reason` (no room in the scheduler)."""
+        ...
+
+    def requeued(self, jobs: Sequence[Job], reason: str) -> None:
+        """These jobs are known not to be in the scheduler (refused for a limit, proven absent): they
+        wait in the agent's queue again, for `reason`."""
+        ...
+
+    def not_run(self, job: Job, reason: str) -> None:
+        """`job` will never be submitted: its dependencies can no longer be satisfied."""
+        ...
+
+    def dropped(self, jobs: Sequence[Job]) -> None:
+        """The submission stopped (a refusal, an error) before these jobs: they are not kept."""
+        ...
+
+
+class Room(Protocol):
+    """How many more tasks the scheduler may be given now; the agent's queue keeps the rest."""
+
+    held_by: str  # why there is no room, in words for the user
+
+    @property
+    def ready(self) -> bool:
+        """Whether the scheduler's limits are known (read once, on a worker): nothing goes until then."""
+        ...
+
+    def take(self, tasks: int) -> bool:
+        """Count `tasks` more in the scheduler if they fit; whether they did."""
+        ...
+
+    def refused(self, reason: str) -> None:
+        """The scheduler refused a job for a limit on the user's jobs (LimitReached): it is full."""
+        ...
 
 
 class NoLedger:
@@ -88,6 +131,21 @@ class NoLedger:
         pass
 
     def refused(self, job: Job) -> None:
+        pass
+
+    def ended(self, job: Job) -> JobState | None:
+        return None
+
+    def held(self, jobs: Sequence[Job], reason: str) -> None:
+        pass
+
+    def requeued(self, jobs: Sequence[Job], reason: str) -> None:
+        pass
+
+    def not_run(self, job: Job, reason: str) -> None:
+        pass
+
+    def dropped(self, jobs: Sequence[Job]) -> None:
         pass
 
 
@@ -111,6 +169,12 @@ class BundleSubmission:
     sent. The SubmitError names the jobs submitted and those not. A call without answer is looked up
     until the controller answers or `watch` gives up; giving up (or any other scheduler error) ends
     the submission the same way.
+
+    With a `room` (the agent's queue), a job goes only while the scheduler has room for its tasks:
+    once it has none, or refuses a job for a limit on the user's jobs (LimitReached), the submission
+    is done and the jobs not submitted wait in the queue (the ledger holds them), to go with a later
+    submission of the same bundle. A job whose dependency has already ended is submitted without it
+    if the ending satisfies it, and settled as never run if it cannot (`dependency_verdict`).
     """
 
     def __init__(
@@ -123,6 +187,7 @@ class BundleSubmission:
         dispatch: Dispatch = run_inline,
         in_flight: int = 1,
         watch: ControllerWatch | None = None,
+        room: Room | None = None,
     ) -> None:
         self.bundle, self.settings, self.scheduler = bundle, settings, scheduler
         self.ledger = ledger or NoLedger()
@@ -148,12 +213,25 @@ class BundleSubmission:
         self._ready = deque(job for job in self.ordered if not job.dependencies)
         self._kinds = {job.name: job_kind(job) for job in self.ordered}
         self._accepted_kinds: set[bytes] = set()
+        self.room = room
+        self.held = False  # no room left: the rest waits in the queue
+        self._tasks = {job.name: job_tasks(job) for job in self.ordered}
+        self._ended: dict[str, JobState] = {}  # jobs of this submission settled unsubmitted
+        self._closed = False
 
     @property
     def done(self) -> bool:
         if self.running or self._looking is not None:
             return False
-        return self.failure is not None or len(self.submitted) == len(self.ordered)
+        if self.failure is not None or (self.held and not self.in_doubt):
+            return True
+        return len(self.submitted) == len(self.ordered)
+
+    @property
+    def waiting(self) -> list[Job]:
+        """The jobs neither submitted, in doubt, settled nor in flight: those the queue keeps."""
+        busy = {job.name for job, _ in self.running.values()} | set(self.in_doubt) | set(self.submitted)
+        return [job for job in self.ordered if job.name not in busy]
 
     @property
     def waiting_for_controller(self) -> bool:
@@ -166,7 +244,19 @@ class BundleSubmission:
             self._collect()
             self._resolve()
             if self.failure is not None or self.in_doubt or not self._start_ready():
-                return self.done
+                return self._close() if self.done else False
+
+    def _close(self) -> bool:
+        """Once done: a stopped submission does not keep the jobs it never began; a held one queues them."""
+        if not self._closed:
+            self._closed = True
+            left = self.waiting
+            if self.failure is not None:
+                self.ledger.dropped(left)
+            elif left and self.room is not None:
+                self.ledger.requeued([job for job in left if job.name in self._absent], self.room.held_by)
+                self.ledger.held(left, self.room.held_by)
+        return True
 
     def stop(self, reason: str) -> None:
         """Start no more jobs; the calls in flight still finish and are recorded."""
@@ -202,32 +292,13 @@ class BundleSubmission:
             if isinstance(self.failure, MilexError):
                 raise type(self.failure)(f"{self.failure}\n{self._summary()}")
             raise self.failure
-        return [self.submitted[job.name] for job in self.ordered]
+        return [s for job in self.ordered if (s := self.submitted.get(job.name)) is not None and s.job_id]
 
     def _start_ready(self) -> bool:
         """Start as many ready jobs as may be in flight; whether anything changed."""
-        batch: list[tuple[Job, SubmittedJob]] = []
-        changed = False
-        while self._ready and len(self.running) + len(batch) < self.in_flight and not self._trying_a_kind():
-            job = self._ready[0]
-            new_kind = self._kinds[job.name] not in self._accepted_kinds
-            if new_kind and (self.running or batch):
-                break  # it goes alone, once the calls before it are answered
-            self._ready.popleft()
-            changed = True
-            planned = self._planned(job)
-            job_id = None if job.name in self._absent else self.ledger.known(job)
-            if job_id is None:
-                batch.append((job, planned))
-                if new_kind:
-                    break
-            elif job_id == IN_DOUBT:  # an earlier attempt never learnt whether it was accepted
-                self.in_doubt[job.name] = (job, planned, self.ledger.comment(job))
-                self._backoff.next_at = self.watch.clock()
-            else:  # an earlier attempt got it submitted
-                planned.job_id = job_id
-                self._accepted_kinds.add(self._kinds[job.name])
-                self._release(job, planned)
+        if self.room is not None and not self.room.ready:
+            return False  # the scheduler's limits are being read: the loop is woken when they are
+        changed, batch = self._take_ready()
         if batch:
             texts = [
                 render_script(job, self.settings, script_stem(self.bundle.stem, job.name)) for job, _ in batch
@@ -242,12 +313,81 @@ class BundleSubmission:
                 self._keep_script(job, planned, text)
         return changed and not self.in_doubt
 
+    def _take_ready(self) -> tuple[bool, list[tuple[Job, SubmittedJob]]]:
+        """Settle the ready jobs an earlier attempt has seen; the next batch to submit (whether any
+        job was taken off the ready list, and the batch)."""
+        batch: list[tuple[Job, SubmittedJob]] = []
+        changed = False
+        while (
+            self._ready
+            and len(self.running) + len(batch) < self.in_flight
+            and not self.held
+            and not self._trying_a_kind()
+        ):
+            job = self._ready[0]
+            new_kind = self._kinds[job.name] not in self._accepted_kinds
+            if new_kind and (self.running or batch):
+                break  # it goes alone, once the calls before it are answered
+            self._ready.popleft()
+            changed = True
+            planned = self._planned(job)
+            job_id = None if job.name in self._absent else self.ledger.known(job)
+            if job_id is not None:
+                self._settle_known(job, planned, job_id)
+            elif not self._may_run(job, planned):
+                continue
+            elif self.room is not None and not self.room.take(self._tasks[job.name]):
+                self._ready.appendleft(job)
+                self.held = True
+            else:
+                batch.append((job, planned))
+                if new_kind:
+                    break
+        return changed, batch
+
+    def _settle_known(self, job: Job, planned: SubmittedJob, job_id: str) -> None:
+        """A job an earlier attempt has seen: submitted, in doubt, or ended without running."""
+        if job_id == IN_DOUBT:  # that attempt never learnt whether it was accepted
+            self.in_doubt[job.name] = (job, planned, self.ledger.comment(job))
+            self._backoff.next_at = self.watch.clock()
+            return
+        if job_id == NOT_RUN:
+            self._ended[job.name] = self.ledger.ended(job) or JobState.CANCELLED
+        else:
+            planned.job_id = job_id
+            self._accepted_kinds.add(self._kinds[job.name])
+        self._release(job, planned)
+
     def _trying_a_kind(self) -> bool:
         """Whether a job of a kind not accepted yet is out: nothing else starts until it is answered."""
         return any(self._kinds[job.name] not in self._accepted_kinds for job, _ in self.running.values())
 
+    def _may_run(self, job: Job, planned: SubmittedJob) -> bool:
+        """Whether `job` may still run, given how its dependencies that have already ended ended; one
+        that cannot is settled as never run (`ledger.not_run`), as SLURM would leave it pending forever."""
+        for dependency in job.dependencies:
+            state = self._ended.get(dependency) or self.ledger.ended(self.bundle.jobs[dependency])
+            if state is not None and dependency_verdict(job.slurm.dependency_type, [state]) is False:
+                reason = (
+                    f"never run: its dependency {dependency!r} ended {state.value}, and it runs "
+                    f"{job.slurm.dependency_type}"
+                )
+                self.ledger.not_run(job, reason)
+                self._ended[job.name] = JobState.CANCELLED
+                self._release(job, planned)
+                return False
+        return True
+
+    def _after(self, job: Job) -> list[str]:
+        """The ids `job` waits for: its dependencies, but those that have ended in a way it accepts."""
+        return [
+            self.submitted[dependency].job_id
+            for dependency in job.dependencies
+            if (self._ended.get(dependency) or self.ledger.ended(self.bundle.jobs[dependency])) is None
+        ]
+
     def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
-        after = [self.submitted[dependency].job_id for dependency in job.dependencies]
+        after = self._after(job)
         return lambda: self.scheduler.submit(
             Path(planned.script),
             text=text,
@@ -264,6 +404,11 @@ class BundleSubmission:
                 planned.job_id = future.result()
             except SubmitError as refusal:
                 self.watch.answered()
+                if isinstance(refusal, LimitReached) and self.room is not None:  # it goes in later
+                    self.room.refused(str(refusal))
+                    self.ledger.requeued([job], self.room.held_by)
+                    self.held = True
+                    continue
                 self.ledger.refused(job)
                 if self._refused is None:
                     self._refused = (job, str(refusal))
@@ -348,10 +493,7 @@ class BundleSubmission:
                 self._ready.append(dependent)
 
     def _planned(self, job: Job) -> SubmittedJob:
-        stem = script_stem(self.bundle.stem, job.name)
-        script = Path(self.settings.path) / "slurm" / f"{stem}.sh"
-        stdout, stderr = log_paths(job, self.settings, stem)
-        return SubmittedJob(name=job.name, job_id="", script=str(script), stdout=stdout, stderr=stderr)
+        return planned_files(self.bundle.stem, job, self.settings)
 
     def _keep_script(self, job: Job, planned: SubmittedJob, text: str) -> None:
         """Write the script under `slurm/`, in place: neither renamed nor fsynced, since the journal,
@@ -396,6 +538,19 @@ class BundleSubmission:
 def job_kind(job: Job) -> bytes:
     """What SLURM judges a job's acceptance by: its options, whatever its name."""
     return msgspec.json.encode(msgspec.structs.replace(job.slurm, job_name=None, dependency_type="afterok"))
+
+
+def planned_files(bundle_stem: str, job: Job, settings: MachineSettings) -> SubmittedJob:
+    """Where a job's script is kept and its logs go (its id not known yet)."""
+    stem = script_stem(bundle_stem, job.name)
+    script = Path(settings.path) / "slurm" / f"{stem}.sh"
+    stdout, stderr = log_paths(job, settings, stem)
+    return SubmittedJob(name=job.name, job_id="", script=str(script), stdout=stdout, stderr=stderr)
+
+
+def job_tasks(job: Job) -> int:
+    """What a job counts toward a limit on the user's jobs: each task of an array is one."""
+    return len(array_indices(job.slurm.array)[0]) if job.slurm.array else 1
 
 
 def submit_bundle(

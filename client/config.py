@@ -17,7 +17,7 @@ DEFAULT_MACHINE = "local"
 SCHEDULERS = ("slurm", "local")
 REQUIRED_KEYS = ("path", "env_command", "slurm_account")
 REMOTE_KEYS = ("username", "key_path")
-KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, "port")
+KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, "port", "max_submitted")
 
 
 class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -32,6 +32,9 @@ class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
     username: str | None = None
     key_path: str | None = None
     port: int | None = None
+    # Jobs the agent keeps in SLURM at once (array tasks each), where the site asks for fewer than
+    # its limits allow; the rest of a bundle waits in the agent's queue.
+    max_submitted: int | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -46,6 +49,7 @@ class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
             env_command=self.env_command,
             slurm_account=self.slurm_account,
             scheduler="local" if self.scheduler == "local" else "slurm",
+            max_submitted=self.max_submitted,
         )
 
 
@@ -134,15 +138,22 @@ def _machine(name: str, raw: Any, source: Path) -> Machine:
         machine = msgspec.convert({**raw, "name": name}, Machine)
     except msgspec.ValidationError as error:
         raise ConfigError(f"{where}: {error}.") from None
+    _check_values(machine, where)
+    if not machine.is_remote:
+        machine.path = os.path.expanduser(machine.path)
+    return machine
+
+
+def _check_values(machine: Machine, where: str) -> None:
+    """ConfigError naming the first key whose value is of the right type but cannot be used."""
     if machine.scheduler not in SCHEDULERS:
         raise ConfigError(
             f"{where}: key 'scheduler' is {machine.scheduler!r}; use one of {', '.join(SCHEDULERS)}."
         )
+    if machine.max_submitted is not None and machine.max_submitted < 1:
+        raise ConfigError(f"{where}: key 'max_submitted' must be at least 1, not {machine.max_submitted}.")
     if not machine.path.startswith(("/", "~")):
         raise ConfigError(f"{where}: key 'path' must be an absolute path, not {machine.path!r}.")
-    if not machine.is_remote:
-        machine.path = os.path.expanduser(machine.path)
-    return machine
 
 
 def _ssh_config_knows(hostname: str) -> bool:

@@ -29,6 +29,11 @@ class SubmitError(MilexError):
     """The scheduler refused a job; carries the scheduler's own message."""
 
 
+class LimitReached(SubmitError):
+    """The scheduler refused a job only because the user has as many jobs as one of its limits allows:
+    the same job goes in once some end. The message says which limit, in words for the user."""
+
+
 class SchedulerError(MilexError):
     """A scheduler command (sbatch, squeue, ...) could not be run or failed."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
 import msgspec
@@ -133,6 +134,9 @@ class MachineSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     env_command: str = ""
     slurm_account: str = ""
     scheduler: Literal["slurm", "local"] = "slurm"
+    # Jobs (array tasks each) the agent keeps in the scheduler at once for this user, below the
+    # cluster's own limits; None: only the cluster's. The rest wait in the agent's queue.
+    max_submitted: int | None = None
 
 
 class MachineOverrides(TypedDict, total=False):
@@ -160,6 +164,7 @@ def machine_overrides(
 class JobState(str, enum.Enum):
     """Where a job is in its life; SLURM's own state strings map here in one place."""
 
+    QUEUED = "QUEUED"  # in the agent's own queue: not given to the scheduler yet
     SUBMITTED = "SUBMITTED"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -252,3 +257,22 @@ class JobStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
         changed = (self.state, self.exit_code) != (other.state, other.exit_code)
         self.state, self.exit_code, self.reason = other.state, other.exit_code, other.reason
         return changed
+
+
+def dependency_verdict(kind: str, states: Sequence[JobState]) -> bool | None:
+    """Whether a job with dependencies of `kind` on jobs in `states` may start; None to wait (as SLURM
+    decides: the local scheduler waits by it, the agent's queue settles a queued job by it)."""
+    finished = all(state.finished for state in states)
+    succeeded = all(state is JobState.COMPLETED for state in states)
+    if kind == "after":
+        started = all(state.finished or state is JobState.RUNNING for state in states)
+        return True if started else None
+    if kind == "afterany":
+        return True if finished else None
+    if kind == "afternotok":
+        # As SLURM: every dependency must have ended in a failed state.
+        return all(state is not JobState.COMPLETED for state in states) if finished else None
+    # afterok; aftercorr is taken for whole arrays (every task of the dependency must succeed).
+    if any(state.finished and state is not JobState.COMPLETED for state in states):
+        return False
+    return True if succeeded else None

@@ -6,7 +6,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
 from milex.common.model import JobStatus
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """What the cluster lets this user have at once, as far as the agent could learn it."""
+
+    # Jobs pending and running at once (each array task counts); None: no cap known.
+    max_submitted: int | None = None
+    max_array_size: int | None = None  # MaxArraySize: array indices must be below this
+    held_by: str = ""  # the limit that sets max_submitted, in words for the user
 
 
 class Scheduler(Protocol):
@@ -45,4 +56,8 @@ class Scheduler(Protocol):
 
         How a submission interrupted by a crash is found again before anything is resubmitted.
         """
+        ...
+
+    def limits(self, account: str, qos: str | None) -> Limits:
+        """The limits on a job of this account ('' = the user's default) and QOS (None: the default)."""
         ...

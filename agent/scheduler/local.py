@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from milex.agent.scheduler.base import Limits
 from milex.agent.scheduler.local_store import (
     RUNNER_LOCK,
     RUNNER_LOG,
@@ -92,6 +93,10 @@ class LocalScheduler:
             if spec.comment in wanted:
                 found[spec.comment] = spec.job_id
         return found
+
+    def limits(self, account: str, qos: str | None) -> Limits:
+        """None: a machine without SLURM takes every job (its runner starts them as it can)."""
+        return Limits()
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         unknown = [job_id for job_id in job_ids if not self._cancel_one(job_id)]

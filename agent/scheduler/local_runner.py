@@ -29,7 +29,7 @@ from milex.agent.scheduler.local_store import (
     read_status,
     write_record,
 )
-from milex.common.model import JobState
+from milex.common.model import JobState, dependency_verdict
 from milex.common.slurm_values import array_indices
 
 # SLURM's filename patterns (with an optional zero-padding width, as in `%3a`).
@@ -99,24 +99,6 @@ def wait_for_dependencies(spec: LocalJobSpec, state_dir: Path) -> bool:
             return verdict
         time.sleep(delay)
         delay = min(delay * 1.5, _POLL_MAX)
-
-
-def dependency_verdict(kind: str, states: Sequence[JobState]) -> bool | None:
-    """Whether a job with dependencies of `kind` on jobs in `states` may start; None to wait."""
-    finished = all(state.finished for state in states)
-    succeeded = all(state is JobState.COMPLETED for state in states)
-    if kind == "after":
-        started = all(state.finished or state is JobState.RUNNING for state in states)
-        return True if started else None
-    if kind == "afterany":
-        return True if finished else None
-    if kind == "afternotok":
-        # As SLURM: every dependency must have ended in a failed state.
-        return all(state is not JobState.COMPLETED for state in states) if finished else None
-    # afterok; aftercorr is taken for whole arrays (every task of the dependency must succeed).
-    if any(state.finished and state is not JobState.COMPLETED for state in states):
-        return False
-    return True if succeeded else None
 
 
 def run_tasks(spec: LocalJobSpec, script: Path) -> int:

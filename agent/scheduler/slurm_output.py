@@ -21,7 +21,7 @@ from milex.common.model import JobState, JobStatus
 SIGNAL_BASE = 128  # a shell reports a process killed by signal N as exiting with 128 + N
 _NO_EXIT_CODE = frozenset({JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED, JobState.NODE_FAIL})
 # Before any final state: a job with one task still active (or not understood) is not over.
-_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING, JobState.SUBMITTED, JobState.UNKNOWN)
+_ACTIVE_ORDER = (JobState.RUNNING, JobState.PENDING, JobState.SUBMITTED, JobState.QUEUED, JobState.UNKNOWN)
 # Final states, worst first: the job's own failures (what its user can act on) before SLURM's ends.
 _WORST_FIRST = (
     JobState.OUT_OF_MEMORY,

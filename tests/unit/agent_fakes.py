@@ -11,8 +11,9 @@ from pathlib import Path
 from milex.agent.controller import ControllerWatch
 from milex.agent.journal import Journal
 from milex.agent.poller import Poller
+from milex.agent.scheduler.base import Limits
 from milex.agent.state import Agent
-from milex.common.errors import SchedulerUnavailable, SubmitError
+from milex.common.errors import LimitReached, SchedulerUnavailable, SubmitError
 from milex.common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
 from milex.common.protocol import SubmitBundle
 
@@ -85,6 +86,8 @@ class FakeScheduler:
     accepted_silently: set[str] = field(default_factory=set)
     queued: set[str] = field(default_factory=set)
     waiting: list[SubmitCall] = field(default_factory=list)  # queued calls not yet accepted
+    max_submitted: int | None = None  # the limit `limits` reports
+    limit: int | None = None  # the limit it enforces: unfinished tasks beyond it are refused (LimitReached)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(self.first_id)
@@ -109,6 +112,8 @@ class FakeScheduler:
         if call.job in self.broken:
             raise self.broken[call.job]
         self._answer()
+        if self.limit is not None and self.in_queue >= self.limit:
+            raise LimitReached(f"sbatch refused {call.job}: job submit limit (fake, {self.limit})")
         if call.job in self.queued:
             self.queued.discard(call.job)
             self.waiting.append(call)
@@ -133,6 +138,10 @@ class FakeScheduler:
             if job_id in self.jobs and not self.jobs[job_id].state.finished:
                 self.set_state(job_id, JobState.CANCELLED)
 
+    def limits(self, account: str, qos: str | None) -> Limits:
+        self._fail("limits")
+        return Limits(max_submitted=self.max_submitted, held_by=f"MaxSubmitJobs={self.max_submitted} (fake)")
+
     def lookup(self, comments: Sequence[str]) -> dict[str, str]:
         self._fail("lookup")
         self._answer()
@@ -155,6 +164,11 @@ class FakeScheduler:
 
     def set_state(self, job_id: str, state: JobState, exit_code: int | None = None, reason: str = "") -> None:
         self.jobs[job_id] = JobStatus(job_id=job_id, state=state, exit_code=exit_code, reason=reason)
+
+    @property
+    def in_queue(self) -> int:
+        """Jobs the fake has that have not finished (each counts one, arrays too)."""
+        return sum(1 for status in self.jobs.values() if not status.state.finished)
 
     @property
     def submitted(self) -> list[tuple[str, str]]:

@@ -205,7 +205,7 @@ def test_a_bundle_with_a_dependency_cycle_submits_nothing(agent, fake, settings)
 # ---- crashes mid-submission ----------------------------------------------------------------------
 
 
-def test_recovery_adopts_what_the_scheduler_got_and_forgets_what_it_did_not(agent, fake, settings):
+def test_recovery_adopts_what_the_scheduler_got_and_queues_again_what_it_did_not(agent, fake, settings):
     got = submit_request(chain_bundle("got"), settings)
     lost = submit_request(chain_bundle("lost"), settings)
     fake.crash_after = {"b"}  # sbatch accepted got's b, then the agent died before the journal write
@@ -229,7 +229,7 @@ def test_recovery_adopts_what_the_scheduler_got_and_forgets_what_it_did_not(agen
     ]
     assert agent.journal.in_doubt() == []
     assert agent.journal.find("got_20240101000000/b").job_id == got_b
-    assert agent.journal.find("lost_20240101000000/b") is None
+    assert agent.journal.find("lost_20240101000000/b").state is JobState.QUEUED  # its request is kept
     assert agent.poller.due_in() == 0
 
     calls = len(fake.calls)

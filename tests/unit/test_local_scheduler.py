@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 
 from milex.agent.scheduler.local import LocalScheduler, parse_header
-from milex.agent.scheduler.local_runner import (
-    dependency_verdict,
-    expand_pattern,
-)
+from milex.agent.scheduler.local_runner import expand_pattern
 from milex.agent.scheduler.local_store import VANISHED, LocalJobSpec, read_record, runner_alive
 from milex.common.errors import SchedulerError, SubmitError
-from milex.common.model import JobState, JobStatus
+from milex.common.model import JobState, JobStatus, dependency_verdict
 from tests.unit.agent_fakes import wait_until as wait_for
 
 DEADLINE = 10.0

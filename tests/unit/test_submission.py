@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.submission import BundleSubmission, SubmittedJob, run_inline, submit_bundle
+from milex.agent.submission import BundleSubmission, NoLedger, SubmittedJob, run_inline, submit_bundle
 from milex.common.errors import SubmitError
 from milex.common.model import Bundle, Job, MachineSettings, SlurmOptions
 from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, wait_until
@@ -47,7 +47,7 @@ class GatedScheduler:
             return self.fake.submit(script, **options)  # type: ignore[arg-type]
 
 
-class CountingLedger:
+class CountingLedger(NoLedger):
     """A ledger that submits everything and remembers how it was called."""
 
     def __init__(self) -> None:

@@ -1,0 +1,94 @@
+"""The agent's own job queue: jobs kept in the journal until their scheduler has room for them.
+
+A submit request is kept whole in the journal and its jobs are QUEUED before any goes to the
+scheduler; its submission gives the scheduler what fits in the room (`milex.agent.room`), and the
+rest waits. After each poll (no query of its own), the queue counts from the journal what each
+scheduler has of ours, and releases waiting jobs, in dependency order, by a new submission of their
+request, at most `RELEASE_PER_POLL` per scheduler and poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+
+import msgspec
+
+from milex.agent.ledger import JournalLedger
+from milex.agent.pending import PendingSubmit
+from milex.agent.room import QUEUED_REASON, RequestRoom, SchedulerRoom
+from milex.agent.scheduler import scheduler_group
+from milex.agent.state import Agent
+from milex.agent.submission import BundleSubmission, job_tasks, planned_files
+from milex.common.model import JobState, MachineSettings
+from milex.common.protocol import SubmitBundle, TrackedJob, encode
+
+
+def enqueue(agent: Agent, request: SubmitBundle) -> None:
+    """Keep `request` and queue its jobs not seen before (a retry's known jobs stay as they are)."""
+    bundle, settings = request.bundle, request.settings
+    jobs = []
+    for job in bundle.ordered_jobs():
+        files = planned_files(bundle.stem, job, settings)
+        tracked = TrackedJob(key=request.keys[job.name], bundle=bundle.stem, name=job.name, job_id="",
+                             state=JobState.QUEUED, reason=QUEUED_REASON, script=files.script,
+                             stdout=files.stdout, stderr=files.stderr)  # fmt: skip
+        jobs.append((tracked, job_tasks(job)))
+    body = encode(msgspec.structs.replace(request, progress=False))
+    agent.journal.enqueue(bundle.stem, body, jobs, scheduler=settings.scheduler, machine_path=settings.path)
+
+
+def room_for(agent: Agent, settings: MachineSettings) -> RequestRoom:
+    """The room a request with these settings submits into (its scheduler's limits read when due)."""
+    group = scheduler_group(settings.scheduler, settings.path)
+    room = agent.rooms.get(group)
+    if room is None:
+        room = agent.rooms[group] = SchedulerRoom(clock=agent.controller.clock)
+        room.used = _used(agent).get(group, 0)
+    scheduler = agent.scheduler_for(settings)
+    room.read_when_due(lambda: agent.dispatch(lambda: scheduler.limits(settings.slurm_account, None)))
+    return RequestRoom(room, settings.max_submitted)
+
+
+def release(agent: Agent, busy: AbstractSet[str]) -> Iterator[PendingSubmit]:
+    """After a poll: count what each scheduler has of ours, and a submission for each request with
+    queued jobs whose scheduler has room (none for a request whose keys a submission in progress owns)."""
+    used = _used(agent)
+    for group, scheduler_room in agent.rooms.items():
+        scheduler_room.counted(used.get(group, 0))
+    requests = agent.journal.queued_requests()
+    for _, body in requests:
+        request = msgspec.msgpack.decode(body, type=SubmitBundle)
+        if not busy.isdisjoint(request.keys.values()):
+            continue
+        room = room_for(agent, request.settings)
+        if room.ready and room.room.closed():
+            continue
+        yield submission_of(agent, request, room)
+    if requests:
+        agent.journal.drop_settled_requests()
+
+
+def submission_of(agent: Agent, request: SubmitBundle, room: RequestRoom) -> PendingSubmit:
+    """The submission of `request`'s jobs that are not submitted yet, into `room`."""
+    scheduler = agent.scheduler_for(request.settings)
+    submission = BundleSubmission(
+        request.bundle,
+        request.settings,
+        scheduler,
+        JournalLedger(agent.journal, request, scheduler),
+        dispatch=agent.dispatch,
+        in_flight=scheduler.parallel_submissions,
+        watch=agent.controller,
+        room=room,
+    )
+    return PendingSubmit(agent, request, submission)
+
+
+def _used(agent: Agent) -> dict[tuple[str, str], int]:
+    """Tasks each scheduler group has of ours (or may have: in doubt), from the journal."""
+    used: dict[tuple[str, str], int] = {}
+    for (kind, machine_path), tasks in agent.journal.in_scheduler().items():
+        group = scheduler_group(kind, machine_path)
+        used[group] = used.get(group, 0) + tasks
+    return used
