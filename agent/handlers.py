@@ -13,6 +13,7 @@ from milex.agent.logs import LogNotFound, log_path, read_chunk
 from milex.agent.pending import PendingSubmit
 from milex.agent.scheduler import scheduler_group
 from milex.agent.state import Agent, LogStream, Peer, WatchStream
+from milex.common.model import JobState
 from milex.common.protocol import (
     AGENT_FEATURES,
     Ack,
@@ -91,7 +92,11 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
     if not jobs:
         what = request.bundle or ", ".join(request.job_ids) or "nothing"
         return Error(id=request.id, code="not_found", message=f"no tracked job matches {what}.")
-    unfinished = {job.job_id: job for job in jobs if not job.state.finished}
+    # Queued jobs end here: none of them reaches the scheduler (a submission in progress asks the
+    # journal about each job before it starts it).
+    queued = [job.key for job in jobs if job.state is JobState.QUEUED]
+    agent.journal.settle_unsubmitted(queued, JobState.CANCELLED, "cancelled before it was submitted")
+    unfinished = {job.job_id: job for job in jobs if job.job_id and not job.state.finished}
     by_scheduler: dict[tuple[str, str], list[str]] = {}
     for job, kind, machine_path in agent.journal.unfinished():
         if job.job_id in unfinished:
@@ -99,7 +104,7 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
     for (kind, machine_path), job_ids in by_scheduler.items():
         agent.schedulers(kind, machine_path).cancel(job_ids)
     agent.poller.nudge()
-    return Cancelled(id=request.id, job_ids=sorted(unfinished))
+    return Cancelled(id=request.id, job_ids=sorted(unfinished), queued=len(queued))
 
 
 def status(agent: Agent, request: Status) -> StatusReply:

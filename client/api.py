@@ -12,7 +12,7 @@ import msgspec
 
 from milex.common.errors import BundleError, InvalidValue, SubmitError
 from milex.common.model import Bundle, Job, JobStatus, MachineOverrides, MachineSettings, SlurmOptions
-from milex.common.protocol import SubmitProgress, TrackedJob
+from milex.common.protocol import StatusReply, SubmitProgress, TrackedJob
 from milex.common.slurm_values import validate_name
 from milex.config import Config, Machine, load_config
 from milex.records import (
@@ -20,6 +20,7 @@ from milex.records import (
     SubmittedJobRecord,
     append_job,
     claim_bundle,
+    job_key,
     load_bundle,
     new_run_id,
     now_stamp,
@@ -30,6 +31,8 @@ from milex.records import (
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from milex.submitters import AgentSubmitter
 
 MACHINE_OVERRIDES = tuple(MachineOverrides.__annotations__)
 
@@ -209,6 +212,7 @@ def submit_bundle(
 
     def record(job: TrackedJob) -> None:
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+        submission.jobs[job.name].take(job)  # QUEUED, for a job that waits in the agent's queue
 
     try:
         submitter_for(machine).submit(
@@ -252,8 +256,8 @@ def refresh(submission: Submission, *, config: Config | None = None) -> dict[str
     from milex.submitters import submitter_for
 
     config = config or load_config()
-    submitter = submitter_for(config.machine(submission.machine))
-    return _record_states(submission, submitter.tracked(_job_ids(submission)).jobs, config)
+    reply = _ask(submitter_for(config.machine(submission.machine)), submission)
+    return _record_states(submission, _tracked_by_name(submission, reply.jobs), config)
 
 
 def wait(
@@ -263,24 +267,27 @@ def wait(
     config: Config | None = None,
     on_change: Callable[[dict[str, JobStatus]], None] | None = None,
 ) -> dict[str, JobStatus]:
-    """Follow the agent's events until every job of `submission` has finished; TimeoutError after
-    `timeout` seconds. `on_change` sees the states each time one changes."""
+    """Follow the agent's events until every job of `submission` has finished (jobs in the agent's
+    queue are unfinished); TimeoutError after `timeout` seconds. `on_change` sees the states each
+    time one changes."""
     from milex.submitters import submitter_for
     from milex.watch import follow_events
 
     config = config or load_config()
     machine = config.machine(submission.machine)
-    reply = submitter_for(machine).tracked(_job_ids(submission))
-    tracked = {job.job_id: job for job in reply.jobs}
-    states = _record_states(submission, list(tracked.values()), config)
+    reply = _ask(submitter_for(machine), submission)
+    tracked = _tracked_by_name(submission, reply.jobs)
+    names = {job.key: name for name, job in tracked.items()}
+    states = _record_states(submission, tracked, config)
     deadline = None if timeout is None else time.monotonic() + timeout
     for event in follow_events(machine, reply.last_seq, heartbeat=1.0):
         if all(status.state.finished for status in states.values()):
             break
-        if event is not None and event.job_id in tracked:
-            job = tracked[event.job_id]
+        if event is not None and event.key in names:
+            job = tracked[names[event.key]]
             job.take(event)
-            states = _record_states(submission, list(tracked.values()), config)
+            job.job_id = job.job_id or event.job_id  # a queued job's id comes with its submission
+            states = _record_states(submission, tracked, config)
             if on_change:
                 on_change(states)
         if deadline is not None and time.monotonic() > deadline:
@@ -289,17 +296,32 @@ def wait(
     return states
 
 
-def _job_ids(submission: Submission) -> list[str]:
-    return [job.job_id for job in submission.jobs.values()]
+def _ask(submitter: AgentSubmitter, submission: Submission) -> StatusReply:
+    """The agent's jobs of `submission`'s bundle (by id, for a record older than run ids)."""
+    if submission.run_id:
+        return submitter.tracked(bundle=submission.bundle)
+    return submitter.tracked([job.job_id for job in submission.jobs.values()])
 
 
-def _record_states(submission: Submission, tracked: list[TrackedJob], config: Config) -> dict[str, JobStatus]:
+def _tracked_by_name(submission: Submission, jobs: list[TrackedJob]) -> dict[str, TrackedJob]:
+    """The agent's view of each job of `submission`: found by its key (queued jobs have no id yet),
+    or by its id in a record older than run ids."""
+    if submission.run_id:
+        keys = {job_key(submission.bundle, name, submission.run_id): name for name in submission.jobs}
+        return {keys[job.key]: job for job in jobs if job.key in keys}
+    names = {record.job_id: name for name, record in submission.jobs.items()}
+    return {names[job.job_id]: job for job in jobs if job.job_id in names}
+
+
+def _record_states(
+    submission: Submission, tracked: dict[str, TrackedJob], config: Config
+) -> dict[str, JobStatus]:
     """Copy the agent's view of the jobs into the submission and its local record."""
-    by_id = {job.job_id: job for job in tracked}
     states = {}
     for name, record in submission.jobs.items():
-        if record.job_id in by_id:
-            record.take(by_id[record.job_id])
+        if name in tracked:
+            record.take(tracked[name])
+            record.job_id = record.job_id or tracked[name].job_id
         states[name] = record.status()
     save_submission(config.jobs_dir, submission)
     return states

@@ -104,9 +104,9 @@ class AgentSubmitter:
         """The agent's last known state of each job (it polls SLURM; this asks only the agent)."""
         return {job.job_id: job.status() for job in self.tracked(job_ids).jobs}
 
-    def cancel(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[str]:
-        reply = self.connection.request(Cancel(job_ids=list(job_ids), bundle=bundle), expect=Cancelled)
-        return reply.job_ids
+    def cancel(self, job_ids: Sequence[str] = (), bundle: str = "") -> Cancelled:
+        """Cancel jobs by id, or every unfinished job of a bundle (those in the agent's queue too)."""
+        return self.connection.request(Cancel(job_ids=list(job_ids), bundle=bundle), expect=Cancelled)
 
 
 def submitter_for(machine: Machine) -> AgentSubmitter:

@@ -164,7 +164,10 @@ class SubmitProgress(Message, tag="submit_progress"):
 
 
 class Cancelled(Message, tag="cancelled"):
+    """The jobs cancelled in the scheduler, and how many were taken out of the agent's queue."""
+
     job_ids: list[str] = []
+    queued: int = 0
 
 
 class StatusReply(Message, tag="status_reply"):

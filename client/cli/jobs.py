@@ -62,7 +62,10 @@ def cancel(target: str, machine: str | None) -> None:
 
     submitter = submitter_for(load_config().machine(machine))
     if _JOB_ID.fullmatch(target):
-        cancelled = submitter.cancel(job_ids=[target])
+        reply = submitter.cancel(job_ids=[target])
     else:
-        cancelled = submitter.cancel(bundle=target)
-    click.echo(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing left to cancel")
+        reply = submitter.cancel(bundle=target)
+    done = [f"cancelled {', '.join(reply.job_ids)}"] if reply.job_ids else []
+    if reply.queued:
+        done.append(f"took {reply.queued} job(s) out of the agent's queue (never submitted)")
+    click.echo("; ".join(done) if done else "nothing left to cancel")

@@ -16,7 +16,13 @@ from milex.records import Submission
 
 PROGRESS_AFTER = 1.0  # seconds: a quicker submission shows no bar
 
-_COLORS = {JobState.COMPLETED: "green", JobState.RUNNING: "cyan", JobState.PENDING: "yellow"}
+_COLORS = {
+    JobState.COMPLETED: "green",
+    JobState.RUNNING: "cyan",
+    JobState.PENDING: "yellow",
+    JobState.QUEUED: "blue",
+    JobState.SUBMITTED: "yellow",
+}
 _COLUMNS = ("job", "id", "state", "exit", "reason")
 
 
@@ -41,6 +47,13 @@ def print_submission(submission: Submission, states: Mapping[str, JobStatus] | N
         cells = [_text(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
         cells[2] = click.style(cells[2], fg=_COLORS.get(row[2], "red"))
         click.echo("  ".join(cells).rstrip())
+    queued = [row for row in rows if row[2] is JobState.QUEUED]
+    if queued:
+        submitted = len(rows) - len(queued)
+        click.echo(
+            f"{submitted} job(s) submitted, {len(queued)} in the agent's queue ({queued[0][4]}); "
+            "the agent submits them as room frees up, even with this laptop off."
+        )
 
 
 def _text(cell: object) -> str:
