@@ -62,7 +62,7 @@ def release(agent: Agent, busy: AbstractSet[str]) -> Iterator[PendingSubmit]:
         if not busy.isdisjoint(request.keys.values()):
             continue
         room = room_for(agent, request.settings)
-        if room.ready and room.room.closed():
+        if room.ready and room.full:
             continue
         yield submission_of(agent, request, room)
     if requests:

@@ -102,6 +102,12 @@ class RequestRoom:
     def ready(self) -> bool:
         return self.room.ready
 
+    @property
+    def full(self) -> bool:
+        """Whether not one more task fits (known once ready): a release would submit nothing."""
+        cap, _ = self.room.cap(self.user_cap)
+        return self.room.closed() or (cap is not None and self.room.used >= cap)
+
     def take(self, tasks: int) -> bool:
         room = self.room
         cap, limit = room.cap(self.user_cap)

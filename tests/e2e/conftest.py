@@ -142,12 +142,14 @@ def milex_home(tmp_path: Path, slurm_cluster: None) -> Iterator[MilexHome]:
         subprocess.run([str(BIN / "milex-agent"), "stop", "--dir", str(lock.parent)], check=False)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition", interval: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 # ---- the test sshd and its login user (shared by the tunnel and remote-machine tests) ----------

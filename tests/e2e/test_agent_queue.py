@@ -1,0 +1,108 @@
+"""The agent's own queue on the namespaced clusters, under a per-user MaxSubmitJobs set with sacctmgr:
+a bundle six times bigger than the limit runs whole and exactly once while the laptop is away and
+the agent is killed; a partly queued bundle is cancelled; a limit the agent cannot read is learnt
+from SLURM's refusal, and shown to the user."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from milex.common.model import Bundle
+from milex.records import save_bundle
+from tests.e2e.clusters import LoginNode
+from tests.e2e.conftest import REMOTE, MilexHome, wait_until
+from tests.e2e.test_controller_faults import chain, independent
+from tests.e2e.test_remote_faults import submitted
+
+pytestmark = pytest.mark.timeout(900)
+LIMIT, BUNDLE = 50, 300
+# Each cluster runs one shape of the big bundle (a chain of 300 runs one job at a time: minutes).
+SHAPES = {"cluster1": "independent", "cluster2": "chain"}
+
+
+def ended(node: LoginNode, bundle: Bundle) -> dict[str, list[str]]:
+    """The final states accounting has for the bundle's jobs, by job name (one entry per SLURM job)."""
+    sacct = ["sacct", "--noheader", "--parsable2", "--allocations", f"--user={node.user}",
+             "--starttime=now-6hours", "--format=Comment,State"]  # fmt: skip
+    prefix = f"milex:{bundle.stem}/"
+    states: dict[str, list[str]] = {}
+    for line in node.exec(*sacct).stdout.splitlines():
+        comment, _, state = line.partition("|")
+        if comment.startswith(prefix) and state.split()[0] not in ("PENDING", "RUNNING", "COMPLETING"):
+            states.setdefault(comment.split("/")[1], []).append(state)
+    return states
+
+
+def run(laptop: MilexHome, bundle: Bundle) -> str:
+    save_bundle(laptop.jobs, bundle)
+    return laptop.milex("milex-run", bundle.name, "--machine", REMOTE).stdout
+
+
+def away(laptop: MilexHome) -> None:
+    """The laptop leaves: its tunnel to the login node is closed."""
+    laptop.milex("milex", "tunnel", "down", "--machine", REMOTE)
+
+
+def test_a_bundle_bigger_than_the_users_limit_runs_whole_and_once(
+    laptop: MilexHome, login_node: LoginNode
+) -> None:
+    shape = SHAPES[login_node.cluster]
+    bundle = independent("sweep", BUNDLE) if shape == "independent" else chain("chain", BUNDLE)
+    with login_node.limit(max_submit_jobs=LIMIT):
+        out = run(laptop, bundle)
+        assert f"{LIMIT} job(s) submitted, {BUNDLE - LIMIT} in the agent's queue" in out, out
+        assert f"MaxSubmitJobs={LIMIT}" in out, out
+        away(laptop)
+        wait_until(lambda: len(submitted(login_node, bundle)) >= 2 * LIMIT, timeout=600,
+                   what=f"{2 * LIMIT} jobs in SLURM, released by the agent alone")  # fmt: skip
+        info = login_node.agent_info()
+        assert info is not None
+        login_node.kill(info["pid"])
+        # The laptop comes back: its next command starts the agent again, which goes on; then it leaves.
+        laptop.milex("milex", "status", "--machine", REMOTE)
+        away(laptop)
+        wait_until(lambda: len(ended(login_node, bundle)) == BUNDLE, timeout=780, interval=2.0,
+                   what=f"all {BUNDLE} jobs ended")  # fmt: skip
+    states = ended(login_node, bundle)
+    assert {name: runs for name, runs in states.items() if runs != ["COMPLETED"]} == {}  # each once, done
+    assert sorted(submitted(login_node, bundle)) == sorted(bundle.jobs)
+    log = login_node.sh("cat ~/milex/agent/*/agent.log")
+    assert "job submit limit" not in log  # the agent kept within the limit it read: SLURM refused nothing
+    status = laptop.milex("milex", "status", "--machine", REMOTE, bundle.name).stdout
+    assert status.count("COMPLETED") >= BUNDLE, status
+
+
+def test_cancel_of_a_partly_queued_bundle_submits_nothing_more(
+    laptop: MilexHome, login_node: LoginNode
+) -> None:
+    bundle = independent("halted", 30)
+    for job in bundle.jobs.values():  # held in SLURM: the limit stays full until the cancel
+        job.slurm.extra = {"hold": True}
+    with login_node.limit(max_submit_jobs=5):
+        out = run(laptop, bundle)
+        assert "5 job(s) submitted, 25 in the agent's queue" in out, out
+        cancelled = laptop.milex("milex", "cancel", bundle.name, "--machine", REMOTE).stdout
+        assert "took 25 job(s) out of the agent's queue" in cancelled, cancelled
+        time.sleep(5)  # several polls of the agent (0.5 s apart): what is under test is that none releases
+        assert len(submitted(login_node, bundle)) == 5
+    status = laptop.milex("milex", "status", "--machine", REMOTE, bundle.name).stdout
+    assert status.count("CANCELLED") == 30, status
+
+
+def test_a_limit_the_agent_cannot_read_is_learnt_from_slurms_refusal(
+    laptop: MilexHome, login_node: LoginNode
+) -> None:
+    # Jobs of the user that Milex does not know fill most of the limit: the agent's count is wrong,
+    # and SLURM refuses the job past the limit; the job waits in the queue, with SLURM's reason.
+    with login_node.limit(max_submit_jobs=6):
+        login_node.sh("for i in 1 2 3 4; do sbatch --hold --wrap=true -A physics >/dev/null; done")
+        bundle = independent("crowded", 4)
+        out = run(laptop, bundle)
+        assert "2 job(s) submitted, 2 in the agent's queue" in out, out
+        assert "the cluster refused more jobs" in out, out
+        status = laptop.milex("milex", "status", "--machine", REMOTE, bundle.name).stdout
+        assert status.count("QUEUED") == 2, status
+        login_node.sh("scancel --user=$USER --state=PENDING --name=wrap")
+        wait_until(lambda: len(submitted(login_node, bundle)) == 4, timeout=180, what="the rest released")
