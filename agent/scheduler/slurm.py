@@ -7,6 +7,7 @@ from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
 from milex.agent.scheduler.slurm_history import SlurmHistory
+from milex.agent.scheduler.slurm_output import ids_by_comment
 from milex.agent.scheduler.slurm_poll import SqueuePoll
 from milex.common.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from milex.common.model import JobState, JobStatus
@@ -67,13 +68,7 @@ class SlurmScheduler:
         if result.returncode != 0:
             error = SchedulerUnavailable if result.unanswered else SchedulerError
             raise error(f"squeue failed: {result.message}")
-        found: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            job_id, _, rest = line.partition("|")
-            comment = rest.rpartition("|")[0].strip()
-            if comment in wanted:
-                # An array's tasks share the comment; the array's own id is the one we gave out.
-                found.setdefault(comment, job_id.strip().split("_")[0])
+        found = ids_by_comment(result.stdout, wanted)
         if len(found) < len(wanted):  # rare: a job accepted unanswered, and forgotten since
             found.update(self.history.find(wanted - found.keys()))
         return found

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
-from milex.agent.scheduler.slurm_output import TaskRow, combine, jobcomp_row, sacct_rows, statuses
+from milex.agent.scheduler.slurm_output import (
+    TaskRow,
+    combine,
+    ids_by_comment,
+    jobcomp_row,
+    sacct_rows,
+    statuses,
+)
 from milex.common.model import JobStatus
 
 
@@ -34,26 +41,21 @@ class SlurmHistory:
         the controller did not answer may have ended and left squeue before it is looked up."""
         if not self.accounting:
             return {}
-        argv = ["sacct", "--noheader", "--parsable2", "--allocations", "--starttime=now-7days"]
-        result = run_command([*argv, "--format=JobID,Comment"])
-        if result.returncode != 0:
-            self.accounting = "disabled" not in result.message
-            return {}
-        found: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            job_id, _, comment = line.partition("|")
-            if comment in comments:
-                found.setdefault(comment, job_id.split("_")[0])  # an array's tasks share its comment
-        return found
+        text = self._sacct("--starttime=now-7days", "--format=JobID,Comment")
+        return ids_by_comment(text or "", comments)
 
     def _from_sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        argv = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State,ExitCode"]
-        result = run_command([*argv, f"--jobs={','.join(job_ids)}"])
+        text = self._sacct("--format=JobID,State,ExitCode", f"--jobs={','.join(job_ids)}")
+        return {} if text is None else statuses(job_ids, sacct_rows(text))
+
+    def _sacct(self, *options: str) -> str | None:
+        """What `sacct` prints for the allocations (not steps) `options` select; None when it fails."""
+        result = run_command(["sacct", "--noheader", "--parsable2", "--allocations", *options])
         if result.returncode != 0:
             # "Slurm accounting storage is disabled": ask once, not at every poll.
             self.accounting = "disabled" not in result.message
-            return {}
-        return statuses(job_ids, sacct_rows(result.stdout))
+            return None
+        return result.stdout
 
     def _from_jobcomp(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         if self.jobcomp is None:

@@ -162,3 +162,16 @@ def _exit_code(rows: list[TaskRow], state: JobState) -> int | None:
 
 def _first_reason(rows: list[TaskRow], state: JobState) -> str:
     return next((row.reason for row in rows if row.state is state and row.reason), "")
+
+
+def ids_by_comment(text: str, comments: set[str]) -> dict[str, str]:
+    """The job id of each of `comments` in lines `JobID|Comment` (squeue's `--Format=JobID:0|,Comment:0|`
+    ends each with one more `|`; sacct's `--parsable2` does not). An array's tasks share its comment:
+    the array's own id is the one Milex gave out."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        job_id, _, rest = line.partition("|")
+        comment = rest.removesuffix("|").strip()
+        if comment in comments:
+            found.setdefault(comment, job_id.strip().split("_")[0])
+    return found

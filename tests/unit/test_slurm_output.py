@@ -11,6 +11,7 @@ from milex.agent.scheduler.slurm_output import (
     TaskRow,
     combine,
     exit_code_from_pair,
+    ids_by_comment,
     jobcomp_row,
     sacct_rows,
     squeue_exit_code,
@@ -144,3 +145,11 @@ def test_no_rows_is_unknown() -> None:
 @pytest.mark.parametrize("state", list(JobState))
 def test_every_state_is_ranked(state: JobState) -> None:
     assert combine("7", [row(state), row(state, task="1")]).state is state
+
+
+def test_ids_by_comment_reads_squeue_and_sacct_lines_alike() -> None:
+    squeue = "1001|milex:a/x/1|\n1002_3|milex:arr/x/1|\n1002_4|milex:arr/x/1|\n1003|other|\n"
+    sacct = "2001|milex:b/x/1\n2002_[0-9]|milex:c/x/1\n"
+    wanted = {"milex:a/x/1", "milex:arr/x/1", "milex:b/x/1", "milex:c/x/1", "milex:gone/x/1"}
+    assert ids_by_comment(squeue, wanted) == {"milex:a/x/1": "1001", "milex:arr/x/1": "1002"}
+    assert ids_by_comment(sacct, wanted) == {"milex:b/x/1": "2001", "milex:c/x/1": "2002"}
