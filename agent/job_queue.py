@@ -64,19 +64,22 @@ def release(agent: Agent, busy: AbstractSet[str]) -> Iterator[PendingSubmit]:
         room = room_for(agent, request.settings)
         if room.ready and room.full:
             continue
-        yield submission_of(agent, request, room)
+        yield submission_of(agent, request, room, release=True)
     if requests:
         agent.journal.drop_settled_requests()
 
 
-def submission_of(agent: Agent, request: SubmitBundle, room: RequestRoom) -> PendingSubmit:
-    """The submission of `request`'s jobs that are not submitted yet, into `room`."""
+def submission_of(
+    agent: Agent, request: SubmitBundle, room: RequestRoom, *, release: bool = False
+) -> PendingSubmit:
+    """The submission of `request`'s jobs that are not submitted yet, into `room` (`release`: of
+    queued jobs, by the agent itself, not for a client)."""
     scheduler = agent.scheduler_for(request.settings)
     submission = BundleSubmission(
         request.bundle,
         request.settings,
         scheduler,
-        JournalLedger(agent.journal, request, scheduler),
+        JournalLedger(agent.journal, request, scheduler, release=release),
         dispatch=agent.dispatch,
         in_flight=scheduler.parallel_submissions,
         watch=agent.controller,

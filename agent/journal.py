@@ -266,6 +266,12 @@ class Journal:
                 f" WHERE (state = 'QUEUED' OR ({_IN_DOUBT})) AND request IS NOT NULL)"
             )
 
+    def still_queued(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` whose jobs wait in the queue."""
+        marks = ",".join("?" * len(keys))
+        rows = self.db.execute(f"SELECT key FROM jobs WHERE state = 'QUEUED' AND key IN ({marks})", keys)
+        return [row[0] for row in rows]
+
     def queued(self) -> int:
         """How many jobs wait in the agent's queue."""
         return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'QUEUED'").fetchone()[0])

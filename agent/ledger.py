@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from milex.agent.journal import Journal
 from milex.agent.scheduler.base import Scheduler
 from milex.agent.submission import IN_DOUBT, NOT_RUN, SubmittedJob
-from milex.common.errors import MilexError
+from milex.common.errors import MilexError, SubmitError
 from milex.common.model import Job, JobState
 from milex.common.protocol import SubmitBundle, TrackedJob
 
@@ -20,10 +20,15 @@ def comment_of(key: str) -> str:
 class JournalLedger:
     """Records intent before sbatch and ids after, so a retry or a restart never submits twice."""
 
-    def __init__(self, journal: Journal, request: SubmitBundle, scheduler: Scheduler) -> None:
+    def __init__(
+        self, journal: Journal, request: SubmitBundle, scheduler: Scheduler, *, release: bool = False
+    ) -> None:
         self.journal = journal
         self.request = request
         self.scheduler = scheduler
+        # A release of queued jobs has no client to tell of a refusal: the jobs it stops stay in the
+        # journal, settled with the reason (a client's own submission is answered, and keeps none).
+        self.release = release
 
     def key(self, job: Job) -> str:
         if job.name not in self.request.keys:
@@ -60,8 +65,13 @@ class JournalLedger:
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None:
         self.journal.submitted_many([(self.key(job), files.job_id) for job, files in submitted])
 
-    def refused(self, job: Job) -> None:
-        self.journal.forget(self.key(job))
+    def refused(self, job: Job, message: str) -> None:
+        if self.release:
+            self.journal.settle_unsubmitted(
+                [self.key(job)], JobState.CANCELLED, f"never submitted: {message}"
+            )
+        else:
+            self.journal.forget(self.key(job))
 
     def held(self, jobs: Sequence[Job], reason: str) -> None:
         self.journal.hold([self.key(job) for job in jobs], reason)
@@ -69,8 +79,15 @@ class JournalLedger:
     def requeued(self, jobs: Sequence[Job], reason: str) -> None:
         self.journal.requeue([self.key(job) for job in jobs], reason)
 
-    def dropped(self, jobs: Sequence[Job]) -> None:
-        self.journal.drop_queued([self.key(job) for job in jobs])
+    def dropped(self, jobs: Sequence[Job], failure: BaseException) -> None:
+        keys = [self.key(job) for job in jobs]
+        if not self.release:
+            self.journal.drop_queued(keys)
+        elif isinstance(failure, SubmitError):  # the bundle stops at a refusal, as a client's would
+            reason = f"never submitted: the bundle stopped at a refusal ({failure})"
+            self.journal.settle_unsubmitted(self.journal.still_queued(keys), JobState.CANCELLED, reason)
+        else:  # the scheduler did not answer, or the agent failed: they go with a later release
+            self.journal.hold(keys, f"in the agent's queue; the last release stopped: {failure}")
 
     def not_run(self, job: Job, reason: str) -> None:
         self.journal.settle_unsubmitted([self.key(job)], JobState.CANCELLED, reason)

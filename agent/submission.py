@@ -76,7 +76,9 @@ class Ledger(Protocol):
 
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None: ...
 
-    def refused(self, job: Job) -> None: ...
+    def refused(self, job: Job, message: str) -> None:
+        """The scheduler refused `job` (`message`: its answer)."""
+        ...
 
     def held(self, jobs: Sequence[Job], reason: str) -> None:
         """These jobs, never begun, wait in the agent's queue, for `reason` (no room in the scheduler)."""
@@ -91,8 +93,8 @@ class Ledger(Protocol):
         """`job` will never be submitted: its dependencies can no longer be satisfied."""
         ...
 
-    def dropped(self, jobs: Sequence[Job]) -> None:
-        """The submission stopped (a refusal, an error) before these jobs: they are not kept."""
+    def dropped(self, jobs: Sequence[Job], failure: BaseException) -> None:
+        """The submission stopped (`failure`: a refusal, an error) before these jobs."""
         ...
 
 
@@ -130,7 +132,7 @@ class NoLedger:
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None:
         pass
 
-    def refused(self, job: Job) -> None:
+    def refused(self, job: Job, message: str) -> None:
         pass
 
     def ended(self, job: Job) -> JobState | None:
@@ -145,7 +147,7 @@ class NoLedger:
     def not_run(self, job: Job, reason: str) -> None:
         pass
 
-    def dropped(self, jobs: Sequence[Job]) -> None:
+    def dropped(self, jobs: Sequence[Job], failure: BaseException) -> None:
         pass
 
 
@@ -252,7 +254,7 @@ class BundleSubmission:
             self._closed = True
             left = self.waiting
             if self.failure is not None:
-                self.ledger.dropped(left)
+                self.ledger.dropped(left, self.failure)
             elif left and self.room is not None:
                 self.ledger.requeued([job for job in left if job.name in self._absent], self.room.held_by)
                 self.ledger.held(left, self.room.held_by)
@@ -409,7 +411,7 @@ class BundleSubmission:
                     self.ledger.requeued([job], self.room.held_by)
                     self.held = True
                     continue
-                self.ledger.refused(job)
+                self.ledger.refused(job, str(refusal))
                 if self._refused is None:
                     self._refused = (job, str(refusal))
                 self.stop(str(refusal))

@@ -187,3 +187,21 @@ def test_a_poll_releases_a_bounded_number_of_jobs(agent, fake, settings):
     assert sum(job.state is QUEUED for job in reply.jobs) == 20
     poll(agent)
     assert len(fake.calls) == RELEASE_PER_POLL + 20
+
+
+def test_a_refusal_met_by_a_release_is_kept_with_its_reason_for_the_user(agent, fake, settings):
+    fake.max_submitted = 1
+    fake.refuse["j001"] = "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    bundle = independent(3)
+    submit(agent, bundle, settings)
+    finish_all(fake)
+    poll(agent)  # j001 is refused: no client waits for this release, the journal keeps what happened
+    finish_all(fake)
+    poll(agent)
+    jobs = {job.name: job for job in agent.journal.jobs(bundle=bundle.stem)}
+    assert [(name, job.state) for name, job in jobs.items()] == [
+        ("j000", COMPLETED), ("j001", CANCELLED), ("j002", CANCELLED),
+    ]  # fmt: skip
+    assert "never submitted: " in jobs["j001"].reason and "Invalid partition" in jobs["j001"].reason
+    assert "stopped at a refusal" in jobs["j002"].reason
+    assert [call.job for call in fake.calls] == ["j000", "j001"]

@@ -69,7 +69,7 @@ class CountingLedger(NoLedger):
     def accepted_jobs(self) -> list[str]:
         return sorted(name for batch in self.accepted_batches for name in batch)
 
-    def refused(self, job: Job) -> None:
+    def refused(self, job: Job, message: str) -> None:
         self.refused_jobs.append(job.name)
 
 
