@@ -35,6 +35,8 @@ from milex.common.protocol import (
     Watch,
 )
 
+CANCELLED_QUEUED = "cancelled before it was submitted"
+
 
 def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit:
     """The reply to `request` from `peer`, or a submission whose reply comes when it is done;
@@ -93,18 +95,44 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
         what = request.bundle or ", ".join(request.job_ids) or "nothing"
         return Error(id=request.id, code="not_found", message=f"no tracked job matches {what}.")
     # Queued jobs end here: none of them reaches the scheduler (a submission in progress asks the
-    # journal about each job before it starts it).
+    # journal about each job before it starts it). Those whose sbatch is on its way (in doubt) are
+    # cancelled once their id is known, by `cancel_late`.
     queued = [job.key for job in jobs if job.state is JobState.QUEUED]
-    agent.journal.settle_unsubmitted(queued, JobState.CANCELLED, "cancelled before it was submitted")
+    agent.journal.settle_unsubmitted(queued, JobState.CANCELLED, CANCELLED_QUEUED)
+    if request.bundle:
+        agent.cancel_requested.update(row.job.key for row in agent.journal.in_doubt()
+                                      if row.job.bundle in {job.bundle for job in jobs})  # fmt: skip
     unfinished = {job.job_id: job for job in jobs if job.job_id and not job.state.finished}
+    _cancel_in_scheduler(agent, set(unfinished))
+    return Cancelled(id=request.id, job_ids=sorted(unfinished), queued=len(queued))
+
+
+def cancel_late(agent: Agent) -> None:
+    """Cancel the jobs whose sbatch was on its way when their bundle was cancelled, now that their
+    fate is known: an id (scancel), or back in the queue (settled there). Called by the loop."""
+    if not agent.cancel_requested:
+        return
+    for key in list(agent.cancel_requested):
+        job = agent.journal.find(key)
+        if job is None or job.state.finished:
+            agent.cancel_requested.discard(key)
+        elif job.state is JobState.QUEUED:
+            agent.journal.settle_unsubmitted([key], JobState.CANCELLED, CANCELLED_QUEUED)
+            agent.cancel_requested.discard(key)
+        elif job.job_id:
+            _cancel_in_scheduler(agent, {job.job_id})
+            agent.cancel_requested.discard(key)
+
+
+def _cancel_in_scheduler(agent: Agent, job_ids: set[str]) -> None:
+    """scancel (or its like) these unfinished jobs, one call per scheduler."""
     by_scheduler: dict[tuple[str, str], list[str]] = {}
     for job, kind, machine_path in agent.journal.unfinished():
-        if job.job_id in unfinished:
+        if job.job_id in job_ids:
             by_scheduler.setdefault(scheduler_group(kind, machine_path), []).append(job.job_id)
-    for (kind, machine_path), job_ids in by_scheduler.items():
-        agent.schedulers(kind, machine_path).cancel(job_ids)
+    for (kind, machine_path), ids in by_scheduler.items():
+        agent.schedulers(kind, machine_path).cancel(ids)
     agent.poller.nudge()
-    return Cancelled(id=request.id, job_ids=sorted(unfinished), queued=len(queued))
 
 
 def status(agent: Agent, request: Status) -> StatusReply:

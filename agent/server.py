@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import zmq
 
-from milex.agent.handlers import handle
+from milex.agent.handlers import cancel_late, handle
 from milex.agent.job_queue import release
 from milex.agent.lifetime import Lifetime
 from milex.agent.logs import read_chunk
@@ -174,6 +174,10 @@ class AgentServer:
             elif peer is not None and (progress := pending.progress()) is not None:
                 self.send(peer, progress)
         self.recovery.step(owned)
+        try:
+            cancel_late(self.agent)
+        except MilexError as error:  # scancel failed: tried again at the next turn
+            log.warning("cancelling the late jobs of a cancelled bundle: %s", error)
 
     def _answer_submit(self, peer: Peer | None, reply: Message) -> None:
         """Send a submission's reply to its client; a release of queued jobs logs what went wrong."""

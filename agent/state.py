@@ -61,6 +61,8 @@ class Agent:
     )
     # The room each scheduler group has for our jobs (see milex.agent.room), by scheduler_group.
     rooms: dict[tuple[str, str], SchedulerRoom] = field(default_factory=dict)
+    # Keys of jobs in doubt whose bundle was cancelled: cancelled once their outcome is known.
+    cancel_requested: set[str] = field(default_factory=set)
 
     def scheduler_for(self, settings: MachineSettings) -> Scheduler:
         return self.schedulers(settings.scheduler, settings.path)

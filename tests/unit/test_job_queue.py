@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.handlers import handle
-from milex.agent.job_queue import release
+from milex.agent.handlers import cancel_late, handle
+from milex.agent.job_queue import enqueue, release
 from milex.agent.journal import Journal
 from milex.agent.pending import PendingSubmit
 from milex.agent.room import RELEASE_PER_POLL
 from milex.agent.state import Agent
 from milex.common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
-from milex.common.protocol import Cancel, Cancelled, Submitted
+from milex.common.protocol import Cancel, Cancelled, Submitted, TrackedJob
 from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, make_agent, submit_request
 
 PEER = b"peer-1"
@@ -205,3 +205,21 @@ def test_a_refusal_met_by_a_release_is_kept_with_its_reason_for_the_user(agent, 
     assert "never submitted: " in jobs["j001"].reason and "Invalid partition" in jobs["j001"].reason
     assert "stopped at a refusal" in jobs["j002"].reason
     assert [call.job for call in fake.calls] == ["j000", "j001"]
+
+
+def test_a_job_whose_sbatch_was_on_its_way_when_its_bundle_was_cancelled_is_cancelled_once_known(
+    agent, fake, settings
+):
+    bundle = independent(2)
+    request = submit_request(bundle, settings)
+    enqueue(agent, request)
+    key = request.keys["j000"]
+    planned = TrackedJob(key=key, bundle=bundle.stem, name="j000", job_id="", state=JobState.SUBMITTED)
+    agent.journal.begin(planned, scheduler="fake", machine_path=settings.path)  # its sbatch is on its way
+    reply = handle(agent, PEER, Cancel(id="c", bundle=bundle.stem))
+    assert isinstance(reply, Cancelled) and (reply.job_ids, reply.queued) == ([], 1)
+    cancel_late(agent)
+    assert fake.cancelled == [] and agent.cancel_requested == {key}  # still on its way
+    agent.journal.submitted(key, fake.add())  # its answer comes
+    cancel_late(agent)
+    assert fake.cancelled == [[agent.journal.find(key).job_id]] and not agent.cancel_requested
