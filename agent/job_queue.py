@@ -38,8 +38,9 @@ def enqueue(agent: Agent, request: SubmitBundle) -> None:
     agent.journal.enqueue(bundle.stem, body, jobs, scheduler=settings.scheduler, machine_path=settings.path)
 
 
-def room_for(agent: Agent, settings: MachineSettings) -> RequestRoom:
-    """The room a request with these settings submits into (its scheduler's limits read when due)."""
+def room_for(agent: Agent, settings: MachineSettings, *, release: bool = False) -> RequestRoom:
+    """The room a request with these settings submits into (its scheduler's limits read when due);
+    `release`: a release of queued jobs, which spends the poll's budget."""
     group = scheduler_group(settings.scheduler, settings.path)
     room = agent.rooms.get(group)
     if room is None:
@@ -47,7 +48,7 @@ def room_for(agent: Agent, settings: MachineSettings) -> RequestRoom:
         room.used = _used(agent).get(group, 0)
     scheduler = agent.scheduler_for(settings)
     room.read_when_due(lambda: agent.dispatch(lambda: scheduler.limits(settings.slurm_account, None)))
-    return RequestRoom(room, settings.max_submitted)
+    return RequestRoom(room, settings.max_submitted, release=release)
 
 
 def release(agent: Agent, busy: AbstractSet[str]) -> Iterator[PendingSubmit]:
@@ -61,7 +62,7 @@ def release(agent: Agent, busy: AbstractSet[str]) -> Iterator[PendingSubmit]:
         request = msgspec.msgpack.decode(body, type=SubmitBundle)
         if not busy.isdisjoint(request.keys.values()):
             continue
-        room = room_for(agent, request.settings)
+        room = room_for(agent, request.settings, release=True)
         if room.ready and room.full:
             continue
         yield submission_of(agent, request, room, release=True)

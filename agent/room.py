@@ -73,9 +73,7 @@ class SchedulerRoom:
         return min(caps) if caps else (None, "")
 
     def closed(self) -> bool:
-        """Whether a LimitReached still closes the room (or this poll's budget is spent)."""
-        if self.budget < 1:
-            return True
+        """Whether a LimitReached still closes the room."""
         if self.closed_until is None:
             return False
         below, until = self.closed_until
@@ -92,10 +90,12 @@ class SchedulerRoom:
 
 @dataclass
 class RequestRoom:
-    """The room one request's submission sees: its scheduler's, under the machine's own cap."""
+    """The room one request's submission sees: its scheduler's, under the machine's own cap. A
+    release of queued jobs also spends the poll's budget (a client's own submission does not)."""
 
     room: SchedulerRoom
     user_cap: int | None
+    release: bool = False
     held_by: str = QUEUED_REASON
 
     @property
@@ -106,24 +106,24 @@ class RequestRoom:
     def full(self) -> bool:
         """Whether not one more task fits (known once ready): a release would submit nothing."""
         cap, _ = self.room.cap(self.user_cap)
-        return self.room.closed() or (cap is not None and self.room.used >= cap)
+        spent = self.release and self.room.budget < 1
+        return spent or self.room.closed() or (cap is not None and self.room.used >= cap)
 
     def take(self, tasks: int) -> bool:
         room = self.room
         cap, limit = room.cap(self.user_cap)
         if room.closed():
-            self.held_by = (
-                f"waiting for room: the cluster refused more jobs ({room.refusal})"
-                if room.closed_until
-                else f"waiting for its turn: at most {RELEASE_PER_POLL} jobs go in per status poll"
-            )
+            self.held_by = f"waiting for room: the cluster refused more jobs ({room.refusal})"
+            return False
+        if self.release and room.budget < 1:
+            self.held_by = f"waiting for its turn: at most {RELEASE_PER_POLL} jobs go in per status poll"
             return False
         # A job bigger than the whole room goes alone, once nothing of ours is in the scheduler.
         if cap is not None and room.used + tasks > cap and room.used > 0:
             self.held_by = f"waiting for room: {room.used} task(s) of yours in the scheduler; {limit}"
             return False
         room.used += tasks
-        room.budget -= 1
+        room.budget -= self.release
         return True
 
     def refused(self, reason: str) -> None:

@@ -181,12 +181,15 @@ def test_cancel_takes_queued_jobs_out_and_none_of_them_is_ever_submitted(agent, 
 
 
 def test_a_poll_releases_a_bounded_number_of_jobs(agent, fake, settings):
-    fake.max_submitted = None
-    reply = submit(agent, independent(RELEASE_PER_POLL + 20), MachineSettings(name="c", path=settings.path))
-    # No limit: the first submission is bounded too, and the rest goes with the next poll.
-    assert sum(job.state is QUEUED for job in reply.jobs) == 20
+    fake.max_submitted = 10
+    submit(agent, independent(2 * RELEASE_PER_POLL + 20), settings)
+    fake.max_submitted = None  # the cluster's limit is lifted: room for every job at once
+    agent.rooms.clear()
+    finish_all(fake)
     poll(agent)
-    assert len(fake.calls) == RELEASE_PER_POLL + 20
+    assert len(fake.calls) == 10 + RELEASE_PER_POLL
+    poll(agent)
+    assert len(fake.calls) == 10 + 2 * RELEASE_PER_POLL
 
 
 def test_a_refusal_met_by_a_release_is_kept_with_its_reason_for_the_user(agent, fake, settings):
