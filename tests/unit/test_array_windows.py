@@ -10,10 +10,12 @@ from milex.agent.array_windows import (
     window_dependencies,
     window_job,
     window_of,
+    window_script,
     window_size,
 )
 from milex.common.errors import InvalidValue, SubmitError
-from milex.common.model import Job, SlurmOptions
+from milex.common.model import Job, MachineSettings, SlurmOptions
+from milex.common.render import render_script
 from milex.common.slurm_values import array_indices, validate_array
 
 
@@ -214,3 +216,12 @@ def test_window_job_carries_the_window_spec_and_nothing_else_changes() -> None:
     assert window_job(job, window).slurm == SlurmOptions(array="0-499%10", time="5")
     assert window_job(job, window).name == "sweep"
     assert job.slurm.array == "0-2499%10"
+
+
+def test_window_script_is_the_window_job_rendered_with_its_offset() -> None:
+    job = Job(name="sweep", script="sweep", slurm=SlurmOptions(array="0-2499%10"))
+    settings, window = MachineSettings(name="m", path="/m"), array_windows("0-2499%10", 1000)[2]
+    assert window_script(job, settings, "stem", window) == render_script(
+        window_job(job, window), settings, "stem", array_offset=2000
+    )
+    assert "#SBATCH --array=0-499%10" in window_script(job, settings, "stem", window)
