@@ -29,9 +29,12 @@ class ArrayWindow(msgspec.Struct, frozen=True):
     tasks: int  # how many tasks (each counts toward the user's MaxSubmitJobs)
 
 
-def window_size(max_array_size: int | None, max_submitted: int | None) -> int | None:
+def window_size(
+    max_array_size: int | None, max_submitted: int | None, *, max_array_tasks: int | None = None
+) -> int | None:
     """The size to cut arrays at: indices below MaxArraySize, and no more tasks in one window than the
-    user may have queued at once (a user's cap or SLURM's MaxSubmitJobs). None: no limit, no cut."""
+    user may have queued at once (a user's cap or SLURM's MaxSubmitJobs), nor than one array may hold
+    (`SchedulerParameters=max_array_tasks`, when the cluster sets it). None: no limit, no cut."""
     if max_array_size == 0:
         raise SubmitError(
             "this cluster does not accept job arrays (MaxArraySize=0 in its slurm.conf): "
@@ -39,7 +42,7 @@ def window_size(max_array_size: int | None, max_submitted: int | None) -> int | 
         )
     if max_submitted is not None and max_submitted < 1:
         raise InvalidValue(f"max_submitted must be at least 1, not {max_submitted}.")
-    limits = [limit for limit in (max_array_size, max_submitted) if limit is not None]
+    limits = [limit for limit in (max_array_size, max_submitted, max_array_tasks) if limit is not None]
     return min(limits) if limits else None
 
 

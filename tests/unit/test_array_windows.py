@@ -143,6 +143,11 @@ def test_window_size_is_the_tighter_limit(
     assert window_size(max_array_size, max_submitted) == size
 
 
+def test_a_lower_max_array_tasks_bounds_the_size() -> None:
+    assert window_size(100001, None, max_array_tasks=1000) == 1000
+    assert window_size(1001, 50, max_array_tasks=1000) == 50
+
+
 def test_a_cluster_without_arrays_is_told() -> None:
     with pytest.raises(SubmitError, match="MaxArraySize=0"):
         window_size(0, 100)
