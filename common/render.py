@@ -38,15 +38,34 @@ def log_paths(job: Job, settings: MachineSettings, stem: str) -> tuple[str, str]
     return f"{base}.out", f"{base}.err"
 
 
-def render_script(job: Job, settings: MachineSettings, stem: str) -> str:
-    """The complete sbatch script for `job` on the machine `settings` describes."""
+def render_script(job: Job, settings: MachineSettings, stem: str, *, array_offset: int = 0) -> str:
+    """The complete sbatch script for `job` on the machine `settings` describes.
+
+    `array_offset`: `job` is one window of a larger array (see milex.agent.array_windows), its indices
+    shifted down by the offset; the script shifts SLURM's array variables back up, first thing.
+    """
     lines = ["#!/bin/bash", *_sbatch_lines(job, settings, stem), ""]
+    if array_offset:
+        lines.extend(_array_window_lines(job, array_offset))
     lines.append(f"export MILEX={shlex.quote(settings.path)}")
     if settings.env_command:
         lines.append(settings.env_command)
     lines.extend(job.pre_commands)
     lines.append(" \\\n    ".join(app_command(job)))
     return "\n".join(lines) + "\n"
+
+
+def _array_window_lines(job: Job, offset: int) -> list[str]:
+    """Exports giving the app the index the user asked for; a run outside an array task fails loudly."""
+    if job.slurm.array is None or offset < 0:
+        raise ValueError(f"an array offset ({offset}) needs an array job, shifted down by a positive offset")
+    lines = [
+        f"# One window of a larger array: SLURM runs its indices shifted down by {offset}.",
+        f"export MILEX_ARRAY_OFFSET={offset}",
+    ]
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX"):
+        lines.append(f"export {name}=$((${{{name}:?this script runs as a SLURM array task}} + {offset}))")
+    return lines
 
 
 def app_command(job: Job) -> list[str]:

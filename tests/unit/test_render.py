@@ -130,12 +130,26 @@ def nasty_job(script: str = "train") -> Job:
     return Job(name="train", script=script, script_args=dict(NASTY_ARGS))
 
 
+def window_job(script: str = "sweep") -> Job:
+    """The window at 1000 of the array `0-2499:7%10` cut at 1000 (see milex.agent.array_windows)."""
+    return Job(
+        name="sweep",
+        script=script,
+        script_args={"grid": "small"},
+        pre_commands=["export PRE=ran"],
+        slurm=SlurmOptions(time="30", array="1-995:7%10"),
+    )
+
+
+WINDOW_OFFSET = 1000
+# name -> (job, machine, array offset)
 GOLDEN_CASES = {
-    "plain": (plain_job, CLUSTER),
-    "plain_no_account": (plain_job, BARE_MACHINE),
-    "all_options": (full_options_job, CLUSTER),
-    "array": (array_job, CLUSTER),
-    "nasty_args": (nasty_job, CLUSTER),
+    "plain": (plain_job, CLUSTER, 0),
+    "plain_no_account": (plain_job, BARE_MACHINE, 0),
+    "all_options": (full_options_job, CLUSTER, 0),
+    "array": (array_job, CLUSTER, 0),
+    "array_window": (window_job, CLUSTER, WINDOW_OFFSET),
+    "nasty_args": (nasty_job, CLUSTER, 0),
 }
 
 
@@ -153,8 +167,8 @@ def assert_matches_golden(name: str, text: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_script_matches_golden_file(case: str) -> None:
-    make_job, settings = GOLDEN_CASES[case]
-    assert_matches_golden(case, render_script(make_job(), settings, STEM))
+    make_job, settings, offset = GOLDEN_CASES[case]
+    assert_matches_golden(case, render_script(make_job(), settings, STEM, array_offset=offset))
 
 
 def test_golden_directory_has_no_stale_files() -> None:
@@ -306,6 +320,33 @@ def test_body_exports_milex_then_env_then_pre_commands_then_app() -> None:
     assert body[4].startswith("train ")
 
 
+def test_array_window_exports_real_indices_first_thing() -> None:
+    script = render_script(window_job(), CLUSTER, STEM, array_offset=WINDOW_OFFSET)
+    body = script.split("\n\n", 1)[1].splitlines()
+    assert body[1:5] == [
+        "export MILEX_ARRAY_OFFSET=1000",
+        "export SLURM_ARRAY_TASK_ID="
+        "$((${SLURM_ARRAY_TASK_ID:?this script runs as a SLURM array task} + 1000))",
+        "export SLURM_ARRAY_TASK_MIN="
+        "$((${SLURM_ARRAY_TASK_MIN:?this script runs as a SLURM array task} + 1000))",
+        "export SLURM_ARRAY_TASK_MAX="
+        "$((${SLURM_ARRAY_TASK_MAX:?this script runs as a SLURM array task} + 1000))",
+    ]
+    assert body[5] == "export MILEX=/scratch/alice/milex"
+    assert "#SBATCH --array=1-995:7%10" in sbatch_header(script)
+
+
+def test_offset_zero_renders_no_window_lines() -> None:
+    script = render_script(array_job(), CLUSTER, STEM)
+    assert render_script(array_job(), CLUSTER, STEM, array_offset=0) == script
+    assert "MILEX_ARRAY_OFFSET" not in script
+
+
+def test_an_offset_needs_an_array_job() -> None:
+    with pytest.raises(ValueError, match="array"):
+        render_script(plain_job(), CLUSTER, STEM, array_offset=1000)
+
+
 def test_app_command_word_per_argument() -> None:
     job = Job(name="t", script="train", script_args={"lr": 0.1, "fast": True, "layers": [1, 2]})
     assert app_command(job) == ["train", "--lr=0.1", "--fast", "--layers", "1", "2"]
@@ -409,3 +450,43 @@ def test_argparse_app_gets_back_the_captured_values(app_dir: Path, tmp_path: Pat
     script = tmp_path / "job.sh"
     script.write_text(render_script(job, BARE_MACHINE, STEM))
     assert run_bash([str(script)], tmp_path) == captured
+
+
+ENV_APP = """\
+import json, os
+names = ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "MILEX_ARRAY_OFFSET", "PRE"]
+with open(os.environ["ARGV_OUT"], "w") as out:
+    json.dump({name: os.environ.get(name) for name in names}, out)
+"""
+
+
+def test_window_script_run_by_bash_gives_the_app_the_real_index(
+    app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_app(app_dir, "env-app", ENV_APP)
+    script = tmp_path / "job.sh"
+    script.write_text(render_script(window_job("env-app"), BARE_MACHINE, STEM, array_offset=WINDOW_OFFSET))
+    # What SLURM sets for the task of local index 8 of the window `1-995:7`.
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "8")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "995")
+    assert run_bash([str(script)], tmp_path) == {
+        "SLURM_ARRAY_TASK_ID": "1008",
+        "SLURM_ARRAY_TASK_MIN": "1001",
+        "SLURM_ARRAY_TASK_MAX": "1995",
+        "MILEX_ARRAY_OFFSET": "1000",
+        "PRE": "ran",
+    }
+
+
+def test_window_script_outside_an_array_task_stops_before_the_app(app_dir: Path, tmp_path: Path) -> None:
+    install_app(app_dir, "env-app", ENV_APP)
+    script = tmp_path / "job.sh"
+    script.write_text(render_script(window_job("env-app"), BARE_MACHINE, STEM, array_offset=WINDOW_OFFSET))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_ARRAY")}
+    ran = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env
+    )
+    assert ran.returncode != 0
+    assert "this script runs as a SLURM array task" in ran.stderr
+    assert not (tmp_path / "out.json").exists()
