@@ -49,8 +49,11 @@ class SchedulerRoom:
                 self.limits = reading.result()
                 self.read_at = self.clock()
                 log.info("scheduler limits: %s", self.limits)
-            except MilexError as error:  # submit without known limits; refusals still close the room
-                log.warning("could not read the scheduler's limits: %s; trying again later", error)
+            except Exception as error:  # submit without known limits; refusals still close the room
+                if isinstance(error, MilexError):
+                    log.warning("could not read the scheduler's limits: %s; trying again later", error)
+                else:
+                    log.exception("reading the scheduler's limits failed; trying again later")
                 self.limits = self.limits or Limits()
                 self.read_at = self.clock() - LIMITS_FOR + LIMITS_RETRY
         return self.limits is not None

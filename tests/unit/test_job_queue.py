@@ -13,6 +13,7 @@ from milex.agent.journal import Journal
 from milex.agent.pending import PendingSubmit
 from milex.agent.room import RELEASE_PER_POLL
 from milex.agent.state import Agent
+from milex.common.errors import SchedulerError
 from milex.common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
 from milex.common.protocol import Cancel, Cancelled, Submitted, TrackedJob
 from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, make_agent, submit_request
@@ -226,3 +227,10 @@ def test_a_job_whose_sbatch_was_on_its_way_when_its_bundle_was_cancelled_is_canc
     agent.journal.submitted(key, fake.add())  # its answer comes
     cancel_late(agent)
     assert fake.cancelled == [[agent.journal.find(key).job_id]] and not agent.cancel_requested
+
+
+def test_limits_that_cannot_be_read_leave_only_slurms_refusals_to_hold_jobs(agent, fake, settings):
+    fake.errors["limits"] = SchedulerError("sacctmgr: error: Problem talking to the database")
+    fake.limit = 2
+    reply = submit(agent, independent(3), settings)
+    assert [job.state for job in reply.jobs] == [JobState.SUBMITTED, JobState.SUBMITTED, QUEUED]
