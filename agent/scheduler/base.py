@@ -6,7 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
 from milex.common.model import JobStatus
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """What the cluster lets this user have at once, as far as the agent could learn it."""
+
+    # jobs pending+running at once (each array task counts), None = no cap known
+    max_submitted: int | None = None
+    max_array_size: int | None = None  # MaxArraySize: array indices must be below this
+    held_by: str = ""  # the limit that sets max_submitted, for the user, e.g.
+    # "MaxSubmitJobs=50 of user milex-login's association (account physics)"
 
 
 class Scheduler(Protocol):
@@ -45,4 +57,9 @@ class Scheduler(Protocol):
 
         How a submission interrupted by a crash is found again before anything is resubmitted.
         """
+        ...
+
+    def limits(self, account: str, qos: str | None) -> Limits:
+        """Read the limits that apply to a job of this account ('' = the user's default) and QOS
+        (None = default)."""
         ...

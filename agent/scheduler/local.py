@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from milex.agent.scheduler.base import Limits
 from milex.agent.scheduler.local_store import (
     RUNNER_LOCK,
     RUNNER_LOG,
@@ -99,6 +100,9 @@ class LocalScheduler:
             raise SchedulerError(
                 f"cannot cancel {', '.join(unknown)}: no such local job under {self.state_dir}."
             )
+
+    def limits(self, account: str, qos: str | None) -> Limits:
+        return Limits()  # no cap: the machine runs every job it is given
 
     def _cancel_one(self, job_id: str) -> bool:
         """Mark `job_id` CANCELLED and stop its runner; False if there is no such job."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from milex.agent.scheduler.base import Limits
 from milex.agent.scheduler.command import run_command
 from milex.agent.scheduler.slurm_history import SlurmHistory
 from milex.agent.scheduler.slurm_poll import SqueuePoll
@@ -84,6 +85,11 @@ class SlurmScheduler:
         result = run_command(["scancel", *job_ids])
         if result.returncode != 0:
             raise SchedulerError(f"scancel {' '.join(job_ids)} failed: {result.message}")
+
+    def limits(self, account: str, qos: str | None) -> Limits:
+        from milex.agent.scheduler.slurm_limits import read_limits
+
+        return read_limits(account, qos)
 
 
 def _forgotten(job_id: str) -> JobStatus:
