@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from milex.agent.scheduler.base import Limits
 from milex.agent.scheduler.command import run_command
 from milex.agent.scheduler.slurm_history import SlurmHistory
+from milex.agent.scheduler.slurm_limits import limit_refusal, read_limits
 from milex.agent.scheduler.slurm_output import ids_by_comment
 from milex.agent.scheduler.slurm_poll import SqueuePoll
-from milex.common.errors import SchedulerError, SchedulerUnavailable, SubmitError
+from milex.common.errors import LimitReached, SchedulerError, SchedulerUnavailable, SubmitError
 from milex.common.model import JobState, JobStatus
 
 
@@ -44,6 +46,9 @@ class SlurmScheduler:
         if result.unanswered:  # it may have been accepted: the caller looks it up by its comment
             raise SchedulerUnavailable(f"sbatch got no answer for {script.name}: {result.message}")
         if result.returncode != 0:
+            limit = limit_refusal(result.message)
+            if limit is not None:  # the same job goes in once some of the user's jobs end
+                raise LimitReached(f"sbatch refused {script.name} for {limit}")
             raise SubmitError(f"sbatch refused {script.name}: {result.message}")
         # --parsable prints `jobid` or `jobid;cluster`.
         return result.stdout.strip().split(";")[0]
@@ -79,6 +84,9 @@ class SlurmScheduler:
         result = run_command(["scancel", *job_ids])
         if result.returncode != 0:
             raise SchedulerError(f"scancel {' '.join(job_ids)} failed: {result.message}")
+
+    def limits(self, account: str, qos: str | None) -> Limits:
+        return read_limits(account, qos)
 
 
 def _forgotten(job_id: str) -> JobStatus:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from milex.agent.scheduler.command import run_command
+from milex.agent.scheduler.slurm_limits import config_values
 from milex.agent.scheduler.slurm_output import (
     TaskRow,
     combine,
@@ -69,10 +70,7 @@ class SlurmHistory:
         if self.jobcomp_log is True:
             self.jobcomp_log = None
             result = run_command(["scontrol", "show", "config"])
-            config = dict(
-                (key.strip(), value.strip())
-                for key, _, value in (line.partition("=") for line in result.stdout.splitlines())
-            )
+            config = config_values(result.stdout)
             if config.get("JobCompType") == "jobcomp/filetxt" and config.get("JobCompLoc"):
                 self.jobcomp_log = Path(config["JobCompLoc"])
         return self.jobcomp_log if isinstance(self.jobcomp_log, Path) else None

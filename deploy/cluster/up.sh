@@ -15,7 +15,7 @@
 #   MILEX_TEST_CLUSTER_AUTHORIZED_KEY  public key file the login users authorise; without it, up.sh
 #                                      makes a key pair in the state dir (client_key)
 #   MILEX_TEST_CLUSTER_CACHE           build-root.sh's cache            [/var/cache/milex-test-roots]
-#   MILEX_TEST_CLUSTER_CPUS, _MEM_MB   what the node advertises         [4, 4000]
+#   MILEX_TEST_CLUSTER_CPUS, _MEM_MB   what the node advertises         [8, 8000]
 #   MILEX_TEST_CLUSTER_MIN_JOB_AGE     slurm.conf's MinJobAge (s)       [30]
 #   MILEX_TEST_CLUSTER_TIMEOUT         seconds to wait for the cluster  [120]
 set -euo pipefail
@@ -24,8 +24,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh source-path=SCRIPTDIR
 . "$HERE/common.sh"
 cluster_settings "${1:?usage: up.sh NAME}"
-CPUS=${MILEX_TEST_CLUSTER_CPUS:-4}
-MEM_MB=${MILEX_TEST_CLUSTER_MEM_MB:-4000}
+CPUS=${MILEX_TEST_CLUSTER_CPUS:-8}
+MEM_MB=${MILEX_TEST_CLUSTER_MEM_MB:-8000}
 # Finished jobs leave squeue MinJobAge to MinJobAge + min(60, max(10, MinJobAge)) s after their end
 # (deploy/README.md): 30 to 60 s here.
 MIN_JOB_AGE=${MILEX_TEST_CLUSTER_MIN_JOB_AGE:-30}

@@ -12,11 +12,15 @@ import json
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from milex.agent.scheduler.slurm_limits import association_chain, records
 
 REPO = Path(__file__).resolve().parents[2]
 EXEC = REPO / "deploy" / "cluster" / "exec.sh"
@@ -175,6 +179,90 @@ class LoginNode:
         argv = ["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%T"]
         return self.exec(*argv, check=False).stdout.strip() or "GONE"
 
+    # ---- limits on the login user's jobs, set by the administrator -------------------------------
+
+    @contextmanager
+    def limit(
+        self,
+        *,
+        account: str = "physics",
+        qos: str = "normal",
+        max_submit_jobs: int | None = None,
+        grp_submit_jobs: int | None = None,
+        qos_max_submit_jobs_per_user: int | None = None,
+    ) -> Iterator[None]:
+        """Within the block, the login user's jobs are limited as given (`sacctmgr -i modify`):
+        `max_submit_jobs` on their association with `account`, `grp_submit_jobs` on `account` (all its
+        users), `qos_max_submit_jobs_per_user` on `qos`; each is in force in slurmctld when the block
+        starts, and its earlier value is restored (and in force) when it ends, however it ends."""
+        wanted = [(setting, value) for setting, value in (
+            (_AssocLimit("user", account, "MaxSubmitJobs", "MaxSubmit"), max_submit_jobs),
+            (_AssocLimit("account", account, "GrpSubmitJobs", "GrpSubmit"), grp_submit_jobs),
+            (_AssocLimit("qos", qos, "MaxSubmitJobsPerUser", "MaxSubmitPU"), qos_max_submit_jobs_per_user),
+        ) if value is not None]  # fmt: skip
+        earlier = [(setting, self._limit_now(setting)) for setting, _ in wanted]
+        try:
+            for setting, value in wanted:
+                self._set_limit(setting, value)
+            yield
+        finally:
+            for setting, value in earlier:
+                self._set_limit(setting, value)
+
+    def _limit_now(self, setting: _AssocLimit) -> int | None:
+        """The limit as slurmdbd has it (None: none)."""
+        if setting.entity == "qos":
+            argv = ["sacctmgr", "-n", "-P", "show", "qos", setting.name, f"format={setting.column}"]
+        else:
+            user = self.user if setting.entity == "user" else "''"
+            argv = ["sacctmgr", "-n", "-P", "show", "assoc", f"account={setting.name}", f"user={user}",
+                    f"format={setting.column}"]  # fmt: skip
+        [value] = self.exec(*argv).stdout.split() or [""]
+        return int(value) if value else None
+
+    def _set_limit(self, setting: _AssocLimit, value: int | None) -> None:
+        where = {
+            "user": ["user", self.user, "where", f"account={setting.name}"],
+            "account": ["account", setting.name],
+            "qos": ["qos", setting.name],
+        }[setting.entity]
+        new = f"{setting.field}={-1 if value is None else value}"
+        self.exec("sacctmgr", "-i", "modify", *where, "set", new)
+        deadline = time.monotonic() + 30
+        while (seen := self._limit_in_slurmctld(setting)) != value:
+            assert time.monotonic() < deadline, f"slurmctld shows {setting.field}={seen}, not {value}"
+            time.sleep(0.2)
+
+    def _limit_in_slurmctld(self, setting: _AssocLimit) -> int | None:
+        """The limit as slurmctld enforces it (scontrol show assoc_mgr)."""
+        if setting.entity == "qos":  # shown only under a user of the QOS: be one, with a held job
+            shown = self._qos_user_limit(setting)
+            if shown is None:
+                held = ["sbatch", "--parsable", "--hold", "-o/dev/null", f"--qos={setting.name}", "--wrap=:"]
+                job = self.exec(*held, user=self.user).stdout.strip()
+                self.exec("scancel", job, user=self.user)
+                shown = self._qos_user_limit(setting)
+            assert shown is not None, f"slurmctld shows no {setting.field} of QOS {setting.name}"
+            return None if shown.startswith("N(") else int(shown.split("(")[0])
+        text = self._assoc_mgr()
+        chain = association_chain(list(records(text, "ClusterName=")), self.user, setting.name)
+        assert chain, f"slurmctld shows no association of {self.user} with account {setting.name}:\n{text}"
+        shown = chain[0 if setting.entity == "user" else 1].get(setting.field, "")
+        return int(shown.split("(")[0]) if shown[:1].isdigit() else None
+
+    def _qos_user_limit(self, setting: _AssocLimit) -> str | None:
+        """`MaxSubmitJobsPU=N(0)`'s value for the login user under QOS `setting.name`, if shown."""
+        text = self.exec("scontrol", "-o", "show", "assoc_mgr", f"users={self.user}", "flags=qos",
+                         f"qos={setting.name}").stdout  # fmt: skip
+        for line in text.splitlines():
+            _, found, rest = line.partition(f" {self.user}(")
+            if line.startswith(f"QOS={setting.name}(") and found:
+                return rest.split("MaxSubmitJobsPU=", 1)[1].split()[0]
+        return None
+
+    def _assoc_mgr(self) -> str:
+        return self.exec("scontrol", "show", "assoc_mgr", f"users={self.user}", "flags=assoc").stdout
+
     # ---- a second sshd, which fault tests kill ---------------------------------------------------
 
     def sshd_up(self, port: int, *options: str) -> None:
@@ -211,3 +299,14 @@ class LoginNode:
     @staticmethod
     def _sshd_pidfile(port: int) -> str:
         return f"/run/milex-sshd-{port}.pid"
+
+
+@dataclass(frozen=True)
+class _AssocLimit:
+    """A limit `sacctmgr modify` sets: on the login user's association with account `name` (`user`),
+    on account `name` (`account`) or on QOS `name` (`qos`); `column` is sacctmgr's name for it."""
+
+    entity: str
+    name: str
+    field: str
+    column: str

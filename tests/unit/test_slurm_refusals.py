@@ -1,0 +1,48 @@
+"""sbatch's refusals as SlurmScheduler.submit raises them, from what sbatch printed on each version:
+a limit on the user's jobs is LimitReached (the agent's queue keeps the job), anything else a SubmitError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from milex.agent.scheduler import slurm
+from milex.agent.scheduler.command import CommandResult
+from milex.common.errors import LimitReached, SubmitError
+
+CAPTURED = Path(__file__).parent / "slurm_captured" / "limits"
+LIMITS = (
+    "assoc_max_submit",
+    "qos_max_submit_pu",
+    "qos_max_submit_pa",
+    "account_grp_submit",
+    "array2_over_assoc_max_submit",
+)
+BAD_JOBS = ("bad_account", "bad_partition", "bad_qos", "bad_memory", "array_index_too_big")
+
+
+def refusing(monkeypatch: pytest.MonkeyPatch, version: str, name: str) -> None:
+    base = CAPTURED / version / f"sbatch_{name}"
+    result = CommandResult(
+        ("sbatch",), int(Path(f"{base}.rc").read_text()), "", Path(f"{base}.stderr").read_text()
+    )
+    monkeypatch.setattr(slurm, "run_command", lambda argv, **_: result)
+
+
+@pytest.mark.parametrize("version", ["2205", "2411"])
+@pytest.mark.parametrize("name", LIMITS)
+def test_a_submit_limit_is_limit_reached_with_slurms_reason(monkeypatch, version, name) -> None:
+    refusing(monkeypatch, version, name)
+    with pytest.raises(LimitReached) as refusal:
+        slurm.SlurmScheduler().submit(Path("job.sh"), text="#!/bin/bash\n")
+    assert "job submit limit" in str(refusal.value) and "job.sh" in str(refusal.value)
+
+
+@pytest.mark.parametrize("version", ["2205", "2411"])
+@pytest.mark.parametrize("name", BAD_JOBS)
+def test_a_bad_job_is_a_refusal_not_a_limit(monkeypatch, version, name) -> None:
+    refusing(monkeypatch, version, name)
+    with pytest.raises(SubmitError) as refusal:
+        slurm.SlurmScheduler().submit(Path("job.sh"), text="#!/bin/bash\n")
+    assert not isinstance(refusal.value, LimitReached)
