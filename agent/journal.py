@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
+from milex.agent.scheduler.slurm_output import TaskRow, combine
 from milex.common.errors import MilexError
 from milex.common.model import JobState, JobStatus
 from milex.common.protocol import Event, TrackedJob
@@ -71,6 +72,9 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN request INTEGER;
     ALTER TABLE jobs ADD COLUMN tasks INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX jobs_queued ON jobs (request) WHERE state = 'QUEUED';
+    ALTER TABLE jobs ADD COLUMN part_of TEXT;
+    ALTER TABLE jobs ADD COLUMN window INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_parts ON jobs (part_of) WHERE part_of IS NOT NULL;
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -80,8 +84,12 @@ _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  
 # A job whose submission was started but whose scheduler id is not known yet: no id, state SUBMITTED.
 # (A job without id in any other state never reached the scheduler: QUEUED, or ended before it did.)
 IN_DOUBT = ""
-_IN_DOUBT = "job_id = '' AND state = 'SUBMITTED'"
-_IN_SCHEDULER = f"(job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})"
+_IN_DOUBT = "job_id = '' AND state = 'SUBMITTED' AND window = 0"
+_IN_SCHEDULER = f"((job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})) AND window = 0"
+# An array too big for SLURM is cut into windows (agent/array_windows.py): each window is a row of
+# its own (`part_of` its array's key), submitted, polled and looked up as any job, but never shown; the
+# array's own row (`window`: the size it was cut at) is what clients see, its status the windows'
+# together (its id the first window's), and it is neither polled nor looked up itself.
 
 
 class JournalError(MilexError):
@@ -106,6 +114,8 @@ class Journal:
         # Only this agent writes its journal (it holds the lock), so the newest sequence number is
         # kept here rather than asked of SQLite at every turn of the server's loop.
         self._last_seq: int = self.db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+        self._new = 0  # events recorded in the write under way
+        self._touched: set[str] = set()  # arrays whose windows changed in the write under way
 
     def close(self) -> None:
         self.db.close()
@@ -113,6 +123,7 @@ class Journal:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One write transaction; JournalError (naming the file) when SQLite cannot write it."""
+        self._new, self._touched = 0, set()
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -135,19 +146,52 @@ class Journal:
         """Record the intent to submit `job` before the scheduler is asked, so a crash leaves a trace."""
         self.begin_many([job], scheduler=scheduler, machine_path=machine_path)
 
-    def begin_many(self, jobs: Sequence[TrackedJob], *, scheduler: str, machine_path: str) -> None:
-        """`begin` for several jobs of one machine, in one transaction (a queued job keeps its request)."""
-        now = time.time()
+    def begin_many(
+        self,
+        jobs: Sequence[TrackedJob],
+        *,
+        scheduler: str,
+        machine_path: str,
+        part_of: Mapping[str, str] | None = None,
+    ) -> None:
+        """`begin` for several jobs of one machine, in one transaction (a queued job keeps its request);
+        `part_of`: the array key of each job that is a window of an array."""
+        now, part_of = time.time(), part_of or {}
         with self._writing():
             self.db.executemany(
                 "INSERT INTO jobs (key, bundle, name, job_id, state, script, stdout, stderr,"
-                " scheduler, machine_path, submitted_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " scheduler, machine_path, submitted_at, updated_at, part_of)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, state = excluded.state,"
                 " reason = '', script = excluded.script, stdout = excluded.stdout, stderr = excluded.stderr,"
                 " updated_at = excluded.updated_at",
                 [(job.key, job.bundle, job.name, IN_DOUBT, JobState.SUBMITTED.value, job.script,
-                  job.stdout, job.stderr, scheduler, machine_path, now, now) for job in jobs],
+                  job.stdout, job.stderr, scheduler, machine_path, now, now, part_of.get(job.key))
+                 for job in jobs],
             )  # fmt: skip
+
+    def split(self, key: str, size: int, windows: Sequence[tuple[str, int]]) -> None:
+        """The array `key` goes to the scheduler as windows of `size` indices: their keys, and the tasks
+        each counts for, queued (the array itself then counts for none: its windows do)."""
+        with self._writing():
+            self.db.execute("UPDATE jobs SET window = ?, tasks = 0 WHERE key = ?", (size, key))
+            array = self.db.execute(
+                "SELECT bundle, name, scheduler, machine_path, request FROM jobs WHERE key = ?", (key,)
+            ).fetchone()
+            now = time.time()
+            self.db.executemany(
+                "INSERT OR IGNORE INTO jobs (key, bundle, name, job_id, state, scheduler, machine_path,"
+                " submitted_at, updated_at, request, tasks, part_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(window, array["bundle"], array["name"], IN_DOUBT, JobState.QUEUED.value,
+                  array["scheduler"], array["machine_path"], now, now, array["request"], tasks, key)
+                 for window, tasks in windows],
+            )  # fmt: skip
+
+    def windows(self, key: str) -> tuple[int, list[TrackedJob]]:
+        """The size an array was cut at (0: not cut), and its windows in index order."""
+        row = self.db.execute("SELECT window FROM jobs WHERE key = ?", (key,)).fetchone()
+        rows = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE part_of = ? ORDER BY rowid", (key,))
+        return (row[0] if row else 0), [_tracked(window) for window in rows]
 
     def submitted(self, key: str, job_id: str) -> Event:
         """The scheduler accepted the job as `job_id`: record it, with its first event."""
@@ -159,7 +203,7 @@ class Journal:
             self.db.executemany("UPDATE jobs SET job_id = ? WHERE key = ?", [(i, k) for k, i in accepted])
             for key, job_id in accepted:
                 self._record(key, JobStatus(job_id=job_id, state=JobState.SUBMITTED))
-            events = self.events_since(self._last_seq, limit=len(accepted))
+            events = self._events()
         return self._committed(events)
 
     def forget(self, key: str) -> None:
@@ -207,19 +251,17 @@ class Journal:
         """These queued jobs still wait, for `reason`; a QUEUED event for each that starts waiting
         (a new reason alone makes none). Jobs in any other state are left as they are."""
         with self._writing():
-            waiting = 0
             for key in keys:
                 if self.db.execute(
                     "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED' AND reason = ''",
                     (reason, key),
                 ).rowcount:
                     self._record(key, JobStatus(job_id=IN_DOUBT, state=JobState.QUEUED, reason=reason))
-                    waiting += 1
                 else:
                     self.db.execute(
                         "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED'", (reason, key)
                     )
-            events = self.events_since(self._last_seq, limit=waiting) if waiting else []
+            events = self._events()
         return self._committed(events)
 
     def requeue(self, keys: Sequence[str], reason: str = "") -> list[Event]:
@@ -247,7 +289,7 @@ class Journal:
         with self._writing():
             for key in keys:
                 self._record(key, JobStatus(job_id=IN_DOUBT, state=state, reason=reason))
-            events = self.events_since(self._last_seq, limit=len(keys)) if keys else []
+            events = self._events()
         return self._committed(events)
 
     def queued_requests(self) -> list[tuple[int, bytes]]:
@@ -287,8 +329,9 @@ class Journal:
     # ---- watching ----------------------------------------------------------------------------
 
     def unfinished(self) -> list[JobRow]:
-        """Submitted jobs not yet in a final state, with the scheduler that runs them."""
-        return self._rows(f"job_id != ? AND {_UNFINISHED}", (IN_DOUBT,))
+        """Submitted jobs not yet in a final state, with the scheduler that runs them (an array cut in
+        windows: its windows)."""
+        return self._rows(f"job_id != ? AND {_UNFINISHED} AND window = 0", (IN_DOUBT,))
 
     def _rows(self, where: str, parameters: Sequence[object]) -> list[JobRow]:
         query = f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs WHERE {where}"
@@ -302,7 +345,6 @@ class Journal:
         statuses = [(key, status) for key, status in statuses if status.state is not JobState.UNKNOWN]
         if not statuses:
             return []
-        changed = 0
         with self._writing():
             recorded = self._recorded([key for key, _ in statuses])
             for key, status in statuses:
@@ -314,8 +356,7 @@ class Journal:
                         self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
                     continue
                 self._record(key, status)
-                changed += 1
-            events = self.events_since(self._last_seq, limit=changed) if changed else []
+            events = self._events()
         return self._committed(events)
 
     def _committed(self, events: list[Event]) -> list[Event]:
@@ -334,16 +375,47 @@ class Journal:
         return recorded
 
     def _record(self, key: str, status: JobStatus) -> None:
-        """Set the job's status, and number the change as an event (read back by `events_since`)."""
+        """Set the job's status, and number the change as an event (read back by `_events`); a window
+        of an array gets none: its array's status changes with it (`_settle_arrays`)."""
         now = time.time()
         self.db.execute(
             "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, updated_at = ? WHERE key = ?",
             (status.state.value, status.exit_code, status.reason, now, key),
         )
+        part_of = self.db.execute("SELECT part_of FROM jobs WHERE key = ?", (key,)).fetchone()
+        if part_of is not None and part_of[0]:
+            self._touched.add(part_of[0])
+            return
         self.db.execute(
             "INSERT INTO events (key, state, exit_code, reason, time) VALUES (?,?,?,?,?)",
             (key, status.state.value, status.exit_code, status.reason, now),
         )
+        self._new += 1
+
+    def _events(self) -> list[Event]:
+        """The events recorded by the write under way, once the arrays its windows belong to follow."""
+        self._settle_arrays()
+        return self.events_since(self._last_seq, limit=self._new) if self._new else []
+
+    def _settle_arrays(self) -> None:
+        """The status of each array whose windows changed: theirs together; its id the first window's."""
+        for key in sorted(self._touched):
+            rows = self.db.execute(
+                "SELECT job_id, state, exit_code, reason FROM jobs WHERE part_of = ? ORDER BY rowid", (key,)
+            ).fetchall()
+            job_id = next((row["job_id"] for row in rows if row["job_id"]), IN_DOUBT)
+            tasks = [
+                TaskRow(job_id, "", JobState(row["state"]), row["reason"], row["exit_code"]) for row in rows
+            ]
+            status = combine(job_id, tasks)
+            known = self.db.execute(f"SELECT {_STATUS_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
+            self.db.execute("UPDATE jobs SET job_id = ? WHERE key = ?", (job_id, key))
+            if known is not None and (known["state"], known["exit_code"]) != (
+                status.state.value,
+                status.exit_code,
+            ):
+                self._record(key, status)
+        self._touched.clear()
 
     def events_since(self, seq: int, limit: int = 1000) -> list[Event]:
         rows = self.db.execute(
@@ -361,7 +433,8 @@ class Journal:
 
     def jobs(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[TrackedJob]:
         """Tracked jobs with these ids, or of this bundle (`NAME_DATE`, or `NAME` for all its dates)."""
-        query, parameters = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE NOT ({_IN_DOUBT})", []
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE NOT ({_IN_DOUBT}) AND part_of IS NULL"
+        parameters: list[str] = []
         if job_ids:
             query += f" AND job_id IN ({','.join('?' * len(job_ids))})"
             parameters += list(job_ids)
