@@ -13,6 +13,7 @@ from milex.agent.logs import LogNotFound, log_path, read_chunk
 from milex.agent.pending import PendingSubmit
 from milex.agent.scheduler import scheduler_group
 from milex.agent.state import Agent, LogStream, Peer, WatchStream
+from milex.agent.submission import WINDOW_MARK
 from milex.common.model import JobState
 from milex.common.protocol import (
     AGENT_FEATURES,
@@ -31,6 +32,7 @@ from milex.common.protocol import (
     Status,
     StatusReply,
     SubmitBundle,
+    TrackedJob,
     Unwatch,
     Watch,
 )
@@ -97,6 +99,7 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
     # Queued jobs end here: none of them reaches the scheduler (a submission in progress asks the
     # journal about each job before it starts it). Those whose sbatch is on its way (in doubt) are
     # cancelled once their id is known, by `cancel_late`.
+    jobs = [part for job in jobs for part in (agent.journal.windows(job.key)[1] or [job])]
     queued = [job.key for job in jobs if job.state is JobState.QUEUED]
     agent.journal.settle_unsubmitted(queued, JobState.CANCELLED, CANCELLED_QUEUED)
     if request.bundle:
@@ -155,13 +158,26 @@ def unwatch(agent: Agent, peer: Peer, request: Unwatch) -> Ack:
     return Ack(id=request.id)
 
 
+def _log_owner(agent: Agent, job: TrackedJob, task: int | None) -> tuple[TrackedJob, int | None]:
+    """Whose log a task is: the job's own, or for an array cut in windows, the window holding the
+    task, with the task's index there."""
+    size, windows = agent.journal.windows(job.key)
+    if not size or task is None:
+        return job, task
+    offset = task - task % size
+    for window in windows:
+        if window.key.endswith(f"{WINDOW_MARK}{offset}"):
+            return window, task - offset
+    raise LogNotFound(f"job {job.job_id} ({job.name}) has no task {task}.")
+
+
 def logs(agent: Agent, peer: Peer, request: Logs) -> LogChunk | Error:
     jobs = agent.journal.jobs([request.job_id])
     if not jobs:
         return Error(id=request.id, code="not_found", message=f"no tracked job with id {request.job_id}.")
     job = jobs[0]
     try:
-        path = log_path(job, request.stream, request.array_task)
+        path = log_path(*_log_owner(agent, job, request.array_task), request.stream)
         data = read_chunk(path, request.offset)
     except LogNotFound as error:
         return Error(id=request.id, code="not_found", message=str(error))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from milex.agent.journal import Journal
 from milex.agent.scheduler.base import Scheduler
-from milex.agent.submission import IN_DOUBT, NOT_RUN, SubmittedJob
+from milex.agent.submission import IN_DOUBT, NOT_RUN, WINDOW_MARK, SubmittedJob
 from milex.common.errors import MilexError, SubmitError
 from milex.common.model import Job, JobState
 from milex.common.protocol import SubmitBundle, TrackedJob
@@ -31,14 +31,16 @@ class JournalLedger:
         self.release = release
 
     def key(self, job: Job) -> str:
-        if job.name not in self.request.keys:
-            raise MilexError(f"the submit request has no idempotency key for job {job.name!r}.")
-        return self.request.keys[job.name]
+        """The job's idempotency key; a window of an array has its array's, with its offset."""
+        name, mark, offset = job.name.partition(WINDOW_MARK)
+        if name not in self.request.keys:
+            raise MilexError(f"the submit request has no idempotency key for job {name!r}.")
+        return f"{self.request.keys[name]}{mark}{offset}"
 
     def known(self, job: Job) -> str | None:
         tracked = self.journal.find(self.key(job))
-        if tracked is None or tracked.state is JobState.QUEUED:
-            return None
+        if tracked is None or tracked.state is JobState.QUEUED or self.window_size(job):
+            return None  # to submit (an array cut in windows: its windows, each known on its own)
         if tracked.job_id:
             return tracked.job_id
         # No id: an earlier attempt was cut short (the submission looks it up), or it never ran.
@@ -59,7 +61,11 @@ class JournalLedger:
             for job, files in planned
         ]  # fmt: skip
         settings = self.request.settings
-        self.journal.begin_many(tracked, scheduler=settings.scheduler, machine_path=settings.path)
+        part_of = {self.key(job): self.request.keys[job.name.partition(WINDOW_MARK)[0]]
+                   for job, _ in planned if WINDOW_MARK in job.name}  # fmt: skip
+        self.journal.begin_many(
+            tracked, scheduler=settings.scheduler, machine_path=settings.path, part_of=part_of
+        )
         return [comment_of(job.key) for job in tracked]
 
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None:
@@ -78,6 +84,12 @@ class JournalLedger:
 
     def requeued(self, jobs: Sequence[Job], reason: str) -> None:
         self.journal.requeue([self.key(job) for job in jobs], reason)
+
+    def window_size(self, job: Job) -> int:
+        return self.journal.windows(self.key(job))[0]
+
+    def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
+        self.journal.split(self.key(job), size, [(self.key(window), tasks) for window, tasks in windows])
 
     def dropped(self, jobs: Sequence[Job], failure: BaseException) -> None:
         keys = [self.key(job) for job in jobs]

@@ -11,7 +11,7 @@ class LogNotFound(Exception):
     """The log cannot be named (an array job without a task) or read."""
 
 
-def log_path(job: TrackedJob, stream: str, array_task: int | None) -> Path:
+def log_path(job: TrackedJob, array_task: int | None, stream: str) -> Path:
     """The file SLURM writes `stream` of `job` to, its `%j`/`%A`/`%a` patterns filled in."""
     pattern = job.stdout if stream == "out" else job.stderr
     if "%a" in pattern and array_task is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from milex.agent.array_windows import window_size
 from milex.agent.scheduler.base import Limits
 from milex.common.errors import MilexError
 
@@ -104,6 +105,12 @@ class RequestRoom:
     @property
     def ready(self) -> bool:
         return self.room.ready
+
+    @property
+    def array_window(self) -> int | None:
+        limits = self.room.limits or Limits()
+        cap, _ = self.room.cap(self.user_cap)
+        return window_size(limits.max_array_size, cap)
 
     @property
     def full(self) -> bool:

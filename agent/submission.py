@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from milex.agent.array_windows import ArrayWindow, array_windows, window_dependencies, window_job
 from milex.agent.controller import Backoff, ControllerWatch
 from milex.agent.scheduler.base import Scheduler
 from milex.common.errors import LimitReached, MilexError, SchedulerError, SchedulerUnavailable, SubmitError
@@ -35,6 +36,8 @@ T = TypeVar("T")
 log = logging.getLogger("milex.agent")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
+# Between an array job's name and a window's offset in the name of the window's job (names have no `~`).
+WINDOW_MARK = "~"
 # `known` of a job that ended without being submitted (cancelled while queued, or its dependency failed).
 NOT_RUN = "-"
 
@@ -97,6 +100,14 @@ class Ledger(Protocol):
         """The submission stopped (`failure`: a refusal, an error) before these jobs."""
         ...
 
+    def window_size(self, job: Job) -> int:
+        """The size `job`'s array was cut at by an earlier submission (0: none)."""
+        ...
+
+    def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
+        """`job`'s array goes to the scheduler as these window jobs (each with its tasks), cut at `size`."""
+        ...
+
 
 class Room(Protocol):
     """How many more tasks the scheduler may be given now; the agent's queue keeps the rest."""
@@ -106,6 +117,11 @@ class Room(Protocol):
     @property
     def ready(self) -> bool:
         """Whether the scheduler's limits are known (read once, on a worker): nothing goes until then."""
+        ...
+
+    @property
+    def array_window(self) -> int | None:
+        """The size arrays are cut at for this scheduler (MaxArraySize, and the room's cap); None: whole."""
         ...
 
     def take(self, tasks: int) -> bool:
@@ -148,6 +164,12 @@ class NoLedger:
         pass
 
     def dropped(self, jobs: Sequence[Job], failure: BaseException) -> None:
+        pass
+
+    def window_size(self, job: Job) -> int:
+        return 0
+
+    def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
         pass
 
 
@@ -219,6 +241,9 @@ class BundleSubmission:
         self.held = False  # no room left: the rest waits in the queue
         self._tasks = {job.name: job_tasks(job) for job in self.ordered}
         self._ended: dict[str, JobState] = {}  # jobs of this submission settled unsubmitted
+        # Arrays cut in windows (agent/array_windows.py): the window jobs of each, and each one's window.
+        self._windows: dict[str, list[Job]] = {}
+        self._window_of: dict[str, tuple[str, ArrayWindow]] = {}
         self._closed = False
 
     @property
@@ -231,9 +256,10 @@ class BundleSubmission:
 
     @property
     def waiting(self) -> list[Job]:
-        """The jobs neither submitted, in doubt, settled nor in flight: those the queue keeps."""
+        """The jobs (and windows) neither submitted, in doubt, settled nor in flight: the queue keeps them."""
         busy = {job.name for job, _ in self.running.values()} | set(self.in_doubt) | set(self.submitted)
-        return [job for job in self.ordered if job.name not in busy]
+        every = [*self.ordered, *(window for windows in self._windows.values() for window in windows)]
+        return [job for job in every if job.name not in busy]
 
     @property
     def waiting_for_controller(self) -> bool:
@@ -303,7 +329,13 @@ class BundleSubmission:
         changed, batch = self._take_ready()
         if batch:
             texts = [
-                render_script(job, self.settings, script_stem(self.bundle.stem, job.name)) for job, _ in batch
+                render_script(
+                    job,
+                    self.settings,
+                    script_stem(self.bundle.stem, job.name),
+                    array_offset=self._offset(job),
+                )
+                for job, _ in batch
             ]
             comments = self.ledger.begin(batch)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
@@ -336,7 +368,7 @@ class BundleSubmission:
             job_id = None if job.name in self._absent else self.ledger.known(job)
             if job_id is not None:
                 self._settle_known(job, planned, job_id)
-            elif not self._may_run(job, planned):
+            elif not self._may_run(job, planned) or self._split(job):
                 continue
             elif self.room is not None and not self.room.take(self._tasks[job.name]):
                 self._ready.appendleft(job)
@@ -380,21 +412,64 @@ class BundleSubmission:
                 return False
         return True
 
-    def _after(self, job: Job) -> list[str]:
-        """The ids `job` waits for: its dependencies, but those that have ended in a way it accepts."""
-        return [
-            self.submitted[dependency].job_id
-            for dependency in job.dependencies
-            if (self._ended.get(dependency) or self.ledger.ended(self.bundle.jobs[dependency])) is None
-        ]
+    def _after(self, job: Job) -> tuple[list[str], str]:
+        """The ids `job` waits for (its dependencies, but those that have ended in a way it accepts; an
+        array cut in windows, its windows), and the dependency type to give them."""
+        after, kind = [], job.slurm.dependency_type
+        window = self._window_of.get(job.name)
+        for dependency in job.dependencies:
+            if dependency in self._windows:
+                windows = self._windows[dependency]
+                wanted = window_dependencies(
+                    window[1] if window else None, [self._window_of[w.name][1] for w in windows], kind
+                )
+                chosen = {w.offset: w_kind for w, w_kind in wanted}
+                parts = [w for w in windows if self._window_of[w.name][1].offset in chosen]
+                kind = next(iter(chosen.values()), kind)
+            else:
+                parts = [self.bundle.jobs[dependency]]
+            after += [self.submitted[part.name].job_id for part in parts if self._unended(part)]
+        return after, kind
+
+    def _unended(self, job: Job) -> bool:
+        return (self._ended.get(job.name) or self.ledger.ended(job)) is None
+
+    def _split(self, job: Job) -> bool:
+        """Cut `job`'s array in windows when the scheduler cannot take it whole (or an earlier submission
+        did): its windows go first, each as a job; `job` is settled when they are. Whether it was cut."""
+        if not job.slurm.array:
+            return False
+        size = self.ledger.window_size(job) or (self.room.array_window if self.room is not None else None)
+        if not size:
+            return False
+        windows = array_windows(job.slurm.array, size)
+        if len(windows) == 1 and windows[0].offset == 0 and not self.ledger.window_size(job):
+            return False
+        jobs = []
+        for window in windows:
+            part = msgspec.structs.replace(
+                window_job(job, window), name=f"{job.name}{WINDOW_MARK}{window.offset}"
+            )
+            self._window_of[part.name] = (job.name, window)
+            self._tasks[part.name] = window.tasks
+            self._kinds[part.name] = self._kinds[job.name]
+            jobs.append(part)
+        self.ledger.split(job, size, [(part, self._tasks[part.name]) for part in jobs])
+        self._windows[job.name] = jobs
+        self._ready.extendleft(reversed(jobs))
+        return True
+
+    def _offset(self, job: Job) -> int:
+        window = self._window_of.get(job.name)
+        return window[1].offset if window else 0
 
     def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
-        after = self._after(job)
+        after, kind = self._after(job)
         return lambda: self.scheduler.submit(
             Path(planned.script),
             text=text,
             after=after,
-            dependency_type=job.slurm.dependency_type,
+            dependency_type=kind,
             comment=comment,
         )
 
@@ -489,6 +564,16 @@ class BundleSubmission:
 
     def _release(self, job: Job, planned: SubmittedJob) -> None:
         self.submitted[job.name] = planned
+        if job.name in self._window_of:  # a window: its array goes once every window has
+            array = self._window_of[job.name][0]
+            windows = self._windows[array]
+            if all(window.name in self.submitted for window in windows):
+                files = self._planned(self.bundle.jobs[array])
+                files.job_id = next(
+                    (self.submitted[w.name].job_id for w in windows if self.submitted[w.name].job_id), ""
+                )
+                self._release(self.bundle.jobs[array], files)
+            return
         for dependent in self._dependents.get(job.name, ()):
             self._unmet[dependent.name] -= 1
             if self._unmet[dependent.name] == 0:

@@ -87,6 +87,7 @@ class FakeScheduler:
     queued: set[str] = field(default_factory=set)
     waiting: list[SubmitCall] = field(default_factory=list)  # queued calls not yet accepted
     max_submitted: int | None = None  # the limit `limits` reports
+    max_array_size: int | None = None  # the MaxArraySize `limits` reports
     limit: int | None = None  # the limit it enforces: unfinished tasks beyond it are refused (LimitReached)
 
     def __post_init__(self) -> None:
@@ -140,7 +141,11 @@ class FakeScheduler:
 
     def limits(self, account: str, qos: str | None) -> Limits:
         self._fail("limits")
-        return Limits(max_submitted=self.max_submitted, held_by=f"MaxSubmitJobs={self.max_submitted} (fake)")
+        return Limits(
+            max_submitted=self.max_submitted,
+            max_array_size=self.max_array_size,
+            held_by=f"MaxSubmitJobs={self.max_submitted} (fake)",
+        )
 
     def lookup(self, comments: Sequence[str]) -> dict[str, str]:
         self._fail("lookup")
