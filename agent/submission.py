@@ -252,7 +252,7 @@ class BundleSubmission:
             return False
         if self.failure is not None or (self.held and not self.in_doubt):
             return True
-        return len(self.submitted) == len(self.ordered)
+        return all(job.name in self.submitted for job in self.ordered)
 
     @property
     def waiting(self) -> list[Job]:
