@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from milex.common.model import Bundle
+from milex.common.model import Bundle, Job, SlurmOptions
 from milex.records import save_bundle
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, wait_until
@@ -106,3 +106,25 @@ def test_a_limit_the_agent_cannot_read_is_learnt_from_slurms_refusal(
         assert status.count("QUEUED") == 2, status
         login_node.sh("scancel --user=$USER --state=PENDING --name=wrap")
         wait_until(lambda: len(submitted(login_node, bundle)) == 4, timeout=180, what="the rest released")
+
+
+@pytest.mark.parametrize("login_node", ["cluster1"], indirect=True)
+def test_an_array_past_max_array_size_runs_every_task_once_as_one_array(
+    laptop: MilexHome, login_node: LoginNode
+) -> None:
+    tasks = 2500  # the cluster's MaxArraySize is 1000: three windows, at 0, 1000 and 2000
+    record = 'echo "$SLURM_ARRAY_TASK_ID" >> ~/array-tasks.txt; echo "task $SLURM_ARRAY_TASK_ID"'
+    job = Job(name="tasks", script="true", pre_commands=[record], slurm=SlurmOptions(array=f"0-{tasks - 1}"))
+    bundle = Bundle(name="wide", created=time.strftime("%Y%m%d%H%M%S"), jobs={"tasks": job})
+    login_node.sh("rm -f ~/array-tasks.txt")
+    out = run(laptop, bundle)
+    [job_id] = [line.split()[1] for line in out.splitlines() if line.startswith("tasks ")]
+    assert sorted(submitted(login_node, bundle)) == ["tasks~0", "tasks~1000", "tasks~2000"]
+    wait_until(lambda: login_node.sh("wc -l < ~/array-tasks.txt 2>/dev/null || echo 0").strip() == str(tasks),
+               timeout=600, interval=2.0, what=f"{tasks} tasks run")  # fmt: skip
+    seen = sorted(int(line) for line in login_node.sh("cat ~/array-tasks.txt").split())
+    assert seen == list(range(tasks))  # every index the user asked for, each once
+    status = laptop.milex("milex", "status", "--machine", REMOTE, bundle.name, "--watch").stdout
+    assert f"tasks  {job_id}" in status and "COMPLETED" in status, status
+    log = laptop.milex("milex", "logs", job_id, "--task", "1500", "--machine", REMOTE).stdout
+    assert log.strip() == "task 1500", log
