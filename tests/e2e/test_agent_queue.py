@@ -119,12 +119,15 @@ def test_an_array_past_max_array_size_runs_every_task_once_as_one_array(
     login_node.sh("rm -f ~/array-tasks.txt")
     out = run(laptop, bundle)
     [job_id] = [line.split()[1] for line in out.splitlines() if line.startswith("tasks ")]
-    assert sorted(submitted(login_node, bundle)) == ["tasks~0", "tasks~1000", "tasks~2000"]
+    # In SLURM: three array jobs, one per window (each task listed once), each with its own key.
+    comments = [c for c in login_node.comments() if c.startswith(f"milex:{bundle.stem}/tasks/")]
+    assert len(comments) == tasks
+    assert sorted({comment.rpartition("~")[2] for comment in comments}) == ["0", "1000", "2000"]
     wait_until(lambda: login_node.sh("wc -l < ~/array-tasks.txt 2>/dev/null || echo 0").strip() == str(tasks),
                timeout=600, interval=2.0, what=f"{tasks} tasks run")  # fmt: skip
     seen = sorted(int(line) for line in login_node.sh("cat ~/array-tasks.txt").split())
     assert seen == list(range(tasks))  # every index the user asked for, each once
     status = laptop.milex("milex", "status", "--machine", REMOTE, bundle.name, "--watch").stdout
-    assert f"tasks  {job_id}" in status and "COMPLETED" in status, status
+    assert status.count("│ tasks ") == 1 and f"│ tasks │ {job_id} │ COMPLETED" in status, status  # one array
     log = laptop.milex("milex", "logs", job_id, "--task", "1500", "--machine", REMOTE).stdout
     assert log.strip() == "task 1500", log
