@@ -67,9 +67,9 @@ def submit(node: LoginNode, *scripts: str) -> list[dict[str, str | None]]:
 @pytest.fixture
 def node(login_node: LoginNode) -> Iterator[LoginNode]:
     """The login node, with none of the user's jobs before and after the test."""
-    login_node.exec("scancel", f"--user={login_node.user}", "--wait")
+    login_node.exec("scancel", f"--user={login_node.user}")
     yield login_node
-    login_node.exec("scancel", f"--user={login_node.user}", "--wait")
+    login_node.exec("scancel", f"--user={login_node.user}")
 
 
 def test_the_limits_follow_what_the_administrator_sets(node: LoginNode) -> None:
