@@ -75,7 +75,8 @@ SUBMIT_LIMIT_REASONS = frozenset({
     "MaxSubmitJobsPerAccount",  # the QOS's MaxSubmitJobsPerAccount
     "QOSGrpSubmitJobsLimit",  # the QOS's GrpSubmitJobs
 })  # fmt: skip
-_REASON = re.compile(r"[A-Z][A-Za-z]+")  # a reason name alone on its line
+# A reason name alone on its line (after `sbatch: error: `, and the agent's own words before that).
+_REASON = re.compile(r"(?:^|error: )([A-Z][A-Za-z]+)$")
 _USE = re.compile(r"^(\d+)\(")  # `50(12)`: the limit, then its use; `N(0)` or `` when none
 
 
@@ -104,7 +105,7 @@ def limit_refusal(message: str) -> str | None:
     policy = policy.removeprefix("Batch job submission failed: ")
     # slurmctld's reason comes on the line before: a submit limit, or a size or time limit of the job
     # (with a QOS's DenyOnLimit), which no waiting lifts.
-    reasons = [line for line in lines if _REASON.fullmatch(line)]
+    reasons = [found.group(1) for line in lines if (found := _REASON.search(line))]
     if reasons and reasons[0] not in SUBMIT_LIMIT_REASONS:
         return None
     reason = f"{reasons[0]}: " if reasons else ""

@@ -103,7 +103,10 @@ def test_a_full_controller_is_a_limit_refusal(version: str, name: str) -> None:
 def test_a_limit_refusal_is_found_in_the_submit_error() -> None:
     """The agent's SubmitError carries sbatch's message after its own words."""
     message = "sbatch refused job.sh: " + captured("2411", "sbatch_assoc_max_submit.stderr")
-    assert limit_refusal(message) is not None
+    expected = f"the cluster's limit on jobs in its queue (AssocMaxSubmitJobLimit: {POLICY})"
+    assert limit_refusal(message) == expected
+    size = f"sbatch refused job.sh: sbatch: error: QOSMaxWallDurationPerJobLimit\nsbatch: error: {POLICY}"
+    assert limit_refusal(size) is None
     assert limit_refusal("sbatch refused job.sh: exit status 1") is None
 
 
