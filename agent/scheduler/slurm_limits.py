@@ -28,14 +28,24 @@ included (a 2-task array needs room for 2, and is refused whole otherwise). A jo
 refused at submission; it never waits in SLURM's queue for room. MaxJobCount counts the same way,
 but every user's jobs, and finished ones until slurmctld forgets them (MinJobAge).
 
-What sbatch prints when one is reached: a MaxSubmitJobs or GrpSubmitJobs (association or QOS) and a
-QOS's MaxSubmitPU/PA are one error, `Job violates accounting/QOS policy (job submit limit, user's size
-and/or time limits)` (ESLURM_ACCOUNTING_POLICY); an array past MaxArraySize is `Invalid job array
-specification`, which is also what a malformed array gives, so it is a bad job, not a limit to wait
-for. At MaxJobCount slurmctld answers EAGAIN, and sbatch retries by itself 15 times, sleeping 1, 2, ...
-15 s (120 s in all), printing `Slurm temporarily unable to accept job, sleeping and retrying`, then
-fails with `Resource temporarily unavailable`: the agent's sbatch times out first (command.py) and
-the submission is looked up as one whose outcome is unknown.
+What sbatch prints when one is reached (tests/unit/slurm_captured/limits/, both versions alike): a
+line with slurmctld's reason (`AssocMaxSubmitJobLimit`, `AssocGrpSubmitJobsLimit`,
+`QOSMaxSubmitJobPerUserLimit`, `MaxSubmitJobsPerAccount`, `QOSGrpSubmitJobsLimit`), then `Batch job
+submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time
+limits)` (ESLURM_ACCOUNTING_POLICY, exit 1). The same error after another reason (a QOS with
+DenyOnLimit and a job too long or too big) is a bad job. An array past MaxArraySize is `Invalid job
+array specification`, the words of a malformed array: a bad job too (the agent splits arrays by
+max_array_size), not a limit to wait for.
+
+At MaxJobCount slurmctld answers EAGAIN, and sbatch does not fail: it prints `Slurm temporarily unable
+to accept job, sleeping and retrying` and tries again 15 times, sleeping 1, 2, ... 15 s (120 s in
+all), before `Batch job submission failed: Resource temporarily unavailable` (sbatch.c). Measured with
+`MaxJobCount=60` on both versions: while slurmctld still remembered finished jobs, a waiting sbatch got
+in after 21 s, as it forgot them; with 60 held jobs in, sbatch exited 1 after 120 s with those words
+(both lines are on its stderr, the first also when it gets in). So the agent's sbatch gets in late,
+or is killed at its own timeout (command.py, 60 s) and SlurmScheduler.submit raises
+SchedulerUnavailable: a submission of unknown outcome, which the agent looks up by its comment.
+limit_refusal still names MaxJobCount when given sbatch's words for it.
 """
 
 from __future__ import annotations
@@ -51,6 +61,9 @@ from milex.common.errors import SchedulerError, SchedulerUnavailable
 
 # sbatch's words for ESLURM_ACCOUNTING_POLICY (slurm_errno.c), both versions.
 _POLICY_REFUSAL = "job violates accounting/qos policy (job submit limit"
+# What sbatch prints as it waits for room under MaxJobCount (slurmctld's EAGAIN), and its final words.
+_FULL_CONTROLLER = "slurm temporarily unable to accept job"
+_FULL_CONTROLLER_WORDS = "Slurm temporarily unable to accept job, Resource temporarily unavailable"
 # What sbatch prints when the user may not read the association manager (PrivateData).
 _DENIED = ("access/permission denied", "permission denied", "not authorized")
 # slurmctld's reasons for refusing a job over a submit limit (job_state_reason_string), as sbatch
@@ -62,7 +75,8 @@ SUBMIT_LIMIT_REASONS = frozenset({
     "MaxSubmitJobsPerAccount",  # the QOS's MaxSubmitJobsPerAccount
     "QOSGrpSubmitJobsLimit",  # the QOS's GrpSubmitJobs
 })  # fmt: skip
-_REASON = re.compile(r"[A-Z][A-Za-z]+")  # a reason name alone on its line
+# A reason name alone on its line (after `sbatch: error: `, and the agent's own words before that).
+_REASON = re.compile(r"(?:^|error: )([A-Z][A-Za-z]+)$")
 _USE = re.compile(r"^(\d+)\(")  # `50(12)`: the limit, then its use; `N(0)` or `` when none
 
 
@@ -83,13 +97,15 @@ def limit_refusal(message: str) -> str | None:
     """When sbatch's refusal `message` is a limit on how many jobs the user may have (not a bad job),
     the limit in words for the user; None for any other refusal."""
     lines = [line.strip().removeprefix("sbatch: error: ") for line in message.splitlines()]
+    if any(_FULL_CONTROLLER in line.lower() for line in lines):
+        return f"the cluster's limit on jobs in its queue (MaxJobCount: {_FULL_CONTROLLER_WORDS})"
     policy = next((line for line in lines if _POLICY_REFUSAL in line.lower()), None)
     if policy is None:
         return None
     policy = policy.removeprefix("Batch job submission failed: ")
     # slurmctld's reason comes on the line before: a submit limit, or a size or time limit of the job
     # (with a QOS's DenyOnLimit), which no waiting lifts.
-    reasons = [line for line in lines if _REASON.fullmatch(line)]
+    reasons = [found.group(1) for line in lines if (found := _REASON.search(line))]
     if reasons and reasons[0] not in SUBMIT_LIMIT_REASONS:
         return None
     reason = f"{reasons[0]}: " if reasons else ""
@@ -269,4 +285,5 @@ def _output(argv: list[str], *, private: bool = False) -> str:
     if private and any(marker in result.message.lower() for marker in _DENIED):
         return ""
     error = SchedulerUnavailable if result.unanswered else SchedulerError
-    raise error(f"{' '.join(argv[:3])} failed: {result.message}")
+    command = " ".join([word for word in argv if not word.startswith("-")][:3])  # `sacctmgr show qos`
+    raise error(f"{command} failed: {result.message}; is SLURM up (try `{command}` yourself)?")

@@ -9,6 +9,7 @@ the oracle, never the path under test.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -202,12 +203,10 @@ class LoginNode:
         ) if value is not None]  # fmt: skip
         earlier = [(setting, self._limit_now(setting)) for setting, _ in wanted]
         try:
-            for setting, value in wanted:
-                self._set_limit(setting, value)
+            self._set_limits(wanted)
             yield
         finally:
-            for setting, value in earlier:
-                self._set_limit(setting, value)
+            self._set_limits(earlier)
 
     def _limit_now(self, setting: _AssocLimit) -> int | None:
         """The limit as slurmdbd has it (None: none)."""
@@ -220,18 +219,21 @@ class LoginNode:
         [value] = self.exec(*argv).stdout.split() or [""]
         return int(value) if value else None
 
-    def _set_limit(self, setting: _AssocLimit, value: int | None) -> None:
+    def _set_limits(self, limits: list[tuple[_AssocLimit, int | None]]) -> None:
+        """Set every one of `limits` in slurmdbd, then wait until slurmctld enforces each."""
         where = {
-            "user": ["user", self.user, "where", f"account={setting.name}"],
-            "account": ["account", setting.name],
-            "qos": ["qos", setting.name],
-        }[setting.entity]
-        new = f"{setting.field}={-1 if value is None else value}"
-        self.exec("sacctmgr", "-i", "modify", *where, "set", new)
-        deadline = time.monotonic() + 30
-        while (seen := self._limit_in_slurmctld(setting)) != value:
-            assert time.monotonic() < deadline, f"slurmctld shows {setting.field}={seen}, not {value}"
-            time.sleep(0.2)
+            "user": lambda name: ["user", self.user, "where", f"account={name}"],
+            "account": lambda name: ["account", name],
+            "qos": lambda name: ["qos", name],
+        }
+        for setting, value in limits:
+            new = f"{setting.field}={-1 if value is None else value}"
+            self.exec("sacctmgr", "-i", "modify", *where[setting.entity](setting.name), "set", new)
+        for setting, value in limits:
+            deadline = time.monotonic() + 30
+            while (seen := self._limit_in_slurmctld(setting)) != value:
+                assert time.monotonic() < deadline, f"slurmctld shows {setting.field}={seen}, not {value}"
+                time.sleep(0.2)
 
     def _limit_in_slurmctld(self, setting: _AssocLimit) -> int | None:
         """The limit as slurmctld enforces it (scontrol show assoc_mgr)."""
@@ -251,13 +253,15 @@ class LoginNode:
         return int(shown.split("(")[0]) if shown[:1].isdigit() else None
 
     def _qos_user_limit(self, setting: _AssocLimit) -> str | None:
-        """`MaxSubmitJobsPU=N(0)`'s value for the login user under QOS `setting.name`, if shown."""
+        """`MaxSubmitJobsPU=N(0)`'s value for the login user under QOS `setting.name`, if shown: after
+        ` milex-login(1000)={` (24.11) or ` 1000={` (22.05)."""
+        uid = self.exec("id", "-u", self.user).stdout.strip()
         text = self.exec("scontrol", "-o", "show", "assoc_mgr", f"users={self.user}", "flags=qos",
                          f"qos={setting.name}").stdout  # fmt: skip
+        entry = re.compile(rf"(?:{re.escape(self.user)}\({uid}\)| {uid})=\{{[^}}]*?MaxSubmitJobsPU=(\S+)")
         for line in text.splitlines():
-            _, found, rest = line.partition(f" {self.user}(")
-            if line.startswith(f"QOS={setting.name}(") and found:
-                return rest.split("MaxSubmitJobsPU=", 1)[1].split()[0]
+            if line.startswith(f"QOS={setting.name}(") and (found := entry.search(line)):
+                return found.group(1)
         return None
 
     def _assoc_mgr(self) -> str:

@@ -67,9 +67,9 @@ def submit(node: LoginNode, *scripts: str) -> list[dict[str, str | None]]:
 @pytest.fixture
 def node(login_node: LoginNode) -> Iterator[LoginNode]:
     """The login node, with none of the user's jobs before and after the test."""
-    login_node.exec("scancel", f"--user={login_node.user}", "--wait")
+    login_node.exec("scancel", f"--user={login_node.user}")
     yield login_node
-    login_node.exec("scancel", f"--user={login_node.user}", "--wait")
+    login_node.exec("scancel", f"--user={login_node.user}")
 
 
 def test_the_limits_follow_what_the_administrator_sets(node: LoginNode) -> None:
@@ -89,6 +89,13 @@ def test_the_limits_follow_what_the_administrator_sets(node: LoginNode) -> None:
         with node.limit(qos_max_submit_jobs_per_user=70):
             found = read_limits(node)
             assert (found.max_submitted, found.held_by) == (70, "MaxSubmitJobsPerUser=70 of QOS normal")
+    assert read_limits(node) == NO_CAP
+
+
+def test_a_limit_is_restored_when_the_test_fails(node: LoginNode) -> None:
+    with pytest.raises(RuntimeError), node.limit(max_submit_jobs=5, qos_max_submit_jobs_per_user=6):
+        assert read_limits(node).max_submitted == 6
+        raise RuntimeError("the test failed")
     assert read_limits(node) == NO_CAP
 
 
@@ -132,3 +139,14 @@ def test_slurm_counts_every_array_task_and_running_jobs(node: LoginNode) -> None
         [fourth] = submit(node, held())
         assert fourth.get("limit"), fourth
         assert pending.get("id")
+
+
+def test_the_node_runs_eight_small_jobs_at_once(node: LoginNode) -> None:
+    """The agent's queue tests run hundreds of short jobs: the node takes 8 one-CPU jobs at a time."""
+    sleeper = "#!/bin/sh\n#SBATCH --output=/dev/null\nsleep 120\n"
+    outcomes = submit(node, *[sleeper] * 9)
+    assert all(o.get("id") for o in outcomes), outcomes
+    running = "squeue -h --me -t RUNNING -o %i | wc -l"
+    node.sh(f"for i in $(seq 150); do [ $({running}) -ge 8 ] && break; sleep 0.2; done")
+    assert node.sh(running).strip() == "8"  # and the ninth waits for a CPU
+    assert node.sh("squeue -h --me -t PENDING -o %i | wc -l").strip() == "1"

@@ -90,10 +90,23 @@ def test_a_bad_job_is_no_limit_refusal(version: str, name: str) -> None:
     assert limit_refusal(captured(version, f"{name}.stderr")) is None
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", ["sbatch_max_job_count_first", "sbatch_max_job_count"])
+def test_a_full_controller_is_a_limit_refusal(version: str, name: str) -> None:
+    """MaxJobCount: sbatch's retries, cut short (`_first`, by timeout) or to their end."""
+    assert limit_refusal(captured(version, f"{name}.stderr")) == (
+        "the cluster's limit on jobs in its queue (MaxJobCount: Slurm temporarily unable to accept job, "
+        "Resource temporarily unavailable)"
+    )
+
+
 def test_a_limit_refusal_is_found_in_the_submit_error() -> None:
     """The agent's SubmitError carries sbatch's message after its own words."""
     message = "sbatch refused job.sh: " + captured("2411", "sbatch_assoc_max_submit.stderr")
-    assert limit_refusal(message) is not None
+    expected = f"the cluster's limit on jobs in its queue (AssocMaxSubmitJobLimit: {POLICY})"
+    assert limit_refusal(message) == expected
+    size = f"sbatch refused job.sh: sbatch: error: QOSMaxWallDurationPerJobLimit\nsbatch: error: {POLICY}"
+    assert limit_refusal(size) is None
     assert limit_refusal("sbatch refused job.sh: exit status 1") is None
 
 

@@ -23,20 +23,35 @@ trap restore EXIT
 "$COPY/up.sh" "$CLUSTER" >"$COPY.up.log" 2>&1 || { cat "$COPY.up.log" >&2; exit 1; }
 user() { "$DEPLOY/exec.sh" "$CLUSTER" --user milex-login "$@"; }
 user scontrol show config | grep -E "^MaxJobCount" >"$OUT/max_job_count_config.txt"
-for i in $(seq 70); do
-    rc=0
-    start=$SECONDS
-    timeout 10 "$DEPLOY/exec.sh" "$CLUSTER" --user milex-login sbatch --parsable --hold --output=/dev/null \
-        --wrap true >"$OUT/sbatch_max_job_count_first.stdout" 2>"$OUT/sbatch_max_job_count_first.stderr" || rc=$?
-    [[ $rc == 0 ]] && continue
-    echo "submission $i: rc=$rc after $((SECONDS - start)) s: $(cat "$OUT"/sbatch_max_job_count_first.std* | tr '\n' ' ')"
-    [[ $rc == 0 ]] || break
-done
-echo "$rc" >"$OUT/sbatch_max_job_count_first.rc"
-start=$SECONDS
-rc=0
-user sbatch --parsable --hold --output=/dev/null --wrap true \
-    >"$OUT/sbatch_max_job_count.stdout" 2>"$OUT/sbatch_max_job_count.stderr" || rc=$?
-echo "$rc" >"$OUT/sbatch_max_job_count.rc"
-echo "a whole sbatch: rc=$rc after $((SECONDS - start)) s" | tee "$OUT/sbatch_max_job_count.seconds"
+# fill NAME: held jobs until an sbatch does not return within 10 s; what it printed is NAME.*.
+fill() {
+    local i rc start
+    for i in $(seq 70); do
+        rc=0
+        start=$SECONDS
+        timeout 10 "$DEPLOY/exec.sh" "$CLUSTER" --user milex-login sbatch --parsable --hold --output=/dev/null \
+            --wrap true >"$OUT/$1.stdout" 2>"$OUT/$1.stderr" || rc=$?
+        [[ $rc == 0 ]] && continue
+        echo "$rc" >"$OUT/$1.rc"
+        echo "$1: submission $i: rc=$rc after $((SECONDS - start)) s: $(cat "$OUT/$1".std* | tr '\n' ' ')"
+        return 0
+    done
+}
+# whole NAME: one sbatch left to its end.
+whole() {
+    local rc=0 start=$SECONDS
+    user sbatch --parsable --hold --output=/dev/null --wrap true >"$OUT/$1.stdout" 2>"$OUT/$1.stderr" || rc=$?
+    echo "$rc" >"$OUT/$1.rc"
+    echo "$1: rc=$rc after $((SECONDS - start)) s" | tee "$OUT/$1.seconds"
+}
+finished() { "$DEPLOY/exec.sh" "$CLUSTER" squeue -h --states=all -o %T | grep -vc PENDING || true; }
+# Full while slurmctld still remembers finished jobs (those of before the restart): room frees as
+# it forgets them (MinJobAge), and the waiting sbatch gets in.
+fill sbatch_max_job_count_first
+echo "finished jobs remembered: $(finished)" >"$OUT/sbatch_max_job_count_freed.remembered"
+whole sbatch_max_job_count_freed
+# Full of held jobs only: no room frees, and sbatch gives up.
+for _ in $(seq 120); do [[ $(finished) == 0 ]] && break; sleep 1; done
+fill sbatch_max_job_count_held
+whole sbatch_max_job_count
 user scancel --user=milex-login || true
