@@ -5,6 +5,7 @@ from SLURM's refusal, and shown to the user."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -131,3 +132,28 @@ def test_an_array_past_max_array_size_runs_every_task_once_as_one_array(
     assert status.count("│ tasks ") == 1 and f"│ tasks │ {job_id} │ COMPLETED" in status, status  # one array
     log = laptop.milex("milex", "logs", job_id, "--task", "1500", "--machine", REMOTE).stdout
     assert log.strip() == "task 1500", log
+
+
+@pytest.mark.parametrize("login_node", ["cluster2"], indirect=True)
+def test_wait_follows_queued_jobs_and_a_failed_dependency_leaves_its_dependent_unrun(
+    laptop: MilexHome, login_node: LoginNode
+) -> None:
+    # The machine's own cap (max_submitted), no cluster limit: one job in SLURM at a time.
+    config = json.loads(laptop.config.read_text())
+    config[REMOTE]["max_submitted"] = 1
+    laptop.config.write_text(json.dumps(config))
+    fails = Job(name="fails", script="milex-example", script_args={"exit_code": 3})
+    never = Job(name="never", script="milex-example", dependencies=["fails"])  # afterok
+    anyway = Job(name="anyway", script="milex-example", dependencies=["never"],
+                 slurm=SlurmOptions(dependency_type="afterany"))  # fmt: skip
+    alone = Job(name="alone", script="milex-example")
+    jobs = {job.name: job for job in (fails, never, anyway, alone)}
+    bundle = Bundle(name="mixed", created=time.strftime("%Y%m%d%H%M%S"), jobs=jobs)
+    save_bundle(laptop.jobs, bundle)
+    waited = laptop.milex("milex-run", bundle.name, "--machine", REMOTE, "--wait", check=False)
+    assert waited.returncode == 1, waited.stdout + waited.stderr  # not every job completed
+    rows = {line.split()[0]: line for line in waited.stdout.splitlines()[2:] if line.split()}
+    assert "FAILED" in rows["fails"] and "3" in rows["fails"].split()
+    assert "CANCELLED" in rows["never"] and "never run: its dependency 'fails' ended FAILED" in rows["never"]
+    assert "COMPLETED" in rows["anyway"] and "COMPLETED" in rows["alone"]
+    assert sorted(submitted(login_node, bundle)) == ["alone", "anyway", "fails"]  # never: not in SLURM
