@@ -15,9 +15,10 @@ from milex.agent.scheduler.base import Limits
 from milex.agent.state import Agent
 from milex.common.errors import LimitReached, SchedulerUnavailable, SubmitError
 from milex.common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
-from milex.common.protocol import SubmitBundle
+from milex.common.protocol import Reply, Request, SubmitBundle, Submitted
 
 CREATED = "20240101000000"
+PEER = b"peer-1"
 NO_ANSWER = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
 
 
@@ -252,3 +253,26 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def answer(agent: Agent, request: Request) -> Reply:
+    """The reply to `request` from PEER, a submission driven to its end here."""
+    from milex.agent.handlers import handle
+    from milex.agent.pending import PendingSubmit
+
+    reply = handle(agent, PEER, request)
+    return reply.wait() if isinstance(reply, PendingSubmit) else reply
+
+
+def submitted(agent: Agent, request: Request) -> Submitted:
+    reply = answer(agent, request)
+    assert isinstance(reply, Submitted), reply
+    return reply
+
+
+def poll_and_release(agent: Agent) -> list[Submitted]:
+    """One poll, then the releases of queued jobs it starts, each driven to its end: their replies."""
+    from milex.agent.job_queue import release
+
+    agent.poller.poll()
+    return [pending.wait() for pending in release(agent, set())]

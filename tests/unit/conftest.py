@@ -1,12 +1,19 @@
-"""Shared fixtures of the unit tests: a home directory and a Milex configuration inside `tmp_path`."""
+"""Shared fixtures of the unit tests: a home directory and a Milex configuration inside `tmp_path`;
+an agent on a real journal with an in-memory scheduler (`fake`, which a module may redefine)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from milex.agent.journal import Journal
+from milex.agent.state import Agent
+from milex.common.model import MachineSettings
+from tests.unit.agent_fakes import FakeScheduler, make_agent
 
 ACCOUNT = "def-alice"
 ENV_COMMAND = "source /opt/alice/venvs/ml/bin/activate"
@@ -69,3 +76,25 @@ def milex_config(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
     monkeypatch.setenv("MILEX_CONFIG", str(setup.config_path))
     return setup
+
+
+@pytest.fixture
+def fake() -> FakeScheduler:
+    return FakeScheduler()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> MachineSettings:
+    return MachineSettings(name="cluster", path=str(tmp_path / "milex"), slurm_account=ACCOUNT)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    journal = Journal(tmp_path / "agent" / "journal.sqlite")
+    yield journal
+    journal.close()
+
+
+@pytest.fixture
+def agent(journal: Journal, fake: FakeScheduler) -> Agent:
+    return make_agent(journal, fake)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from milex.agent.handlers import handle
-from milex.agent.journal import Journal
 from milex.agent.ledger import JournalLedger, comment_of
-from milex.agent.pending import PendingSubmit
 from milex.agent.recovery import recover
 from milex.agent.state import Agent
 from milex.agent.submission import IN_DOUBT, SubmittedJob
@@ -31,48 +28,20 @@ from milex.common.protocol import (
     Shutdown,
     Status,
     StatusReply,
-    Submitted,
     Unwatch,
     Watch,
 )
-from tests.unit.agent_fakes import FakeScheduler, SchedulerCrash, chain_bundle, make_agent, submit_request
+from tests.unit.agent_fakes import (
+    PEER,
+    FakeScheduler,
+    SchedulerCrash,
+    answer,
+    chain_bundle,
+    submit_request,
+    submitted,
+)
 
-PEER = b"peer-1"
 RUNNING, COMPLETED = JobState.RUNNING, JobState.COMPLETED
-
-
-@pytest.fixture
-def fake() -> FakeScheduler:
-    return FakeScheduler()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> MachineSettings:
-    return MachineSettings(name="cluster", path=str(tmp_path / "milex"), slurm_account="def-alice")
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    journal = Journal(tmp_path / "agent" / "journal.sqlite")
-    yield journal
-    journal.close()
-
-
-@pytest.fixture
-def agent(journal: Journal, fake: FakeScheduler) -> Agent:
-    return make_agent(journal, fake)
-
-
-def answer(agent: Agent, request):
-    """The reply to `request`, a submission driven to its end here."""
-    reply = handle(agent, PEER, request)
-    return reply.wait() if isinstance(reply, PendingSubmit) else reply
-
-
-def submitted(agent: Agent, request) -> Submitted:
-    reply = answer(agent, request)
-    assert isinstance(reply, Submitted), reply
-    return reply
 
 
 def test_hello_says_who_and_where_the_agent_is(agent):

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from milex.agent.handlers import cancel_late, handle
-from milex.agent.job_queue import enqueue, release
+from milex.agent.job_queue import enqueue
 from milex.agent.journal import Journal
-from milex.agent.pending import PendingSubmit
 from milex.agent.room import RELEASE_PER_POLL
 from milex.agent.state import Agent
 from milex.common.errors import SchedulerError
 from milex.common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
 from milex.common.protocol import Cancel, Cancelled, Submitted, TrackedJob
-from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, make_agent, submit_request
+from tests.unit.agent_fakes import (
+    CREATED,
+    PEER,
+    FakeScheduler,
+    chain_bundle,
+    make_agent,
+    poll_and_release,
+    submit_request,
+    submitted,
+)
 
-PEER = b"peer-1"
 QUEUED, COMPLETED, FAILED, CANCELLED = (
     JobState.QUEUED,
     JobState.COMPLETED,
@@ -32,23 +36,6 @@ def fake() -> FakeScheduler:
     return FakeScheduler(max_submitted=2)
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> MachineSettings:
-    return MachineSettings(name="cluster", path=str(tmp_path / "milex"))
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    journal = Journal(tmp_path / "agent" / "journal.sqlite")
-    yield journal
-    journal.close()
-
-
-@pytest.fixture
-def agent(journal: Journal, fake: FakeScheduler) -> Agent:
-    return make_agent(journal, fake)
-
-
 def independent(count: int, name: str = "sweep", **slurm: str) -> Bundle:
     jobs = {
         f"j{i:03d}": Job(name=f"j{i:03d}", script="run.py", slurm=SlurmOptions(**slurm)) for i in range(count)
@@ -57,17 +44,7 @@ def independent(count: int, name: str = "sweep", **slurm: str) -> Bundle:
 
 
 def submit(agent: Agent, bundle: Bundle, settings: MachineSettings) -> Submitted:
-    pending = handle(agent, PEER, submit_request(bundle, settings))
-    assert isinstance(pending, PendingSubmit)
-    reply = pending.wait()
-    assert isinstance(reply, Submitted)
-    return reply
-
-
-def poll(agent: Agent) -> list[Submitted]:
-    """One poll, then the releases it starts, each driven to its end."""
-    agent.poller.poll()
-    return [pending.wait() for pending in release(agent, set())]
+    return submitted(agent, submit_request(bundle, settings))
 
 
 def finish_all(fake: FakeScheduler, state: JobState = COMPLETED) -> None:
@@ -89,15 +66,15 @@ def test_a_bundle_bigger_than_the_limit_goes_in_as_room_frees_up(agent, fake, se
         ("j004", QUEUED),
     ]  # fmt: skip
     assert all("MaxSubmitJobs=2" in job.reason for job in reply.jobs[2:])
-    assert poll(agent) == []  # nothing ended: no room, no release, no sbatch
+    assert poll_and_release(agent) == []  # nothing ended: no room, no release, no sbatch
     assert len(fake.calls) == 2
     finish_all(fake)
-    poll(agent)
+    poll_and_release(agent)
     assert len(fake.calls) == 4
     finish_all(fake)
-    poll(agent)
+    poll_and_release(agent)
     finish_all(fake)
-    poll(agent)
+    poll_and_release(agent)
     assert sorted(call.job for call in fake.calls) == sorted(bundle.jobs)  # each once
     assert set(states(agent, bundle).values()) == {COMPLETED}
     assert agent.journal.queued() == 0
@@ -109,10 +86,10 @@ def test_a_chain_is_released_in_order_without_the_ids_of_ended_dependencies(agen
     submit(agent, bundle, settings)
     assert [(call.job, call.after) for call in fake.calls] == [("a", []), ("b", ["1000"])]
     fake.set_state("1000", COMPLETED, exit_code=0)  # a ended: room for c, which waits for b
-    poll(agent)
+    poll_and_release(agent)
     assert [(call.job, call.after) for call in fake.calls[2:]] == [("c", ["1001"])]
     finish_all(fake)  # b and c ended: d goes without a dependency that SLURM may have forgotten
-    poll(agent)
+    poll_and_release(agent)
     assert [(call.job, call.after) for call in fake.calls[3:]] == [("d", [])]
 
 
@@ -122,7 +99,7 @@ def test_a_queued_job_whose_dependency_failed_is_never_run_and_says_why(agent, f
     submit(agent, bundle, settings)
     fake.set_state("1000", FAILED, exit_code=1)
     agent.poller.poll()
-    poll(agent)
+    poll_and_release(agent)
     jobs = {job.name: job for job in agent.journal.jobs(bundle=bundle.stem)}
     assert (jobs["b"].state, jobs["b"].job_id) == (CANCELLED, "")
     assert "never run: its dependency 'a' ended FAILED" in jobs["b"].reason
@@ -144,10 +121,12 @@ def test_a_refusal_for_a_limit_the_agent_could_not_read_queues_the_job_again(age
     assert reply.error == ""
     assert [job.state for job in reply.jobs] == [JobState.SUBMITTED, JobState.SUBMITTED, QUEUED, QUEUED]
     assert "job submit limit" in reply.jobs[2].reason
-    assert poll(agent) == []  # closed until one of ours ends: no sbatch that would be refused again
+    assert (
+        poll_and_release(agent) == []
+    )  # closed until one of ours ends: no sbatch that would be refused again
     assert len(fake.calls) == 3
     fake.set_state("1000", COMPLETED, exit_code=0)
-    poll(agent)
+    poll_and_release(agent)
     assert [call.job for call in fake.calls if call.job_id] == ["j000", "j001", "j002"]
 
 
@@ -160,9 +139,9 @@ def test_a_restarted_agent_releases_what_its_predecessor_kept(tmp_path, fake, se
     finish_all(fake)
     journal = Journal(path)
     agent = make_agent(journal, fake)
-    poll(agent)
+    poll_and_release(agent)
     finish_all(fake)
-    poll(agent)
+    poll_and_release(agent)
     assert sorted(call.job for call in fake.calls) == sorted(bundle.jobs)
     assert set(states(agent, bundle).values()) == {COMPLETED}
     journal.close()
@@ -174,8 +153,8 @@ def test_cancel_takes_queued_jobs_out_and_none_of_them_is_ever_submitted(agent, 
     reply = handle(agent, PEER, Cancel(id="c", bundle=bundle.stem))
     assert isinstance(reply, Cancelled)
     assert (reply.job_ids, reply.queued) == (["1000", "1001"], 3)
-    poll(agent)
-    poll(agent)
+    poll_and_release(agent)
+    poll_and_release(agent)
     assert len(fake.calls) == 2
     assert set(states(agent, bundle).values()) == {CANCELLED}
     assert agent.journal.queued() == 0
@@ -187,9 +166,9 @@ def test_a_poll_releases_a_bounded_number_of_jobs(agent, fake, settings):
     fake.max_submitted = None  # the cluster's limit is lifted: room for every job at once
     agent.rooms.clear()
     finish_all(fake)
-    poll(agent)
+    poll_and_release(agent)
     assert len(fake.calls) == 10 + RELEASE_PER_POLL
-    poll(agent)
+    poll_and_release(agent)
     assert len(fake.calls) == 10 + 2 * RELEASE_PER_POLL
 
 
@@ -199,9 +178,11 @@ def test_a_refusal_met_by_a_release_is_kept_with_its_reason_for_the_user(agent, 
     bundle = independent(3)
     submit(agent, bundle, settings)
     finish_all(fake)
-    poll(agent)  # j001 is refused: no client waits for this release, the journal keeps what happened
+    poll_and_release(
+        agent
+    )  # j001 is refused: no client waits for this release, the journal keeps what happened
     finish_all(fake)
-    poll(agent)
+    poll_and_release(agent)
     jobs = {job.name: job for job in agent.journal.jobs(bundle=bundle.stem)}
     assert [(name, job.state) for name, job in jobs.items()] == [
         ("j000", COMPLETED), ("j001", CANCELLED), ("j002", CANCELLED),

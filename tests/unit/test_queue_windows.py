@@ -3,39 +3,29 @@ once, seen by the user as one array (one job, one id, one status)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from milex.agent.handlers import handle
-from milex.agent.job_queue import release
-from milex.agent.journal import Journal
-from milex.agent.pending import PendingSubmit
 from milex.agent.state import Agent
 from milex.common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
 from milex.common.protocol import Cancel, Cancelled, LogChunk, Logs, Submitted
-from tests.unit.agent_fakes import CREATED, FakeScheduler, make_agent, submit_request
+from tests.unit.agent_fakes import (
+    CREATED,
+    PEER,
+    FakeScheduler,
+    poll_and_release,
+    submit_request,
+    submitted,
+)
 
-PEER = b"peer-1"
 QUEUED, COMPLETED, FAILED = JobState.QUEUED, JobState.COMPLETED, JobState.FAILED
 
 
 @pytest.fixture
 def fake() -> FakeScheduler:
     return FakeScheduler(max_array_size=10)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> MachineSettings:
-    return MachineSettings(name="cluster", path=str(tmp_path / "milex"))
-
-
-@pytest.fixture
-def agent(tmp_path: Path, fake: FakeScheduler) -> Iterator[Agent]:
-    journal = Journal(tmp_path / "agent" / "journal.sqlite")
-    yield make_agent(journal, fake)
-    journal.close()
 
 
 def bundle_of(**jobs: tuple[str | None, list[str], str]) -> Bundle:
@@ -48,17 +38,7 @@ def bundle_of(**jobs: tuple[str | None, list[str], str]) -> Bundle:
 
 
 def submit(agent: Agent, bundle: Bundle, settings: MachineSettings) -> Submitted:
-    pending = handle(agent, PEER, submit_request(bundle, settings))
-    assert isinstance(pending, PendingSubmit)
-    reply = pending.wait()
-    assert isinstance(reply, Submitted)
-    return reply
-
-
-def poll(agent: Agent) -> None:
-    agent.poller.poll()
-    for pending in release(agent, set()):
-        pending.wait()
+    return submitted(agent, submit_request(bundle, settings))
 
 
 def test_an_array_past_max_array_size_goes_as_windows_and_is_seen_as_one(agent, fake, settings):
@@ -76,10 +56,10 @@ def test_an_array_past_max_array_size_goes_as_windows_and_is_seen_as_one(agent, 
     assert shown.key == job.key
     for job_id in ("1000", "1001"):
         fake.set_state(job_id, COMPLETED, exit_code=0)
-    poll(agent)
+    poll_and_release(agent)
     assert agent.journal.jobs()[0].state is JobState.PENDING  # one window still pending
     fake.set_state("1002", FAILED, exit_code=3)
-    poll(agent)
+    poll_and_release(agent)
     [done] = agent.journal.jobs()
     assert (done.state, done.exit_code) == (FAILED, 3)
     assert [(e.name, e.state) for e in agent.journal.events_since(0)] == [
@@ -95,7 +75,7 @@ def test_windows_go_as_room_frees_up_and_dependents_wait_for_every_window(agent,
     assert len(fake.calls) == 1
     for job_id in ("1000", "1001"):
         fake.set_state(job_id, COMPLETED, exit_code=0)
-        poll(agent)
+        poll_and_release(agent)
     # The last window and the dependent fit together; it waits only for the window not ended yet.
     assert [(call.job, call.after) for call in fake.calls] == [
         ("big~0", []), ("big~10", []), ("big~20", []), ("after", ["1002"]),
@@ -122,8 +102,8 @@ def test_cancel_of_a_cut_array_cancels_every_window_and_queues_none(agent, fake,
     reply = handle(agent, PEER, Cancel(id="c", bundle=bundle.stem))
     assert isinstance(reply, Cancelled) and reply.job_ids == ["1000"] and reply.queued == 2
     fake.set_state("1000", JobState.CANCELLED)
-    poll(agent)
-    poll(agent)
+    poll_and_release(agent)
+    poll_and_release(agent)
     assert len(fake.calls) == 1
     assert agent.journal.jobs()[0].state is JobState.CANCELLED
 
@@ -133,7 +113,7 @@ def test_a_window_refused_for_a_limit_waits_and_goes_later(agent, fake, settings
     reply = submit(agent, bundle_of(big=("0-24", [], "afterok")), settings)
     assert reply.error == "" and [job.state for job in reply.jobs] == [JobState.SUBMITTED]
     fake.set_state("1000", COMPLETED, exit_code=0)
-    poll(agent)
+    poll_and_release(agent)
     assert [call.job for call in fake.calls if call.job_id] == ["big~0", "big~10", "big~20"]
 
 
