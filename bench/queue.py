@@ -2,31 +2,46 @@
 
 N independent jobs of length L (`sleep`) go through `milex-run` with `max_submitted=C` on the
 machine; the wall time runs from `milex-run`'s start to the last job's end as SLURM records it
-(the job-completion log, whole seconds). Side by side in the same run: the ideal, ceil(N/C) * L
-(the cap full at all times); the same bundle through `milex-run` with no cap; and the same jobs
-all submitted at once by `sbatch` on the node (four at a time, as the agent does), so that SLURM
-itself holds them. The node advertises exactly C CPUs during the section (the cluster is
-restarted with `MILEX_CLUSTER_CPUS=C` if it has another count, and put back after), so every
-alternative runs at most C jobs at once and the node is never the narrower limit than the cap.
+(the job-completion log's EndTime, truncated to the second). Side by side in the same run: the
+ideal, ceil(N/C) * L (the cap full at all times); the same bundle through `milex-run` with no
+cap; and the same jobs all submitted at once by `sbatch` on the node (four at a time, as the
+agent does), so that SLURM itself holds them. The node advertises exactly C CPUs during the
+section (the cluster is restarted with `MILEX_CLUSTER_CPUS=C` if it has another count, and put
+back after), so no alternative runs more than C jobs at once: the node is as narrow as the cap,
+never narrower, and "no cap" is SLURM's own queue at the same width.
 
 Each job also writes `date +%s.%N` when it starts and ends (one host, one clock). With at most C
 jobs at once, the i-th job to start after the first C took the slot of the i-th job to end: the
-*refill* delay (that start less that end) is the time a free slot stays empty. SLURM alone refills
-a slot in a fraction of a second (it schedules at every job end). The agent's queue refills it
-only after:
+*refill* (that start less that end) is the time a free slot stays empty. For the queue it is
+split by the agent's journal (event times) into three steps: the end *seen* by a poll (COMPLETED
+recorded), the job taking the slot *released* (its sbatch answered, after that poll), and
+*started* by SLURM (sbatch's answer to the job's first line).
 
-1. SLURM's completion of the job (epilog, record), then the agent's next status poll: polls come
-   every `POLL_INTERVAL` (2 s) while states change and back off, doubling, to `MAX_POLL_INTERVAL`
-   (10 s) while nothing does, so jobs longer than a few intervals wait up to 10 s for their release;
-2. the release after that poll: at most `RELEASE_PER_POLL` (100) jobs per poll, so a cap above
-   100 cannot be refilled in one poll (and a bundle without any cap goes in 100 jobs per poll too);
-3. the sbatch calls, four at a time (about 7 ms each on the test cluster, 50-500 ms on a
-   production controller: 100 jobs take 0.2 to 12 s), then SLURM's scheduling and the node's launch.
+Where the time goes (full run, 1,000 jobs of 2 s, cap 100, 2 cores shared): the queue took 2.6x
+the ideal and 1.5x SLURM's own queue; a refill took 3.0 s (median) against 1.1 to 1.4 s without
+the agent's queue. Of it:
 
-What would lower it: a poll sooner after a job's expected end (the queue knows how many wait); a
-poll interval kept short while jobs wait in the queue (no back-off then); a release budget of the
-cap's size rather than a fixed 100; or submitting ahead, a few jobs more than the cap where the
-cluster's own limit allows (`MaxSubmitJobs` above `MaxJobs`: SLURM then starts them itself).
+1. seen, 1.0 s (p95 2.3 s): SLURM's completion, then the agent's next status poll, every
+   `POLL_INTERVAL` (2 s) while states change; while nothing changes the interval doubles up to
+   `MAX_POLL_INTERVAL` (10 s), so jobs longer than a few intervals wait up to 10 s for release;
+2. released, 1.1 s (p95 1.5 s), of which only about 0.1 to 0.4 s is sbatch (100 calls, four at
+   a time, ~7 ms each here; 50 to 500 ms each on a production controller: 1.2 to 12 s per 100).
+   The rest is the agent's loop: the releases a poll starts are made after the loop stepped its
+   submissions, and nothing wakes it for them, so they wait for its next turn, up to 1 s (the
+   loop's longest sleep). With a wake-up after the release (an experiment, not committed) this
+   step fell from 0.91 s to 0.03 s and the quick run's queue from 3.3x to 1.9x the ideal.
+   `RELEASE_PER_POLL` (100) also bounds a release: a cap above 100 is never refilled in one
+   poll, and a bundle without any cap goes in 100 jobs per poll too;
+3. started, 0.8 s: SLURM's scheduling and the node's launch of 100 jobs on 2 cores (the same
+   for every alternative).
+
+Whole waves also lock onto the poll: a wave released just after a poll ends L + launch later,
+and waits for the first poll after that, so a wave costs a whole number of poll intervals
+(plus the release) rather than L. What would lower it: waking the loop for the releases a poll
+starts (above); polling again soon after the queue's running jobs are due to end, and not
+backing off while jobs wait in the queue; a release budget as large as the room; and, where
+the cluster's limits allow (`MaxSubmitJobs` above `MaxJobs`), submitting a few jobs past the
+running cap, so SLURM starts the next at once.
 """
 
 from __future__ import annotations
@@ -77,7 +92,7 @@ def measure(laptop: Laptop, ledger: Ledger, mode: Mode) -> dict:
             ("raw", f"`sbatch` of all {count} at once on the node", lambda: _raw(laptop, ledger, mode)),
         ):
             start, job_ids = run()
-            runs[tag] = {"label": label, **_timeline(laptop.node.marks, tag, start, job_ids, cap)}
+            runs[tag] = {"label": label, **_timeline(laptop.node, tag, start, job_ids, cap)}
             if tag == "queue":  # the others have no refill of the agent's own
                 runs[tag]["steps"] = _steps(laptop.node, laptop.node.marks, tag, cap)
     for run in runs.values():
@@ -186,9 +201,10 @@ def _raw(laptop: Laptop, ledger: Ledger, mode: Mode) -> tuple[float, list[str]]:
 # ---- what happened: SLURM's record of each job's end, and the jobs' own clocks -----------------------
 
 
-def _timeline(marks: Path, tag: str, start: float, job_ids: list[str], cap: int) -> dict:
+def _timeline(node: LoginNode, tag: str, start: float, job_ids: list[str], cap: int) -> dict:
     """Wall time from `start` to the last end SLURM recorded; refill delays from the jobs' marks."""
-    ended = _slurm_ends(job_ids)
+    marks = node.marks
+    ended, strays = _slurm_ends(job_ids, node.uid)
     starts = sorted(float(path.read_text()) for path in marks.glob(f"{tag}-*.start"))
     ends = sorted(float(path.read_text()) for path in marks.glob(f"{tag}-*.end"))
     if len(ended) < len(job_ids) or len(ends) < len(job_ids):
@@ -204,6 +220,7 @@ def _timeline(marks: Path, tag: str, start: float, job_ids: list[str], cap: int)
         "first_start": starts[0] - start,
         "refill": summarize(refill),
         "most_at_once": _most_at_once(starts, ends),
+        "other_jobs": strays,  # jobs of ours in SLURM that the run does not know: submitted twice
     }
 
 
@@ -251,18 +268,22 @@ def _most_at_once(starts: list[float], ends: list[float]) -> int:
     return most
 
 
-def _slurm_ends(job_ids: list[str], wait: float = 30.0) -> list[float]:
-    """The EndTime of each of `job_ids` in SLURM's job-completion log (epoch seconds, whole)."""
+def _slurm_ends(job_ids: list[str], uid: int, wait: float = 30.0) -> tuple[list[float], int]:
+    """The EndTime of each of `job_ids` in SLURM's job-completion log (epoch seconds, truncated to the
+    second), and how many other jobs of user `uid` it has among their ids: a job submitted twice."""
     wanted = set(job_ids)
+    lowest, highest = min(map(int, job_ids)), max(map(int, job_ids))
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
     log = next(line.split("=", 1)[1].strip() for line in config.splitlines() if line.startswith("JobCompLoc"))
     deadline = time.monotonic() + wait
     while True:
-        ends = {}
+        ends, strays = {}, 0
         for line in Path(log).read_text().splitlines():
             fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
             if fields.get("JobId") in wanted:
                 ends[fields["JobId"]] = datetime.fromisoformat(fields["EndTime"]).timestamp()
+            elif fields.get("UserId", "").endswith(f"({uid})") and lowest < int(fields["JobId"]) < highest:
+                strays += 1
         if len(ends) == len(wanted) or time.monotonic() > deadline:
-            return list(ends.values())
+            return list(ends.values()), strays
         time.sleep(0.5)

@@ -402,6 +402,8 @@ def _queue(results: dict) -> list[str]:
     lines += [
         "",
         f"Queue / no cap: {_x(queue['queue_over_uncapped'])}; queue / all at once in SLURM: "
-        f"{_x(queue['queue_over_raw'])}.",
+        f"{_x(queue['queue_over_raw'])}. Jobs of ours SLURM ran that no run knows (submitted twice): "
+        + ", ".join(f"{run['other_jobs']} ({tag})" for tag, run in queue["runs"].items())
+        + ".",
     ]
     return lines
