@@ -24,20 +24,21 @@ the agent's queue. Of it:
 1. seen, 1.0 s (p95 2.3 s): SLURM's completion, then the agent's next status poll, every
    `POLL_INTERVAL` (2 s) while states change; while nothing changes the interval doubles up to
    `MAX_POLL_INTERVAL` (10 s), so jobs longer than a few intervals wait up to 10 s for release;
-2. released, 1.1 s (p95 1.5 s), of which only about 0.1 to 0.4 s is sbatch (100 calls, four at
-   a time, ~7 ms each here; 50 to 500 ms each on a production controller: 1.2 to 12 s per 100).
-   The rest is the agent's loop: the releases a poll starts are made after the loop stepped its
+2. released, 1.1 s (p95 1.5 s), of which only about 0.2 s is sbatch (100 calls, four at a time,
+   ~7 ms each here; 50 to 500 ms each on a production controller: 1.2 to 12 s per 100). The
+   rest is the agent's loop: the releases a poll starts are made after the loop stepped its
    submissions, and nothing wakes it for them, so they wait for its next turn, up to 1 s (the
    loop's longest sleep). With a wake-up after the release (an experiment, not committed) this
-   step fell from 0.91 s to 0.03 s and the quick run's queue from 3.3x to 1.9x the ideal.
+   step fell to 0.21 s (p95 0.80 s) and the queue's wall time from 52 s to 42 s (2.1x the ideal,
+   1.1x no cap); in the quick run from 0.91 s to 0.03 s, and 3.3x to 1.9x the ideal.
    `RELEASE_PER_POLL` (100) also bounds a release: a cap above 100 is never refilled in one
    poll, and a bundle without any cap goes in 100 jobs per poll too;
 3. started, 0.8 s: SLURM's scheduling and the node's launch of 100 jobs on 2 cores (the same
    for every alternative).
 
 Whole waves also lock onto the poll: a wave released just after a poll ends L + launch later,
-and waits for the first poll after that, so a wave costs a whole number of poll intervals
-(plus the release) rather than L. What would lower it: waking the loop for the releases a poll
+and waits for the first poll after that, so a wave costs the poll intervals that cover L and
+the launch, plus the release, rather than L. What would lower it: waking the loop for the releases a poll
 starts (above); polling again soon after the queue's running jobs are due to end, and not
 backing off while jobs wait in the queue; a release budget as large as the room; and, where
 the cluster's limits allow (`MaxSubmitJobs` above `MaxJobs`), submitting a few jobs past the
