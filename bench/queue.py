@@ -8,7 +8,9 @@ cap; and the same jobs all submitted at once by `sbatch` on the node (four at a 
 agent does), so that SLURM itself holds them. The node advertises exactly C CPUs during the
 section (the cluster is restarted with `MILEX_CLUSTER_CPUS=C` if it has another count, and put
 back after), so no alternative runs more than C jobs at once: the node is as narrow as the cap,
-never narrower, and "no cap" is SLURM's own queue at the same width.
+never narrower, and "no cap" is SLURM's own queue at the same width. `max_submitted` counts
+every job of ours in SLURM, so the section first cancels the run's jobs so far (the load
+section leaves held ones) and waits until the agent has seen them end.
 
 Each job also writes `date +%s.%N` when it starts and ends (one host, one clock). With at most C
 jobs at once, the i-th job to start after the first C took the slot of the i-th job to end: the
@@ -82,6 +84,7 @@ def measure(laptop: Laptop, ledger: Ledger, mode: Mode) -> dict:
     count, cap, length = mode.queue_jobs, mode.queue_cap, mode.queue_length
     ideal = math.ceil(count / cap) * length
     runs: dict[str, dict] = {}
+    _quiet(laptop.node, ledger)  # the cap counts every job of ours in SLURM, earlier sections' too
     with node_cpus(cap):
         for tag, label, run in (
             (
@@ -241,6 +244,23 @@ def _steps(node: LoginNode, marks: Path, tag: str, cap: int) -> dict:
         begun.append(events["SUBMITTED"])
     released = [taken - freed for taken, freed in zip(sorted(begun)[cap:], sorted(ended), strict=False)]
     return {"seen": summarize(seen), "released": summarize(released), "started": summarize(started)}
+
+
+def _quiet(node: LoginNode, ledger: Ledger, wait: float = 60.0) -> None:
+    """Cancel this run's jobs so far, and wait until the agent's journal has none unfinished."""
+    from milex.common.model import JobState
+
+    ledger.cancel()
+    journals = list(node.run_dir.rglob("journal.sqlite"))
+    deadline = time.monotonic() + wait
+    while journals:
+        with contextlib.closing(sqlite3.connect(f"file:{journals[0]}?mode=ro", uri=True)) as db:
+            states = [JobState(state) for (state,) in db.execute("SELECT state FROM jobs")]
+        if all(state.finished for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the agent still tracks unfinished jobs after {wait:.0f} s")
+        time.sleep(0.5)
 
 
 def _journal_events(node: LoginNode, prefix: str) -> dict[str, dict[str, float]]:
