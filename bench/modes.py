@@ -24,6 +24,9 @@ class Mode:
     footprint_cpu_window: float = 10.0  # seconds over which the idle agent's CPU time is measured
     poll_sizes: tuple[int, ...] = (1000, 2000, 4000)  # jobs of the status-query cost measurement
     startup_runs: int = 20
+    queue_jobs: int = 1000  # jobs of the bundle through the agent's queue (section 7)
+    queue_cap: int = 100  # the machine's max_submitted, and the CPUs of the node meanwhile
+    queue_length: float = 2.0  # seconds each of those jobs runs
 
     @property
     def expected_jobs(self) -> int:
@@ -31,7 +34,8 @@ class Mode:
         latency = sum(self.latency_reps.values()) + self.latency_reps["milex_api"] + 16
         statuses = sum(len(wave) for wave in self.status_waves) + len(self.lone_jobs)
         submitting = int(self.window / 0.2)  # the load section's second window
-        return latency + 2 * self.bundle + 2 * self.raw_loop + self.ssh_loop + statuses + submitting
+        queued = 3 * self.queue_jobs  # through the queue, without a cap, all at once
+        return latency + 2 * self.bundle + 2 * self.raw_loop + self.ssh_loop + statuses + submitting + queued
 
 
 def _reps(fast: int, ssh: int, cli: int, cold: int) -> dict[str, int]:
@@ -75,6 +79,9 @@ QUICK = Mode(
     footprint_cpu_window=0.3,
     poll_sizes=(100, 200),
     startup_runs=3,
+    queue_jobs=40,
+    queue_cap=8,  # the test cluster's default node: no restart
+    queue_length=1.0,
 )
 
 MODES = {mode.name: mode for mode in (FULL, QUICK)}

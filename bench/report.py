@@ -157,7 +157,7 @@ def markdown(results: dict) -> str:
         "|---|---|---|",
         *(f"| {g['goal']} | {g['measured']} | {_met(g['met'])} |" for g in results["goals"]),
     ]
-    for section in (_latency, _throughput, _load_section, _status, _footprint, _startup):
+    for section in (_latency, _throughput, _load_section, _status, _footprint, _startup, _queue):
         if table := section(results):
             lines += ["", *table]
     for name, error in results["errors"].items():
@@ -362,4 +362,48 @@ def _startup(results: dict) -> list[str]:
             f"`{name}` imports in {_ms(imports['total_seconds'])} (site {_ms(imports['site_seconds'])}); "
             f"its heaviest direct imports: {heaviest}.",
         ]
+    return lines
+
+
+def _queue(results: dict) -> list[str]:
+    queue = results.get("queue")
+    if not queue:
+        return []
+    lines = [
+        f"## 7. The agent's queue: {queue['jobs']} jobs of {queue['length']:g} s, a cap of {queue['cap']}",
+        "",
+        f"Ideal (the cap full at all times): {queue['waves']} waves x {queue['length']:g} s = "
+        f"{_s(queue['ideal'])}. The node runs {queue['cap']} jobs at once; {queue['poll']}.",
+        "",
+        "| alternative | wall (SLURM's last end) | / ideal | overhead per wave | slot refill median "
+        "| p95 | max | most at once |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in queue["runs"].values():
+        refill = run["refill"]
+        lines.append(
+            f"| {run['label']} | {_s(run['wall'])} | {_x(run['over_ideal'])} | "
+            f"{_s(run['overhead_per_wave'])} | "
+            f"{_s(refill.get('median'))} | {_s(refill.get('p95'))} | {_s(refill.get('max'))} | "
+            f"{run['most_at_once']} |"
+        )
+    for run in queue["runs"].values():
+        if steps := run.get("steps"):
+            lines += [
+                "",
+                f"{run['label']}, a refill step by step (median / p95): the job's end seen by a poll "
+                + ", released by sbatch after that poll ".join(
+                    f"{_s(steps[step].get('median'))} / {_s(steps[step].get('p95'))}"
+                    for step in ("seen", "released")
+                )
+                + f", started by SLURM after sbatch {_s(steps['started'].get('median'))} / "
+                f"{_s(steps['started'].get('p95'))}.",
+            ]
+    lines += [
+        "",
+        f"Queue / no cap: {_x(queue['queue_over_uncapped'])}; queue / all at once in SLURM: "
+        f"{_x(queue['queue_over_raw'])}. Jobs of ours SLURM ran that no run knows (submitted twice): "
+        + ", ".join(f"{run['other_jobs']} ({tag})" for tag, run in queue["runs"].items())
+        + ".",
+    ]
     return lines

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench.modes import FULL, QUICK, Mode
 
-SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup")
-REMOTE = ("latency", "throughput", "load", "status")
+SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue")
+REMOTE = ("latency", "throughput", "load", "status", "queue")
 DEFAULT_OUT = Path(__file__).parent / "results"
 HEADROOM = 1000  # job records left free for everybody else
 
@@ -111,7 +111,7 @@ def _section(results: dict, name: str, measure: Callable[[], object]) -> object:
 
 
 def _remote_sections(results: dict, mode: Mode, sections: list[str]) -> None:
-    from bench import latency, load, status, throughput
+    from bench import latency, load, queue, status, throughput
     from bench.methods import NodeTimer
     from bench.world import Ledger, set_up
 
@@ -137,6 +137,8 @@ def _remote_sections(results: dict, mode: Mode, sections: list[str]) -> None:
         ledger.cancel(pending)
         if "status" in sections:
             results["status"] = _section(results, "status", lambda: status.measure(laptop, ledger, mode))
+        if "queue" in sections:
+            results["queue"] = _section(results, "queue", lambda: queue.measure(laptop, ledger, mode))
     finally:
         ledger.cancel()
         node.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup")
+SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue")
 # About 45 s once the benchmark account exists; its first run also installs Milex's dependencies
 # into that account's venv (from the package index), and each new source tree into an overlay.
 pytestmark = pytest.mark.timeout(420)
@@ -30,6 +30,7 @@ def test_quick_run_writes_every_section(tmp_path: Path, slurm_cluster: None) -> 
     assert results["load"]["watching"]["commands"]["squeue"] >= 1  # the wrappers saw the agent's polls
     assert len(results["goals"]) == 6
     report = (tmp_path / "latest.md").read_text()
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+    assert all(run["other_jobs"] == 0 for run in results["queue"]["runs"].values())  # none submitted twice
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7."):
         assert heading in report
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
