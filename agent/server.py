@@ -191,7 +191,10 @@ class AgentServer:
     def _release_queued(self) -> None:
         """After a poll: submissions of queued jobs, where their scheduler has room."""
         owned = {key for _, pending in self.submitting for key in pending.keys}
-        self.submitting.extend((None, pending) for pending in release(self.agent, owned))
+        released = [(None, pending) for pending in release(self.agent, owned)]
+        if released:  # stepped at the loop's next turn, now: nothing else would wake it before a second
+            self.submitting.extend(released)
+            self._wake()
 
     def _guarded(self, request: Request, work: Callable[[], T]) -> T | Error:
         """What `work` returns, or the error reply to `request` if it fails: the agent never dies of one."""

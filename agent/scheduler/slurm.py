@@ -78,10 +78,6 @@ class SlurmScheduler:
             found.update(self.history.find(wanted - found.keys()))
         return found
 
-    def limits(self, account: str, qos: str | None) -> Limits:
-        """Stand-in for the limits helper's reading (dropped at merge): no cap known."""
-        return Limits()
-
     def cancel(self, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return
