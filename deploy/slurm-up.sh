@@ -28,6 +28,8 @@
 # Must run as root (it installs packages, starts daemons as other users).
 
 set -euo pipefail
+# shellcheck source=close-inherited.sh
+. "$(dirname "${BASH_SOURCE[0]}")/close-inherited.sh"
 
 # $EPOCHREALTIME (bash >= 5) gives sub-second timings without forking date.
 T_START=$EPOCHREALTIME
@@ -159,9 +161,9 @@ wait_for() {
 start_daemon() {
     local name=$1 out=$2 pid
     shift 2
-    # 9>&-: do not hand our lock fd to the daemon, or it would hold the
-    # flock for its whole life and block every later slurm-up/slurm-down.
-    "$@" </dev/null >>"$out" 2>&1 9>&- &
+    # No inherited descriptor: our lock fd, or a caller's (`flock LOCK ...`),
+    # would be held for the daemon's whole life and block every later flock.
+    (close_inherited_files && exec "$@") </dev/null >>"$out" 2>&1 &
     pid=$!
     echo "$pid" >"$PID_DIR/$name.pid"
     if ! wait_for "$name (pid $pid) to exec" pid_alive "$name"; then

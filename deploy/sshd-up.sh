@@ -31,6 +31,8 @@
 # Must run as root (sshd's privilege separation needs it).
 
 set -euo pipefail
+# shellcheck source=close-inherited.sh
+. "$(dirname "${BASH_SOURCE[0]}")/close-inherited.sh"
 
 PORT="${MILEX_SSHD_PORT:-2222}"
 STATE_DIR="${MILEX_SSHD_STATE:-/var/run/milex-test-sshd}"
@@ -139,7 +141,7 @@ fi
 printf '%s\n' "$NEW_CONF" >"$CONF"
 /usr/sbin/sshd -t -f "$CONF" || die "sshd rejects $CONF"
 rm -f "$PID_FILE"
-setsid /usr/sbin/sshd -D -f "$CONF" -E "$LOG_FILE" </dev/null >/dev/null 2>&1 &
+(close_inherited_files && exec setsid /usr/sbin/sshd -D -f "$CONF" -E "$LOG_FILE") </dev/null >/dev/null 2>&1 &
 
 deadline=$((SECONDS + TIMEOUT))
 until pid=$(running_pid) && ssh-keyscan -T 2 -p "$PORT" 127.0.0.1 >/dev/null 2>&1; do

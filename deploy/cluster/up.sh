@@ -23,6 +23,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh source-path=SCRIPTDIR
 . "$HERE/common.sh"
+# shellcheck source=../close-inherited.sh source-path=SCRIPTDIR
+. "$HERE/../close-inherited.sh"
 cluster_settings "${1:?usage: up.sh NAME}"
 CPUS=${MILEX_TEST_CLUSTER_CPUS:-8}
 MEM_MB=${MILEX_TEST_CLUSTER_MEM_MB:-8000}
@@ -144,19 +146,6 @@ start_network() {
 
 # The cluster's process 1 is the child of unshare; the overlay is mounted in the new mount
 # namespace only, so it goes away with the cluster's last process.
-# close_inherited_files: close every descriptor but 0-2 in this (sub)shell. The cluster's daemons
-# outlive up.sh: a file they inherited, such as the lock of `flock LOCK up.sh`, would stay held
-# until the cluster stops (seen: a test run waiting on that lock forever), and so would our own.
-close_inherited_files() {
-    local fd
-    for fd in /proc/"$BASHPID"/fd/*; do
-        fd=${fd##*/}
-        if ((fd > 2)); then
-            eval "exec $fd>&-" 2>/dev/null || true
-        fi
-    done
-}
-
 start_init() {
     local unshare_pid init_pid="" deadline=$((SECONDS + 10))
     (
