@@ -235,7 +235,10 @@ ENV
 }
 
 lock_state
-if recorded_pid unshare unshare >/dev/null && recorded_pid init "$INIT_NAME" >/dev/null && [[ -s $READY_FILE ]]; then
+# Up means answering: a cluster whose processes run but whose munged or slurmctld died (a `pkill
+# munged` on the host reaches into the namespace) is started again.
+if recorded_pid unshare unshare >/dev/null && recorded_pid init "$INIT_NAME" >/dev/null && [[ -s $READY_FILE ]] &&
+    in_cluster sinfo --noheader >/dev/null 2>&1; then
     log "$CLUSTER_NAME is up"
     print_state
     exit 0
