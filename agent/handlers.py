@@ -103,8 +103,10 @@ def cancel(agent: Agent, request: Cancel) -> Cancelled | Error:
     queued = [job.key for job in jobs if job.state is JobState.QUEUED]
     agent.journal.settle_unsubmitted(queued, JobState.CANCELLED, CANCELLED_QUEUED)
     if request.bundle:
-        agent.cancel_requested.update(row.job.key for row in agent.journal.in_doubt()
-                                      if row.job.bundle in {job.bundle for job in jobs})  # fmt: skip
+        bundles = {job.bundle for job in jobs}
+        agent.cancel_requested.update(
+            row.job.key for row in agent.journal.in_doubt() if row.job.bundle in bundles
+        )
     unfinished = {job.job_id: job for job in jobs if job.job_id and not job.state.finished}
     _cancel_in_scheduler(agent, set(unfinished))
     return Cancelled(id=request.id, job_ids=sorted(unfinished), queued=len(queued))
@@ -161,14 +163,14 @@ def unwatch(agent: Agent, peer: Peer, request: Unwatch) -> Ack:
 def _log_owner(agent: Agent, job: TrackedJob, task: int | None) -> tuple[TrackedJob, int | None]:
     """Whose log a task is: the job's own, or for an array cut in windows, the window holding the
     task, with the task's index there."""
-    size, windows = agent.journal.windows(job.key)
+    size = agent.journal.window_size(job.key)
     if not size or task is None:
         return job, task
     offset = task - task % size
-    for window in windows:
-        if window.key.endswith(f"{WINDOW_MARK}{offset}"):
-            return window, task - offset
-    raise LogNotFound(f"job {job.job_id} ({job.name}) has no task {task}.")
+    window = agent.journal.find(f"{job.key}{WINDOW_MARK}{offset}")
+    if window is None:
+        raise LogNotFound(f"job {job.job_id} ({job.name}) has no task {task}.")
+    return window, task - offset
 
 
 def logs(agent: Agent, peer: Peer, request: Logs) -> LogChunk | Error:

@@ -187,11 +187,15 @@ class Journal:
                  for window, tasks in windows],
             )  # fmt: skip
 
+    def window_size(self, key: str) -> int:
+        """The size the array `key` was cut at (0: not cut)."""
+        row = self.db.execute("SELECT window FROM jobs WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else 0
+
     def windows(self, key: str) -> tuple[int, list[TrackedJob]]:
         """The size an array was cut at (0: not cut), and its windows in index order."""
-        row = self.db.execute("SELECT window FROM jobs WHERE key = ?", (key,)).fetchone()
         rows = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE part_of = ? ORDER BY rowid", (key,))
-        return (row[0] if row else 0), [_tracked(window) for window in rows]
+        return self.window_size(key), [_tracked(window) for window in rows]
 
     def submitted(self, key: str, job_id: str) -> Event:
         """The scheduler accepted the job as `job_id`: record it, with its first event."""
@@ -251,22 +255,14 @@ class Journal:
         """These queued jobs still wait, for `reason`; a QUEUED event for each that starts waiting
         (a new reason alone makes none). Jobs in any other state are left as they are."""
         with self._writing():
-            for key in keys:
-                if self.db.execute(
-                    "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED' AND reason = ''",
-                    (reason, key),
-                ).rowcount:
-                    self._record(key, JobStatus(job_id=IN_DOUBT, state=JobState.QUEUED, reason=reason))
-                else:
-                    self.db.execute(
-                        "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED'", (reason, key)
-                    )
+            self._hold(keys, reason)
             events = self._events()
         return self._committed(events)
 
     def requeue(self, keys: Sequence[str], reason: str = "") -> list[Event]:
         """These jobs are known not to be in the scheduler (refused for a limit, or proven absent):
-        each of a kept request waits in the queue again; one of an older journal is no longer tracked."""
+        each of a kept request waits in the queue again (for `reason`, if given); one of an older
+        journal is no longer tracked."""
         with self._writing():
             for key in keys:
                 if not self.db.execute(
@@ -275,7 +271,21 @@ class Journal:
                     (key,),
                 ).rowcount:
                     self.db.execute("DELETE FROM jobs WHERE key = ? AND job_id = ''", (key,))
-        return self.hold(keys, reason) if reason else []
+            if reason:
+                self._hold(keys, reason)
+            events = self._events()
+        return self._committed(events)
+
+    def _hold(self, keys: Sequence[str], reason: str) -> None:
+        for key in keys:
+            if self.db.execute(
+                "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED' AND reason = ''", (reason, key)
+            ).rowcount:
+                self._record(key, JobStatus(job_id=IN_DOUBT, state=JobState.QUEUED, reason=reason))
+            else:
+                self.db.execute(
+                    "UPDATE jobs SET reason = ? WHERE key = ? AND state = 'QUEUED'", (reason, key)
+                )
 
     def drop_queued(self, keys: Sequence[str]) -> None:
         """Forget these jobs if they still wait: their submission ended without them (a refusal)."""

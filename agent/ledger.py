@@ -39,8 +39,10 @@ class JournalLedger:
 
     def known(self, job: Job) -> str | None:
         tracked = self.journal.find(self.key(job))
-        if tracked is None or tracked.state is JobState.QUEUED or self.window_size(job):
-            return None  # to submit (an array cut in windows: its windows, each known on its own)
+        if tracked is None or tracked.state is JobState.QUEUED:
+            return None
+        if job.slurm.array and self.window_size(job):
+            return None  # to submit again: an array cut in windows is its windows, each known on its own
         if tracked.job_id:
             return tracked.job_id
         # No id: an earlier attempt was cut short (the submission looks it up), or it never ran.
@@ -86,7 +88,7 @@ class JournalLedger:
         self.journal.requeue([self.key(job) for job in jobs], reason)
 
     def window_size(self, job: Job) -> int:
-        return self.journal.windows(self.key(job))[0]
+        return self.journal.window_size(self.key(job))
 
     def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
         self.journal.split(self.key(job), size, [(self.key(window), tasks) for window, tasks in windows])

@@ -400,7 +400,7 @@ class BundleSubmission:
         """Whether `job` may still run, given how its dependencies that have already ended ended; one
         that cannot is settled as never run (`ledger.not_run`), as SLURM would leave it pending forever."""
         for dependency in job.dependencies:
-            state = self._ended.get(dependency) or self.ledger.ended(self.bundle.jobs[dependency])
+            state = self._end_of(self.bundle.jobs[dependency])
             if state is not None and dependency_verdict(job.slurm.dependency_type, [state]) is False:
                 reason = (
                     f"never run: its dependency {dependency!r} ended {state.value}, and it runs "
@@ -428,22 +428,24 @@ class BundleSubmission:
                 kind = next(iter(chosen.values()), kind)
             else:
                 parts = [self.bundle.jobs[dependency]]
-            after += [self.submitted[part.name].job_id for part in parts if self._unended(part)]
+            after += [self.submitted[part.name].job_id for part in parts if self._end_of(part) is None]
         return after, kind
 
-    def _unended(self, job: Job) -> bool:
-        return (self._ended.get(job.name) or self.ledger.ended(job)) is None
+    def _end_of(self, job: Job) -> JobState | None:
+        """How `job` ended (settled unsubmitted here, or known to the ledger); None while it has not."""
+        return self._ended.get(job.name) or self.ledger.ended(job)
 
     def _split(self, job: Job) -> bool:
         """Cut `job`'s array in windows when the scheduler cannot take it whole (or an earlier submission
         did): its windows go first, each as a job; `job` is settled when they are. Whether it was cut."""
         if not job.slurm.array:
             return False
-        size = self.ledger.window_size(job) or (self.room.array_window if self.room is not None else None)
+        cut_before = self.ledger.window_size(job)
+        size = cut_before or (self.room.array_window if self.room is not None else None)
         if not size:
             return False
         windows = array_windows(job.slurm.array, size)
-        if len(windows) == 1 and windows[0].offset == 0 and not self.ledger.window_size(job):
+        if len(windows) == 1 and windows[0].offset == 0 and not cut_before:
             return False
         jobs = []
         for window in windows:
