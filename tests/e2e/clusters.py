@@ -196,17 +196,28 @@ class LoginNode:
         `max_submit_jobs` on their association with `account`, `grp_submit_jobs` on `account` (all its
         users), `qos_max_submit_jobs_per_user` on `qos`; each is in force in slurmctld when the block
         starts, and its earlier value is restored (and in force) when it ends, however it ends."""
-        wanted = [(setting, value) for setting, value in (
-            (_AssocLimit("user", account, "MaxSubmitJobs", "MaxSubmit"), max_submit_jobs),
-            (_AssocLimit("account", account, "GrpSubmitJobs", "GrpSubmit"), grp_submit_jobs),
-            (_AssocLimit("qos", qos, "MaxSubmitJobsPerUser", "MaxSubmitPU"), qos_max_submit_jobs_per_user),
-        ) if value is not None]  # fmt: skip
+        values = (max_submit_jobs, grp_submit_jobs, qos_max_submit_jobs_per_user)
+        wanted = [
+            (setting, value)
+            for setting, value in zip(_limit_settings(account, qos), values, strict=True)
+            if value is not None
+        ]
         earlier = [(setting, self._limit_now(setting)) for setting, _ in wanted]
         try:
             self._set_limits(wanted)
             yield
         finally:
             self._set_limits(earlier)
+
+    def lift_limits(self) -> None:
+        """Take off every limit `limit` sets on the test accounts and QOS: the test world's starting
+        point, whatever a run killed within a `limit` block left behind (its cluster keeps its database)."""
+        settings = [
+            setting for account in ("physics", "chemistry") for setting in _limit_settings(account, "normal")
+        ]
+        self._set_limits(
+            [(setting, None) for setting in dict.fromkeys(settings) if self._limit_now(setting) is not None]
+        )
 
     def _limit_now(self, setting: _AssocLimit) -> int | None:
         """The limit as slurmdbd has it (None: none)."""
@@ -314,3 +325,13 @@ class _AssocLimit:
     name: str
     field: str
     column: str
+
+
+def _limit_settings(account: str, qos: str) -> tuple[_AssocLimit, _AssocLimit, _AssocLimit]:
+    """The limits `LoginNode.limit` sets: the user's MaxSubmitJobs with `account`, the account's
+    GrpSubmitJobs, and the QOS's MaxSubmitJobsPerUser."""
+    return (
+        _AssocLimit("user", account, "MaxSubmitJobs", "MaxSubmit"),
+        _AssocLimit("account", account, "GrpSubmitJobs", "GrpSubmit"),
+        _AssocLimit("qos", qos, "MaxSubmitJobsPerUser", "MaxSubmitPU"),
+    )
