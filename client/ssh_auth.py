@@ -107,16 +107,28 @@ def key_family(algorithm: str) -> str:
     return "ssh-rsa" if algorithm.startswith("rsa-sha2-") else algorithm
 
 
+def known_keys(keys: paramiko.HostKeys, name: str, kind: str) -> list[paramiko.PKey]:
+    """Every key of type `kind` known_hosts lists for `name`: a name with several (login nodes behind
+    one round-robin name, each with its own key) accepts any of them, as OpenSSH does. paramiko's
+    lookup gives the first line's key of each type; removing it from the lookup shows the next."""
+    found = keys.lookup(name)
+    listed = []
+    while found is not None and kind in found:
+        listed.append(found[kind])
+        del found[kind]  # from this lookup's view only, not from `keys`
+    return listed
+
+
 def check_host_key(target: Target, keys: paramiko.HostKeys, server_key: paramiko.PKey) -> None:
-    """Raise unless known_hosts holds exactly `server_key` for `target`."""
-    known = (keys.lookup(target.host_key_name) or {}).get(server_key.get_name())
-    if known is None:
+    """Raise unless known_hosts holds `server_key` for `target`."""
+    known = known_keys(keys, target.host_key_name, server_key.get_name())
+    if not known:
         raise UnknownHostError(
             f"{target.host_key_name} is not a known host: its {server_key.get_name()} key "
             f"{server_key.fingerprint} is in none of {', '.join(target.known_hosts)}. "
             f"If this is the machine you mean, trust it with\n    {target.keyscan_command}\nand retry."
         )
-    if known != server_key:
+    if server_key not in known:
         raise HostKeyChangedError(
             f"the host key of {target.host_key_name} has CHANGED (now {server_key.fingerprint}): someone "
             "may be intercepting the connection, or the machine was reinstalled. Ask its administrators; "

@@ -138,6 +138,20 @@ def test_a_changed_host_key_is_refused_and_the_known_one_accepted() -> None:
         check_host_key(target, keys, other)
 
 
+def test_any_of_several_keys_known_for_one_name_is_accepted(tmp_path: Path) -> None:
+    # Two login nodes behind one round-robin name, each with its own key: known_hosts lists both.
+    target = Target(alias="c", hostname="cluster.example.org", port=22, username="alice")
+    first, second, stranger = host_key(), host_key(), host_key()
+    lines = [f"cluster.example.org {key.get_name()} {key.get_base64()}\n" for key in (first, second)]
+    (tmp_path / "known_hosts").write_text("".join(lines))
+    keys = paramiko.HostKeys(str(tmp_path / "known_hosts"))
+    check_host_key(target, keys, first)
+    check_host_key(target, keys, second)
+    with pytest.raises(HostKeyChangedError, match="CHANGED"):
+        check_host_key(target, keys, stranger)
+    check_host_key(target, keys, second)  # the check leaves the loaded keys as they were
+
+
 def test_keyboard_interactive_answers_are_asked_once_then_reused() -> None:
     asked: list[tuple[str, bool]] = []
     credentials = Credentials(lambda text, echo: asked.append((text, echo)) or f"answer{len(asked)}")
