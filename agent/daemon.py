@@ -33,11 +33,17 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     started_at: float
     directory: str
     running: bool = True
+    host: str = ""  # the node it runs on (its short hostname): a shared home is seen from several
+
+
+def node_name() -> str:
+    """This node's short hostname (`login1` of `login1.cluster.example.org`)."""
+    return socket.gethostname().split(".")[0]
 
 
 def agent_dir(milex_path: str | Path, host: str | None = None) -> Path:
     """The agent's directory for this login node: `PATH/agent/HOST` (homes are often shared)."""
-    return Path(milex_path).expanduser() / "agent" / (host or socket.gethostname().split(".")[0])
+    return Path(milex_path).expanduser() / "agent" / (host or node_name())
 
 
 def socket_path(directory: Path) -> Path:
@@ -180,8 +186,8 @@ def run(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    publish(directory, AgentInfo(pid=os.getpid(), socket=str(sock), version=version,
-                                 started_at=time.time(), directory=str(directory)))  # fmt: skip
+    publish(directory, AgentInfo(pid=os.getpid(), socket=str(sock), version=version, started_at=time.time(),
+                                 directory=str(directory), host=node_name()))  # fmt: skip
     ours[directory / "agent.json"] = identity(directory / "agent.json")
     logging.getLogger("milex.agent").info("agent %s serving on %s", version, sock)
     on_ready()

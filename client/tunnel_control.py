@@ -31,6 +31,7 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     pid: int | None = None
     since: float | None = None
     host: str = ""
+    node: str = ""  # the login node the connection landed on (its hostname), once known
     mode: str | None = None  # "streamlocal" or "relay", once the first connection has gone through
     local_socket: str = ""
     remote_socket: str = ""

@@ -35,8 +35,10 @@ RELAY_EXIT_WAIT = 5.0  # after a relay's output ends, the longest wait for its e
 class TunnelService:
     """Accept local connections and pipe each through its own channel of `session`, until idle or stopped."""
 
-    def __init__(self, session: SshSession, status: TunnelStatus, files: TunnelFiles, idle: float) -> None:
-        self.session, self.status, self.files, self.idle = session, status, files, idle
+    def __init__(
+        self, session: SshSession, agent: RemoteAgent, status: TunnelStatus, files: TunnelFiles, idle: float
+    ) -> None:
+        self.session, self.agent, self.status, self.files, self.idle = session, agent, status, files, idle
         self.stop = threading.Event()
         self.active = 0
         self.last_activity = time.monotonic()
@@ -45,6 +47,7 @@ class TunnelService:
     def save_status(self) -> None:
         with self._lock:
             self.status.mode, self.status.connected_at = self.session.mode, self.session.connected_at
+            self.status.node, self.status.remote_socket = self.agent.node, self.agent.socket
             if not self.session.last_failure:
                 self.status.link_error_at = None
             elif not self.status.link_error:
@@ -75,8 +78,13 @@ class TunnelService:
         try:
             channel = self._open_channel()
         finally:  # the status shows how the link went before any byte passes
-            shown = (self.status.mode, self.status.connected_at, self.status.link_error)
-            if (self.session.mode, self.session.connected_at, self.session.last_failure) != shown:
+            shown = (self.status.mode, self.status.connected_at, self.status.link_error, self.status.node)
+            if (
+                self.session.mode,
+                self.session.connected_at,
+                self.session.last_failure,
+                self.agent.node,
+            ) != shown:
                 self.save_status()
         if channel is None:
             return self._finished(local)
@@ -86,7 +94,7 @@ class TunnelService:
     def _open_channel(self) -> paramiko.Channel | None:
         """A channel to the remote socket; None, logged, when there is none to be had."""
         try:
-            return self.session.open_streamlocal(self.status.remote_socket)
+            return self.session.open_streamlocal(self.agent.socket)
         except PromptUnavailable as error:
             # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground.
             log.error("%s; stopping", error)
@@ -117,7 +125,7 @@ class TunnelService:
         if not self._restart_remote(error):
             return None
         try:
-            return self.session.open_streamlocal(self.status.remote_socket)
+            return self.session.open_streamlocal(self.agent.socket)
         except TunnelError as again:
             log.warning("connection refused: %s (after restarting the remote side: %s)", error, again)
             return None
@@ -126,11 +134,11 @@ class TunnelService:
         """Run the on-connect command (which starts the agent) after `error`; whether it ran. Not when
         the SSH connection is what failed, or while backing off after a failure: that would reconnect
         at each attempt."""
-        if self.session.on_connect is None or not self.session.is_connected or isinstance(error, BackingOff):
+        if self.agent.command is None or not self.session.is_connected or isinstance(error, BackingOff):
             log.warning("connection refused: %s", error)
             return False
         try:
-            self.session.on_connect(self.session)
+            self.agent.on_connect(self.session)
         except TunnelError as again:
             log.warning("connection refused: %s (restarting the remote side failed: %s)", error, again)
             return False
@@ -226,26 +234,36 @@ def _no_prompt(text: str, echo: bool) -> str:
     raise PromptUnavailable(f"the server asks {text.strip()!r}: restart the tunnel from a terminal")
 
 
-def _on_connect(command: str, outputs: list[str]) -> Callable[[SshSession], None]:
-    def run_command(session: SshSession) -> None:
-        code, out, err = session.exec(command)
+class RemoteAgent:
+    """Where the agent listens and on which login node, as the on-connect command (`milex-agent start`)
+    said at the last (re)connection: behind a round-robin name, each connection may land on another
+    node. A socket given on the command line stays; the node is then the one `hostname` names."""
+
+    def __init__(self, command: str | None, socket: str = "") -> None:
+        self.command, self.fixed_socket = command, socket
+        self.socket, self.node = socket, ""
+
+    def on_connect(self, session: SshSession) -> None:
+        if self.command is None:
+            code, out, _ = session.exec("hostname")
+            self.node = out.strip() if code == 0 else ""
+            return
+        code, out, err = session.exec(self.command)
         if code != 0:
-            raise TunnelError(f"{command!r} failed on {session.target} (exit {code}): {(err or out).strip()}")
-        outputs.append(out)
-
-    return run_command
-
-
-def _socket_from(outputs: list[str]) -> str:
-    """The agent's socket, from the JSON that `milex-agent start` printed last (its last line)."""
-    lines = [line for line in (outputs[-1] if outputs else "").splitlines() if line.strip()]
-    try:
-        return str(json.loads(lines[-1])["socket"])
-    except (IndexError, ValueError, KeyError, TypeError):
-        raise TunnelError(
-            "no remote socket given, and the on-connect command printed no agent info "
-            f"(JSON with a 'socket'); it printed: {outputs[-1][-500:] if outputs else 'nothing'!r}"
-        ) from None
+            raise TunnelError(
+                f"{self.command!r} failed on {session.target} (exit {code}): {(err or out).strip()}"
+            )
+        lines = [line for line in out.splitlines() if line.strip()]
+        try:
+            info = json.loads(lines[-1])
+            self.socket, self.node = self.fixed_socket or str(info["socket"]), str(info.get("host", ""))
+        except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+            if self.fixed_socket:
+                return
+            raise TunnelError(
+                "no remote socket given, and the on-connect command printed no agent info "
+                f"(JSON with a 'socket'); it printed: {out[-500:]!r}"
+            ) from None
 
 
 def run(
@@ -258,12 +276,12 @@ def run(
         lock = _take_lock(files)
         logging.basicConfig(filename=files.path("log"), level=logging.INFO, format="%(asctime)s %(message)s")
         logging.getLogger("paramiko").setLevel(logging.WARNING)
-        outputs: list[str] = []
-        hook = _on_connect(on_connect, outputs) if on_connect else None
-        session = SshSession.for_machine(load_config().machine(machine), relay=relay, on_connect=hook)
-        session.connect()
         # Without a socket path, the agent's own start command says where it listens.
-        remote_socket = remote_socket or _socket_from(outputs)
+        agent = RemoteAgent(on_connect, remote_socket)
+        session = SshSession.for_machine(
+            load_config().machine(machine), relay=relay, on_connect=agent.on_connect
+        )
+        session.connect()
         listener = _listen(local_socket)
     except Exception as error:  # every failure must reach the waiting CLI, as one line
         if lock is not None:
@@ -272,9 +290,8 @@ def run(
         print("ERROR " + json.dumps({"kind": type(error).__name__, "message": str(error)}), flush=True)
         return 1
     status = TunnelStatus(machine=machine, state="up", pid=os.getpid(), since=time.time(),
-                          host=str(session.target), local_socket=str(local_socket),
-                          remote_socket=remote_socket)  # fmt: skip
-    service = TunnelService(session, status, files, idle)
+                          host=str(session.target), local_socket=str(local_socket))  # fmt: skip
+    service = TunnelService(session, agent, status, files, idle)
     service.save_status()
     print(f"READY {os.getpid()}", flush=True)
     _detach(files.path("log"))

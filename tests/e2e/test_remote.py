@@ -108,6 +108,7 @@ def test_bundle_with_dependency_and_array_runs_on_the_login_node(
     assert json.loads(task)["array_task_id"] == "2"
     tunnel = laptop.milex("milex", "tunnel", "status", "--machine", REMOTE).stdout
     assert "up since" in tunnel and "streamlocal" in tunnel, tunnel
+    assert f"on login node {login_node.sh('hostname').strip()}," in tunnel, tunnel  # the node, not the name
     [submission] = laptop.submissions()
     assert {job["state"] for job in submission["jobs"].values()} == {"COMPLETED"}
     accounts = login_node.exec("sacct", "--noheader", "--parsable2", "--allocations", "--format=Account",
@@ -278,6 +279,6 @@ def test_another_user_of_the_login_node_cannot_reach_the_agents_socket(
 
 def test_first_use_sets_the_machine_up(laptop: MilexHome, login_node: LoginNode) -> None:
     state = laptop.milex("milex", "agent", "status", "--machine", REMOTE).stdout
-    assert f"running as {login_node.user}" in state, state
+    assert f"running as {login_node.user} on {login_node.sh('hostname').strip()}," in state, state
     for name in ("jobs", "slurm", "models", "results", "data"):
         assert login_node.exists(f"{login_node.home}/milex/{name}"), name

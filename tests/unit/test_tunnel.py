@@ -24,10 +24,10 @@ from milex.ssh_auth import (
     key_family,
     resolve_target,
 )
-from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, UnknownHostError
+from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, TunnelError, UnknownHostError
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
 from milex.tunnel_control import TunnelFiles, tunnel_status
-from milex.tunnel_service import TunnelService, splice
+from milex.tunnel_service import RemoteAgent, TunnelService, splice
 
 
 def ssh_string(value: bytes) -> bytes:
@@ -287,17 +287,24 @@ class LateExitChannel:
 
 
 class BackoffOnly:
-    """A session that can only back off (or, given `on_connect`, start the remote side again)."""
+    """A session that can only back off."""
+
+    def __init__(self) -> None:
+        self.backoff = Backoff()
+        self.is_connected = True
+
+
+class StartOnly:
+    """The remote agent's on-connect command, which only says it ran (None: there is none)."""
 
     def __init__(self, on_connect: Callable[[object], None] | None = None) -> None:
-        self.backoff = Backoff()
+        self.command = "milex-agent start" if on_connect else None
         self.on_connect = on_connect
-        self.is_connected = True
 
 
 @pytest.mark.parametrize(("status", "failures"), [(1, 1), (0, 0)])
 def test_a_relay_backs_off_by_its_exit_status_even_when_it_comes_late(status: int, failures: int) -> None:
-    service = TunnelService(BackoffOnly(), None, None, 0)  # type: ignore[arg-type]
+    service = TunnelService(BackoffOnly(), StartOnly(), None, None, 0)  # type: ignore[arg-type]
     service._relay_ended(LateExitChannel(status))  # type: ignore[arg-type]
     assert service.session.backoff.failures == failures
 
@@ -306,7 +313,36 @@ def test_a_failed_relay_starts_the_agent_again_rather_than_backing_off() -> None
     """A relay fails when the agent's socket is gone (an idle agent left): the on-connect command
     starts the agent, so the client's reconnection finds it."""
     started: list[object] = []
-    service = TunnelService(BackoffOnly(on_connect=started.append), None, None, 0)  # type: ignore[arg-type]
+    service = TunnelService(BackoffOnly(), StartOnly(started.append), None, None, 0)  # type: ignore[arg-type]
     service._relay_ended(LateExitChannel(1))  # type: ignore[arg-type]
     assert started == [service.session]
     assert service.session.backoff.failures == 0
+
+
+class Answers:
+    """A session whose commands print what is given, in turn."""
+
+    target = "milex-login@cluster:22"
+
+    def __init__(self, *outputs: str) -> None:
+        self.outputs = list(outputs)
+
+    def exec(self, command: str) -> tuple[int, str, str]:
+        return 0, self.outputs.pop(0), ""
+
+
+def test_each_connection_learns_the_agents_socket_and_node_anew() -> None:
+    # Behind a round-robin name, the second connection lands on another login node.
+    agent = RemoteAgent("milex-agent start")
+    agent.on_connect(Answers('{"socket": "/tmp/a.sock", "host": "login1"}\n'))  # type: ignore[arg-type]
+    assert (agent.socket, agent.node) == ("/tmp/a.sock", "login1")
+    agent.on_connect(Answers('starting\n{"socket": "/tmp/b.sock", "host": "login2"}\n'))  # type: ignore[arg-type]
+    assert (agent.socket, agent.node) == ("/tmp/b.sock", "login2")
+    with pytest.raises(TunnelError, match="printed no agent info"):
+        agent.on_connect(Answers("bash: milex-agent: command not found\n"))  # type: ignore[arg-type]
+
+
+def test_a_socket_given_stays_and_the_node_is_asked() -> None:
+    agent = RemoteAgent(None, "/run/agent.sock")
+    agent.on_connect(Answers("login2\n"))  # type: ignore[arg-type]
+    assert (agent.socket, agent.node) == ("/run/agent.sock", "login2")
