@@ -195,7 +195,7 @@ def start_container_agent(
     loaded = _load(engine, archive, run) if archive else ""
     state = container_state(engine, name, run)
     if state == "running" and not replace and _runs_image(engine, name, image, run):
-        return f"the agent container {name} already runs: {_ping(engine, name, run) or 'not answering yet'}"
+        return f"the agent container {name} already runs: agent {_wait_ready(engine, name, run)}"
     if state is not None:
         _check(run([engine, "rm", "--force", name]))
     _require_image(engine, image, run, loaded)
