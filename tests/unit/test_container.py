@@ -216,12 +216,17 @@ def test_the_info_is_what_milex_agent_status_prints_in_the_container() -> None:
     assert engine.calls == [["podman", "exec", "milex-agent-alice", "milex-agent", "status", "--path", "/m"]]
 
 
-def test_an_archives_image_id_is_its_configs_digest(tmp_path: Path) -> None:
-    manifest = tmp_path / "manifest.json"
+def image_archive(directory: Path) -> Path:
+    """An image archive as `podman save` writes one, but for its layers: its image ID is 0123abcd."""
+    manifest = directory / "manifest.json"
     manifest.write_text('[{"Config": "0123abcd.json", "RepoTags": ["localhost/milex-agent:latest"]}]')
-    with tarfile.open(tmp_path / "image.tar", "w") as tar:
+    with tarfile.open(directory / "image.tar", "w") as tar:
         tar.add(manifest, "manifest.json")
-    assert container.archive_image_id(str(tmp_path / "image.tar")) == "0123abcd"
+    return directory / "image.tar"
+
+
+def test_an_archives_image_id_is_its_configs_digest(tmp_path: Path) -> None:
+    assert container.archive_image_id(str(image_archive(tmp_path))) == "0123abcd"
     (tmp_path / "not.tar").write_text("not an archive")
     assert container.archive_image_id(str(tmp_path / "not.tar")) is None
 
@@ -289,3 +294,34 @@ def test_the_image_installs_every_library_the_agent_imports() -> None:
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"milex", "__future__"}
     assert third_party <= {module_of.get(name, name) for name in installed}
+
+
+class FakeSession:
+    """The SSH session of a deploy: `image-id` answers `there`; uploads are recorded."""
+
+    def __init__(self, there: str) -> None:
+        self.there, self.uploads, self.commands = there, [], []  # type: ignore[var-annotated]
+
+    def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        self.commands.append(command)
+        if "image-id" in command:
+            return 0, f"{self.there}\n", ""
+        return 0, "/tmp/milex-image.abc123\n", ""
+
+    def upload(self, local: Path, remote: str) -> None:
+        self.uploads.append(remote)
+
+
+@pytest.mark.parametrize(("there", "uploaded"), [("0123abcd", False), ("", True), ("beef", True)])
+def test_the_archive_is_uploaded_unless_the_machine_has_its_image(
+    tmp_path: Path, there: str, uploaded: bool
+) -> None:
+    from milex.remote import _uploaded_archive
+
+    machine = Machine(name="c", path="~/milex", env_command="", slurm_account="", hostname="login1")
+    session = FakeSession(there)
+
+    with _uploaded_archive(session, machine, "milex-agent:latest", image_archive(tmp_path)) as remote:  # type: ignore[arg-type]
+        assert remote == ("/tmp/milex-image.abc123" if uploaded else "")
+    assert session.uploads == (["/tmp/milex-image.abc123"] if uploaded else [])
+    assert ("rm -f /tmp/milex-image.abc123" in session.commands) == uploaded  # removed after the start
