@@ -25,6 +25,8 @@ def remote_agent_command(machine: Machine, action: str) -> str:
     still starts, with its own default.
     """
     command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
+    if machine.state_dir is not None:  # only then: an agent older than the key still starts without it
+        command += f" --state-dir {shell_path(machine.state_dir)}"
     if action == "start":
         settings = start_settings()
         command += f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
