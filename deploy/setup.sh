@@ -17,8 +17,10 @@ PYTHON=${MILEX_PYTHON:-python3}
 # python3-venv: a non-root test user builds its venv from the system Python (root's is unreadable).
 # podman, runc, uidmap, debootstrap: the agent's container image (deploy/container/) and its test,
 # which runs it rootless as an unprivileged user (runc named: podman would otherwise pick crun).
+# fuse3: tests/e2e/lockfs.py, a filesystem whose locks fail, for the agent's lock check (with mfusepy,
+# of the `test` extra).
 PACKAGES=(slurmctld slurmd slurm-client munge python3-venv openssh-server podman buildah runc uidmap
-          debootstrap)
+          debootstrap fuse3)
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
