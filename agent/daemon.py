@@ -62,7 +62,7 @@ def socket_path(directory: Path) -> Path:
 
 def read_info(directory: Path) -> AgentInfo | None:
     """The running agent's info, or None when no agent holds the lock of `directory`."""
-    if not is_locked(directory / "agent.lock"):
+    if not _refused_locks_named(directory, is_locked, directory / "agent.lock"):
         return None
     try:
         return msgspec.json.decode((directory / "agent.json").read_bytes(), type=AgentInfo)
@@ -105,7 +105,7 @@ def start(
     submit_retry: float = SUBMIT_RETRY,
 ) -> AgentInfo:
     """The running agent of `directory`, started detached first if there is none."""
-    info = _refused_locks_named(directory, read_info, directory)
+    info = read_info(directory)
     if info is not None:
         return info
     private_directory(directory)

@@ -118,3 +118,17 @@ def test_a_machine_with_a_state_dir_keeps_its_agent_there_in_a_private_directory
     assert directory == daemon.agent_dir(state)
     assert state.stat().st_mode & 0o777 == 0o700
     assert daemon.machine_agent_dir(str(tmp_path / "home"), None) == daemon.agent_dir(tmp_path / "home")
+
+
+def test_status_and_start_on_a_filesystem_refusing_flock_give_the_refusal(tmp_path, monkeypatch):
+    def refused(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    monkeypatch.setattr(locks, "_places", lambda: [])
+    (tmp_path / "agent.lock").touch()
+    for command in (lambda: daemon.read_info(tmp_path), lambda: daemon.start(tmp_path)):
+        with pytest.raises(LocksUnreliable) as refusal:
+            command()
+        assert str(refusal.value).startswith(f"file locks do not work in {tmp_path} (flock on {tmp_path}/")
+        assert "Function not implemented (ENOSYS)" in str(refusal.value)
