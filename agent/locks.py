@@ -10,6 +10,7 @@ process, since a lock never excludes its own holder (flock: its open file; fcntl
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import sqlite3
@@ -41,15 +42,17 @@ def exclusion_failure(lock_file: Path) -> str | None:
     database = lock_file.parent / PROBE_DATABASE
     # A rollback journal, not the journal's WAL: the same POSIX locks (on the database file rather
     # than on `-shm`), with a verdict at once where WAL retries a faked lock's protocol error for 10 s.
-    db = sqlite3.connect(database, isolation_level=None, timeout=0)
+    db: sqlite3.Connection | None = None
     try:
         try:
+            db = sqlite3.connect(database, isolation_level=None, timeout=0)
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
             return f"SQLite cannot take its write lock on a database there: {error}"
         return _second_process(lock_file, database)
     finally:
-        db.close()
+        if db is not None:
+            db.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
 
@@ -107,7 +110,7 @@ def refusal(directory: Path, reason: str) -> LocksUnreliable:
         )
     return LocksUnreliable(
         f"{problem} Keep the agent's state on a disk of this node instead: add the line\n"
-        f'    "state_dir": "{place}",\n'
+        f'    "state_dir": {json.dumps(str(place))},\n'
         "to this machine in your Milex configuration (or run "
         f"`milex config set <machine> state_dir {place}`); "
         f"its agent then keeps its directory and journal in {agent_dir(place)}, and your jobs' files "
