@@ -36,6 +36,9 @@ if ((${#missing[@]})); then
     apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# lockfs needs /dev/fuse: Debian's kernels have the fuse module built in or loadable.
+[[ -e /dev/fuse ]] || modprobe fuse || log "no /dev/fuse: tests/e2e/test_unreliable_locks.py will fail"
+
 if [[ ! -x $VENV/bin/python ]]; then
     log "creating $VENV"
     "$PYTHON" -m venv "$VENV"
