@@ -34,9 +34,10 @@ STATE_DIR_LINE = re.compile(r'\n    "state_dir": "([^"]+)",\n')
 
 @contextmanager
 def mounted(backing: Path, mountpoint: Path, mode: str, timeout: float = 30.0) -> Iterator[Path]:
-    """`backing` seen through lockfs (locks failing as `mode` says) at `mountpoint` while the block runs."""
+    """`backing` seen through lockfs (locks failing as `mode` says) at `mountpoint` while the block
+    runs; lockfs's output in `backing`.log."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    log = mountpoint.with_name(f"{mountpoint.name}.lockfs.log")
+    log = backing.with_name(f"{backing.name}.log")
     with open(log, "wb") as output:
         command = [sys.executable, str(LOCKFS), str(backing), str(mountpoint), mode]
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -103,17 +104,18 @@ def test_a_local_machine_on_a_home_without_working_locks_refuses_then_serves_fro
 @pytest.fixture
 def login_mount(login: LoginUser) -> Iterator[Path]:
     """A directory of the login user's home on lockfs with faked locks (the login user's own)."""
-    home = Path(os.path.expanduser(f"~{LOGIN}"))
-    backing = Path(tempfile.mkdtemp(prefix="milex-lockfs-"))
+    work = Path(tempfile.mkdtemp(prefix="milex-lockfs-"))
+    backing = work / "backing"
+    backing.mkdir()
+    backing.chmod(0o755)  # the login user's, as a directory of their home would be
     shutil.chown(backing, LOGIN, LOGIN)
-    backing.chmod(0o755)
-    mountpoint = home / f"lockfs-{backing.name}"
+    mountpoint = Path(os.path.expanduser(f"~{LOGIN}")) / work.name
     try:
         with mounted(backing, mountpoint, "fake") as mount:
             yield mount
     finally:
         mountpoint.rmdir()
-        shutil.rmtree(backing)
+        shutil.rmtree(work)
 
 
 def test_a_remote_machine_on_a_home_without_working_locks_says_so_through_the_tunnel_then_serves(
