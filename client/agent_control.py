@@ -27,6 +27,8 @@ def remote_agent_command(machine: Machine, action: str) -> str:
     still starts, with its own default (a container's agent never leaves when idle).
     """
     command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
+    if machine.state_dir is not None:  # only then: an agent older than the key still starts without it
+        command += f" --state-dir {shell_path(machine.state_dir)}"
     boxed = container_command(machine, action)
     if action == "start":
         settings = start_settings()
