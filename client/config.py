@@ -17,7 +17,8 @@ DEFAULT_MACHINE = "local"
 SCHEDULERS = ("slurm", "local")
 REQUIRED_KEYS = ("path", "env_command", "slurm_account")
 REMOTE_KEYS = ("username", "key_path")
-KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, "port", "max_submitted", "state_dir")
+INTEGER_KEYS = ("port", "max_submitted")
+KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, *INTEGER_KEYS, "state_dir")
 
 
 class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
