@@ -15,6 +15,7 @@ import paramiko
 from milex.ssh_errors import (
     AuthError,
     HostKeyChangedError,
+    LinkDown,
     PromptUnavailable,
     TunnelError,
     UnknownHostError,
@@ -143,7 +144,7 @@ def connect_socket(target: Target, timeout: float) -> socket.socket | paramiko.P
     try:
         sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
     except OSError as error:
-        raise TunnelError(
+        raise LinkDown(
             f"cannot reach {target.hostname} port {target.port}: {error.strerror or error}. "
             "Check `hostname` and `port` in the Milex configuration (or ~/.ssh/config)."
         ) from None

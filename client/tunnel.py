@@ -19,6 +19,7 @@ from paramiko.common import (
     OPEN_FAILED_CONNECT_FAILED,
     OPEN_FAILED_UNKNOWN_CHANNEL_TYPE,
     cMSG_CHANNEL_OPEN,
+    cMSG_GLOBAL_REQUEST,
 )
 
 from milex.common.errors import ConfigError
@@ -32,13 +33,20 @@ from milex.ssh_auth import (
     resolve_target,
     tty_prompt,
 )
-from milex.ssh_errors import BackingOff, TunnelError
+from milex.ssh_errors import BackingOff, LinkDown, TunnelError
 
 log = logging.getLogger("milex.tunnel")
 
 STREAMLOCAL = "direct-streamlocal@openssh.com"
 DEFAULT_RELAY = "milex-agent bridge --socket {socket}"
 Mode = Literal["streamlocal", "relay"]
+# A server that is there answers a keepalive within this, even behind a busy channel; past it, the link
+# is taken for down (a closed lid, a change of network: TCP itself would take ~15 minutes to say so).
+PROBE_DEADLINE = 4.0
+# The longest a new connection may take to reach the server and hear its SSH banner (prompts, key
+# exchange and authentication come after, with their own time).
+LINK_DEADLINE = 5.0
+FRESH = 2.0  # a connection heard from this recently is not probed again
 
 
 @dataclass
@@ -111,6 +119,30 @@ def open_direct_streamlocal(transport: paramiko.Transport, path: str, timeout: f
     return channel
 
 
+def keepalive_answered(transport: paramiko.Transport, deadline: float) -> bool:
+    """Whether the server answers a keepalive within `deadline` seconds: the global request OpenSSH's
+    ServerAliveInterval sends (`keepalive@openssh.com`, want-reply), which servers refuse; any answer
+    proves the link. Paramiko's `global_request` waits without a deadline, hence this: the same message
+    and event (tests/unit/test_link_check.py runs it against a paramiko server). One at a time."""
+    if not transport.is_active():
+        return False
+    answered = threading.Event()
+    transport.completion_event = answered  # set by paramiko on REQUEST_SUCCESS and REQUEST_FAILURE
+    message = paramiko.Message()
+    message.add_byte(cMSG_GLOBAL_REQUEST)
+    message.add_string("keepalive@openssh.com")
+    message.add_boolean(True)
+    until = time.monotonic() + deadline
+    try:
+        transport._send_user_message(message)
+    except (paramiko.SSHException, EOFError, OSError):
+        return False
+    while not answered.wait(0.1):
+        if not transport.is_active() or time.monotonic() > until:
+            return False
+    return True
+
+
 def relay_command(path: str, template: str = DEFAULT_RELAY, env_command: str = "") -> str:
     """The remote command that pipes its stdin/stdout to socket `path` (`{socket}` in `template`)."""
     quoted = shlex.quote(path)
@@ -151,6 +183,8 @@ class SshSession:
         self.connected_at: float | None = None
         self.backoff = Backoff()
         self.last_failure = ""  # why the last channel could not be opened; "" once one is
+        self.alive_at = 0.0  # when the server last proved the connection alive (time.monotonic())
+        self._verdict: tuple[float, str] = (0.0, "")  # the last check: when it ended, why it failed
         self._ssh_config = ssh_config
         self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
         self._jump: SshSession | None = None
@@ -188,15 +222,19 @@ class SshSession:
             transport = None
             try:
                 transport = paramiko.Transport(self._socket())
+                transport.banner_timeout = LINK_DEADLINE
                 handshake(transport, self.target, self.credentials, self.timeout)
                 self._server_nodelay(transport)
             except BaseException as error:
                 if transport is not None:
                     transport.close()
+                if transport is not None and not transport.remote_version and isinstance(error, TunnelError):
+                    raise LinkDown(f"{self.target} sent no SSH banner within {LINK_DEADLINE:.0f} s") from None
                 if isinstance(error, (paramiko.SSHException, EOFError, OSError)):
                     raise TunnelError(f"SSH connection to {self.target} failed: {error}") from None
                 raise
             self._transport, self.connected_at = transport, time.time()
+            self.alive_at = time.monotonic()
             log.info("connected to %s", self.target)
             if self.on_connect:
                 self.on_connect(self)
@@ -215,7 +253,7 @@ class SshSession:
 
     def _socket(self) -> socket.socket | paramiko.Channel | paramiko.ProxyCommand:
         if not self._jump_spec:
-            return connect_socket(self.target, self.timeout)
+            return connect_socket(self.target, min(self.timeout, LINK_DEADLINE))
         hops, _, last = self._jump_spec.rpartition(",")  # `a,b`: reach b through a, then us through b
         user, _, host = last.rpartition("@")
         host, _, port = host.partition(":")
@@ -225,6 +263,40 @@ class SshSession:
         )  # fmt: skip
         destination = (self.target.hostname, self.target.port)
         return self._jump.connect().open_channel("direct-tcpip", destination, ("127.0.0.1", 0))
+
+    def ensure_live(self) -> None:
+        """Make sure the connection answers: the current one if the server answers a keepalive within
+        PROBE_DEADLINE (or did within FRESH seconds), else a new one (on_connect runs). LinkDown, within
+        PROBE_DEADLINE + LINK_DEADLINE, when the machine cannot be reached. Callers that waited for
+        another's check take its verdict: a check takes seconds when the link is down."""
+        asked = time.monotonic()
+        with self._lock:
+            ended, failure = self._verdict
+            if ended >= asked:
+                if failure:
+                    raise LinkDown(failure)
+                return
+            try:
+                self._ensure_live()
+            except LinkDown as error:
+                self.last_failure = str(error)
+                self._verdict = (time.monotonic(), str(error))
+                raise
+            self._verdict = (time.monotonic(), "")
+
+    def _ensure_live(self) -> None:
+        transport = self._transport
+        if transport is not None and self.is_connected:
+            if time.monotonic() - self.alive_at < FRESH:
+                return
+            if keepalive_answered(transport, PROBE_DEADLINE):
+                self.alive_at = time.monotonic()
+                return
+            log.warning("%s did not answer within %.0f s: reconnecting", self.target, PROBE_DEADLINE)
+        self.close()  # the connection and its jump hosts' (the silence may be theirs): all replaced
+        self.connect()
+        self.backoff.succeeded()  # a new connection, the agent started again: no reason left to wait
+        self.last_failure = ""
 
     def open_streamlocal(self, remote_path: str) -> paramiko.Channel:
         """A byte channel to unix socket `remote_path`: stream-local forwarding, else the relay command.
@@ -238,6 +310,7 @@ class SshSession:
                     f"{self.target}: the last channel to {remote_path} failed; retrying in {wait:.1f} s."
                 )
             try:
+                self.ensure_live()
                 channel = self._open_retrying(remote_path)
             except TunnelError as error:
                 self.backoff.failed()
