@@ -86,9 +86,10 @@ class TunnelService:
             threading.Thread(target=self._check, args=(client,), daemon=True).start()
 
     def _check(self, client: socket.socket) -> None:
-        answer: dict[str, object] = {"up": True}
+        answer: dict[str, object] = {"up": False, "kind": "TunnelError", "message": "the check failed (see log)"}
         try:
             self.session.ensure_live()
+            answer = {"up": True}
         except TunnelError as error:
             answer = {"up": False, "kind": type(error).__name__, "message": str(error)}
             if isinstance(error, PromptUnavailable):
