@@ -86,7 +86,11 @@ class TunnelService:
             threading.Thread(target=self._check, args=(client,), daemon=True).start()
 
     def _check(self, client: socket.socket) -> None:
-        answer: dict[str, object] = {"up": False, "kind": "TunnelError", "message": "the check failed (see log)"}
+        answer: dict[str, object] = {
+            "up": False,
+            "kind": "TunnelError",
+            "message": "the check failed: see its log",
+        }
         try:
             self.session.ensure_live()
             answer = {"up": True}
