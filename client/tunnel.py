@@ -46,7 +46,7 @@ PROBE_DEADLINE = 4.0
 # The longest a new connection may take to reach the server and hear its SSH banner (prompts, key
 # exchange and authentication come after, with their own time).
 LINK_DEADLINE = 5.0
-FRESH = 2.0  # a connection heard from this recently is not probed again
+FRESH = 1.0  # a connection heard from this recently is not probed again (a check, then its channel)
 
 
 @dataclass
@@ -184,7 +184,7 @@ class SshSession:
         self.backoff = Backoff()
         self.last_failure = ""  # why the last channel could not be opened; "" once one is
         self.alive_at = 0.0  # when the server last proved the connection alive (time.monotonic())
-        self._verdict: tuple[float, str] = (0.0, "")  # the last check: when it ended, why it failed
+        self._down: tuple[float, str] = (0.0, "")  # when the link was last found down, and why
         self._ssh_config = ssh_config
         self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
         self._jump: SshSession | None = None
@@ -264,31 +264,27 @@ class SshSession:
         destination = (self.target.hostname, self.target.port)
         return self._jump.connect().open_channel("direct-tcpip", destination, ("127.0.0.1", 0))
 
-    def ensure_live(self) -> None:
+    def ensure_live(self, fresh: float = 0.0) -> None:
         """Make sure the connection answers: the current one if the server answers a keepalive within
-        PROBE_DEADLINE (or did within FRESH seconds), else a new one (on_connect runs). LinkDown, within
-        PROBE_DEADLINE + LINK_DEADLINE, when the machine cannot be reached. Callers that waited for
-        another's check take its verdict: a check takes seconds when the link is down."""
+        PROBE_DEADLINE (or proved alive in the last `fresh` seconds), else a new one (on_connect runs).
+        LinkDown, within PROBE_DEADLINE + LINK_DEADLINE, when the machine cannot be reached. A caller
+        that waited for another's check (seconds, when the link is down) takes its verdict."""
         asked = time.monotonic()
         with self._lock:
-            ended, failure = self._verdict
-            if ended >= asked:
-                if failure:
-                    raise LinkDown(failure)
+            if self.is_connected and self.alive_at >= asked - fresh:
                 return
+            down_at, why = self._down
+            if down_at >= asked:
+                raise LinkDown(why)
             try:
                 self._ensure_live()
             except LinkDown as error:
-                self.last_failure = str(error)
-                self._verdict = (time.monotonic(), str(error))
+                self._lost(error)
                 raise
-            self._verdict = (time.monotonic(), "")
 
     def _ensure_live(self) -> None:
         transport = self._transport
         if transport is not None and self.is_connected:
-            if time.monotonic() - self.alive_at < FRESH:
-                return
             if keepalive_answered(transport, PROBE_DEADLINE):
                 self.alive_at = time.monotonic()
                 return
@@ -297,6 +293,10 @@ class SshSession:
         self.connect()
         self.backoff.succeeded()  # a new connection, the agent started again: no reason left to wait
         self.last_failure = ""
+
+    def _lost(self, error: LinkDown) -> None:
+        self.last_failure = str(error)
+        self._down = (time.monotonic(), str(error))
 
     def open_streamlocal(self, remote_path: str) -> paramiko.Channel:
         """A byte channel to unix socket `remote_path`: stream-local forwarding, else the relay command.
@@ -310,11 +310,13 @@ class SshSession:
                     f"{self.target}: the last channel to {remote_path} failed; retrying in {wait:.1f} s."
                 )
             try:
-                self.ensure_live()
+                self.ensure_live(fresh=FRESH)
                 channel = self._open_retrying(remote_path)
             except TunnelError as error:
                 self.backoff.failed()
                 self.last_failure = str(error)
+                if isinstance(error, LinkDown):  # a check waiting for us takes it as its verdict
+                    self._lost(error)
                 raise
             self.backoff.succeeded()
             self.last_failure = ""
@@ -326,18 +328,21 @@ class SshSession:
             try:
                 return self._open(transport, remote_path)
             except (paramiko.SSHException, EOFError, OSError) as error:
-                # A connection that died unnoticed (server restart, laptop sleep) is replaced once.
-                if isinstance(error, paramiko.ChannelException) or transport.is_active() or attempt == 2:
+                # A connection that died (a server restart) or went silent since its last check (a
+                # laptop asleep: an open unanswered within PROBE_DEADLINE, which sshd answers at once)
+                # is replaced once.
+                if isinstance(error, paramiko.ChannelException) or attempt == 2:
                     raise TunnelError(
                         f"{self.target}: cannot open a channel to {remote_path}: {error}"
                     ) from None
-                log.info("connection to %s lost; reconnecting", self.target)
+                log.info("connection to %s lost (%s); reconnecting", self.target, error)
+                self.close()
         raise AssertionError("unreachable")
 
     def _open(self, transport: paramiko.Transport, path: str) -> paramiko.Channel:
         if self.mode != "relay":
             try:
-                channel = open_direct_streamlocal(transport, path, self.timeout)
+                channel = open_direct_streamlocal(transport, path, PROBE_DEADLINE)
             except paramiko.ChannelException as refusal:
                 self._refused(refusal, path)
                 log.info("%s forbids stream-local forwarding; relaying through a command", self.target)
@@ -345,7 +350,7 @@ class SshSession:
             else:
                 self.mode = "streamlocal"
                 return channel
-        channel = transport.open_session(timeout=self.timeout)
+        channel = transport.open_session(timeout=PROBE_DEADLINE)
         channel.exec_command(relay_command(path, self.relay, self.env_command))
         return channel
 
@@ -370,7 +375,11 @@ class SshSession:
 
     def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
         """Run `command` on the machine: its exit status, stdout and stderr."""
-        channel = self.connect().open_session(timeout=self.timeout)
+        transport = self.connect()
+        try:
+            channel = transport.open_session(timeout=self.timeout)
+        except (paramiko.SSHException, EOFError, OSError) as error:  # not a thread's unhandled exception
+            raise TunnelError(f"{self.target}: cannot run {command!r}: {error}") from None
         with channel:
             channel.settimeout(timeout)
             channel.exec_command(command)
