@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milex.ssh_errors import LinkDown, PromptUnavailable, TunnelError
-from milex.tunnel import keepalive_answered
+from milex.tunnel import SshSession, keepalive_answered
 from milex.tunnel_control import TunnelFiles, TunnelStatus, check_link, parse_check
 from milex.tunnel_service import TunnelService, _listen
 
@@ -49,13 +49,23 @@ class Link:
 
 
 class Server(paramiko.ServerInterface):
-    """Lets anyone in; refuses every global request, as OpenSSH does `keepalive@openssh.com`."""
+    """Lets anyone in and run commands (which do nothing); refuses every global request, as OpenSSH
+    does `keepalive@openssh.com`."""
 
     def get_allowed_auths(self, username: str) -> str:
         return "none"
 
     def check_auth_none(self, username: str) -> int:
         return paramiko.AUTH_SUCCESSFUL
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_pty_request(self, *request: object) -> bool:
+        return True
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        return True
 
 
 def server_key() -> paramiko.PKey:
@@ -183,3 +193,96 @@ def test_a_check_that_needs_an_answer_stops_the_tunnel_so_the_command_asks_it(ru
 
 def test_without_a_check_socket_the_command_goes_on(runtime: Path) -> None:
     check_link("m")  # no tunnel, or one of an older Milex: the command finds out by itself
+
+
+class Site:
+    """A login node in this process: each connection reaches its own paramiko server through a Link.
+    Once `cut`, the links fall silent, and new connections reach a peer that never speaks (what a
+    gateway that accepts any TCP connection does), until `restored`."""
+
+    def __init__(self) -> None:
+        self.key = server_key()
+        self.links: list[Link] = []
+        self.servers: list[paramiko.Transport] = []
+        self.down = False
+
+    def connect(self) -> socket.socket:
+        link = Link()
+        self.links.append(link)
+        if self.down:
+            link.cut.set()
+            return link.client
+        server = paramiko.Transport(link.server)
+        server.add_server_key(self.key)
+        threading.Thread(target=server.start_server, kwargs={"server": Server()}, daemon=True).start()
+        self.servers.append(server)
+        return link.client
+
+    def cut(self) -> None:
+        self.down = True
+        for link in self.links:
+            link.cut.set()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for link in self.links:
+            link.close()
+
+
+@pytest.fixture
+def site(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SshSession, Site]]:
+    """An SshSession to a Site, its host key known; deadlines of a fraction of a second."""
+    monkeypatch.setattr("milex.tunnel.PROBE_DEADLINE", 0.4)
+    monkeypatch.setattr("milex.tunnel.LINK_DEADLINE", 0.4)
+    where = Site()
+    (home / "known_hosts").write_text(f"10.9.9.9 {where.key.get_name()} {where.key.get_base64()}\n")
+    (home / "config").write_text(f"Host node\n  HostName 10.9.9.9\n  UserKnownHostsFile {home}/known_hosts\n")
+    session = SshSession("node", "someone", ssh_config=home / "config", timeout=10)
+    monkeypatch.setattr(session, "_socket", where.connect)
+    try:
+        yield session, where
+    finally:
+        session.close()
+        where.close()
+
+
+def test_a_silent_connection_is_replaced_and_a_dead_link_reported_within_the_deadlines(
+    site: tuple[SshSession, Site],
+) -> None:
+    session, where = site
+    session.ensure_live()  # the first connection
+    first = session.connected_at
+    session.ensure_live()  # a keepalive answered: the same connection
+    assert session.connected_at == first and len(where.links) == 1
+    where.cut()
+    started = time.monotonic()
+    with pytest.raises(LinkDown, match="sent no SSH banner within"):
+        session.ensure_live()  # no keepalive answer: replaced; the new one hears no banner
+    assert time.monotonic() - started < 0.4 + 0.4 + 0.5 and len(where.links) == 2
+    assert "sent no SSH banner" in session.last_failure and not session.is_connected
+    where.down = False  # the lid opens
+    session.ensure_live()
+    assert session.is_connected and session.last_failure == "" and session.connected_at != first
+
+
+def test_commands_that_wait_on_one_check_of_a_dead_link_share_its_verdict(
+    site: tuple[SshSession, Site],
+) -> None:
+    session, where = site
+    session.ensure_live()
+    where.cut()
+    failures: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            session.ensure_live()
+        except LinkDown as error:
+            failures.append(error)
+
+    checks = [threading.Thread(target=check) for _ in range(3)]
+    for each in checks:
+        each.start()
+    for each in checks:
+        each.join(10)
+    assert len(failures) == 3 and len(where.links) == 2  # one reconnection tried, for all three
