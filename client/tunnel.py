@@ -184,7 +184,6 @@ class SshSession:
         self.backoff = Backoff()
         self.last_failure = ""  # why the last channel could not be opened; "" once one is
         self.alive_at = 0.0  # when the server last proved the connection alive (time.monotonic())
-        self._down: tuple[float, str] = (0.0, "")  # when the link was last found down, and why
         self._ssh_config = ssh_config
         self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
         self._jump: SshSession | None = None
@@ -268,18 +267,16 @@ class SshSession:
         """Make sure the connection answers: the current one if the server answers a keepalive within
         PROBE_DEADLINE (or proved alive in the last `fresh` seconds), else a new one (on_connect runs).
         LinkDown, within PROBE_DEADLINE + LINK_DEADLINE, when the machine cannot be reached. A caller
-        that waited for another's check (seconds, when the link is down) takes its verdict."""
+        that waited for another's check takes its success, not its failure: the link may have come
+        back meanwhile, and the next command must then reconnect."""
         asked = time.monotonic()
         with self._lock:
             if self.is_connected and self.alive_at >= asked - fresh:
                 return
-            down_at, why = self._down
-            if down_at >= asked:
-                raise LinkDown(why)
             try:
                 self._ensure_live()
             except LinkDown as error:
-                self._lost(error)
+                self.last_failure = str(error)
                 raise
 
     def _ensure_live(self) -> None:
@@ -293,10 +290,6 @@ class SshSession:
         self.connect()
         self.backoff.succeeded()  # a new connection, the agent started again: no reason left to wait
         self.last_failure = ""
-
-    def _lost(self, error: LinkDown) -> None:
-        self.last_failure = str(error)
-        self._down = (time.monotonic(), str(error))
 
     def open_streamlocal(self, remote_path: str) -> paramiko.Channel:
         """A byte channel to unix socket `remote_path`: stream-local forwarding, else the relay command.
@@ -315,8 +308,6 @@ class SshSession:
             except TunnelError as error:
                 self.backoff.failed()
                 self.last_failure = str(error)
-                if isinstance(error, LinkDown):  # a check waiting for us takes it as its verdict
-                    self._lost(error)
                 raise
             self.backoff.succeeded()
             self.last_failure = ""
