@@ -252,7 +252,9 @@ class SshSession:
 
     def _socket(self) -> socket.socket | paramiko.Channel | paramiko.ProxyCommand:
         if not self._jump_spec:
-            return connect_socket(self.target, min(self.timeout, LINK_DEADLINE))
+            return connect_socket(
+                self.target, min(self.timeout, LINK_DEADLINE), reached_before=self.connected_at is not None
+            )
         hops, _, last = self._jump_spec.rpartition(",")  # `a,b`: reach b through a, then us through b
         user, _, host = last.rpartition("@")
         host, _, port = host.partition(":")

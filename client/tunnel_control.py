@@ -149,8 +149,6 @@ def _spawn(
     if word == "READY":
         return tunnel_status(machine)
     error = json.loads(rest) if word == "ERROR" else {"message": "it exited without a word"}
-    if error.get("kind") == LinkDown.__name__:
-        raise link_down_error(machine, error["message"])
     log_path = TunnelFiles.of(machine).path("log")
     raise ERRORS.get(error.get("kind", ""), TunnelError)(
         f"the tunnel to {machine} did not start: {error['message']} (log: {log_path})"
