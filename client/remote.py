@@ -26,12 +26,20 @@ def remote_endpoint(machine: Machine) -> str:
     """The local end of `machine`'s tunnel to its agent; tunnel and agent are started if needed.
 
     The tunnel runs `milex-agent start` after each SSH (re)connection, so a stopped or crashed
-    agent comes back with the link, and learns the agent's socket from what it prints.
+    agent comes back with the link, and learns the agent's socket from what it prints. Its link is
+    checked first (a keepalive, or a new connection): a dead one is a LinkDown within seconds, where
+    the command would wait for an answer that cannot come.
     """
-    from milex.tunnel_control import start_tunnel
+    from milex.ssh_errors import PromptUnavailable
+    from milex.tunnel_control import check_link, start_tunnel, stop_tunnel
 
-    start = remote_agent_command(machine, "start")
-    status = start_tunnel(machine.name, "", relay=remote_relay(machine), on_connect=start)
+    on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
+    status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)
+    try:
+        check_link(machine.name)
+    except PromptUnavailable:  # the new connection wants an answer (a second factor) the tunnel cannot ask
+        stop_tunnel(machine.name)
+        status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)  # asks on this terminal
     return f"ipc://{status.local_socket}"
 
 

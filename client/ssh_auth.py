@@ -15,6 +15,7 @@ import paramiko
 from milex.ssh_errors import (
     AuthError,
     HostKeyChangedError,
+    LinkDown,
     PromptUnavailable,
     TunnelError,
     UnknownHostError,
@@ -136,16 +137,23 @@ def check_host_key(target: Target, keys: paramiko.HostKeys, server_key: paramiko
         )
 
 
-def connect_socket(target: Target, timeout: float) -> socket.socket | paramiko.ProxyCommand:
-    """A connected socket to `target` (or its ProxyCommand), tuned for many small round trips."""
+def connect_socket(
+    target: Target, timeout: float, *, reached_before: bool = False
+) -> socket.socket | paramiko.ProxyCommand:
+    """A connected socket to `target` (or its ProxyCommand), tuned for many small round trips.
+    LinkDown when it cannot be reached: `reached_before`, the network is to blame, not the settings."""
     if target.proxy_command:
         return paramiko.ProxyCommand(target.proxy_command)
     try:
         sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
     except OSError as error:
-        raise TunnelError(
-            f"cannot reach {target.hostname} port {target.port}: {error.strerror or error}. "
-            "Check `hostname` and `port` in the Milex configuration (or ~/.ssh/config)."
+        hint = (
+            ""
+            if reached_before
+            else " Check `hostname` and `port` in the Milex configuration (or ~/.ssh/config)."
+        )
+        raise LinkDown(
+            f"cannot reach {target.hostname} port {target.port}: {error.strerror or error}.{hint}"
         ) from None
     # Without TCP_NODELAY, a small write waits behind an unacknowledged one until the peer's delayed
     # ACK: about 45 ms (measured). sshd's side of the connection is handled in tunnel.py.

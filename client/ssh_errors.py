@@ -13,6 +13,11 @@ class BackingOff(TunnelError):
     """A channel was refused without trying: the last attempt failed a moment ago."""
 
 
+class LinkDown(TunnelError):
+    """The machine does not answer: no route to it, no TCP connection, or an SSH session gone silent (a
+    closed lid, a change of network). Nothing went through; the next attempt tries again."""
+
+
 class UnknownHostError(TunnelError):
     """The server's host key is in no known_hosts file: it is never accepted silently."""
 
@@ -31,5 +36,5 @@ class PromptUnavailable(AuthError):
 
 ERRORS: dict[str, type[TunnelError]] = {
     kind.__name__: kind
-    for kind in (TunnelError, UnknownHostError, HostKeyChangedError, AuthError, PromptUnavailable)
+    for kind in (TunnelError, LinkDown, UnknownHostError, HostKeyChangedError, AuthError, PromptUnavailable)
 }

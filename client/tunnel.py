@@ -19,6 +19,7 @@ from paramiko.common import (
     OPEN_FAILED_CONNECT_FAILED,
     OPEN_FAILED_UNKNOWN_CHANNEL_TYPE,
     cMSG_CHANNEL_OPEN,
+    cMSG_GLOBAL_REQUEST,
 )
 
 from milex.common.errors import ConfigError
@@ -32,13 +33,20 @@ from milex.ssh_auth import (
     resolve_target,
     tty_prompt,
 )
-from milex.ssh_errors import BackingOff, TunnelError
+from milex.ssh_errors import BackingOff, LinkDown, TunnelError
 
 log = logging.getLogger("milex.tunnel")
 
 STREAMLOCAL = "direct-streamlocal@openssh.com"
 DEFAULT_RELAY = "milex-agent bridge --socket {socket}"
 Mode = Literal["streamlocal", "relay"]
+# A server that is there answers a keepalive within this, even behind a busy channel; past it, the link
+# is taken for down (a closed lid, a change of network: TCP itself would take ~15 minutes to say so).
+PROBE_DEADLINE = 4.0
+# The longest a new connection may take to reach the server and hear its SSH banner (prompts, key
+# exchange and authentication come after, with their own time).
+LINK_DEADLINE = 5.0
+FRESH = 1.0  # a connection heard from this recently is not probed again (a check, then its channel)
 
 
 @dataclass
@@ -111,6 +119,30 @@ def open_direct_streamlocal(transport: paramiko.Transport, path: str, timeout: f
     return channel
 
 
+def keepalive_answered(transport: paramiko.Transport, deadline: float) -> bool:
+    """Whether the server answers a keepalive within `deadline` seconds: the global request OpenSSH's
+    ServerAliveInterval sends (`keepalive@openssh.com`, want-reply), which servers refuse; any answer
+    proves the link. Paramiko's `global_request` waits without a deadline, hence this: the same message
+    and event (tests/unit/test_link_check.py runs it against a paramiko server). One at a time."""
+    if not transport.is_active():
+        return False
+    answered = threading.Event()
+    transport.completion_event = answered  # set by paramiko on REQUEST_SUCCESS and REQUEST_FAILURE
+    message = paramiko.Message()
+    message.add_byte(cMSG_GLOBAL_REQUEST)
+    message.add_string("keepalive@openssh.com")
+    message.add_boolean(True)
+    until = time.monotonic() + deadline
+    try:
+        transport._send_user_message(message)
+    except (paramiko.SSHException, EOFError, OSError):
+        return False
+    while not answered.wait(0.1):
+        if not transport.is_active() or time.monotonic() > until:
+            return False
+    return True
+
+
 def relay_command(path: str, template: str = DEFAULT_RELAY, env_command: str = "") -> str:
     """The remote command that pipes its stdin/stdout to socket `path` (`{socket}` in `template`)."""
     quoted = shlex.quote(path)
@@ -151,6 +183,7 @@ class SshSession:
         self.connected_at: float | None = None
         self.backoff = Backoff()
         self.last_failure = ""  # why the last channel could not be opened; "" once one is
+        self.alive_at = 0.0  # when the server last proved the connection alive (time.monotonic())
         self._ssh_config = ssh_config
         self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
         self._jump: SshSession | None = None
@@ -188,15 +221,19 @@ class SshSession:
             transport = None
             try:
                 transport = paramiko.Transport(self._socket())
+                transport.banner_timeout = LINK_DEADLINE
                 handshake(transport, self.target, self.credentials, self.timeout)
                 self._server_nodelay(transport)
             except BaseException as error:
                 if transport is not None:
                     transport.close()
+                if transport is not None and not transport.remote_version and isinstance(error, TunnelError):
+                    raise LinkDown(f"{self.target} sent no SSH banner within {LINK_DEADLINE:.0f} s") from None
                 if isinstance(error, (paramiko.SSHException, EOFError, OSError)):
                     raise TunnelError(f"SSH connection to {self.target} failed: {error}") from None
                 raise
             self._transport, self.connected_at = transport, time.time()
+            self.alive_at = time.monotonic()
             log.info("connected to %s", self.target)
             if self.on_connect:
                 self.on_connect(self)
@@ -215,7 +252,9 @@ class SshSession:
 
     def _socket(self) -> socket.socket | paramiko.Channel | paramiko.ProxyCommand:
         if not self._jump_spec:
-            return connect_socket(self.target, self.timeout)
+            return connect_socket(
+                self.target, min(self.timeout, LINK_DEADLINE), reached_before=self.connected_at is not None
+            )
         hops, _, last = self._jump_spec.rpartition(",")  # `a,b`: reach b through a, then us through b
         user, _, host = last.rpartition("@")
         host, _, port = host.partition(":")
@@ -225,6 +264,34 @@ class SshSession:
         )  # fmt: skip
         destination = (self.target.hostname, self.target.port)
         return self._jump.connect().open_channel("direct-tcpip", destination, ("127.0.0.1", 0))
+
+    def ensure_live(self, fresh: float = 0.0) -> None:
+        """Make sure the connection answers: the current one if the server answers a keepalive within
+        PROBE_DEADLINE (or proved alive in the last `fresh` seconds), else a new one (on_connect runs).
+        LinkDown, within PROBE_DEADLINE + LINK_DEADLINE, when the machine cannot be reached. A caller
+        that waited for another's check takes its success, not its failure: the link may have come
+        back meanwhile, and the next command must then reconnect."""
+        asked = time.monotonic()
+        with self._lock:
+            if self.is_connected and self.alive_at >= asked - fresh:
+                return
+            try:
+                self._ensure_live()
+            except LinkDown as error:
+                self.last_failure = str(error)
+                raise
+
+    def _ensure_live(self) -> None:
+        transport = self._transport
+        if transport is not None and self.is_connected:
+            if keepalive_answered(transport, PROBE_DEADLINE):
+                self.alive_at = time.monotonic()
+                return
+            log.warning("%s did not answer within %.0f s: reconnecting", self.target, PROBE_DEADLINE)
+        self.close()  # the connection and its jump hosts' (the silence may be theirs): all replaced
+        self.connect()
+        self.backoff.succeeded()  # a new connection, the agent started again: no reason left to wait
+        self.last_failure = ""
 
     def open_streamlocal(self, remote_path: str) -> paramiko.Channel:
         """A byte channel to unix socket `remote_path`: stream-local forwarding, else the relay command.
@@ -238,6 +305,7 @@ class SshSession:
                     f"{self.target}: the last channel to {remote_path} failed; retrying in {wait:.1f} s."
                 )
             try:
+                self.ensure_live(fresh=FRESH)
                 channel = self._open_retrying(remote_path)
             except TunnelError as error:
                 self.backoff.failed()
@@ -253,18 +321,21 @@ class SshSession:
             try:
                 return self._open(transport, remote_path)
             except (paramiko.SSHException, EOFError, OSError) as error:
-                # A connection that died unnoticed (server restart, laptop sleep) is replaced once.
-                if isinstance(error, paramiko.ChannelException) or transport.is_active() or attempt == 2:
+                # A connection that died (a server restart) or went silent since its last check (a
+                # laptop asleep: an open unanswered within PROBE_DEADLINE, which sshd answers at once)
+                # is replaced once.
+                if isinstance(error, paramiko.ChannelException) or attempt == 2:
                     raise TunnelError(
                         f"{self.target}: cannot open a channel to {remote_path}: {error}"
                     ) from None
-                log.info("connection to %s lost; reconnecting", self.target)
+                log.info("connection to %s lost (%s); reconnecting", self.target, error)
+                self.close()
         raise AssertionError("unreachable")
 
     def _open(self, transport: paramiko.Transport, path: str) -> paramiko.Channel:
         if self.mode != "relay":
             try:
-                channel = open_direct_streamlocal(transport, path, self.timeout)
+                channel = open_direct_streamlocal(transport, path, PROBE_DEADLINE)
             except paramiko.ChannelException as refusal:
                 self._refused(refusal, path)
                 log.info("%s forbids stream-local forwarding; relaying through a command", self.target)
@@ -272,7 +343,7 @@ class SshSession:
             else:
                 self.mode = "streamlocal"
                 return channel
-        channel = transport.open_session(timeout=self.timeout)
+        channel = transport.open_session(timeout=PROBE_DEADLINE)
         channel.exec_command(relay_command(path, self.relay, self.env_command))
         return channel
 
@@ -297,7 +368,11 @@ class SshSession:
 
     def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
         """Run `command` on the machine: its exit status, stdout and stderr."""
-        channel = self.connect().open_session(timeout=self.timeout)
+        transport = self.connect()
+        try:
+            channel = transport.open_session(timeout=self.timeout)
+        except (paramiko.SSHException, EOFError, OSError) as error:  # not a thread's unhandled exception
+            raise TunnelError(f"{self.target}: cannot run {command!r}: {error}") from None
         with channel:
             channel.settimeout(timeout)
             channel.exec_command(command)

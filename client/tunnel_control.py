@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,10 +18,13 @@ from typing import Literal
 import msgspec
 
 from milex.common.files import is_locked, private_directory, take_lock
-from milex.ssh_errors import ERRORS, TunnelError
+from milex.ssh_errors import ERRORS, LinkDown, TunnelError
 
 DEFAULT_IDLE = 30 * 60.0
 STARTING_WAIT = 120.0
+# The longest a check of the link may take: a keepalive, or a new connection and the agent's start
+# command run through it (a dead link fails it within seconds: tunnel.PROBE_DEADLINE + LINK_DEADLINE).
+CHECK_WAIT = 180.0
 
 
 class TunnelStatus(msgspec.Struct, kw_only=True):
@@ -152,6 +156,47 @@ def _spawn(
     )
 
 
+def link_down_error(machine: str, reason: str) -> LinkDown:
+    """The error a command gets when `machine` cannot be reached: why, and what to do."""
+    return LinkDown(
+        f"the link to {machine} is down: {reason.rstrip('.')}. Nothing was sent; once the network is "
+        "back, the next command reconnects by itself "
+        f"(`milex tunnel status --machine {machine}` shows the link)."
+    )
+
+
+def check_link(machine: str) -> None:
+    """Have the machine's tunnel make sure its SSH connection answers (or reconnect) before a command
+    relies on it; the error at once when it cannot (LinkDown when the machine does not answer). A
+    tunnel that has no check socket (it is gone, or of an older Milex) is left to the command."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as check:
+        check.settimeout(CHECK_WAIT)
+        try:
+            check.connect(str(TunnelFiles.of(machine).path("check")))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return
+        try:
+            line = check.makefile("rb").readline()
+        except OSError as error:
+            raise TunnelError(
+                f"the tunnel to {machine} did not answer a check of its link: {error}"
+            ) from None
+    answer = parse_check(line)
+    if answer is not None:
+        raise link_down_error(machine, str(answer)) if isinstance(answer, LinkDown) else answer
+
+
+def parse_check(line: bytes) -> TunnelError | None:
+    """A check's answer (one JSON line): None when the link is up, else the error it names."""
+    try:
+        answer = json.loads(line)
+        if answer["up"]:
+            return None
+        return ERRORS.get(answer["kind"], TunnelError)(answer["message"])
+    except (ValueError, KeyError, TypeError):
+        return TunnelError(f"the tunnel's check of its link gave no answer we understand: {line[:200]!r}")
+
+
 def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
     """Stop the machine's tunnel (SIGTERM, then SIGKILL); False if none was running."""
     files = TunnelFiles.of(machine)
@@ -166,6 +211,7 @@ def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
             time.sleep(0.05)
         if not _locked(files):
             break
-    for path in (Path(status.local_socket or files.path("sock")), files.path("pid"), files.path("json")):
+    for path in (Path(status.local_socket or files.path("sock")), files.path("check"), files.path("pid"),
+                 files.path("json")):  # fmt: skip
         path.unlink(missing_ok=True)  # a killed service could not remove its own files
     return True

@@ -74,18 +74,59 @@ class TunnelService:
             # accepting, idling and stopping never wait for the network.
             threading.Thread(target=self._connect, args=(local,), daemon=True).start()
 
+    def serve_checks(self, listener: socket.socket) -> None:
+        """Answer each connection to the check socket with one JSON line: whether the link answers
+        (`SshSession.ensure_live`: a keepalive, or a new connection), else the error's kind and message.
+        Commands ask before they rely on the tunnel, so that a dead link fails them in seconds."""
+        listener.settimeout(ACCEPT_POLL)
+        while not self.stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with self._lock:
+                self.active += 1
+            threading.Thread(target=self._check, args=(client,), daemon=True).start()
+
+    def _check(self, client: socket.socket) -> None:
+        answer: dict[str, object] = {
+            "up": False,
+            "kind": "TunnelError",
+            "message": "the check failed: see its log",
+        }
+        try:
+            self.session.ensure_live()
+            answer = {"up": True}
+        except TunnelError as error:
+            answer = {"up": False, "kind": type(error).__name__, "message": str(error)}
+            if isinstance(error, PromptUnavailable):
+                self._stop_for(error)
+        finally:
+            self._save_if_changed()
+            with contextlib.suppress(OSError):
+                client.sendall(json.dumps(answer).encode() + b"\n")
+            self._finished(client)
+
+    def _save_if_changed(self) -> None:
+        shown = (self.status.mode, self.status.connected_at, self.status.link_error, self.status.node)
+        if (
+            self.session.mode,
+            self.session.connected_at,
+            self.session.last_failure,
+            self.agent.node,
+        ) != shown:
+            self.save_status()
+
+    def _stop_for(self, error: PromptUnavailable) -> None:
+        """Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground."""
+        log.error("%s; stopping", error)
+        self.stop.set()
+
     def _connect(self, local: socket.socket) -> None:
         try:
             channel = self._open_channel()
         finally:  # the status shows how the link went before any byte passes
-            shown = (self.status.mode, self.status.connected_at, self.status.link_error, self.status.node)
-            if (
-                self.session.mode,
-                self.session.connected_at,
-                self.session.last_failure,
-                self.agent.node,
-            ) != shown:
-                self.save_status()
+            self._save_if_changed()
         if channel is None:
             return self._finished(local)
         relay_ended = functools.partial(self._relay_ended, channel) if self.session.mode == "relay" else None
@@ -96,9 +137,7 @@ class TunnelService:
         try:
             return self.session.open_streamlocal(self.agent.socket)
         except PromptUnavailable as error:
-            # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground.
-            log.error("%s; stopping", error)
-            self.stop.set()
+            self._stop_for(error)
             return None
         except TunnelError as error:
             return self._restart_remote_and_retry(error)
@@ -283,6 +322,7 @@ def run(
         )
         session.connect()
         listener = _listen(local_socket)
+        checks = _listen(files.path("check"))
     except Exception as error:  # every failure must reach the waiting CLI, as one line
         if lock is not None:
             files.path("pid").unlink(missing_ok=True)
@@ -297,11 +337,13 @@ def run(
     _detach(files.path("log"))
     session.credentials.prompt = _no_prompt
     signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
+    threading.Thread(target=service.serve_checks, args=(checks,), daemon=True).start()
     try:
         service.serve(listener)
     finally:
         listener.close()
-        for path in (local_socket, files.path("json"), files.path("pid")):
+        checks.close()
+        for path in (local_socket, files.path("check"), files.path("json"), files.path("pid")):
             path.unlink(missing_ok=True)
         os.close(lock)  # down from here on, even while the SSH session is still closing
         session.close()

@@ -13,8 +13,10 @@ from milex.common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogC
 from milex.config import Machine
 from milex.connection import AgentConnection, AgentUnavailable
 from milex.endpoints import greeted
+from milex.ssh_errors import LinkDown
 
-RECONNECT_DEADLINE = 120.0
+# How long a watch tries to get its link back: longer than a closed lid or a change of network takes.
+RECONNECT_DEADLINE = 300.0
 # An agent without log heartbeats is silent while a log is: wait for it as long as zmq_poll can
 # (an int of milliseconds: 24 days), then reconnect and resume.
 NO_IDLE_TIMEOUT = 24 * 24 * 3600.0
@@ -83,7 +85,7 @@ def follow_log(machine: Machine, request: Logs) -> Iterator[bytes]:
 
 def reconnecting(machine: Machine, follow: Follow[T], *, timeout: float) -> Iterator[T]:
     """What `follow` yields on a connection to `machine`'s agent, until it returns; a link that
-    drops (AgentUnavailable) is reopened with back-off and `follow` called again to resume, for up
+    drops (AgentUnavailable, LinkDown) is reopened with back-off and `follow` called again to resume, for up
     to RECONNECT_DEADLINE seconds from the loss of the link."""
     lost_at: float | None = None  # when the link was lost; None while it is up
     delay = 0.2
@@ -94,7 +96,7 @@ def reconnecting(machine: Machine, follow: Follow[T], *, timeout: float) -> Iter
                 delay, lost_at = 0.2, None
                 yield from follow(connection, hello)
                 return
-        except AgentUnavailable as error:
+        except (AgentUnavailable, LinkDown) as error:
             if lost_at is None:  # the deadline counts from the loss, not from the connection
                 lost_at = time.monotonic()
             if time.monotonic() - lost_at > RECONNECT_DEADLINE:

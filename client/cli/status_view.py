@@ -34,6 +34,7 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
     from milex.config import load_config
     from milex.connection import AgentUnavailable
     from milex.records import apply_states
+    from milex.ssh_errors import LinkDown
     from milex.submitters import submitter_for
 
     config = load_config()
@@ -41,7 +42,7 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
     submitter = submitter_for(machine)
     try:
         reply = submitter.tracked(bundle=bundle)
-    except AgentUnavailable as error:
+    except (AgentUnavailable, LinkDown) as error:
         _show_offline(bundle, machine, config.jobs_dir, str(error), as_json=as_json)
         return
     apply_states(config.jobs_dir, machine.name, reply.jobs)

@@ -180,6 +180,19 @@ class LoginNode:
         argv = ["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%T"]
         return self.exec(*argv, check=False).stdout.strip() or "GONE"
 
+    # ---- the link between the laptop (this host) and the login node -----------------------------
+
+    @property
+    def veth(self) -> str:
+        """The host's end of the veth pair to the login node (`VETH_HOST` of deploy/cluster/)."""
+        return read_env(state_dir(self.cluster) / "names")["VETH_HOST"]
+
+    def set_link(self, *, up: bool) -> None:
+        """Set the host's end of the link up, or down: the login node is then cut off silently (no FIN,
+        no RST, as under a closed lid), its own network (SLURM, the agent) untouched. Idempotent."""
+        argv = ["ip", "link", "set", self.veth, "up" if up else "down"]
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
     # ---- limits on the login user's jobs, set by the administrator -------------------------------
 
     @contextmanager

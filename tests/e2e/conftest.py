@@ -203,6 +203,7 @@ def login_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     """A cluster's login node, set up as a user would: a venv of their own, Milex installed in it by
     `milex agent deploy --wheel` from a laptop (the login node has no route to a package index)."""
     node = LoginNode.of(request.param)
+    node.set_link(up=True)  # a run killed while the link was cut left it down
     node.lift_limits()
     node.sh("rm -rf ~/milex ~/venv ~/bin ~/sbatch-delay && mkdir ~/bin && python3 -m venv ~/venv")
     node.write("bin/sbatch", SBATCH_WRAPPER)

@@ -43,10 +43,11 @@ def fragile_laptop(fragile_sshd: LoginNode, watching_laptop: MilexHome) -> Milex
 
 
 class BundleWatch:
-    """`milex status --watch`'s loop (follow_events) over one bundle's events, in a thread."""
+    """`milex status --watch`'s loop (follow_events) over the events of the bundles whose name starts
+    with `bundle` ("": every bundle), in a thread, until `ends` jobs have ended."""
 
-    def __init__(self, bundle: str) -> None:
-        self.bundle = bundle
+    def __init__(self, bundle: str, ends: int = 1) -> None:
+        self.bundle, self.ends = bundle, ends
         self.seen: list[Event] = []
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._follow, daemon=True)
@@ -60,7 +61,7 @@ class BundleWatch:
             for event in follow_events(load_config().machine(REMOTE), 0, heartbeat=0.3):
                 if event is not None and event.bundle.startswith(self.bundle):
                     self.seen.append(event)
-                    if event.state.finished:
+                    if sum(seen.state.finished for seen in self.seen) == self.ends:
                         return
         except BaseException as error:  # reported by finish(), in the test's thread
             self.error = error

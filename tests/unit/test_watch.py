@@ -12,6 +12,7 @@ from milex.common.model import JobState
 from milex.common.protocol import Event, Events, HelloReply
 from milex.config import Machine
 from milex.connection import AgentUnavailable
+from milex.ssh_errors import LinkDown
 
 MACHINE = Machine(name="m", path="/p", env_command="", slurm_account="")
 
@@ -88,6 +89,33 @@ def test_a_watch_gives_up_a_deadline_after_the_link_was_lost(monkeypatch: pytest
     events = watch.follow_events(MACHINE, 0)
     assert next(events) is None
     lost_at = clock.now
-    with pytest.raises(MilexError, match="could not reconnect within 120 s: no answer"):
+    with pytest.raises(
+        MilexError, match=f"could not reconnect within {watch.RECONNECT_DEADLINE:.0f} s: no answer"
+    ):
         next(events)
     assert watch.RECONNECT_DEADLINE <= clock.now - lost_at <= watch.RECONNECT_DEADLINE + 5
+
+
+def test_a_watch_rides_out_two_minutes_of_link_down_and_misses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed lid: the reconnections fail at once (LinkDown) for two minutes, then the link is back."""
+    clock = Clock()
+    running, completed = event(1, JobState.RUNNING), event(2, JobState.COMPLETED)
+    agent = Agent(clock, [[Events(events=[running])], [Events(events=[running, completed])]])
+    back_at = clock.now + 120
+
+    def greeted(machine: Machine, *, timeout: float) -> tuple[Agent.Connection, HelloReply]:
+        if len(agent.scripts) == 1 and clock.now < back_at:  # lost after the first connection
+            raise LinkDown("the link to m is down")
+        return agent.greeted(machine, timeout=timeout)
+
+    monkeypatch.setattr(watch, "time", clock)
+    monkeypatch.setattr(watch, "greeted", greeted)
+    seen = []
+    for followed in watch.follow_events(MACHINE, 0):
+        if followed is not None:
+            seen.append(followed.seq)
+            if followed.state.finished:
+                break
+    assert seen == [1, 2] and back_at <= clock.now < back_at + 10
