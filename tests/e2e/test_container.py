@@ -272,7 +272,7 @@ def test_a_server_forbidding_socket_forwarding_reaches_the_container_agent_throu
         agent_pid(laptop) == podman_login.container_pid()
     )  # relayed by `milex-agent bridge` in the container
     tunnel = laptop.milex("milex", "tunnel", "status", "--machine", REMOTE).stdout
-    assert f":{sshd.no_streamlocal_port} up since" in tunnel and "relay" in tunnel, tunnel
+    assert f":{sshd.no_streamlocal_port} (login node " in tunnel and "relay" in tunnel, tunnel
 
 
 def test_deploy_onto_a_login_node_without_podman_or_docker_says_what_to_do(tmp_path: Path) -> None:
