@@ -17,7 +17,7 @@ from typing import Literal
 import msgspec
 
 from milex.common.files import is_locked, private_directory, take_lock
-from milex.ssh_errors import ERRORS, TunnelError
+from milex.ssh_errors import ERRORS, PromptUnavailable, TunnelError
 
 DEFAULT_IDLE = 30 * 60.0
 STARTING_WAIT = 120.0
@@ -146,9 +146,15 @@ def _spawn(
         return tunnel_status(machine)
     error = json.loads(rest) if word == "ERROR" else {"message": "it exited without a word"}
     log_path = TunnelFiles.of(machine).path("log")
-    raise ERRORS.get(error.get("kind", ""), TunnelError)(
-        f"the tunnel to {machine} did not start: {error['message']} (log: {log_path})"
+    kind = ERRORS.get(error.get("kind", ""), TunnelError)
+    # A passphrase or a code is needed and no one can type it: say where it can be, once.
+    advice = (
+        f". Open the tunnel from a terminal with `milex tunnel up --machine {machine}`: it asks there, "
+        "once, and later commands use it while it stays up."
+        if issubclass(kind, PromptUnavailable)
+        else ""
     )
+    raise kind(f"the tunnel to {machine} did not start: {error['message']} (log: {log_path}){advice}")
 
 
 def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
