@@ -77,6 +77,22 @@ def tunnel_status(machine: str) -> TunnelStatus:
         return TunnelStatus(machine=machine, state="starting")
 
 
+def tunnel_gone(machine: str) -> str:
+    """Why the machine's tunnel stopped by itself, as advice, once it is down: it needed a passphrase or
+    a code for a reconnection and had no one to ask. "" while it is up, or when it left no word."""
+    files = TunnelFiles.of(machine)
+    try:
+        reason = files.path("stopped").read_text()
+    except OSError:
+        return ""
+    if _locked(files):
+        return ""
+    return (
+        f"the tunnel to {machine} stopped: {reason.strip()}. Open it again from a terminal with "
+        f"`milex tunnel up --machine {machine}`: it asks there, once, and later commands use it."
+    )
+
+
 def start_tunnel(
     machine: str,
     remote_socket: str,

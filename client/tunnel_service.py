@@ -88,8 +88,10 @@ class TunnelService:
         try:
             return self.session.open_streamlocal(self.status.remote_socket)
         except PromptUnavailable as error:
-            # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground.
+            # Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground;
+            # the record tells the command waiting on this tunnel why it went (tunnel_control.tunnel_gone).
             log.error("%s; stopping", error)
+            self.files.path("stopped").write_text(str(error))
             self.stop.set()
             return None
         except TunnelError as error:
@@ -256,6 +258,7 @@ def run(
     lock: int | None = None
     try:
         lock = _take_lock(files)
+        files.path("stopped").unlink(missing_ok=True)  # an earlier service's
         logging.basicConfig(filename=files.path("log"), level=logging.INFO, format="%(asctime)s %(message)s")
         logging.getLogger("paramiko").setLevel(logging.WARNING)
         outputs: list[str] = []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milex.common.errors import MilexError
-from milex.common.files import private_directory
+from milex.common.files import private_directory, take_lock
+from milex.connection import AgentConnection, AgentUnavailable
 from milex.ssh_auth import (
     Credentials,
     Target,
@@ -27,7 +30,7 @@ from milex.ssh_auth import (
 )
 from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, UnknownHostError
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
-from milex.tunnel_control import TunnelFiles, tunnel_status
+from milex.tunnel_control import TunnelFiles, tunnel_gone, tunnel_status
 from milex.tunnel_service import TunnelService, splice
 
 
@@ -244,6 +247,34 @@ def test_tunnel_files_live_in_the_runtime_directory(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "absent"))
     assert TunnelFiles.of("cluster").directory.name.startswith("milex-")
     assert tunnel_status("cluster").state == "down"
+
+
+def test_a_tunnel_that_stopped_for_want_of_a_terminal_says_how_to_open_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    files = TunnelFiles.of("hpc")
+    private_directory(files.directory)
+    assert tunnel_gone("hpc") == ""  # no word left: nothing to say
+    files.path("stopped").write_text(
+        "the server asks 'Verification code:': restart the tunnel from a terminal"
+    )
+    lock = take_lock(files.path("lock"))
+    assert lock is not None
+    assert tunnel_gone("hpc") == ""  # a service still runs: it has not gone
+    os.close(lock)
+    gone = tunnel_gone("hpc")
+    assert gone.startswith("the tunnel to hpc stopped: the server asks 'Verification code:'"), gone
+    assert "`milex tunnel up --machine hpc`" in gone
+
+
+def test_a_wait_for_a_reply_ends_as_soon_as_the_endpoint_is_gone(tmp_path: Path) -> None:
+    reasons = iter(["", "", "the tunnel to hpc stopped"])
+    connection = AgentConnection(f"ipc://{tmp_path}/nobody.sock", timeout=30, gone=lambda: next(reasons))
+    started = time.monotonic()
+    with connection, pytest.raises(AgentUnavailable, match="the tunnel to hpc stopped"):
+        connection.hello("0")
+    assert time.monotonic() - started < 5
 
 
 class SocketChannel:
