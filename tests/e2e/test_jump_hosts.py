@@ -14,7 +14,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,9 +120,11 @@ def bastions(login_node: LoginNode) -> Bastions:
 
 
 @pytest.fixture
-def mfa_laptop(laptop: MilexHome, bastions: Bastions, monkeypatch: pytest.MonkeyPatch) -> MilexHome:
+def mfa_laptop(laptop: MilexHome, bastions: Bastions, monkeypatch: pytest.MonkeyPatch) -> Iterator[MilexHome]:
     """The laptop, its machine REMOTE the login node behind both bastions, as a user configures it:
-    ProxyJump in ~/.ssh/config, every host key in known_hosts. This process runs in its environment."""
+    ProxyJump in ~/.ssh/config, every host key in known_hosts. This process runs in its environment.
+    Afterwards the agent the test started is stopped by the administrator: `milex agent stop` opens
+    an SSH connection of its own, which would want codes no one types."""
     ssh = Path(laptop.env["HOME"]) / ".ssh"
     key = bastions.node.identity
     jump = "    ProxyJump bastion-a,bastion-b\n"
@@ -138,7 +140,10 @@ def mfa_laptop(laptop: MilexHome, bastions: Bastions, monkeypatch: pytest.Monkey
     use_login_node(laptop, ALIAS)
     for name, value in laptop.env.items():
         monkeypatch.setenv(name, value)
-    return laptop
+    yield laptop
+    agent = bastions.node.agent_info()
+    if agent is not None:
+        bastions.node.kill(agent["pid"], "TERM")
 
 
 def tunnel_up_on_a_terminal(laptop: MilexHome, bastions: Bastions) -> str:
