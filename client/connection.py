@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import zmq
@@ -23,6 +24,7 @@ from milex.common.protocol import (
 )
 
 DEFAULT_TIMEOUT = 30.0
+GONE_CHECK = 0.5  # while awaiting a reply, how often `gone` is asked
 R = TypeVar("R", bound=Reply)
 
 
@@ -45,9 +47,14 @@ class AgentError(MilexError):
 class AgentConnection:
     """Requests to one agent endpoint; replies to other requests are dropped, as the protocol says."""
 
-    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT, gone: Callable[[], str] | None = None
+    ) -> None:
+        """`gone`, asked while a reply is awaited, says why the endpoint went for good ("" while it has
+        not): a wait then ends at once, not after `timeout`."""
         self.endpoint = endpoint
         self.timeout = timeout
+        self.gone = gone
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{os.urandom(3).hex()}"
         self.socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
@@ -77,7 +84,7 @@ class AgentConnection:
         `timeout` seconds of silence, AgentError for an error reply, UnexpectedReply for any other kind."""
         timeout = self.timeout if timeout is None else timeout
         while True:
-            if not self.socket.poll(int(timeout * 1000), zmq.POLLIN):
+            if not self._poll(timeout):
                 raise AgentUnavailable(
                     f"no answer from the agent at {self.endpoint} within {timeout:.0f} s; "
                     "check it with `milex agent status` (and `milex tunnel status` for a remote machine)."
@@ -96,6 +103,19 @@ class AgentConnection:
                         "(`milex agent status`)?"
                     )
                 return reply
+
+    def _poll(self, timeout: float) -> bool:
+        """Whether a reply came within `timeout` s; AgentUnavailable as soon as `gone` says why none will."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            step = left if self.gone is None else min(left, GONE_CHECK)
+            if self.socket.poll(max(0, int(step * 1000)), zmq.POLLIN):
+                return True
+            if self.gone is not None and (reason := self.gone()):
+                raise AgentUnavailable(reason)
+            if left <= step:
+                return False
 
     def request(self, request: Message, timeout: float | None = None, *, expect: type[R]) -> R:
         """Send `request` and return its reply, which must be of the kind `expect`."""

@@ -105,7 +105,14 @@ def connect(machine: Machine, *, timeout: float | None = None) -> AgentConnectio
 
 def greeted(machine: Machine, *, timeout: float | None = None) -> tuple[AgentConnection, HelloReply]:
     """A checked connection to `machine`'s agent, and what the agent said of itself (its features)."""
-    connection = AgentConnection(endpoint(machine), **({"timeout": timeout} if timeout else {}))
+    gone = None
+    if machine.is_remote:  # a tunnel that stops (it needs a code no one can type) ends the wait at once
+        from functools import partial
+
+        from milex.tunnel_control import tunnel_gone
+
+        gone = partial(tunnel_gone, machine.name)
+    connection = AgentConnection(endpoint(machine), gone=gone, **({"timeout": timeout} if timeout else {}))
     try:
         return connection, connection.hello(client_version())
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class Target:
     proxy_jump: str | None = None
     proxy_command: str | None = None
     identities_only: bool = False
+    jump_of: str = ""  # for a jump host: the destination it leads to (its alias)
+    through: str = ""  # the ProxyJump hops it is reached through ("a,b"), none if reached directly
 
     @property
     def host_key_name(self) -> str:
@@ -58,6 +61,31 @@ class Target:
     @property
     def keyscan_command(self) -> str:
         return f"ssh-keyscan -p {self.port} {self.hostname} >> ~/.ssh/known_hosts"
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `user@host:port`, and for a jump host, which destination's it is."""
+        return f"jump host {self.alias} ({self}) of {self.jump_of}" if self.jump_of else str(self)
+
+    @property
+    def asker(self) -> str:
+        """Who asks, shown before a server's question when there are several servers to tell apart."""
+        return f"({self.username}@{self.alias}) " if self.jump_of or self.through else ""
+
+    def trust_advice(self) -> str:
+        """How to add its host key to known_hosts, ending in "and retry." `ssh-keyscan` connects
+        directly, so for a host behind jump hosts it is OpenSSH through them, or keyscan run on the last."""
+        if not self.through:
+            return f"trust it with\n    {self.keyscan_command}\nand retry."
+        before, _, last = self.through.rpartition(",")
+        scan = f"ssh {f'-J {before} ' if before else ''}{last} ssh-keyscan -p {self.port} {self.hostname}"
+        return (
+            f"ssh-keyscan cannot reach it through {self.through}: connect once with OpenSSH,\n"
+            f"    ssh -J {self.through} {self.alias}\n"
+            "check that it shows the same fingerprint and answer yes (it adds the key to known_hosts); "
+            f"or, if {last.rpartition('@')[2].partition(':')[0]} lets you run commands, run keyscan there:\n"
+            f"    {scan} >> ~/.ssh/known_hosts\nand retry."
+        )
 
     def __str__(self) -> str:
         return f"{self.username}@{self.hostname}:{self.port}"
@@ -124,16 +152,19 @@ def check_host_key(target: Target, keys: paramiko.HostKeys, server_key: paramiko
     """Raise unless known_hosts holds `server_key` for `target`."""
     known = known_keys(keys, target.host_key_name, server_key.get_name())
     if not known:
+        hop = f" (the {target.label})" if target.jump_of else ""
         raise UnknownHostError(
-            f"{target.host_key_name} is not a known host: its {server_key.get_name()} key "
+            f"{target.host_key_name}{hop} is not a known host: its {server_key.get_name()} key "
             f"{server_key.fingerprint} is in none of {', '.join(target.known_hosts)}. "
-            f"If this is the machine you mean, trust it with\n    {target.keyscan_command}\nand retry."
+            f"If this is the machine you mean, {target.trust_advice()}"
         )
     if server_key not in known:
+        hop = f" (the {target.label})" if target.jump_of else ""
         raise HostKeyChangedError(
-            f"the host key of {target.host_key_name} has CHANGED (now {server_key.fingerprint}): someone "
-            "may be intercepting the connection, or the machine was reinstalled. Ask its administrators; "
-            f"once sure, run `ssh-keygen -R '{target.host_key_name}'` then\n    {target.keyscan_command}"
+            f"the host key of {target.host_key_name}{hop} has CHANGED (now {server_key.fingerprint}): "
+            "someone may be intercepting the connection, or the machine was reinstalled. Ask its "
+            f"administrators; once sure, run `ssh-keygen -R '{target.host_key_name}'`, then "
+            f"{target.trust_advice()}"
         )
 
 
@@ -147,13 +178,15 @@ def connect_socket(
     try:
         sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
     except OSError as error:
-        hint = (
-            ""
-            if reached_before
-            else " Check `hostname` and `port` in the Milex configuration (or ~/.ssh/config)."
+        where = f"the {target.label}: " if target.jump_of else ""
+        check = (
+            f"its HostName and Port in ~/.ssh/config (Host {target.alias})"
+            if target.jump_of
+            else "`hostname` and `port` in the Milex configuration (or ~/.ssh/config)"
         )
+        hint = "" if reached_before else f" Check {check}."
         raise LinkDown(
-            f"cannot reach {target.hostname} port {target.port}: {error.strerror or error}.{hint}"
+            f"cannot reach {where}{target.hostname} port {target.port}: {error.strerror or error}.{hint}"
         ) from None
     # Without TCP_NODELAY, a small write waits behind an unacknowledged one until the peer's delayed
     # ACK: about 45 ms (measured). sshd's side of the connection is handled in tunnel.py.
@@ -178,7 +211,7 @@ def handshake(
     try:
         transport.start_client(timeout=timeout)
     except (paramiko.SSHException, EOFError, OSError) as error:
-        raise TunnelError(f"SSH handshake with {target} failed: {error}") from None
+        raise TunnelError(f"SSH handshake with {target.label} failed: {error}") from None
     check_host_key(target, known, transport.get_remote_server_key())
     credentials.authenticate(transport, target)
     transport.set_keepalive(KEEPALIVE_SECONDS)
@@ -199,13 +232,26 @@ def tty_prompt(text: str, echo: bool) -> str:
         ) from None
 
 
+# A keyboard-interactive answer is given again on a reconnection only if its prompt asks for a
+# password: a one-time code (TOTP, a token, a push's passcode) is good once, a replayed one is refused,
+# and refusals count towards the lock-out many sites impose. An unknown prompt is never replayed.
+PASSWORD_PROMPT = re.compile(r"password|passphrase", re.IGNORECASE)
+ONE_TIME_PROMPT = re.compile(r"code|token|otp|one.time|passcode|verif", re.IGNORECASE)
+
+
+def reusable_answer(prompt: str) -> bool:
+    """Whether the answer to `prompt` may be kept for reconnections (see PASSWORD_PROMPT)."""
+    return bool(PASSWORD_PROMPT.search(prompt)) and not ONE_TIME_PROMPT.search(prompt)
+
+
 class Credentials:
-    """Keys and answers for authentication, asked once and kept in memory for reconnections."""
+    """Keys and answers for authentication, asked once; keys and passwords (never one-time codes)
+    are kept in memory for reconnections."""
 
     def __init__(self, prompt: Prompt = tty_prompt) -> None:
         self.prompt = prompt
         self._keys: dict[str, paramiko.PKey] = {}
-        self._answers: dict[str, str] = {}
+        self._answers: dict[tuple[str, str], str] = {}  # (server, prompt) -> answer
 
     def authenticate(self, transport: paramiko.Transport, target: Target) -> None:
         """Agent keys, then key files, then keyboard-interactive: the order of OpenSSH's `ssh`."""
@@ -217,10 +263,10 @@ class Credentials:
         if "publickey" in methods:
             methods = self._publickey(transport, target) or methods
         if not transport.is_authenticated() and "keyboard-interactive" in methods:
-            self._interactive(transport, target.username)
+            self._interactive(transport, target)
         if not transport.is_authenticated():
             raise AuthError(
-                f"{target} refused every key we have ({', '.join(target.key_files) or 'none'} and the "
+                f"{target.label} refused every key we have ({', '.join(target.key_files) or 'none'} and the "
                 f"ssh-agent's); it accepts: {', '.join(methods)}. Check `key_path` in the Milex "
                 "configuration or load your key with `ssh-add`."
             )
@@ -276,28 +322,38 @@ class Credentials:
             password = self.prompt(f"{again} for key {path}: ", False).encode()
         raise AuthError(f"wrong passphrase for {path} ({PASSPHRASE_ATTEMPTS} attempts).")
 
-    def _interactive(self, transport: paramiko.Transport, username: str) -> None:
-        # Answers saved from an earlier connection are tried first; the user is asked again only
-        # when the server refuses them (a one-time code, a changed password).
-        for use_saved in (True, False) if self._answers else (False,):
+    def _interactive(self, transport: paramiko.Transport, target: Target) -> None:
+        # Passwords saved from an earlier connection are tried first; the user is asked again only
+        # when the server refuses them (a changed password). Anything else is asked each time.
+        server = str(target)
+        saved = any(key[0] == server for key in self._answers)
+        for use_saved in (True, False) if saved else (False,):
             try:
-                transport.auth_interactive(username, self._handler(use_saved))
+                transport.auth_interactive(target.username, self._handler(target, use_saved))
                 return
             except paramiko.BadAuthenticationType:
                 return
             except paramiko.AuthenticationException:
                 if not use_saved:
-                    raise AuthError(f"{username}: the server refused the answers given.") from None
-                self._answers.clear()
+                    raise AuthError(f"{target.label}: the server refused the answers given.") from None
+                for key in [key for key in self._answers if key[0] == server]:
+                    del self._answers[key]
 
-    def _handler(self, use_saved: bool) -> Callable[[str, str, list[tuple[str, bool]]], list[str]]:
+    def _handler(
+        self, target: Target, use_saved: bool
+    ) -> Callable[[str, str, list[tuple[str, bool]]], list[str]]:
         def answer(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
             header = "\n".join(part for part in (title, instructions) if part)
             answers = []
             for text, echo in prompts:
-                if not (use_saved and text in self._answers):
-                    self._answers[text] = self.prompt(f"{header}\n{text}" if header else text, echo)
-                answers.append(self._answers[text])
+                key = (str(target), text)
+                if use_saved and key in self._answers:
+                    answers.append(self._answers[key])
+                    continue
+                question = target.asker + (f"{header}\n{text}" if header else text)
+                answers.append(self.prompt(question, echo))
+                if reusable_answer(text):
+                    self._answers[key] = answers[-1]
             return answers
 
         return answer

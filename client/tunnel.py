@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shlex
 import socket
@@ -154,9 +155,11 @@ def relay_command(path: str, template: str = DEFAULT_RELAY, env_command: str = "
 class SshSession:
     """A paramiko connection to one machine, reconnected on next use after it drops.
 
-    `prompt` asks for passphrases and keyboard-interactive answers; they are kept for reconnections.
+    `prompt` asks for passphrases and keyboard-interactive answers; passphrases and passwords are
+    kept for reconnections (one-time codes never are: see ssh_auth.reusable_answer).
     `relay` and `env_command` build the fallback command when the server forbids stream-local
     forwarding. `on_connect` runs after each (re)connection, e.g. to start the remote agent.
+    `jump_of` names the destination this session is a jump host of (for messages).
     """
 
     def __init__(
@@ -174,8 +177,11 @@ class SshSession:
         jump: str | None = None,
         credentials: Credentials | None = None,
         on_connect: Callable[[SshSession], None] | None = None,
+        jump_of: str = "",
     ) -> None:
-        self.target: Target = resolve_target(hostname, username, key_path, port, ssh_config)
+        target = resolve_target(hostname, username, key_path, port, ssh_config)
+        self._jump_spec = target.proxy_jump if jump is None else (jump or None)
+        self.target: Target = dataclasses.replace(target, jump_of=jump_of, through=self._jump_spec or "")
         self.credentials = credentials or Credentials(prompt)
         self.relay, self.env_command, self.timeout = relay, env_command, timeout
         self.on_connect = on_connect
@@ -185,7 +191,6 @@ class SshSession:
         self.last_failure = ""  # why the last channel could not be opened; "" once one is
         self.alive_at = 0.0  # when the server last proved the connection alive (time.monotonic())
         self._ssh_config = ssh_config
-        self._jump_spec = self.target.proxy_jump if jump is None else (jump or None)
         self._jump: SshSession | None = None
         self._transport: paramiko.Transport | None = None
         self._lock = threading.RLock()
@@ -261,9 +266,20 @@ class SshSession:
         self._jump = self._jump or SshSession(
             host, user or None, None, int(port) if port else None, ssh_config=self._ssh_config,
             timeout=self.timeout, jump=hops, credentials=self.credentials,
+            jump_of=self.target.jump_of or self.target.alias,
         )  # fmt: skip
         destination = (self.target.hostname, self.target.port)
-        return self._jump.connect().open_channel("direct-tcpip", destination, ("127.0.0.1", 0))
+        transport = self._jump.connect()
+        try:
+            return transport.open_channel("direct-tcpip", destination, ("127.0.0.1", 0), timeout=self.timeout)
+        except paramiko.SSHException as error:  # refused (ChannelException) or no answer in time
+            reason = error.text if isinstance(error, paramiko.ChannelException) else str(error)
+            where = f"the {self.target.label}" if self.target.jump_of else str(self.target)
+            raise TunnelError(
+                f"the {self._jump.target.label} cannot reach {where}: {reason}. Check that "
+                f"{self.target.hostname} port {self.target.port} is right (Host {self.target.alias} in "
+                f"~/.ssh/config, or the Milex configuration) and up, as seen from {self._jump.target.alias}."
+            ) from None
 
     def ensure_live(self, fresh: float = 0.0) -> None:
         """Make sure the connection answers: the current one if the server answers a keepalive within

@@ -18,7 +18,7 @@ from typing import Literal
 import msgspec
 
 from milex.common.files import is_locked, private_directory, take_lock
-from milex.ssh_errors import ERRORS, LinkDown, TunnelError
+from milex.ssh_errors import ERRORS, LinkDown, PromptUnavailable, TunnelError
 
 DEFAULT_IDLE = 30 * 60.0
 STARTING_WAIT = 120.0
@@ -80,6 +80,22 @@ def tunnel_status(machine: str) -> TunnelStatus:
         with contextlib.suppress(OSError, ValueError):
             return TunnelStatus(machine=machine, state="starting", pid=int(files.path("pid").read_text()))
         return TunnelStatus(machine=machine, state="starting")
+
+
+def tunnel_gone(machine: str) -> str:
+    """Why the machine's tunnel stopped by itself, as advice, once it is down: it needed a passphrase or
+    a code for a reconnection and had no one to ask. "" while it is up, or when it left no word."""
+    files = TunnelFiles.of(machine)
+    try:
+        reason = files.path("stopped").read_text()
+    except OSError:
+        return ""
+    if _locked(files):
+        return ""
+    return (
+        f"the tunnel to {machine} stopped: {reason.strip()}. Open it again from a terminal with "
+        f"`milex tunnel up --machine {machine}`: it asks there, once, and later commands use it."
+    )
 
 
 def start_tunnel(
@@ -151,9 +167,15 @@ def _spawn(
         return tunnel_status(machine)
     error = json.loads(rest) if word == "ERROR" else {"message": "it exited without a word"}
     log_path = TunnelFiles.of(machine).path("log")
-    raise ERRORS.get(error.get("kind", ""), TunnelError)(
-        f"the tunnel to {machine} did not start: {error['message']} (log: {log_path})"
+    kind = ERRORS.get(error.get("kind", ""), TunnelError)
+    # A passphrase or a code is needed and no one can type it: say where it can be, once.
+    advice = (
+        f". Open the tunnel from a terminal with `milex tunnel up --machine {machine}`: it asks there, "
+        "once, and later commands use it while it stays up."
+        if issubclass(kind, PromptUnavailable)
+        else ""
     )
+    raise kind(f"the tunnel to {machine} did not start: {error['message']} (log: {log_path}){advice}")
 
 
 def link_down_error(machine: str, reason: str) -> LinkDown:

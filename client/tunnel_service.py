@@ -118,8 +118,10 @@ class TunnelService:
             self.save_status()
 
     def _stop_for(self, error: PromptUnavailable) -> None:
-        """Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground."""
+        """Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground;
+        the record tells the command waiting on this tunnel why it went (tunnel_control.tunnel_gone)."""
         log.error("%s; stopping", error)
+        self.files.path("stopped").write_text(str(error))
         self.stop.set()
 
     def _connect(self, local: socket.socket) -> None:
@@ -313,6 +315,7 @@ def run(
     lock: int | None = None
     try:
         lock = _take_lock(files)
+        files.path("stopped").unlink(missing_ok=True)  # an earlier service's
         logging.basicConfig(filename=files.path("log"), level=logging.INFO, format="%(asctime)s %(message)s")
         logging.getLogger("paramiko").setLevel(logging.WARNING)
         # Without a socket path, the agent's own start command says where it listens.

@@ -2,7 +2,8 @@
 # setup.sh - everything a fresh Debian machine needs to run Milex and its tests, from nothing:
 # Debian packages, the project's virtual environment (.venv, with the example app), the
 # single-node SLURM test cluster and an OpenSSH server, both on 127.0.0.1, and the two namespaced
-# test clusters with accounting, each with a login node of its own (deploy/cluster/). Safe to run again:
+# test clusters with accounting, each with a login node of its own (deploy/cluster/), and the bastions
+# in front of cluster1's (deploy/bastion/). Safe to run again:
 # each step skips what is done.
 #
 # Usage: setup.sh [--local-only]   (--local-only: not the namespaced clusters, which only tests use)
@@ -18,9 +19,9 @@ PYTHON=${MILEX_PYTHON:-python3}
 # podman, runc, uidmap, debootstrap: the agent's container image (deploy/container/) and its test,
 # which runs it rootless as an unprivileged user (runc named: podman would otherwise pick crun).
 # fuse3: tests/e2e/lockfs.py, a filesystem whose locks fail, for the agent's lock check (with mfusepy,
-# of the `test` extra).
+# of the `test` extra). libpam-google-authenticator: the TOTP second factor of the bastions (deploy/bastion/).
 PACKAGES=(slurmctld slurmd slurm-client munge python3-venv openssh-server podman buildah runc uidmap
-          debootstrap fuse3)
+          debootstrap fuse3 libpam-google-authenticator)
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -59,5 +60,7 @@ if ((!LOCAL_ONLY)); then
     for cluster in cluster1 cluster2; do
         "$REPO/deploy/cluster/up.sh" "$cluster"
     done
+    # Two bastions in front of cluster1's login node, each asking a TOTP code (deploy/bastion/).
+    "$REPO/deploy/bastion/up.sh"
 fi
 log "ready: activate with 'source $VENV/bin/activate'"

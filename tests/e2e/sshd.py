@@ -209,11 +209,11 @@ print("RESULT", status.local_socket, "END", flush=True)
 class Terminal:
     """A pseudo-terminal on which a program runs as if a user sat there: prompts appear, answers are typed."""
 
-    def __init__(self, script: str, *args: str) -> None:
+    def __init__(self, script: str, *args: str, env: dict[str, str] | None = None) -> None:
         # The slave end stays open here too: a master whose slave nobody holds reads as an error.
         self.master, self.slave = pty.openpty()
-        self.process = subprocess.Popen([sys.executable, "-c", script, os.ttyname(self.slave), *args],
-                                        stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        argv = [sys.executable, "-c", script, os.ttyname(self.slave), *args]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.output = ""
 
     def expect(self, text: str, timeout: float = 30.0) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,17 +18,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milex.common.errors import MilexError
-from milex.common.files import private_directory
+from milex.common.files import private_directory, take_lock
+from milex.connection import AgentConnection, AgentUnavailable
 from milex.ssh_auth import (
     Credentials,
     Target,
     check_host_key,
     key_family,
     resolve_target,
+    reusable_answer,
 )
 from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, TunnelError, UnknownHostError
 from milex.tunnel import Backoff, relay_command, streamlocal_open_message
-from milex.tunnel_control import TunnelFiles, tunnel_status
+from milex.tunnel_control import TunnelFiles, tunnel_gone, tunnel_status
 from milex.tunnel_service import RemoteAgent, TunnelService, splice
 
 
@@ -152,14 +156,49 @@ def test_any_of_several_keys_known_for_one_name_is_accepted(tmp_path: Path) -> N
     check_host_key(target, keys, second)  # the check leaves the loaded keys as they were
 
 
-def test_keyboard_interactive_answers_are_asked_once_then_reused() -> None:
+def test_passwords_are_kept_for_reconnections_and_one_time_codes_never() -> None:
     asked: list[tuple[str, bool]] = []
     credentials = Credentials(lambda text, echo: asked.append((text, echo)) or f"answer{len(asked)}")
-    first = credentials._handler(use_saved=True)("Duo", "", [("Passcode:", False), ("User:", True)])
-    again = credentials._handler(use_saved=True)("Duo", "", [("Passcode:", False)])
-    assert first == ["answer1", "answer2"] and again == ["answer1"]
-    assert asked == [("Duo\nPasscode:", False), ("Duo\nUser:", True)]
-    assert credentials._handler(use_saved=False)("", "", [("Passcode:", False)]) == ["answer3"]
+    server = Target(alias="c", hostname="cluster.example.org", port=22, username="alice")
+    other = Target(alias="d", hostname="other.example.org", port=22, username="alice")
+    prompts = [("Password:", False), ("Verification code:", False)]
+    first = credentials._handler(server, use_saved=True)("PAM", "", prompts)
+    again = credentials._handler(server, use_saved=True)("PAM", "", prompts)
+    assert first == ["answer1", "answer2"] and again == ["answer1", "answer3"]
+    code = ("PAM\nVerification code:", False)
+    assert asked == [("PAM\nPassword:", False), code, code]
+    # Another server's password is its own; an answer is never reused where saved ones were refused.
+    assert credentials._handler(other, use_saved=True)("", "", [("Password:", False)]) == ["answer4"]
+    assert credentials._handler(server, use_saved=False)("", "", [("Password:", False)]) == ["answer5"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kept"),
+    [("Password: ", True), ("alice@host's password: ", True), ("Verification code: ", False),
+     ("Passcode or option (1-3): ", False), ("Enter PASSCODE:", False), ("Password + OTP: ", False),
+     ("One-time password: ", False), ("Token: ", False), ("User:", False)],
+)  # fmt: skip
+def test_only_password_answers_are_reusable(prompt: str, kept: bool) -> None:
+    assert reusable_answer(prompt) is kept
+
+
+def test_a_jump_host_is_named_with_its_destination_and_asks_under_its_own_name() -> None:
+    hop = Target(alias="gate", hostname="10.0.0.6", port=22, username="alice", jump_of="hpc", through="outer")
+    assert hop.label == "jump host gate (alice@10.0.0.6:22) of hpc"
+    assert hop.asker == "(alice@gate) "
+    assert Target(alias="hpc", hostname="h", port=22, username="alice").asker == ""
+
+
+def test_a_host_behind_jump_hosts_is_trusted_through_them_not_with_a_direct_keyscan() -> None:
+    hop = Target(alias="gate", hostname="10.0.0.6", port=2200, username="alice", jump_of="hpc",
+                 through="outer,alice@inner:23")  # fmt: skip
+    with pytest.raises(UnknownHostError) as caught:
+        check_host_key(hop, paramiko.HostKeys(), host_key())
+    message = str(caught.value)
+    assert message.startswith("[10.0.0.6]:2200 (the jump host gate (alice@10.0.0.6:2200) of hpc) is not")
+    assert "ssh -J outer,alice@inner:23 gate\n" in message
+    assert "ssh -J outer alice@inner:23 ssh-keyscan -p 2200 10.0.0.6 >> ~/.ssh/known_hosts" in message
+    assert "if inner lets you run commands" in message
 
 
 def write_encrypted_key(path: Path, passphrase: bytes) -> None:
@@ -208,6 +247,34 @@ def test_tunnel_files_live_in_the_runtime_directory(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "absent"))
     assert TunnelFiles.of("cluster").directory.name.startswith("milex-")
     assert tunnel_status("cluster").state == "down"
+
+
+def test_a_tunnel_that_stopped_for_want_of_a_terminal_says_how_to_open_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    files = TunnelFiles.of("hpc")
+    private_directory(files.directory)
+    assert tunnel_gone("hpc") == ""  # no word left: nothing to say
+    files.path("stopped").write_text(
+        "the server asks 'Verification code:': restart the tunnel from a terminal"
+    )
+    lock = take_lock(files.path("lock"))
+    assert lock is not None
+    assert tunnel_gone("hpc") == ""  # a service still runs: it has not gone
+    os.close(lock)
+    gone = tunnel_gone("hpc")
+    assert gone.startswith("the tunnel to hpc stopped: the server asks 'Verification code:'"), gone
+    assert "`milex tunnel up --machine hpc`" in gone
+
+
+def test_a_wait_for_a_reply_ends_as_soon_as_the_endpoint_is_gone(tmp_path: Path) -> None:
+    reasons = iter(["", "", "the tunnel to hpc stopped"])
+    connection = AgentConnection(f"ipc://{tmp_path}/nobody.sock", timeout=30, gone=lambda: next(reasons))
+    started = time.monotonic()
+    with connection, pytest.raises(AgentUnavailable, match="the tunnel to hpc stopped"):
+        connection.hello("0")
+    assert time.monotonic() - started < 5
 
 
 class SocketChannel:
