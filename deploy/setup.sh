@@ -54,5 +54,7 @@ if ((!LOCAL_ONLY)); then
     for cluster in cluster1 cluster2; do
         "$REPO/deploy/cluster/up.sh" "$cluster"
     done
+    # cluster1's second login node, on the node's /home: the other end of a round-robin name.
+    "$REPO/deploy/cluster/second-login.sh" up cluster1
 fi
 log "ready: activate with 'source $VENV/bin/activate'"
