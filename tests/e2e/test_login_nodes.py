@@ -96,7 +96,7 @@ def test_commands_landing_on_either_node_share_one_agent_and_every_job(
         status = laptop.milex("milex", "status", "--machine", REMOTE, a.name).stdout
         assert all(job in status for job in a.jobs), status
         tunnel = laptop.milex("milex", "tunnel", "status", "--machine", REMOTE).stdout
-        assert f"on login node {node_of[second.host]}," in tunnel, tunnel
+        assert f"(login node {node_of[second.host]}) up since" in tunnel, tunnel
         agent = laptop.milex("milex", "agent", "status", "--machine", REMOTE).stdout
         assert f" on {node_of[second.host]}," in agent, agent
         laptop.milex("milex", "tunnel", "down", "--machine", REMOTE)
