@@ -86,7 +86,8 @@ write_root() {
     put 0644 "$root" /etc/ssh/ssh_host_ed25519_key.pub <"$L2/host_key.pub"
     printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$NODE_ADDR" "$NODE_NAME" "$L2_ADDR" "$SECOND_LOGIN_NAME" |
         put 0644 "$root" /etc/hosts
-    upper_dirs /var/lib/milex-cluster/node-munge
+    upper_dirs /var/lib # milex-cluster/ is made at run time: not in the root
+    install -d -m 0755 "$UPPER/var/lib/milex-cluster/node-munge"
     rm -f "$L2_READY" "$L2/upper/var/lib/milex-cluster/failed"
 }
 
