@@ -109,12 +109,15 @@ start_init() {
     (
         close_inherited_files
         # shellcheck disable=SC2016  # expanded by the inner sh
+        # A copy of the node's mount namespace, where its root is mounted at STATE/merged: a bind
+        # mount's source must be in the namespace that makes it.
         exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 setsid \
-            ip netns exec "$L2_NETNS" unshare --mount --uts --pid --fork --kill-child \
+            ip netns exec "$L2_NETNS" nsenter --target "$node_init" --mount -- \
+            unshare --mount --uts --pid --fork --kill-child \
             sh -c 'mount -t overlay overlay -o "lowerdir=$0,upperdir=$1/upper,workdir=$1/work" "$1/merged" &&
-                mount --bind "/proc/$3/root/home" "$1/merged/home" &&
-                mount --bind "/proc/$3/root/run/munge" "$1/merged/var/lib/milex-cluster/node-munge" &&
-                exec chroot "$1/merged" "/usr/local/sbin/$2"' "$ROOT" "$L2" "$L2_INIT" "$node_init" \
+                mount --bind "$3/home" "$1/merged/home" &&
+                mount --bind "$3/run/munge" "$1/merged/var/lib/milex-cluster/node-munge" &&
+                exec chroot "$1/merged" "/usr/local/sbin/$2"' "$ROOT" "$L2" "$L2_INIT" "$STATE/merged" \
             </dev/null >"$L2/console.log" 2>&1
     ) &
     unshare_pid=$!
