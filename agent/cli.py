@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,13 +14,13 @@ from milex.agent.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, S
 from milex.common.version import VERSION
 
 
-def _directory(path: str | None, directory: str | None) -> Path:
-    from milex.agent.daemon import agent_dir
+def _directory(path: str | None, directory: str | None, state_dir: str | None = None) -> Path:
+    from milex.agent.daemon import machine_agent_dir
 
     if directory:
         return Path(directory).expanduser()
     if path:
-        return agent_dir(path)
+        return machine_agent_dir(path, state_dir)
     raise click.UsageError("give --path (the machine's Milex path) or --dir (the agent directory).")
 
 
@@ -31,6 +32,11 @@ def _print(info: object) -> None:
 
 _path_option = click.option("--path", help="The machine's Milex path; the agent lives in PATH/agent/HOST.")
 _dir_option = click.option("--dir", "directory", help="The agent directory itself.")
+_state_dir_option = click.option(
+    "--state-dir",
+    help="A directory of this node for the agent's state (it lives in STATE_DIR/agent/HOST instead): "
+    "the machine's state_dir, where the filesystem of PATH has no working locks.",
+)
 _idle_exit_option = click.option(
     "--idle-exit",
     type=click.FloatRange(min=0),
@@ -71,11 +77,13 @@ def main() -> None:
 
 @main.command()
 @_path_option
+@_state_dir_option
 @_dir_option
 @_settings_options
 @click.option("--detach", is_flag=True, help="Run in the background; exit once the agent serves.")
 def run(
     path: str | None,
+    state_dir: str | None,
     directory: str | None,
     poll_interval: float,
     max_interval: float,
@@ -85,13 +93,22 @@ def run(
 ) -> None:
     """Serve in the foreground (what `start` runs detached, and what a container runs)."""
     from milex.agent import daemon
-    from milex.common.errors import MilexError
 
-    target = _directory(path, directory)
+    with _errors_shown():
+        target = _directory(path, directory, state_dir)
     on_ready = _detach() if detach else (lambda: None)
-    try:
+    with _errors_shown():
         daemon.run(target, poll_interval=poll_interval, max_interval=max_interval, idle_exit=idle_exit,
                    submit_retry=submit_retry, version=VERSION, on_ready=on_ready)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _errors_shown() -> Iterator[None]:
+    """A MilexError becomes its message on stderr and exit status 1, as the `milex` commands do."""
+    from milex.common.errors import MilexError
+
+    try:
+        yield
     except MilexError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
@@ -118,10 +135,12 @@ def _detach() -> Callable[[], None]:
 
 @main.command()
 @_path_option
+@_state_dir_option
 @_dir_option
 @_settings_options
 def start(
     path: str | None,
+    state_dir: str | None,
     directory: str | None,
     poll_interval: float,
     max_interval: float,
@@ -131,31 +150,36 @@ def start(
     """Start the agent detached unless one runs; print its info as JSON."""
     from milex.agent import daemon
 
-    target = _directory(path, directory)
-    info = daemon.start(target, poll_interval=poll_interval, max_interval=max_interval, idle_exit=idle_exit,
-                        submit_retry=submit_retry)  # fmt: skip
+    with _errors_shown():
+        target = _directory(path, directory, state_dir)
+        info = daemon.start(target, poll_interval=poll_interval, max_interval=max_interval,
+                            idle_exit=idle_exit, submit_retry=submit_retry)  # fmt: skip
     _print(info)
 
 
 @main.command()
 @_path_option
+@_state_dir_option
 @_dir_option
-def stop(path: str | None, directory: str | None) -> None:
+def stop(path: str | None, state_dir: str | None, directory: str | None) -> None:
     """Stop the running agent (its journal keeps every job for the next one)."""
     from milex.agent import daemon
 
-    info = daemon.stop(_directory(path, directory))
+    with _errors_shown():
+        info = daemon.stop(_directory(path, directory, state_dir))
     click.echo("no agent was running" if info is None else f"stopped agent {info.pid}")
 
 
 @main.command()
 @_path_option
+@_state_dir_option
 @_dir_option
-def status(path: str | None, directory: str | None) -> None:
+def status(path: str | None, state_dir: str | None, directory: str | None) -> None:
     """Print the running agent's info as JSON; exit 3 when none runs."""
     from milex.agent import daemon
 
-    info = daemon.read_info(_directory(path, directory))
+    with _errors_shown():
+        info = daemon.read_info(_directory(path, directory, state_dir))
     if info is None:
         click.echo('{"running": false}')
         sys.exit(3)

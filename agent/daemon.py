@@ -14,14 +14,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
 from milex.agent.handover import ask_to_leave, cluster_name, elsewhere, leave_reason, node_name
 from milex.agent.intervals import CONTROLLER_SETTLE, IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
-from milex.common.errors import MilexError
+from milex.common.errors import LocksUnreliable, MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
 
+T = TypeVar("T")
 SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux; keep a margin
 START_TIMEOUT = 15.0
 
@@ -51,6 +53,15 @@ def agent_dir(milex_path: str | Path, cluster: str | None = None) -> Path:
     return directory
 
 
+def machine_agent_dir(path: str, state_dir: str | None) -> Path:
+    """The agent's directory for a machine: under its `state_dir` (a disk of the node, where the
+    filesystem of its Milex path has no working locks) when it has one, else under its path."""
+    if state_dir is None:
+        return agent_dir(path)
+    private_directory(Path(state_dir).expanduser())  # not one another user made for us in /var/tmp
+    return agent_dir(state_dir, cluster=node_name())  # a disk of this node: this node's agent alone
+
+
 def socket_path(directory: Path) -> Path:
     """`DIR/run/agent.sock`, or a private directory under /tmp when that path is too long for a socket."""
     preferred = directory / "run" / "agent.sock"
@@ -62,7 +73,7 @@ def socket_path(directory: Path) -> Path:
 
 def read_info(directory: Path) -> AgentInfo | None:
     """The running agent's info, or None when no agent holds the lock of `directory`."""
-    if not is_locked(directory / "agent.lock"):
+    if not _refused_locks_named(directory, is_locked, directory / "agent.lock"):
         return None
     try:
         return msgspec.json.decode((directory / "agent.json").read_bytes(), type=AgentInfo)
@@ -71,13 +82,25 @@ def read_info(directory: Path) -> AgentInfo | None:
 
 
 def hold_lock(directory: Path) -> int:
-    """Take the agent lock for this process's life; MilexError naming the running agent if taken."""
-    fd = take_lock(directory / "agent.lock")
+    """Take the agent lock for this process's life; MilexError naming the running agent if taken,
+    LocksUnreliable if the filesystem refuses it."""
+    fd = _refused_locks_named(directory, take_lock, directory / "agent.lock")
     if fd is None:
         info = read_info(directory)
         running = f"pid {info.pid}, socket {info.socket}" if info else "starting"
         raise MilexError(f"an agent is already running for {directory} ({running}).") from None
     return fd
+
+
+def _refused_locks_named(directory: Path, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)`, an flock of `directory` inside; the agent's refusal, saying where to
+    keep its state instead, if the filesystem refuses it."""
+    from milex.agent.locks import refusal
+
+    try:
+        return call(*args, **kwargs)
+    except LocksUnreliable as error:
+        raise refusal(directory, str(error)) from None
 
 
 def publish(directory: Path, info: AgentInfo) -> None:
@@ -99,7 +122,7 @@ def start(
     private_directory(directory)
     # Commands starting the agent together queue here (on every node of a shared home): the first
     # starts it, the others then find it.
-    starting = take_lock(directory / "start.lock", wait=True)
+    starting = _refused_locks_named(directory, take_lock, directory / "start.lock", wait=True)
     assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
     try:
         info = read_info(directory)
@@ -118,6 +141,7 @@ def _launch(directory: Path, options: list[str]) -> AgentInfo:
     once it serves."""
     (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
+    logged = log_file.stat().st_size if log_file.exists() else 0
     command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory), *options]
     with open(log_file, "ab") as log:
         # `run --detach` forks; its parent exits once the agent serves (or failed), so the agent
@@ -127,7 +151,9 @@ def _launch(directory: Path, options: list[str]) -> AgentInfo:
         )
     info = read_info(directory)
     if launcher.returncode != 0 or info is None:
-        tail = log_file.read_text(errors="replace")[-2000:]
+        with open(log_file, "rb") as log:  # what this start wrote, not an earlier agent's lines
+            log.seek(logged)
+            tail = log.read().decode(errors="replace")[-4000:]
         raise MilexError(f"the agent did not start (status {launcher.returncode}); {log_file}:\n{tail}")
     return info
 
@@ -168,6 +194,7 @@ def run(
     from milex.agent.controller import ControllerWatch
     from milex.agent.journal import Journal
     from milex.agent.lifetime import Lifetime, identity
+    from milex.agent.locks import check
     from milex.agent.poller import Poller
     from milex.agent.recovery import recover
     from milex.agent.server import AgentServer
@@ -175,6 +202,11 @@ def run(
 
     private_directory(directory)
     lock = hold_lock(directory)
+    try:
+        check(directory, directory / "agent.lock")  # before the journal opens: it must have one writer
+    except BaseException:
+        os.close(lock)
+        raise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sock = socket_path(directory)
     private_directory(sock.parent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 
 from milex.common.model import MACHINE_DIRS
 from milex.config import Machine
@@ -18,22 +19,54 @@ from milex.endpoints import (
 
 
 def remote_agent_command(machine: Machine, action: str) -> str:
-    """The shell command that runs `milex-agent ACTION` on `machine`, in its environment.
+    """The shell command that runs `milex-agent ACTION` on `machine`, in its environment; or,
+    where `milex agent deploy --container` put its script, the same action on the agent container.
 
     Starting also creates the machine's directories: the first use of a machine sets it up. The
     idle exit is passed only when the environment sets it: an agent older than that option then
-    still starts, with its own default.
+    still starts, with its own default (a container's agent never leaves when idle).
     """
     command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
+    if machine.state_dir is not None:  # only then: an agent older than the key still starts without it
+        command += f" --state-dir {shell_path(machine.state_dir)}"
+    boxed = container_command(machine, action)
     if action == "start":
         settings = start_settings()
-        command += f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
+        intervals = f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
+        command += intervals
+        boxed += f"{intervals} --info"
         if IDLE_EXIT_ENV in os.environ:
             command += f" --idle-exit {settings['idle_exit']}"
+    script = shell_path(container_script(machine))
+    command = f"if [ -f {script} ]; then {boxed}; else {command}; fi"
+    if action == "start":
         dirs = " ".join(shell_path(f"{machine.path}/{name}") for name in MACHINE_DIRS)
         command = f"mkdir -p {dirs} && {command}"
     prefix = f"{machine.env_command} && " if machine.env_command else ""
     return f"bash -lc {shlex.quote(prefix + command)}"
+
+
+def remote_relay(machine: Machine) -> str:
+    """The tunnel's relay command (for servers that forbid socket forwarding): `milex-agent bridge`,
+    or the same in the agent's container where deploy put its script."""
+    from milex.tunnel import DEFAULT_RELAY
+
+    dispatch = 'if [ -f "$1" ]; then exec python3 "$1" bridge --socket "$2"; else exec {}; fi'
+    bridge = dispatch.format(DEFAULT_RELAY.replace("{socket}", '"$2"'))
+    return f"sh -c {shlex.quote(bridge)} relay {shell_path(container_script(machine))} {{socket}}"
+
+
+def container_script(machine: Machine) -> str:
+    """Where `milex agent deploy --container` puts milex/container.py on the machine."""
+    return f"{machine.path}/agent/container.py"
+
+
+def container_command(machine: Machine, action: str, *options: str) -> str:
+    """The shell command that runs the machine's container script for `action` (start, stop,
+    image-id) on its Milex path; `options` are quoted, a leading `~/` in the paths kept."""
+    script = shell_path(container_script(machine))
+    path = f" --path {shell_path(machine.path)}" if action != "stop" else ""
+    return f"python3 {script} {action}{path}" + "".join(f" {shlex.quote(option)}" for option in options)
 
 
 def shell_path(path: str) -> str:
@@ -89,12 +122,15 @@ def deploy_agent(machine: Machine, *, upload_wheel: bool) -> str:
     return deploy(machine, upload_wheel=upload_wheel)
 
 
-def deploy_container(machine: Machine, *, image: str) -> str:
-    """Start (or restart, for a new image) the machine's agent from its container image."""
+def deploy_container(machine: Machine, *, image: str, archive: Path | None = None) -> str:
+    """Start the machine's agent from its container image unless it runs from it already (a new
+    build of the image restarts it); `archive`, an image archive here, is loaded there first."""
     if machine.is_remote:
         from milex.remote import deploy_container as remote_deploy_container
 
-        return remote_deploy_container(machine, image=image)
+        return remote_deploy_container(machine, image=image, archive=archive)
     from milex.container import start_container_agent
 
-    return start_container_agent(machine.path, image=image, replace=True, **poll_settings())
+    return start_container_agent(
+        machine.path, image=image, archive=str(archive) if archive else None, **poll_settings()
+    )

@@ -17,7 +17,8 @@ DEFAULT_MACHINE = "local"
 SCHEDULERS = ("slurm", "local")
 REQUIRED_KEYS = ("path", "env_command", "slurm_account")
 REMOTE_KEYS = ("username", "key_path")
-KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, "port", "max_submitted")
+INTEGER_KEYS = ("port", "max_submitted")
+KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, *INTEGER_KEYS, "state_dir")
 
 
 class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -35,6 +36,9 @@ class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Jobs the agent keeps in SLURM at once (array tasks each), where the site asks for fewer than
     # its limits allow; the rest of a bundle waits in the agent's queue.
     max_submitted: int | None = None
+    # A directory on a disk of the node for the agent's directory and journal, where the filesystem
+    # of `path` has no working locks (the agent refuses to start there and names one).
+    state_dir: str | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -141,6 +145,7 @@ def _machine(name: str, raw: Any, source: Path) -> Machine:
     _check_values(machine, where)
     if not machine.is_remote:
         machine.path = os.path.expanduser(machine.path)
+        machine.state_dir = machine.state_dir and os.path.expanduser(machine.state_dir)
     return machine
 
 
@@ -152,8 +157,10 @@ def _check_values(machine: Machine, where: str) -> None:
         )
     if machine.max_submitted is not None and machine.max_submitted < 1:
         raise ConfigError(f"{where}: key 'max_submitted' must be at least 1, not {machine.max_submitted}.")
-    if not machine.path.startswith(("/", "~")):
-        raise ConfigError(f"{where}: key 'path' must be an absolute path, not {machine.path!r}.")
+    for key in ("path", "state_dir"):
+        value = getattr(machine, key)
+        if value is not None and not value.startswith(("/", "~")):
+            raise ConfigError(f"{where}: key {key!r} must be an absolute path, not {value!r}.")
 
 
 def _ssh_config_knows(hostname: str) -> bool:

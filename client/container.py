@@ -2,7 +2,9 @@
 idempotent start (`milex agent deploy --container`).
 
 Standard library only, so this file also runs by itself where only the image has Milex:
-`python3 container.py start --path ~/milex` (deploy/container/run-agent.sh), or uploaded over SSH.
+`python3 container.py start --path ~/milex` (deploy/container/run-agent.sh), or uploaded over SSH
+to PATH/agent/container.py, where its presence tells the client that this machine's agent runs in
+a container (see milex.agent_control.remote_agent_command).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import grp
+import json
 import os
 import shlex
 import shutil
@@ -48,13 +51,38 @@ def find_engine(which: Callable[[str], str | None] = shutil.which) -> str:
         if which(engine):
             return engine
     raise MilexError(
-        "neither podman nor docker is on PATH; install one (e.g. apt-get install podman), or run "
-        "the agent without a container: `milex agent start`."
+        f"neither podman nor docker is on PATH on {short_hostname()}: install one (e.g. `apt-get install "
+        "podman`), or where the site has a module for one, load it in the machine's env_command; or run "
+        "the agent without a container (`milex agent start`)."
     )
 
 
 def container_name(user: str) -> str:
     return f"milex-agent-{user}"
+
+
+def script_path(milex_path: str) -> str:
+    """Where `milex agent deploy --container` puts this file on the machine: its marker."""
+    return f"{milex_path}/agent/container.py"
+
+
+def record_path(milex_path: str) -> str:
+    """The image the last start used, which a start naming none uses again."""
+    return f"{milex_path}/agent/container.json"
+
+
+def recorded_image(milex_path: str) -> str | None:
+    try:
+        with open(record_path(milex_path)) as file:
+            return str(json.load(file)["image"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_image(milex_path: str, image: str) -> None:
+    os.makedirs(os.path.dirname(record_path(milex_path)), exist_ok=True)
+    with open(record_path(milex_path), "w") as file:
+        json.dump({"image": image}, file)
 
 
 def container_run_command(
@@ -149,43 +177,47 @@ def _group_name(gid: int) -> str | None:
 def start_container_agent(
     milex_path: str,
     *,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = None,
     engine: str | None = None,
     replace: bool = False,
+    archive: str | None = None,
     poll_interval: float = POLL_INTERVAL,
     max_interval: float = MAX_POLL_INTERVAL,
     run: Run = _run,
 ) -> str:
-    """Start this user's agent container unless it runs (`replace`: restart it, e.g. on a new
-    image); say what was done once the agent answers its health check."""
+    """Start this user's agent container unless it already runs from `image` (`replace`: restart
+    it anyway); say what was done once the agent answers its health check. `image` defaults to the
+    one the last start used; `archive`, an image archive (`podman save`), is loaded first."""
     engine = engine or find_engine()
-    user = getpass.getuser()
-    name = container_name(user)
+    name = container_name(getpass.getuser())
     milex_path = os.path.abspath(os.path.expanduser(milex_path))
+    image = image or recorded_image(milex_path) or DEFAULT_IMAGE
+    loaded = _load(engine, archive, run) if archive else ""
     state = container_state(engine, name, run)
-    if state == "running" and not replace:
-        return f"the agent container {name} already runs: {_ping(engine, name, run) or 'not answering yet'}"
+    if state == "running" and not replace and _runs_image(engine, name, image, run):
+        return f"the agent container {name} already runs: agent {_wait_ready(engine, name, run)}"
     if state is not None:
         _check(run([engine, "rm", "--force", name]))
-    _require_image(engine, image, run)
+    _require_image(engine, image, run, loaded)
     _require_host_setup()
-    # What the run line mounts from the user's side must exist, and be the user's.
+    _check(run(_prepared_run_command(engine, image, milex_path, poll_interval, max_interval)))
+    version = _wait_ready(engine, name, run)
+    record_image(milex_path, image)
+    return f"agent {version} running in container {name} ({image}) for {milex_path}"
+
+
+def _prepared_run_command(
+    engine: str, image: str, milex_path: str, poll_interval: float, max_interval: float
+) -> list[str]:
+    """The run line, once what it mounts from the user's side exists and is the user's."""
     os.makedirs(milex_path, exist_ok=True)
-    uid, gid, home, host = os.getuid(), os.getgid(), os.path.expanduser("~"), short_hostname()
+    uid, gid, host = os.getuid(), os.getgid(), short_hostname()
     fallback = socket_fallback_dir(milex_path, host, uid)
     if fallback:
         os.makedirs(fallback, mode=0o700, exist_ok=True)
-    identity = None
     if engine == "docker":
-        identity = write_identity(identity_dir(milex_path, host), uid, gid, user, home)
-    command = container_run_command(
-        engine, image, milex_path, uid, gid, user=user, home=home, host=host,
-        rootless=engine == "podman" and uid != 0, identity_dir=identity,
-        poll_interval=poll_interval, max_interval=max_interval,
-    )  # fmt: skip
-    _check(run(command))
-    version = _wait_ready(engine, name, run)
-    return f"agent {version} running in container {name} ({image}) for {milex_path}"
+        write_identity(identity_dir(milex_path, host), uid, gid, getpass.getuser(), os.path.expanduser("~"))
+    return _command_line(engine, image, milex_path, poll_interval, max_interval)
 
 
 def stop_container_agent(engine: str | None = None, run: Run = _run) -> str:
@@ -205,26 +237,62 @@ def container_state(engine: str, name: str, run: Run = _run) -> str | None:
     return (result.stdout.strip() or "unknown") if result.returncode == 0 else None
 
 
-def remote_start_command(
-    script: str, milex_path: str, *, image: str = DEFAULT_IMAGE, replace: bool = False
-) -> str:
-    """The shell command that runs this file, uploaded to `script` on a login node, to start the
-    agent container there (a leading `~` in `milex_path` is the remote user's home)."""
-    path = milex_path if milex_path.startswith("~/") and " " not in milex_path else shlex.quote(milex_path)
-    command = f"python3 {shlex.quote(script)} start --path {path} --image {shlex.quote(image)}"
-    return command + (" --replace" if replace else "")
+def image_id(engine: str, image: str, run: Run = _run) -> str | None:
+    """The local image's ID (hex, no `sha256:`), None when the engine has no such image."""
+    result = run([engine, "image", "inspect", "--format", "{{.Id}}", image])
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip().removeprefix("sha256:") or None
 
 
-def _require_image(engine: str, image: str, run: Run) -> None:
+def archive_image_id(archive: str) -> str | None:
+    """The ID of the image in a `podman save` / `docker save` archive (its config's digest, from
+    manifest.json), None when the archive is not of that format."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("manifest.json")
+            manifest = json.load(member) if member else None
+    except (OSError, KeyError, ValueError, tarfile.TarError):
+        return None
+    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+        return None
+    config = os.path.basename(str(manifest[0].get("Config", "")))
+    return config.removesuffix(".json") or None
+
+
+def _runs_image(engine: str, name: str, image: str, run: Run) -> bool:
+    """Whether the container runs the image now named `image` (not an older build of that name)."""
+    result = run([engine, "container", "inspect", "--format", "{{.Image}}", name])
+    running = result.stdout.strip().removeprefix("sha256:") if result.returncode == 0 else None
+    return running is not None and running == image_id(engine, image, run)
+
+
+def _load(engine: str, archive: str, run: Run) -> str:
+    """Load an image archive; what the engine said it loaded."""
+    result = run([engine, "load", "--input", archive])
+    _check(result)
+    return result.stdout.strip()
+
+
+def _require_image(engine: str, image: str, run: Run, loaded: str = "") -> None:
     """A local image must exist; one named with a registry is left to `run` to pull."""
     first = image.split("/")[0]
     if "/" in image and ("." in first or ":" in first) and first != "localhost":
         return
-    if run([engine, "image", "inspect", image]).returncode != 0:
+    if image_id(engine, image, run) is not None:
+        return
+    if loaded:
         raise MilexError(
-            f"{engine} has no image {image}; build it here with deploy/container/build-image.sh, or "
-            f"copy it from a machine that has it: `{engine} save {image} | ssh LOGIN-NODE {engine} load`."
+            f"the image archive holds another image than {image} ({loaded}); name that one with --image."
         )
+    raise MilexError(
+        f"{engine} on {short_hostname()} has no image {image}. From the laptop, "
+        f"`milex agent deploy --container --image-archive FILE` uploads and loads one (`{engine} save "
+        f"-o FILE {image}` where it was built); or build it there with deploy/container/build-image.sh; "
+        "or give --image REGISTRY/NAME:TAG, an image that machine can pull."
+    )
 
 
 def _require_host_setup() -> None:
@@ -262,44 +330,77 @@ def _check(result: subprocess.CompletedProcess[str]) -> None:
         raise MilexError(f"`{shlex.join(result.args)}` failed ({result.returncode}): {result.stderr.strip()}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def agent_info(engine: str, name: str, milex_path: str, run: Run = _run) -> str:
+    """The container's agent's info as `milex-agent start` prints it (JSON, one line): what the
+    tunnel reads the agent's socket from."""
+    result = run([engine, "exec", name, "milex-agent", "status", "--path", milex_path])
+    _check(result)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run this login node's Milex agent in a container.")
-    parser.add_argument("action", choices=["start", "stop", "command"], help="command: print the run line")
+    actions = ["start", "stop", "command", "image-id", "bridge"]
+    parser.add_argument(
+        "action", choices=actions, help="command: print the run line; image-id: the image's ID"
+    )
     parser.add_argument("--path", default=os.environ.get("MILEX"), help="the Milex path (default: $MILEX)")
-    parser.add_argument("--image", default=DEFAULT_IMAGE)
+    parser.add_argument("--image", help=f"default: the last start's, else {DEFAULT_IMAGE}")
     parser.add_argument("--engine", choices=ENGINES, help="default: podman if installed, else docker")
     parser.add_argument("--replace", action="store_true", help="restart a running agent container")
+    parser.add_argument("--archive", help="start: load this image archive (`podman save`) first")
+    parser.add_argument("--info", action="store_true", help="start: then print the agent's info (JSON)")
+    parser.add_argument("--socket", help="bridge: relay stdin/stdout to this agent socket")
     parser.add_argument(
         "--poll-interval", type=float, default=POLL_INTERVAL, help="seconds between SLURM polls"
     )
     parser.add_argument(
         "--max-interval", type=float, default=MAX_POLL_INTERVAL, help="their back-off ceiling"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.action != "stop" and not args.path:
+    if args.action in ("start", "command") and not args.path:
         parser.error("give --path (this machine's Milex path) or set MILEX")
     try:
-        if args.action == "start":
-            print(start_container_agent(
-                args.path, image=args.image, engine=args.engine, replace=args.replace,
-                poll_interval=args.poll_interval, max_interval=args.max_interval,
-            ))  # fmt: skip
-        elif args.action == "stop":
-            print(stop_container_agent(args.engine))
-        else:
-            engine = args.engine or find_engine()
-            path = os.path.abspath(os.path.expanduser(args.path))
-            command = container_run_command(
-                engine, args.image, path, os.getuid(), os.getgid(), user=getpass.getuser(),
-                home=os.path.expanduser("~"), rootless=engine == "podman" and os.getuid() != 0,
-                identity_dir=identity_dir(path, short_hostname()) if engine == "docker" else None,
-                poll_interval=args.poll_interval, max_interval=args.max_interval,
-            )  # fmt: skip
-            print(shlex.join(command))
+        print(_act(args))
     except MilexError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _act(args: argparse.Namespace) -> str:
+    """What the action does, and what to print."""
+    engine = args.engine or find_engine()
+    if args.action == "stop":
+        return stop_container_agent(engine)
+    if args.action == "image-id":
+        return image_id(engine, args.image or DEFAULT_IMAGE) or ""
+    if args.action == "bridge":  # for SSH servers that forbid socket forwarding, with no Milex here
+        bridge = ["exec", "--interactive", container_name(getpass.getuser()), "milex-agent", "bridge"]
+        os.execvp(engine, [engine, *bridge, "--socket", args.socket])
+    path = os.path.abspath(os.path.expanduser(args.path))
+    if args.action == "start":
+        said = start_container_agent(
+            path, image=args.image, engine=engine, replace=args.replace, archive=args.archive,
+            poll_interval=args.poll_interval, max_interval=args.max_interval,
+        )  # fmt: skip
+        return f"{said}\n{agent_info(engine, container_name(getpass.getuser()), path)}" if args.info else said
+    image = args.image or recorded_image(path) or DEFAULT_IMAGE
+    return shlex.join(_command_line(engine, image, path, args.poll_interval, args.max_interval))
+
+
+def _command_line(engine: str, image: str, path: str, poll_interval: float, max_interval: float) -> list[str]:
+    return container_run_command(
+        engine, image, path, os.getuid(), os.getgid(), user=getpass.getuser(),
+        home=os.path.expanduser("~"), rootless=engine == "podman" and os.getuid() != 0,
+        identity_dir=identity_dir(path, short_hostname()) if engine == "docker" else None,
+        poll_interval=poll_interval, max_interval=max_interval,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -63,9 +63,9 @@ def _seconds(variable: str, default: float) -> float:
 
 
 def local_agent_dir(machine: Machine) -> Path:
-    from milex.agent.daemon import agent_dir
+    from milex.agent.daemon import machine_agent_dir
 
-    return agent_dir(machine.path)
+    return machine_agent_dir(machine.path, machine.state_dir)
 
 
 def endpoint(machine: Machine) -> str:

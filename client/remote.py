@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from milex.agent_control import remote_agent_command
+from milex.agent_control import (
+    container_command,
+    container_script,
+    remote_agent_command,
+    remote_relay,
+    shell_path,
+)
 from milex.common.errors import MilexError
 from milex.config import Machine
+
+if TYPE_CHECKING:
+    from milex.tunnel import SshSession
 
 
 def remote_endpoint(machine: Machine) -> str:
@@ -18,7 +30,8 @@ def remote_endpoint(machine: Machine) -> str:
     """
     from milex.tunnel_control import start_tunnel
 
-    status = start_tunnel(machine.name, "", on_connect=remote_agent_command(machine, "start"))
+    start = remote_agent_command(machine, "start")
+    status = start_tunnel(machine.name, "", relay=remote_relay(machine), on_connect=start)
     return f"ipc://{status.local_socket}"
 
 
@@ -56,25 +69,89 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
             code, out, err = session.exec(in_environment(machine, install), timeout=600)
             if code != 0:
                 raise MilexError(f"on {machine.name}: `{install}` exited {code}:\n{(err or out).strip()}")
-        session.exec(remote_agent_command(machine, "stop"))
+        session.exec(remote_agent_command(machine, "stop"))  # in its container, if it runs in one
+        session.exec(f"rm -f {shell_path(container_script(machine))}")  # from now on, outside one
     stop_tunnel(machine.name)  # the next command reconnects and starts the new agent
     return f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
 
 
-def deploy_container(machine: Machine, *, image: str) -> str:
-    """Upload milex/container.py (standard library only) to the login node and start the agent
-    there from its image; an agent already running outside a container is stopped first."""
+def deploy_container(machine: Machine, *, image: str, archive: Path | None = None) -> str:
+    """Upload milex/container.py (standard library only) into the machine's Milex path, where it
+    marks the agent as containerized, and start the agent there from its image; an agent running
+    outside a container is stopped first. `archive` (an image archive here) is uploaded and loaded
+    unless the machine has that very image already."""
     from milex import container
     from milex.tunnel import SshSession
     from milex.tunnel_control import stop_tunnel
 
-    script = ".milex-container.py"  # SFTP and exec both start in the remote home
+    script = container_script(machine)
     with SshSession.for_machine(machine) as session:
-        session.exec(remote_agent_command(machine, "stop"))
-        session.upload(Path(container.__file__), script)
-        command = container.remote_start_command(script, machine.path, image=image, replace=True)
-        code, out, err = session.exec(f"bash -lc {shlex.quote(command)}", timeout=300)
+        marked = session.exec(f"test -f {shell_path(script)}")[0] == 0
+        if not marked:
+            session.exec(remote_agent_command(machine, "stop"))
+        session.exec(f"mkdir -p {shell_path(f'{machine.path}/agent')}")
+        session.upload(Path(container.__file__), sftp_path(script))
+        try:
+            said = _start_container(session, machine, image, archive)
+        except BaseException:
+            if not marked:  # the machine's agent stays what it was
+                session.exec(f"rm -f {shell_path(script)}")
+            raise
+    stop_tunnel(machine.name)  # the next command reconnects, to the container's agent
+    return said
+
+
+def _start_container(session: SshSession, machine: Machine, image: str, archive: Path | None) -> str:
+    """Run the uploaded script's start (in the machine's environment); what it said."""
+    from milex.endpoints import poll_settings
+
+    settings = poll_settings()
+    options = ["--image", image, "--poll-interval", str(settings["poll_interval"]),
+               "--max-interval", str(settings["max_interval"])]  # fmt: skip
+    with _uploaded_archive(session, machine, image, archive) as remote_archive:
+        loading = ["--archive", remote_archive] if remote_archive else []
+        start = container_command(machine, "start", *options, *loading)
+        code, out, err = session.exec(in_environment(machine, start), timeout=600)
     if code != 0:
-        raise MilexError(f"on {machine.name}: starting the agent container failed:\n{(err or out).strip()}")
-    stop_tunnel(machine.name)
+        raise _container_error(machine, out, err)
     return out.strip()
+
+
+@contextmanager
+def _uploaded_archive(
+    session: SshSession, machine: Machine, image: str, archive: Path | None
+) -> Iterator[str]:
+    """The remote path of `archive` uploaded into a temporary file there (removed after), or ""
+    when there is none or the machine's image of that name is the archive's already."""
+    from milex.container import archive_image_id
+
+    if archive is None:
+        yield ""
+        return
+    asked = container_command(machine, "image-id", "--image", image)
+    code, out, err = session.exec(in_environment(machine, asked))
+    if code != 0:  # e.g. no podman or docker there: nothing to upload for
+        raise _container_error(machine, out, err)
+    if out.strip() and out.strip() == archive_image_id(str(archive)):
+        yield ""
+        return
+    code, out, err = session.exec("mktemp -t milex-image.XXXXXX")
+    if code != 0:
+        raise MilexError(f"on {machine.name}, `mktemp` failed:\n{(err or out).strip()}")
+    remote = out.strip()
+    try:
+        session.upload(archive, remote)
+        yield remote
+    finally:
+        session.exec(f"rm -f {shlex.quote(remote)}")
+
+
+def _container_error(machine: Machine, out: str, err: str) -> MilexError:
+    """The container script's failure there (its own `error: ` prefix dropped)."""
+    said = (err or out).strip().removeprefix("error: ")
+    return MilexError(f"on {machine.name}: starting the agent container failed: {said}")
+
+
+def sftp_path(path: str) -> str:
+    """`path` for SFTP, which starts in the remote home and expands no `~`."""
+    return path[2:] if path.startswith("~/") else path

@@ -34,6 +34,11 @@ class LimitReached(SubmitError):
     the same job goes in once some end. The message says which limit, in words for the user."""
 
 
+class LocksUnreliable(MilexError):
+    """File locks in a directory do not exclude a second process: the filesystem refuses them, or
+    grants one lock to two processes (Lustre without `-o flock`, some NFS mounts)."""
+
+
 class SchedulerError(MilexError):
     """A scheduler command (sbatch, squeue, ...) could not be run or failed."""
 

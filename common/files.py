@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
 import tempfile
 from pathlib import Path
 
-from milex.common.errors import MilexError
+from milex.common.errors import LocksUnreliable, MilexError
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
@@ -57,12 +58,9 @@ def is_locked(path: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not _flock(fd, path, fcntl.LOCK_SH | fcntl.LOCK_NB)
     finally:
         os.close(fd)
-    return False
 
 
 def take_lock(path: Path, *, wait: bool = False) -> int | None:
@@ -70,8 +68,23 @@ def take_lock(path: Path, *, wait: bool = False) -> int | None:
     (with `wait`, waits for the holder to let go instead)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if _flock(fd, path, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB):
+            return fd
+    except BaseException:
         os.close(fd)
-        return None
-    return fd
+        raise
+    os.close(fd)
+    return None
+
+
+def _flock(fd: int, path: Path, operation: int) -> bool:
+    """flock(2) `operation` on `fd`: whether it was granted (False: another process holds it), or
+    LocksUnreliable when the filesystem refuses locks (ENOLCK, ENOSYS, EOPNOTSUPP...)."""
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        name = errno.errorcode.get(error.errno or 0, str(error.errno))
+        raise LocksUnreliable(f"flock on {path} fails: {error.strerror} ({name})") from None
+    return True

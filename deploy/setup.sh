@@ -17,8 +17,10 @@ PYTHON=${MILEX_PYTHON:-python3}
 # python3-venv: a non-root test user builds its venv from the system Python (root's is unreadable).
 # podman, runc, uidmap, debootstrap: the agent's container image (deploy/container/) and its test,
 # which runs it rootless as an unprivileged user (runc named: podman would otherwise pick crun).
+# fuse3: tests/e2e/lockfs.py, a filesystem whose locks fail, for the agent's lock check (with mfusepy,
+# of the `test` extra).
 PACKAGES=(slurmctld slurmd slurm-client munge python3-venv openssh-server podman buildah runc uidmap
-          debootstrap)
+          debootstrap fuse3)
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -33,6 +35,9 @@ if ((${#missing[@]})); then
     apt-get -o DPkg::Lock::Timeout=600 update -q
     apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# lockfs needs /dev/fuse: Debian's kernels have the fuse module built in or loadable.
+[[ -e /dev/fuse ]] || modprobe fuse || log "no /dev/fuse: tests/e2e/test_unreliable_locks.py will fail"
 
 if [[ ! -x $VENV/bin/python ]]; then
     log "creating $VENV"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -57,14 +58,23 @@ def status(machine: str | None) -> None:
 )
 @click.option("--container", is_flag=True, help="Run the agent from its image (podman or docker there).")
 @click.option("--image", default="milex-agent:latest", show_default=True, help="With --container: the image.")
+@click.option(
+    "--image-archive",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --container: upload this image archive (`podman save -o FILE IMAGE`) and load it there,"
+    " unless the machine has that image already.",
+)
 @reports_errors
-def deploy(machine: str | None, wheel: bool, container: bool, image: str) -> None:
+def deploy(machine: str | None, wheel: bool, container: bool, image: str, image_archive: Path | None) -> None:
     """Install this version of Milex into the machine's environment, then (re)start its agent;
-    or, with --container, start the agent from its container image."""
+    or, with --container, start the agent from its container image (podman or docker there; no
+    Milex needed there), unless it runs from that image already."""
+    if image_archive and not container:
+        raise click.UsageError("--image-archive goes with --container.")
     if container:
         from milex.agent_control import deploy_container
 
-        click.echo(deploy_container(_machine(machine), image=image))
+        click.echo(deploy_container(_machine(machine), image=image, archive=image_archive))
         return
     from milex.agent_control import deploy_agent
 

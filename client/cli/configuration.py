@@ -82,9 +82,21 @@ def set_value(machine: str, key: str, value: str) -> None:
     path = config_path()
     document = json.loads(path.read_text()) if path.exists() else {}
     entry = document.setdefault(machine, {"path": "", "env_command": "", "slurm_account": ""})
-    entry[key] = int(value) if key == "port" else value
+    entry[key] = _typed(key, value)
     text = json.dumps(document, indent=4) + "\n"
     install_config(parse_config(text, path), text, path, report=click.echo)
+
+
+def _typed(key: str, value: str) -> str | int:
+    """`value` as the configuration holds `key`: a number for the integer settings."""
+    from milex.config import INTEGER_KEYS
+
+    if key not in INTEGER_KEYS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{key} is a whole number, not {value!r}", param_hint="VALUE") from None
 
 
 @config_group.command("check")

@@ -58,7 +58,7 @@ def _describe(status: TunnelStatus) -> str:
     if not status.up:
         return f"tunnel to {status.machine} is {status.state}"
     since = time.strftime("%H:%M:%S", time.localtime(status.since or 0))
-    node = f", on login node {status.node}" if status.node else ""
+    node = f" (login node {status.node})" if status.node else ""
     how = status.mode or "not used yet"
     described = (
         f"tunnel to {status.host}{node} up since {since} (pid {status.pid}, {how}); "

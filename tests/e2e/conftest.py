@@ -231,15 +231,21 @@ def remote_laptop(root: Path, node: LoginNode) -> MilexHome:
     (ssh / "config").write_text(node.ssh_config() + node.ssh_config(f"{node.alias}-fragile", FRAGILE_PORT)
                                 + node.ssh_config(f"{node.alias}-relay", RELAY_PORT))  # fmt: skip
     (ssh / "known_hosts").write_text(node.known_hosts_lines(FRAGILE_PORT, RELAY_PORT))
+    laptop = laptop_home(root)
+    use_login_node(laptop, node.alias)
+    return laptop
+
+
+def laptop_home(root: Path) -> MilexHome:
+    """A laptop user (root) in `root`: HOME `root/home` (its `.ssh` made by the caller), a private
+    runtime directory, no ssh-agent, frequent agent polls; not configured yet."""
     runtime = root / "run"
     runtime.mkdir(mode=0o700)
     env = {key: value for key, value in os.environ.items() if key not in ("SSH_AUTH_SOCK", "MILEX_MACHINE")}
     env.update(HOME=str(root / "home"), XDG_RUNTIME_DIR=str(runtime), MILEX_CONFIG=str(root / "milexconfig"),
                PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MILEX_AGENT_POLL_INTERVAL="0.5",
                MILEX_AGENT_MAX_INTERVAL="1")  # fmt: skip
-    laptop = MilexHome(root=root, config=root / "milexconfig", env=env)
-    use_login_node(laptop, node.alias)
-    return laptop
+    return MilexHome(root=root, config=root / "milexconfig", env=env)
 
 
 def use_login_node(laptop: MilexHome, alias: str, venv: str = "~/venv", path: str = "~/milex") -> None:

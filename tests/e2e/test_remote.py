@@ -108,7 +108,7 @@ def test_bundle_with_dependency_and_array_runs_on_the_login_node(
     assert json.loads(task)["array_task_id"] == "2"
     tunnel = laptop.milex("milex", "tunnel", "status", "--machine", REMOTE).stdout
     assert "up since" in tunnel and "streamlocal" in tunnel, tunnel
-    assert f"on login node {login_node.sh('hostname').strip()}," in tunnel, tunnel  # the node, not the name
+    assert f"(login node {login_node.sh('hostname').strip()}) up since" in tunnel, tunnel
     [submission] = laptop.submissions()
     assert {job["state"] for job in submission["jobs"].values()} == {"COMPLETED"}
     accounts = login_node.exec("sacct", "--noheader", "--parsable2", "--allocations", "--format=Account",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from milex import agent_control, endpoints
@@ -65,3 +67,13 @@ def test_a_bad_override_names_the_variable(monkeypatch, value):
     monkeypatch.setenv(endpoints.IDLE_EXIT_ENV, value)
     with pytest.raises(MilexError, match=f"{endpoints.IDLE_EXIT_ENV}='{value}' is not a number of seconds"):
         endpoints.start_settings()
+
+
+def test_a_machine_with_a_state_dir_passes_it_to_every_agent_command():
+    machine = remote()
+    machine.state_dir = "~/node-local state"
+    for action in ("start", "stop", "status"):
+        _, _, script = shlex.split(agent_control.remote_agent_command(machine, action))  # bash -lc SCRIPT
+        assert """--state-dir "$HOME"/'node-local state'""" in script
+    # Without one, nothing new on the command line: an agent older than the key still starts.
+    assert "--state-dir" not in agent_control.remote_agent_command(remote(), "start")

@@ -210,3 +210,15 @@ def test_dump_config_does_not_repeat_the_name_and_leaves_out_unset_keys() -> Non
     assert json.loads(dump_config({"local": machine})) == {
         "local": {"path": "/x", "env_command": "", "slurm_account": ""}
     }
+
+
+def test_state_dir_is_optional_absolute_and_expanded_on_a_local_machine(home: Path) -> None:
+    assert parse({"local": LOCAL}).machine("local").state_dir is None
+    local = parse({"local": {**LOCAL, "state_dir": "~/state"}}).machine("local")
+    assert local.state_dir == str(home / "state")
+    # A remote machine's `~` is the login node's home.
+    cluster = parse({"cluster": {**REMOTE, "state_dir": "~/state"}}).machine("cluster")
+    assert cluster.state_dir == "~/state"
+    assert not hasattr(cluster.settings, "state_dir")  # the agent's own business, not the jobs'
+    message = config_error({"cluster": {**REMOTE, "state_dir": "state"}})
+    assert "key 'state_dir' must be an absolute path, not 'state'" in message

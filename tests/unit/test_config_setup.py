@@ -245,3 +245,18 @@ def test_git_core_editor_after_variables(no_editor: Path) -> None:
 
 def test_nano_last(no_editor: Path) -> None:
     assert find_editor() == "nano"
+
+
+def test_config_set_stores_numbers_as_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from milex.cli.configuration import config_group
+
+    monkeypatch.setenv("MILEX_CONFIG", str(tmp_path / "milexconfig"))
+    runner = CliRunner()
+    for key, value in (("path", str(tmp_path)), ("max_submitted", "5")):
+        done = runner.invoke(config_group, ["set", "cluster", key, value])
+        assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "milexconfig").read_text())["cluster"]["max_submitted"] == 5
+    refused = runner.invoke(config_group, ["set", "cluster", "max_submitted", "five"])
+    assert refused.exit_code == 2 and "max_submitted is a whole number, not 'five'" in refused.output

@@ -6,9 +6,11 @@ from __future__ import annotations
 import ast
 import configparser
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Sequence
 from importlib.metadata import requires
 from pathlib import Path
@@ -16,10 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from milex import container
+from milex import agent_control, container
 from milex.agent import daemon
 from milex.agent.cli import main as agent_cli
 from milex.common.errors import MilexError
+from milex.config import Machine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,24 +87,33 @@ def test_find_engine_prefers_podman_then_docker_and_says_what_to_install() -> No
 
 
 class FakeEngine:
-    """Answers the engine commands `start_container_agent` runs, and records them."""
+    """Answers the engine commands `start_container_agent` runs, and records them. `image`: the ID
+    of the image its name leads to (None: no such image); the container runs `running`'s."""
 
-    def __init__(self, state: str | None, *, image: bool = True, serves: bool = True) -> None:
-        self.state, self.image, self.serves = state, image, serves
+    def __init__(self, state: str | None, *, image: str | None = "cafe", serves: bool = True,
+                 running: str = "cafe", loads: str | None = None) -> None:  # fmt: skip
+        self.state, self.image, self.serves, self.running, self.loads = state, image, serves, running, loads
         self.calls: list[list[str]] = []
 
     def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
         verb = argv[1]
-        if verb == "container":  # inspect
-            return subprocess.CompletedProcess(argv, int(self.state is None), f"{self.state}\n", "")
+        if verb == "container":  # inspect: the state, or the image the container runs
+            answer = f"sha256:{self.running}" if "{{.Image}}" in argv else self.state
+            return subprocess.CompletedProcess(argv, int(self.state is None), f"{answer}\n", "")
         if verb == "run":
             self.state = "running" if self.serves else "exited"
+            self.running = self.image or "pulled"
         if verb == "rm":
             self.state = None
+        if verb == "load":
+            self.image = self.loads
+            return subprocess.CompletedProcess(argv, 0, "Loaded image: localhost/milex-agent:latest\n", "")
         if verb == "image":
-            return subprocess.CompletedProcess(argv, 0 if self.image else 1, "", "")
+            return subprocess.CompletedProcess(argv, int(self.image is None), f"sha256:{self.image}\n", "")
+        if verb == "exec" and "status" in argv:
+            return subprocess.CompletedProcess(argv, 0, '{"pid": 7, "socket": "/s"}\n', "")
         if verb == "exec":
             return subprocess.CompletedProcess(argv, 0 if self.serves else 1, "0.1.0\n", "")
         if verb == "logs":
@@ -122,8 +134,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "milex"
 
 
-def start(host: Path, engine: FakeEngine) -> str:
-    return container.start_container_agent(str(host), engine="podman", run=engine)
+def start(host: Path, engine: FakeEngine, **options: object) -> str:
+    return container.start_container_agent(str(host), engine="podman", run=engine, **options)  # type: ignore[arg-type]
 
 
 def test_start_runs_the_container_and_waits_for_the_agent(host: Path) -> None:
@@ -142,14 +154,39 @@ def test_start_with_docker_writes_the_identity_files_it_mounts(host: Path) -> No
     assert Path(mount.removeprefix("--volume=").split(":")[0]).is_file()
 
 
-def test_start_reports_a_running_container_and_replaces_a_stopped_one(host: Path) -> None:
+def test_start_keeps_a_container_running_the_image_and_replaces_a_stopped_one(host: Path) -> None:
     running = FakeEngine(state="running")
     assert "already runs: agent 0.1.0" in start(host, running)
-    assert "run" not in running.verbs()
+    assert "run" not in running.verbs() and "rm" not in running.verbs()
 
     stopped = FakeEngine(state="exited")
     start(host, stopped)
     assert stopped.verbs()[:4] == ["container", "rm", "image", "run"]
+
+
+def test_start_replaces_a_container_running_an_older_build_of_the_image(host: Path) -> None:
+    engine = FakeEngine(state="running", image="beef", running="cafe")
+    assert "running in container" in start(host, engine)
+    assert "rm" in engine.verbs() and engine.running == "beef"
+    assert "already runs" in start(host, engine)  # the second start finds it current
+
+
+def test_start_without_an_image_uses_the_last_ones_and_records_what_it_started(host: Path) -> None:
+    engine = FakeEngine(state=None)
+    start(host, engine, image="reg.example.org/milex:1")
+    assert container.recorded_image(str(host)) == "reg.example.org/milex:1"
+    engine.state = None
+    start(host, engine)
+    [_, run] = [argv for argv in engine.calls if argv[1] == "run"]
+    assert "reg.example.org/milex:1" in run
+
+
+def test_start_loads_an_archive_first(host: Path) -> None:
+    engine = FakeEngine(state=None, image=None, loads="beef")
+    assert "running in container" in start(host, engine, archive="/tmp/image.tar")
+    assert engine.calls[0] == ["podman", "load", "--input", "/tmp/image.tar"]
+    with pytest.raises(MilexError, match=r"holds another image than other:1 \(Loaded image: localhost/milex"):
+        start(host, FakeEngine(state=None, image=None, loads=None), archive="/a.tar", image="other:1")
 
 
 def test_stop_stops_then_removes_the_container_and_knows_when_there_is_none(host: Path) -> None:
@@ -160,8 +197,10 @@ def test_stop_stops_then_removes_the_container_and_knows_when_there_is_none(host
 
 
 def test_start_without_the_image_says_how_to_get_it(host: Path) -> None:
-    with pytest.raises(MilexError, match=r"build-image\.sh"):
-        start(host, FakeEngine(None, image=False))
+    with pytest.raises(
+        MilexError, match=r"--image-archive FILE. uploads.*build-image\.sh.*REGISTRY/NAME:TAG"
+    ):
+        start(host, FakeEngine(None, image=None))
 
 
 def test_a_container_that_stops_shows_its_log(host: Path) -> None:
@@ -169,10 +208,44 @@ def test_a_container_that_stops_shows_its_log(host: Path) -> None:
         start(host, FakeEngine(None, serves=False))
 
 
-def test_the_remote_command_keeps_the_remote_home_and_quotes_the_rest() -> None:
-    command = container.remote_start_command("/tmp/c.py", "~/milex", image="reg.example.org/milex:1")
-    assert command == "python3 /tmp/c.py start --path ~/milex --image reg.example.org/milex:1"
-    assert "--path '/scratch/my milex'" in container.remote_start_command("/tmp/c.py", "/scratch/my milex")
+def test_the_info_is_what_milex_agent_status_prints_in_the_container() -> None:
+    engine = FakeEngine(state="running")
+    assert (
+        container.agent_info("podman", "milex-agent-alice", "/m", run=engine) == '{"pid": 7, "socket": "/s"}'
+    )
+    assert engine.calls == [["podman", "exec", "milex-agent-alice", "milex-agent", "status", "--path", "/m"]]
+
+
+def image_archive(directory: Path) -> Path:
+    """An image archive as `podman save` writes one, but for its layers: its image ID is 0123abcd."""
+    manifest = directory / "manifest.json"
+    manifest.write_text('[{"Config": "0123abcd.json", "RepoTags": ["localhost/milex-agent:latest"]}]')
+    with tarfile.open(directory / "image.tar", "w") as tar:
+        tar.add(manifest, "manifest.json")
+    return directory / "image.tar"
+
+
+def test_an_archives_image_id_is_its_configs_digest(tmp_path: Path) -> None:
+    assert container.archive_image_id(str(image_archive(tmp_path))) == "0123abcd"
+    (tmp_path / "not.tar").write_text("not an archive")
+    assert container.archive_image_id(str(tmp_path / "not.tar")) is None
+
+
+def test_the_remote_commands_run_the_container_script_where_deploy_put_it() -> None:
+    machine = Machine(name="c", path="~/milex", env_command="module load podman", slurm_account="",
+                      hostname="login1")  # fmt: skip
+    script = '"$HOME"/milex/agent/container.py'
+    start = shlex.split(agent_control.remote_agent_command(machine, "start"))[2]  # bash -lc SCRIPT
+    assert f'if [ -f {script} ]; then python3 {script} start --path "$HOME"/milex --poll-interval' in start
+    assert "--info; else milex-agent start --path" in start
+    assert start.startswith("module load podman && mkdir -p ")
+    stop = shlex.split(agent_control.remote_agent_command(machine, "stop"))[2]
+    assert f"then python3 {script} stop; else milex-agent stop" in stop
+    relay = agent_control.remote_relay(machine)
+    assert relay.startswith('sh -c \'if [ -f "$1" ]; then exec python3 "$1" bridge --socket "$2"; else exec ')
+    assert relay.endswith(f'milex-agent bridge --socket "$2"; fi\' relay {script} {{socket}}')
+    quoted = agent_control.container_command(machine, "image-id", "--image", "my image")
+    assert quoted == f"python3 {script} image-id --path \"$HOME\"/milex --image 'my image'"
 
 
 def test_ping_answers_with_the_running_agents_version_and_fails_without_one(tmp_path: Path) -> None:
@@ -221,3 +294,34 @@ def test_the_image_installs_every_library_the_agent_imports() -> None:
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"milex", "__future__"}
     assert third_party <= {module_of.get(name, name) for name in installed}
+
+
+class FakeSession:
+    """The SSH session of a deploy: `image-id` answers `there`; uploads are recorded."""
+
+    def __init__(self, there: str) -> None:
+        self.there, self.uploads, self.commands = there, [], []  # type: ignore[var-annotated]
+
+    def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        self.commands.append(command)
+        if "image-id" in command:
+            return 0, f"{self.there}\n", ""
+        return 0, "/tmp/milex-image.abc123\n", ""
+
+    def upload(self, local: Path, remote: str) -> None:
+        self.uploads.append(remote)
+
+
+@pytest.mark.parametrize(("there", "uploaded"), [("0123abcd", False), ("", True), ("beef", True)])
+def test_the_archive_is_uploaded_unless_the_machine_has_its_image(
+    tmp_path: Path, there: str, uploaded: bool
+) -> None:
+    from milex.remote import _uploaded_archive
+
+    machine = Machine(name="c", path="~/milex", env_command="", slurm_account="", hostname="login1")
+    session = FakeSession(there)
+
+    with _uploaded_archive(session, machine, "milex-agent:latest", image_archive(tmp_path)) as remote:  # type: ignore[arg-type]
+        assert remote == ("/tmp/milex-image.abc123" if uploaded else "")
+    assert session.uploads == (["/tmp/milex-image.abc123"] if uploaded else [])
+    assert ("rm -f /tmp/milex-image.abc123" in session.commands) == uploaded  # removed after the start
