@@ -114,8 +114,8 @@ def refusal(directory: Path, reason: str) -> LocksUnreliable:
         f'    "state_dir": {json.dumps(str(place))},\n'
         "to this machine in your Milex configuration (or run "
         f"`milex config set <machine> state_dir {place}`); "
-        f"its agent then keeps its directory and journal in {agent_dir(place, cluster=node_name())}, and your jobs' files "
-        "stay where they are."
+        f"its agent then keeps its directory and journal in {agent_dir(place, cluster=node_name())}, "
+        "and your jobs' files stay where they are."
     )
 
 

@@ -86,7 +86,7 @@ def test_the_refusal_names_a_directory_of_the_node_whose_locks_work_and_the_line
     assert message.startswith(f"file locks do not work in {home} (a second process was granted the flock")
     assert f'\n    "state_dir": "{local}/milex-alice",\n' in message
     assert f"milex config set <machine> state_dir {local}/milex-alice" in message
-    assert str(daemon.agent_dir(local / "milex-alice")) in message
+    assert str(daemon.agent_dir(local / "milex-alice", cluster=handover.node_name())) in message
     assert list(local.iterdir()) == []  # tried, and nothing left there
 
 
