@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_line(**overrides: object) -> list[str]:
-    options: dict = {"user": "alice", "home": "/home/alice", "host": "login1", "rootless": True}
+    options: dict = {"user": "alice", "home": "/home/alice", "rootless": True}
     return container.container_run_command(
         "podman", "milex-agent:latest", "/home/alice/milex", 1000, 1000, **(options | overrides)
     )
