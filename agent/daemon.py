@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from milex.agent.handover import ask_to_leave, cluster_name, elsewhere, leave_reason, node_name
 from milex.agent.intervals import CONTROLLER_SETTLE, IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
 from milex.common.errors import LocksUnreliable, MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
@@ -38,14 +40,17 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     host: str = ""  # the node it runs on (its short hostname): a shared home is seen from several
 
 
-def node_name() -> str:
-    """This node's short hostname (`login1` of `login1.cluster.example.org`)."""
-    return socket.gethostname().split(".")[0]
-
-
-def agent_dir(milex_path: str | Path, host: str | None = None) -> Path:
-    """The agent's directory for this login node: `PATH/agent/HOST` (homes are often shared)."""
-    return Path(milex_path).expanduser() / "agent" / (host or node_name())
+def agent_dir(milex_path: str | Path, cluster: str | None = None) -> Path:
+    """The agent's directory for this node's cluster: `PATH/agent/CLUSTER`, seen from each of its login
+    nodes when the home is shared (milex.agent.handover). An agent directory of this node from before
+    (`PATH/agent/NODE`, one agent per node) becomes the cluster's when the cluster has none yet."""
+    agents = Path(milex_path).expanduser() / "agent"
+    directory = agents / (cluster or cluster_name())
+    former = agents / node_name()
+    if former != directory and not directory.exists() and (former / "journal.sqlite").exists():
+        with contextlib.suppress(FileNotFoundError):  # another node moved it first
+            former.rename(directory)
+    return directory
 
 
 def machine_agent_dir(path: str, state_dir: str | None) -> Path:
@@ -54,7 +59,7 @@ def machine_agent_dir(path: str, state_dir: str | None) -> Path:
     if state_dir is None:
         return agent_dir(path)
     private_directory(Path(state_dir).expanduser())  # not one another user made for us in /var/tmp
-    return agent_dir(state_dir)
+    return agent_dir(state_dir, cluster=node_name())  # a disk of this node: this node's agent alone
 
 
 def socket_path(directory: Path) -> Path:
@@ -112,16 +117,21 @@ def start(
 ) -> AgentInfo:
     """The running agent of `directory`, started detached first if there is none."""
     info = read_info(directory)
-    if info is not None:
+    if info is not None and not elsewhere(info.host):
         return info
     private_directory(directory)
-    # Commands starting the agent together queue here: the first starts it, the others then find it.
+    # Commands starting the agent together queue here (on every node of a shared home): the first
+    # starts it, the others then find it.
     starting = _refused_locks_named(directory, take_lock, directory / "start.lock", wait=True)
     assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
     try:
+        info = read_info(directory)
+        if info is not None and elsewhere(info.host):
+            ask_to_leave(directory, info.host, info.pid)  # it moves here, where the command landed
+            info = None
         options = ["--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
                    "--idle-exit", str(idle_exit), "--submit-retry", str(submit_retry)]  # fmt: skip
-        return read_info(directory) or _launch(directory, options)
+        return info or _launch(directory, options)
     finally:
         os.close(starting)
 
@@ -149,10 +159,15 @@ def _launch(directory: Path, options: list[str]) -> AgentInfo:
 
 
 def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:
-    """Stop the running agent of `directory` (SIGTERM, then SIGKILL); its info, None if none ran."""
+    """Stop the running agent of `directory` (SIGTERM, then SIGKILL; on another node, a request to
+    leave); its info, None if none ran."""
     info = read_info(directory)
     if info is None:
         return None
+    if elsewhere(info.host):
+        ask_to_leave(directory, info.host, info.pid)
+        info.running = False
+        return info
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while is_locked(directory / "agent.lock"):
@@ -207,7 +222,8 @@ def run(
     recover(agent)
     previous = os.umask(0o077)  # the socket file itself is private too
     try:
-        lifetime = Lifetime(idle_exit=idle_exit, home=[directory, journal_path])
+        leave = functools.partial(leave_reason, directory, node_name(), os.getpid())
+        lifetime = Lifetime(idle_exit=idle_exit, home=[directory, journal_path], leave=leave)
         server = AgentServer(agent, f"ipc://{sock}", lifetime=lifetime)
     finally:
         os.umask(previous)

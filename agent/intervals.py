@@ -9,6 +9,7 @@ MAX_POLL_INTERVAL = 10.0
 IDLE_EXIT = 3600.0
 # How often the agent checks that its directory and journal are still its own (one stat each).
 HOME_CHECK_INTERVAL = 5.0
+LEAVE_CHECK_INTERVAL = 1.0  # a command on another login node waits this long at most for the agent to notice
 # How long a submission keeps looking up a job whose sbatch got no answer while the controller stays
 # silent, before it answers with the jobs submitted so far (the agent keeps resolving the rest).
 SUBMIT_RETRY = 300.0

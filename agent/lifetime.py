@@ -1,4 +1,5 @@
-"""When the agent has no reason to run any more: idle for too long, or its directory gone or replaced."""
+"""When the agent has no reason to run any more: idle for too long, its directory gone or replaced, or
+asked to leave for another login node."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from milex.agent.intervals import HOME_CHECK_INTERVAL, IDLE_EXIT
+from milex.agent.intervals import HOME_CHECK_INTERVAL, IDLE_EXIT, LEAVE_CHECK_INTERVAL
 
 
 class Lifetime:
@@ -16,7 +17,8 @@ class Lifetime:
     `idle_exit` seconds (0: never) without work, client or request, and with no unfinished job
     (asked through `unfinished`, at most every `check_every` seconds), end the agent; so do the
     removal or replacement of any of `home` (its directory, its journal), seen by one stat each
-    every `check_every` seconds.
+    every `check_every` seconds; so does `leave` (milex.agent.handover.leave_reason), asked every
+    `leave_every` seconds: a command waits on another login node for the agent to move there.
     """
 
     def __init__(
@@ -25,14 +27,17 @@ class Lifetime:
         idle_exit: float = IDLE_EXIT,
         home: Sequence[Path] = (),
         check_every: float = HOME_CHECK_INTERVAL,
+        leave: Callable[[], str | None] = lambda: None,
+        leave_every: float = LEAVE_CHECK_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_exit = idle_exit
-        self.check_every = check_every
+        self.check_every, self.leave, self.leave_every = check_every, leave, leave_every
         self.clock = clock
         self.home = {path: identity(path) for path in home}
         self.last_busy = clock()
         self.next_check = self.last_busy + check_every
+        self.next_leave_check = self.last_busy + leave_every
 
     def busy(self) -> None:
         self.last_busy = self.clock()
@@ -40,6 +45,11 @@ class Lifetime:
     def reason_to_stop(self, unfinished: Callable[[], bool]) -> str | None:
         """Why the agent should stop now; None while it has a reason to run."""
         now = self.clock()
+        if now >= self.next_leave_check:
+            self.next_leave_check = now + self.leave_every
+            asked = self.leave()
+            if asked:
+                return asked
         if now >= self.next_check:
             self.next_check = now + self.check_every
             gone = self._home_gone()

@@ -96,6 +96,7 @@ def refusal(directory: Path, reason: str) -> LocksUnreliable:
     """The agent's refusal to keep its state in `directory`, naming a directory of this node to
     use instead (the machine's `state_dir`) and the configuration line that says so."""
     from milex.agent.daemon import agent_dir
+    from milex.agent.handover import node_name
 
     problem = (
         f"file locks do not work in {directory} ({reason}): two agents could both write its journal "
@@ -113,8 +114,8 @@ def refusal(directory: Path, reason: str) -> LocksUnreliable:
         f'    "state_dir": {json.dumps(str(place))},\n'
         "to this machine in your Milex configuration (or run "
         f"`milex config set <machine> state_dir {place}`); "
-        f"its agent then keeps its directory and journal in {agent_dir(place)}, and your jobs' files "
-        "stay where they are."
+        f"its agent then keeps its directory and journal in {agent_dir(place, cluster=node_name())}, "
+        "and your jobs' files stay where they are."
     )
 
 

@@ -34,7 +34,6 @@ DEFAULT_IMAGE = "milex-agent:latest"
 ENGINES = ("podman", "docker")
 SLURM_DIR = "/etc/slurm"
 MUNGE_DIR = "/run/munge"
-SOCKET_PATH_LIMIT = 100  # milex.agent.daemon's: longer socket paths move to /tmp/milex-agent-UID
 READY_TIMEOUT = 60.0
 POLL_INTERVAL, MAX_POLL_INTERVAL = 2.0, 10.0  # milex.agent.intervals' (this file also runs alone)
 
@@ -94,7 +93,6 @@ def container_run_command(
     *,
     user: str,
     home: str,
-    host: str | None = None,
     rootless: bool = False,
     identity_dir: str | None = None,
     poll_interval: float = POLL_INTERVAL,
@@ -103,8 +101,8 @@ def container_run_command(
     """The `ENGINE run` argv that serves `milex_path`'s agent as the user `uid:gid`.
 
     The user's Milex path is mounted at the same absolute path: slurmd on the host reads the
-    scripts and writes the logs there. The host's network reaches slurmctld; its UTS name keeps the
-    agent's directory PATH/agent/HOST the one the host computes; its PID space makes the pid in
+    scripts and writes the logs there. The host's network reaches slurmctld; its UTS name and
+    /etc/slurm keep the agent's node and cluster (its directory) the host's; its PID space makes the pid in
     agent.json one that `milex-agent stop` on the host can signal. `rootless`: podman run by the
     user, whose uid keep-id maps to itself; otherwise (root podman, docker) only --user sets it.
     `identity_dir`: passwd and group files naming the user (`write_identity`), for docker, which
@@ -113,9 +111,8 @@ def container_run_command(
     if not os.path.isabs(milex_path):
         raise MilexError(f"the Milex path must be absolute, not {milex_path!r}.")
     volumes = [f"{SLURM_DIR}:{SLURM_DIR}:ro", f"{MUNGE_DIR}:{MUNGE_DIR}", f"{milex_path}:{milex_path}"]
-    fallback = socket_fallback_dir(milex_path, host or short_hostname(), uid)
-    if fallback:
-        volumes.append(f"{fallback}:{fallback}")
+    fallback = socket_fallback_dir(uid)
+    volumes.append(f"{fallback}:{fallback}")
     if identity_dir:
         volumes += [f"{identity_dir}/{name}:/etc/{name}:ro" for name in ("passwd", "group")]
     return [
@@ -140,11 +137,10 @@ def short_hostname() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def socket_fallback_dir(milex_path: str, host: str, uid: int) -> str | None:
-    """The /tmp directory the agent's socket moves to when PATH/agent/HOST/run/agent.sock is too
-    long for a unix socket (as milex.agent.daemon.socket_path decides), or None."""
-    if len(f"{milex_path}/agent/{host}/run/agent.sock") <= SOCKET_PATH_LIMIT:
-        return None
+def socket_fallback_dir(uid: int) -> str:
+    """The /tmp directory the agent's socket moves to when its directory's path is too long for a
+    unix socket (milex.agent.daemon.socket_path). Always mounted: whether it is used depends on the
+    directory's name, the cluster's (milex.agent.handover), which this script does not compute."""
     return f"/tmp/milex-agent-{uid}"
 
 
@@ -212,9 +208,7 @@ def _prepared_run_command(
     """The run line, once what it mounts from the user's side exists and is the user's."""
     os.makedirs(milex_path, exist_ok=True)
     uid, gid, host = os.getuid(), os.getgid(), short_hostname()
-    fallback = socket_fallback_dir(milex_path, host, uid)
-    if fallback:
-        os.makedirs(fallback, mode=0o700, exist_ok=True)
+    os.makedirs(socket_fallback_dir(uid), mode=0o700, exist_ok=True)
     if engine == "docker":
         write_identity(identity_dir(milex_path, host), uid, gid, getpass.getuser(), os.path.expanduser("~"))
     return _command_line(engine, image, milex_path, poll_interval, max_interval)

@@ -62,5 +62,7 @@ if ((!LOCAL_ONLY)); then
     done
     # Two bastions in front of cluster1's login node, each asking a TOTP code (deploy/bastion/).
     "$REPO/deploy/bastion/up.sh"
+    # cluster1's second login node, on the node's /home: the other end of a round-robin name.
+    "$REPO/deploy/cluster/second-login.sh" up cluster1
 fi
 log "ready: activate with 'source $VENV/bin/activate'"

@@ -79,3 +79,28 @@ in_cluster() {
         env HOME="$home" USER="$user" LOGNAME="$user" SHELL=/bin/bash PATH="$path" LC_ALL=C.UTF-8 \
         sh -c 'cd "$HOME" && exec "$@"' sh "$@"
 }
+
+# Writing into a root through its overlay (ROOT: the cached root, UPPER: the writable layer).
+
+# owner_of NAME: "uid:gid" of user NAME in the cluster's root.
+owner_of() { awk -F: -v u="$1" '$1 == u { print $3 ":" $4 }' "$ROOT/etc/passwd"; }
+
+# upper_dirs DIR: make DIR and its parents in the overlay's upper layer with the owner and mode they
+# have in the root, as overlayfs shows a directory present in both layers with the upper's.
+upper_dirs() {
+    local rel=${1#/} path=""
+    local -a parts
+    IFS=/ read -ra parts <<<"$rel"
+    for part in "${parts[@]}"; do
+        path+=/$part
+        [[ -d $UPPER$path ]] && continue
+        install -d -o "$(stat -c %u "$ROOT$path")" -g "$(stat -c %g "$ROOT$path")" \
+            -m "$(stat -c %a "$ROOT$path")" "$UPPER$path"
+    done
+}
+
+# put MODE OWNER PATH: write stdin to PATH of the cluster's root (in the upper layer).
+put() {
+    upper_dirs "$(dirname "$3")"
+    install -m "$1" -o "${2%:*}" -g "${2#*:}" /dev/stdin "$UPPER$3"
+}

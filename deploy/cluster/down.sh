@@ -45,6 +45,9 @@ wait_gone() {
     done
 }
 
+if [[ -n ${SECOND_LOGIN_NAME:-} ]]; then # first: it holds the node's /home and munge socket
+    "$HERE/second-login.sh" down "$CLUSTER_NAME"
+fi
 if init_pid=$(recorded_pid init "$INIT_NAME"); then
     log "stopping the cluster (init pid $init_pid)"
     kill -TERM "$init_pid"

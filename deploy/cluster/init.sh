@@ -8,7 +8,7 @@ set -uo pipefail
 
 # shellcheck source=/dev/null
 . /etc/milex-cluster.env # NODE_NAME NODE_ADDR CLUSTER_NAME LOGIN_USER ACCOUNTS OTHER_USER OTHER_ACCOUNTS
-# DB_PASSWORD LIBMARIADB_FROM
+# DB_PASSWORD LIBMARIADB_FROM, and ROLE=login on a second login node
 READY=/var/lib/milex-cluster/ready
 FAILED=/var/lib/milex-cluster/failed
 LOG=/var/log/milex-cluster-init.log
@@ -162,4 +162,29 @@ main() {
     done
 }
 
-main >>"$LOG" 2>&1
+# A second login node (second-login.sh; ROLE=login): no daemon of SLURM's own, only sshd. Its home is
+# the node's (bind-mounted before the chroot), and so is munged, whose socket directory waits at
+# /var/lib/milex-cluster/node-munge until /run exists.
+login_main() {
+    mount_kernel_fs
+    install -d -m 0755 /var/lib/milex-cluster /run/munge /run/sshd
+    rm -f "$READY" "$FAILED"
+    trap 'log "SIGTERM: stopping"; stop_all; log "stopped"; exit 0' TERM
+    mount --bind /var/lib/milex-cluster/node-munge /run/munge || fail "no munge socket of the node"
+    wait_for "the node's munge" sh -c 'munge -n | unmunge'
+    wait_for "the node's slurmctld" ctld_ready
+    start sshd /usr/sbin/sshd -D -e
+    wait_for sshd bash -c "exec 3<>/dev/tcp/$NODE_ADDR/22"
+    date +%s >"$READY"
+    log "ready"
+    while :; do
+        sleep 3600 &
+        wait $!
+    done
+}
+
+if [[ ${ROLE:-node} == login ]]; then
+    login_main >>"$LOG" 2>&1
+else
+    main >>"$LOG" 2>&1
+fi

@@ -8,6 +8,7 @@ the oracle, never the path under test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -25,6 +26,7 @@ from milex.agent.scheduler.slurm_limits import association_chain, records
 
 REPO = Path(__file__).resolve().parents[2]
 EXEC = REPO / "deploy" / "cluster" / "exec.sh"
+SECOND_LOGIN = REPO / "deploy" / "cluster" / "second-login.sh"
 CLUSTERS = ("cluster1", "cluster2")
 
 
@@ -53,6 +55,7 @@ class LoginNode:
     identity: Path
     known_hosts: Path
     slurm_version: str
+    second: bool = False  # the cluster's second login node (second-login.sh), on the node's /home
 
     @classmethod
     def of(cls, cluster: str) -> LoginNode:
@@ -83,10 +86,27 @@ class LoginNode:
             )
         return node
 
+    def second_login(self) -> LoginNode:
+        """The cluster's second login node: its own host, sshd and host key; the same user, key and home."""
+        login_env = state_dir(self.cluster) / "second" / "login.env"
+        if not login_env.is_file():
+            start = f"deploy/cluster/second-login.sh up {self.cluster}"
+            pytest.fail(f"{self.cluster}'s second login node is not running ({login_env} is missing); "
+                        f"start it with `{start}`.", pytrace=False)  # fmt: skip
+        env = read_env(login_env)
+        return dataclasses.replace(
+            self, host=env["MILEX_LOGIN_HOST"], known_hosts=Path(env["MILEX_LOGIN_KNOWN_HOSTS"]), second=True
+        )
+
     @property
     def alias(self) -> str:
         """The laptop's `~/.ssh/config` name for this login node."""
-        return f"{self.cluster}-login"
+        return f"{self.cluster}-login" + ("-second" if self.second else "")
+
+    @property
+    def host_key(self) -> str:
+        """Its host key, as known_hosts has it after the address: `TYPE BASE64`."""
+        return " ".join(self.known_hosts.read_text().split()[1:3])
 
     @property
     def home(self) -> str:
@@ -117,7 +137,8 @@ class LoginNode:
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Run `argv` inside the cluster, as root or as `user`."""
-        command = [str(EXEC), self.cluster, *(["--user", user] if user else []), *argv]
+        runner = [str(SECOND_LOGIN), "exec"] if self.second else [str(EXEC)]
+        command = [*runner, self.cluster, *(["--user", user] if user else []), *argv]
         done = subprocess.run(
             command, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from milex.agent.daemon import START_TIMEOUT, agent_dir
+from milex.agent.handover import node_name
 from tests.e2e.conftest import MilexHome
 from tests.e2e.other_user import OtherUser
 from tests.e2e.sshd import LOGIN, Keys, LoginUser, Sshd
@@ -95,7 +96,7 @@ def test_a_local_machine_on_a_home_without_working_locks_refuses_then_serves_fro
         run = milex_home.milex("milex-run", "probe", "--machine", "lustre", "--wait", "--timeout", "120")
 
         assert "COMPLETED" in run.stdout, run.stdout
-        assert (agent_dir(state_dir) / "journal.sqlite").exists()
+        assert (agent_dir(state_dir, cluster=node_name()) / "journal.sqlite").exists()
         [output] = (home / "milex" / "slurm").glob("probe_*.out")  # the jobs' files stay on the path
         assert MilexHome.read_report(output)["arguments"]["message"] == "locks"
         milex_home.milex("milex", "agent", "stop", "--machine", "lustre")
@@ -143,7 +144,7 @@ def test_a_remote_machine_on_a_home_without_working_locks_says_so_through_the_tu
         milex_home.milex("milex", "config", "set", "cluster", "state_dir", proposed)
         status = milex_home.milex("milex", "agent", "status", "--machine", "cluster")
         assert f"running as {LOGIN}" in status.stdout, status.stdout
-        assert (agent_dir(proposed) / "journal.sqlite").exists()
+        assert (agent_dir(proposed, cluster=node_name()) / "journal.sqlite").exists()
     finally:
         milex_home.milex("milex", "agent", "stop", "--machine", "cluster", check=False)
         milex_home.milex("milex", "tunnel", "down", "--machine", "cluster", check=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent import daemon
+from milex.agent import daemon, handover
 from milex.common.errors import MilexError
 from milex.common.files import private_directory
 from milex.common.protocol import HelloReply
@@ -38,10 +38,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_agent_dir_is_per_host_under_the_milex_path(tmp_path):
-    assert daemon.agent_dir(tmp_path / "milex", host="login1") == tmp_path / "milex" / "agent" / "login1"
-    assert daemon.agent_dir("~/milex", host="login1") == Path.home() / "milex" / "agent" / "login1"
-    assert "." not in daemon.agent_dir(tmp_path).name  # the short host name
+def test_agent_dir_is_per_cluster_under_the_milex_path(tmp_path):
+    assert daemon.agent_dir(tmp_path / "milex", cluster="c1") == tmp_path / "milex" / "agent" / "c1"
+    assert daemon.agent_dir("~/milex", cluster="c1") == Path.home() / "milex" / "agent" / "c1"
+    assert daemon.agent_dir(tmp_path).name == handover.cluster_name()  # this host's cluster, or its name
 
 
 def test_socket_path_is_in_the_agent_dir_when_short_enough(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent import daemon, locks
+from milex.agent import daemon, handover, locks
 from milex.common.errors import LocksUnreliable
 from milex.common.files import is_locked, take_lock
 
@@ -86,7 +86,7 @@ def test_the_refusal_names_a_directory_of_the_node_whose_locks_work_and_the_line
     assert message.startswith(f"file locks do not work in {home} (a second process was granted the flock")
     assert f'\n    "state_dir": "{local}/milex-alice",\n' in message
     assert f"milex config set <machine> state_dir {local}/milex-alice" in message
-    assert str(daemon.agent_dir(local / "milex-alice")) in message
+    assert str(daemon.agent_dir(local / "milex-alice", cluster=handover.node_name())) in message
     assert list(local.iterdir()) == []  # tried, and nothing left there
 
 
@@ -115,7 +115,9 @@ def test_the_agent_refuses_before_it_opens_its_journal_and_lets_go_of_its_lock(t
 def test_a_machine_with_a_state_dir_keeps_its_agent_there_in_a_private_directory(tmp_path):
     state = tmp_path / "var-tmp" / "milex-alice"
     directory = daemon.machine_agent_dir(str(tmp_path / "home"), str(state))
-    assert directory == daemon.agent_dir(state)
+    assert directory == daemon.agent_dir(
+        state, cluster=handover.node_name()
+    )  # a disk of this node: its own agent
     assert state.stat().st_mode & 0o777 == 0o700
     assert daemon.machine_agent_dir(str(tmp_path / "home"), None) == daemon.agent_dir(tmp_path / "home")
 

@@ -1,0 +1,99 @@
+"""One agent per user and cluster, whichever login node its directory is seen from.
+
+Behind a round-robin name, a command lands on any of a cluster's login nodes, which share the home
+the agent's directory is in. The agent runs on one node at a time, where the last tunnel landed: a
+command on another node asks it to leave (a request in the directory, which the agent reads every
+second) and starts the agent there once its lock is free; the journal goes with the directory. An
+agent is never signalled from another node: its pid means nothing there.
+
+The cluster is SLURM's `ClusterName`, read from the node's slurm.conf (a login node of a configless
+cluster has it in the cache of `sackd` or `slurmd`); without one, the node's own name stands for it
+(no SLURM, or a configuration this node cannot read: one agent per node, as before).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+
+from milex.common.errors import MilexError
+from milex.common.files import atomic_write, is_locked
+
+LEAVE_FILE = "leave.json"
+HANDOVER_TIMEOUT = 30.0
+SLURM_CONF_PLACES = (
+    "/etc/slurm/slurm.conf",
+    "/run/slurm/conf/slurm.conf",  # sackd's cache (configless, 23.11+)
+    "/var/spool/slurmd/conf-cache/slurm.conf",  # slurmd's cache (configless)
+)
+_CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
+
+
+class LeaveRequest(msgspec.Struct, kw_only=True):
+    """`leave.json`: the agent `pid` on node `host` is asked to leave by a command on node `by`."""
+
+    host: str
+    pid: int
+    by: str
+    at: float
+
+
+def node_name() -> str:
+    """This node's short hostname (`login1` of `login1.cluster.example.org`)."""
+    return socket.gethostname().split(".")[0]
+
+
+def cluster_name(places: tuple[str, ...] = SLURM_CONF_PLACES) -> str:
+    """SLURM's name for this node's cluster; the node's name when no slurm.conf here says it."""
+    configured = os.environ.get("SLURM_CONF")
+    for place in ((configured,) if configured else ()) + places:
+        try:
+            text = Path(place).read_text(errors="replace")
+        except OSError:
+            continue
+        found = _CLUSTER_NAME.search(text)
+        if found:
+            return found[1].lower()  # slurmctld lowercases it too
+    return node_name()
+
+
+def elsewhere(host: str) -> bool:
+    """Whether an agent that publishes `host` runs on another node (an older agent names none: here)."""
+    return bool(host) and host != node_name()
+
+
+def ask_to_leave(directory: Path, host: str, pid: int, timeout: float = HANDOVER_TIMEOUT) -> None:
+    """Ask the agent `pid` of node `host` to leave `directory`, and wait until it has (its lock is free)."""
+    request = LeaveRequest(host=host, pid=pid, by=node_name(), at=time.time())
+    atomic_write(directory / LEAVE_FILE, msgspec.json.encode(request), mode=0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while is_locked(directory / "agent.lock"):
+            if time.monotonic() > deadline:
+                raise MilexError(
+                    f"the agent on {host} (pid {pid}) did not leave {directory} within {timeout:.0f} s. "
+                    f"If {host} is down, its lock ends with the file system's lease (NFS: about 90 s): "
+                    f"retry then. Otherwise stop it there: `ssh {host} milex-agent stop --dir {directory}`."
+                )
+            time.sleep(0.05)
+    finally:
+        (directory / LEAVE_FILE).unlink(missing_ok=True)
+
+
+def leave_reason(directory: Path, host: str, pid: int) -> str | None:
+    """Why the agent `pid` of node `host` must leave `directory`: a request naming it; else None."""
+    try:
+        request = msgspec.json.decode((directory / LEAVE_FILE).read_bytes(), type=LeaveRequest)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+    if (request.host, request.pid) != (host, pid):
+        return None  # a request for an agent that has already left
+    return (
+        f"asked to leave by a command on {request.by}: the agent moves to the login node its tunnel "
+        "is on, and its journal with it"
+    )
