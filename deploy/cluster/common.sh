@@ -53,6 +53,15 @@ recorded_pid() {
     printf '%s\n' "$pid"
 }
 
+# wait_gone PID SECONDS: wait until PID has exited; fails if it has not by then.
+wait_gone() {
+    local deadline=$((SECONDS + $2))
+    while kill -0 "$1" 2>/dev/null; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
 netns_exists() { [[ -e /run/netns/$NETNS ]]; }
 
 lock_state() {

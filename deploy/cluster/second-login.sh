@@ -43,14 +43,6 @@ l2_pid() { # l2_pid NAME COMM: as recorded_pid, for the second login node's proc
     printf '%s\n' "$pid"
 }
 
-wait_gone() {
-    local deadline=$((SECONDS + $2))
-    while kill -0 "$1" 2>/dev/null; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.2
-    done
-}
-
 down() {
     local pid
     if pid=$(l2_pid init "$L2_INIT"); then
