@@ -53,6 +53,30 @@ recorded_pid() {
     printf '%s\n' "$pid"
 }
 
+# wait_gone PID SECONDS: wait until PID has exited; fails if it has not by then.
+wait_gone() {
+    local deadline=$((SECONDS + $2))
+    while kill -0 "$1" 2>/dev/null; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+# record_init UNSHARE_PID COMM PID_DIR CONSOLE WHAT: record unshare's pid and, once it runs under
+# command name COMM, its child's (the namespace's process 1) in PID_DIR; dies showing CONSOLE if it
+# has not within 10 s.
+record_init() {
+    local unshare_pid=$1 init_pid="" deadline=$((SECONDS + 10))
+    printf '%s\n' "$unshare_pid" >"$3/unshare.pid"
+    until [[ -n $init_pid ]] && [[ $(cat "/proc/$init_pid/comm" 2>/dev/null) == "$2" ]]; do
+        ((SECONDS < deadline)) || { cat "$4" >&2; die "$5 did not start"; }
+        sleep 0.1
+        init_pid=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null) || true
+        init_pid=${init_pid%% *}
+    done
+    printf '%s\n' "$init_pid" >"$3/init.pid"
+}
+
 netns_exists() { [[ -e /run/netns/$NETNS ]]; }
 
 lock_state() {

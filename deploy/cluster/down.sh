@@ -36,15 +36,6 @@ cluster_settings "${NAME:?usage: down.sh NAME [--purge]}"
 # up.sh calls this with the lock already held.
 [[ ${MILEX_TEST_CLUSTER_LOCKED:-} == 1 ]] || lock_state
 
-# wait_gone PID SECONDS: wait until PID has exited; fails if it has not by then.
-wait_gone() {
-    local deadline=$((SECONDS + $2))
-    while kill -0 "$1" 2>/dev/null; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.2
-    done
-}
-
 if [[ -n ${SECOND_LOGIN_NAME:-} ]]; then # first: it holds the node's /home and munge socket
     "$HERE/second-login.sh" down "$CLUSTER_NAME"
 fi

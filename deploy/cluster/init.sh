@@ -150,6 +150,11 @@ main() {
     wait_for slurmctld ctld_ready
     start slurmd /usr/sbin/slurmd -D
     wait_for "node $NODE_NAME idle" node_ready
+    serve_logins
+}
+
+# serve_logins: start sshd, say ready, then reap until SIGTERM.
+serve_logins() {
     start sshd /usr/sbin/sshd -D -e
     wait_for sshd bash -c "exec 3<>/dev/tcp/$NODE_ADDR/22"
     date +%s >"$READY"
@@ -173,14 +178,7 @@ login_main() {
     mount --bind /var/lib/milex-cluster/node-munge /run/munge || fail "no munge socket of the node"
     wait_for "the node's munge" sh -c 'munge -n | unmunge'
     wait_for "the node's slurmctld" ctld_ready
-    start sshd /usr/sbin/sshd -D -e
-    wait_for sshd bash -c "exec 3<>/dev/tcp/$NODE_ADDR/22"
-    date +%s >"$READY"
-    log "ready"
-    while :; do
-        sleep 3600 &
-        wait $!
-    done
+    serve_logins
 }
 
 if [[ ${ROLE:-node} == login ]]; then

@@ -43,14 +43,6 @@ l2_pid() { # l2_pid NAME COMM: as recorded_pid, for the second login node's proc
     printf '%s\n' "$pid"
 }
 
-wait_gone() {
-    local deadline=$((SECONDS + $2))
-    while kill -0 "$1" 2>/dev/null; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.2
-    done
-}
-
 down() {
     local pid
     if pid=$(l2_pid init "$L2_INIT"); then
@@ -105,7 +97,7 @@ start_network() {
 }
 
 start_init() {
-    local node_init=$1 unshare_pid init_pid="" deadline=$((SECONDS + 10))
+    local node_init=$1
     (
         close_inherited_files
         # shellcheck disable=SC2016  # expanded by the inner sh
@@ -120,15 +112,7 @@ start_init() {
                 exec chroot "$1/merged" "/usr/local/sbin/$2"' "$ROOT" "$L2" "$L2_INIT" "$STATE/merged" \
             </dev/null >"$L2/console.log" 2>&1
     ) &
-    unshare_pid=$!
-    printf '%s\n' "$unshare_pid" >"$L2_PIDS/unshare.pid"
-    until [[ -n $init_pid ]] && [[ $(cat "/proc/$init_pid/comm" 2>/dev/null) == "$L2_INIT" ]]; do
-        ((SECONDS < deadline)) || { cat "$L2/console.log" >&2; die "the second login node's init did not start"; }
-        sleep 0.1
-        init_pid=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null) || true
-        init_pid=${init_pid%% *}
-    done
-    printf '%s\n' "$init_pid" >"$L2_PIDS/init.pid"
+    record_init "$!" "$L2_INIT" "$L2_PIDS" "$L2/console.log" "the second login node's init"
 }
 
 wait_ready() {

@@ -124,7 +124,7 @@ start_network() {
 # The cluster's process 1 is the child of unshare; the overlay is mounted in the new mount
 # namespace only, so it goes away with the cluster's last process.
 start_init() {
-    local unshare_pid init_pid="" deadline=$((SECONDS + 10))
+    local unshare_pid init_pid
     (
         close_inherited_files
         # shellcheck disable=SC2016  # expanded by the inner sh
@@ -135,14 +135,8 @@ start_init() {
             </dev/null >"$STATE/console.log" 2>&1
     ) &
     unshare_pid=$!
-    printf '%s\n' "$unshare_pid" >"$PID_DIR/unshare.pid"
-    until [[ -n $init_pid ]] && [[ $(cat "/proc/$init_pid/comm" 2>/dev/null) == "$INIT_NAME" ]]; do
-        ((SECONDS < deadline)) || { cat "$STATE/console.log" >&2; die "the cluster's init did not start"; }
-        sleep 0.1
-        init_pid=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null) || true
-        init_pid=${init_pid%% *}
-    done
-    printf '%s\n' "$init_pid" >"$PID_DIR/init.pid"
+    record_init "$unshare_pid" "$INIT_NAME" "$PID_DIR" "$STATE/console.log" "the cluster's init"
+    init_pid=$(<"$PID_DIR/init.pid")
     log "init runs as pid $init_pid (unshare $unshare_pid) in netns $NETNS"
 }
 
