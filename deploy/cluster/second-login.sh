@@ -35,13 +35,7 @@ L2_INIT=milex-${VETH#mx}b-init
 L2_PIDS=$L2/pids
 L2_READY=$L2/upper/var/lib/milex-cluster/ready
 
-l2_pid() { # l2_pid NAME COMM: as recorded_pid, for the second login node's processes
-    local file=$L2_PIDS/$1.pid pid
-    [[ -s $file ]] || return 1
-    pid=$(<"$file")
-    [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] || return 1
-    printf '%s\n' "$pid"
-}
+l2_pid() { PID_DIR=$L2_PIDS recorded_pid "$@"; } # recorded_pid, for the second login node's processes
 
 down() {
     local pid
