@@ -65,6 +65,17 @@ class Agent:
             raise AgentUnavailable("the link is gone")
 
 
+def sequence_until_finished() -> list[int]:
+    """The sequence numbers `follow_events` yields for MACHINE, until a job finishes."""
+    seen = []
+    for followed in watch.follow_events(MACHINE, 0):
+        if followed is not None:
+            seen.append(followed.seq)
+            if followed.state.finished:
+                break
+    return seen
+
+
 def test_a_watch_that_ran_longer_than_the_deadline_still_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     running, completed = event(1, JobState.RUNNING), event(2, JobState.COMPLETED)
@@ -72,12 +83,7 @@ def test_a_watch_that_ran_longer_than_the_deadline_still_reconnects(monkeypatch:
     agent = Agent(clock, [[Events(events=[running]), None], [Events(events=[running, completed])]])
     monkeypatch.setattr(watch, "time", clock)
     monkeypatch.setattr(watch, "greeted", agent.greeted)
-    seen = []
-    for followed in watch.follow_events(MACHINE, 0):
-        if followed is not None:
-            seen.append(followed.seq)
-            if followed.state.finished:
-                break
+    seen = sequence_until_finished()
     assert seen == [1, 2]
 
 
@@ -112,10 +118,5 @@ def test_a_watch_rides_out_two_minutes_of_link_down_and_misses_nothing(
 
     monkeypatch.setattr(watch, "time", clock)
     monkeypatch.setattr(watch, "greeted", greeted)
-    seen = []
-    for followed in watch.follow_events(MACHINE, 0):
-        if followed is not None:
-            seen.append(followed.seq)
-            if followed.state.finished:
-                break
+    seen = sequence_until_finished()
     assert seen == [1, 2] and back_at <= clock.now < back_at + 10
