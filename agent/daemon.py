@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from milex.agent.handover import ask_to_leave, cluster_name, elsewhere, leave_reason, node_name
+from milex.agent.handover import (
+    ask_to_leave,
+    beat,
+    cluster_name,
+    elsewhere,
+    leave_reason,
+    live_elsewhere,
+    node_name,
+)
 from milex.agent.intervals import CONTROLLER_SETTLE, IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
 from milex.common.errors import LocksUnreliable, MilexError
 from milex.common.files import atomic_write, is_locked, private_directory, take_lock
@@ -136,10 +144,19 @@ def start(
         os.close(starting)
 
 
+def _of_another_node(directory: Path) -> bool:
+    """Whether agent.json, whoever holds the lock, names an agent of another node."""
+    try:
+        return elsewhere(msgspec.json.decode((directory / "agent.json").read_bytes(), type=AgentInfo).host)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return False
+
+
 def _launch(directory: Path, options: list[str]) -> AgentInfo:
     """Start the agent of `directory` detached, with these options of `milex-agent run`; its info
     once it serves."""
-    (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
+    if not _of_another_node(directory):  # another node's is for the new agent to judge (live_elsewhere)
+        (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
     logged = log_file.stat().st_size if log_file.exists() else 0
     command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory), *options]
@@ -194,7 +211,7 @@ def run(
     from milex.agent.controller import ControllerWatch
     from milex.agent.journal import Journal
     from milex.agent.lifetime import Lifetime, identity
-    from milex.agent.locks import check
+    from milex.agent.locks import check, refusal
     from milex.agent.poller import Poller
     from milex.agent.recovery import recover
     from milex.agent.server import AgentServer
@@ -204,6 +221,9 @@ def run(
     lock = hold_lock(directory)
     try:
         check(directory, directory / "agent.lock")  # before the journal opens: it must have one writer
+        another = live_elsewhere(directory)  # and the lock must hold across the login nodes too
+        if another is not None:
+            raise refusal(directory, another)
     except BaseException:
         os.close(lock)
         raise
@@ -223,7 +243,9 @@ def run(
     previous = os.umask(0o077)  # the socket file itself is private too
     try:
         leave = functools.partial(leave_reason, directory, node_name(), os.getpid())
-        lifetime = Lifetime(idle_exit=idle_exit, home=[directory, journal_path], leave=leave)
+        lifetime = Lifetime(
+            idle_exit=idle_exit, home=[directory, journal_path], leave=leave, beat=lambda: beat(directory)
+        )
         server = AgentServer(agent, f"ipc://{sock}", lifetime=lifetime)
     finally:
         os.umask(previous)

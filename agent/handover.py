@@ -13,6 +13,8 @@ cluster has it in the cache of `sackd` or `slurmd`); without one, the node's own
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import socket
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from milex.agent.intervals import HOME_CHECK_INTERVAL
 from milex.common.errors import MilexError
 from milex.common.files import atomic_write, is_locked
 
@@ -83,6 +86,41 @@ def ask_to_leave(directory: Path, host: str, pid: int, timeout: float = HANDOVER
             time.sleep(0.05)
     finally:
         (directory / LEAVE_FILE).unlink(missing_ok=True)
+
+
+def beat(directory: Path) -> None:
+    """The running agent's sign of life: its agent.json touched (every home check)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(directory / "agent.json")
+
+
+def live_elsewhere(directory: Path, every: float = HOME_CHECK_INTERVAL) -> str | None:
+    """Why an agent that has just taken the lock of `directory` must not run: agent.json names an
+    agent of another node that still beats (the file changes within three beats), so the lock held
+    only on this node (NFS `local_lock`, Lustre `localflock`); None otherwise. A record left by an
+    agent that died costs this wait once; clocks of other nodes are never compared with ours."""
+    path = directory / "agent.json"
+    try:
+        record = json.loads(path.read_bytes())
+        first = path.stat().st_mtime_ns
+    except (FileNotFoundError, ValueError):
+        return None
+    host, pid = str(record.get("host", "")), record.get("pid")
+    if not elsewhere(host):
+        return None
+    deadline = time.monotonic() + 3 * every
+    while time.monotonic() < deadline:
+        time.sleep(every / 5)
+        try:
+            if path.stat().st_mtime_ns != first:
+                return (
+                    f"the agent on {host} (pid {pid}) still runs and keeps {path} fresh, yet this node "
+                    f"({node_name()}) was granted the lock it holds: locks in {directory} do not reach "
+                    "across login nodes"
+                )
+        except FileNotFoundError:
+            return None  # it has just left
+    return None
 
 
 def leave_reason(directory: Path, host: str, pid: int) -> str | None:

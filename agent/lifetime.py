@@ -17,8 +17,9 @@ class Lifetime:
     `idle_exit` seconds (0: never) without work, client or request, and with no unfinished job
     (asked through `unfinished`, at most every `check_every` seconds), end the agent; so do the
     removal or replacement of any of `home` (its directory, its journal), seen by one stat each
-    every `check_every` seconds; so does `leave` (milex.agent.handover.leave_reason), asked every
-    `leave_every` seconds: a command waits on another login node for the agent to move there.
+    every `check_every` seconds (when `beat` also says the agent lives); so does `leave`
+    (milex.agent.handover.leave_reason), asked every `leave_every` seconds: a command waits on
+    another login node for the agent to move there.
     """
 
     def __init__(
@@ -28,11 +29,12 @@ class Lifetime:
         home: Sequence[Path] = (),
         check_every: float = HOME_CHECK_INTERVAL,
         leave: Callable[[], str | None] = lambda: None,
+        beat: Callable[[], None] = lambda: None,
         leave_every: float = LEAVE_CHECK_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_exit = idle_exit
-        self.check_every, self.leave, self.leave_every = check_every, leave, leave_every
+        self.check_every, self.leave, self.leave_every, self.beat = check_every, leave, leave_every, beat
         self.clock = clock
         self.home = {path: identity(path) for path in home}
         self.last_busy = clock()
@@ -52,6 +54,7 @@ class Lifetime:
                 return asked
         if now >= self.next_check:
             self.next_check = now + self.check_every
+            self.beat()
             gone = self._home_gone()
             if gone:
                 return gone

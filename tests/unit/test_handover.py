@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgspec
@@ -109,3 +110,28 @@ def test_an_agent_that_does_not_leave_is_named_with_what_to_do(shared):
     finally:
         os.kill(int(first["pid"]), signal.SIGCONT)  # type: ignore[call-overload]
     assert not (shared / handover.LEAVE_FILE).exists()
+
+
+def test_a_lock_granted_while_another_nodes_agent_still_beats_is_refused(tmp_path):
+    # Locks that hold within a node only (NFS local_lock, Lustre localflock): the second node's
+    # agent gets the lock while the first still runs; its beating agent.json gives it away.
+    record = tmp_path / "agent.json"
+    record.write_text(json.dumps({"host": "login9", "pid": 4242}))
+    beating = threading.Event()
+
+    def beat() -> None:
+        while not beating.wait(0.05):
+            handover.beat(tmp_path)
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        reason = handover.live_elsewhere(tmp_path, every=0.2)
+    finally:
+        beating.set()
+        thread.join()
+    assert reason is not None and "the agent on login9 (pid 4242) still runs" in reason
+    assert "do not reach across login nodes" in reason
+    assert handover.live_elsewhere(tmp_path, every=0.2) is None  # it stopped beating: it died
+    record.write_text(json.dumps({"host": handover.node_name(), "pid": 1}))
+    assert handover.live_elsewhere(tmp_path, every=60) is None  # this node's: the lock said enough
