@@ -92,9 +92,10 @@ def stop_agent(machine: Machine) -> str:
         from milex.remote import run_remote
         from milex.tunnel_control import stop_tunnel
 
-        # The tunnel first: on reconnecting it starts the agent, which would undo the stop.
-        stop_tunnel(machine.name)
+        # Over the tunnel's session while it is up (no second factor asked again), then the tunnel
+        # itself: left up, it would start the agent again at its next reconnection.
         stopped = run_remote(machine, remote_agent_command(machine, "stop"))
+        stop_tunnel(machine.name)
         return f"{stopped}\n(its tunnel is down too; the next command that needs the agent starts both)"
     from milex.agent.daemon import stop
 

@@ -43,12 +43,17 @@ def remote_endpoint(machine: Machine) -> str:
     return f"ipc://{status.local_socket}"
 
 
-def run_remote(machine: Machine, command: str, *, check: bool = True) -> str:
-    """Run `command` on `machine` over SSH; its output, or MilexError with what it printed."""
+def run_remote(machine: Machine, command: str, *, check: bool = True, timeout: float = 120.0) -> str:
+    """Run `command` on `machine` over SSH (the tunnel's session when it is up: no new login, no
+    second factor asked again); its output, or MilexError with what it printed."""
     from milex.tunnel import SshSession
+    from milex.tunnel_control import exec_in_tunnel
 
-    with SshSession.for_machine(machine) as session:
-        code, out, err = session.exec(command)
+    ran = exec_in_tunnel(machine.name, command, timeout)
+    if ran is None:
+        with SshSession.for_machine(machine) as session:
+            ran = session.exec(command, timeout=timeout)
+    code, out, err = ran
     if check and code != 0:
         raise MilexError(f"on {machine.name}: `{command}` exited {code}:\n{(err or out).strip()}")
     return out.strip()

@@ -214,9 +214,39 @@ def parse_check(line: bytes) -> TunnelError | None:
         answer = json.loads(line)
         if answer["up"]:
             return None
-        return ERRORS.get(answer["kind"], TunnelError)(answer["message"])
+        return _error_of(answer)
     except (ValueError, KeyError, TypeError):
         return TunnelError(f"the tunnel's check of its link gave no answer we understand: {line[:200]!r}")
+
+
+def _error_of(answer: dict[str, str]) -> TunnelError:
+    """The error a tunnel's answer names (its kind and message)."""
+    return ERRORS.get(answer["kind"], TunnelError)(answer["message"])
+
+
+def exec_in_tunnel(machine: str, command: str, timeout: float) -> tuple[int, str, str] | None:
+    """`command` run over the SSH session of the machine's tunnel (authenticated once, second factors
+    included): its exit status, stdout and stderr. None when no tunnel is up (or one of a Milex
+    without an exec socket): the caller opens a session of its own."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout + CHECK_WAIT)  # the command, after a reconnection at worst
+        try:
+            connection.connect(str(TunnelFiles.of(machine).path("exec")))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        try:
+            connection.sendall(json.dumps({"command": command, "timeout": timeout}).encode() + b"\n")
+            line = connection.makefile("rb").readline()
+        except OSError as error:
+            raise TunnelError(f"the tunnel to {machine} did not answer a command: {error}") from None
+    try:
+        answer = json.loads(line)
+        if "code" in answer:
+            return int(answer["code"]), str(answer["out"]), str(answer["err"])
+        failure = _error_of(answer)
+    except (ValueError, KeyError, TypeError):
+        raise TunnelError(f"the tunnel to {machine} gave no answer we understand: {line[:200]!r}") from None
+    raise failure
 
 
 def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
@@ -233,7 +263,9 @@ def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
             time.sleep(0.05)
         if not _locked(files):
             break
-    for path in (Path(status.local_socket or files.path("sock")), files.path("check"), files.path("pid"),
-                 files.path("json")):  # fmt: skip
+    served = [Path(status.local_socket or files.path("sock"))] + [
+        files.path(name) for name in ("check", "exec")
+    ]
+    for path in (*served, files.path("pid"), files.path("json")):
         path.unlink(missing_ok=True)  # a killed service could not remove its own files
     return True

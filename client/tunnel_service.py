@@ -30,6 +30,7 @@ log = logging.getLogger("milex.tunnel")
 CHUNK = 256 * 1024
 ACCEPT_POLL = 0.5
 RELAY_EXIT_WAIT = 5.0  # after a relay's output ends, the longest wait for its exit status
+REQUEST_WAIT = 10.0  # a client of the exec socket sends its request as it connects
 
 
 class TunnelService:
@@ -78,6 +79,16 @@ class TunnelService:
         """Answer each connection to the check socket with one JSON line: whether the link answers
         (`SshSession.ensure_live`: a keepalive, or a new connection), else the error's kind and message.
         Commands ask before they rely on the tunnel, so that a dead link fails them in seconds."""
+        self._serve_requests(listener, self._check)
+
+    def serve_commands(self, listener: socket.socket) -> None:
+        """Run the command each connection to the exec socket sends (one JSON line, `command` and
+        `timeout`) on this session, and answer its status and output (or the error) as one JSON line:
+        `milex agent stop` and the like run on the connection the user authenticated once, where a
+        new one would ask every hop's second factor again."""
+        self._serve_requests(listener, self._exec)
+
+    def _serve_requests(self, listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
         listener.settimeout(ACCEPT_POLL)
         while not self.stop.is_set():
             try:
@@ -86,7 +97,30 @@ class TunnelService:
                 continue
             with self._lock:
                 self.active += 1
-            threading.Thread(target=self._check, args=(client,), daemon=True).start()
+            threading.Thread(target=handle, args=(client,), daemon=True).start()
+
+    def _exec(self, client: socket.socket) -> None:
+        answer: dict[str, object] = {
+            "kind": "TunnelError",
+            "message": "the command failed: see the tunnel's log",
+        }
+        try:
+            client.settimeout(REQUEST_WAIT)
+            request = json.loads(client.makefile("rb").readline())
+            code, out, err = self.session.exec(str(request["command"]), timeout=float(request["timeout"]))
+            answer = {"code": code, "out": out, "err": err}
+        except TunnelError as error:
+            answer = {"kind": type(error).__name__, "message": str(error)}
+            if isinstance(error, PromptUnavailable):
+                self._stop_for(error)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            answer = {"kind": "TunnelError", "message": f"a request the tunnel does not understand: {error}"}
+        finally:
+            self._save_if_changed()
+            with contextlib.suppress(OSError):
+                client.settimeout(None)
+                client.sendall(json.dumps(answer).encode() + b"\n")
+            self._finished(client)
 
     def _check(self, client: socket.socket) -> None:
         answer: dict[str, object] = {
@@ -326,6 +360,7 @@ def run(
         session.connect()
         listener = _listen(local_socket)
         checks = _listen(files.path("check"))
+        commands = _listen(files.path("exec"))
     except Exception as error:  # every failure must reach the waiting CLI, as one line
         if lock is not None:
             files.path("pid").unlink(missing_ok=True)
@@ -341,12 +376,19 @@ def run(
     session.credentials.prompt = _no_prompt
     signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
     threading.Thread(target=service.serve_checks, args=(checks,), daemon=True).start()
+    threading.Thread(target=service.serve_commands, args=(commands,), daemon=True).start()
     try:
         service.serve(listener)
     finally:
-        listener.close()
-        checks.close()
-        for path in (local_socket, files.path("check"), files.path("json"), files.path("pid")):
+        for served in (listener, checks, commands):
+            served.close()
+        for path in (
+            local_socket,
+            files.path("check"),
+            files.path("exec"),
+            files.path("json"),
+            files.path("pid"),
+        ):
             path.unlink(missing_ok=True)
         os.close(lock)  # down from here on, even while the SSH session is still closing
         session.close()
