@@ -3,6 +3,7 @@ socket and what a command makes of its answer."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milex.ssh_errors import LinkDown, PromptUnavailable, TunnelError
 from milex.tunnel import SshSession, keepalive_answered
-from milex.tunnel_control import TunnelFiles, TunnelStatus, check_link, parse_check
+from milex.tunnel_control import TunnelFiles, TunnelStatus, check_link, exec_in_tunnel, parse_check
 from milex.tunnel_service import RemoteAgent, TunnelService, _listen
 
 
@@ -152,21 +153,25 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @contextmanager
-def serving_checks(failure: TunnelError | None) -> Iterator[TunnelService]:
-    """A tunnel service answering checks on its socket, its session failing with `failure` (if any)."""
+def serving(session: object, name: str) -> Iterator[TunnelService]:
+    """A tunnel service of `session` answering on its socket `name` ("check" or "exec")."""
     files = TunnelFiles.of("m")
-    service = TunnelService(
-        Session(failure), RemoteAgent(None), TunnelStatus(machine="m", state="up"), files, 60
-    )  # type: ignore[arg-type]
-    listener = _listen(files.path("check"))
-    serving = threading.Thread(target=service.serve_checks, args=(listener,))
-    serving.start()
+    service = TunnelService(session, RemoteAgent(None), TunnelStatus(machine="m", state="up"), files, 60)  # type: ignore[arg-type]
+    listener = _listen(files.path(name))
+    serve = service.serve_checks if name == "check" else service.serve_commands
+    thread = threading.Thread(target=serve, args=(listener,))
+    thread.start()
     try:
         yield service
     finally:
         service.stop.set()
-        serving.join()
+        thread.join()
         listener.close()
+
+
+def serving_checks(failure: TunnelError | None) -> contextlib.AbstractContextManager[TunnelService]:
+    """A tunnel service answering checks on its socket, its session failing with `failure` (if any)."""
+    return serving(Session(failure), "check")
 
 
 def test_a_command_learns_at_once_that_the_link_is_down_and_what_to_do(runtime: Path) -> None:
@@ -294,3 +299,44 @@ def test_a_check_that_waited_on_a_failing_one_tries_again_and_finds_the_link_bac
     session.ensure_live()  # waits for the first check, then reconnects
     checking.join(10)
     assert len(failed) == 1 and session.is_connected and len(where.links) == 3
+
+
+# ---- commands over the tunnel's session (exec_in_tunnel): no second login, no second factor again
+
+
+class ExecSession:
+    """What TunnelService asks of an SshSession to run a command: exec, and what it shows."""
+
+    def __init__(self, failure: TunnelError | None = None) -> None:
+        self.failure = failure
+        self.ran: list[tuple[str, float]] = []
+        self.mode, self.connected_at, self.last_failure = None, None, ""
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str, str]:
+        if self.failure is not None:
+            raise self.failure
+        self.ran.append((command, timeout))
+        return 3, f"ran {command}\n", "a warning\n"
+
+
+def test_a_command_runs_on_the_tunnels_session_with_its_status_and_output(runtime: Path) -> None:
+    session = ExecSession()
+    with serving(session, "exec"):
+        assert exec_in_tunnel("m", "milex-agent stop --path ~/milex", 30.0) == (
+            3, "ran milex-agent stop --path ~/milex\n", "a warning\n",
+        )  # fmt: skip
+    assert session.ran == [("milex-agent stop --path ~/milex", 30.0)]
+
+
+def test_without_a_tunnel_the_caller_opens_its_own_session(runtime: Path) -> None:
+    assert exec_in_tunnel("m", "true", 30.0) is None
+
+
+def test_a_tunnel_that_would_need_a_code_says_so_and_stops(runtime: Path) -> None:
+    failure = PromptUnavailable("the server asks 'Verification code:': restart the tunnel from a terminal")
+    with (
+        serving(ExecSession(failure), "exec") as service,
+        pytest.raises(PromptUnavailable, match="Verification"),
+    ):
+        exec_in_tunnel("m", "true", 30.0)
+    assert service.stop.is_set()  # the next command starts the tunnel in the foreground, where it can ask
