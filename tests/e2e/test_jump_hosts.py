@@ -204,6 +204,9 @@ def test_a_bundle_runs_through_two_jump_hosts_with_one_code_per_hop_once(
     assert "COMPLETED" in ran.stdout, ran.stdout
     for _ in range(3):
         assert "COMPLETED" in no_terminal(mfa_laptop, "milex", "status", "behind", "--machine", REMOTE).stdout
+    # A command run on the machine itself goes over the tunnel's session too: no new login.
+    stopped = no_terminal(mfa_laptop, "milex", "agent", "stop", "--machine", REMOTE)
+    assert "stopped agent" in stopped.stdout, stopped.stdout + stopped.stderr
 
     logs = log_since(bastions, marks)
     assert [logs[hop].count(ACCEPTED) for hop in HOPS] == [1, 1, 1], logs
