@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -71,12 +72,36 @@ def machine_agent_dir(path: str, state_dir: str | None) -> Path:
 
 
 def socket_path(directory: Path) -> Path:
-    """`DIR/run/agent.sock`, or a private directory under /tmp when that path is too long for a socket."""
+    """`DIR/run/agent.sock`, or the node's (`node_socket_path`) when that path is too long for a socket."""
     preferred = directory / "run" / "agent.sock"
-    if len(str(preferred)) <= SOCKET_PATH_LIMIT:
-        return preferred
+    return preferred if len(str(preferred)) <= SOCKET_PATH_LIMIT else node_socket_path(directory)
+
+
+def node_socket_path(directory: Path) -> Path:
+    """The socket of the agent of `directory` in a private directory of this node's /tmp."""
     digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"milex-agent-{os.getuid()}" / f"{digest}.sock"
+
+
+def _bound_socket_path(directory: Path) -> Path:
+    """Where the agent of `directory` binds its socket, made ready (a killed agent's file removed: the
+    caller holds the lock): `socket_path`, or the node's where the filesystem of `directory` holds no
+    sockets (a FUSE mount without mknod, some network filesystems)."""
+    sock = socket_path(directory)
+    for place in (sock, node_socket_path(directory)):
+        private_directory(place.parent)
+        place.unlink(missing_ok=True)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.bind(str(place))
+        except OSError as error:
+            logging.getLogger("milex.agent").info("no socket in %s (%s)", place.parent, error.strerror)
+            continue
+        finally:
+            probe.close()
+        place.unlink()
+        return place
+    return sock  # not even /tmp holds one: binding there says why
 
 
 def read_info(directory: Path) -> AgentInfo | None:
@@ -228,9 +253,7 @@ def run(
         os.close(lock)
         raise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    sock = socket_path(directory)
-    private_directory(sock.parent)
-    sock.unlink(missing_ok=True)  # left by an agent that was killed; we hold the lock now
+    sock = _bound_socket_path(directory)
     journal_path = directory / "journal.sqlite"
     journal = Journal(journal_path)
     schedulers = scheduler_cache()

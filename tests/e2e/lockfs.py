@@ -1,6 +1,8 @@
 """A FUSE passthrough filesystem whose file locks fail the way real ones do, for the tests of the agent's
-lock check: refused with an errno (Lustre without `-o flock`: ENOSYS), or granted to every process
-(faked), for flock and POSIX locks alike or for POSIX locks alone.
+lock check: refused with an errno (Lustre without `-o flock`: ENOSYS), granted to every process
+(faked), for flock and POSIX locks alike or for POSIX locks alone, or kept by the kernel for this mount
+alone (`node`: two mounts of one directory are two login nodes whose locks do not see each other's,
+as NFS with `local_lock=all` or Lustre with `localflock`).
 
 Run as root: `python tests/e2e/lockfs.py ROOT MOUNTPOINT MODE` (in the foreground; `umount
 MOUNTPOINT` ends it), as `mounted` in tests/e2e/test_unreliable_locks.py does. Files it creates
@@ -16,7 +18,7 @@ import sys
 
 import mfusepy as fuse
 
-MODES = ("ENOSYS", "ENOLCK", "EOPNOTSUPP", "fake", "fake-posix")
+MODES = ("ENOSYS", "ENOLCK", "EOPNOTSUPP", "fake", "fake-posix", "node")
 STAT_KEYS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_ino")
 
 
@@ -111,8 +113,17 @@ class KernelFlock(Passthrough):
     flock = None
 
 
+class MountLocal(Passthrough):
+    """Locks the kernel keeps for this mount's files, which exclude each other within this mount only
+    (`node`): a FUSE filesystem without lock operations gets them."""
+
+    lock = None
+    flock = None
+
+
 if __name__ == "__main__":
     source, target, how = sys.argv[1:4]
     assert how in MODES, f"mode {how!r}: one of {MODES}"
-    operations = (KernelFlock if how == "fake-posix" else Passthrough)(source, how.removesuffix("-posix"))
+    kind = {"fake-posix": KernelFlock, "node": MountLocal}.get(how, Passthrough)
+    operations = kind(source, how.removesuffix("-posix"))
     fuse.FUSE(operations, target, foreground=True, allow_other=True, default_permissions=True)

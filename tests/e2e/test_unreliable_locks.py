@@ -1,6 +1,8 @@
 """End to end on a filesystem whose locks fail (tests/e2e/lockfs.py, a FUSE passthrough): the agent
 refuses to keep its journal there, the `milex` command says so and names a directory of the node to use
-as the machine's `state_dir`, and with that key set the agent serves.
+as the machine's `state_dir`, and with that key set the agent serves. Locks that hold within one login
+node only (two mounts of one directory, as NFS with `local_lock`) never let a second node's agent
+start on the journal the first one writes.
 
 On this host, not on a namespaced login node: the mount must be where the agent runs, and the host is
 where a FUSE filesystem can be mounted by the test itself (the clusters' roots have no libfuse). Both
@@ -10,6 +12,7 @@ ways a laptop starts an agent are taken: in-process for a local machine, over SS
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -149,3 +152,50 @@ def test_a_remote_machine_on_a_home_without_working_locks_says_so_through_the_tu
         milex_home.milex("milex", "agent", "stop", "--machine", "cluster", check=False)
         milex_home.milex("milex", "tunnel", "down", "--machine", "cluster", check=False)
         shutil.rmtree(proposed, ignore_errors=True)
+
+
+def on_node(node: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`argv` run on login node `node`: a UTS namespace of its own named `node` (as root)."""
+    command = ["unshare", "--uts", "sh", "-c", f'hostname {node} && exec "$@"', "sh", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_locks_that_hold_within_a_node_only_never_give_a_second_node_the_journal(tmp_path: Path) -> None:
+    # The lock check passes on each node (two processes of one mount exclude each other), and each
+    # node is granted the agent's lock: the first agent's beat is what the second node sees.
+    agent = str(Path(sys.executable).with_name("milex-agent"))
+    backing = tmp_path / "home"
+    backing.mkdir()
+    with (
+        mounted(backing, tmp_path / "login1", "node") as one,
+        mounted(backing, tmp_path / "login2", "node") as two,
+    ):
+        first = on_node("login1", agent, "start", "--dir", str(one / "agent"))
+        assert first.returncode == 0, first.stderr
+        serving = json.loads(first.stdout)
+        try:
+            assert serving["host"] == "login1"
+            assert not serving["socket"].startswith(str(tmp_path)), "a socket on a filesystem that holds none"
+
+            began = time.monotonic()
+            second = on_node("login2", agent, "start", "--dir", str(two / "agent"))
+            took = time.monotonic() - began
+
+            assert second.returncode == 1, second.stdout + second.stderr
+            assert f"the agent on login1 (pid {serving['pid']}) still runs" in second.stderr, second.stderr
+            assert "do not reach across login nodes" in second.stderr
+            assert STATE_DIR_LINE.search(second.stderr), second.stderr
+            assert took < START_TIMEOUT, f"the refusal took {took:.1f} s"
+            still = on_node("login1", agent, "status", "--dir", str(one / "agent"))
+            assert json.loads(still.stdout)["pid"] == serving["pid"], still.stdout + still.stderr
+            os.kill(serving["pid"], 0)  # the first agent serves on, alone on its journal
+        finally:
+            stopped = on_node("login1", agent, "stop", "--dir", str(one / "agent"))
+        assert stopped.stdout.strip() == f"stopped agent {serving['pid']}", stopped.stdout + stopped.stderr
+
+        # Gone from login1 (its record with it), the agent starts on login2, with the same journal.
+        moved = on_node("login2", agent, "start", "--dir", str(two / "agent"))
+        assert moved.returncode == 0, moved.stderr
+        assert json.loads(moved.stdout)["host"] == "login2"
+        on_node("login2", agent, "stop", "--dir", str(two / "agent"))
+        assert [path.name for path in backing.rglob("journal.sqlite")] == ["journal.sqlite"]
