@@ -19,7 +19,7 @@ from milex.common.errors import MilexError
 from milex.config import Machine
 
 if TYPE_CHECKING:
-    from milex.tunnel import SshSession
+    from milex.machine_shell import Shell
 
 
 def remote_endpoint(machine: Machine) -> str:
@@ -46,14 +46,10 @@ def remote_endpoint(machine: Machine) -> str:
 def run_remote(machine: Machine, command: str, *, check: bool = True, timeout: float = 120.0) -> str:
     """Run `command` on `machine` over SSH (the tunnel's session when it is up: no new login, no
     second factor asked again); its output, or MilexError with what it printed."""
-    from milex.tunnel import SshSession
-    from milex.tunnel_control import exec_in_tunnel
+    from milex.machine_shell import machine_shell
 
-    ran = exec_in_tunnel(machine.name, command, timeout)
-    if ran is None:
-        with SshSession.for_machine(machine) as session:
-            ran = session.exec(command, timeout=timeout)
-    code, out, err = ran
+    with machine_shell(machine) as shell:
+        code, out, err = shell.exec(command, timeout=timeout)
     if check and code != 0:
         raise MilexError(f"on {machine.name}: `{command}` exited {code}:\n{(err or out).strip()}")
     return out.strip()
@@ -69,10 +65,10 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     """Install this Milex version into the machine's environment (index or uploaded wheel), create
     its directories, and restart its agent so the new version serves."""
     from milex.endpoints import client_version
-    from milex.tunnel import SshSession
+    from milex.machine_shell import machine_shell
     from milex.tunnel_control import stop_tunnel
 
-    with SshSession.for_machine(machine) as session:
+    with machine_shell(machine) as session:
         if upload_wheel:
             from milex.wheelhouse import install_from_wheels
 
@@ -94,11 +90,11 @@ def deploy_container(machine: Machine, *, image: str, archive: Path | None = Non
     outside a container is stopped first. `archive` (an image archive here) is uploaded and loaded
     unless the machine has that very image already."""
     from milex import container
-    from milex.tunnel import SshSession
+    from milex.machine_shell import machine_shell
     from milex.tunnel_control import stop_tunnel
 
     script = container_script(machine)
-    with SshSession.for_machine(machine) as session:
+    with machine_shell(machine) as session:
         marked = session.exec(f"test -f {shell_path(script)}")[0] == 0
         if not marked:
             session.exec(remote_agent_command(machine, "stop"))
@@ -114,7 +110,7 @@ def deploy_container(machine: Machine, *, image: str, archive: Path | None = Non
     return said
 
 
-def _start_container(session: SshSession, machine: Machine, image: str, archive: Path | None) -> str:
+def _start_container(session: Shell, machine: Machine, image: str, archive: Path | None) -> str:
     """Run the uploaded script's start (in the machine's environment); what it said."""
     from milex.endpoints import poll_settings
 
@@ -131,9 +127,7 @@ def _start_container(session: SshSession, machine: Machine, image: str, archive:
 
 
 @contextmanager
-def _uploaded_archive(
-    session: SshSession, machine: Machine, image: str, archive: Path | None
-) -> Iterator[str]:
+def _uploaded_archive(session: Shell, machine: Machine, image: str, archive: Path | None) -> Iterator[str]:
     """The remote path of `archive` uploaded into a temporary file there (removed after), or ""
     when there is none or the machine's image of that name is the archive's already."""
     from milex.container import archive_image_id

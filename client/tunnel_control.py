@@ -25,6 +25,7 @@ STARTING_WAIT = 120.0
 # The longest a check of the link may take: a keepalive, or a new connection and the agent's start
 # command run through it (a dead link fails it within seconds: tunnel.PROBE_DEADLINE + LINK_DEADLINE).
 CHECK_WAIT = 180.0
+UPLOAD_WAIT = 3600.0  # an upload through the tunnel: a container image of a few GB over a slow link
 
 
 class TunnelStatus(msgspec.Struct, kw_only=True):
@@ -228,14 +229,32 @@ def exec_in_tunnel(machine: str, command: str, timeout: float) -> tuple[int, str
     """`command` run over the SSH session of the machine's tunnel (authenticated once, second factors
     included): its exit status, stdout and stderr. None when no tunnel is up (or one of a Milex
     without an exec socket): the caller opens a session of its own."""
+    return _ask_exec_socket(machine, {"command": command, "timeout": timeout}, timeout)
+
+
+def upload_in_tunnel(machine: str, local: Path, remote: str) -> bool:
+    """Copy the file `local` to `remote` over the SSH session of the machine's tunnel (the tunnel
+    service reads it: it runs here, as us); False when no tunnel is up, TunnelError if it failed."""
+    ran = _ask_exec_socket(machine, {"upload": str(local.absolute()), "to": remote}, UPLOAD_WAIT)
+    if ran is None:
+        return False
+    code, _, err = ran
+    if code != 0:
+        raise TunnelError(f"on {machine}: {err}")
+    return True
+
+
+def _ask_exec_socket(machine: str, request: dict[str, object], timeout: float) -> tuple[int, str, str] | None:
+    """The tunnel's answer to `request` on its exec socket (one JSON line each way): an exit status,
+    stdout and stderr; None when no tunnel serves one."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(timeout + CHECK_WAIT)  # the command, after a reconnection at worst
+        connection.settimeout(timeout + CHECK_WAIT)  # the request, after a reconnection at worst
         try:
             connection.connect(str(TunnelFiles.of(machine).path("exec")))
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         try:
-            connection.sendall(json.dumps({"command": command, "timeout": timeout}).encode() + b"\n")
+            connection.sendall(json.dumps(request).encode() + b"\n")
             line = connection.makefile("rb").readline()
         except OSError as error:
             raise TunnelError(f"the tunnel to {machine} did not answer a command: {error}") from None

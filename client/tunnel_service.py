@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
@@ -83,7 +84,8 @@ class TunnelService:
 
     def serve_commands(self, listener: socket.socket) -> None:
         """Run the command each connection to the exec socket sends (one JSON line, `command` and
-        `timeout`) on this session, and answer its status and output (or the error) as one JSON line:
+        `timeout`; or `upload` and `to`, a file to copy) on this session, and answer its status and
+        output (or the error) as one JSON line:
         `milex agent stop` and the like run on the connection the user authenticated once, where a
         new one would ask every hop's second factor again."""
         self._serve_requests(listener, self._exec)
@@ -106,9 +108,7 @@ class TunnelService:
         }
         try:
             client.settimeout(REQUEST_WAIT)
-            request = json.loads(client.makefile("rb").readline())
-            code, out, err = self.session.exec(str(request["command"]), timeout=float(request["timeout"]))
-            answer = {"code": code, "out": out, "err": err}
+            answer = self._run(json.loads(client.makefile("rb").readline()))
         except TunnelError as error:
             answer = {"kind": type(error).__name__, "message": str(error)}
             if isinstance(error, PromptUnavailable):
@@ -121,6 +121,19 @@ class TunnelService:
                 client.settimeout(None)
                 client.sendall(json.dumps(answer).encode() + b"\n")
             self._finished(client)
+
+    def _run(self, request: dict[str, Any]) -> dict[str, object]:
+        """Do what an exec request asks on this session, a command run or a file of this laptop
+        uploaded; its exit status and output."""
+        if "upload" not in request:
+            code, out, err = self.session.exec(str(request["command"]), timeout=float(request["timeout"]))
+            return {"code": code, "out": out, "err": err}
+        local, remote = Path(request["upload"]), str(request["to"])
+        try:
+            self.session.upload(local, remote)
+        except OSError as error:  # SFTP's refusals too (IOError)
+            return {"code": 1, "out": "", "err": f"cannot upload {local} to {remote}: {error}"}
+        return {"code": 0, "out": "", "err": ""}
 
     def _check(self, client: socket.socket) -> None:
         answer: dict[str, object] = {

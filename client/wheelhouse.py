@@ -15,7 +15,7 @@ from milex.common.errors import MilexError
 from milex.config import Machine
 
 if TYPE_CHECKING:
-    from milex.tunnel import SshSession
+    from milex.machine_shell import Shell
 
 MIN_PYTHON = (3, 10)
 PEP_668 = "PEP 668: externally-managed-environment"
@@ -225,7 +225,7 @@ def download_wheels(requirement: str, target: Target, into: Path) -> None:
         raise download_error(fetched.stderr + fetched.stdout, target)
 
 
-def install_from_wheels(session: SshSession, machine: Machine) -> None:
+def install_from_wheels(session: Shell, machine: Machine) -> None:
     """Install this Milex and its dependencies into the machine's environment, from wheels downloaded
     here and uploaded into a temporary directory there, removed whatever happens."""
     import tempfile
@@ -250,7 +250,7 @@ def install_from_wheels(session: SshSession, machine: Machine) -> None:
 
 
 def install_uploaded(
-    session: SshSession, machine: Machine, target: Target, wheels: Path, remote: str, own: str
+    session: Shell, machine: Machine, target: Target, wheels: Path, remote: str, own: str
 ) -> None:
     """Upload `wheels` into `remote` and install the wheel `own` from there with no index; a
     requirement pip there finds missing (its marker held there, not here) is downloaded and added."""

@@ -166,10 +166,10 @@ def log_since(bastions: Bastions, marks: dict[str, int]) -> dict[str, str]:
     return {hop: bastions.sshd_log(hop)[mark:] for hop, mark in marks.items()}
 
 
-def no_terminal(laptop: MilexHome, *argv: str) -> subprocess.CompletedProcess[str]:
+def no_terminal(laptop: MilexHome, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """A Milex command run with no terminal at all (from cron, a script, an IDE): a session of its own."""
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, env=laptop.env,
-                          cwd=laptop.root, timeout=60, start_new_session=True, check=False)  # fmt: skip
+                          cwd=laptop.root, timeout=timeout, start_new_session=True, check=False)  # fmt: skip
 
 
 def ssh_banner(address: str) -> bytes:
@@ -204,9 +204,13 @@ def test_a_bundle_runs_through_two_jump_hosts_with_one_code_per_hop_once(
     assert "COMPLETED" in ran.stdout, ran.stdout
     for _ in range(3):
         assert "COMPLETED" in no_terminal(mfa_laptop, "milex", "status", "behind", "--machine", REMOTE).stdout
-    # A command run on the machine itself goes over the tunnel's session too: no new login.
+    # Commands run on the machine itself go over the tunnel's session too: no new login.
     stopped = no_terminal(mfa_laptop, "milex", "agent", "stop", "--machine", REMOTE)
     assert "stopped agent" in stopped.stdout, stopped.stdout + stopped.stderr
+    # And so does a deploy, its wheels uploaded over the tunnel's session (SFTP on its connection).
+    deploy = ("milex", "agent", "deploy", "--machine", REMOTE, "--wheel")
+    deployed = no_terminal(mfa_laptop, *deploy, timeout=180)
+    assert "installed on" in deployed.stdout, deployed.stdout + deployed.stderr
 
     logs = log_since(bastions, marks)
     assert [logs[hop].count(ACCEPTED) for hop in HOPS] == [1, 1, 1], logs

@@ -18,9 +18,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from milex.config import Machine
+from milex.machine_shell import machine_shell
 from milex.ssh_errors import LinkDown, PromptUnavailable, TunnelError
 from milex.tunnel import SshSession, keepalive_answered
-from milex.tunnel_control import TunnelFiles, TunnelStatus, check_link, exec_in_tunnel, parse_check
+from milex.tunnel_control import (
+    TunnelFiles,
+    TunnelStatus,
+    check_link,
+    exec_in_tunnel,
+    parse_check,
+    upload_in_tunnel,
+)
 from milex.tunnel_service import RemoteAgent, TunnelService, _listen
 
 
@@ -305,11 +314,12 @@ def test_a_check_that_waited_on_a_failing_one_tries_again_and_finds_the_link_bac
 
 
 class ExecSession:
-    """What TunnelService asks of an SshSession to run a command: exec, and what it shows."""
+    """What TunnelService asks of an SshSession to run a command or upload a file, and what it shows."""
 
     def __init__(self, failure: TunnelError | None = None) -> None:
         self.failure = failure
         self.ran: list[tuple[str, float]] = []
+        self.uploaded: dict[str, bytes] = {}
         self.mode, self.connected_at, self.last_failure = None, None, ""
 
     def exec(self, command: str, timeout: float) -> tuple[int, str, str]:
@@ -317,6 +327,11 @@ class ExecSession:
             raise self.failure
         self.ran.append((command, timeout))
         return 3, f"ran {command}\n", "a warning\n"
+
+    def upload(self, local: Path, remote: str) -> None:
+        if remote.startswith("/readonly/"):
+            raise PermissionError(13, "Permission denied")  # what paramiko's SFTP raises
+        self.uploaded[remote] = local.read_bytes()
 
 
 def test_a_command_runs_on_the_tunnels_session_with_its_status_and_output(runtime: Path) -> None:
@@ -340,3 +355,40 @@ def test_a_tunnel_that_would_need_a_code_says_so_and_stops(runtime: Path) -> Non
     ):
         exec_in_tunnel("m", "true", 30.0)
     assert service.stop.is_set()  # the next command starts the tunnel in the foreground, where it can ask
+
+
+def test_a_file_is_uploaded_over_the_tunnels_session_and_a_refusal_says_where(
+    runtime: Path, tmp_path: Path
+) -> None:
+    wheel = tmp_path / "milex.whl"
+    wheel.write_bytes(b"wheel")
+    session = ExecSession()
+    with serving(session, "exec"):
+        assert upload_in_tunnel("m", wheel, "/tmp/w/milex.whl")
+        with pytest.raises(TunnelError, match=r"on m: cannot upload .*milex.whl to /readonly/x: .*denied"):
+            upload_in_tunnel("m", wheel, "/readonly/x")
+    assert session.uploaded == {"/tmp/w/milex.whl": b"wheel"}
+    assert not upload_in_tunnel("m", wheel, "/tmp/w/milex.whl")  # no tunnel: the caller's session
+
+
+def test_a_machine_shell_uses_the_tunnel_while_it_answers_then_a_session_of_its_own(
+    runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = ExecSession()
+    opened: list[str] = []
+
+    @contextlib.contextmanager
+    def for_machine(machine: Machine) -> Iterator[ExecSession]:
+        opened.append(machine.name)
+        yield own
+
+    monkeypatch.setattr("milex.tunnel.SshSession.for_machine", for_machine)
+    machine = Machine(name="m", hostname="login", path="~/milex", env_command="", slurm_account="")
+    tunnel = ExecSession()
+    with machine_shell(machine) as shell:
+        with serving(tunnel, "exec"):
+            assert shell.exec("hostname", 5.0)[0] == 3
+        shell.exec("uptime", 5.0)  # the tunnel is gone: a session of the command's own
+        shell.exec("date", 5.0)  # the same one
+    assert tunnel.ran == [("hostname", 5.0)]
+    assert own.ran == [("uptime", 5.0), ("date", 5.0)] and opened == ["m"]

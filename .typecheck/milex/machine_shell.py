@@ -1,0 +1,1 @@
+../../client/machine_shell.py

@@ -1,0 +1,71 @@
+"""Commands and uploads on a machine, over its tunnel's SSH session while the tunnel is up.
+
+The tunnel's session is the one the user authenticated, second factors included; a session of our
+own would ask every hop for a new code. So what `milex agent stop` and `milex agent deploy` run on
+the login node goes through the tunnel service's exec socket (milex.tunnel_control) when it answers,
+and over a session of the command's own, opened at the first need, when no tunnel is up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from milex.config import Machine
+
+if TYPE_CHECKING:
+    from milex.tunnel import SshSession
+
+
+class Shell(Protocol):
+    """What runs commands and takes files on a machine (an SshSession is one)."""
+
+    def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        """Run `command` there: its exit status, stdout and stderr."""
+        ...
+
+    def upload(self, local: Path, remote: str) -> None:
+        """Copy the file `local` of this laptop to `remote` there."""
+        ...
+
+
+class MachineShell:
+    """A machine's shell: the tunnel's session while it answers, else one of our own from then on
+    (closed with `machine_shell`'s block)."""
+
+    def __init__(self, machine: Machine, stack: ExitStack) -> None:
+        self.machine = machine
+        self._stack = stack
+        self._own: SshSession | None = None
+
+    def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
+        from milex.tunnel_control import exec_in_tunnel
+
+        if self._own is None:
+            ran = exec_in_tunnel(self.machine.name, command, timeout)
+            if ran is not None:
+                return ran
+        return self._session().exec(command, timeout=timeout)
+
+    def upload(self, local: Path, remote: str) -> None:
+        from milex.tunnel_control import upload_in_tunnel
+
+        if self._own is None and upload_in_tunnel(self.machine.name, local, remote):
+            return
+        self._session().upload(local, remote)
+
+    def _session(self) -> SshSession:
+        from milex.tunnel import SshSession
+
+        if self._own is None:
+            self._own = self._stack.enter_context(SshSession.for_machine(self.machine))
+        return self._own
+
+
+@contextmanager
+def machine_shell(machine: Machine) -> Iterator[MachineShell]:
+    """`machine`'s shell for the block (the SSH session it may have opened closed after)."""
+    with ExitStack() as stack:
+        yield MachineShell(machine, stack)
