@@ -155,7 +155,8 @@ def tunnel_up_on_a_terminal(laptop: MilexHome, bastions: Bastions) -> str:
         for hop in HOPS:
             terminal.expect(f"(milex-login@{hop}) {CODE_PROMPT}")
             terminal.type(bastions.code(hop))
-        shown = terminal.expect(f"tunnel to milex-login@{bastions.env['MILEX_BASTION_LOGIN_ADDR']}:22 up")
+        address = bastions.env["MILEX_BASTION_LOGIN_ADDR"]
+        shown = terminal.expect(f"tunnel to milex-login@{address}:22 (login node login1) up")
     finally:
         terminal.close()
     assert terminal.process.returncode == 0, terminal.output
