@@ -164,6 +164,16 @@ class LoginNode:
         subprocess.run(scp, check=True, capture_output=True, timeout=120)
         self.sh(f"{venv}/bin/pip install -q --no-index --force-reinstall {wheel.name} && rm {wheel.name}")
 
+    @property
+    def root(self) -> str:
+        """Where the node's root is in its mount namespace (`init_pid`'s), which chroots into it."""
+        return str(state_dir(self.cluster) / "merged")
+
+    def init_pid(self) -> int:
+        """The host's pid of the process 1 of the cluster's node, in its namespaces."""
+        assert not self.second, "the second login node's namespaces are the node's copies"
+        return int((state_dir(self.cluster) / "pids" / "init.pid").read_text())
+
     def exists(self, path: str) -> bool:
         return self.exec("test", "-e", path, user=self.user, check=False).returncode == 0
 

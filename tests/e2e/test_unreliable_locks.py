@@ -4,10 +4,9 @@ as the machine's `state_dir`, and with that key set the agent serves. Locks that
 node only (two mounts of one directory, as NFS with `local_lock`) never let a second node's agent
 start on the journal the first one writes.
 
-On this host, not on a namespaced login node: the mount must be where the agent runs, and the host is
-where a FUSE filesystem can be mounted by the test itself (the clusters' roots have no libfuse). Both
-ways a laptop starts an agent are taken: in-process for a local machine, over SSH through the tunnel
-(the loopback sshd's login user) for a remote one.
+Both ways a laptop starts an agent are taken: in-process for a local machine (the mount on this host),
+over SSH through the tunnel for a remote one: cluster1's login node, lockfs mounted in its own mount
+namespace (run from this host's environment: the node's root has no libfuse) on its user's home.
 """
 
 from __future__ import annotations
@@ -15,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,33 +25,56 @@ import pytest
 
 from milex.agent.daemon import START_TIMEOUT, agent_dir
 from milex.agent.handover import node_name
-from tests.e2e.conftest import MilexHome
-from tests.e2e.other_user import OtherUser
-from tests.e2e.sshd import LOGIN, Keys, LoginUser, Sshd
+from tests.e2e.clusters import LoginNode
+from tests.e2e.conftest import REMOTE, MilexHome, use_login_node
 
 LOCKFS = Path(__file__).with_name("lockfs.py")
 STATE_DIR_LINE = re.compile(r'\n    "state_dir": "([^"]+)",\n')
 
 
 @contextmanager
-def mounted(backing: Path, mountpoint: Path, mode: str, timeout: float = 30.0) -> Iterator[Path]:
+def mounted(backing: Path, mountpoint: Path, mode: str) -> Iterator[Path]:
     """`backing` seen through lockfs (locks failing as `mode` says) at `mountpoint` while the block
     runs; lockfs's output in `backing`.log."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    log = backing.with_name(f"{backing.name}.log")
+    with serving_lockfs([], backing, mountpoint, mode, mountpoint, backing.with_name(f"{backing.name}.log")):
+        yield mountpoint
+
+
+@contextmanager
+def mounted_on(node: LoginNode, name: str, mode: str, log: Path) -> Iterator[str]:
+    """The login user's `~/NAME` on lockfs (locks failing as `mode` says) on the namespaced login
+    node `node`, mounted in its own mount namespace while the block runs: its path there."""
+    backing, mountpoint = f"{node.home}/{name}-backing", f"{node.home}/{name}"
+    node.sh(f"mkdir -p {backing} {mountpoint}")  # the login user's, as directories of their home are
+    init = node.init_pid()
+    # lockfs runs here, in the node's mount namespace, where the node's root is a directory.
+    inside = [f"{node.root}{backing}", f"{node.root}{mountpoint}"]
+    enter = ["nsenter", "--target", str(init), "--mount", "--"]
+    with serving_lockfs(enter, *map(Path, inside), mode, Path(f"/proc/{init}/root{mountpoint}"), log):
+        yield mountpoint
+    node.sh(f"rmdir {mountpoint} && rm -rf {backing}")
+
+
+@contextmanager
+def serving_lockfs(
+    enter: list[str], backing: Path, mountpoint: Path, mode: str, seen: Path, log: Path, timeout: float = 30.0
+) -> Iterator[None]:
+    """lockfs serving `backing` at `mountpoint` (run after `enter`, whose mount namespace has them)
+    while the block runs; `seen`: the mount point as this process sees it."""
     with open(log, "wb") as output:
-        command = [sys.executable, str(LOCKFS), str(backing), str(mountpoint), mode]
+        command = [*enter, sys.executable, str(LOCKFS), str(backing), str(mountpoint), mode]
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
-        while not os.path.ismount(mountpoint):
+        while not os.path.ismount(seen):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"lockfs did not mount {mountpoint} (deploy/setup.sh installs fuse3 and "
                             f"mfusepy): {log.read_text()}", pytrace=False)  # fmt: skip
             time.sleep(0.05)
-        yield mountpoint
+        yield
     finally:
-        subprocess.run(["umount", "--lazy", str(mountpoint)], check=False, capture_output=True)
+        subprocess.run([*enter, "umount", "--lazy", str(mountpoint)], check=False, capture_output=True)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -105,53 +125,33 @@ def test_a_local_machine_on_a_home_without_working_locks_refuses_then_serves_fro
         milex_home.milex("milex", "agent", "stop", "--machine", "lustre")
 
 
-@pytest.fixture
-def login_mount(login: LoginUser) -> Iterator[Path]:
-    """A directory of the login user's home on lockfs with faked locks (the login user's own)."""
-    work = Path(tempfile.mkdtemp(prefix="milex-lockfs-"))
-    backing = work / "backing"
-    backing.mkdir()
-    backing.chmod(0o755)  # the login user's, as a directory of their home would be
-    shutil.chown(backing, LOGIN, LOGIN)
-    mountpoint = Path(os.path.expanduser(f"~{LOGIN}")) / work.name
-    try:
-        with mounted(backing, mountpoint, "fake") as mount:
-            yield mount
-    finally:
-        mountpoint.rmdir()
-        shutil.rmtree(work)
-
-
+@pytest.mark.parametrize("login_node", ["cluster1"], indirect=True)
 def test_a_remote_machine_on_a_home_without_working_locks_says_so_through_the_tunnel_then_serves(
-    milex_home: MilexHome, login_mount: Path, login_venv: OtherUser, sshd: Sshd, keys: Keys, known_hosts: str
+    laptop: MilexHome, login_node: LoginNode, tmp_path: Path
 ) -> None:
-    ssh = Path(milex_home.env["HOME"]) / ".ssh"
-    ssh.mkdir(exist_ok=True)
-    (ssh / "known_hosts").write_text(known_hosts)
-    milex_home.env["XDG_RUNTIME_DIR"] = str(milex_home.root / "run")  # the laptop's tunnel files
-    (milex_home.root / "run").mkdir(mode=0o700)
-    milex_home.configure({
-        "local": {"path": str(milex_home.root / "milex"), "env_command": "", "slurm_account": ""},
-        "cluster": {"hostname": "127.0.0.1", "port": sshd.port, "username": LOGIN,
-                    "key_path": str(keys.plain), "path": str(login_mount / "milex"), "slurm_account": "",
-                    "env_command": f"source {login_venv.venv}/bin/activate"},
-    })  # fmt: skip
+    with mounted_on(login_node, "lustre", "fake", tmp_path / "lockfs.log") as home:
+        use_login_node(laptop, login_node.alias, path=f"{home}/milex")
+        began = time.monotonic()
+        result = laptop.milex("milex", "agent", "status", "--machine", REMOTE, check=False)
+        proposed = refused(result, Path(f"{home}/milex/agent/{login_node.cluster}"), time.monotonic() - began)
+        assert "a second process was granted the flock" in result.stderr
+        assert proposed == f"/var/tmp/milex-{login_node.user}"
 
-    began = time.monotonic()
-    result = milex_home.milex("milex", "agent", "status", "--machine", "cluster", check=False)
-    proposed = refused(result, agent_dir(login_mount / "milex"), time.monotonic() - began)
-    assert "a second process was granted the flock" in result.stderr
-    assert proposed == f"/var/tmp/milex-{LOGIN}"
-
-    try:  # following the message word for word
-        milex_home.milex("milex", "config", "set", "cluster", "state_dir", proposed)
-        status = milex_home.milex("milex", "agent", "status", "--machine", "cluster")
-        assert f"running as {LOGIN}" in status.stdout, status.stdout
-        assert (agent_dir(proposed, cluster=node_name()) / "journal.sqlite").exists()
-    finally:
-        milex_home.milex("milex", "agent", "stop", "--machine", "cluster", check=False)
-        milex_home.milex("milex", "tunnel", "down", "--machine", "cluster", check=False)
-        shutil.rmtree(proposed, ignore_errors=True)
+        try:  # following the message word for word
+            laptop.milex("milex", "config", "set", REMOTE, "state_dir", proposed)
+            status = laptop.milex("milex", "agent", "status", "--machine", REMOTE)
+            assert f"running as {login_node.user}" in status.stdout, status.stdout
+            assert login_node.exists(f"{proposed}/agent/login1/journal.sqlite")
+            laptop.milex("milex-schedule", "milex-example", "--name", "probe", "--message", "locks")
+            run = laptop.milex("milex-run", "probe", "--machine", REMOTE, "--wait", "--timeout", "120")
+            assert "COMPLETED" in run.stdout, run.stdout
+            assert (
+                login_node.sh(f"ls {home}/milex/slurm").count(".out") == 1
+            )  # the jobs' files stay on the path
+        finally:
+            laptop.milex("milex", "agent", "stop", "--machine", REMOTE, check=False)
+            laptop.milex("milex", "tunnel", "down", "--machine", REMOTE, check=False)
+            login_node.sh(f"rm -rf {proposed}")
 
 
 def on_node(node: str, *argv: str) -> subprocess.CompletedProcess[str]:
