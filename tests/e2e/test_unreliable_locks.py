@@ -56,6 +56,15 @@ def mounted_on(node: LoginNode, name: str, mode: str, log: Path) -> Iterator[str
     node.sh(f"rmdir {mountpoint} && rm -rf {backing}")
 
 
+def is_mount(path: Path) -> bool:
+    """Whether a filesystem is mounted at `path`: its device is not its parent's (os.path.ismount
+    resolves the parent, which through /proc/PID/root leads out of that process's root)."""
+    try:
+        return path.stat().st_dev != path.parent.stat().st_dev
+    except FileNotFoundError:
+        return False
+
+
 @contextmanager
 def serving_lockfs(
     enter: list[str], backing: Path, mountpoint: Path, mode: str, seen: Path, log: Path, timeout: float = 30.0
@@ -67,7 +76,7 @@ def serving_lockfs(
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
-        while not os.path.ismount(seen):
+        while not is_mount(seen):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"lockfs did not mount {mountpoint} (deploy/setup.sh installs fuse3 and "
                             f"mfusepy): {log.read_text()}", pytrace=False)  # fmt: skip
