@@ -30,11 +30,11 @@ def _print(info: object) -> None:
     click.echo(msgspec.json.encode(info).decode())
 
 
-_path_option = click.option("--path", help="The machine's Milex path; the agent lives in PATH/agent/HOST.")
+_path_option = click.option("--path", help="The machine's Milex path; the agent lives in PATH/agent/CLUSTER.")
 _dir_option = click.option("--dir", "directory", help="The agent directory itself.")
 _state_dir_option = click.option(
     "--state-dir",
-    help="A directory of this node for the agent's state (it lives in STATE_DIR/agent/HOST instead): "
+    help="A directory of this node for the agent's state (it lives in STATE_DIR/agent/NODE instead): "
     "the machine's state_dir, where the filesystem of PATH has no working locks.",
 )
 _idle_exit_option = click.option(
