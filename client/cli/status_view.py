@@ -30,6 +30,11 @@ def table(jobs: list[TrackedJob], title: str) -> Table:
     return view
 
 
+# `milex status`'s exit status when it could not ask the machine and showed the last known states,
+# from the local records: a script must not take them for the machine's answer.
+OFFLINE = 3
+
+
 def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: bool) -> None:
     from milex.config import load_config
     from milex.connection import AgentUnavailable
@@ -44,7 +49,7 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
         reply = submitter.tracked(bundle=bundle)
     except (AgentUnavailable, LinkDown) as error:
         _show_offline(bundle, machine, config.jobs_dir, str(error), as_json=as_json)
-        return
+        raise SystemExit(OFFLINE) from None
     apply_states(config.jobs_dir, machine.name, reply.jobs)
     if as_json:
         import msgspec

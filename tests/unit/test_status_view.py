@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from milex.cli.jobs import status
+from milex.cli.status_view import OFFLINE
 from milex.common.model import JobState
 from milex.connection import AgentUnavailable
 from milex.records import Submission, SubmittedJobRecord, save_submission
@@ -32,7 +33,7 @@ def recorded(milex_config, monkeypatch: pytest.MonkeyPatch):
 
 def test_status_json_without_the_agent_prints_the_last_known_jobs_as_json(recorded) -> None:
     result = CliRunner().invoke(status, ["exp", "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == OFFLINE, result.output
     [job] = json.loads(result.stdout)
     assert job == {
         "job_id": "17", "state": "FAILED", "exit_code": 137, "bundle": "exp_20240101000000", "name": "a",
@@ -43,5 +44,5 @@ def test_status_json_without_the_agent_prints_the_last_known_jobs_as_json(record
 
 def test_status_without_the_agent_shows_the_last_known_states(recorded) -> None:
     result = CliRunner().invoke(status, ["exp"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == OFFLINE, result.output
     assert "17" in result.stdout and "FAILED" in result.stdout
