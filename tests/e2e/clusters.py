@@ -220,9 +220,23 @@ class LoginNode:
 
     def set_link(self, *, up: bool) -> None:
         """Set the host's end of the link up, or down: the login node is then cut off silently (no FIN,
-        no RST, as under a closed lid), its own network (SLURM, the agent) untouched. Idempotent."""
+        no RST, as under a closed lid), its own network (SLURM, the agent) untouched. Idempotent.
+        The kernel drops the routes through a link that goes down (the second login node's, behind
+        the node): they are kept in the cluster's state directory, and put back when it comes up."""
+        kept = state_dir(self.cluster) / "routes-through-link.json"
+        if not up:
+            shown = subprocess.run(["ip", "-json", "route", "show", "dev", self.veth], check=True,
+                                   capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+            routes = [route for route in json.loads(shown) if "gateway" in route]
+            if routes:  # (none once the link is down already: what was kept stays)
+                kept.write_text(json.dumps(routes))
         argv = ["ip", "link", "set", self.veth, "up" if up else "down"]
         subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        if up and kept.exists():
+            for route in json.loads(kept.read_text()):
+                put = ["ip", "route", "replace", route["dst"], "via", route["gateway"], "dev", self.veth]
+                subprocess.run(put, check=True, capture_output=True, timeout=30)
+            kept.unlink()
 
     # ---- limits on the login user's jobs, set by the administrator -------------------------------
 
