@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,24 +65,44 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
 
 
 def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path, bundle: str) -> None:
+    """The table kept up to date on a terminal; elsewhere (a pipe, a log file, where a live table
+    shows nothing until it ends), the table, a line per change as it comes, and the final table."""
     from rich.console import Console
     from rich.live import Live
 
+    title = f"{bundle or 'all jobs'} on {machine.name} (watching; Ctrl-C to stop)"
+    console = Console(soft_wrap=True)
+    if console.is_terminal:
+        with Live(table(jobs, title), console=console, auto_refresh=False) as live:
+            for _ in _changes(jobs, since, machine, jobs_dir):
+                live.update(table(jobs, title), refresh=True)
+        return
+    console.print(table(jobs, title))
+    for job in _changes(jobs, since, machine, jobs_dir):
+        exit_code = "" if job.exit_code is None else f" exit {job.exit_code}"
+        reason = f" ({job.reason})" if job.reason else ""
+        said = f"{job.bundle} {job.name} {job.job_id} {job.state.value}{exit_code}{reason}"
+        console.print(said, markup=False, highlight=False)
+    console.print(table(jobs, f"{bundle or 'all jobs'} on {machine.name}"))
+
+
+def _changes(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path) -> Iterator[TrackedJob]:
+    """Each of `jobs` as an event of the agent changes it (applied, and kept in the local records),
+    until all are finished."""
     from milex.records import apply_states
     from milex.watch import follow_events
 
-    by_id = {job.job_id: job for job in jobs}
-    title = f"{bundle or 'all jobs'} on {machine.name} (watching; Ctrl-C to stop)"
-    with Live(table(jobs, title), console=Console(soft_wrap=True), auto_refresh=False) as live:
-        for event in follow_events(machine, since):
-            if all(job.state.finished for job in by_id.values()):
-                break
-            if event is None or event.job_id not in by_id:
-                continue
-            job = by_id[event.job_id]
-            job.take(event)
-            apply_states(jobs_dir, machine.name, [job])
-            live.update(table(list(by_id.values()), title), refresh=True)
+    by_key = {job.key: job for job in jobs}  # (a job the agent still queues has no id yet)
+    for event in follow_events(machine, since):
+        if all(job.state.finished for job in jobs):
+            return
+        if event is None or event.key not in by_key:
+            continue
+        job = by_key[event.key]
+        job.take(event)
+        job.job_id = event.job_id or job.job_id  # a queued job's, once the agent has submitted it
+        apply_states(jobs_dir, machine.name, [job])
+        yield job
 
 
 def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *, as_json: bool) -> None:

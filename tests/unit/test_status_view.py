@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from milex.cli.jobs import status
 from milex.cli.status_view import OFFLINE
 from milex.common.model import JobState
+from milex.common.protocol import Event, StatusReply, TrackedJob
 from milex.connection import AgentUnavailable
 from milex.records import Submission, SubmittedJobRecord, save_submission
 
@@ -46,3 +48,49 @@ def test_status_without_the_agent_shows_the_last_known_states(recorded) -> None:
     result = CliRunner().invoke(status, ["exp"])
     assert result.exit_code == OFFLINE, result.output
     assert "17" in result.stdout and "FAILED" in result.stdout
+
+
+class Answering:
+    """An agent that tracks a queued job and a running one, then reports their changes."""
+
+    def __init__(self) -> None:
+        self.jobs = [
+            TrackedJob(job_id="", state=JobState.QUEUED, key="b_1/queued/r", bundle="b_1", name="queued"),
+            TrackedJob(
+                job_id="41", state=JobState.RUNNING, key="b_1/running/r", bundle="b_1", name="running"
+            ),
+        ]
+
+    def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+        return StatusReply(jobs=self.jobs, last_seq=7)
+
+
+def test_a_watch_without_a_terminal_prints_the_table_a_line_per_change_and_the_final_table(
+    milex_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = [
+        Event(seq=8, key="b_1/queued/r", bundle="b_1", name="queued", job_id="42", state=JobState.PENDING),
+        None,  # a heartbeat
+        Event(seq=9, key="b_1/running/r", bundle="b_1", name="running", job_id="41",
+              state=JobState.FAILED, exit_code=3),
+        Event(seq=10, key="b_1/queued/r", bundle="b_1", name="queued", job_id="42", state=JobState.CANCELLED,
+              reason="DependencyNeverSatisfied"),
+        None,
+    ]  # fmt: skip
+    followed: list[int] = []
+
+    def follow_events(machine: object, since: int) -> Iterator[Event | None]:
+        followed.append(since)
+        yield from events
+
+    monkeypatch.setattr("milex.submitters.submitter_for", lambda machine: Answering())
+    monkeypatch.setattr("milex.watch.follow_events", follow_events)
+    result = CliRunner().invoke(status, ["b", "--watch"])
+
+    assert result.exit_code == 0, result.output
+    assert followed == [7]  # from the answer's last event on: none missed, none twice
+    first, changes = result.stdout.split("\nb_1 queued 42 PENDING\n")
+    assert "b on local (watching; Ctrl-C to stop)" in first and "QUEUED" in first
+    changes, final = changes.split("b on local\n")
+    assert changes == "b_1 running 41 FAILED exit 3\nb_1 queued 42 CANCELLED (DependencyNeverSatisfied)\n"
+    assert "│ 42 " in final and "CANCELLED" in final and "FAILED" in final and "QUEUED" not in final
