@@ -66,24 +66,28 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
 
 def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path, bundle: str) -> None:
     """The table kept up to date on a terminal; elsewhere (a pipe, a log file, where a live table
-    shows nothing until it ends), the table, a line per change as it comes, and the final table."""
+    shows nothing until it ends), the table, a line per change as it comes, and the final table.
+    Jobs that have all ended already: their table, once."""
     from rich.console import Console
     from rich.live import Live
 
-    title = f"{bundle or 'all jobs'} on {machine.name} (watching; Ctrl-C to stop)"
     console = Console(soft_wrap=True)
-    if console.is_terminal:
-        with Live(table(jobs, title), console=console, auto_refresh=False) as live:
+    title = f"{bundle or 'all jobs'} on {machine.name}"
+    watching = f"{title} (watching; Ctrl-C to stop)"
+    if all(job.state.finished for job in jobs):
+        console.print(table(jobs, title))
+    elif console.is_terminal:
+        with Live(table(jobs, watching), console=console, auto_refresh=False) as live:
             for _ in _changes(jobs, since, machine, jobs_dir):
-                live.update(table(jobs, title), refresh=True)
-        return
-    console.print(table(jobs, title))
-    for job in _changes(jobs, since, machine, jobs_dir):
-        exit_code = "" if job.exit_code is None else f" exit {job.exit_code}"
-        reason = f" ({job.reason})" if job.reason else ""
-        said = f"{job.bundle} {job.name} {job.job_id} {job.state.value}{exit_code}{reason}"
-        console.print(said, markup=False, highlight=False)
-    console.print(table(jobs, f"{bundle or 'all jobs'} on {machine.name}"))
+                live.update(table(jobs, watching), refresh=True)
+    else:
+        console.print(table(jobs, watching))
+        for job in _changes(jobs, since, machine, jobs_dir):
+            exit_code = "" if job.exit_code is None else f" exit {job.exit_code}"
+            reason = f" ({job.reason})" if job.reason else ""
+            said = f"{job.bundle} {job.name} {job.job_id} {job.state.value}{exit_code}{reason}"
+            console.print(said, markup=False, highlight=False)
+        console.print(table(jobs, title))
 
 
 def _changes(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path) -> Iterator[TrackedJob]:

@@ -94,3 +94,16 @@ def test_a_watch_without_a_terminal_prints_the_table_a_line_per_change_and_the_f
     changes, final = changes.split("b on local\n")
     assert changes == "b_1 running 41 FAILED exit 3\nb_1 queued 42 CANCELLED (DependencyNeverSatisfied)\n"
     assert "│ 42 " in final and "CANCELLED" in final and "FAILED" in final and "QUEUED" not in final
+
+
+def test_a_watch_of_jobs_that_have_all_ended_shows_their_table_once(
+    milex_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Answering()
+    for job in agent.jobs:
+        job.state = JobState.COMPLETED
+    monkeypatch.setattr("milex.submitters.submitter_for", lambda machine: agent)
+    monkeypatch.setattr("milex.watch.follow_events", lambda machine, since: pytest.fail("nothing to follow"))
+    result = CliRunner().invoke(status, ["b", "--watch"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("b on local\n") == 1 and result.stdout.count("COMPLETED") == 2, result.stdout
