@@ -1,1 +1,0 @@
-../../client/__init__.py

@@ -1,1 +1,0 @@
-../../client/agent_control.py

@@ -1,1 +1,0 @@
-../../client/config_setup.py

@@ -1,1 +1,0 @@
-../../client/machine_shell.py

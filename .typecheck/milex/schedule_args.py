@@ -1,1 +1,0 @@
-../../client/schedule_args.py

@@ -1,1 +1,0 @@
-../../client/ssh_errors.py
