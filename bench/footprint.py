@@ -49,7 +49,7 @@ def poll_cost(directory: Path, sizes: tuple[int, ...]) -> dict:
     A fake `squeue` first on PATH prints N pending jobs in the agent's own format, so only Milex's
     side is timed (running, reading and parsing squeue): no cluster holds that many jobs for a test.
     """
-    from milex.agent.scheduler.slurm import SlurmScheduler
+    from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 
     directory.mkdir()
     seconds = {}
@@ -90,9 +90,9 @@ def poll_cost(directory: Path, sizes: tuple[int, ...]) -> dict:
 
 def fill(directory: Path, jobs: int, *, finished: bool) -> float:
     """Journal `jobs` submitted jobs (COMPLETED if `finished`) through the Journal API; seconds taken."""
-    from milex.agent.journal import Journal
-    from milex.common.model import JobState, JobStatus
-    from milex.common.protocol import TrackedJob
+    from milex_agent.journal import Journal
+    from milex_common.model import JobState, JobStatus
+    from milex_common.protocol import TrackedJob
 
     start = time.perf_counter()
     journal = Journal(directory / "journal.sqlite")
@@ -121,9 +121,9 @@ def fill(directory: Path, jobs: int, *, finished: bool) -> float:
 
 
 def _variant(directory: Path, jobs: int, finished: bool, wrappers: Path, log: Path, mode: Mode) -> dict:
-    from milex.agent.daemon import socket_path
-    from milex.connection import AgentConnection
-    from milex.endpoints import client_version
+    from milex.machine.endpoint import client_version
+    from milex_agent.daemon import socket_path
+    from milex_common.connection import AgentConnection
 
     fill_seconds = fill(directory, jobs, finished=finished)
     env = {**os.environ, "PATH": f"{wrappers}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}

@@ -152,7 +152,7 @@ class ParamikoExec:
 
 
 def held_job(name: str, **slurm: object) -> object:
-    from milex.common.model import Job, SlurmOptions
+    from milex_common.model import Job, SlurmOptions
 
     return Job(name=name, script="true", slurm=SlurmOptions(extra={"hold": True}, **slurm))  # type: ignore[arg-type]
 
@@ -183,10 +183,10 @@ class MilexProtocol:
     key, label = "milex_protocol", "Milex request on an open connection (diagnostic)"
 
     def sample(self) -> Sample:
-        from milex.common.model import Bundle
-        from milex.common.protocol import SubmitBundle, Submitted
-        from milex.config import load_config
-        from milex.endpoints import connect
+        from milex.config.file import load_config
+        from milex.machine.endpoint import connect
+        from milex_common.model import Bundle
+        from milex_common.protocol import SubmitBundle, Submitted
 
         machine = load_config().machine(MACHINE)
         bundle = Bundle(
@@ -213,7 +213,7 @@ class MilexRun:
 
     def __init__(self, laptop: Laptop) -> None:
         import milex
-        from milex.common.model import SlurmOptions
+        from milex_common.model import SlurmOptions
 
         self.laptop = laptop
         milex.schedule(

@@ -32,7 +32,7 @@ every job record it holds, anyone's (REQUEST_JOB_INFO, 6.8 ms here), hence `--me
 REQUEST_JOB_USER_INFO) for several changed jobs; `--only-job-state --me` lists nothing on 24.11.
 Without the other user's jobs the gain is smaller (N=100: state 0.73 wall, 0.45 slurmctld), as the
 full poll's cost grows with every job the controller holds and the state poll's only with ours.
-The choice is made in agent/scheduler/slurm_poll.py.
+The choice is made in agent/milex_agent/scheduler/slurm/poll.py.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.stats import ratio, summarize
-from milex.agent.scheduler.slurm_poll import MAX_LISTED_JOBS, changed_query, full_query, state_query
+from milex_agent.scheduler.slurm.poll import MAX_LISTED_JOBS, changed_query, full_query, state_query
 
 STATE_DIR = Path(os.environ.get("MILEX_CLUSTER2_STATE", "/var/run/milex-test-cluster2"))
 USER = "milex-login"

@@ -148,9 +148,9 @@ def _restart(cpus: int) -> None:
 def _milex_run(
     laptop: Laptop, ledger: Ledger, tag: str, mode: Mode, cap: int | None
 ) -> tuple[float, list[str]]:
-    from milex.common.model import Bundle, Job, SlurmOptions
-    from milex.config import load_config
+    from milex.config.file import load_config
     from milex.records import load_submissions, now_stamp, save_bundle
+    from milex_common.model import Bundle, Job, SlurmOptions
 
     marks = laptop.node.marks
     jobs = {}
@@ -248,7 +248,7 @@ def _steps(node: LoginNode, marks: Path, tag: str, cap: int) -> dict:
 
 def _quiet(node: LoginNode, ledger: Ledger, wait: float = 60.0) -> None:
     """Cancel this run's jobs so far, and wait until the agent's journal has none unfinished."""
-    from milex.common.model import JobState
+    from milex_common.model import JobState
 
     ledger.cancel()
     journals = list(node.run_dir.rglob("journal.sqlite"))

@@ -23,8 +23,8 @@ class EventLog:
     """Every event a client receives, with the time it arrived, from a background thread."""
 
     def __init__(self) -> None:
-        from milex.config import load_config
-        from milex.endpoints import client_version, connect
+        from milex.config.file import load_config
+        from milex.machine.endpoint import client_version, connect
 
         self.machine = load_config().machine(MACHINE)
         with connect(self.machine) as connection:
@@ -81,7 +81,7 @@ def _wave(
     out: dict[str, list[float]],
 ) -> None:
     import milex
-    from milex.common.model import Job
+    from milex_common.model import Job
 
     jobs = []
     for index, duration in enumerate(durations):

@@ -88,8 +88,8 @@ class HelloProbe:
         self.thread.join(300)
 
     def _run(self) -> None:
-        from milex.config import load_config
-        from milex.endpoints import connect
+        from milex.config.file import load_config
+        from milex.machine.endpoint import connect
 
         machine = load_config().machine(MACHINE)
         while not self.stop.is_set():

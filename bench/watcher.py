@@ -11,8 +11,8 @@ import time
 
 
 def main(machine_name: str) -> None:
-    from milex.config import load_config
-    from milex.endpoints import client_version, connect
+    from milex.config.file import load_config
+    from milex.machine.endpoint import client_version, connect
     from milex.watch import follow_events
 
     machine = load_config().machine(machine_name)

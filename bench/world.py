@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.login_node import LoginNode, prepare, release
-from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex_common.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
 from tests.e2e.sshd import PORT, generate_key, known_hosts_line, start_sshd
 
 BIN = Path(sys.executable).parent

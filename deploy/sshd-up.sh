@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # sshd-up.sh - start a throw-away OpenSSH server on 127.0.0.1 for the tests of
-# milex-scheduler's SSH tunnel (client/tunnel.py, tests/e2e/test_tunnel.py).
+# milex-scheduler's SSH tunnel (client/milex/machine/ssh/session.py, tests/e2e/test_tunnel.py).
 #
 # What it does (each step is skipped when already done, so re-running is safe):
 #   1. installs openssh-server with apt-get if /usr/sbin/sshd is missing;

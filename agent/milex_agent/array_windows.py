@@ -3,7 +3,7 @@
 Window k of an array cut at `size` holds the array's indices in [k*size, (k+1)*size). Each non-empty
 window is one SLURM array job whose indices are shifted down by its offset k*size, so every index
 SLURM sees is below `size` (at most MaxArraySize); the script adds the offset back (see
-`milex.common.render`), and the app sees the index the user asked for. Two arrays cut at the same size
+`milex_common.render`), and the app sees the index the user asked for. Two arrays cut at the same size
 have aligned windows whatever their specs: window by window, `aftercorr` pairs the same tasks.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from milex.common.errors import InvalidValue, SubmitError
-from milex.common.model import Job, MachineSettings
-from milex.common.render import render_script
-from milex.common.slurm_values import array_indices, validate_array
+from milex_common.errors import InvalidValue, SubmitError
+from milex_common.model import Job, MachineSettings
+from milex_common.render import render_script
+from milex_common.slurm_values import array_indices, validate_array
 
 
 class ArrayWindow(msgspec.Struct, frozen=True):

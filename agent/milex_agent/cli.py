@@ -10,12 +10,12 @@ from typing import TypeVar
 
 import click
 
-from milex.agent.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
-from milex.common.version import VERSION
+from milex_common.intervals import IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
+from milex_common.version import VERSION
 
 
 def _directory(path: str | None, directory: str | None, state_dir: str | None = None) -> Path:
-    from milex.agent.daemon import machine_agent_dir
+    from milex_agent.daemon import machine_agent_dir
 
     if directory:
         return Path(directory).expanduser()
@@ -92,7 +92,7 @@ def run(
     detach: bool,
 ) -> None:
     """Serve in the foreground (what `start` runs detached, and what a container runs)."""
-    from milex.agent import daemon
+    from milex_agent import daemon
 
     with _errors_shown():
         target = _directory(path, directory, state_dir)
@@ -105,7 +105,7 @@ def run(
 @contextlib.contextmanager
 def _errors_shown() -> Iterator[None]:
     """A MilexError becomes its message on stderr and exit status 1, as the `milex` commands do."""
-    from milex.common.errors import MilexError
+    from milex_common.errors import MilexError
 
     try:
         yield
@@ -148,7 +148,7 @@ def start(
     submit_retry: float,
 ) -> None:
     """Start the agent detached unless one runs; print its info as JSON."""
-    from milex.agent import daemon
+    from milex_agent import daemon
 
     with _errors_shown():
         target = _directory(path, directory, state_dir)
@@ -163,7 +163,7 @@ def start(
 @_dir_option
 def stop(path: str | None, state_dir: str | None, directory: str | None) -> None:
     """Stop the running agent (its journal keeps every job for the next one)."""
-    from milex.agent import daemon
+    from milex_agent import daemon
 
     with _errors_shown():
         info = daemon.stop(_directory(path, directory, state_dir))
@@ -176,7 +176,7 @@ def stop(path: str | None, state_dir: str | None, directory: str | None) -> None
 @_dir_option
 def status(path: str | None, state_dir: str | None, directory: str | None) -> None:
     """Print the running agent's info as JSON; exit 3 when none runs."""
-    from milex.agent import daemon
+    from milex_agent import daemon
 
     with _errors_shown():
         info = daemon.read_info(_directory(path, directory, state_dir))
@@ -197,9 +197,9 @@ def ping(path: str | None, directory: str | None, timeout: float) -> None:
 
     The container image's health check.
     """
-    from milex.agent.daemon import read_info
-    from milex.common.errors import MilexError
-    from milex.connection import AgentConnection
+    from milex_agent.daemon import read_info
+    from milex_common.connection import AgentConnection
+    from milex_common.errors import MilexError
 
     target = _directory(path, directory)
     info = read_info(target)
@@ -219,7 +219,7 @@ def ping(path: str | None, directory: str | None, timeout: float) -> None:
 @click.option("--socket", "socket_path", required=True, help="The agent's unix socket.")
 def bridge(socket_path: str) -> None:
     """Relay stdin/stdout to the agent's socket (for SSH servers that forbid socket forwarding)."""
-    from milex.agent.bridge import relay
+    from milex_agent.bridge import relay
 
     sys.exit(relay(socket_path))
 

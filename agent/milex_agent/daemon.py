@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from milex.agent.handover import (
+from milex_agent.handover import (
     ask_to_leave,
     beat,
     cluster_name,
@@ -28,9 +28,15 @@ from milex.agent.handover import (
     live_elsewhere,
     node_name,
 )
-from milex.agent.intervals import CONTROLLER_SETTLE, IDLE_EXIT, MAX_POLL_INTERVAL, POLL_INTERVAL, SUBMIT_RETRY
-from milex.common.errors import LocksUnreliable, MilexError
-from milex.common.files import atomic_write, is_locked, private_directory, take_lock
+from milex_common.errors import LocksUnreliable, MilexError
+from milex_common.files import atomic_write, is_locked, private_directory, take_lock
+from milex_common.intervals import (
+    CONTROLLER_SETTLE,
+    IDLE_EXIT,
+    MAX_POLL_INTERVAL,
+    POLL_INTERVAL,
+    SUBMIT_RETRY,
+)
 
 T = TypeVar("T")
 SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux; keep a margin
@@ -51,7 +57,7 @@ class AgentInfo(msgspec.Struct, kw_only=True):
 
 def agent_dir(milex_path: str | Path, cluster: str | None = None) -> Path:
     """The agent's directory for this node's cluster: `PATH/agent/CLUSTER`, seen from each of its login
-    nodes when the home is shared (milex.agent.handover). An agent directory of this node from before
+    nodes when the home is shared (milex_agent.handover). An agent directory of this node from before
     (`PATH/agent/NODE`, one agent per node) becomes the cluster's when the cluster has none yet."""
     agents = Path(milex_path).expanduser() / "agent"
     directory = agents / (cluster or cluster_name())
@@ -95,7 +101,7 @@ def _bound_socket_path(directory: Path) -> Path:
         try:
             probe.bind(str(place))
         except OSError as error:
-            logging.getLogger("milex.agent").info("no socket in %s (%s)", place.parent, error.strerror)
+            logging.getLogger("milex_agent").info("no socket in %s (%s)", place.parent, error.strerror)
             continue
         finally:
             probe.close()
@@ -128,7 +134,7 @@ def hold_lock(directory: Path) -> int:
 def _refused_locks_named(directory: Path, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`call(*args, **kwargs)`, an flock of `directory` inside; the agent's refusal, saying where to
     keep its state instead, if the filesystem refuses it."""
-    from milex.agent.locks import refusal
+    from milex_agent.locks import refusal
 
     try:
         return call(*args, **kwargs)
@@ -184,7 +190,7 @@ def _launch(directory: Path, options: list[str]) -> AgentInfo:
         (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
     log_file = directory / "agent.log"
     logged = log_file.stat().st_size if log_file.exists() else 0
-    command = [sys.executable, "-m", "milex.agent.cli", "run", "--detach", "--dir", str(directory), *options]
+    command = [sys.executable, "-m", "milex_agent.cli", "run", "--detach", "--dir", str(directory), *options]
     with open(log_file, "ab") as log:
         # `run --detach` forks; its parent exits once the agent serves (or failed), so the agent
         # is nobody's child here and the exit status says whether it started.
@@ -233,14 +239,14 @@ def run(
 ) -> None:
     """Serve in the foreground until SIGTERM, SIGINT, a Shutdown request, `idle_exit` seconds of
     idleness, or the removal of `directory`; `on_ready` once serving."""
-    from milex.agent.controller import ControllerWatch
-    from milex.agent.journal import Journal
-    from milex.agent.lifetime import Lifetime, identity
-    from milex.agent.locks import check, refusal
-    from milex.agent.poller import Poller
-    from milex.agent.recovery import recover
-    from milex.agent.server import AgentServer
-    from milex.agent.state import Agent, scheduler_cache
+    from milex_agent.controller import ControllerWatch
+    from milex_agent.journal import Journal
+    from milex_agent.lifetime import Lifetime, identity
+    from milex_agent.locks import check, refusal
+    from milex_agent.poller import Poller
+    from milex_agent.recovery import recover
+    from milex_agent.server import AgentServer
+    from milex_agent.state import Agent, scheduler_cache
 
     private_directory(directory)
     lock = hold_lock(directory)
@@ -282,7 +288,7 @@ def run(
     publish(directory, AgentInfo(pid=os.getpid(), socket=str(sock), version=version, started_at=time.time(),
                                  directory=str(directory), host=node_name()))  # fmt: skip
     ours[directory / "agent.json"] = identity(directory / "agent.json")
-    logging.getLogger("milex.agent").info("agent %s serving on %s", version, sock)
+    logging.getLogger("milex_agent").info("agent %s serving on %s", version, sock)
     on_ready()
     try:
         server.serve()
@@ -293,4 +299,4 @@ def run(
                 path.unlink(missing_ok=True)
         journal.close()
         os.close(lock)
-        logging.getLogger("milex.agent").info("agent %s stopped", version)
+        logging.getLogger("milex_agent").info("agent %s stopped", version)

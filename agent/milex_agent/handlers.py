@@ -8,14 +8,14 @@ import socket
 
 import msgspec
 
-from milex.agent.job_queue import enqueue, room_for, submission_of
-from milex.agent.logs import LogNotFound, log_path, read_chunk
-from milex.agent.pending import PendingSubmit
-from milex.agent.scheduler import scheduler_group
-from milex.agent.state import Agent, LogStream, Peer, WatchStream
-from milex.agent.submission import WINDOW_MARK
-from milex.common.model import JobState
-from milex.common.protocol import (
+from milex_agent.job_queue import enqueue, room_for, submission_of
+from milex_agent.logs import LogNotFound, log_path, read_chunk
+from milex_agent.pending import PendingSubmit
+from milex_agent.scheduler import scheduler_group
+from milex_agent.state import Agent, LogStream, Peer, WatchStream
+from milex_agent.submission import WINDOW_MARK
+from milex_common.model import JobState
+from milex_common.protocol import (
     AGENT_FEATURES,
     Ack,
     Cancel,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import msgspec
 
-from milex.agent.intervals import HOME_CHECK_INTERVAL
-from milex.common.errors import MilexError
-from milex.common.files import atomic_write, is_locked
+from milex_common.errors import MilexError
+from milex_common.files import atomic_write, is_locked
+from milex_common.intervals import HOME_CHECK_INTERVAL
 
 LEAVE_FILE = "leave.json"
 HANDOVER_TIMEOUT = 30.0

@@ -1,7 +1,7 @@
 """The agent's own job queue: jobs kept in the journal until their scheduler has room for them.
 
 A submit request is kept whole in the journal and its jobs are QUEUED before any goes to the
-scheduler; its submission gives the scheduler what fits in the room (`milex.agent.room`), and the
+scheduler; its submission gives the scheduler what fits in the room (`milex_agent.room`), and the
 rest waits. After each poll (no query of its own), the queue counts from the journal what each
 scheduler has of ours, and releases waiting jobs, in dependency order, by a new submission of their
 request, at most `RELEASE_PER_POLL` per scheduler and poll.
@@ -14,14 +14,14 @@ from collections.abc import Set as AbstractSet
 
 import msgspec
 
-from milex.agent.ledger import JournalLedger
-from milex.agent.pending import PendingSubmit
-from milex.agent.room import QUEUED_REASON, RequestRoom, SchedulerRoom
-from milex.agent.scheduler import scheduler_group
-from milex.agent.state import Agent
-from milex.agent.submission import BundleSubmission, job_tasks, planned_files
-from milex.common.model import JobState, MachineSettings
-from milex.common.protocol import SubmitBundle, TrackedJob, encode
+from milex_agent.ledger import JournalLedger
+from milex_agent.pending import PendingSubmit
+from milex_agent.room import QUEUED_REASON, RequestRoom, SchedulerRoom
+from milex_agent.scheduler import scheduler_group
+from milex_agent.state import Agent
+from milex_agent.submission import BundleSubmission, job_tasks, planned_files
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import SubmitBundle, TrackedJob, encode
 
 
 def enqueue(agent: Agent, request: SubmitBundle) -> None:

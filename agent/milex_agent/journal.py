@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import msgspec
 
-from milex.agent.scheduler.slurm_output import TaskRow, combine
-from milex.common.errors import MilexError
-from milex.common.model import JobState, JobStatus
-from milex.common.protocol import Event, TrackedJob
+from milex_agent.scheduler.slurm.output import TaskRow, combine
+from milex_common.errors import MilexError
+from milex_common.model import JobState, JobStatus
+from milex_common.protocol import Event, TrackedJob
 
 # The schema, as the migrations that build it: a journal's `PRAGMA user_version` says how many have
 # run. 0 is a journal of the first release, which had no version (its tables are migration 1's).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from milex.agent.journal import Journal
-from milex.agent.scheduler.base import Scheduler
-from milex.agent.submission import IN_DOUBT, NOT_RUN, WINDOW_MARK, SubmittedJob
-from milex.common.errors import MilexError, SubmitError
-from milex.common.model import Job, JobState
-from milex.common.protocol import SubmitBundle, TrackedJob
+from milex_agent.journal import Journal
+from milex_agent.scheduler.base import Scheduler
+from milex_agent.submission import IN_DOUBT, NOT_RUN, WINDOW_MARK, SubmittedJob
+from milex_common.errors import MilexError, SubmitError
+from milex_common.model import Job, JobState
+from milex_common.protocol import SubmitBundle, TrackedJob
 
 
 def comment_of(key: str) -> str:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from milex.agent.intervals import HOME_CHECK_INTERVAL, IDLE_EXIT, LEAVE_CHECK_INTERVAL
+from milex_common.intervals import HOME_CHECK_INTERVAL, IDLE_EXIT, LEAVE_CHECK_INTERVAL
 
 
 class Lifetime:
@@ -18,7 +18,7 @@ class Lifetime:
     (asked through `unfinished`, at most every `check_every` seconds), end the agent; so do the
     removal or replacement of any of `home` (its directory, its journal), seen by one stat each
     every `check_every` seconds (when `beat` also says the agent lives); so does `leave`
-    (milex.agent.handover.leave_reason), asked every `leave_every` seconds: a command waits on
+    (milex_agent.handover.leave_reason), asked every `leave_every` seconds: a command waits on
     another login node for the agent to move there.
     """
 

@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from milex.common.errors import LocksUnreliable
-from milex.common.files import take_lock
+from milex_common.errors import LocksUnreliable
+from milex_common.files import take_lock
 
 PROBE_DATABASE = "locks-probe.sqlite"
 PROBE_TIMEOUT = 30.0  # a second process that cannot get an answer from the filesystem in this time
@@ -59,7 +59,7 @@ def exclusion_failure(lock_file: Path) -> str | None:
 
 def _second_process(lock_file: Path, database: Path) -> str | None:
     """Run `second_try` in a process of its own: None if it was refused every lock, else why not."""
-    command = [sys.executable, "-m", "milex.agent.locks", str(lock_file), str(database)]
+    command = [sys.executable, "-m", "milex_agent.locks", str(lock_file), str(database)]
     try:
         probe = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                timeout=PROBE_TIMEOUT, check=False)  # fmt: skip
@@ -95,8 +95,8 @@ def second_try(lock_file: Path, database: Path) -> str:
 def refusal(directory: Path, reason: str) -> LocksUnreliable:
     """The agent's refusal to keep its state in `directory`, naming a directory of this node to
     use instead (the machine's `state_dir`) and the configuration line that says so."""
-    from milex.agent.daemon import agent_dir
-    from milex.agent.handover import node_name
+    from milex_agent.daemon import agent_dir
+    from milex_agent.handover import node_name
 
     problem = (
         f"file locks do not work in {directory} ({reason}): two agents could both write its journal "

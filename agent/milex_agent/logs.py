@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from milex.common.protocol import LOG_CHUNK_BYTES, TrackedJob
+from milex_common.protocol import LOG_CHUNK_BYTES, TrackedJob
 
 
 class LogNotFound(Exception):

@@ -9,16 +9,16 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from milex.agent.state import Agent
-from milex.agent.submission import BundleSubmission
-from milex.common.errors import MilexError
-from milex.common.model import JobState
-from milex.common.protocol import SubmitBundle, SubmitProgress, Submitted
+from milex_agent.state import Agent
+from milex_agent.submission import BundleSubmission
+from milex_common.errors import MilexError
+from milex_common.model import JobState
+from milex_common.protocol import SubmitBundle, SubmitProgress, Submitted
 
 # Progress is sent at least this often to a client that asked for it, even when nothing moved: a
 # client that hears nothing for a few seconds knows the agent is gone.
 PROGRESS_INTERVAL = 0.5
-log = logging.getLogger("milex.agent")
+log = logging.getLogger("milex_agent")
 
 
 @dataclass

@@ -10,12 +10,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from milex.agent.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
-from milex.agent.journal import Journal
-from milex.agent.scheduler import scheduler_group
-from milex.agent.scheduler.base import Scheduler
-from milex.common.model import JobStatus
-from milex.common.protocol import Event
+from milex_agent.journal import Journal
+from milex_agent.scheduler import scheduler_group
+from milex_agent.scheduler.base import Scheduler
+from milex_common.intervals import MAX_POLL_INTERVAL, POLL_INTERVAL
+from milex_common.model import JobStatus
+from milex_common.protocol import Event
 
 SchedulerLookup = Callable[[str, str], Scheduler]  # (kind, machine path) -> scheduler
 Plan = dict[tuple[str, str], dict[str, str]]  # (kind, machine path) -> {job id: key}

@@ -2,7 +2,7 @@
 
 A job is in doubt when its submission was started but its scheduler id never came back (the agent
 crashed, or sbatch got no answer and the submission gave up). It is looked up by its comment:
-found, it is adopted; proven absent (see `milex.agent.controller`), it is forgotten, so that a
+found, it is adopted; proven absent (see `milex_agent.controller`), it is forgotten, so that a
 retry with the same key submits it.
 """
 
@@ -13,13 +13,13 @@ import math
 from collections.abc import Collection
 from concurrent.futures import Future
 
-from milex.agent.controller import Backoff
-from milex.agent.ledger import comment_of
-from milex.agent.scheduler import scheduler_group
-from milex.agent.state import Agent
-from milex.common.errors import SchedulerError
+from milex_agent.controller import Backoff
+from milex_agent.ledger import comment_of
+from milex_agent.scheduler import scheduler_group
+from milex_agent.state import Agent
+from milex_common.errors import SchedulerError
 
-log = logging.getLogger("milex.agent")
+log = logging.getLogger("milex_agent")
 Groups = dict[tuple[str, str], list[str]]  # keys in doubt by the scheduler that has them (scheduler_group)
 
 

@@ -16,16 +16,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from milex.agent.array_windows import window_size
-from milex.agent.scheduler.base import Limits
-from milex.common.errors import MilexError
+from milex_agent.array_windows import window_size
+from milex_agent.scheduler.base import Limits
+from milex_common.errors import MilexError
 
 RELEASE_PER_POLL = 100  # jobs that may go to a scheduler between two polls
 LIMITS_FOR = 600.0  # seconds a reading of the cluster's limits is trusted
 LIMITS_RETRY = 60.0  # seconds before a failed reading is tried again
 LIMIT_RETRY = 60.0  # seconds the room stays closed after a LimitReached when none of ours can end
 QUEUED_REASON = "in the agent's queue"
-log = logging.getLogger("milex.agent")
+log = logging.getLogger("milex_agent")
 
 
 @dataclass

@@ -14,16 +14,16 @@ from typing import TypeVar
 
 import zmq
 
-from milex.agent.handlers import cancel_late, handle
-from milex.agent.job_queue import release
-from milex.agent.lifetime import Lifetime
-from milex.agent.logs import read_chunk
-from milex.agent.pending import PendingSubmit
-from milex.agent.recovery import InDoubtRecovery
-from milex.agent.state import Agent, Peer
-from milex.common.errors import MilexError
-from milex.common.model import JobStatus
-from milex.common.protocol import (
+from milex_agent.handlers import cancel_late, handle
+from milex_agent.job_queue import release
+from milex_agent.lifetime import Lifetime
+from milex_agent.logs import read_chunk
+from milex_agent.pending import PendingSubmit
+from milex_agent.recovery import InDoubtRecovery
+from milex_agent.state import Agent, Peer
+from milex_common.errors import MilexError
+from milex_common.model import JobStatus
+from milex_common.protocol import (
     MAX_MESSAGE_BYTES,
     Error,
     Events,
@@ -39,7 +39,7 @@ from milex.common.protocol import (
 LOG_FOLLOW_INTERVAL = 0.25
 T = TypeVar("T")
 SUBMIT_WORKERS = 4  # scheduler calls in flight at once, over every submission
-log = logging.getLogger("milex.agent")
+log = logging.getLogger("milex_agent")
 
 
 class AgentServer:

@@ -6,15 +6,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from milex.agent.controller import ControllerWatch
-from milex.agent.intervals import CONTROLLER_SETTLE, SUBMIT_RETRY
-from milex.agent.journal import Journal
-from milex.agent.poller import Poller
-from milex.agent.room import SchedulerRoom
-from milex.agent.scheduler.base import Scheduler
-from milex.agent.submission import Dispatch, run_inline
-from milex.common.model import MachineSettings
-from milex.common.protocol import Logs, Message
+from milex_agent.controller import ControllerWatch
+from milex_agent.journal import Journal
+from milex_agent.poller import Poller
+from milex_agent.room import SchedulerRoom
+from milex_agent.scheduler.base import Scheduler
+from milex_agent.submission import Dispatch, run_inline
+from milex_common.intervals import CONTROLLER_SETTLE, SUBMIT_RETRY
+from milex_common.model import MachineSettings
+from milex_common.protocol import Logs, Message
 
 Peer = bytes  # a client's ZeroMQ routing id
 Send = Callable[[Peer, Message], bool]  # False when the client is gone
@@ -59,7 +59,7 @@ class Agent:
     controller: ControllerWatch = field(
         default_factory=lambda: ControllerWatch(settle=CONTROLLER_SETTLE, retry_for=SUBMIT_RETRY)
     )
-    # The room each scheduler group has for our jobs (see milex.agent.room), by scheduler_group.
+    # The room each scheduler group has for our jobs (see milex_agent.room), by scheduler_group.
     rooms: dict[tuple[str, str], SchedulerRoom] = field(default_factory=dict)
     # Keys of jobs in doubt whose bundle was cancelled: cancelled once their outcome is known.
     cancel_requested: set[str] = field(default_factory=set)
@@ -70,7 +70,7 @@ class Agent:
 
 def scheduler_cache() -> Callable[[str, str], Scheduler]:
     """Schedulers by (kind, machine path), made once each: SLURM's is shared by every path."""
-    from milex.agent.scheduler import scheduler_for, scheduler_group
+    from milex_agent.scheduler import scheduler_for, scheduler_group
 
     made: dict[tuple[str, str], Scheduler] = {}
 

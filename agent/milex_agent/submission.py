@@ -5,7 +5,7 @@ scheduler takes that (several sbatch calls in flight); everything the ledger rec
 by the caller's thread, which drives the submission with `step()` between its other work.
 
 A call that got no answer leaves its job in doubt: the submission starts nothing new, looks the job
-up by its comment (with back-off while the controller is silent, see `milex.agent.controller`),
+up by its comment (with back-off while the controller is silent, see `milex_agent.controller`),
 records it if found and submits it again (same key, same comment) once a lookup proves it absent.
 """
 
@@ -23,17 +23,17 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from milex.agent.array_windows import ArrayWindow, array_windows, window_dependencies, window_job
-from milex.agent.controller import Backoff, ControllerWatch
-from milex.agent.scheduler.base import Scheduler
-from milex.common.errors import LimitReached, MilexError, SchedulerError, SchedulerUnavailable, SubmitError
-from milex.common.model import Bundle, Job, JobState, MachineSettings, dependency_verdict
-from milex.common.render import log_paths, render_script, script_stem
-from milex.common.slurm_values import array_indices
+from milex_agent.array_windows import ArrayWindow, array_windows, window_dependencies, window_job
+from milex_agent.controller import Backoff, ControllerWatch
+from milex_agent.scheduler.base import Scheduler
+from milex_common.errors import LimitReached, MilexError, SchedulerError, SchedulerUnavailable, SubmitError
+from milex_common.model import Bundle, Job, JobState, MachineSettings, dependency_verdict
+from milex_common.render import log_paths, render_script, script_stem
+from milex_common.slurm_values import array_indices
 
 SchedulerCall = Callable[[], str]
 T = TypeVar("T")
-log = logging.getLogger("milex.agent")
+log = logging.getLogger("milex_agent")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
 # Between an array job's name and a window's offset in the name of the window's job (names have no `~`).

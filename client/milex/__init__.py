@@ -24,7 +24,7 @@ _FROM_MODEL = {"Job", "SlurmOptions"}
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_MODEL:
-        from milex.common import model
+        from milex_common import model
 
         return getattr(model, name)
     if name in __all__:

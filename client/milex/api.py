@@ -10,11 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from milex.common.errors import BundleError, InvalidValue, SubmitError
-from milex.common.model import Bundle, Job, JobStatus, MachineOverrides, MachineSettings, SlurmOptions
-from milex.common.protocol import StatusReply, SubmitProgress, TrackedJob
-from milex.common.slurm_values import validate_name
-from milex.config import Config, Machine, load_config
+from milex.config.file import Config, Machine, load_config
 from milex.records import (
     Submission,
     SubmittedJobRecord,
@@ -28,11 +24,15 @@ from milex.records import (
     save_submission,
     write_bundle,
 )
+from milex_common.errors import BundleError, InvalidValue, SubmitError
+from milex_common.model import Bundle, Job, JobStatus, MachineOverrides, MachineSettings, SlurmOptions
+from milex_common.protocol import StatusReply, SubmitProgress, TrackedJob
+from milex_common.slurm_values import validate_name
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from milex.submitters import AgentSubmitter
+    from milex.machine.submitter import AgentSubmitter
 
 MACHINE_OVERRIDES = tuple(MachineOverrides.__annotations__)
 
@@ -173,7 +173,7 @@ def preview(
     **overrides: Unpack[MachineOverrides],
 ) -> dict[str, str]:
     """The scripts `run` would submit, by job name, in submission order; nothing is submitted."""
-    from milex.common.render import render_script, script_stem
+    from milex_common.render import render_script, script_stem
 
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
@@ -198,7 +198,7 @@ def submit_bundle(
     `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped);
     `progress` gets each SubmitProgress the agent sends meanwhile.
     """
-    from milex.submitters import submitter_for
+    from milex.machine.submitter import submitter_for
 
     config = config or load_config()
     machine = config.machine(machine_name)
@@ -253,7 +253,7 @@ def _with_overrides(machine: Machine, overrides: MachineOverrides) -> MachineSet
 
 def refresh(submission: Submission, *, config: Config | None = None) -> dict[str, JobStatus]:
     """Ask the machine's agent for the state of every job of `submission`, and record it."""
-    from milex.submitters import submitter_for
+    from milex.machine.submitter import submitter_for
 
     config = config or load_config()
     reply = _ask(submitter_for(config.machine(submission.machine)), submission)
@@ -270,7 +270,7 @@ def wait(
     """Follow the agent's events until every job of `submission` has finished (jobs in the agent's
     queue are unfinished); TimeoutError after `timeout` seconds. `on_change` sees the states each
     time one changes."""
-    from milex.submitters import submitter_for
+    from milex.machine.submitter import submitter_for
     from milex.watch import follow_events
 
     config = config or load_config()

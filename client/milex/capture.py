@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from milex.common.errors import CaptureError
+from milex_common.errors import CaptureError
 
 CAPTURE_TIMEOUT = 120.0
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import msgspec
 
-from milex.common.errors import BundleError
-from milex.common.files import atomic_write, take_lock
-from milex.common.model import DATE_FORMAT, Bundle, Job, JobState, JobStatus
-from milex.common.protocol import TrackedJob
-from milex.common.record_format import decode_bundle, encode_bundle
+from milex_common.errors import BundleError
+from milex_common.files import atomic_write, take_lock
+from milex_common.model import DATE_FORMAT, Bundle, Job, JobState, JobStatus
+from milex_common.protocol import TrackedJob
+from milex_common.record_format import decode_bundle, encode_bundle
 
 _BUNDLE_FILE = re.compile(r"(?P<name>.+)_(?P<date>\d{14})\.json")
 SUBMISSIONS_SUFFIX = ".runs.json"

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from milex.common.errors import InvalidValue
-from milex.common.model import MachineOverrides, SlurmOptions, machine_overrides
+from milex_common.errors import InvalidValue
+from milex_common.model import MachineOverrides, SlurmOptions, machine_overrides
 
 USAGE = "milex-schedule NAME [options] [app arguments] [-- app arguments]"
 EPILOG = (

@@ -8,12 +8,12 @@ from typing import TypeVar
 
 import msgspec
 
-from milex.common.errors import MilexError
-from milex.common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
-from milex.config import Machine
-from milex.connection import AgentConnection, AgentUnavailable
-from milex.endpoints import greeted
-from milex.ssh_errors import LinkDown
+from milex.config.file import Machine
+from milex.machine.endpoint import greeted
+from milex.machine.ssh.errors import LinkDown
+from milex_common.connection import AgentConnection, AgentUnavailable
+from milex_common.errors import MilexError
+from milex_common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
 
 # How long a watch tries to get its link back: longer than a closed lid or a change of network takes.
 RECONNECT_DEADLINE = 300.0
@@ -28,7 +28,7 @@ def link_down(machine: Machine) -> str:
     """What the machine's tunnel last failed on, as advice; "" when it is local or its link is fine."""
     if not machine.is_remote:
         return ""
-    from milex.tunnel_control import tunnel_status
+    from milex.machine.tunnel.control import tunnel_status
 
     status = tunnel_status(machine.name)
     if not status.link_error:

@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import zmq
 
-from milex.common.errors import MilexError
-from milex.common.protocol import (
+from milex_common.errors import MilexError
+from milex_common.protocol import (
     PROTOCOL_VERSION,
     Error,
     Hello,

@@ -9,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from milex.common.errors import LocksUnreliable, MilexError
+from milex_common.errors import LocksUnreliable, MilexError
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:

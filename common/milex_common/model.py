@@ -8,8 +8,8 @@ from typing import Any, Literal, TypedDict
 
 import msgspec
 
-from milex.common import slurm_values
-from milex.common.errors import BundleError, InvalidValue
+from milex_common import slurm_values
+from milex_common.errors import BundleError, InvalidValue
 
 DATE_FORMAT = "%Y%m%d%H%M%S"
 # Directories Milex keeps under every machine's path.

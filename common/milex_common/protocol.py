@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from milex.common.model import Bundle, JobStatus, MachineSettings
+from milex_common.model import Bundle, JobStatus, MachineSettings
 
 PROTOCOL_VERSION = 1
 # Behaviours added to protocol 1 that a client may ask for, named in HelloReply.features.

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from milex.common.errors import BundleError, unknown_key
-from milex.common.model import Bundle, Job, SlurmOptions
+from milex_common.errors import BundleError, unknown_key
+from milex_common.model import Bundle, Job, SlurmOptions
 
 SCHEMA_VERSION = 1
 # Bundles are keyed by job name, so bundle-level metadata sits under a key no job name can take.

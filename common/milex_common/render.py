@@ -8,7 +8,7 @@ import re
 import shlex
 from typing import Any
 
-from milex.common.model import Job, MachineSettings
+from milex_common.model import Job, MachineSettings
 
 # Options the renderer writes itself; the rest of SlurmOptions maps field -> sbatch long option.
 # sbatch splits `#SBATCH` lines at white space and stops at `#`; such values need quotes.
@@ -41,7 +41,7 @@ def log_paths(job: Job, settings: MachineSettings, stem: str) -> tuple[str, str]
 def render_script(job: Job, settings: MachineSettings, stem: str, *, array_offset: int = 0) -> str:
     """The complete sbatch script for `job` on the machine `settings` describes.
 
-    `array_offset`: `job` is one window of a larger array (see milex.agent.array_windows), its indices
+    `array_offset`: `job` is one window of a larger array (see milex_agent.array_windows), its indices
     shifted down by the offset; the script shifts SLURM's array variables back up, first thing.
     """
     lines = ["#!/bin/bash", *_sbatch_lines(job, settings, stem), ""]

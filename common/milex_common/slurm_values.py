@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from milex.common.errors import InvalidValue
+from milex_common.errors import InvalidValue
 
 _TIME_FORMATS = (
     re.compile(r"\d+", re.ASCII),  # minutes

@@ -22,8 +22,8 @@ T_START=$SECONDS
 
 log() { printf '[build-image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-version=$(sed -n 's/^VERSION *= *"\(.*\)"/\1/p' "$REPO/common/version.py")
-[[ -n $version ]] || { log "ERROR: no VERSION in common/version.py"; exit 1; }
+version=$(sed -n 's/^VERSION *= *"\(.*\)"/\1/p' "$REPO/common/milex_common/version.py")
+[[ -n $version ]] || { log "ERROR: no VERSION in common/milex_common/version.py"; exit 1; }
 SLURM_VERSION=${SLURM_VERSION:-$(dpkg-query -W -f='${Version}' slurm-client 2>/dev/null || true)}
 
 hadolint=$(command -v hadolint || true)

@@ -14,4 +14,4 @@ case ${1:-} in
     start | stop | command) ;;
     *) set -- start "$@" ;;
 esac
-exec python3 "$HERE/../../client/container.py" "$@"
+exec python3 "$HERE/../../client/milex/machine/container.py" "$@"

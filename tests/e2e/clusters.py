@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from milex.agent.scheduler.slurm_limits import association_chain, records
+from milex_agent.scheduler.slurm.limits import association_chain, records
 
 REPO = Path(__file__).resolve().parents[2]
 EXEC = REPO / "deploy" / "cluster" / "exec.sh"
@@ -180,7 +180,7 @@ class LoginNode:
     def agent_info(self) -> dict[str, Any] | None:
         """The login user's running agent (`~/milex`), as the agent itself tells: None when none runs."""
         script = (
-            "import msgspec; from milex.agent.daemon import agent_dir, read_info; "
+            "import msgspec; from milex_agent.daemon import agent_dir, read_info; "
             "info = read_info(agent_dir('~/milex')); "
             "print(msgspec.json.encode(info).decode() if info else 'null')"
         )

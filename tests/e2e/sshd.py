@@ -200,7 +200,7 @@ import os, sys
 tty = os.open(sys.argv[1], os.O_RDWR)
 for fd in (0, 1, 2):
     os.dup2(tty, fd)
-from milex.tunnel_control import start_tunnel
+from milex.machine.tunnel.control import start_tunnel
 status = start_tunnel(sys.argv[2], sys.argv[3])
 print("RESULT", status.local_socket, "END", flush=True)
 """

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.daemon import agent_dir, read_info
-from milex.common.model import Bundle, Job, JobState
-from milex.common.protocol import Status, StatusReply, SubmitBundle, Submitted
-from milex.config import load_config
-from milex.connection import AgentConnection
+from milex.config.file import load_config
 from milex.watch import follow_events
+from milex_agent.daemon import agent_dir, read_info
+from milex_common.connection import AgentConnection
+from milex_common.model import Bundle, Job, JobState
+from milex_common.protocol import Status, StatusReply, SubmitBundle, Submitted
 from tests.e2e.conftest import MilexHome, wait_until
 
 
@@ -108,7 +108,7 @@ def test_agent_killed_mid_bundle_loses_no_job_and_doubles_none(in_process: Milex
     bundle = bundle_of(12, "crash")
     keys = {name: f"{bundle.stem}/{name}/k" for name in bundle.jobs}
     request = SubmitBundle(bundle=bundle, settings=machine.settings, keys=keys)
-    from milex.endpoints import endpoint
+    from milex.machine.endpoint import endpoint
 
     with AgentConnection(endpoint(machine), timeout=60) as connection:
         connection.send(request)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from milex.common.version import VERSION
+from milex_common.version import VERSION
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, use_login_node
 
@@ -48,7 +48,7 @@ def test_deploy_with_wheel_installs_from_uploaded_wheels_and_replaces_an_older_b
     assert f"running as {node.user}" in status, status
     pid = status.split(", pid ")[1].split(";")[0]
     command = node.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
-    assert command.startswith(f"{node.home}/deploy-test-venv/bin/python3 -m milex.agent"), command
+    assert command.startswith(f"{node.home}/deploy-test-venv/bin/python3 -m milex_agent"), command
 
     installed = f"{VENV}/lib/python3.*/site-packages/milex/wheelhouse.py"
     node.sh(f"echo '# an older build of the same version' >> {installed}")

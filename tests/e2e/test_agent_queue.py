@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from milex.common.model import Bundle, Job, SlurmOptions
 from milex.records import save_bundle
+from milex_common.model import Bundle, Job, SlurmOptions
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, wait_until
 from tests.e2e.test_controller_faults import chain, independent

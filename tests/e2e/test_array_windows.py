@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from milex.agent.array_windows import array_windows, window_dependencies, window_script
-from milex.agent.scheduler.slurm import SlurmScheduler
-from milex.common.errors import SubmitError
-from milex.common.model import Job, JobState, MachineSettings, SlurmOptions
-from milex.common.render import render_script
+from milex_agent.array_windows import array_windows, window_dependencies, window_script
+from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
+from milex_common.errors import SubmitError
+from milex_common.model import Job, JobState, MachineSettings, SlurmOptions
+from milex_common.render import render_script
 from tests.e2e.conftest import wait_until
 
 STEM = "sweep_20260101000000_sweep"

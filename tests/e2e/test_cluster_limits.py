@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from milex.agent.scheduler.base import Limits
+from milex_agent.scheduler.base import Limits
 from tests.e2e.clusters import LoginNode
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,7 +25,7 @@ ASSOC = "MaxSubmitJobs={} of user milex-login's association (account physics)"
 
 READ = """
 import sys, msgspec
-from milex.agent.scheduler.slurm import SlurmScheduler
+from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 print(msgspec.json.encode(SlurmScheduler().limits(sys.argv[1], sys.argv[2] or None)).decode())
 """
 # Submits each script of the JSON list on stdin through the agent's scheduler; prints, for each, its
@@ -33,9 +33,9 @@ print(msgspec.json.encode(SlurmScheduler().limits(sys.argv[1], sys.argv[2] or No
 SUBMIT = """
 import json, sys
 from pathlib import Path
-from milex.agent.scheduler.slurm import SlurmScheduler
-from milex.agent.scheduler.slurm_limits import limit_refusal
-from milex.common.errors import SubmitError
+from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
+from milex_agent.scheduler.slurm.limits import limit_refusal
+from milex_common.errors import SubmitError
 out = []
 for text in json.load(sys.stdin):
     try:

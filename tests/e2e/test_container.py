@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.daemon import agent_dir, read_info
+from milex_agent.daemon import agent_dir, read_info
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, example_wheel, laptop_home, remote_laptop, wait_until
 from tests.e2e.other_user import OtherUser, ensure_user
@@ -88,10 +88,10 @@ def test_a_bundle_runs_to_completion_through_the_containerized_agent(login_user:
     user.run("podman", "rm", "--force", CONTAINER, check=False)  # before its mounted path is replaced
     path = user.account.configure(account="boxed")
 
-    started = user.run("python", "-m", "milex.container", "start", "--path", str(path),
+    started = user.run("python", "-m", "milex.machine.container", "start", "--path", str(path),
                        "--poll-interval", "0.5", "--max-interval", "1")  # fmt: skip
     assert "running in container" in started.stdout, started.stdout
-    again = user.run("python", "-m", "milex.container", "start", "--path", str(path))
+    again = user.run("python", "-m", "milex.machine.container", "start", "--path", str(path))
     assert "already runs: agent" in again.stdout, again.stdout
 
     # The host sees the container's agent: its lock (flock'd across the bind mount), its info, and
@@ -124,7 +124,7 @@ def test_a_bundle_runs_to_completion_through_the_containerized_agent(login_user:
     after = read_info(directory)
     assert after is not None and after.pid == info.pid  # no agent was started beside the container
 
-    assert "stopped and removed" in user.run("python", "-m", "milex.container", "stop").stdout
+    assert "stopped and removed" in user.run("python", "-m", "milex.machine.container", "stop").stdout
     wait_until(lambda: read_info(directory) is None, what="the container's agent to release its lock")
 
 

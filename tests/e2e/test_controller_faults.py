@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.daemon import agent_dir, read_info
-from milex.common.model import Bundle, Job, SlurmOptions
 from milex.records import save_bundle
+from milex_agent.daemon import agent_dir, read_info
+from milex_common.model import Bundle, Job, SlurmOptions
 from tests.e2e.conftest import REPO, MilexHome, wait_until
 
 CHAIN = 200
@@ -135,9 +135,9 @@ def test_clients_are_answered_while_a_big_bundle_is_submitted(milex_home: MilexH
     bundle = independent("wide", 500)
     asker = (
         "import sys, time\n"
-        "from milex.endpoints import connect\n"
-        "from milex.config import load_config\n"
-        "from milex.common.protocol import Status, StatusReply\n"
+        "from milex.machine.endpoint import connect\n"
+        "from milex.config.file import load_config\n"
+        "from milex_common.protocol import Status, StatusReply\n"
         "connection = connect(load_config().machine(), timeout=10)\n"
         "slowest = 0.0\n"
         "for _ in range(40):\n"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from milex.agent.scheduler.slurm import SlurmScheduler
-from milex.agent.scheduler.slurm_history import SlurmHistory
-from milex.common.model import JobState, JobStatus
+from milex_agent.scheduler.slurm.history import SlurmHistory
+from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
+from milex_common.model import JobState, JobStatus
 from tests.e2e.conftest import wait_until
 
 SCRIPTS = {

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from milex.ssh_errors import AuthError, TunnelError, UnknownHostError
-from milex.tunnel import SshSession
+from milex.machine.ssh.errors import AuthError, TunnelError, UnknownHostError
+from milex.machine.ssh.session import SshSession
 from tests.e2e.clusters import LoginNode, read_env
 from tests.e2e.conftest import BIN, REMOTE, MilexHome, use_login_node
 from tests.e2e.sshd import Terminal, generate_key

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from milex.agent.daemon import AgentInfo, agent_dir, read_info
+from milex_agent.daemon import AgentInfo, agent_dir, read_info
 from tests.e2e.conftest import BIN, MilexHome, wait_until
 
 

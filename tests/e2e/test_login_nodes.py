@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from milex.common.model import Bundle
 from milex.records import save_bundle
+from milex_common.model import Bundle
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, remote_laptop
 from tests.e2e.test_controller_faults import independent

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from milex.common.protocol import Event
+from milex_common.protocol import Event
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, wait_until
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(600)
 
 def events_until_finished(bundle: str, jobs: int, timeout: float) -> list[Event]:
     """The agent's events of `bundle` (from its first) until its `jobs` jobs have all finished."""
-    from milex.config import load_config
+    from milex.config.file import load_config
     from milex.watch import follow_events
 
     deadline = time.monotonic() + timeout

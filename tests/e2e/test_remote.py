@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from milex.common.protocol import Event
-from milex.tunnel_control import TunnelFiles, tunnel_status
+from milex.machine.tunnel.control import TunnelFiles, tunnel_status
+from milex_common.protocol import Event
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import FRAGILE_PORT, RELAY_PORT, REMOTE, MilexHome, use_login_node, wait_until
 
@@ -54,7 +54,7 @@ class BundleWatch:
         self.thread.start()
 
     def _follow(self) -> None:
-        from milex.config import load_config
+        from milex.config.file import load_config
         from milex.watch import follow_events
 
         try:

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from milex.common.model import Bundle
 from milex.records import save_bundle
+from milex_common.model import Bundle
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, wait_until
 from tests.e2e.test_controller_faults import chain, finished

@@ -19,9 +19,9 @@ import paramiko
 import pytest
 import zmq
 
-from milex.ssh_errors import HostKeyChangedError, TunnelError, UnknownHostError
-from milex.tunnel import SshSession
-from milex.tunnel_control import start_tunnel, stop_tunnel, tunnel_status
+from milex.machine.ssh.errors import HostKeyChangedError, TunnelError, UnknownHostError
+from milex.machine.ssh.session import SshSession
+from milex.machine.tunnel.control import start_tunnel, stop_tunnel, tunnel_status
 from tests.e2e.other_user import OtherUser
 from tests.e2e.sshd import (
     ECHO_SERVER,

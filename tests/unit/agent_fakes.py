@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milex.agent.controller import ControllerWatch
-from milex.agent.journal import Journal
-from milex.agent.poller import Poller
-from milex.agent.scheduler.base import Limits
-from milex.agent.state import Agent
-from milex.common.errors import LimitReached, SchedulerUnavailable, SubmitError
-from milex.common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
-from milex.common.protocol import Reply, Request, SubmitBundle, Submitted
+from milex_agent.controller import ControllerWatch
+from milex_agent.journal import Journal
+from milex_agent.poller import Poller
+from milex_agent.scheduler.base import Limits
+from milex_agent.state import Agent
+from milex_common.errors import LimitReached, SchedulerUnavailable, SubmitError
+from milex_common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
+from milex_common.protocol import Reply, Request, SubmitBundle, Submitted
 
 CREATED = "20240101000000"
 PEER = b"peer-1"
@@ -257,8 +257,8 @@ class FakeClock:
 
 def answer(agent: Agent, request: Request) -> Reply:
     """The reply to `request` from PEER, a submission driven to its end here."""
-    from milex.agent.handlers import handle
-    from milex.agent.pending import PendingSubmit
+    from milex_agent.handlers import handle
+    from milex_agent.pending import PendingSubmit
 
     reply = handle(agent, PEER, request)
     return reply.wait() if isinstance(reply, PendingSubmit) else reply
@@ -272,7 +272,7 @@ def submitted(agent: Agent, request: Request) -> Submitted:
 
 def poll_and_release(agent: Agent) -> list[Submitted]:
     """One poll, then the releases of queued jobs it starts, each driven to its end: their replies."""
-    from milex.agent.job_queue import release
+    from milex_agent.job_queue import release
 
     agent.poller.poll()
     return [pending.wait() for pending in release(agent, set())]

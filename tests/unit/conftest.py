@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.journal import Journal
-from milex.agent.state import Agent
-from milex.common.model import MachineSettings
+from milex_agent.journal import Journal
+from milex_agent.state import Agent
+from milex_common.model import MachineSettings
 from tests.unit.agent_fakes import FakeScheduler, make_agent
 
 ACCOUNT = "def-alice"

@@ -15,12 +15,14 @@ import pytest
 import zmq
 
 from milex import watch
-from milex.agent.journal import Journal
-from milex.agent.server import AgentServer
-from milex.agent.state import Agent
-from milex.common.errors import SchedulerError
-from milex.common.model import JobState, MachineSettings
-from milex.common.protocol import (
+from milex.config.file import Machine
+from milex_agent.journal import Journal
+from milex_agent.server import AgentServer
+from milex_agent.state import Agent
+from milex_common.connection import AgentConnection, AgentError, AgentUnavailable
+from milex_common.errors import SchedulerError
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import (
     LOG_HEARTBEAT,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -44,8 +46,6 @@ from milex.common.protocol import (
     Watch,
     decode_reply,
 )
-from milex.config import Machine
-from milex.connection import AgentConnection, AgentError, AgentUnavailable
 from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
 
 DEADLINE = 3.0
@@ -268,8 +268,8 @@ def test_a_shutdown_during_a_submission_answers_it_with_what_was_submitted(runni
 
 
 def test_the_submitter_runs_its_bookkeeping_while_the_agent_submits(running, tmp_path):
-    from milex.config import Machine
-    from milex.submitters import AgentSubmitter
+    from milex.config.file import Machine
+    from milex.machine.submitter import AgentSubmitter
 
     connection = running.connect()
 
@@ -475,7 +475,7 @@ def test_a_follow_trusts_a_quiet_link_for_three_heartbeats_only_when_the_agent_s
 
 
 def test_a_submission_asking_for_progress_gets_some_at_least_every_second(running):
-    from milex.common.protocol import SUBMIT_PROGRESS, SubmitProgress
+    from milex_common.protocol import SUBMIT_PROGRESS, SubmitProgress
 
     slow_submissions(running.fake, 0.1)
     connection = running.connect()
@@ -497,8 +497,8 @@ def test_a_submission_asking_for_progress_gets_some_at_least_every_second(runnin
 
 
 def test_progress_goes_on_while_the_controller_is_silent(running):
-    from milex.common.errors import SchedulerUnavailable
-    from milex.common.protocol import SubmitProgress
+    from milex_common.errors import SchedulerUnavailable
+    from milex_common.protocol import SubmitProgress
 
     running.fake.errors["lookup"] = SchedulerUnavailable("squeue: Socket timed out on send/recv operation")
     running.fake.accepted_silently = {"b"}

@@ -1,4 +1,4 @@
-"""What the client starts agents with: the agent's defaults (milex.agent.intervals), or the environment's."""
+"""What the client starts agents with: the agent's defaults (milex_common.intervals), or the environment's."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import shlex
 
 import pytest
 
-from milex import agent_control, endpoints
-from milex.agent import daemon, intervals
-from milex.common.errors import MilexError
-from milex.config import Machine
+from milex.config.file import Machine
+from milex.machine import endpoint as endpoints
+from milex.machine import lifecycle as agent_control
+from milex_agent import daemon
+from milex_common import intervals
+from milex_common.errors import MilexError
 
 ENV = (endpoints.POLL_INTERVAL_ENV, endpoints.MAX_INTERVAL_ENV, endpoints.IDLE_EXIT_ENV)
 

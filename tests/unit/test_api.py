@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import milex.submitters
+import milex.machine.submitter
 from milex import api
-from milex.common.errors import BundleError, InvalidValue, MilexError
-from milex.common.model import Job, SlurmOptions
 from milex.records import load_bundle
+from milex_common.errors import BundleError, InvalidValue, MilexError
+from milex_common.model import Job, SlurmOptions
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def no_submission(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         attempts.append(machine)
         raise AssertionError("a unit test must not submit")
 
-    monkeypatch.setattr(milex.submitters, "submitter_for", submitter_for)
+    monkeypatch.setattr(milex.machine.submitter, "submitter_for", submitter_for)
     return attempts
 
 
@@ -150,9 +150,9 @@ class RecordingSubmitter:
         self, bundle, settings, on_submitted, while_waiting, run_id="", on_progress=None
     ) -> list[object]:
         """As AgentSubmitter does: the request is sent, `while_waiting` runs, and its error comes last."""
-        from milex.common.model import JobState
-        from milex.common.protocol import TrackedJob
         from milex.records import bundle_path
+        from milex_common.model import JobState
+        from milex_common.protocol import TrackedJob
 
         self.record_size_when_sent = bundle_path(self.jobs_dir, bundle.name, bundle.created).stat().st_size
         meanwhile = None
@@ -172,7 +172,7 @@ class RecordingSubmitter:
 @pytest.fixture
 def recording(monkeypatch: pytest.MonkeyPatch, milex_config) -> RecordingSubmitter:
     submitter = RecordingSubmitter(milex_config.jobs_dir)
-    monkeypatch.setattr(milex.submitters, "submitter_for", lambda machine: submitter)
+    monkeypatch.setattr(milex.machine.submitter, "submitter_for", lambda machine: submitter)
     return submitter
 
 

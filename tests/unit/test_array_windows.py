@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from milex.agent.array_windows import (
+from milex_agent.array_windows import (
     ArrayWindow,
     array_windows,
     window_dependencies,
@@ -13,10 +13,10 @@ from milex.agent.array_windows import (
     window_script,
     window_size,
 )
-from milex.common.errors import InvalidValue, SubmitError
-from milex.common.model import Job, MachineSettings, SlurmOptions
-from milex.common.render import render_script
-from milex.common.slurm_values import array_indices, validate_array
+from milex_common.errors import InvalidValue, SubmitError
+from milex_common.model import Job, MachineSettings, SlurmOptions
+from milex_common.render import render_script
+from milex_common.slurm_values import array_indices, validate_array
 
 
 def original_indices(windows: list[ArrayWindow]) -> list[int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from milex.capture import capture_arguments, find_cli
-from milex.common.errors import CaptureError
+from milex_common.errors import CaptureError
 
 
 @pytest.fixture

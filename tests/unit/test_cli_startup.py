@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("zmq", "paramiko", "rich", "msgspec", "sqlite3", "milex.records", "milex.agent.server")
+HEAVY = ("zmq", "paramiko", "rich", "msgspec", "sqlite3", "milex.records", "milex_agent.server")
 
 
 @pytest.mark.parametrize("module", ["milex.cli.main", "milex.cli.schedule", "milex.cli.run"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from milex.agent.scheduler.command import run_command
-from milex.common.errors import SchedulerError
+from milex_agent.scheduler.slurm.command import run_command
+from milex_common.errors import SchedulerError
 
 
 def test_a_command_the_system_cannot_run_is_a_scheduler_error_not_a_crash() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from milex.common.errors import ConfigError
-from milex.config import Machine, config_path, dump_config, load_config, parse_config
+from milex.config.file import Machine, config_path, dump_config, load_config, parse_config
+from milex_common.errors import ConfigError
 
 SOURCE = Path("/home/alice/.milexconfig")
 LOCAL = {"path": "/home/alice/milex", "env_command": "", "slurm_account": ""}

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.common.errors import ConfigError
-from milex.config import Machine, parse_config
-from milex.config_setup import (
+from milex.config.editor import (
     RC_BEGIN,
     RC_END,
     create_machine_dirs,
@@ -19,6 +17,8 @@ from milex.config_setup import (
     find_editor,
     set_milex_variable,
 )
+from milex.config.file import Machine, parse_config
+from milex_common.errors import ConfigError
 
 # --- $MILEX in ~/.bashrc and ~/.zshrc -------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ def test_nano_last(no_editor: Path) -> None:
 def test_config_set_stores_numbers_as_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from milex.cli.configuration import config_group
+    from milex.cli.config import config_group
 
     monkeypatch.setenv("MILEX_CONFIG", str(tmp_path / "milexconfig"))
     runner = CliRunner()

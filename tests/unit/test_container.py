@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from milex import agent_control, container
-from milex.agent import daemon
-from milex.agent.cli import main as agent_cli
-from milex.common.errors import MilexError
-from milex.config import Machine
+from milex.config.file import Machine
+from milex.machine import container
+from milex.machine import lifecycle as agent_control
+from milex_agent import daemon
+from milex_agent.cli import main as agent_cli
+from milex_common.errors import MilexError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -287,13 +288,13 @@ def test_the_image_installs_every_library_the_agent_imports() -> None:
     assert installed <= {re.match(r"[\w.-]+", d)[0] for d in declared}  # type: ignore[index]
     module_of = {"pyzmq": "zmq"}
     imported = set()
-    for source in [*REPO.glob("agent/**/*.py"), *REPO.glob("common/*.py"), REPO / "client/connection.py"]:
+    for source in [*REPO.glob("agent/**/*.py"), *REPO.glob("common/**/*.py")]:
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"milex", "__future__"}
+    third_party = imported - set(sys.stdlib_module_names) - {"milex_agent", "milex_common", "__future__"}
     assert third_party <= {module_of.get(name, name) for name in installed}
 
 
@@ -317,7 +318,7 @@ class FakeSession:
 def test_the_archive_is_uploaded_unless_the_machine_has_its_image(
     tmp_path: Path, there: str, uploaded: bool
 ) -> None:
-    from milex.remote import _uploaded_archive
+    from milex.machine.deploy import _uploaded_archive
 
     machine = Machine(name="c", path="~/milex", env_command="", slurm_account="", hostname="login1")
     session = FakeSession(there)

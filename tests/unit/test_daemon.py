@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent import daemon, handover
-from milex.common.errors import MilexError
-from milex.common.files import private_directory
-from milex.common.protocol import HelloReply
-from milex.connection import AgentConnection
+from milex_agent import daemon, handover
+from milex_common.connection import AgentConnection
+from milex_common.errors import MilexError
+from milex_common.files import private_directory
+from milex_common.protocol import HelloReply
 
 NOBODY = 65534
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.handlers import handle
-from milex.agent.ledger import JournalLedger, comment_of
-from milex.agent.recovery import recover
-from milex.agent.state import Agent
-from milex.agent.submission import IN_DOUBT, SubmittedJob
-from milex.common.errors import MilexError
-from milex.common.model import JobState, MachineSettings
-from milex.common.protocol import (
+from milex_agent.handlers import handle
+from milex_agent.ledger import JournalLedger, comment_of
+from milex_agent.recovery import recover
+from milex_agent.state import Agent
+from milex_agent.submission import IN_DOUBT, SubmittedJob
+from milex_common.errors import MilexError
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import (
     Ack,
     Cancel,
     Cancelled,

@@ -17,17 +17,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from milex.agent import daemon, handover
-from milex.agent.journal import Journal
-from milex.agent.lifetime import Lifetime
-from milex.common.errors import MilexError
+from milex_agent import daemon, handover
+from milex_agent.journal import Journal
+from milex_agent.lifetime import Lifetime
+from milex_common.errors import MilexError
 from tests.unit.agent_fakes import FakeClock
 from tests.unit.test_daemon import wait_until_gone
 
 START = """
 import sys, msgspec
 from pathlib import Path
-from milex.agent import daemon
+from milex_agent import daemon
 print(msgspec.json.encode(daemon.{action}(Path(sys.argv[1]), **{options})).decode())
 """
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from milex.agent.handlers import cancel_late, handle
-from milex.agent.job_queue import enqueue
-from milex.agent.journal import Journal
-from milex.agent.room import RELEASE_PER_POLL
-from milex.agent.state import Agent
-from milex.common.errors import SchedulerError
-from milex.common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
-from milex.common.protocol import Cancel, Cancelled, Submitted, TrackedJob
+from milex_agent.handlers import cancel_late, handle
+from milex_agent.job_queue import enqueue
+from milex_agent.journal import Journal
+from milex_agent.room import RELEASE_PER_POLL
+from milex_agent.state import Agent
+from milex_common.errors import SchedulerError
+from milex_common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
+from milex_common.protocol import Cancel, Cancelled, Submitted, TrackedJob
 from tests.unit.agent_fakes import (
     CREATED,
     PEER,

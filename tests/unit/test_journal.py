@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.journal import Journal
-from milex.common.model import JobState, JobStatus
-from milex.common.protocol import TrackedJob
+from milex_agent.journal import Journal
+from milex_common.model import JobState, JobStatus
+from milex_common.protocol import TrackedJob
 
 PENDING, RUNNING, COMPLETED, FAILED = JobState.PENDING, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED
 
@@ -256,7 +256,7 @@ def restore(dump: str, path: Path) -> Path:
 
 
 def test_a_journal_of_the_first_release_is_migrated_and_keeps_every_job(tmp_path):
-    from milex.agent.journal import SCHEMA_VERSION
+    from milex_agent.journal import SCHEMA_VERSION
 
     journal = Journal(restore("release-0.1.sql", tmp_path / "journal.sqlite"))
     try:
@@ -286,7 +286,7 @@ def test_a_journal_of_the_first_release_is_migrated_and_keeps_every_job(tmp_path
 def test_a_journal_of_a_newer_agent_is_refused_untouched(tmp_path):
     import sqlite3
 
-    from milex.agent.journal import SCHEMA_VERSION, JournalError
+    from milex_agent.journal import SCHEMA_VERSION, JournalError
 
     path = restore("release-0.1.sql", tmp_path / "journal.sqlite")
     db = sqlite3.connect(path)
@@ -300,7 +300,7 @@ def test_a_journal_of_a_newer_agent_is_refused_untouched(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "torn"])
 def test_a_damaged_journal_is_refused_and_kept_aside_never_replaced(tmp_path, damage):
-    from milex.agent.journal import JournalError
+    from milex_agent.journal import JournalError
 
     path = restore("release-0.1.sql", tmp_path / "journal.sqlite")
     data = bytearray(path.read_bytes())
@@ -318,7 +318,7 @@ def test_a_damaged_journal_is_refused_and_kept_aside_never_replaced(tmp_path, da
 
 
 def test_a_full_disk_is_a_clear_error_and_loses_nothing_recorded(tmp_path):
-    from milex.agent.journal import JournalError
+    from milex_agent.journal import JournalError
 
     journal = Journal(tmp_path / "journal.sqlite")
     add(journal, "k/a", "1")

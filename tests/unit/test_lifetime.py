@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.journal import Journal
-from milex.agent.lifetime import Lifetime
-from milex.agent.server import AgentServer
-from milex.common.model import JobState, MachineSettings
-from milex.common.protocol import Events, HelloReply, Submitted, Watch
-from milex.connection import AgentConnection
+from milex_agent.journal import Journal
+from milex_agent.lifetime import Lifetime
+from milex_agent.server import AgentServer
+from milex_common.connection import AgentConnection
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import Events, HelloReply, Submitted, Watch
 from tests.unit.agent_fakes import (
     FakeClock,
     FakeScheduler,

@@ -18,11 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from milex.config import Machine
-from milex.machine_shell import machine_shell
-from milex.ssh_errors import LinkDown, PromptUnavailable, TunnelError
-from milex.tunnel import SshSession, keepalive_answered
-from milex.tunnel_control import (
+from milex.config.file import Machine
+from milex.machine.shell import machine_shell
+from milex.machine.ssh.errors import LinkDown, PromptUnavailable, TunnelError
+from milex.machine.ssh.session import SshSession, keepalive_answered
+from milex.machine.tunnel.control import (
     TunnelFiles,
     TunnelStatus,
     check_link,
@@ -30,7 +30,7 @@ from milex.tunnel_control import (
     parse_check,
     upload_in_tunnel,
 )
-from milex.tunnel_service import RemoteAgent, TunnelService, _listen
+from milex.machine.tunnel.service import RemoteAgent, TunnelService, _listen
 
 
 class Link:
@@ -249,8 +249,8 @@ class Site:
 @pytest.fixture
 def site(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SshSession, Site]]:
     """An SshSession to a Site, its host key known; deadlines of a fraction of a second."""
-    monkeypatch.setattr("milex.tunnel.PROBE_DEADLINE", 0.4)
-    monkeypatch.setattr("milex.tunnel.LINK_DEADLINE", 0.4)
+    monkeypatch.setattr("milex.machine.ssh.session.PROBE_DEADLINE", 0.4)
+    monkeypatch.setattr("milex.machine.ssh.session.LINK_DEADLINE", 0.4)
     where = Site()
     (home / "known_hosts").write_text(f"10.9.9.9 {where.key.get_name()} {where.key.get_base64()}\n")
     (home / "config").write_text(f"Host node\n  HostName 10.9.9.9\n  UserKnownHostsFile {home}/known_hosts\n")
@@ -382,7 +382,7 @@ def test_a_machine_shell_uses_the_tunnel_while_it_answers_then_a_session_of_its_
         opened.append(machine.name)
         yield own
 
-    monkeypatch.setattr("milex.tunnel.SshSession.for_machine", for_machine)
+    monkeypatch.setattr("milex.machine.ssh.session.SshSession.for_machine", for_machine)
     machine = Machine(name="m", hostname="login", path="~/milex", env_command="", slurm_account="")
     tunnel = ExecSession()
     with machine_shell(machine) as shell:

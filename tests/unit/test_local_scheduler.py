@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler.local import LocalScheduler, parse_header
-from milex.agent.scheduler.local_runner import expand_pattern
-from milex.agent.scheduler.local_store import VANISHED, LocalJobSpec, read_record, runner_alive
-from milex.common.errors import SchedulerError, SubmitError
-from milex.common.model import JobState, JobStatus, dependency_verdict
+from milex_agent.scheduler.local.runner import expand_pattern
+from milex_agent.scheduler.local.scheduler import LocalScheduler, parse_header
+from milex_agent.scheduler.local.store import VANISHED, LocalJobSpec, read_record, runner_alive
+from milex_common.errors import SchedulerError, SubmitError
+from milex_common.model import JobState, JobStatus, dependency_verdict
 from tests.unit.agent_fakes import wait_until as wait_for
 
 DEADLINE = 10.0
@@ -82,7 +82,7 @@ def test_a_failing_job_is_failed_with_its_exit_code(scheduler, tmp_path):
 
 
 def test_a_job_killed_by_a_signal_fails_with_128_plus_the_signal(scheduler, tmp_path):
-    """The convention of the SLURM scheduler (agent/scheduler/slurm_output.py): as a shell reports it."""
+    """The convention of the SLURM scheduler (milex_agent.scheduler.slurm.output): as a shell reports it."""
     job_id = scheduler.submit(write_script(tmp_path, "selfkill", "kill -9 $$"))
     status = wait_for_state(scheduler, job_id)
     assert (status.state, status.exit_code) == (FAILED, 137)
@@ -179,7 +179,7 @@ def test_the_job_outlives_the_process_that_submitted_it(scheduler, tmp_path):
     script = write_script(tmp_path, "orphan", "sleep 0.5; echo done")
     code = (
         "import sys; from pathlib import Path; "
-        "from milex.agent.scheduler.local import LocalScheduler; "
+        "from milex_agent.scheduler.local.scheduler import LocalScheduler; "
         "print(LocalScheduler(Path(sys.argv[1])).submit(Path(sys.argv[2])))"
     )
     argv = [sys.executable, "-c", code, str(scheduler.state_dir), str(script)]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent import daemon, handover, locks
-from milex.common.errors import LocksUnreliable
-from milex.common.files import is_locked, take_lock
+from milex_agent import daemon, handover, locks
+from milex_common.errors import LocksUnreliable
+from milex_common.files import is_locked, take_lock
 
 
 def open_descriptors() -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from milex.common.errors import BundleError
-from milex.common.model import Bundle, Job, JobState
+from milex_common.errors import BundleError
+from milex_common.model import Bundle, Job, JobState
 
 
 def bundle(**dependencies: list[str]) -> Bundle:
@@ -122,7 +122,7 @@ def test_other_states_are_not_finished(state: JobState) -> None:
 
 
 def test_a_long_chain_listed_backwards_is_ordered_without_recursion_limits() -> None:
-    from milex.common.model import Bundle, Job
+    from milex_common.model import Bundle, Job
 
     jobs = {
         f"j{i}": Job(name=f"j{i}", script="true", dependencies=[f"j{i - 1}"] if i else [])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.journal import Journal
-from milex.agent.poller import Poller
-from milex.common.model import JobState
-from milex.common.protocol import TrackedJob
+from milex_agent.journal import Journal
+from milex_agent.poller import Poller
+from milex_common.model import JobState
+from milex_common.protocol import TrackedJob
 from tests.unit.agent_fakes import FakeClock, FakeScheduler
 
 RUNNING, COMPLETED = JobState.RUNNING, JobState.COMPLETED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from milex.cli.output import SubmitProgressBar
-from milex.common.protocol import SubmitProgress
+from milex_common.protocol import SubmitProgress
 
 
 class Terminal(io.StringIO):

@@ -7,8 +7,8 @@ import typing
 import msgspec
 import pytest
 
-from milex.common.model import JobState, MachineSettings
-from milex.common.protocol import (
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Ack,
@@ -275,7 +275,7 @@ def test_the_agents_own_version_mismatch_error_reaches_the_client_whatever_its_v
     [("client", 2, "client"), ("client", 0, "agent"), ("agent", 2, "agent"), ("agent", 0, "client")],
 )
 def test_version_mismatch_names_the_newer_side(side, peer, newer, monkeypatch):
-    monkeypatch.setattr("milex.common.protocol.PROTOCOL_VERSION", 1)
+    monkeypatch.setattr("milex_common.protocol.PROTOCOL_VERSION", 1)
     error = version_mismatch("r", peer=peer, side=side)
     assert f"the {newer} is newer" in error.message
     assert f"the {side} speaks Milex protocol {peer}" in error.message

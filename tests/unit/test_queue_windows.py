@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.handlers import handle
-from milex.agent.state import Agent
-from milex.common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
-from milex.common.protocol import Cancel, Cancelled, LogChunk, Logs, Submitted
+from milex_agent.handlers import handle
+from milex_agent.state import Agent
+from milex_common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
+from milex_common.protocol import Cancel, Cancelled, LogChunk, Logs, Submitted
 from tests.unit.agent_fakes import (
     CREATED,
     PEER,

@@ -7,10 +7,10 @@ import json
 import msgspec
 import pytest
 
-from milex.common.errors import BundleError
-from milex.common.model import Bundle, Job, MachineSettings, SlurmOptions
-from milex.common.record_format import METADATA_KEY, SCHEMA_VERSION, decode_bundle, encode_bundle
-from milex.common.render import render_script
+from milex_common.errors import BundleError
+from milex_common.model import Bundle, Job, MachineSettings, SlurmOptions
+from milex_common.record_format import METADATA_KEY, SCHEMA_VERSION, decode_bundle, encode_bundle
+from milex_common.render import render_script
 
 SOURCE = "/home/alice/milex/jobs/train_20240102030405.json"
 

@@ -10,9 +10,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from milex.common.errors import BundleError
-from milex.common.model import Bundle, Job, JobState
-from milex.common.protocol import TrackedJob
 from milex.records import (
     Submission,
     SubmittedJobRecord,
@@ -27,6 +24,9 @@ from milex.records import (
     save_submission,
     submissions_path,
 )
+from milex_common.errors import BundleError
+from milex_common.model import Bundle, Job, JobState
+from milex_common.protocol import TrackedJob
 
 
 @pytest.fixture
@@ -285,8 +285,8 @@ def test_a_record_of_an_older_version_without_run_ids_loads_and_updates_in_place
 _RACER = """
 import sys
 from pathlib import Path
-from milex.common.model import JobState
-from milex.common.protocol import TrackedJob
+from milex_common.model import JobState
+from milex_common.protocol import TrackedJob
 from milex.records import Submission, SubmittedJobRecord, apply_states, load_submissions, new_run_id
 from milex.records import save_submission
 

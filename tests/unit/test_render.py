@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from milex.common.model import Job, MachineSettings, SlurmOptions
-from milex.common.render import app_command, log_paths, render_script, script_stem
+from milex_common.model import Job, MachineSettings, SlurmOptions
+from milex_common.render import app_command, log_paths, render_script, script_stem
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 STEM = script_stem("train_20240102030405", "train")
@@ -131,7 +131,7 @@ def nasty_job(script: str = "train") -> Job:
 
 
 def window_job(script: str = "sweep") -> Job:
-    """The window at 1000 of the array `0-2499:7%10` cut at 1000 (see milex.agent.array_windows)."""
+    """The window at 1000 of the array `0-2499:7%10` cut at 1000 (see milex_agent.array_windows)."""
     return Job(
         name="sweep",
         script=script,

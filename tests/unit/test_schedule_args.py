@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from milex.common.errors import InvalidValue
-from milex.common.model import SlurmOptions
 from milex.schedule_args import parse_sbatch_options, parse_schedule_args
+from milex_common.errors import InvalidValue
+from milex_common.model import SlurmOptions
 
 
 def test_app_name_and_no_options() -> None:

@@ -11,19 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler import slurm, slurm_history, slurm_poll
-from milex.agent.scheduler.command import CommandResult
-from milex.agent.scheduler.slurm import SlurmScheduler
-from milex.agent.scheduler.slurm_history import JobCompLog, SlurmHistory
-from milex.agent.scheduler.slurm_output import sacct_rows, squeue_rows, statuses
-from milex.agent.scheduler.slurm_poll import (
+from milex_agent.scheduler.slurm import history as slurm_history
+from milex_agent.scheduler.slurm import poll as slurm_poll
+from milex_agent.scheduler.slurm import scheduler as slurm
+from milex_agent.scheduler.slurm.command import CommandResult
+from milex_agent.scheduler.slurm.history import JobCompLog, SlurmHistory
+from milex_agent.scheduler.slurm.output import sacct_rows, squeue_rows, statuses
+from milex_agent.scheduler.slurm.poll import (
     MAX_LISTED_JOBS,
     changed_query,
     full_query,
     has_only_job_state,
     state_query,
 )
-from milex.common.model import JobState, JobStatus
+from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
+from milex_common.model import JobState, JobStatus
 
 CAPTURES = Path(__file__).parent / "slurm_captured"
 VERSIONS = ("2205", "2205acct", "2411")  # captures: a version, and `acct` where 22.05 had accounting

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from milex.agent.scheduler.slurm_history import JobCompLog
-from milex.common.model import JobState
+from milex_agent.scheduler.slurm.history import JobCompLog
+from milex_common.model import JobState
 
 UID = 1234
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler import slurm_limits
-from milex.agent.scheduler.base import Limits
-from milex.agent.scheduler.command import CommandResult
-from milex.agent.scheduler.local import LocalScheduler
-from milex.agent.scheduler.slurm import SlurmScheduler
-from milex.agent.scheduler.slurm_limits import config_values, limit_refusal, limits_from
-from milex.common.errors import SchedulerError, SchedulerUnavailable
+from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.local.scheduler import LocalScheduler
+from milex_agent.scheduler.slurm import limits as slurm_limits
+from milex_agent.scheduler.slurm.command import CommandResult
+from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, limits_from
+from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
+from milex_common.errors import SchedulerError, SchedulerUnavailable
 
 CAPTURES = Path(__file__).parent / "slurm_captured" / "limits"
 VERSIONS = ("2205", "2411")

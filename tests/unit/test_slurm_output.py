@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler.slurm_output import (
+from milex_agent.scheduler.slurm.output import (
     TaskRow,
     combine,
     exit_code_from_pair,
@@ -17,7 +17,7 @@ from milex.agent.scheduler.slurm_output import (
     squeue_exit_code,
     squeue_rows,
 )
-from milex.common.model import JobState
+from milex_common.model import JobState
 
 CAPTURES = Path(__file__).parent / "slurm_captured"
 CAPTURED = CAPTURES / "2205"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.scheduler import slurm
-from milex.agent.scheduler.command import CommandResult
-from milex.common.errors import LimitReached, SubmitError
+from milex_agent.scheduler.slurm import scheduler as slurm
+from milex_agent.scheduler.slurm.command import CommandResult
+from milex_common.errors import LimitReached, SubmitError
 
 CAPTURED = Path(__file__).parent / "slurm_captured" / "limits"
 LIMITS = (

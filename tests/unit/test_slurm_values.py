@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from milex.common import slurm_values
-from milex.common.errors import InvalidValue
-from milex.common.model import DEPENDENCY_TYPES, SlurmOptions
+from milex_common import slurm_values
+from milex_common.errors import InvalidValue
+from milex_common.model import DEPENDENCY_TYPES, SlurmOptions
 
 # --- time -----------------------------------------------------------------------------------------------
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.handlers import handle
-from milex.agent.journal import Journal
-from milex.agent.ledger import comment_of
-from milex.agent.pending import PendingSubmit
-from milex.agent.recovery import InDoubtRecovery
-from milex.agent.state import Agent
-from milex.common.errors import SchedulerError, SchedulerUnavailable
-from milex.common.model import JobState, MachineSettings
-from milex.common.protocol import Submitted, TrackedJob
+from milex_agent.handlers import handle
+from milex_agent.journal import Journal
+from milex_agent.ledger import comment_of
+from milex_agent.pending import PendingSubmit
+from milex_agent.recovery import InDoubtRecovery
+from milex_agent.state import Agent
+from milex_common.errors import SchedulerError, SchedulerUnavailable
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import Submitted, TrackedJob
 from tests.unit.agent_fakes import (
     NO_ANSWER,
     FakeClock,
@@ -176,10 +176,10 @@ def test_recovery_leaves_the_jobs_of_a_submission_in_progress_alone(agent, fake,
 
 
 def test_a_timed_out_command_is_an_unknown_outcome_and_a_refusal_is_not(monkeypatch):
-    from milex.agent.scheduler import command
-    from milex.agent.scheduler.command import CommandResult
-    from milex.agent.scheduler.slurm import SlurmScheduler
-    from milex.common.errors import SubmitError
+    from milex_agent.scheduler.slurm import command
+    from milex_agent.scheduler.slurm.command import CommandResult
+    from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
+    from milex_common.errors import SubmitError
 
     results = iter(
         [
@@ -191,7 +191,7 @@ def test_a_timed_out_command_is_an_unknown_outcome_and_a_refusal_is_not(monkeypa
             CommandResult(("sbatch",), 1, "", "sbatch: error: Batch job submission failed: Invalid account"),
         ]
     )
-    monkeypatch.setattr("milex.agent.scheduler.slurm.run_command", lambda *a, **k: next(results))
+    monkeypatch.setattr("milex_agent.scheduler.slurm.scheduler.run_command", lambda *a, **k: next(results))
     scheduler = SlurmScheduler()
     for _ in range(3):
         with pytest.raises(SchedulerUnavailable):
@@ -203,7 +203,7 @@ def test_a_timed_out_command_is_an_unknown_outcome_and_a_refusal_is_not(monkeypa
 
 
 def test_an_agent_starts_even_when_the_controller_does_not_answer(agent, fake, clock, settings):
-    from milex.agent.recovery import recover
+    from milex_agent.recovery import recover
 
     agent.journal.begin(in_doubt("cut"), scheduler=settings.scheduler, machine_path=settings.path)
     fake.errors["lookup"] = SchedulerUnavailable(NO_ANSWER)

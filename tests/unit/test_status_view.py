@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from milex.cli.jobs import status
 from milex.cli.status_view import OFFLINE
-from milex.common.model import JobState
-from milex.common.protocol import Event, StatusReply, TrackedJob
-from milex.connection import AgentUnavailable
 from milex.records import Submission, SubmittedJobRecord, save_submission
+from milex_common.connection import AgentUnavailable
+from milex_common.model import JobState
+from milex_common.protocol import Event, StatusReply, TrackedJob
 
 
 class Unreachable:
@@ -23,7 +23,7 @@ class Unreachable:
 
 @pytest.fixture
 def recorded(milex_config, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr("milex.submitters.submitter_for", lambda machine: Unreachable())
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: Unreachable())
     run = Submission(bundle="exp_20240101000000", machine="local", submitted_at="2024-01-01T00:00:01",
                      run_id="20240101000001-0a1b2c3d")  # fmt: skip
     run.jobs["a"] = SubmittedJobRecord(job_id="17", state=JobState.FAILED, exit_code=137, script="/s/a.sh")
@@ -83,7 +83,7 @@ def test_a_watch_without_a_terminal_prints_the_table_a_line_per_change_and_the_f
         followed.append(since)
         yield from events
 
-    monkeypatch.setattr("milex.submitters.submitter_for", lambda machine: Answering())
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: Answering())
     monkeypatch.setattr("milex.watch.follow_events", follow_events)
     result = CliRunner().invoke(status, ["b", "--watch"])
 
@@ -102,7 +102,7 @@ def test_a_watch_of_jobs_that_have_all_ended_shows_their_table_once(
     agent = Answering()
     for job in agent.jobs:
         job.state = JobState.COMPLETED
-    monkeypatch.setattr("milex.submitters.submitter_for", lambda machine: agent)
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: agent)
     monkeypatch.setattr("milex.watch.follow_events", lambda machine, since: pytest.fail("nothing to follow"))
     result = CliRunner().invoke(status, ["b", "--watch"])
     assert result.exit_code == 0, result.output

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from milex.agent.submission import BundleSubmission, NoLedger, SubmittedJob, run_inline, submit_bundle
-from milex.common.errors import SubmitError
-from milex.common.model import Bundle, Job, MachineSettings, SlurmOptions
+from milex_agent.submission import BundleSubmission, NoLedger, SubmittedJob, run_inline, submit_bundle
+from milex_common.errors import SubmitError
+from milex_common.model import Bundle, Job, MachineSettings, SlurmOptions
 from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, wait_until
 
 IN_FLIGHT = 3

@@ -17,10 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from milex.common.errors import MilexError
-from milex.common.files import private_directory, take_lock
-from milex.connection import AgentConnection, AgentUnavailable
-from milex.ssh_auth import (
+from milex.machine.ssh.auth import (
     Credentials,
     Target,
     check_host_key,
@@ -28,10 +25,13 @@ from milex.ssh_auth import (
     resolve_target,
     reusable_answer,
 )
-from milex.ssh_errors import HostKeyChangedError, PromptUnavailable, TunnelError, UnknownHostError
-from milex.tunnel import Backoff, relay_command, streamlocal_open_message
-from milex.tunnel_control import TunnelFiles, tunnel_gone, tunnel_status
-from milex.tunnel_service import RemoteAgent, TunnelService, splice
+from milex.machine.ssh.errors import HostKeyChangedError, PromptUnavailable, TunnelError, UnknownHostError
+from milex.machine.ssh.session import Backoff, relay_command, streamlocal_open_message
+from milex.machine.tunnel.control import TunnelFiles, tunnel_gone, tunnel_status
+from milex.machine.tunnel.service import RemoteAgent, TunnelService, splice
+from milex_common.connection import AgentConnection, AgentUnavailable
+from milex_common.errors import MilexError
+from milex_common.files import private_directory, take_lock
 
 
 def ssh_string(value: bytes) -> bytes:

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 import pytest
 
 from milex import watch
-from milex.common.errors import MilexError
-from milex.common.model import JobState
-from milex.common.protocol import Event, Events, HelloReply
-from milex.config import Machine
-from milex.connection import AgentUnavailable
-from milex.ssh_errors import LinkDown
+from milex.config.file import Machine
+from milex.machine.ssh.errors import LinkDown
+from milex_common.connection import AgentUnavailable
+from milex_common.errors import MilexError
+from milex_common.model import JobState
+from milex_common.protocol import Event, Events, HelloReply
 
 MACHINE = Machine(name="m", path="/p", env_command="", slurm_account="")
 

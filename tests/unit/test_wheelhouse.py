@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
-from milex import wheelhouse
-from milex.common.errors import MilexError
-from milex.config import Machine
-from milex.wheelhouse import (
+from milex.config.file import Machine
+from milex.machine import wheelhouse
+from milex.machine.wheelhouse import (
     PROBE,
     Target,
     check_target,
@@ -26,6 +25,7 @@ from milex.wheelhouse import (
     missing_requirement,
     read_target,
 )
+from milex_common.errors import MilexError
 
 MACHINE = Machine(name="cluster", path="~/milex", env_command="", slurm_account="", hostname="login.example",
                   username="me", key_path="~/.ssh/id")  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from milex.agent.scheduler.base import Scheduler
-from milex.common.model import MachineSettings
+from milex_agent.scheduler.base import Scheduler
+from milex_common.model import MachineSettings
 
 
 def scheduler_group(kind: str, machine_path: str) -> tuple[str, str]:
@@ -17,9 +17,9 @@ def scheduler_group(kind: str, machine_path: str) -> tuple[str, str]:
 def scheduler_for(settings: MachineSettings) -> Scheduler:
     """The scheduler that backs the machine `settings` describes."""
     if settings.scheduler == "local":
-        from milex.agent.scheduler.local import LocalScheduler
+        from milex_agent.scheduler.local.scheduler import LocalScheduler
 
         return LocalScheduler(Path(settings.path) / "local-jobs")
-    from milex.agent.scheduler.slurm import SlurmScheduler
+    from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 
     return SlurmScheduler()

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import msgspec
 
-from milex.common.model import JobStatus
+from milex_common.model import JobStatus
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ def reports_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from milex.common.errors import MilexError
+        from milex_common.errors import MilexError
 
         try:
             return command(*args, **kwargs)

@@ -11,7 +11,7 @@ from milex.cli import reports_errors
 from milex.cli.jobs import machine_option
 
 if TYPE_CHECKING:
-    from milex.config import Machine
+    from milex.config.file import Machine
 
 
 @click.group("agent")
@@ -24,7 +24,7 @@ def agent_group() -> None:
 @reports_errors
 def start(machine: str | None) -> None:
     """Start the machine's agent unless it runs; show where it listens."""
-    from milex.agent_control import start_agent
+    from milex.machine.lifecycle import start_agent
 
     click.echo(start_agent(_machine(machine)))
 
@@ -34,7 +34,7 @@ def start(machine: str | None) -> None:
 @reports_errors
 def stop(machine: str | None) -> None:
     """Stop the machine's agent; its journal keeps every job for the next one."""
-    from milex.agent_control import stop_agent
+    from milex.machine.lifecycle import stop_agent
 
     click.echo(stop_agent(_machine(machine)))
 
@@ -44,7 +44,7 @@ def stop(machine: str | None) -> None:
 @reports_errors
 def status(machine: str | None) -> None:
     """Whether the machine's agent runs, its version, and where."""
-    from milex.agent_control import agent_status
+    from milex.machine.lifecycle import agent_status
 
     click.echo(agent_status(_machine(machine)))
 
@@ -72,16 +72,16 @@ def deploy(machine: str | None, wheel: bool, container: bool, image: str, image_
     if image_archive and not container:
         raise click.UsageError("--image-archive goes with --container.")
     if container:
-        from milex.agent_control import deploy_container
+        from milex.machine.lifecycle import deploy_container
 
         click.echo(deploy_container(_machine(machine), image=image, archive=image_archive))
         return
-    from milex.agent_control import deploy_agent
+    from milex.machine.lifecycle import deploy_agent
 
     click.echo(deploy_agent(_machine(machine), upload_wheel=wheel))
 
 
 def _machine(name: str | None) -> Machine:
-    from milex.config import load_config
+    from milex.config.file import load_config
 
     return load_config().machine(name)

@@ -20,14 +20,14 @@ from milex.cli import reports_errors
 @reports_errors
 def configuration(source: Path | None) -> None:
     """Edit the machine configuration (~/.milexconfig) and set the machines up."""
-    from milex.config import config_path, parse_config
-    from milex.config_setup import (
+    from milex.config.editor import (
         EDITOR_SETTINGS,
         FALLBACK_EDITOR,
         configured_editor,
         edit_config,
         install_config,
     )
+    from milex.config.file import config_path, parse_config
 
     path = config_path()
     if source is not None:
@@ -60,7 +60,7 @@ def config_group() -> None:
 @reports_errors
 def show() -> None:
     """Print the configuration file's path and content."""
-    from milex.config import config_path, dump_config, load_config
+    from milex.config.file import config_path, dump_config, load_config
 
     config = load_config()
     click.echo(f"# {config_path()}")
@@ -76,8 +76,8 @@ def set_value(machine: str, key: str, value: str) -> None:
     """Set KEY of MACHINE to VALUE (the machine is created if new), validate, and save."""
     import json
 
-    from milex.config import config_path, parse_config
-    from milex.config_setup import install_config
+    from milex.config.editor import install_config
+    from milex.config.file import config_path, parse_config
 
     path = config_path()
     document = json.loads(path.read_text()) if path.exists() else {}
@@ -89,7 +89,7 @@ def set_value(machine: str, key: str, value: str) -> None:
 
 def _typed(key: str, value: str) -> str | int:
     """`value` as the configuration holds `key`: a number for the integer settings."""
-    from milex.config import INTEGER_KEYS
+    from milex.config.file import INTEGER_KEYS
 
     if key not in INTEGER_KEYS:
         return value
@@ -103,7 +103,7 @@ def _typed(key: str, value: str) -> str | int:
 @reports_errors
 def check() -> None:
     """Validate the configuration and list its machines."""
-    from milex.config import load_config
+    from milex.config.file import load_config
 
     config = load_config()
     for machine in config.machines.values():

@@ -35,10 +35,10 @@ def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) 
 @reports_errors
 def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | None) -> None:
     """Print a job's output (JOB_ID as `milex status` shows it)."""
-    from milex.common.protocol import LogChunk, Logs
-    from milex.config import load_config
-    from milex.endpoints import connect
+    from milex.config.file import load_config
+    from milex.machine.endpoint import connect
     from milex.watch import follow_log
+    from milex_common.protocol import LogChunk, Logs
 
     target = load_config().machine(machine)
     request = Logs(job_id=job_id, stream="err" if err else "out", follow=follow, array_task=task)
@@ -57,8 +57,8 @@ def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | 
 @reports_errors
 def cancel(target: str, machine: str | None) -> None:
     """Cancel a job (by id) or every unfinished job of a bundle (by name)."""
-    from milex.config import load_config
-    from milex.submitters import submitter_for
+    from milex.config.file import load_config
+    from milex.machine.submitter import submitter_for
 
     submitter = submitter_for(load_config().machine(machine))
     if _JOB_ID.fullmatch(target):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from milex.cli.agent import agent_group
-from milex.cli.configuration import config_group, configuration
+from milex.cli.config import config_group, configuration
 from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
 from milex.cli.run import run
 from milex.cli.schedule import schedule
 from milex.cli.tunnel import tunnel_group
-from milex.common.version import VERSION
+from milex_common.version import VERSION
 
 
 @click.group()

@@ -10,9 +10,9 @@ from typing import IO, Any
 
 import click
 
-from milex.common.model import JobState, JobStatus
-from milex.common.protocol import SubmitProgress
 from milex.records import Submission
+from milex_common.model import JobState, JobStatus
+from milex_common.protocol import SubmitProgress
 
 PROGRESS_AFTER = 1.0  # seconds: a quicker submission shows no bar
 

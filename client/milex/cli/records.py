@@ -12,7 +12,7 @@ from milex.cli import reports_errors
 @reports_errors
 def list_records(name: str | None) -> None:
     """List bundles (all, or those called NAME) with their submissions."""
-    from milex.config import load_config
+    from milex.config.file import load_config
     from milex.records import list_bundles, load_submissions
 
     jobs_dir = load_config().jobs_dir

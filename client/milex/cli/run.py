@@ -10,8 +10,8 @@ import click
 from milex.cli import reports_errors
 
 if TYPE_CHECKING:
+    from milex.machine.submitter import OnProgress
     from milex.records import Submission
-    from milex.submitters import OnProgress
 
 
 @click.command()
@@ -36,7 +36,7 @@ def run(
 ) -> None:
     """Submit the newest bundle called BUNDLE (exact name) in dependency order."""
     from milex import api
-    from milex.common.model import machine_overrides
+    from milex_common.model import machine_overrides
 
     given = machine_overrides(**overrides)
     if dry_run:
@@ -57,7 +57,7 @@ def submit_and_report(
     with `wait`, follow the jobs and fail if any did not complete."""
     from milex import api
     from milex.cli.output import SubmitProgressBar, print_submission
-    from milex.common.model import JobState
+    from milex_common.model import JobState
 
     with SubmitProgressBar() as bar:
         submission = submit(bar.update)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from milex.common.protocol import TrackedJob
-from milex.config import Machine
+from milex.config.file import Machine
+from milex_common.protocol import TrackedJob
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -37,11 +37,11 @@ OFFLINE = 3
 
 
 def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: bool) -> None:
-    from milex.config import load_config
-    from milex.connection import AgentUnavailable
+    from milex.config.file import load_config
+    from milex.machine.ssh.errors import LinkDown
+    from milex.machine.submitter import submitter_for
     from milex.records import apply_states
-    from milex.ssh_errors import LinkDown
-    from milex.submitters import submitter_for
+    from milex_common.connection import AgentUnavailable
 
     config = load_config()
     machine = config.machine(machine_name)

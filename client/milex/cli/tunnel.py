@@ -9,7 +9,7 @@ import click
 from milex.cli import reports_errors
 
 if TYPE_CHECKING:
-    from milex.tunnel_control import TunnelStatus
+    from milex.machine.tunnel.control import TunnelStatus
 
 machine_argument = click.option("--machine", required=True, help="A remote machine of the configuration.")
 
@@ -24,9 +24,9 @@ def tunnel_group() -> None:
 @reports_errors
 def up(machine: str) -> None:
     """Connect (asking for passphrases or codes here, once) and start the machine's agent."""
-    from milex.config import load_config
-    from milex.remote import remote_endpoint
-    from milex.tunnel_control import tunnel_status
+    from milex.config.file import load_config
+    from milex.machine.deploy import remote_endpoint
+    from milex.machine.tunnel.control import tunnel_status
 
     remote_endpoint(load_config().machine(machine))
     click.echo(_describe(tunnel_status(machine)))
@@ -37,7 +37,7 @@ def up(machine: str) -> None:
 @reports_errors
 def down(machine: str) -> None:
     """Close the tunnel (the agent keeps running on the machine)."""
-    from milex.tunnel_control import stop_tunnel
+    from milex.machine.tunnel.control import stop_tunnel
 
     click.echo("tunnel closed" if stop_tunnel(machine) else "no tunnel was up")
 
@@ -47,7 +47,7 @@ def down(machine: str) -> None:
 @reports_errors
 def status(machine: str) -> None:
     """Whether the tunnel is up, since when, to where, and how (stream-local or relay)."""
-    from milex.tunnel_control import tunnel_status
+    from milex.machine.tunnel.control import tunnel_status
 
     click.echo(_describe(tunnel_status(machine)))
 

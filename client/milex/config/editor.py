@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from milex.common.errors import ConfigError
-from milex.common.files import atomic_write
-from milex.common.model import MACHINE_DIRS
-from milex.config import DEFAULT_MACHINE, Config, Machine, dump_config, parse_config
+from milex.config.file import DEFAULT_MACHINE, Config, Machine, dump_config, parse_config
+from milex_common.errors import ConfigError
+from milex_common.files import atomic_write
+from milex_common.model import MACHINE_DIRS
 
 RC_BEGIN = "# >>> milex >>>"
 RC_END = "# <<< milex <<<"

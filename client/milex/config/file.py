@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from milex.common.errors import ConfigError, unknown_key
-from milex.common.model import MachineSettings
+from milex_common.errors import ConfigError, unknown_key
+from milex_common.model import MachineSettings
 
 CONFIG_ENV = "MILEX_CONFIG"
 DEFAULT_MACHINE = "local"

@@ -4,7 +4,7 @@ idempotent start (`milex agent deploy --container`).
 Standard library only, so this file also runs by itself where only the image has Milex:
 `python3 container.py start --path ~/milex` (deploy/container/run-agent.sh), or uploaded over SSH
 to PATH/agent/container.py, where its presence tells the client that this machine's agent runs in
-a container (see milex.agent_control.remote_agent_command).
+a container (see milex.machine.lifecycle.remote_agent_command).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 
 try:
-    from milex.common.errors import MilexError
+    from milex_common.errors import MilexError
 except ImportError:  # run as a script on a login node without Milex
 
     class MilexError(Exception):  # type: ignore[no-redef]
@@ -35,7 +35,7 @@ ENGINES = ("podman", "docker")
 SLURM_DIR = "/etc/slurm"
 MUNGE_DIR = "/run/munge"
 READY_TIMEOUT = 60.0
-POLL_INTERVAL, MAX_POLL_INTERVAL = 2.0, 10.0  # milex.agent.intervals' (this file also runs alone)
+POLL_INTERVAL, MAX_POLL_INTERVAL = 2.0, 10.0  # milex_common.intervals' (this file also runs alone)
 
 Run = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -139,8 +139,8 @@ def short_hostname() -> str:
 
 def socket_fallback_dir(uid: int) -> str:
     """The /tmp directory the agent's socket moves to when its directory's path is too long for a
-    unix socket (milex.agent.daemon.socket_path). Always mounted: whether it is used depends on the
-    directory's name, the cluster's (milex.agent.handover), which this script does not compute."""
+    unix socket (milex_agent.daemon.socket_path). Always mounted: whether it is used depends on the
+    directory's name, the cluster's (milex_agent.handover), which this script does not compute."""
     return f"/tmp/milex-agent-{uid}"
 
 

@@ -8,18 +8,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from milex.agent_control import (
+from milex.config.file import Machine
+from milex.machine.lifecycle import (
     container_command,
     container_script,
     remote_agent_command,
     remote_relay,
     shell_path,
 )
-from milex.common.errors import MilexError
-from milex.config import Machine
+from milex_common.errors import MilexError
 
 if TYPE_CHECKING:
-    from milex.machine_shell import Shell
+    from milex.machine.shell import Shell
 
 
 def remote_endpoint(machine: Machine) -> str:
@@ -30,8 +30,8 @@ def remote_endpoint(machine: Machine) -> str:
     checked first (a keepalive, or a new connection): a dead one is a LinkDown within seconds, where
     the command would wait for an answer that cannot come.
     """
-    from milex.ssh_errors import PromptUnavailable
-    from milex.tunnel_control import check_link, start_tunnel, stop_tunnel
+    from milex.machine.ssh.errors import PromptUnavailable
+    from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel
 
     on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
     status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)
@@ -46,7 +46,7 @@ def remote_endpoint(machine: Machine) -> str:
 def run_remote(machine: Machine, command: str, *, check: bool = True, timeout: float = 120.0) -> str:
     """Run `command` on `machine` over SSH (the tunnel's session when it is up: no new login, no
     second factor asked again); its output, or MilexError with what it printed."""
-    from milex.machine_shell import machine_shell
+    from milex.machine.shell import machine_shell
 
     with machine_shell(machine) as shell:
         code, out, err = shell.exec(command, timeout=timeout)
@@ -64,13 +64,13 @@ def in_environment(machine: Machine, command: str) -> str:
 def deploy(machine: Machine, *, upload_wheel: bool) -> str:
     """Install this Milex version into the machine's environment (index or uploaded wheel), create
     its directories, and restart its agent so the new version serves."""
-    from milex.endpoints import client_version
-    from milex.machine_shell import machine_shell
-    from milex.tunnel_control import stop_tunnel
+    from milex.machine.endpoint import client_version
+    from milex.machine.shell import machine_shell
+    from milex.machine.tunnel.control import stop_tunnel
 
     with machine_shell(machine) as session:
         if upload_wheel:
-            from milex.wheelhouse import install_from_wheels
+            from milex.machine.wheelhouse import install_from_wheels
 
             install_from_wheels(session, machine)
         else:
@@ -89,9 +89,9 @@ def deploy_container(machine: Machine, *, image: str, archive: Path | None = Non
     marks the agent as containerized, and start the agent there from its image; an agent running
     outside a container is stopped first. `archive` (an image archive here) is uploaded and loaded
     unless the machine has that very image already."""
-    from milex import container
-    from milex.machine_shell import machine_shell
-    from milex.tunnel_control import stop_tunnel
+    from milex.machine import container
+    from milex.machine.shell import machine_shell
+    from milex.machine.tunnel.control import stop_tunnel
 
     script = container_script(machine)
     with machine_shell(machine) as session:
@@ -112,7 +112,7 @@ def deploy_container(machine: Machine, *, image: str, archive: Path | None = Non
 
 def _start_container(session: Shell, machine: Machine, image: str, archive: Path | None) -> str:
     """Run the uploaded script's start (in the machine's environment); what it said."""
-    from milex.endpoints import poll_settings
+    from milex.machine.endpoint import poll_settings
 
     settings = poll_settings()
     options = ["--image", image, "--poll-interval", str(settings["poll_interval"]),
@@ -130,7 +130,7 @@ def _start_container(session: Shell, machine: Machine, image: str, archive: Path
 def _uploaded_archive(session: Shell, machine: Machine, image: str, archive: Path | None) -> Iterator[str]:
     """The remote path of `archive` uploaded into a temporary file there (removed after), or ""
     when there is none or the machine's image of that name is the archive's already."""
-    from milex.container import archive_image_id
+    from milex.machine.container import archive_image_id
 
     if archive is None:
         yield ""

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import TypedDict
 
-from milex.common.errors import MilexError
-from milex.common.protocol import HelloReply
-from milex.config import Machine
-from milex.connection import AgentConnection
+from milex.config.file import Machine
+from milex_common.connection import AgentConnection
+from milex_common.errors import MilexError
+from milex_common.protocol import HelloReply
 
 POLL_INTERVAL_ENV = "MILEX_AGENT_POLL_INTERVAL"
 MAX_INTERVAL_ENV = "MILEX_AGENT_MAX_INTERVAL"
@@ -17,7 +17,7 @@ IDLE_EXIT_ENV = "MILEX_AGENT_IDLE_EXIT"
 
 
 def client_version() -> str:
-    from milex.common.version import VERSION
+    from milex_common.version import VERSION
 
     return VERSION
 
@@ -33,8 +33,8 @@ class StartSettings(PollSettings):
 
 def poll_settings() -> PollSettings:
     """The agent's SLURM poll interval and its back-off ceiling: the agent's own defaults
-    (`milex.agent.intervals`) unless the environment overrides them."""
-    from milex.agent import intervals
+    (`milex_common.intervals`) unless the environment overrides them."""
+    from milex_common import intervals
 
     return PollSettings(
         poll_interval=_seconds(POLL_INTERVAL_ENV, intervals.POLL_INTERVAL),
@@ -44,7 +44,7 @@ def poll_settings() -> PollSettings:
 
 def start_settings() -> StartSettings:
     """What a detached agent starts with: the poll settings, and how long it stays when idle."""
-    from milex.agent.intervals import IDLE_EXIT
+    from milex_common.intervals import IDLE_EXIT
 
     return StartSettings(**poll_settings(), idle_exit=_seconds(IDLE_EXIT_ENV, IDLE_EXIT))
 
@@ -63,7 +63,7 @@ def _seconds(variable: str, default: float) -> float:
 
 
 def local_agent_dir(machine: Machine) -> Path:
-    from milex.agent.daemon import machine_agent_dir
+    from milex_agent.daemon import machine_agent_dir
 
     return machine_agent_dir(machine.path, machine.state_dir)
 
@@ -71,10 +71,10 @@ def local_agent_dir(machine: Machine) -> Path:
 def endpoint(machine: Machine) -> str:
     """The ZeroMQ endpoint of `machine`'s agent, starting the agent (and tunnel) if needed."""
     if machine.is_remote:
-        from milex.remote import remote_endpoint
+        from milex.machine.deploy import remote_endpoint
 
         return remote_endpoint(machine)
-    from milex.agent.daemon import start
+    from milex_agent.daemon import start
 
     info = start(local_agent_dir(machine), **start_settings())
     return f"ipc://{info.socket}"
@@ -109,7 +109,7 @@ def greeted(machine: Machine, *, timeout: float | None = None) -> tuple[AgentCon
     if machine.is_remote:  # a tunnel that stops (it needs a code no one can type) ends the wait at once
         from functools import partial
 
-        from milex.tunnel_control import tunnel_gone
+        from milex.machine.tunnel.control import tunnel_gone
 
         gone = partial(tunnel_gone, machine.name)
     connection = AgentConnection(endpoint(machine), gone=gone, **({"timeout": timeout} if timeout else {}))

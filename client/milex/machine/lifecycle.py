@@ -6,9 +6,8 @@ import os
 import shlex
 from pathlib import Path
 
-from milex.common.model import MACHINE_DIRS
-from milex.config import Machine
-from milex.endpoints import (
+from milex.config.file import Machine
+from milex.machine.endpoint import (
     IDLE_EXIT_ENV,
     client_version,
     connect,
@@ -16,6 +15,7 @@ from milex.endpoints import (
     poll_settings,
     start_settings,
 )
+from milex_common.model import MACHINE_DIRS
 
 
 def remote_agent_command(machine: Machine, action: str) -> str:
@@ -49,7 +49,7 @@ def remote_agent_command(machine: Machine, action: str) -> str:
 def remote_relay(machine: Machine) -> str:
     """The tunnel's relay command (for servers that forbid socket forwarding): `milex-agent bridge`,
     or the same in the agent's container where deploy put its script."""
-    from milex.tunnel import DEFAULT_RELAY
+    from milex.machine.ssh.session import DEFAULT_RELAY
 
     dispatch = 'if [ -f "$1" ]; then exec python3 "$1" bridge --socket "$2"; else exec {}; fi'
     bridge = dispatch.format(DEFAULT_RELAY.replace("{socket}", '"$2"'))
@@ -78,10 +78,10 @@ def shell_path(path: str) -> str:
 
 def start_agent(machine: Machine) -> str:
     if machine.is_remote:
-        from milex.remote import run_remote
+        from milex.machine.deploy import run_remote
 
         return run_remote(machine, remote_agent_command(machine, "start"))
-    from milex.agent.daemon import start
+    from milex_agent.daemon import start
 
     info = start(local_agent_dir(machine), **start_settings())
     return f"agent {info.version} running (pid {info.pid}) on {info.socket}"
@@ -89,15 +89,15 @@ def start_agent(machine: Machine) -> str:
 
 def stop_agent(machine: Machine) -> str:
     if machine.is_remote:
-        from milex.remote import run_remote
-        from milex.tunnel_control import stop_tunnel
+        from milex.machine.deploy import run_remote
+        from milex.machine.tunnel.control import stop_tunnel
 
         # Over the tunnel's session while it is up (no second factor asked again), then the tunnel
         # itself: left up, it would start the agent again at its next reconnection.
         stopped = run_remote(machine, remote_agent_command(machine, "stop"))
         stop_tunnel(machine.name)
         return f"{stopped}\n(its tunnel is down too; the next command that needs the agent starts both)"
-    from milex.agent.daemon import stop
+    from milex_agent.daemon import stop
 
     info = stop(local_agent_dir(machine))
     return "no agent was running" if info is None else f"stopped agent {info.pid}"
@@ -105,7 +105,7 @@ def stop_agent(machine: Machine) -> str:
 
 def agent_status(machine: Machine) -> str:
     if not machine.is_remote:
-        from milex.agent.daemon import read_info
+        from milex_agent.daemon import read_info
 
         if read_info(local_agent_dir(machine)) is None:
             return f"no agent running for {machine.name}"
@@ -118,7 +118,7 @@ def agent_status(machine: Machine) -> str:
 
 
 def deploy_agent(machine: Machine, *, upload_wheel: bool) -> str:
-    from milex.remote import deploy
+    from milex.machine.deploy import deploy
 
     return deploy(machine, upload_wheel=upload_wheel)
 
@@ -127,10 +127,10 @@ def deploy_container(machine: Machine, *, image: str, archive: Path | None = Non
     """Start the machine's agent from its container image unless it runs from it already (a new
     build of the image restarts it); `archive`, an image archive here, is loaded there first."""
     if machine.is_remote:
-        from milex.remote import deploy_container as remote_deploy_container
+        from milex.machine.deploy import deploy_container as remote_deploy_container
 
         return remote_deploy_container(machine, image=image, archive=archive)
-    from milex.container import start_container_agent
+    from milex.machine.container import start_container_agent
 
     return start_container_agent(
         machine.path, image=image, archive=str(archive) if archive else None, **poll_settings()

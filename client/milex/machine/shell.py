@@ -2,7 +2,7 @@
 
 The tunnel's session is the one the user authenticated, second factors included; a session of our
 own would ask every hop for a new code. So what `milex agent stop` and `milex agent deploy` run on
-the login node goes through the tunnel service's exec socket (milex.tunnel_control) when it answers,
+the login node goes through the tunnel service's exec socket (milex.machine.tunnel.control) when it answers,
 and over a session of the command's own, opened at the first need, when no tunnel is up.
 """
 
@@ -13,10 +13,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from milex.config import Machine
+from milex.config.file import Machine
 
 if TYPE_CHECKING:
-    from milex.tunnel import SshSession
+    from milex.machine.ssh.session import SshSession
 
 
 class Shell(Protocol):
@@ -41,7 +41,7 @@ class MachineShell:
         self._own: SshSession | None = None
 
     def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
-        from milex.tunnel_control import exec_in_tunnel
+        from milex.machine.tunnel.control import exec_in_tunnel
 
         if self._own is None:
             ran = exec_in_tunnel(self.machine.name, command, timeout)
@@ -50,14 +50,14 @@ class MachineShell:
         return self._session().exec(command, timeout=timeout)
 
     def upload(self, local: Path, remote: str) -> None:
-        from milex.tunnel_control import upload_in_tunnel
+        from milex.machine.tunnel.control import upload_in_tunnel
 
         if self._own is None and upload_in_tunnel(self.machine.name, local, remote):
             return
         self._session().upload(local, remote)
 
     def _session(self) -> SshSession:
-        from milex.tunnel import SshSession
+        from milex.machine.ssh.session import SshSession
 
         if self._own is None:
             self._own = self._stack.enter_context(SshSession.for_machine(self.machine))

@@ -5,9 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 
-from milex.common.errors import SubmitError
-from milex.common.model import Bundle, JobStatus, MachineSettings
-from milex.common.protocol import (
+from milex.config.file import Machine
+from milex.machine.endpoint import drop_shared_connection, shared_connection
+from milex.records import job_key
+from milex_common.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
+from milex_common.errors import SubmitError
+from milex_common.model import Bundle, JobStatus, MachineSettings
+from milex_common.protocol import (
     SUBMIT_PROGRESS,
     Cancel,
     Cancelled,
@@ -18,10 +22,6 @@ from milex.common.protocol import (
     Submitted,
     TrackedJob,
 )
-from milex.config import Machine
-from milex.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
-from milex.endpoints import drop_shared_connection, shared_connection
-from milex.records import job_key
 
 SECONDS_PER_JOB = 0.5  # for an agent that sends no progress: the time its sbatch calls may take
 # An agent that streams progress sends some every second: this long without any, it is gone.

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from milex.common.errors import MilexError
-from milex.config import Machine
+from milex.config.file import Machine
+from milex_common.errors import MilexError
 
 if TYPE_CHECKING:
-    from milex.machine_shell import Shell
+    from milex.machine.shell import Shell
 
 MIN_PYTHON = (3, 10)
 PEP_668 = "PEP 668: externally-managed-environment"
@@ -230,7 +230,7 @@ def install_from_wheels(session: Shell, machine: Machine) -> None:
     here and uploaded into a temporary directory there, removed whatever happens."""
     import tempfile
 
-    from milex.remote import in_environment
+    from milex.machine.deploy import in_environment
 
     probe = in_environment(machine, f"python3 -c {shlex.quote(PROBE)}")
     target = read_target(machine, *session.exec(probe, timeout=60))
@@ -254,7 +254,7 @@ def install_uploaded(
 ) -> None:
     """Upload `wheels` into `remote` and install the wheel `own` from there with no index; a
     requirement pip there finds missing (its marker held there, not here) is downloaded and added."""
-    from milex.remote import in_environment
+    from milex.machine.deploy import in_environment
 
     pip = f"python3 -m pip install --quiet --no-index --find-links {shlex.quote(remote)}"
     wheel = shlex.quote(f"{remote}/{own}")

@@ -1,6 +1,6 @@
 """The process behind one `local` job: waits for its dependencies, runs its script, records the outcome.
 
-Started by `LocalScheduler.submit` as `python -m milex.agent.scheduler.local_runner JOB_DIR LOCK_FD`.
+Started by `LocalScheduler.submit` as `python -m milex_agent.scheduler.local.runner JOB_DIR LOCK_FD`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
-from milex.agent.scheduler.local_store import (
+from milex_agent.scheduler.local.store import (
     SCRIPT_FILE,
     STATE_LOCK,
     LocalJobSpec,
@@ -29,8 +29,8 @@ from milex.agent.scheduler.local_store import (
     read_status,
     write_record,
 )
-from milex.common.model import JobState, dependency_verdict
-from milex.common.slurm_values import array_indices
+from milex_common.model import JobState, dependency_verdict
+from milex_common.slurm_values import array_indices
 
 # SLURM's filename patterns (with an optional zero-padding width, as in `%3a`).
 _PATTERN = re.compile(r"%(\d*)([%AajxuN])")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import msgspec
 
-from milex.agent.scheduler.base import Limits
-from milex.agent.scheduler.local_store import (
+from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.local.store import (
     RUNNER_LOCK,
     RUNNER_LOG,
     SCRIPT_FILE,
@@ -32,10 +32,10 @@ from milex.agent.scheduler.local_store import (
     runner_alive,
     write_record,
 )
-from milex.common import slurm_values
-from milex.common.errors import InvalidValue, SchedulerError, SubmitError
-from milex.common.files import atomic_write
-from milex.common.model import DEPENDENCY_TYPES, JobState, JobStatus
+from milex_common import slurm_values
+from milex_common.errors import InvalidValue, SchedulerError, SubmitError
+from milex_common.files import atomic_write
+from milex_common.model import DEPENDENCY_TYPES, JobState, JobStatus
 
 # The `#SBATCH` options the local scheduler reads; long names, and short ones mapped to them.
 _HEADER_OPTIONS = ("output", "error", "array", "job-name")
@@ -192,7 +192,7 @@ def _start_runner(job_dir: Path, record: LocalJobRecord) -> None:
     with file_lock(job_dir / RUNNER_LOCK) as lock_fd:
         # Written under the lock, so nobody sees a pending job without a live runner.
         write_record(job_dir, record)
-        runner = [sys.executable, "-m", "milex.agent.scheduler.local_runner", str(job_dir)]
+        runner = [sys.executable, "-m", "milex_agent.scheduler.local.runner", str(job_dir)]
         with open(job_dir / RUNNER_LOG, "ab") as log:
             # `sh` puts the runner in the background and exits at once: the runner is orphaned
             # to init, and inherits the already locked descriptor, so the lock never lapses.

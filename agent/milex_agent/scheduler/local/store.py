@@ -11,8 +11,8 @@ from pathlib import Path
 
 import msgspec
 
-from milex.common.files import atomic_write, is_locked
-from milex.common.model import JobState, JobStatus
+from milex_common.files import atomic_write, is_locked
+from milex_common.model import JobState, JobStatus
 
 # The files of one job directory, `STATE_DIR/JOB_ID/`.
 SPEC_FILE = "spec.json"  # LocalJobSpec, written once at submission

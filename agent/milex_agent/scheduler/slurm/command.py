@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from milex.common.errors import SchedulerError, SchedulerUnavailable
+from milex_common.errors import SchedulerError, SchedulerUnavailable
 
 DEFAULT_TIMEOUT = 60.0
 # What SLURM's commands print when the controller did not answer, so that a call may or may not have

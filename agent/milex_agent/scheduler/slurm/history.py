@@ -7,9 +7,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from milex.agent.scheduler.command import run_command
-from milex.agent.scheduler.slurm_limits import config_values
-from milex.agent.scheduler.slurm_output import (
+from milex_agent.scheduler.slurm.command import run_command
+from milex_agent.scheduler.slurm.limits import config_values
+from milex_agent.scheduler.slurm.output import (
     TaskRow,
     combine,
     ids_by_comment,
@@ -17,7 +17,7 @@ from milex.agent.scheduler.slurm_output import (
     sacct_rows,
     statuses,
 )
-from milex.common.model import JobStatus
+from milex_common.model import JobStatus
 
 
 class SlurmHistory:

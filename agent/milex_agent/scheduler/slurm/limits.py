@@ -55,9 +55,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from milex.agent.scheduler.base import Limits
-from milex.agent.scheduler.command import run_command
-from milex.common.errors import SchedulerError, SchedulerUnavailable
+from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.slurm.command import run_command
+from milex_common.errors import SchedulerError, SchedulerUnavailable
 
 # sbatch's words for ESLURM_ACCOUNTING_POLICY (slurm_errno.c), both versions.
 _POLICY_REFUSAL = "job violates accounting/qos policy (job submit limit"

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from milex.common.model import JobState, JobStatus
+from milex_common.model import JobState, JobStatus
 
 SIGNAL_BASE = 128  # a shell reports a process killed by signal N as exiting with 128 + N
 _NO_EXIT_CODE = frozenset({JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED, JobState.NODE_FAIL})
@@ -73,7 +73,7 @@ def squeue_exit_code(text: str) -> int | None:
 
 def squeue_rows(text: str) -> list[TaskRow]:
     """The rows of `squeue --noheader --array --Format=JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,
-    exit_code:0|` (see _SQUEUE_FORMAT in slurm_poll.py).
+    exit_code:0|` (see _SQUEUE_FORMAT in poll.py).
 
     An array's task prints its own job id beside its array's (`190|189|...`); the array's own row
     stands for the task that kept the array's id, or for its tasks not started yet. A heterogeneous

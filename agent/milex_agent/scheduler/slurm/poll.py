@@ -18,12 +18,12 @@ import logging
 import re
 from collections.abc import Sequence
 
-from milex.agent.scheduler.command import CommandResult, run_command
-from milex.agent.scheduler.slurm_output import squeue_rows, statuses
-from milex.common.errors import SchedulerError
-from milex.common.model import JobStatus
+from milex_agent.scheduler.slurm.command import CommandResult, run_command
+from milex_agent.scheduler.slurm.output import squeue_rows, statuses
+from milex_common.errors import SchedulerError
+from milex_common.model import JobStatus
 
-log = logging.getLogger("milex.agent")
+log = logging.getLogger("milex_agent")
 
 # Fields of `squeue --Format`, each followed by a separator no value contains. Width 0 prints a
 # value whole and unpadded: with thousands of finished jobs still in the controller's memory,

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from milex.agent.scheduler.base import Limits
-from milex.agent.scheduler.command import run_command
-from milex.agent.scheduler.slurm_history import SlurmHistory
-from milex.agent.scheduler.slurm_limits import limit_refusal, read_limits
-from milex.agent.scheduler.slurm_output import ids_by_comment
-from milex.agent.scheduler.slurm_poll import SqueuePoll
-from milex.common.errors import LimitReached, SchedulerError, SchedulerUnavailable, SubmitError
-from milex.common.model import JobState, JobStatus
+from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.slurm.command import run_command
+from milex_agent.scheduler.slurm.history import SlurmHistory
+from milex_agent.scheduler.slurm.limits import limit_refusal, read_limits
+from milex_agent.scheduler.slurm.output import ids_by_comment
+from milex_agent.scheduler.slurm.poll import SqueuePoll
+from milex_common.errors import LimitReached, SchedulerError, SchedulerUnavailable, SubmitError
+from milex_common.model import JobState, JobStatus
 
 
 class SlurmScheduler:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paramiko
 
-from milex.ssh_errors import (
+from milex.machine.ssh.errors import (
     AuthError,
     HostKeyChangedError,
     LinkDown,
@@ -22,7 +22,7 @@ from milex.ssh_errors import (
     UnknownHostError,
 )
 
-log = logging.getLogger("milex.tunnel")
+log = logging.getLogger("milex.machine.ssh.session")
 
 # A prompt shows `text` and returns the user's answer; `echo` is False for secrets.
 Prompt = Callable[[str, bool], str]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from milex.common.errors import MilexError
+from milex_common.errors import MilexError
 
 
 class TunnelError(MilexError):

@@ -23,9 +23,8 @@ from paramiko.common import (
     cMSG_GLOBAL_REQUEST,
 )
 
-from milex.common.errors import ConfigError
-from milex.config import Machine
-from milex.ssh_auth import (
+from milex.config.file import Machine
+from milex.machine.ssh.auth import (
     Credentials,
     Prompt,
     Target,
@@ -34,9 +33,10 @@ from milex.ssh_auth import (
     resolve_target,
     tty_prompt,
 )
-from milex.ssh_errors import BackingOff, LinkDown, TunnelError
+from milex.machine.ssh.errors import BackingOff, LinkDown, TunnelError
+from milex_common.errors import ConfigError
 
-log = logging.getLogger("milex.tunnel")
+log = logging.getLogger("milex.machine.ssh.session")
 
 STREAMLOCAL = "direct-streamlocal@openssh.com"
 DEFAULT_RELAY = "milex-agent bridge --socket {socket}"

@@ -17,8 +17,8 @@ from typing import Literal
 
 import msgspec
 
-from milex.common.files import is_locked, private_directory, take_lock
-from milex.ssh_errors import ERRORS, LinkDown, PromptUnavailable, TunnelError
+from milex.machine.ssh.errors import ERRORS, LinkDown, PromptUnavailable, TunnelError
+from milex_common.files import is_locked, private_directory, take_lock
 
 DEFAULT_IDLE = 30 * 60.0
 STARTING_WAIT = 120.0
@@ -158,7 +158,7 @@ def _spawn(
     """Start the tunnel service and wait for its READY (or its error)."""
     options = {"--machine": machine, "--remote-socket": remote_socket, "--local-socket": local_socket,
                "--idle": idle, "--relay": relay, "--on-connect": on_connect}  # fmt: skip
-    argv = [sys.executable, "-m", "milex.tunnel_service"]
+    argv = [sys.executable, "-m", "milex.machine.tunnel.service"]
     argv += [str(word) for option, value in options.items() if value is not None for word in (option, value)]
     # stdin and stderr are inherited, so that passphrase and 2FA prompts reach the user's terminal.
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as process:

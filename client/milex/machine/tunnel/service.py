@@ -20,13 +20,13 @@ import click
 import msgspec
 import paramiko
 
-from milex.common.files import private_directory, take_lock
-from milex.config import load_config
-from milex.ssh_errors import BackingOff, PromptUnavailable, TunnelError
-from milex.tunnel import DEFAULT_RELAY, SshSession
-from milex.tunnel_control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
+from milex.config.file import load_config
+from milex.machine.ssh.errors import BackingOff, PromptUnavailable, TunnelError
+from milex.machine.ssh.session import DEFAULT_RELAY, SshSession
+from milex.machine.tunnel.control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
+from milex_common.files import private_directory, take_lock
 
-log = logging.getLogger("milex.tunnel")
+log = logging.getLogger("milex.machine.ssh.session")
 
 CHUNK = 256 * 1024
 ACCEPT_POLL = 0.5

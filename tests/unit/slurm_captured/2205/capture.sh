@@ -10,7 +10,7 @@ set -euo pipefail
 OUT=$(realpath "${1:-.}")
 WORK=$(mktemp -d)
 cd "$WORK"
-FORMAT='JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,exit_code:0|'  # as agent/scheduler/slurm.py asks
+FORMAT='JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,exit_code:0|'  # as agent/milex_agent/scheduler/slurm/scheduler.py asks
 CLUSTER=${CLUSTER:-milex}
 on_cluster() {  # command and arguments, run on the cluster
     if [[ -n ${SLURM_PREFIX:-} ]]; then $SLURM_PREFIX "$(printf '%q ' "$@")"; else command "$@"; fi
