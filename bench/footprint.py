@@ -121,8 +121,8 @@ def fill(directory: Path, jobs: int, *, finished: bool) -> float:
 
 
 def _variant(directory: Path, jobs: int, finished: bool, wrappers: Path, log: Path, mode: Mode) -> dict:
-    from milex.machine.endpoint import client_version
-    from milex_agent.daemon import socket_path
+    from milex.machine.settings import client_version
+    from milex_common.agent_layout import socket_path
     from milex_common.connection import AgentConnection
 
     fill_seconds = fill(directory, jobs, finished=finished)

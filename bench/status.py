@@ -24,7 +24,8 @@ class EventLog:
 
     def __init__(self) -> None:
         from milex.config.file import load_config
-        from milex.machine.endpoint import client_version, connect
+        from milex.machine.endpoint import connect
+        from milex.machine.settings import client_version
 
         self.machine = load_config().machine(MACHINE)
         with connect(self.machine) as connection:

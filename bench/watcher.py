@@ -12,7 +12,8 @@ import time
 
 def main(machine_name: str) -> None:
     from milex.config.file import load_config
-    from milex.machine.endpoint import client_version, connect
+    from milex.machine.endpoint import connect
+    from milex.machine.settings import client_version
     from milex.watch import follow_events
 
     machine = load_config().machine(machine_name)

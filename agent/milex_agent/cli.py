@@ -15,7 +15,7 @@ from milex_common.version import VERSION
 
 
 def _directory(path: str | None, directory: str | None, state_dir: str | None = None) -> Path:
-    from milex_agent.daemon import machine_agent_dir
+    from milex_common.agent_layout import machine_agent_dir
 
     if directory:
         return Path(directory).expanduser()

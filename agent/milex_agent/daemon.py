@@ -1,17 +1,15 @@
-"""The agent as a per-user daemon: its directory, private socket, lock, start, stop and status."""
+"""The agent as a per-user daemon: its lock, socket, start, stop and status (its directory's layout is
+milex_common.agent_layout)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,15 +17,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from milex_agent.handover import (
-    ask_to_leave,
-    beat,
-    cluster_name,
-    elsewhere,
-    leave_reason,
-    live_elsewhere,
-    node_name,
-)
+from milex_agent.handover import ask_to_leave, beat, elsewhere, leave_reason, live_elsewhere
+from milex_common.agent_layout import AgentInfo, node_name, node_socket_path, socket_path
 from milex_common.errors import LocksUnreliable, MilexError
 from milex_common.files import atomic_write, is_locked, private_directory, take_lock
 from milex_common.intervals import (
@@ -39,54 +30,7 @@ from milex_common.intervals import (
 )
 
 T = TypeVar("T")
-SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux; keep a margin
 START_TIMEOUT = 15.0
-
-
-class AgentInfo(msgspec.Struct, kw_only=True):
-    """What a running agent publishes in its directory, and what `milex-agent start` prints."""
-
-    pid: int
-    socket: str
-    version: str
-    started_at: float
-    directory: str
-    running: bool = True
-    host: str = ""  # the node it runs on (its short hostname): a shared home is seen from several
-
-
-def agent_dir(milex_path: str | Path, cluster: str | None = None) -> Path:
-    """The agent's directory for this node's cluster: `PATH/agent/CLUSTER`, seen from each of its login
-    nodes when the home is shared (milex_agent.handover). An agent directory of this node from before
-    (`PATH/agent/NODE`, one agent per node) becomes the cluster's when the cluster has none yet."""
-    agents = Path(milex_path).expanduser() / "agent"
-    directory = agents / (cluster or cluster_name())
-    former = agents / node_name()
-    if former != directory and not directory.exists() and (former / "journal.sqlite").exists():
-        with contextlib.suppress(FileNotFoundError):  # another node moved it first
-            former.rename(directory)
-    return directory
-
-
-def machine_agent_dir(path: str, state_dir: str | None) -> Path:
-    """The agent's directory for a machine: under its `state_dir` (a disk of the node, where the
-    filesystem of its Milex path has no working locks) when it has one, else under its path."""
-    if state_dir is None:
-        return agent_dir(path)
-    private_directory(Path(state_dir).expanduser())  # not one another user made for us in /var/tmp
-    return agent_dir(state_dir, cluster=node_name())  # a disk of this node: this node's agent alone
-
-
-def socket_path(directory: Path) -> Path:
-    """`DIR/run/agent.sock`, or the node's (`node_socket_path`) when that path is too long for a socket."""
-    preferred = directory / "run" / "agent.sock"
-    return preferred if len(str(preferred)) <= SOCKET_PATH_LIMIT else node_socket_path(directory)
-
-
-def node_socket_path(directory: Path) -> Path:
-    """The socket of the agent of `directory` in a private directory of this node's /tmp."""
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"milex-agent-{os.getuid()}" / f"{digest}.sock"
 
 
 def _bound_socket_path(directory: Path) -> Path:
@@ -94,7 +38,7 @@ def _bound_socket_path(directory: Path) -> Path:
     caller holds the lock): `socket_path`, or the node's where the filesystem of `directory` holds no
     sockets (a FUSE mount without mknod, some network filesystems)."""
     sock = socket_path(directory)
-    for place in (sock, node_socket_path(directory)):
+    for place in dict.fromkeys((sock, node_socket_path(directory))):  # once each, when they are one
         private_directory(place.parent)
         place.unlink(missing_ok=True)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

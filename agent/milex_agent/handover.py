@@ -16,25 +16,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import socket
 import time
 from pathlib import Path
 
 import msgspec
 
+from milex_common.agent_layout import node_name
 from milex_common.errors import MilexError
 from milex_common.files import atomic_write, is_locked
 from milex_common.intervals import HOME_CHECK_INTERVAL
 
 LEAVE_FILE = "leave.json"
 HANDOVER_TIMEOUT = 30.0
-SLURM_CONF_PLACES = (
-    "/etc/slurm/slurm.conf",
-    "/run/slurm/conf/slurm.conf",  # sackd's cache (configless, 23.11+)
-    "/var/spool/slurmd/conf-cache/slurm.conf",  # slurmd's cache (configless)
-)
-_CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
 
 
 class LeaveRequest(msgspec.Struct, kw_only=True):
@@ -44,25 +37,6 @@ class LeaveRequest(msgspec.Struct, kw_only=True):
     pid: int
     by: str
     at: float
-
-
-def node_name() -> str:
-    """This node's short hostname (`login1` of `login1.cluster.example.org`)."""
-    return socket.gethostname().split(".")[0]
-
-
-def cluster_name(places: tuple[str, ...] = SLURM_CONF_PLACES) -> str:
-    """SLURM's name for this node's cluster; the node's name when no slurm.conf here says it."""
-    configured = os.environ.get("SLURM_CONF")
-    for place in ((configured,) if configured else ()) + places:
-        try:
-            text = Path(place).read_text(errors="replace")
-        except OSError:
-            continue
-        found = _CLUSTER_NAME.search(text)
-        if found:
-            return found[1].lower()  # slurmctld lowercases it too
-    return node_name()
 
 
 def elsewhere(host: str) -> bool:

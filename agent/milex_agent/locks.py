@@ -95,8 +95,7 @@ def second_try(lock_file: Path, database: Path) -> str:
 def refusal(directory: Path, reason: str) -> LocksUnreliable:
     """The agent's refusal to keep its state in `directory`, naming a directory of this node to
     use instead (the machine's `state_dir`) and the configuration line that says so."""
-    from milex_agent.daemon import agent_dir
-    from milex_agent.handover import node_name
+    from milex_common.agent_layout import agent_dir, node_name
 
     problem = (
         f"file locks do not work in {directory} ({reason}): two agents could both write its journal "

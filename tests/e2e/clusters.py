@@ -180,7 +180,8 @@ class LoginNode:
     def agent_info(self) -> dict[str, Any] | None:
         """The login user's running agent (`~/milex`), as the agent itself tells: None when none runs."""
         script = (
-            "import msgspec; from milex_agent.daemon import agent_dir, read_info; "
+            "import msgspec; from milex_agent.daemon import read_info; "
+            "from milex_common.agent_layout import agent_dir; "
             "info = read_info(agent_dir('~/milex')); "
             "print(msgspec.json.encode(info).decode() if info else 'null')"
         )

@@ -15,7 +15,8 @@ import pytest
 
 from milex.config.file import load_config
 from milex.watch import follow_events
-from milex_agent.daemon import agent_dir, read_info
+from milex_agent.daemon import read_info
+from milex_common.agent_layout import agent_dir
 from milex_common.connection import AgentConnection
 from milex_common.model import Bundle, Job, JobState
 from milex_common.protocol import Status, StatusReply, SubmitBundle, Submitted

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from milex_agent.daemon import agent_dir, read_info
+from milex_agent.daemon import read_info
+from milex_common.agent_layout import agent_dir
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, example_wheel, laptop_home, remote_laptop, wait_until
 from tests.e2e.other_user import OtherUser, ensure_user

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from milex.records import save_bundle
-from milex_agent.daemon import agent_dir, read_info
+from milex_agent.daemon import read_info
+from milex_common.agent_layout import agent_dir
 from milex_common.model import Bundle, Job, SlurmOptions
 from tests.e2e.conftest import REPO, MilexHome, wait_until
 

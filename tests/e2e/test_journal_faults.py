@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from milex_agent.daemon import agent_dir
+from milex_common.agent_layout import agent_dir
 from tests.e2e.conftest import BIN, MilexHome
 
 

@@ -11,7 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from milex_agent.daemon import AgentInfo, agent_dir, read_info
+from milex_agent.daemon import read_info
+from milex_common.agent_layout import AgentInfo, agent_dir
 from tests.e2e.conftest import BIN, MilexHome, wait_until
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from milex_agent.daemon import START_TIMEOUT, agent_dir
-from milex_agent.handover import node_name
+from milex_agent.daemon import START_TIMEOUT
+from milex_common.agent_layout import agent_dir, node_name
 from tests.e2e.clusters import LoginNode
 from tests.e2e.conftest import REMOTE, MilexHome, use_login_node
 

@@ -7,13 +7,12 @@ import shlex
 import pytest
 
 from milex.config.file import Machine
-from milex.machine import endpoint as endpoints
-from milex.machine import lifecycle as agent_control
+from milex.machine import commands, endpoint, lifecycle, settings
 from milex_agent import daemon
-from milex_common import intervals
+from milex_common import agent_layout, intervals
 from milex_common.errors import MilexError
 
-ENV = (endpoints.POLL_INTERVAL_ENV, endpoints.MAX_INTERVAL_ENV, endpoints.IDLE_EXIT_ENV)
+ENV = (settings.POLL_INTERVAL_ENV, settings.MAX_INTERVAL_ENV, settings.IDLE_EXIT_ENV)
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +26,7 @@ def remote() -> Machine:
 
 
 def test_the_remote_start_command_carries_the_agents_defaults():
-    command = agent_control.remote_agent_command(remote(), "start")
+    command = commands.remote_agent_command(remote(), "start")
     assert (
         f"--poll-interval {intervals.POLL_INTERVAL} --max-interval {intervals.MAX_POLL_INTERVAL}" in command
     )
@@ -40,13 +39,13 @@ def test_the_local_start_carries_the_agents_defaults(monkeypatch, tmp_path):
 
     def start(directory, **settings):
         started.append(settings)
-        return daemon.AgentInfo(
+        return agent_layout.AgentInfo(
             pid=1, socket="/x.sock", version="0", started_at=0.0, directory=str(directory)
         )
 
     monkeypatch.setattr(daemon, "start", start)
-    endpoints.endpoint(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
-    agent_control.start_agent(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
+    endpoint.endpoint(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
+    lifecycle.start_agent(Machine(name="local", path=str(tmp_path), env_command="", slurm_account=""))
     expected = {
         "poll_interval": intervals.POLL_INTERVAL,
         "max_interval": intervals.MAX_POLL_INTERVAL,
@@ -56,26 +55,26 @@ def test_the_local_start_carries_the_agents_defaults(monkeypatch, tmp_path):
 
 
 def test_the_environment_overrides_every_setting(monkeypatch):
-    monkeypatch.setenv(endpoints.POLL_INTERVAL_ENV, "0.5")
-    monkeypatch.setenv(endpoints.MAX_INTERVAL_ENV, "4")
-    monkeypatch.setenv(endpoints.IDLE_EXIT_ENV, "0")
-    assert endpoints.start_settings() == {"poll_interval": 0.5, "max_interval": 4.0, "idle_exit": 0.0}
-    command = agent_control.remote_agent_command(remote(), "start")
+    monkeypatch.setenv(settings.POLL_INTERVAL_ENV, "0.5")
+    monkeypatch.setenv(settings.MAX_INTERVAL_ENV, "4")
+    monkeypatch.setenv(settings.IDLE_EXIT_ENV, "0")
+    assert settings.start_settings() == {"poll_interval": 0.5, "max_interval": 4.0, "idle_exit": 0.0}
+    command = commands.remote_agent_command(remote(), "start")
     assert "--poll-interval 0.5 --max-interval 4.0 --idle-exit 0.0" in command
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan"])
 def test_a_bad_override_names_the_variable(monkeypatch, value):
-    monkeypatch.setenv(endpoints.IDLE_EXIT_ENV, value)
-    with pytest.raises(MilexError, match=f"{endpoints.IDLE_EXIT_ENV}='{value}' is not a number of seconds"):
-        endpoints.start_settings()
+    monkeypatch.setenv(settings.IDLE_EXIT_ENV, value)
+    with pytest.raises(MilexError, match=f"{settings.IDLE_EXIT_ENV}='{value}' is not a number of seconds"):
+        settings.start_settings()
 
 
 def test_a_machine_with_a_state_dir_passes_it_to_every_agent_command():
     machine = remote()
     machine.state_dir = "~/node-local state"
     for action in ("start", "stop", "status"):
-        _, _, script = shlex.split(agent_control.remote_agent_command(machine, action))  # bash -lc SCRIPT
+        _, _, script = shlex.split(commands.remote_agent_command(machine, action))  # bash -lc SCRIPT
         assert """--state-dir "$HOME"/'node-local state'""" in script
     # Without one, nothing new on the command line: an agent older than the key still starts.
-    assert "--state-dir" not in agent_control.remote_agent_command(remote(), "start")
+    assert "--state-dir" not in commands.remote_agent_command(remote(), "start")

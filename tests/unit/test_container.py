@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from milex.config.file import Machine
-from milex.machine import container
-from milex.machine import lifecycle as agent_control
+from milex.machine import commands, container
 from milex_agent import daemon
 from milex_agent.cli import main as agent_cli
+from milex_common import agent_layout
 from milex_common.errors import MilexError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_the_socket_fallback_is_mounted_whatever_the_agent_decides(length: int) 
     path = "/p" + "x" * length
     argv = container.container_run_command("podman", "i", path, 1000, 1000, user="a", home="/")
     assert "--volume=/tmp/milex-agent-1000:/tmp/milex-agent-1000" in argv
-    assert daemon.socket_path(daemon.agent_dir(path, "cluster1")).parent in (
+    assert agent_layout.socket_path(agent_layout.agent_dir(path, "cluster1")).parent in (
         Path(path, "agent/cluster1/run"), Path(f"/tmp/milex-agent-{os.getuid()}"),
     )  # fmt: skip
 
@@ -237,16 +237,16 @@ def test_the_remote_commands_run_the_container_script_where_deploy_put_it() -> N
     machine = Machine(name="c", path="~/milex", env_command="module load podman", slurm_account="",
                       hostname="login1")  # fmt: skip
     script = '"$HOME"/milex/agent/container.py'
-    start = shlex.split(agent_control.remote_agent_command(machine, "start"))[2]  # bash -lc SCRIPT
+    start = shlex.split(commands.remote_agent_command(machine, "start"))[2]  # bash -lc SCRIPT
     assert f'if [ -f {script} ]; then python3 {script} start --path "$HOME"/milex --poll-interval' in start
     assert "--info; else milex-agent start --path" in start
     assert start.startswith("module load podman && mkdir -p ")
-    stop = shlex.split(agent_control.remote_agent_command(machine, "stop"))[2]
+    stop = shlex.split(commands.remote_agent_command(machine, "stop"))[2]
     assert f"then python3 {script} stop; else milex-agent stop" in stop
-    relay = agent_control.remote_relay(machine)
+    relay = commands.remote_relay(machine)
     assert relay.startswith('sh -c \'if [ -f "$1" ]; then exec python3 "$1" bridge --socket "$2"; else exec ')
     assert relay.endswith(f'milex-agent bridge --socket "$2"; fi\' relay {script} {{socket}}')
-    quoted = agent_control.container_command(machine, "image-id", "--image", "my image")
+    quoted = commands.container_command(machine, "image-id", "--image", "my image")
     assert quoted == f"python3 {script} image-id --path \"$HOME\"/milex --image 'my image'"
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from milex_agent import daemon, handover
+from milex_agent import daemon
+from milex_common import agent_layout
 from milex_common.connection import AgentConnection
 from milex_common.errors import MilexError
 from milex_common.files import private_directory
@@ -39,25 +40,27 @@ def mode(path: Path) -> int:
 
 
 def test_agent_dir_is_per_cluster_under_the_milex_path(tmp_path):
-    assert daemon.agent_dir(tmp_path / "milex", cluster="c1") == tmp_path / "milex" / "agent" / "c1"
-    assert daemon.agent_dir("~/milex", cluster="c1") == Path.home() / "milex" / "agent" / "c1"
-    assert daemon.agent_dir(tmp_path).name == handover.cluster_name()  # this host's cluster, or its name
+    assert agent_layout.agent_dir(tmp_path / "milex", cluster="c1") == tmp_path / "milex" / "agent" / "c1"
+    assert agent_layout.agent_dir("~/milex", cluster="c1") == Path.home() / "milex" / "agent" / "c1"
+    assert (
+        agent_layout.agent_dir(tmp_path).name == agent_layout.cluster_name()
+    )  # this host's cluster, or its name
 
 
 def test_socket_path_is_in_the_agent_dir_when_short_enough(tmp_path):
-    assert daemon.socket_path(tmp_path / "agent") == tmp_path / "agent" / "run" / "agent.sock"
+    assert agent_layout.socket_path(tmp_path / "agent") == tmp_path / "agent" / "run" / "agent.sock"
 
 
 def test_socket_path_falls_back_to_a_private_tmp_dir_for_a_long_path(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", "/tmp")  # only a name is computed: nothing is made there
     long_dir = tmp_path / ("d" * 120) / "agent"
     other_dir = tmp_path / ("e" * 120) / "agent"
-    path = daemon.socket_path(long_dir)
+    path = agent_layout.socket_path(long_dir)
     assert path.parent == Path("/tmp") / f"milex-agent-{os.getuid()}"
     assert path.suffix == ".sock"
-    assert len(str(path)) <= daemon.SOCKET_PATH_LIMIT
-    assert daemon.socket_path(long_dir) == path  # the same directory always gets the same socket
-    assert daemon.socket_path(other_dir) != path
+    assert len(str(path)) <= agent_layout.SOCKET_PATH_LIMIT
+    assert agent_layout.socket_path(long_dir) == path  # the same directory always gets the same socket
+    assert agent_layout.socket_path(other_dir) != path
 
 
 def test_private_dir_is_created_0700_and_tightened_if_open(tmp_path):
@@ -87,7 +90,9 @@ def test_read_info_without_an_agent_is_none(tmp_path):
 
 
 def test_read_info_ignores_info_left_by_a_dead_agent(tmp_path):
-    info = daemon.AgentInfo(pid=1, socket="/x.sock", version="0", started_at=0.0, directory=str(tmp_path))
+    info = agent_layout.AgentInfo(
+        pid=1, socket="/x.sock", version="0", started_at=0.0, directory=str(tmp_path)
+    )
     daemon.publish(tmp_path, info)
     (tmp_path / "agent.lock").touch()
     assert daemon.read_info(tmp_path) is None
@@ -118,7 +123,7 @@ def test_start_then_start_again_is_the_same_agent_and_stop_stops_it(agent_dir):
     info = daemon.start(agent_dir, poll_interval=0.1, max_interval=0.5)
     assert info.running and info.pid != os.getpid()
     assert daemon.read_info(agent_dir) == info
-    assert info.socket == str(daemon.socket_path(agent_dir))
+    assert info.socket == str(agent_layout.socket_path(agent_dir))
     assert daemon.start(agent_dir).pid == info.pid  # one agent per directory
     with pytest.raises(MilexError, match=f"already running.*pid {info.pid}"):
         daemon.hold_lock(agent_dir)

@@ -20,6 +20,7 @@ import pytest
 from milex_agent import daemon, handover
 from milex_agent.journal import Journal
 from milex_agent.lifetime import Lifetime
+from milex_common import agent_layout
 from milex_common.errors import MilexError
 from tests.unit.agent_fakes import FakeClock
 from tests.unit.test_daemon import wait_until_gone
@@ -55,21 +56,21 @@ def test_the_cluster_is_slurms_name_for_it_else_the_nodes(tmp_path, monkeypatch)
     conf = tmp_path / "slurm.conf"
     conf.write_text("# ClusterName=commented\nSlurmctldHost=head\nClusterName=Perlmutter  # ours\n")
     monkeypatch.delenv("SLURM_CONF", raising=False)
-    assert handover.cluster_name((str(conf),)) == "perlmutter"  # slurmctld lowercases it too
-    assert handover.cluster_name((str(tmp_path / "none"),)) == handover.node_name()
+    assert agent_layout.cluster_name((str(conf),)) == "perlmutter"  # slurmctld lowercases it too
+    assert agent_layout.cluster_name((str(tmp_path / "none"),)) == agent_layout.node_name()
     monkeypatch.setenv("SLURM_CONF", str(conf))
-    assert handover.cluster_name((str(tmp_path / "none"),)) == "perlmutter"
+    assert agent_layout.cluster_name((str(tmp_path / "none"),)) == "perlmutter"
 
 
 def test_a_nodes_former_agent_directory_becomes_the_clusters(tmp_path):
-    former = tmp_path / "agent" / handover.node_name()
+    former = tmp_path / "agent" / agent_layout.node_name()
     former.mkdir(parents=True)
     Journal(former / "journal.sqlite").close()
-    directory = daemon.agent_dir(tmp_path, cluster="cluster1")
+    directory = agent_layout.agent_dir(tmp_path, cluster="cluster1")
     assert directory == tmp_path / "agent" / "cluster1"
     assert (directory / "journal.sqlite").exists() and not former.exists()  # its jobs stay watched
     other = tmp_path / "agent" / "elsewhere"
-    assert daemon.agent_dir(tmp_path, cluster="elsewhere") == other and not other.exists()
+    assert agent_layout.agent_dir(tmp_path, cluster="elsewhere") == other and not other.exists()
 
 
 def test_a_request_to_leave_names_the_agent_it_is_for(tmp_path):
@@ -133,5 +134,5 @@ def test_a_lock_granted_while_another_nodes_agent_still_beats_is_refused(tmp_pat
     assert reason is not None and "the agent on login9 (pid 4242) still runs" in reason
     assert "do not reach across login nodes" in reason
     assert handover.live_elsewhere(tmp_path, every=0.2) is None  # it stopped beating: it died
-    record.write_text(json.dumps({"host": handover.node_name(), "pid": 1}))
+    record.write_text(json.dumps({"host": agent_layout.node_name(), "pid": 1}))
     assert handover.live_elsewhere(tmp_path, every=60) is None  # this node's: the lock said enough

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from milex_agent import daemon, handover, locks
+from milex_agent import daemon, locks
+from milex_common import agent_layout
 from milex_common.errors import LocksUnreliable
 from milex_common.files import is_locked, take_lock
 
@@ -86,7 +87,7 @@ def test_the_refusal_names_a_directory_of_the_node_whose_locks_work_and_the_line
     assert message.startswith(f"file locks do not work in {home} (a second process was granted the flock")
     assert f'\n    "state_dir": "{local}/milex-alice",\n' in message
     assert f"milex config set <machine> state_dir {local}/milex-alice" in message
-    assert str(daemon.agent_dir(local / "milex-alice", cluster=handover.node_name())) in message
+    assert str(agent_layout.agent_dir(local / "milex-alice", cluster=agent_layout.node_name())) in message
     assert list(local.iterdir()) == []  # tried, and nothing left there
 
 
@@ -114,12 +115,14 @@ def test_the_agent_refuses_before_it_opens_its_journal_and_lets_go_of_its_lock(t
 
 def test_a_machine_with_a_state_dir_keeps_its_agent_there_in_a_private_directory(tmp_path):
     state = tmp_path / "var-tmp" / "milex-alice"
-    directory = daemon.machine_agent_dir(str(tmp_path / "home"), str(state))
-    assert directory == daemon.agent_dir(
-        state, cluster=handover.node_name()
+    directory = agent_layout.machine_agent_dir(str(tmp_path / "home"), str(state))
+    assert directory == agent_layout.agent_dir(
+        state, cluster=agent_layout.node_name()
     )  # a disk of this node: its own agent
     assert state.stat().st_mode & 0o777 == 0o700
-    assert daemon.machine_agent_dir(str(tmp_path / "home"), None) == daemon.agent_dir(tmp_path / "home")
+    assert agent_layout.machine_agent_dir(str(tmp_path / "home"), None) == agent_layout.agent_dir(
+        tmp_path / "home"
+    )
 
 
 def test_status_and_start_on_a_filesystem_refusing_flock_give_the_refusal(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def tunnel_group() -> None:
 def up(machine: str) -> None:
     """Connect (asking for passphrases or codes here, once) and start the machine's agent."""
     from milex.config.file import load_config
-    from milex.machine.deploy import remote_endpoint
+    from milex.machine.endpoint import remote_endpoint
     from milex.machine.tunnel.control import tunnel_status
 
     remote_endpoint(load_config().machine(machine))

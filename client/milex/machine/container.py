@@ -4,7 +4,7 @@ idempotent start (`milex agent deploy --container`).
 Standard library only, so this file also runs by itself where only the image has Milex:
 `python3 container.py start --path ~/milex` (deploy/container/run-agent.sh), or uploaded over SSH
 to PATH/agent/container.py, where its presence tells the client that this machine's agent runs in
-a container (see milex.machine.lifecycle.remote_agent_command).
+a container (see milex.machine.commands.remote_agent_command).
 """
 
 from __future__ import annotations

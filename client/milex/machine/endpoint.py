@@ -1,83 +1,47 @@
-"""Reaching a machine's agent: started on this host for local machines, through the tunnel for remote ones."""
+"""The one road to a machine's agent: a checked connection, opened once per process and reused.
+
+A local machine's agent is started on this host (milex.machine.local); a remote one's is reached
+through the machine's tunnel, which starts the agent after each SSH (re)connection.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TypedDict
+from functools import partial
 
 from milex.config.file import Machine
+from milex.machine.commands import remote_agent_command, remote_relay
+from milex.machine.settings import client_version
+from milex.machine.ssh.errors import PromptUnavailable
+from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel, tunnel_gone
 from milex_common.connection import AgentConnection
-from milex_common.errors import MilexError
 from milex_common.protocol import HelloReply
-
-POLL_INTERVAL_ENV = "MILEX_AGENT_POLL_INTERVAL"
-MAX_INTERVAL_ENV = "MILEX_AGENT_MAX_INTERVAL"
-IDLE_EXIT_ENV = "MILEX_AGENT_IDLE_EXIT"
-
-
-def client_version() -> str:
-    from milex_common.version import VERSION
-
-    return VERSION
-
-
-class PollSettings(TypedDict):
-    poll_interval: float
-    max_interval: float
-
-
-class StartSettings(PollSettings):
-    idle_exit: float
-
-
-def poll_settings() -> PollSettings:
-    """The agent's SLURM poll interval and its back-off ceiling: the agent's own defaults
-    (`milex_common.intervals`) unless the environment overrides them."""
-    from milex_common import intervals
-
-    return PollSettings(
-        poll_interval=_seconds(POLL_INTERVAL_ENV, intervals.POLL_INTERVAL),
-        max_interval=_seconds(MAX_INTERVAL_ENV, intervals.MAX_POLL_INTERVAL),
-    )
-
-
-def start_settings() -> StartSettings:
-    """What a detached agent starts with: the poll settings, and how long it stays when idle."""
-    from milex_common.intervals import IDLE_EXIT
-
-    return StartSettings(**poll_settings(), idle_exit=_seconds(IDLE_EXIT_ENV, IDLE_EXIT))
-
-
-def _seconds(variable: str, default: float) -> float:
-    text = os.environ.get(variable)
-    if text is None:
-        return default
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise MilexError(f"{variable}={text!r} is not a number of seconds; set it to one, or unset it.")
-    return seconds
-
-
-def local_agent_dir(machine: Machine) -> Path:
-    from milex_agent.daemon import machine_agent_dir
-
-    return machine_agent_dir(machine.path, machine.state_dir)
 
 
 def endpoint(machine: Machine) -> str:
     """The ZeroMQ endpoint of `machine`'s agent, starting the agent (and tunnel) if needed."""
     if machine.is_remote:
-        from milex.machine.deploy import remote_endpoint
-
         return remote_endpoint(machine)
-    from milex_agent.daemon import start
+    from milex.machine.local import start_local_agent  # the agent's code: only for a local machine
 
-    info = start(local_agent_dir(machine), **start_settings())
-    return f"ipc://{info.socket}"
+    return f"ipc://{start_local_agent(machine).socket}"
+
+
+def remote_endpoint(machine: Machine) -> str:
+    """The local end of `machine`'s tunnel to its agent; tunnel and agent are started if needed.
+
+    The tunnel runs `milex-agent start` after each SSH (re)connection, so a stopped or crashed
+    agent comes back with the link, and learns the agent's socket from what it prints. Its link is
+    checked first (a keepalive, or a new connection): a dead one is a LinkDown within seconds, where
+    the command would wait for an answer that cannot come.
+    """
+    on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
+    status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)
+    try:
+        check_link(machine.name)
+    except PromptUnavailable:  # the new connection wants an answer (a second factor) the tunnel cannot ask
+        stop_tunnel(machine.name)
+        status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)  # asks on this terminal
+    return f"ipc://{status.local_socket}"
 
 
 _shared: dict[str, AgentConnection] = {}
@@ -107,10 +71,6 @@ def greeted(machine: Machine, *, timeout: float | None = None) -> tuple[AgentCon
     """A checked connection to `machine`'s agent, and what the agent said of itself (its features)."""
     gone = None
     if machine.is_remote:  # a tunnel that stops (it needs a code no one can type) ends the wait at once
-        from functools import partial
-
-        from milex.machine.tunnel.control import tunnel_gone
-
         gone = partial(tunnel_gone, machine.name)
     connection = AgentConnection(endpoint(machine), gone=gone, **({"timeout": timeout} if timeout else {}))
     try:

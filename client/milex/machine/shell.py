@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from milex.config.file import Machine
+from milex.machine.tunnel.control import exec_in_tunnel, upload_in_tunnel
+from milex_common.errors import MilexError
 
 if TYPE_CHECKING:
     from milex.machine.ssh.session import SshSession
@@ -41,8 +43,6 @@ class MachineShell:
         self._own: SshSession | None = None
 
     def exec(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
-        from milex.machine.tunnel.control import exec_in_tunnel
-
         if self._own is None:
             ran = exec_in_tunnel(self.machine.name, command, timeout)
             if ran is not None:
@@ -50,14 +50,12 @@ class MachineShell:
         return self._session().exec(command, timeout=timeout)
 
     def upload(self, local: Path, remote: str) -> None:
-        from milex.machine.tunnel.control import upload_in_tunnel
-
         if self._own is None and upload_in_tunnel(self.machine.name, local, remote):
             return
         self._session().upload(local, remote)
 
     def _session(self) -> SshSession:
-        from milex.machine.ssh.session import SshSession
+        from milex.machine.ssh.session import SshSession  # paramiko: only when no tunnel is up
 
         if self._own is None:
             self._own = self._stack.enter_context(SshSession.for_machine(self.machine))
@@ -69,3 +67,13 @@ def machine_shell(machine: Machine) -> Iterator[MachineShell]:
     """`machine`'s shell for the block (the SSH session it may have opened closed after)."""
     with ExitStack() as stack:
         yield MachineShell(machine, stack)
+
+
+def run_remote(machine: Machine, command: str, *, check: bool = True, timeout: float = 120.0) -> str:
+    """Run `command` on `machine` (the tunnel's session when it is up: no new login, no second factor
+    asked again); its output, or MilexError with what it printed."""
+    with machine_shell(machine) as shell:
+        code, out, err = shell.exec(command, timeout=timeout)
+    if check and code != 0:
+        raise MilexError(f"on {machine.name}: `{command}` exited {code}:\n{(err or out).strip()}")
+    return out.strip()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from milex.config.file import Machine
+from milex.machine.commands import in_environment
 from milex_common.errors import MilexError
 
 if TYPE_CHECKING:
@@ -230,8 +231,6 @@ def install_from_wheels(session: Shell, machine: Machine) -> None:
     here and uploaded into a temporary directory there, removed whatever happens."""
     import tempfile
 
-    from milex.machine.deploy import in_environment
-
     probe = in_environment(machine, f"python3 -c {shlex.quote(PROBE)}")
     target = read_target(machine, *session.exec(probe, timeout=60))
     check_target(machine, target)
@@ -254,7 +253,6 @@ def install_uploaded(
 ) -> None:
     """Upload `wheels` into `remote` and install the wheel `own` from there with no index; a
     requirement pip there finds missing (its marker held there, not here) is downloaded and added."""
-    from milex.machine.deploy import in_environment
 
     pip = f"python3 -m pip install --quiet --no-index --find-links {shlex.quote(remote)}"
     wheel = shlex.quote(f"{remote}/{own}")

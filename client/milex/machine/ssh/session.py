@@ -24,6 +24,7 @@ from paramiko.common import (
 )
 
 from milex.config.file import Machine
+from milex.machine.commands import DEFAULT_RELAY
 from milex.machine.ssh.auth import (
     Credentials,
     Prompt,
@@ -39,7 +40,6 @@ from milex_common.errors import ConfigError
 log = logging.getLogger("milex.machine.ssh.session")
 
 STREAMLOCAL = "direct-streamlocal@openssh.com"
-DEFAULT_RELAY = "milex-agent bridge --socket {socket}"
 Mode = Literal["streamlocal", "relay"]
 # A server that is there answers a keepalive within this, even behind a busy channel; past it, the link
 # is taken for down (a closed lid, a change of network: TCP itself would take ~15 minutes to say so).

@@ -21,8 +21,9 @@ import msgspec
 import paramiko
 
 from milex.config.file import load_config
+from milex.machine.commands import DEFAULT_RELAY
 from milex.machine.ssh.errors import BackingOff, PromptUnavailable, TunnelError
-from milex.machine.ssh.session import DEFAULT_RELAY, SshSession
+from milex.machine.ssh.session import SshSession
 from milex.machine.tunnel.control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
 from milex_common.files import private_directory, take_lock
 
