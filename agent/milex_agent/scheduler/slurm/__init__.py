@@ -1,0 +1,1 @@
+"""SLURM behind the `Scheduler` protocol: sbatch/squeue/scancel, the poll, history, limits, output."""

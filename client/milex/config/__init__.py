@@ -1,0 +1,1 @@
+"""The machine configuration (`~/.milexconfig`): its file and types, and its editor."""
