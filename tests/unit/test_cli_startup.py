@@ -23,5 +23,6 @@ def test_help_lists_every_command() -> None:
     from milex.cli.main import milex
 
     output = CliRunner().invoke(milex, ["--help"]).output
-    for command in ("schedule", "run", "submit", "status", "logs", "cancel", "agent", "tunnel", "config"):
+    for command in ("schedule", "run", "status", "logs", "cancel", "agent", "tunnel", "config"):
         assert f"  {command} " in output
+    assert "  submit " not in output  # one name per command: `milex run`

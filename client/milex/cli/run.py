@@ -1,4 +1,4 @@
-"""`milex-run NAME`: submit the newest bundle of that name to a machine (alias `milex-submit`)."""
+"""`milex-run NAME`: submit the newest bundle of that name to a machine."""
 
 from __future__ import annotations
 
