@@ -216,3 +216,7 @@ def test_a_requirement_still_missing_after_its_download_fails_with_pips_words(
             session, MACHINE, VENV_PYTHON, tmp_path, "/tmp/w", "milex_scheduler-0.1.0-py3-none-any.whl"
         )
     assert downloads == ["typing-extensions>=4.13.2"]
+
+
+def test_the_wheel_is_built_from_the_checkout_this_milex_runs_from() -> None:
+    assert (wheelhouse.source_checkout() / "pyproject.toml").read_text().count('name = "milex-scheduler"') == 1

@@ -200,11 +200,16 @@ def missing_requirement(output: str) -> str | None:
     return missing[1].strip() if missing else None
 
 
+def source_checkout() -> Path:
+    """The checkout this Milex runs from, when it is one (client/milex/machine/ is three levels down)."""
+    return Path(__file__).resolve().parents[3]
+
+
 def build_wheel(into: Path) -> Path:
     """Milex's own wheel, built from this source checkout into `into`."""
     import subprocess
 
-    source = Path(__file__).resolve().parents[1]
+    source = source_checkout()
     if not (source / "pyproject.toml").exists():
         raise MilexError("--wheel needs a source checkout of milex-scheduler to build the wheel from.")
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(into), str(source)]
