@@ -219,4 +219,5 @@ def test_a_requirement_still_missing_after_its_download_fails_with_pips_words(
 
 
 def test_the_wheel_is_built_from_the_checkout_this_milex_runs_from() -> None:
-    assert (wheelhouse.source_checkout() / "pyproject.toml").read_text().count('name = "milex-scheduler"') == 1
+    pyproject = (wheelhouse.source_checkout() / "pyproject.toml").read_text()
+    assert 'name = "milex-scheduler"' in pyproject
