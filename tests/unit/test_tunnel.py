@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milex.machine.ssh.auth import (
     Credentials,
-    Target,
+    SshTarget,
     check_host_key,
     key_family,
     resolve_target,
     reusable_answer,
 )
 from milex.machine.ssh.errors import HostKeyChangedError, PromptUnavailable, TunnelError, UnknownHostError
-from milex.machine.ssh.session import Backoff, relay_command, streamlocal_open_message
+from milex.machine.ssh.session import ChannelBackoff, relay_command, streamlocal_open_message
 from milex.machine.tunnel.control import TunnelFiles, tunnel_gone, tunnel_status
 from milex.machine.tunnel.service import RemoteAgent, TunnelService, splice
 from milex_common.connection import AgentConnection, AgentUnavailable
@@ -64,7 +64,7 @@ def test_paramiko_still_has_the_internals_open_direct_streamlocal_borrows() -> N
 
 def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it() -> None:
     now = [100.0]
-    backoff = Backoff(base=0.5, cap=3.0, clock=lambda: now[0])
+    backoff = ChannelBackoff(base=0.5, cap=3.0, clock=lambda: now[0])
     assert backoff.wait_left() == 0
     assert [backoff.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert backoff.wait_left() == 3.0
@@ -123,7 +123,7 @@ def host_key() -> paramiko.PKey:
 
 
 def test_unknown_host_error_gives_the_keyscan_command() -> None:
-    target = Target(alias="c", hostname="cluster.example.org", port=2222, username="alice")
+    target = SshTarget(alias="c", hostname="cluster.example.org", port=2222, username="alice")
     key = host_key()
     with pytest.raises(UnknownHostError) as caught:
         check_host_key(target, paramiko.HostKeys(), key)
@@ -133,7 +133,7 @@ def test_unknown_host_error_gives_the_keyscan_command() -> None:
 
 
 def test_a_changed_host_key_is_refused_and_the_known_one_accepted() -> None:
-    target = Target(alias="c", hostname="cluster.example.org", port=22, username="alice")
+    target = SshTarget(alias="c", hostname="cluster.example.org", port=22, username="alice")
     known, other = host_key(), host_key()
     keys = paramiko.HostKeys()
     keys.add("cluster.example.org", known.get_name(), known)
@@ -144,7 +144,7 @@ def test_a_changed_host_key_is_refused_and_the_known_one_accepted() -> None:
 
 def test_any_of_several_keys_known_for_one_name_is_accepted(tmp_path: Path) -> None:
     # Two login nodes behind one round-robin name, each with its own key: known_hosts lists both.
-    target = Target(alias="c", hostname="cluster.example.org", port=22, username="alice")
+    target = SshTarget(alias="c", hostname="cluster.example.org", port=22, username="alice")
     first, second, stranger = host_key(), host_key(), host_key()
     lines = [f"cluster.example.org {key.get_name()} {key.get_base64()}\n" for key in (first, second)]
     (tmp_path / "known_hosts").write_text("".join(lines))
@@ -159,8 +159,8 @@ def test_any_of_several_keys_known_for_one_name_is_accepted(tmp_path: Path) -> N
 def test_passwords_are_kept_for_reconnections_and_one_time_codes_never() -> None:
     asked: list[tuple[str, bool]] = []
     credentials = Credentials(lambda text, echo: asked.append((text, echo)) or f"answer{len(asked)}")
-    server = Target(alias="c", hostname="cluster.example.org", port=22, username="alice")
-    other = Target(alias="d", hostname="other.example.org", port=22, username="alice")
+    server = SshTarget(alias="c", hostname="cluster.example.org", port=22, username="alice")
+    other = SshTarget(alias="d", hostname="other.example.org", port=22, username="alice")
     prompts = [("Password:", False), ("Verification code:", False)]
     first = credentials._handler(server, use_saved=True)("PAM", "", prompts)
     again = credentials._handler(server, use_saved=True)("PAM", "", prompts)
@@ -183,14 +183,16 @@ def test_only_password_answers_are_reusable(prompt: str, kept: bool) -> None:
 
 
 def test_a_jump_host_is_named_with_its_destination_and_asks_under_its_own_name() -> None:
-    hop = Target(alias="gate", hostname="10.0.0.6", port=22, username="alice", jump_of="hpc", through="outer")
+    hop = SshTarget(
+        alias="gate", hostname="10.0.0.6", port=22, username="alice", jump_of="hpc", through="outer"
+    )
     assert hop.label == "jump host gate (alice@10.0.0.6:22) of hpc"
     assert hop.asker == "(alice@gate) "
-    assert Target(alias="hpc", hostname="h", port=22, username="alice").asker == ""
+    assert SshTarget(alias="hpc", hostname="h", port=22, username="alice").asker == ""
 
 
 def test_a_host_behind_jump_hosts_is_trusted_through_them_not_with_a_direct_keyscan() -> None:
-    hop = Target(alias="gate", hostname="10.0.0.6", port=2200, username="alice", jump_of="hpc",
+    hop = SshTarget(alias="gate", hostname="10.0.0.6", port=2200, username="alice", jump_of="hpc",
                  through="outer,alice@inner:23")  # fmt: skip
     with pytest.raises(UnknownHostError) as caught:
         check_host_key(hop, paramiko.HostKeys(), host_key())
@@ -357,7 +359,7 @@ class BackoffOnly:
     """A session that can only back off."""
 
     def __init__(self) -> None:
-        self.backoff = Backoff()
+        self.backoff = ChannelBackoff()
         self.is_connected = True
 
 

@@ -15,24 +15,25 @@ from milex.config.file import Machine
 from milex.machine import wheelhouse
 from milex.machine.wheelhouse import (
     PROBE,
-    Target,
-    check_target,
+    LoginPython,
+    check_login_python,
     download_arguments,
     download_error,
     install_error,
     install_uploaded,
     manylinux_platforms,
     missing_requirement,
-    read_target,
+    read_login_python,
 )
 from milex_common.errors import MilexError
 
 MACHINE = Machine(name="cluster", path="~/milex", env_command="", slurm_account="", hostname="login.example",
                   username="me", key_path="~/.ssh/id")  # fmt: skip
-TRIXIE = Target(version=(3, 13, 5), implementation="cpython", platform="linux-x86_64", libc="glibc 2.41",
-                executable="/usr/bin/python3", has_pip=False, externally_managed=True)  # fmt: skip
-VENV_PYTHON = Target(version=(3, 13, 5), implementation="cpython", platform="linux-x86_64", libc="glibc 2.41",
-                     executable="/home/me/venv/bin/python3")  # fmt: skip
+TRIXIE = LoginPython(version=(3, 13, 5), implementation="cpython", platform="linux-x86_64",
+                     libc="glibc 2.41", executable="/usr/bin/python3", has_pip=False,
+                     externally_managed=True)  # fmt: skip
+VENV_PYTHON = LoginPython(version=(3, 13, 5), implementation="cpython", platform="linux-x86_64",
+                          libc="glibc 2.41", executable="/home/me/venv/bin/python3")  # fmt: skip
 # pip 23.2's own words, captured on this machine.
 REFUSED = (
     "WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) after "
@@ -92,7 +93,7 @@ def test_download_arguments_choose_wheels_for_the_login_nodes_python() -> None:
 def test_the_probe_describes_this_python_through_noise_a_login_shell_prints() -> None:
     probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
 
-    target = read_target(MACHINE, 0, f"Welcome to the cluster\n{probe.stdout}", "")
+    target = read_login_python(MACHINE, 0, f"Welcome to the cluster\n{probe.stdout}", "")
 
     assert target.version == tuple(sys.version_info[:3])
     assert target.executable == sys.executable
@@ -102,7 +103,7 @@ def test_the_probe_describes_this_python_through_noise_a_login_shell_prints() ->
 
 def test_no_python3_in_the_environment_says_to_load_one() -> None:
     with pytest.raises(MilexError, match="has no python3") as raised:
-        read_target(MACHINE, 127, "", "bash: line 1: python3: command not found\n")
+        read_login_python(MACHINE, 127, "", "bash: line 1: python3: command not found\n")
     assert "milex config set cluster env_command" in str(raised.value)
 
 
@@ -110,12 +111,12 @@ def test_an_old_python_is_refused_with_its_version() -> None:
     old = replace(VENV_PYTHON, version=(3, 9, 2))
 
     with pytest.raises(MilexError, match=r"Python 3\.9\.2 .*needs 3\.10 or newer"):
-        check_target(MACHINE, old)
+        check_login_python(MACHINE, old)
 
 
 def test_a_system_python_without_pip_gets_the_venv_commands() -> None:
     with pytest.raises(MilexError) as raised:
-        check_target(MACHINE, TRIXIE)
+        check_login_python(MACHINE, TRIXIE)
 
     message = str(raised.value)
     assert "has no pip" in message and "externally-managed-environment" in message
@@ -137,8 +138,8 @@ def test_a_python_other_than_cpython_on_glibc_is_refused() -> None:
     musl = replace(VENV_PYTHON, libc="")
 
     with pytest.raises(MilexError, match="CPython on Linux with glibc only"):
-        check_target(MACHINE, musl)
-    check_target(MACHINE, VENV_PYTHON)
+        check_login_python(MACHINE, musl)
+    check_login_python(MACHINE, VENV_PYTHON)
 
 
 def test_an_unreachable_index_is_told_apart_from_a_missing_wheel() -> None:
@@ -177,7 +178,7 @@ def downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What install_uploaded asks pip to download; each gives one wheel named after it."""
     asked: list[str] = []
 
-    def download(requirement: str, target: Target, into: Path) -> None:
+    def download(requirement: str, target: LoginPython, into: Path) -> None:
         asked.append(requirement)
         (into / f"{requirement.split('>=')[0]}-1.0-py3-none-any.whl").touch()
 

@@ -50,7 +50,7 @@ UNREACHABLE = ("NewConnectionError", "Failed to establish a new connection", "co
                "Max retries exceeded", "ProxyError", "Name or service not known", "SSLError")  # fmt: skip
 
 
-class Target(msgspec.Struct, kw_only=True):
+class LoginPython(msgspec.Struct, kw_only=True):
     """The login node's Python, as the probe describes it."""
 
     version: tuple[int, int, int]
@@ -76,7 +76,7 @@ class Target(msgspec.Struct, kw_only=True):
         return f"{self.implementation} {python} on {self.platform} ({self.libc or 'unknown C library'})"
 
 
-def read_target(machine: Machine, code: int, out: str, err: str) -> Target:
+def read_login_python(machine: Machine, code: int, out: str, err: str) -> LoginPython:
     """The probe's answer, or what to do when the environment has no python3 or it failed."""
     if code == 127 or "python3: command not found" in err:
         env_command = repr(machine.env_command) if machine.env_command else "empty"
@@ -89,10 +89,10 @@ def read_target(machine: Machine, code: int, out: str, err: str) -> Target:
     if code != 0 or line is None:
         ran = f"{machine.env_command} && python3" if machine.env_command else "python3"
         raise MilexError(f"on {machine.name}, `{ran}` failed (exit {code}):\n{(err or out).strip()}")
-    return msgspec.json.decode(line[len(TARGET_MARK) :], type=Target)
+    return msgspec.json.decode(line[len(TARGET_MARK) :], type=LoginPython)
 
 
-def check_target(machine: Machine, target: Target) -> None:
+def check_login_python(machine: Machine, target: LoginPython) -> None:
     """MilexError saying what to do when Milex cannot be installed into that Python from wheels."""
     python = ".".join(map(str, target.version))
     if tuple(target.version[:2]) < MIN_PYTHON:
@@ -141,12 +141,12 @@ def manylinux_platforms(glibc: tuple[int, int], arch: str) -> list[str]:
     return platforms
 
 
-def newest_platform(target: Target) -> str:
+def newest_platform(target: LoginPython) -> str:
     platforms = manylinux_platforms(target.glibc or (0, 0), target.arch)
     return platforms[0] if platforms else target.platform
 
 
-def download_arguments(target: Target) -> list[str]:
+def download_arguments(target: LoginPython) -> list[str]:
     """`pip download`'s options that choose wheels for `target` rather than for this laptop."""
     major, minor = target.version[:2]
     arguments = ["--only-binary=:all:", "--python-version", f"{major}.{minor}", "--implementation", "cp"]
@@ -168,7 +168,7 @@ def unreachable_error(output: str) -> MilexError | None:
     )
 
 
-def download_error(output: str, target: Target) -> MilexError:
+def download_error(output: str, target: LoginPython) -> MilexError:
     """What a failed `pip download` means: the index out of reach, or a dependency without a wheel."""
     unreachable = unreachable_error(output)
     if unreachable:
@@ -220,7 +220,7 @@ def build_wheel(into: Path) -> Path:
     return next(into.glob("milex_scheduler-*.whl"))
 
 
-def download_wheels(requirement: str, target: Target, into: Path) -> None:
+def download_wheels(requirement: str, target: LoginPython, into: Path) -> None:
     """Wheels of `requirement` and its dependencies for `target`, into `into` (pip's cache serves repeats)."""
     import subprocess
 
@@ -237,8 +237,8 @@ def install_from_wheels(session: Shell, machine: Machine) -> None:
     import tempfile
 
     probe = in_environment(machine, f"python3 -c {shlex.quote(PROBE)}")
-    target = read_target(machine, *session.exec(probe, timeout=60))
-    check_target(machine, target)
+    target = read_login_python(machine, *session.exec(probe, timeout=60))
+    check_login_python(machine, target)
     with tempfile.TemporaryDirectory(prefix="milex-wheels-") as local:
         wheel = build_wheel(Path(local) / "own")
         wheels = Path(local) / "all"
@@ -254,7 +254,7 @@ def install_from_wheels(session: Shell, machine: Machine) -> None:
 
 
 def install_uploaded(
-    session: Shell, machine: Machine, target: Target, wheels: Path, remote: str, own: str
+    session: Shell, machine: Machine, target: LoginPython, wheels: Path, remote: str, own: str
 ) -> None:
     """Upload `wheels` into `remote` and install the wheel `own` from there with no index; a
     requirement pip there finds missing (its marker held there, not here) is downloaded and added."""

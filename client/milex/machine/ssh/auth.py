@@ -36,7 +36,7 @@ AUTH_TIMEOUT = 120.0  # OpenSSH's default LoginGraceTime
 
 
 @dataclass(frozen=True)
-class Target:
+class SshTarget:
     """One SSH destination, resolved: the machine configuration first, then `~/.ssh/config`."""
 
     alias: str
@@ -97,7 +97,7 @@ def resolve_target(
     key_path: str | None = None,
     port: int | None = None,
     ssh_config: Path | None = None,
-) -> Target:
+) -> SshTarget:
     """Resolve `hostname` (maybe an alias) through `ssh_config` (default `~/.ssh/config`)."""
     path = ssh_config or Path(os.path.expanduser("~/.ssh/config"))
     config = paramiko.SSHConfig.from_path(str(path)) if path.is_file() else paramiko.SSHConfig()
@@ -108,7 +108,7 @@ def resolve_target(
     known = options.get("userknownhostsfile", "").split() or list(DEFAULT_KNOWN_HOSTS)
     known += options.get("globalknownhostsfile", "").split() or list(GLOBAL_KNOWN_HOSTS)
     jump = options.get("proxyjump")
-    return Target(
+    return SshTarget(
         alias=hostname,
         hostname=options.get("hostname", hostname),
         port=port or int(options.get("port", 22)),
@@ -122,7 +122,7 @@ def resolve_target(
     )
 
 
-def load_known_hosts(target: Target) -> paramiko.HostKeys:
+def load_known_hosts(target: SshTarget) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()
     for path in target.known_hosts:
         if os.path.isfile(path):
@@ -148,7 +148,7 @@ def known_keys(keys: paramiko.HostKeys, name: str, kind: str) -> list[paramiko.P
     return listed
 
 
-def check_host_key(target: Target, keys: paramiko.HostKeys, server_key: paramiko.PKey) -> None:
+def check_host_key(target: SshTarget, keys: paramiko.HostKeys, server_key: paramiko.PKey) -> None:
     """Raise unless known_hosts holds `server_key` for `target`."""
     known = known_keys(keys, target.host_key_name, server_key.get_name())
     if not known:
@@ -169,7 +169,7 @@ def check_host_key(target: Target, keys: paramiko.HostKeys, server_key: paramiko
 
 
 def connect_socket(
-    target: Target, timeout: float, *, reached_before: bool = False
+    target: SshTarget, timeout: float, *, reached_before: bool = False
 ) -> socket.socket | paramiko.ProxyCommand:
     """A connected socket to `target` (or its ProxyCommand), tuned for many small round trips.
     LinkDown when it cannot be reached: `reached_before`, the network is to blame, not the settings."""
@@ -196,7 +196,7 @@ def connect_socket(
 
 
 def handshake(
-    transport: paramiko.Transport, target: Target, credentials: Credentials, timeout: float
+    transport: paramiko.Transport, target: SshTarget, credentials: Credentials, timeout: float
 ) -> None:
     """Key exchange, host key check against known_hosts, then authentication."""
     known = load_known_hosts(target)
@@ -253,7 +253,7 @@ class Credentials:
         self._keys: dict[str, paramiko.PKey] = {}
         self._answers: dict[tuple[str, str], str] = {}  # (server, prompt) -> answer
 
-    def authenticate(self, transport: paramiko.Transport, target: Target) -> None:
+    def authenticate(self, transport: paramiko.Transport, target: SshTarget) -> None:
         """Agent keys, then key files, then keyboard-interactive: the order of OpenSSH's `ssh`."""
         try:
             transport.auth_none(target.username)
@@ -271,7 +271,7 @@ class Credentials:
                 "configuration or load your key with `ssh-add`."
             )
 
-    def _publickey(self, transport: paramiko.Transport, target: Target) -> list[str]:
+    def _publickey(self, transport: paramiko.Transport, target: SshTarget) -> list[str]:
         """Try each key; returns the methods the server still wants after a partial success."""
         for key in self._candidate_keys(target):
             try:
@@ -283,7 +283,7 @@ class Credentials:
             return list(remaining)
         return []
 
-    def _candidate_keys(self, target: Target) -> Iterator[paramiko.PKey]:
+    def _candidate_keys(self, target: SshTarget) -> Iterator[paramiko.PKey]:
         offered: set[str] = set()
         agent = None if target.identities_only else paramiko.Agent()
         try:
@@ -322,7 +322,7 @@ class Credentials:
             password = self.prompt(f"{again} for key {path}: ", False).encode()
         raise AuthError(f"wrong passphrase for {path} ({PASSPHRASE_ATTEMPTS} attempts).")
 
-    def _interactive(self, transport: paramiko.Transport, target: Target) -> None:
+    def _interactive(self, transport: paramiko.Transport, target: SshTarget) -> None:
         # Passwords saved from an earlier connection are tried first; the user is asked again only
         # when the server refuses them (a changed password). Anything else is asked each time.
         server = str(target)
@@ -340,7 +340,7 @@ class Credentials:
                     del self._answers[key]
 
     def _handler(
-        self, target: Target, use_saved: bool
+        self, target: SshTarget, use_saved: bool
     ) -> Callable[[str, str, list[tuple[str, bool]]], list[str]]:
         def answer(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
             header = "\n".join(part for part in (title, instructions) if part)

@@ -28,7 +28,7 @@ from milex.machine.commands import DEFAULT_RELAY
 from milex.machine.ssh.auth import (
     Credentials,
     Prompt,
-    Target,
+    SshTarget,
     connect_socket,
     handshake,
     resolve_target,
@@ -51,7 +51,7 @@ FRESH = 1.0  # a connection heard from this recently is not probed again (a chec
 
 
 @dataclass
-class Backoff:
+class ChannelBackoff:
     """After each failure, refuse new attempts for a delay that doubles up to `cap`; a success resets it."""
 
     base: float = 0.25
@@ -181,13 +181,13 @@ class SshSession:
     ) -> None:
         target = resolve_target(hostname, username, key_path, port, ssh_config)
         self._jump_spec = target.proxy_jump if jump is None else (jump or None)
-        self.target: Target = dataclasses.replace(target, jump_of=jump_of, through=self._jump_spec or "")
+        self.target: SshTarget = dataclasses.replace(target, jump_of=jump_of, through=self._jump_spec or "")
         self.credentials = credentials or Credentials(prompt)
         self.relay, self.env_command, self.timeout = relay, env_command, timeout
         self.on_connect = on_connect
         self.mode: Mode | None = None
         self.connected_at: float | None = None
-        self.backoff = Backoff()
+        self.backoff = ChannelBackoff()
         self.last_failure = ""  # why the last channel could not be opened; "" once one is
         self.alive_at = 0.0  # when the server last proved the connection alive (time.monotonic())
         self._ssh_config = ssh_config
@@ -312,7 +312,7 @@ class SshSession:
     def open_streamlocal(self, remote_path: str) -> paramiko.Channel:
         """A byte channel to unix socket `remote_path`: stream-local forwarding, else the relay command.
 
-        After a failure, attempts are refused for a while (see Backoff) instead of hammering the server.
+        After a failure, attempts are refused for a while (see ChannelBackoff) rather than hammer the server.
         """
         with self._lock:
             wait = self.backoff.wait_left()
