@@ -56,7 +56,7 @@ class ControllerWatch:
         return self.silent_since is not None and self.clock() - self.silent_since >= self.retry_for
 
 
-class Backoff:
+class LookupBackoff:
     """When to look up in-doubt jobs next: soon, then less often while the controller is silent."""
 
     def __init__(self, watch: ControllerWatch) -> None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Collection
 from concurrent.futures import Future
 
-from milex_agent.controller import Backoff
+from milex_agent.controller import LookupBackoff
 from milex_agent.ledger import comment_of
 from milex_agent.scheduler import scheduler_group
 from milex_agent.state import Agent
@@ -42,7 +42,7 @@ class InDoubtRecovery:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.backoff = Backoff(agent.controller)
+        self.backoff = LookupBackoff(agent.controller)
         self.looking: tuple[Future[dict[str, str]], Groups, float] | None = None
 
     def next_event_in(self) -> float:

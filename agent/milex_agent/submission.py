@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from milex_agent.array_windows import ArrayWindow, array_windows, window_dependencies, window_job
-from milex_agent.controller import Backoff, ControllerWatch
+from milex_agent.controller import ControllerWatch, LookupBackoff
 from milex_agent.scheduler.base import Scheduler
 from milex_common.errors import LimitReached, MilexError, SchedulerError, SchedulerUnavailable, SubmitError
 from milex_common.model import Bundle, Job, JobState, MachineSettings, dependency_verdict
@@ -225,7 +225,7 @@ class BundleSubmission:
         # Jobs whose call got no answer, by name, with their comment; looked up until resolved.
         self.in_doubt: dict[str, tuple[Job, SubmittedJob, str]] = {}
         self._looking: tuple[Future[dict[str, str]], float] | None = None  # a lookup, and when it started
-        self._backoff = Backoff(self.watch)
+        self._backoff = LookupBackoff(self.watch)
         self._absent: set[str] = set()  # proven absent: submitted again without asking the ledger
         self._comments: dict[str, str] = {}  # the comment each job was submitted with
         self._last_silence: BaseException | None = None
