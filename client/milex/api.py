@@ -93,7 +93,7 @@ def schedule(
     config = config or load_config()
     bundle_name = validate_name("bundle name", bundle or app)
     if script_args is None:
-        from milex.capture import capture_arguments
+        from milex.capture import capture_arguments  # lazy: a record built in memory runs no NAME-cli
 
         script_args = capture_arguments(app, app_arguments)
     job = make_job(app, script_args, **job_options)
@@ -173,7 +173,7 @@ def preview(
     **overrides: Unpack[MachineOverrides],
 ) -> dict[str, str]:
     """The scripts `run` would submit, by job name, in submission order; nothing is submitted."""
-    from milex_common.render import render_script, script_stem
+    from milex_common.render import render_script, script_stem  # lazy: only a dry run renders here
 
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
@@ -198,7 +198,7 @@ def submit_bundle(
     `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped);
     `progress` gets each SubmitProgress the agent sends meanwhile.
     """
-    from milex.machine.submitter import submitter_for
+    from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
     config = config or load_config()
     machine = config.machine(machine_name)
@@ -253,7 +253,7 @@ def _with_overrides(machine: Machine, overrides: MachineOverrides) -> MachineSet
 
 def refresh(submission: Submission, *, config: Config | None = None) -> dict[str, JobStatus]:
     """Ask the machine's agent for the state of every job of `submission`, and record it."""
-    from milex.machine.submitter import submitter_for
+    from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
     config = config or load_config()
     reply = _ask(submitter_for(config.machine(submission.machine)), submission)
@@ -270,7 +270,7 @@ def wait(
     """Follow the agent's events until every job of `submission` has finished (jobs in the agent's
     queue are unfinished); TimeoutError after `timeout` seconds. `on_change` sees the states each
     time one changes."""
-    from milex.machine.submitter import submitter_for
+    from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
     from milex.watch import follow_events
 
     config = config or load_config()

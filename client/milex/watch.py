@@ -11,6 +11,7 @@ import msgspec
 from milex.config.file import Machine
 from milex.machine.endpoint import greeted
 from milex.machine.ssh.errors import LinkDown
+from milex.machine.tunnel.control import tunnel_status
 from milex_common.connection import AgentConnection, AgentUnavailable
 from milex_common.errors import MilexError
 from milex_common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
@@ -28,8 +29,6 @@ def link_down(machine: Machine) -> str:
     """What the machine's tunnel last failed on, as advice; "" when it is local or its link is fine."""
     if not machine.is_remote:
         return ""
-    from milex.machine.tunnel.control import tunnel_status
-
     status = tunnel_status(machine.name)
     if not status.link_error:
         return ""
