@@ -239,8 +239,8 @@ _SLURM_STATES: dict[str, JobState] = {
 class JobStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The last known state of one submitted job (for an array, of all its tasks together).
 
-    The one type of a job's state: the wire's TrackedJob and Event and the laptop's records extend
-    it, and a state moves between them only through `take` and `status`.
+    The one type of a job's state: the wire's TrackedJob and Event, the laptop's records and the local
+    scheduler's LocalJobRecord extend it, and a state moves between them only through `take` and `status`.
     """
 
     job_id: str

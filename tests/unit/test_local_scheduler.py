@@ -10,11 +10,21 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from milex_agent.scheduler.local.runner import expand_pattern
 from milex_agent.scheduler.local.scheduler import LocalScheduler, parse_header
-from milex_agent.scheduler.local.store import VANISHED, LocalJobSpec, read_record, runner_alive
+from milex_agent.scheduler.local.store import (
+    STATE_FILE,
+    VANISHED,
+    LocalJobRecord,
+    LocalJobSpec,
+    read_record,
+    read_status,
+    runner_alive,
+    write_record,
+)
 from milex_common.errors import SchedulerError, SubmitError
 from milex_common.model import JobState, JobStatus, dependency_verdict
 from tests.unit.agent_fakes import wait_until as wait_for
@@ -211,6 +221,38 @@ def test_unknown_ids(scheduler, tmp_path):
         scheduler.submit(write_script(tmp_path, "orphan", "true"), after=["12345"])
     with pytest.raises(SchedulerError, match="12345"):
         scheduler.cancel(["12345"])
+
+
+# A state file as the previous release wrote it: flat, every field, and no job_id.
+PREVIOUS_STATE = (
+    b'{"state":"FAILED","exit_code":3,"reason":"NonZeroExitCode","pid":4242,"updated":1700000000.5}'
+)
+
+
+class PreviousRecord(msgspec.Struct, kw_only=True):
+    """LocalJobRecord as the previous release had it, for its own copy of the job state."""
+
+    state: JobState = JobState.PENDING
+    exit_code: int | None = None
+    reason: str = ""
+    pid: int | None = None
+    updated: float = 0.0
+
+
+def test_a_state_file_of_the_previous_release_still_reads(tmp_path: Path) -> None:
+    job_dir = tmp_path / "7"
+    job_dir.mkdir()
+    (job_dir / STATE_FILE).write_bytes(PREVIOUS_STATE)
+    record = read_record(job_dir)
+    assert (record.job_id, record.pid, record.updated) == ("7", 4242, 1700000000.5)
+    expected = JobStatus(job_id="7", state=FAILED, exit_code=3, reason="NonZeroExitCode")
+    assert read_status(tmp_path, "7") == expected
+
+
+def test_the_previous_release_reads_the_state_files_written_now(tmp_path: Path) -> None:
+    write_record(tmp_path, LocalJobRecord(job_id="7", state=RUNNING, pid=4242))
+    previous = msgspec.json.decode((tmp_path / STATE_FILE).read_bytes(), type=PreviousRecord)
+    assert (previous.state, previous.exit_code, previous.reason, previous.pid) == (RUNNING, None, "", 4242)
 
 
 def test_submit_refuses_a_missing_script_and_a_bad_dependency_type(scheduler, tmp_path):

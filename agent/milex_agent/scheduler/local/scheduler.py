@@ -79,7 +79,8 @@ class LocalScheduler:
             submitted=time.time(),
         )
         atomic_write(job_dir / SPEC_FILE, msgspec.json.encode(spec))
-        _start_runner(job_dir, LocalJobRecord(reason="Dependency" if after else ""))
+        record = LocalJobRecord(job_id=job_id, state=JobState.PENDING, reason="Dependency" if after else "")
+        _start_runner(job_dir, record)
         return job_id
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:

@@ -40,12 +40,14 @@ class LocalJobSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     submitted: float = 0.0
 
 
-class LocalJobRecord(msgspec.Struct, kw_only=True):
-    """Where a local job is; `pid` is its runner's, which also leads the job's process group."""
+class LocalJobRecord(JobStatus, kw_only=True):
+    """Where a local job is (its JobStatus), and `pid`, its runner's, which also leads its process group.
 
-    state: JobState = JobState.PENDING
-    exit_code: int | None = None
-    reason: str = ""
+    The file keeps the previous release's flat layout, which had no `job_id` (the directory names the
+    job): `read_record` fills it in, and the previous release ignores it.
+    """
+
+    job_id: str = ""
     pid: int | None = None
     updated: float = 0.0
 
@@ -60,7 +62,8 @@ def read_spec(job_dir: Path) -> LocalJobSpec:
 
 
 def read_record(job_dir: Path) -> LocalJobRecord:
-    return msgspec.json.decode((job_dir / STATE_FILE).read_bytes(), type=LocalJobRecord)
+    record = msgspec.json.decode((job_dir / STATE_FILE).read_bytes(), type=LocalJobRecord)
+    return record if record.job_id else msgspec.structs.replace(record, job_id=job_dir.name)
 
 
 def write_record(job_dir: Path, record: LocalJobRecord, **changes: object) -> LocalJobRecord:
@@ -79,7 +82,7 @@ def read_status(state_dir: Path, job_id: str) -> JobStatus:
     record = read_record(job_dir)
     if not record.state.finished and not runner_alive(job_dir):
         return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED)
-    return JobStatus(job_id=job_id, state=record.state, exit_code=record.exit_code, reason=record.reason)
+    return record.status()
 
 
 def runner_alive(job_dir: Path) -> bool:
