@@ -86,7 +86,7 @@ _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  
 IN_DOUBT = ""
 _IN_DOUBT = "job_id = '' AND state = 'SUBMITTED' AND window = 0"
 _IN_SCHEDULER = f"((job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})) AND window = 0"
-# An array too big for SLURM is cut into windows (agent/array_windows.py): each window is a row of
+# An array too big for SLURM is cut into windows (milex_agent.array_windows): each window is a row of
 # its own (`part_of` its array's key), submitted, polled and looked up as any job, but never shown; the
 # array's own row (`window`: the size it was cut at) is what clients see, its status the windows'
 # together (its id the first window's), and it is neither polled nor looked up itself.

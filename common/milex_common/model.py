@@ -21,7 +21,7 @@ class SlurmOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Resources and scheduling options of one job; `None` leaves the cluster's default.
 
     Like `Job`, tolerant of unknown fields (dropped): it travels on the wire, where a newer client may
-    send one more option. Where the user writes (records), common/record_format.py checks the keys.
+    send one more option. Where the user writes (records), milex_common.record_format checks the keys.
     """
 
     time: str | None = None
@@ -65,7 +65,7 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One app run: the command (`script`), its captured arguments, and how SLURM should run it.
 
     Unknown fields are dropped when decoded (the wire's rule); a record's unknown keys are refused
-    by common/record_format.py, which names them.
+    by milex_common.record_format, which names them.
     """
 
     name: str

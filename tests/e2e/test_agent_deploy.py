@@ -50,7 +50,7 @@ def test_deploy_with_wheel_installs_from_uploaded_wheels_and_replaces_an_older_b
     command = node.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     assert command.startswith(f"{node.home}/deploy-test-venv/bin/python3 -m milex_agent"), command
 
-    installed = f"{VENV}/lib/python3.*/site-packages/milex/wheelhouse.py"
+    installed = f"{VENV}/lib/python3.*/site-packages/milex/machine/wheelhouse.py"
     node.sh(f"echo '# an older build of the same version' >> {installed}")
     laptop.milex("milex", "agent", "deploy", "--machine", REMOTE, "--wheel")  # this build again
     assert "older build" not in node.sh(f"cat {installed}")

@@ -139,7 +139,7 @@ def short_hostname() -> str:
 
 def socket_fallback_dir(uid: int) -> str:
     """The /tmp directory the agent's socket moves to when its directory's path is too long for a
-    unix socket (milex_agent.daemon.socket_path). Always mounted: whether it is used depends on the
+    unix socket (milex_common.agent_layout.socket_path). Always mounted: whether it is used depends on the
     directory's name, the cluster's (milex_agent.handover), which this script does not compute."""
     return f"/tmp/milex-agent-{uid}"
 

@@ -189,7 +189,7 @@ def connect_socket(
             f"cannot reach {where}{target.hostname} port {target.port}: {error.strerror or error}.{hint}"
         ) from None
     # Without TCP_NODELAY, a small write waits behind an unacknowledged one until the peer's delayed
-    # ACK: about 45 ms (measured). sshd's side of the connection is handled in tunnel.py.
+    # ACK: about 45 ms (measured). sshd's side of the connection is handled in session.py.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return sock

@@ -156,7 +156,7 @@ class SshSession:
     """A paramiko connection to one machine, reconnected on next use after it drops.
 
     `prompt` asks for passphrases and keyboard-interactive answers; passphrases and passwords are
-    kept for reconnections (one-time codes never are: see ssh_auth.reusable_answer).
+    kept for reconnections (one-time codes never are: see auth.reusable_answer).
     `relay` and `env_command` build the fallback command when the server forbids stream-local
     forwarding. `on_connect` runs after each (re)connection, e.g. to start the remote agent.
     `jump_of` names the destination this session is a jump host of (for messages).

@@ -167,7 +167,7 @@ class TunnelService:
 
     def _stop_for(self, error: PromptUnavailable) -> None:
         """Detached, we cannot ask: stop, so that the CLI's next start_tunnel asks in the foreground;
-        the record tells the command waiting on this tunnel why it went (tunnel_control.tunnel_gone)."""
+        the record tells the command waiting on this tunnel why it went (control.tunnel_gone)."""
         log.error("%s; stopping", error)
         self.files.path("stopped").write_text(str(error))
         self.stop.set()
