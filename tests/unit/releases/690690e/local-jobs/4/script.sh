@@ -1,0 +1,3 @@
+#!/bin/sh
+#SBATCH --job-name=hang
+sleep 60
