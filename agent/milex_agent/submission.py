@@ -4,14 +4,13 @@ A job goes to the scheduler as soon as the jobs it depends on have ids, a few at
 scheduler takes that (several sbatch calls in flight); everything the ledger records is recorded
 by the caller's thread, which drives the submission with `step()` between its other work.
 
-A call that got no answer leaves its job in doubt: the submission starts nothing new, looks the job
-up by its comment (with back-off while the controller is silent, see `milex_agent.controller`),
-records it if found and submits it again (same key, same comment) once a lookup proves it absent.
+A call that got no answer leaves its job in doubt: the submission starts nothing new while
+`milex_agent.in_doubt` looks the job up, records it if found and submits it again (same key, same
+comment) once a lookup proves it absent.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -24,16 +23,16 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from milex_agent.array_windows import ArrayWindow, array_windows, window_dependencies, window_job
-from milex_agent.controller import ControllerWatch, LookupBackoff
+from milex_agent.controller import ControllerWatch
+from milex_agent.in_doubt import InDoubt
 from milex_agent.scheduler.base import Scheduler
-from milex_common.errors import LimitReached, MilexError, SchedulerError, SchedulerUnavailable, SubmitError
+from milex_common.errors import LimitReached, MilexError, SchedulerUnavailable, SubmitError
 from milex_common.model import Bundle, Job, JobState, MachineSettings, dependency_verdict
 from milex_common.render import log_paths, render_script, script_stem
 from milex_common.slurm_values import array_indices
 
 SchedulerCall = Callable[[], str]
 T = TypeVar("T")
-log = logging.getLogger("milex_agent")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
 # Between an array job's name and a window's offset in the name of the window's job (names have no `~`).
@@ -222,13 +221,9 @@ class BundleSubmission:
         self.running: dict[Future[str], tuple[Job, SubmittedJob]] = {}
         self.failure: BaseException | None = None
         self._refused: tuple[Job, str] | None = None
-        # Jobs whose call got no answer, by name, with their comment; looked up until resolved.
-        self.in_doubt: dict[str, tuple[Job, SubmittedJob, str]] = {}
-        self._looking: tuple[Future[dict[str, str]], float] | None = None  # a lookup, and when it started
-        self._backoff = LookupBackoff(self.watch)
+        # Jobs whose call got no answer: looked up until found or proven absent.
+        self.in_doubt = InDoubt(scheduler, self.watch, dispatch, bundle.stem)
         self._absent: set[str] = set()  # proven absent: submitted again without asking the ledger
-        self._comments: dict[str, str] = {}  # the comment each job was submitted with
-        self._last_silence: BaseException | None = None
         self._unmet = {job.name: len(set(job.dependencies)) for job in self.ordered}
         self._dependents: dict[str, list[Job]] = {}
         for job in self.ordered:
@@ -248,7 +243,7 @@ class BundleSubmission:
 
     @property
     def done(self) -> bool:
-        if self.running or self._looking is not None:
+        if self.running or self.in_doubt.looking is not None:
             return False
         if self.failure is not None or (self.held and not self.in_doubt):
             return True
@@ -264,7 +259,7 @@ class BundleSubmission:
     @property
     def waiting_for_controller(self) -> bool:
         """Whether jobs are in doubt while the controller does not answer."""
-        return bool(self.in_doubt) and self.watch.silent
+        return self.in_doubt.waiting_for_controller
 
     def step(self) -> bool:
         """Record the calls that finished and start the jobs now ready; whether all is done."""
@@ -295,8 +290,8 @@ class BundleSubmission:
         """Submit the whole bundle, waiting for the scheduler's answers here."""
         while not self.step():
             futures: list[Future[Any]] = [*self.running]
-            if self._looking is not None:
-                futures.append(self._looking[0])
+            if self.in_doubt.looking is not None:
+                futures.append(self.in_doubt.looking[0])
             if futures:
                 wait(futures, return_when=FIRST_COMPLETED)
             else:  # only waiting for the next lookup: this blocking variant may sleep
@@ -305,11 +300,9 @@ class BundleSubmission:
 
     def next_event_in(self) -> float:
         """Seconds until the submission has something to do without a call finishing."""
-        if self._looking is not None and self._looking[0].done():  # finished, not yet applied
-            return 0.0
-        if self.in_doubt and self._looking is None and self.failure is None:
-            return max(0.0, self._backoff.next_at - self.watch.clock())
-        return math.inf
+        if self.failure is not None and self.in_doubt.looking is None:
+            return math.inf  # no lookup is started once stopped
+        return self.in_doubt.next_event_in()
 
     def result(self) -> list[SubmittedJob]:
         """The submitted jobs in dependency order; raises what stopped the submission, if anything."""
@@ -340,8 +333,7 @@ class BundleSubmission:
             comments = self.ledger.begin(batch)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
                 self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)
-                self.in_doubt.pop(job.name, None)
-                self._comments[job.name] = comment
+                self.in_doubt.sent(job, comment)
             # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
             for (job, planned), text in zip(batch, texts, strict=True):
                 self._keep_script(job, planned, text)
@@ -382,8 +374,7 @@ class BundleSubmission:
     def _settle_known(self, job: Job, planned: SubmittedJob, job_id: str) -> None:
         """A job an earlier attempt has seen: submitted, in doubt, or ended without running."""
         if job_id == IN_DOUBT:  # that attempt never learnt whether it was accepted
-            self.in_doubt[job.name] = (job, planned, self.ledger.comment(job))
-            self._backoff.next_at = self.watch.clock()
+            self.in_doubt.recall(job, self.ledger.comment(job))
             return
         if job_id == NOT_RUN:
             self._ended[job.name] = self.ledger.ended(job) or JobState.CANCELLED
@@ -494,7 +485,8 @@ class BundleSubmission:
                 self.stop(str(refusal))
                 continue
             except SchedulerUnavailable as error:  # accepted or not: a lookup will tell
-                self._doubt(job, planned, error)
+                if not self.in_doubt.unanswered(job, error):
+                    self.failure = self.failure or error  # nothing to look it up by
                 continue
             except BaseException as error:  # the call's outcome is unknown: the ledger keeps it in doubt
                 self.failure = self.failure or error
@@ -508,61 +500,25 @@ class BundleSubmission:
         self.ledger.accepted(accepted)  # recorded before any job that depends on them starts
         self._accepted_kinds.update(self._kinds[job.name] for job, _ in accepted)
         for job, planned in accepted:
-            self.in_doubt.pop(job.name, None)
+            self.in_doubt.discard(job.name)
             self._release(job, planned)
 
-    def _doubt(self, job: Job, planned: SubmittedJob, error: SchedulerUnavailable) -> None:
-        self.watch.unanswered()
-        comment = self._comments.get(job.name, "")
-        if not comment:  # nothing to look it up by
-            self.failure = self.failure or error
-            return
-        self.in_doubt[job.name] = (job, planned, comment)
-        self._last_silence = error
-        log.warning("job %s of %s is in doubt (%s); looking it up", job.name, self.bundle.stem, error)
-        self._backoff.failed()
-
     def _resolve(self) -> None:
-        """Apply a lookup that finished; start the next one when it is due."""
-        if self._looking is not None and self._looking[0].done():
-            (future, started), self._looking = self._looking, None
-            try:
-                found = future.result()
-            except SchedulerError as error:  # still no answer
-                log.info("looking up %d job(s) in doubt: %s", len(self.in_doubt), error)
-                self.watch.unanswered()
-                self._last_silence = error
-                self._backoff.failed()
-            else:
-                self._found(found, started)
-        if not self.in_doubt or self._looking is not None or self.failure is not None:
-            return
-        if self.watch.given_up():
-            self.failure = SchedulerUnavailable(
-                f"the scheduler has not answered for {self.watch.retry_for:.0f} s "
-                f"({self._last_silence}); gave up."
-            )
-        elif self._backoff.due:
-            comments = [comment for _, _, comment in self.in_doubt.values()]
-            started = self.watch.clock()
-            self._looking = (self.dispatch(lambda: self.scheduler.lookup(comments)), started)
+        """Record the jobs in doubt a lookup found; submit again those it proves absent; look up again
+        when due."""
+        for job in reversed(self.in_doubt.settle(self._found)):
+            self._absent.add(job.name)
+            self._ready.appendleft(job)
+        if self.failure is None:
+            self.failure = self.in_doubt.look_up()
 
-    def _found(self, found: dict[str, str], started: float) -> None:
-        """Record the jobs in doubt a lookup found; submit again those it proves absent."""
-        self.watch.answered()
-        self._backoff.answered()
+    def _found(self, found: list[tuple[Job, str]]) -> None:
         accepted = []
-        for job, planned, comment in list(self.in_doubt.values()):
-            if comment in found:
-                planned.job_id = found[comment]
-                accepted.append((job, planned))
-        if accepted:
-            self._accept(accepted)
-        if self.in_doubt and self.watch.conclusive(started):
-            for job, _, _ in reversed(list(self.in_doubt.values())):
-                self._absent.add(job.name)
-                self._ready.appendleft(job)
-            self.in_doubt.clear()
+        for job, job_id in found:
+            planned = self._planned(job)
+            planned.job_id = job_id
+            accepted.append((job, planned))
+        self._accept(accepted)
 
     def _release(self, job: Job, planned: SubmittedJob) -> None:
         self.submitted[job.name] = planned
