@@ -9,8 +9,6 @@ have aligned windows whatever their specs: window by window, `aftercorr` pairs t
 
 from __future__ import annotations
 
-import bisect
-import functools
 from collections.abc import Sequence
 
 import msgspec
@@ -19,6 +17,10 @@ from milex_common.errors import InvalidValue, SubmitError
 from milex_common.model import Job, MachineSettings
 from milex_common.render import render_script
 from milex_common.slurm_values import array_indices, validate_array
+
+# Between an array job's name (or key) and a window's offset in the name (or key) of the window's job
+# (names have no `~`).
+WINDOW_MARK = "~"
 
 
 class ArrayWindow(msgspec.Struct, frozen=True):
@@ -56,23 +58,24 @@ def array_windows(spec: str, size: int) -> list[ArrayWindow]:
     throttle = "" if limit is None else f"%{limit}"
     windows: dict[int, list[int]] = {}
     for index in indices:
-        windows.setdefault(index - index % size, []).append(index)
+        offset, local = window_of(index, size)
+        windows.setdefault(offset, []).append(local)
     return [
-        ArrayWindow(
-            offset=offset, spec=_compact([i - offset for i in members]) + throttle, tasks=len(members)
-        )
+        ArrayWindow(offset=offset, spec=_compact(members) + throttle, tasks=len(members))
         for offset, members in windows.items()
     ]
 
 
-def window_of(index: int, windows: Sequence[ArrayWindow]) -> tuple[ArrayWindow, int]:
-    """The window holding the array's task `index` (an index the user asked for), and its index there."""
-    position = bisect.bisect_right([window.offset for window in windows], index) - 1
-    if position >= 0:
-        window = windows[position]
-        if index - window.offset in _indices(window.spec):
-            return window, index - window.offset
-    raise InvalidValue(f"the array has no task {index}: use one of the indices its --array spec lists.")
+def window_of(index: int, size: int) -> tuple[int, int]:
+    """The offset of the window holding the task `index` (an index the user asked for) of an array cut
+    at `size`, and the task's index in that window."""
+    offset = index - index % size
+    return offset, index - offset
+
+
+def window_name(name: str, offset: int) -> str:
+    """The name (or key) of the window at `offset` of the array job named (or keyed) `name`."""
+    return f"{name}{WINDOW_MARK}{offset}"
 
 
 def window_dependencies(
@@ -110,11 +113,6 @@ def window_job(job: Job, window: ArrayWindow) -> Job:
 def window_script(job: Job, settings: MachineSettings, stem: str, window: ArrayWindow) -> str:
     """The sbatch script of one window of `job`'s array: the window's spec, the real indices exported."""
     return render_script(window_job(job, window), settings, stem, array_offset=window.offset)
-
-
-@functools.lru_cache(maxsize=64)
-def _indices(spec: str) -> frozenset[int]:
-    return frozenset(array_indices(spec)[0])
 
 
 def _compact(indices: list[int]) -> str:

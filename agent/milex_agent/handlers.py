@@ -8,12 +8,12 @@ import socket
 
 import msgspec
 
+from milex_agent.array_windows import window_name, window_of
 from milex_agent.job_queue import enqueue, room_for, submission_of
 from milex_agent.logs import LogNotFound, log_path, read_chunk
 from milex_agent.pending import PendingSubmit
 from milex_agent.scheduler import scheduler_group
 from milex_agent.state import Agent, LogStream, Peer, WatchStream
-from milex_agent.submission import WINDOW_MARK
 from milex_common.model import JobState
 from milex_common.protocol import (
     AGENT_FEATURES,
@@ -166,11 +166,11 @@ def _log_owner(agent: Agent, job: TrackedJob, task: int | None) -> tuple[Tracked
     size = agent.journal.window_size(job.key)
     if not size or task is None:
         return job, task
-    offset = task - task % size
-    window = agent.journal.find(f"{job.key}{WINDOW_MARK}{offset}")
+    offset, local = window_of(task, size)
+    window = agent.journal.find(window_name(job.key, offset))
     if window is None:
         raise LogNotFound(f"job {job.job_id} ({job.name}) has no task {task}.")
-    return window, task - offset
+    return window, local
 
 
 def logs(agent: Agent, peer: Peer, request: Logs) -> LogChunk | Error:

@@ -22,7 +22,15 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from milex_agent.array_windows import ArrayWindow, array_windows, window_dependencies, window_job
+from milex_agent.array_windows import WINDOW_MARK as WINDOW_MARK  # the ledger's, from here
+from milex_agent.array_windows import (
+    ArrayWindow,
+    array_windows,
+    window_dependencies,
+    window_job,
+    window_name,
+    window_script,
+)
 from milex_agent.controller import ControllerWatch
 from milex_agent.in_doubt import InDoubt
 from milex_agent.scheduler.base import Scheduler
@@ -35,8 +43,6 @@ SchedulerCall = Callable[[], str]
 T = TypeVar("T")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
-# Between an array job's name and a window's offset in the name of the window's job (names have no `~`).
-WINDOW_MARK = "~"
 # `known` of a job that ended without being submitted (cancelled while queued, or its dependency failed).
 NOT_RUN = "-"
 
@@ -321,15 +327,7 @@ class BundleSubmission:
             return False  # the scheduler's limits are being read: the loop is woken when they are
         changed, batch = self._take_ready()
         if batch:
-            texts = [
-                render_script(
-                    job,
-                    self.settings,
-                    script_stem(self.bundle.stem, job.name),
-                    array_offset=self._offset(job),
-                )
-                for job, _ in batch
-            ]
+            texts = [self._script(job) for job, _ in batch]
             comments = self.ledger.begin(batch)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
                 self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)
@@ -440,9 +438,7 @@ class BundleSubmission:
             return False
         jobs = []
         for window in windows:
-            part = msgspec.structs.replace(
-                window_job(job, window), name=f"{job.name}{WINDOW_MARK}{window.offset}"
-            )
+            part = msgspec.structs.replace(window_job(job, window), name=window_name(job.name, window.offset))
             self._window_of[part.name] = (job.name, window)
             self._tasks[part.name] = window.tasks
             self._kinds[part.name] = self._kinds[job.name]
@@ -452,9 +448,13 @@ class BundleSubmission:
         self._ready.extendleft(reversed(jobs))
         return True
 
-    def _offset(self, job: Job) -> int:
+    def _script(self, job: Job) -> str:
+        """The sbatch script of `job`, or of a window of an array (whose indices it shifts back)."""
+        stem = script_stem(self.bundle.stem, job.name)
         window = self._window_of.get(job.name)
-        return window[1].offset if window else 0
+        if window is None:
+            return render_script(job, self.settings, stem)
+        return window_script(job, self.settings, stem, window[1])
 
     def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
         after, kind = self._after(job)

@@ -9,6 +9,7 @@ from milex_agent.array_windows import (
     array_windows,
     window_dependencies,
     window_job,
+    window_name,
     window_of,
     window_script,
     window_size,
@@ -162,23 +163,21 @@ def test_a_cap_below_one_is_refused() -> None:
 
 
 def test_every_index_maps_to_its_window_and_local_index() -> None:
-    windows = array_windows("0-2499:7", 1000)
+    windows = {window.offset: window for window in array_windows("0-2499:7", 1000)}
     for index in range(0, 2500, 7):
-        window, local = window_of(index, windows)
-        assert window.offset + local == index
-        assert local in array_indices(window.spec)[0]
+        offset, local = window_of(index, 1000)
+        assert offset + local == index
+        assert local in array_indices(windows[offset].spec)[0]
 
 
-def test_window_of_names_window_and_local_index() -> None:
-    windows = array_windows("5,999,1000,2400", 1000)
-    assert window_of(2400, windows) == (ArrayWindow(offset=2000, spec="400", tasks=1), 400)
-    assert window_of(999, windows) == (windows[0], 999)
+def test_window_of_names_window_offset_and_local_index() -> None:
+    assert window_of(2400, 1000) == (2000, 400)
+    assert window_of(999, 1000) == (0, 999)
+    assert window_of(1000, 1000) == (1000, 0)
 
 
-@pytest.mark.parametrize("index", [-1, 4, 6, 1001, 1500, 2399, 2401, 5000])
-def test_an_index_the_array_lacks_is_refused(index: int) -> None:
-    with pytest.raises(InvalidValue, match=f"no task {index}"):
-        window_of(index, array_windows("5,999,1000,2400", 1000))
+def test_a_window_is_named_after_its_array_and_offset() -> None:
+    assert window_name("sweep", 2000) == "sweep~2000"
 
 
 # --- window_dependencies ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from milex_agent.handlers import handle
 from milex_agent.state import Agent
 from milex_common.model import Bundle, Job, JobState, MachineSettings, SlurmOptions
-from milex_common.protocol import Cancel, Cancelled, LogChunk, Logs, Submitted
+from milex_common.protocol import Cancel, Cancelled, Error, LogChunk, Logs, Submitted
 from tests.unit.agent_fakes import (
     CREATED,
     PEER,
@@ -124,3 +124,10 @@ def test_the_log_of_a_task_is_read_from_its_window(agent, fake, settings):
     log.write_text("task fifteen\n")
     reply = handle(agent, PEER, Logs(id="l", job_id="1000", array_task=15))
     assert isinstance(reply, LogChunk) and reply.data == b"task fifteen\n", reply
+
+
+@pytest.mark.parametrize("task", [-1, 40])
+def test_the_log_of_a_task_outside_every_window_is_not_found(agent, fake, settings, task):
+    submit(agent, bundle_of(big=("0-24", [], "afterok")), settings)
+    reply = handle(agent, PEER, Logs(id="l", job_id="1000", array_task=task))
+    assert isinstance(reply, Error) and reply.code == "not_found" and f"no task {task}" in reply.message
