@@ -43,21 +43,13 @@ log = logging.getLogger("milex_agent")
 
 
 class AgentServer:
-    """Serves one agent on one socket; `serve` returns when the agent is asked to stop."""
+    """Serves one agent on one socket; `serve` returns when the agent is asked to stop (a Shutdown
+    request, a signal) or `lifetime` gives it a reason to."""
 
-    def __init__(
-        self,
-        agent: Agent,
-        endpoint: str,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        *,
-        lifetime: Lifetime | None = None,
-    ) -> None:
+    def __init__(self, agent: Agent, endpoint: str, *, lifetime: Lifetime) -> None:
         self.agent = agent
-        # Without one, the agent runs until asked to stop (tests, and embedding).
         self.lifetime = lifetime
-        self.context = context or zmq.Context.instance()
-        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         # Sending to a client that has gone raises, so its streams can be dropped.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A hard limit well above ours: a bigger frame still gets our `too_large` reply.
@@ -65,7 +57,6 @@ class AgentServer:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(endpoint)
         self.pushed_seq = agent.journal.last_seq
-        self.requests = 0
         # Scheduler calls run in workers, so that a slow squeue or a big bundle never delays an
         # answer; a worker that finishes wakes the loop through a pipe.
         self.poll_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milex-poll")
@@ -95,9 +86,9 @@ class AgentServer:
         os.close(self._woken)
         os.close(self._wake_up)
 
-    def serve(self, max_requests: int | None = None) -> None:
-        """Answer requests and push streams until stopped (or after `max_requests`, for tests)."""
-        while not self.agent.stopping and (max_requests is None or self.requests < max_requests):
+    def serve(self) -> None:
+        """Answer requests and push streams until stopped."""
+        while not self.agent.stopping:
             ready = dict(self.readiness.poll(int(self._wait() * 1000)))
             if self._woken in ready:
                 self._drain_wake_ups()
@@ -139,9 +130,7 @@ class AgentServer:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.requests += 1
-            if self.lifetime is not None:
-                self.lifetime.busy()
+            self.lifetime.busy()
             peer, payload = frames[0], frames[-1]
             answer = self._answer(peer, payload)
             if isinstance(answer, PendingSubmit):
@@ -276,8 +265,6 @@ class AgentServer:
 
     def _check_lifetime(self) -> None:
         """Stop the agent when it has no reason to run (see Lifetime), saying why in its log."""
-        if self.lifetime is None:
-            return
         agent = self.agent
         if self.submitting or agent.watches or agent.log_streams:  # unfinished jobs: reason_to_stop asks
             self.lifetime.busy()

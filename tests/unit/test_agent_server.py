@@ -17,6 +17,7 @@ import zmq
 from milex import watch
 from milex.config.file import Machine
 from milex_agent.journal import Journal
+from milex_agent.lifetime import Lifetime
 from milex_agent.server import AgentServer
 from milex_agent.state import Agent
 from milex_common.connection import AgentConnection, AgentError, AgentUnavailable
@@ -65,8 +66,8 @@ class Served:
     thread: threading.Thread | None = None
     connections: list[AgentConnection] = field(default_factory=list)
 
-    def start(self, max_requests: int | None = None) -> None:
-        self.thread = threading.Thread(target=self.server.serve, args=(max_requests,), daemon=True)
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
     def connect(self, timeout: float = DEADLINE) -> AgentConnection:
@@ -93,7 +94,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     agent = make_agent(journal, fake, interval=0.02, max_interval=0.1)
     endpoint = f"ipc://{tmp_path / 'agent.sock'}"
     settings = MachineSettings(name="cluster", path=str(tmp_path / "milex"))
-    served = Served(agent, fake, AgentServer(agent, endpoint), endpoint, settings)
+    server = AgentServer(agent, endpoint, lifetime=Lifetime(idle_exit=0))  # it stops when asked to only
+    served = Served(agent, fake, server, endpoint, settings)
     try:
         yield served
     finally:
@@ -296,13 +298,12 @@ def test_the_submitter_runs_its_bookkeeping_while_the_agent_submits(running, tmp
     assert seen == ["1000"]  # the submission was reported before the bookkeeping's error
 
 
-def test_serve_returns_after_max_requests(served):
-    served.start(max_requests=2)
-    connection = served.connect()
-    connection.hello("0.1.0")
-    connection.hello("0.1.0")
-    served.thread.join(DEADLINE)
-    assert not served.thread.is_alive()
+def test_serve_returns_once_the_agent_is_stopped(running):
+    connection = running.connect()
+    assert isinstance(connection.hello("0.1.0"), HelloReply)
+    running.agent.stopping = True  # what the agent's SIGTERM handler does
+    running.thread.join(DEADLINE)
+    assert not running.thread.is_alive()
     with pytest.raises(AgentUnavailable):
         connection.request(Hello(), timeout=0.2, expect=HelloReply)
 
