@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from milex_agent.array_windows import WINDOW_MARK
 from milex_agent.journal import Journal
 from milex_agent.scheduler.base import Scheduler
-from milex_agent.submission import IN_DOUBT, NOT_RUN, WINDOW_MARK, SubmittedJob
+from milex_agent.submission import IN_DOUBT, NOT_RUN, SubmittedJob
 from milex_common.errors import MilexError, SubmitError
 from milex_common.model import Job, JobState
 from milex_common.protocol import SubmitBundle, TrackedJob

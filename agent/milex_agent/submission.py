@@ -22,7 +22,6 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from milex_agent.array_windows import WINDOW_MARK as WINDOW_MARK  # the ledger's, from here
 from milex_agent.array_windows import (
     ArrayWindow,
     array_windows,
