@@ -25,7 +25,15 @@ from milex.records import (
     write_bundle,
 )
 from milex_common.errors import BundleError, InvalidValue, SubmitError
-from milex_common.model import Bundle, Job, JobStatus, MachineOverrides, MachineSettings, SlurmOptions
+from milex_common.model import (
+    Bundle,
+    Job,
+    JobStatus,
+    MachineOverrides,
+    MachineSettings,
+    SlurmOptions,
+    recordable_args,
+)
 from milex_common.protocol import StatusReply, SubmitProgress, TrackedJob
 from milex_common.slurm_values import validate_name
 
@@ -55,25 +63,14 @@ def make_job(
     pre_commands: Sequence[str] = (),
 ) -> Job:
     """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option."""
-    return validate_job(
-        Job(
-            name=job_name or app,
-            script=app,
-            script_args=dict(script_args),
-            dependencies=list(dependencies),
-            pre_commands=list(pre_commands),
-            slurm=slurm or SlurmOptions(),
-        )
-    )
-
-
-def validate_job(job: Job) -> Job:
-    """`job`, if its name, dependencies and SLURM options are valid; InvalidValue otherwise."""
-    validate_name("job name", job.name)
-    for dependency in job.dependencies:
-        validate_name("dependency", dependency)
-    job.slurm.validate()
-    return job
+    return Job(
+        name=job_name or app,
+        script=app,
+        script_args=recordable_args(dict(script_args)),
+        dependencies=list(dependencies),
+        pre_commands=list(pre_commands),
+        slurm=slurm or SlurmOptions(),
+    ).validate()
 
 
 def schedule(
@@ -139,7 +136,7 @@ def submit(
     even when the submission fails, for a `milex-run` later.
     """
     config = config or load_config()
-    job_list = [validate_job(job) for job in ([jobs] if isinstance(jobs, Job) else jobs)]
+    job_list = [job.validate() for job in ([jobs] if isinstance(jobs, Job) else jobs)]
     if not job_list:
         raise InvalidValue("submit() needs at least one job.")
     names = [job.name for job in job_list]

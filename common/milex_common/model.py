@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
@@ -74,6 +75,27 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     dependencies: list[str] = []
     pre_commands: list[str] = []
     slurm: SlurmOptions = msgspec.field(default_factory=SlurmOptions)
+
+    def validate(self) -> Job:
+        """This job, if its name, dependencies and SLURM options are valid; InvalidValue otherwise."""
+        slurm_values.validate_name("job name", self.name)
+        for dependency in self.dependencies:
+            slurm_values.validate_name("dependency", dependency)
+        self.slurm.validate()
+        return self
+
+
+def recordable_args(value: Any) -> Any:
+    """`value` as JSON can hold it: JSON has no infinity or NaN (msgspec writes them as null, which
+    drops the argument from the script), so a non-finite float becomes the text an argument parser
+    reads back as the same float ("inf", "-inf", "nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: recordable_args(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [recordable_args(item) for item in value]
+    return value
 
 
 class Bundle(msgspec.Struct, kw_only=True):

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from milex_common.errors import BundleError, unknown_key
+from milex_common.errors import BundleError, InvalidValue, unknown_key
 from milex_common.model import Bundle, Job, SlurmOptions
 
 SCHEMA_VERSION = 1
@@ -70,4 +70,7 @@ def _decode_job(key: str, raw: Any, source: str) -> Job:
         raise BundleError(f"{where}: {error}.") from None
     if job.name != key:
         raise BundleError(f"{where}: its 'name' is {job.name!r}; a job's name must be its key.")
-    return job
+    try:  # a record edited by hand is checked as `milex-schedule` checks what it records
+        return job.validate()
+    except InvalidValue as error:
+        raise BundleError(f"{where}: {error} Fix the record, or schedule the job again.") from None

@@ -8,7 +8,14 @@ import click
 
 from milex.cli import reports_errors
 
-RAW_ARGUMENTS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+# Everything after NAME reaches parse_schedule_args as typed: click would drop a `--`, which there
+# separates the app's arguments from Milex's options.
+RAW_ARGUMENTS = {
+    "ignore_unknown_options": True,
+    "allow_extra_args": True,
+    "allow_interspersed_args": False,
+    "help_option_names": [],
+}
 
 
 @click.command(context_settings=RAW_ARGUMENTS, add_help_option=False)
