@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -14,6 +16,7 @@ from typing import Any
 from milex_common.errors import CaptureError
 
 CAPTURE_TIMEOUT = 120.0
+TIMEOUT_ENV = "MILEX_CAPTURE_TIMEOUT"
 
 
 def find_cli(app: str) -> str:
@@ -30,29 +33,60 @@ def find_cli(app: str) -> str:
 
 
 def capture_arguments(app: str, arguments: Sequence[str]) -> dict[str, Any]:
-    """The app's parsed arguments, as the JSON object its `-cli` entry point prints."""
-    command = [find_cli(app), *arguments]
+    """The app's parsed arguments, as the JSON object its `-cli` entry point prints.
+
+    It runs in a session of its own with no input: on a timeout the whole session is killed, so a
+    child that keeps the output open (or a prompt waiting for input) cannot hang the capture.
+    """
+    timeout = capture_timeout()
+    with subprocess.Popen(
+        [find_cli(app), *arguments],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            finished = process.poll() is not None  # and a child of its own holds the output open
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            if finished:
+                if process.returncode != 0:
+                    raise _rejected(app, arguments, process.returncode, out, err) from None
+                return _parse_output(app, out)
+            raise CaptureError(
+                f"{app}-cli did not finish within {timeout:g} s; it should only parse its arguments and "
+                f"print them (move heavy imports into main()). {TIMEOUT_ENV}=SECONDS gives it longer."
+            ) from None
+    if process.returncode != 0:
+        raise _rejected(app, arguments, process.returncode, out, err)
+    return _parse_output(app, out)
+
+
+def _rejected(app: str, arguments: Sequence[str], status: int, out: str, err: str) -> CaptureError:
+    message = (err.strip() or out.strip()) or "(it printed nothing)"
+    return CaptureError(
+        f"{app}-cli rejected the arguments {list(arguments)} (exit status {status}):\n{message}"
+    )
+
+
+def capture_timeout() -> float:
+    """How long `NAME-cli` may take: CAPTURE_TIMEOUT, or the environment's MILEX_CAPTURE_TIMEOUT."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return CAPTURE_TIMEOUT
     try:
-        completed = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=CAPTURE_TIMEOUT,
-            check=False,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    except subprocess.TimeoutExpired:
-        raise CaptureError(
-            f"{app}-cli did not finish within {CAPTURE_TIMEOUT:.0f} s; it should only parse "
-            "arguments and print them (move heavy imports into main())."
-        ) from None
-    if completed.returncode != 0:
-        message = (completed.stderr.strip() or completed.stdout.strip()) or "(it printed nothing)"
-        raise CaptureError(
-            f"{app}-cli rejected the arguments {list(arguments)} (exit status "
-            f"{completed.returncode}):\n{message}"
-        )
-    return _parse_output(app, completed.stdout)
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise CaptureError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds; set it to one, or unset it.")
+    return seconds
 
 
 def _parse_output(app: str, output: str) -> dict[str, Any]:

@@ -104,3 +104,24 @@ def test_missing_cli_mentions_project_scripts(bin_dir: Path) -> None:
 def test_find_cli_prefers_path(bin_dir: Path) -> None:
     cli = fake_cli(bin_dir, "train", "true")
     assert find_cli("train") == str(cli)
+
+
+def test_a_cli_that_hangs_is_stopped_with_its_children_and_a_message(bin_dir: Path, monkeypatch) -> None:
+    """A child that keeps the output open held the capture after the timeout (run waits for EOF)."""
+    fake_cli(bin_dir, "train", "sleep 60 &\nread answer\nsleep 60")
+    monkeypatch.setenv("MILEX_CAPTURE_TIMEOUT", "0.5")
+    with pytest.raises(CaptureError, match=r"train-cli did not finish within 0.5 s.*MILEX_CAPTURE_TIMEOUT"):
+        capture_arguments("train", [])
+
+
+def test_a_cli_that_leaves_a_child_behind_still_counts(bin_dir: Path, monkeypatch) -> None:
+    fake_cli(bin_dir, "train", "sleep 60 &\necho '{\"lr\": 0.1}'")
+    monkeypatch.setenv("MILEX_CAPTURE_TIMEOUT", "0.5")
+    assert capture_arguments("train", []) == {"lr": 0.1}
+
+
+def test_a_capture_timeout_that_is_no_number_says_so(bin_dir: Path, monkeypatch) -> None:
+    fake_cli(bin_dir, "train", "echo '{}'")
+    monkeypatch.setenv("MILEX_CAPTURE_TIMEOUT", "soon")
+    with pytest.raises(CaptureError, match="MILEX_CAPTURE_TIMEOUT='soon' is not a number of seconds"):
+        capture_arguments("train", [])
