@@ -217,9 +217,9 @@ def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
 
 def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) -> int:
     """Record the states `machine`'s agent reported in the local submission records; how many changed."""
-    by_bundle: dict[str, dict[str, TrackedJob]] = {}
+    by_bundle: dict[str, list[TrackedJob]] = {}
     for job in tracked:
-        by_bundle.setdefault(job.bundle, {})[job.job_id] = job
+        by_bundle.setdefault(job.bundle, []).append(job)
     changed = 0
     for stem, jobs in by_bundle.items():
         # Only bundles recorded here: the agent also tracks jobs submitted from elsewhere.
@@ -228,28 +228,48 @@ def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) ->
     return changed
 
 
-def _take_states(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
-    """Copy the states of `jobs` into the runs of `history` made on `machine`, and add the runs the
-    record lacks (see `_restore_runs`); how many runs changed."""
+def _take_states(machine: str, jobs: list[TrackedJob], history: list[Submission]) -> int:
+    """Copy the states of `jobs` into the runs of `history` made on `machine`, each job found by its
+    key (a job the agent queued had no id when its run was recorded: it takes the id with the state),
+    or by its id in a run older than run ids; add the runs the record lacks (see `_restore_runs`).
+    How many runs changed."""
+    by_key = {job.key: job for job in jobs}
+    by_id = {job.job_id: job for job in jobs if job.job_id}
     changed = 0
     for submission in history:
-        if submission.machine == machine:
-            touched = [record.take(jobs[record.job_id]) for record in submission.jobs.values()
-                       if record.job_id in jobs]  # fmt: skip
-            changed += any(touched)
+        if submission.machine != machine:
+            continue
+        touched = False
+        for name, record in submission.jobs.items():
+            if submission.run_id:
+                job = by_key.get(job_key(submission.bundle, name, submission.run_id))
+            else:
+                job = by_id.get(record.job_id) if record.job_id else None
+            if job is not None:
+                touched |= _take(record, job)
+        changed += touched
     return changed + _restore_runs(machine, jobs, history)
 
 
-def _restore_runs(machine: str, jobs: dict[str, TrackedJob], history: list[Submission]) -> int:
+def _take(record: SubmittedJobRecord, job: TrackedJob) -> bool:
+    """`record` takes the status of `job`, and its id once the agent has one; whether either changed."""
+    changed = record.take(job)
+    if job.job_id and job.job_id != record.job_id:
+        record.job_id, changed = job.job_id, True
+    return changed
+
+
+def _restore_runs(machine: str, jobs: list[TrackedJob], history: list[Submission]) -> int:
     """Add to `history` the jobs the agent tracks that no run records (a record the laptop could not
-    write: a full disk, a killed `milex-run`), each to its run: a job's idempotency key ends with its
-    run's id. How many runs were added or completed."""
+    write: a full disk, a killed `milex-run`; a job still in the agent's queue or in doubt, which has
+    no id yet), each to its run: a job's idempotency key ends with its run's id. How many runs were
+    added or completed."""
     runs = {s.run_id: s for s in history if s.run_id}
-    recorded = {r.job_id for s in history if s.machine == machine for r in s.jobs.values()}
+    recorded = {r.job_id for s in history if s.machine == machine for r in s.jobs.values() if r.job_id}
     changed: set[str] = set()
-    for job in jobs.values():
+    for job in jobs:
         run_id = run_of_key(job.key)
-        if not job.job_id or job.job_id in recorded or not _RUN_ID.fullmatch(run_id):
+        if (job.job_id and job.job_id in recorded) or not _RUN_ID.fullmatch(run_id):
             continue
         if run_id not in runs:
             at = dt.datetime.strptime(run_id[:14], DATE_FORMAT).isoformat()

@@ -426,3 +426,53 @@ def test_a_job_the_agent_accepted_beyond_a_recorded_run_is_added_to_it(jobs_dir:
     )
     [loaded] = load_submissions(jobs_dir, "train_20240101000000")
     assert {name: r.job_id for name, r in loaded.jobs.items()} == {"prepare": "11", "train": "12"}
+
+
+def test_a_job_recorded_while_queued_takes_its_id_and_state_once_the_agent_has_submitted_it(
+    jobs_dir: Path,
+) -> None:
+    # `milex-run` records a job the agent keeps in its queue with no id; the agent submits it later.
+    run = "20240101100000-0123abcd"
+    recorded = submission(
+        "2024-01-01T10:00:00",
+        prepare=SubmittedJobRecord(job_id="11", state=JobState.RUNNING),
+        train=SubmittedJobRecord(job_id="", state=JobState.QUEUED, reason="MaxSubmitJobs"),
+    )
+    recorded.run_id = run
+    save_submission(jobs_dir, recorded)
+    jobs = [tracked("prepare", "11", run), tracked("train", "12", run, JobState.PENDING)]
+    assert apply_states(jobs_dir, "cluster", jobs) == 1
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert {name: (r.job_id, r.state, r.reason) for name, r in loaded.jobs.items()} == {
+        "prepare": ("11", JobState.RUNNING, ""),
+        "train": ("12", JobState.PENDING, ""),
+    }
+    assert apply_states(jobs_dir, "cluster", jobs) == 0
+
+
+def test_jobs_without_id_of_one_bundle_each_keep_their_own_state(jobs_dir: Path) -> None:
+    # Two jobs still queued (no id either): each takes its own state, found by its key, not by id "".
+    run = "20240101100000-0123abcd"
+    recorded = submission(
+        "2024-01-01T10:00:00",
+        prepare=SubmittedJobRecord(job_id="", state=JobState.QUEUED),
+        train=SubmittedJobRecord(job_id="", state=JobState.QUEUED),
+    )
+    recorded.run_id = run
+    save_submission(jobs_dir, recorded)
+    cancelled = tracked("train", "", run, JobState.CANCELLED)
+    apply_states(jobs_dir, "cluster", [tracked("prepare", "", run, JobState.QUEUED), cancelled])
+    [loaded] = load_submissions(jobs_dir, "train_20240101000000")
+    assert {name: (r.job_id, r.state) for name, r in loaded.jobs.items()} == {
+        "prepare": ("", JobState.QUEUED),
+        "train": ("", JobState.CANCELLED),
+    }
+
+
+def test_a_queued_job_the_record_lacks_is_restored_and_later_takes_its_id(jobs_dir: Path) -> None:
+    save_bundle(jobs_dir, bundle("train", "20240101000000", job("train")))
+    run = "20240101100000-0123abcd"
+    assert apply_states(jobs_dir, "cluster", [tracked("train", "", run, JobState.QUEUED)]) == 1
+    assert apply_states(jobs_dir, "cluster", [tracked("train", "12", run, JobState.PENDING)]) == 1
+    [restored] = load_submissions(jobs_dir, "train_20240101000000")
+    assert (restored.jobs["train"].job_id, restored.jobs["train"].state) == ("12", JobState.PENDING)
