@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from milex_common.record_format import decode_bundle, encode_bundle
 _BUNDLE_FILE = re.compile(r"(?P<name>.+)_(?P<date>\d{14})\.json")
 SUBMISSIONS_SUFFIX = ".runs.json"
 _SUBMISSIONS_LOCK = ".runs.lock"  # one for the directory: held only while a runs file is rewritten
+_BUNDLES_LOCK = ".bundles.lock"  # one for the directory: held while a bundle is appended to or saved
 
 
 class SubmittedJobRecord(JobStatus):
@@ -124,9 +126,26 @@ def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
 
 def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
     """Write `bundle` as a new record, the newest of its name (see `claim_bundle`)."""
-    path = claim_bundle(jobs_dir, bundle)
-    write_bundle(path, bundle)
+    with _bundles_locked(jobs_dir):
+        path = claim_bundle(jobs_dir, bundle)
+        write_bundle(path, bundle)
     return path
+
+
+@contextlib.contextmanager
+def _bundles_locked(jobs_dir: Path) -> Iterator[None]:
+    """Hold the jobs directory's lock on bundle records: an append reads the newest record and writes
+    it back, so two at once would each lose the other's job."""
+    try:
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        lock = take_lock(jobs_dir / _BUNDLES_LOCK, wait=True)
+    except OSError as error:
+        raise cannot_write(jobs_dir / _BUNDLES_LOCK, error) from None
+    assert lock is not None  # impossible: a waiting take_lock returns once it holds the lock
+    try:
+        yield
+    finally:
+        os.close(lock)
 
 
 def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
@@ -160,19 +179,23 @@ def write_bundle(path: Path, bundle: Bundle) -> None:
 
 
 def append_job(jobs_dir: Path, bundle_name: str, job: Job) -> tuple[Bundle, Path]:
-    """Add `job` to the newest bundle called `bundle_name` (a new bundle if there is none)."""
-    if not bundle_dates(jobs_dir, bundle_name):
-        bundle = Bundle(name=bundle_name, created=now_stamp(), jobs={job.name: job})
-        return bundle, save_bundle(jobs_dir, bundle)
-    bundle = load_bundle(jobs_dir, bundle_name)
-    if job.name in bundle.jobs:
-        raise BundleError(
-            f"bundle {bundle.stem!r} already has a job named {job.name!r}; give this one another "
-            "name with --job_name."
-        )
-    bundle.jobs[job.name] = job
-    path = bundle_path(jobs_dir, bundle.name, bundle.created)
-    write_record(path, encode_bundle(bundle))
+    """Add `job` to the newest bundle called `bundle_name` (a new bundle if there is none); under the
+    directory's lock, so appends made at once by several processes all keep their jobs."""
+    with _bundles_locked(jobs_dir):
+        if not bundle_dates(jobs_dir, bundle_name):
+            bundle = Bundle(name=bundle_name, created=now_stamp(), jobs={job.name: job})
+            path = claim_bundle(jobs_dir, bundle)
+            write_bundle(path, bundle)
+            return bundle, path
+        bundle = load_bundle(jobs_dir, bundle_name)
+        if job.name in bundle.jobs:
+            raise BundleError(
+                f"bundle {bundle.stem!r} already has a job named {job.name!r}; give this one another "
+                "name with --job_name."
+            )
+        bundle.jobs[job.name] = job
+        path = bundle_path(jobs_dir, bundle.name, bundle.created)
+        write_record(path, encode_bundle(bundle))
     return bundle, path
 
 

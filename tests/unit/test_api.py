@@ -39,8 +39,8 @@ def no_capture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def records(jobs_dir: Path) -> list[str]:
-    """The files under `jobs_dir`, but for the lock that runs files are rewritten under."""
-    names = (path.name for path in jobs_dir.glob("*") if path.name != ".runs.lock")
+    """The files under `jobs_dir`, but for the locks that records are written under."""
+    names = (path.name for path in jobs_dir.glob("*") if path.name not in (".runs.lock", ".bundles.lock"))
     return sorted(names) if jobs_dir.exists() else []
 
 

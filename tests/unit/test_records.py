@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -476,3 +477,42 @@ def test_a_queued_job_the_record_lacks_is_restored_and_later_takes_its_id(jobs_d
     assert apply_states(jobs_dir, "cluster", [tracked("train", "12", run, JobState.PENDING)]) == 1
     [restored] = load_submissions(jobs_dir, "train_20240101000000")
     assert (restored.jobs["train"].job_id, restored.jobs["train"].state) == ("12", JobState.PENDING)
+
+
+# Each appender adds its own job to the bundle "pipe" through the API, as `milex-schedule --append` does
+# (the configuration in $MILEX_CONFIG).
+_APPENDER = """
+import sys
+from milex.api import schedule
+
+name = sys.argv[1]
+print("ready", flush=True)
+sys.stdin.read()
+schedule("train", bundle="pipe", append=True, script_args={"who": name}, job_name=name)
+"""
+
+
+def test_appends_made_at_once_by_several_processes_all_keep_their_jobs(tmp_path: Path) -> None:
+    config = tmp_path / "milexconfig.json"
+    local = {"path": str(tmp_path / "milex"), "env_command": "true", "slurm_account": "a"}
+    config.write_text(json.dumps({"local": local}))
+    environment = {**os.environ, "MILEX_CONFIG": str(config)}
+    names = [f"job{n}" for n in range(8)]
+    for trial in range(3):
+        processes = [
+            subprocess.Popen([sys.executable, "-c", _APPENDER, f"{name}_{trial}"], env=environment,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for name in names
+        ]  # fmt: skip
+        try:
+            assert [process.stdout.readline() for process in processes] == ["ready\n"] * len(names)
+            for process in processes:  # all at once
+                process.stdin.close()
+            assert [process.wait(timeout=60) for process in processes] == [0] * len(names)
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait()
+                process.stdout.close()
+        kept = load_bundle(tmp_path / "milex" / "jobs", "pipe").jobs
+        assert {name for name in kept if name.endswith(f"_{trial}")} == {f"{name}_{trial}" for name in names}
