@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import itertools
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -225,8 +227,17 @@ def submissions_path(jobs_dir: Path, bundle_stem: str) -> Path:
     return jobs_dir / f"{bundle_stem}{SUBMISSIONS_SUFFIX}"
 
 
+class DamagedRuns(BundleError):
+    """A runs file that cannot be read (cut short, edited by hand): `path` names it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is damaged ({problem})")
+        self.path = path
+
+
 def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
-    """Every submission recorded for the bundle `NAME_DATE`, oldest first."""
+    """Every submission recorded for the bundle `NAME_DATE`, oldest first; DamagedRuns if its file
+    cannot be read."""
     path = submissions_path(jobs_dir, bundle_stem)
     try:
         data = path.read_bytes()
@@ -235,7 +246,37 @@ def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
     try:
         return msgspec.json.decode(data, type=list[Submission])
     except msgspec.DecodeError as error:
-        raise BundleError(f"{path} is damaged ({error}); move it aside to continue.") from None
+        raise DamagedRuns(path, str(error)) from None
+
+
+def listed_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
+    """`load_submissions` for a listing: a damaged runs file is named in a warning and shows no run
+    (the other bundles are still listed); it is left as it is, for the next write to move aside."""
+    try:
+        return load_submissions(jobs_dir, bundle_stem)
+    except DamagedRuns as damaged:
+        warn(f"{damaged}: its runs are not shown; the next milex-run or milex status moves it aside.")
+        return []
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr: something was skipped or set aside, and the command goes on."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _set_aside(damaged: DamagedRuns) -> None:
+    """Move a damaged runs file to NAME.runs.json.damaged-DATE (kept, never deleted), and say so."""
+    kept = damaged.path.with_name(f"{damaged.path.name}.damaged-{now_stamp()}")
+    for n in itertools.count(2):
+        if not kept.exists():
+            break
+        kept = kept.with_name(f"{damaged.path.name}.damaged-{now_stamp()}-{n}")
+    try:
+        damaged.path.rename(kept)
+    except OSError as error:
+        raise cannot_write(damaged.path, error) from None
+    warn(f"{damaged}; moved to {kept} and a new one started (milex status records again the runs its "
+         "machine's agent knows).")  # fmt: skip
 
 
 def apply_states(jobs_dir: Path, machine: str, tracked: Iterable[TrackedJob]) -> int:
@@ -333,9 +374,13 @@ def update_submissions(jobs_dir: Path, bundle_stem: str, change: Callable[[list[
         raise cannot_write(path, error) from None
     assert lock is not None  # impossible: a waiting take_lock returns once it holds the lock
     try:
-        history = load_submissions(jobs_dir, bundle_stem)
+        try:
+            history, fresh = load_submissions(jobs_dir, bundle_stem), False
+        except DamagedRuns as damaged:  # kept aside: this change must not be lost with it
+            _set_aside(damaged)
+            history, fresh = [], True
         changed = change(history)
-        if changed:
+        if changed or fresh:
             # Not fsynced: the agent's journal holds the same ids and states durably.
             data = msgspec.json.format(msgspec.json.encode(history), indent=2) + b"\n"
             write_record(path, data, durable=False)

@@ -229,13 +229,6 @@ def test_submission_updated_in_place(jobs_dir: Path) -> None:
     assert loaded.jobs["evaluate"].job_id == "124"
 
 
-def test_damaged_submissions_file_says_what_to_do(jobs_dir: Path) -> None:
-    jobs_dir.mkdir()
-    submissions_path(jobs_dir, "train_20240101000000").write_text("[{")
-    with pytest.raises(BundleError, match="move it aside"):
-        load_submissions(jobs_dir, "train_20240101000000")
-
-
 # --- Runs made together: each has its own id and its own record ------------------------------------------
 
 

@@ -115,14 +115,14 @@ def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *
     import msgspec
 
     from milex.cli.output import print_submission
-    from milex.records import job_key, list_bundles, load_submissions
+    from milex.records import job_key, list_bundles, listed_submissions
 
     click.echo(f"warning: {problem}\nLast known states, from the local records:", err=True)
     known: list[TrackedJob] = []
     for name, date in list_bundles(jobs_dir):
         if bundle and bundle not in (name, f"{name}_{date}"):
             continue
-        for submission in load_submissions(jobs_dir, f"{name}_{date}"):
+        for submission in listed_submissions(jobs_dir, f"{name}_{date}"):
             if submission.machine != machine.name:
                 continue
             if not as_json:
