@@ -25,6 +25,10 @@ class BundleError(MilexError):
     """A job bundle record is missing, unreadable, or inconsistent (unknown dependency, cycle)."""
 
 
+class UnknownJob(MilexError):
+    """A job id or bundle name that the machine's agent does not track."""
+
+
 class SubmitError(MilexError):
     """The scheduler refused a job; carries the scheduler's own message."""
 

@@ -107,3 +107,33 @@ def test_a_watch_of_jobs_that_have_all_ended_shows_their_table_once(
     result = CliRunner().invoke(status, ["b", "--watch"])
     assert result.exit_code == 0, result.output
     assert result.stdout.count("b on local\n") == 1 and result.stdout.count("COMPLETED") == 2, result.stdout
+
+
+class Filtering(Answering):
+    """An agent that answers as a real one does: the jobs of a bundle, or of some ids."""
+
+    def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+        jobs = [job for job in self.jobs if job.job_id in job_ids] if job_ids else self.jobs  # type: ignore[operator]
+        return StatusReply(jobs=[job for job in jobs if not bundle or job.bundle.startswith(f"{bundle}_")])
+
+
+@pytest.mark.parametrize("wanted", ["99999", "nosuch"])
+def test_status_of_a_job_or_bundle_the_agent_does_not_know_says_so_and_fails(
+    milex_config, monkeypatch: pytest.MonkeyPatch, wanted: str
+) -> None:
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: Filtering())
+    for arguments in ([wanted], [wanted, "--json"]):
+        result = CliRunner().invoke(status, arguments)
+        assert result.exit_code == 1, result.output
+        assert result.stdout == ""
+        assert result.stderr == (
+            f"error: the agent on local tracks no bundle or job {wanted!r}; `milex status` lists every job "
+            "it tracks, `milex ls` the bundles recorded here.\n"
+        )
+
+
+def test_status_of_a_job_id_shows_that_job(milex_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: Filtering())
+    result = CliRunner().invoke(status, ["41", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [job["name"] for job in json.loads(result.stdout)] == ["running"]

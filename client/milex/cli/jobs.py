@@ -14,16 +14,17 @@ machine_option = click.option("--machine", help="Machine of the configuration (d
 
 
 @click.command("status")
-@click.argument("bundle", required=False)
+@click.argument("bundle", metavar="[BUNDLE|JOB_ID]", required=False)
 @machine_option
 @click.option("--watch", is_flag=True, help="Keep the table updated as events arrive, until all finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @reports_errors
 def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) -> None:
-    """The jobs of BUNDLE (all tracked jobs without it) and their states."""
+    """The jobs of BUNDLE, or the job of that id (all tracked jobs without it), and their states."""
     from milex.cli.status_view import show_status
 
-    show_status(bundle or "", machine, watch=watch, as_json=as_json)
+    wanted = bundle or ""
+    show_status(wanted, machine, watch=watch, as_json=as_json, may_be_job_id=bool(_JOB_ID.fullmatch(wanted)))
 
 
 @click.command("logs")

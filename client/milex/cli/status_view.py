@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 import click
 
 from milex.config.file import Machine
-from milex_common.protocol import TrackedJob
+from milex_common.protocol import StatusReply, TrackedJob
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from milex.machine.submitter import AgentSubmitter
 
 _STYLES = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMITTED": "yellow"}
 
@@ -36,7 +38,11 @@ def table(jobs: list[TrackedJob], title: str) -> Table:
 OFFLINE = 3
 
 
-def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: bool) -> None:
+def show_status(
+    bundle: str, machine_name: str | None, *, watch: bool, as_json: bool, may_be_job_id: bool = False
+) -> None:
+    """The jobs of `bundle` (all without it), or of the job of that id if `may_be_job_id` and no
+    bundle has that name."""
     from milex.config.file import load_config
     from milex.machine.ssh.errors import LinkDown
     from milex.machine.submitter import submitter_for
@@ -47,7 +53,7 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
     machine = config.machine(machine_name)
     submitter = submitter_for(machine)
     try:
-        reply = submitter.tracked(bundle=bundle)
+        reply = _ask(submitter, bundle, machine.name, may_be_job_id=may_be_job_id)
     except (AgentUnavailable, LinkDown) as error:
         _show_offline(bundle, machine, config.jobs_dir, str(error), as_json=as_json)
         raise SystemExit(OFFLINE) from None
@@ -62,6 +68,23 @@ def show_status(bundle: str, machine_name: str | None, *, watch: bool, as_json: 
         from rich.console import Console
 
         Console(soft_wrap=True).print(table(reply.jobs, f"{bundle or 'all jobs'} on {machine.name}"))
+
+
+def _ask(submitter: AgentSubmitter, wanted: str, machine: str, *, may_be_job_id: bool) -> StatusReply:
+    """The agent's jobs: all, those of the bundle `wanted`, or the job of that id; UnknownJob when
+    the agent tracks nothing by that name or id (an empty answer would look like a bundle with no jobs)."""
+    from milex_common.errors import UnknownJob
+
+    reply = submitter.tracked(bundle=wanted)
+    if wanted and not reply.jobs and may_be_job_id:
+        reply = submitter.tracked(job_ids=[wanted])
+    if wanted and not reply.jobs:
+        option = "" if machine == "local" else f" --machine {machine}"
+        raise UnknownJob(
+            f"the agent on {machine} tracks no bundle or job {wanted!r}; `milex status{option}` lists "
+            "every job it tracks, `milex ls` the bundles recorded here."
+        )
+    return reply
 
 
 def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path, bundle: str) -> None:
