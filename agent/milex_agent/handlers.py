@@ -38,6 +38,11 @@ from milex_common.protocol import (
 )
 
 CANCELLED_QUEUED = "cancelled before it was submitted"
+# The reason `status` gives a job with no id yet that is not queued: its submit call is out, or it
+# got no answer and the job is looked up by its comment (milex_agent.in_doubt, milex_agent.recovery).
+SUBMITTING = "submitting: sbatch under way"
+IN_DOUBT = "in doubt: sbatch got no answer; asking SLURM whether it has the job"
+IN_DOUBT_SILENT = "in doubt: sbatch got no answer and SLURM's controller is silent; asking it again"
 
 
 def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit:
@@ -141,7 +146,15 @@ def _cancel_in_scheduler(agent: Agent, job_ids: set[str]) -> None:
 
 
 def status(agent: Agent, request: Status) -> StatusReply:
-    jobs = agent.journal.jobs(request.job_ids, request.bundle)
+    """The jobs asked for; those of a bundle (or all) include the jobs on their way to the scheduler,
+    with no id yet and a reason that says whether their call is out or in doubt."""
+    jobs = agent.journal.jobs(request.job_ids, request.bundle, in_doubt=not request.job_ids)
+    on_the_way = [job for job in jobs if not job.job_id and job.state is JobState.SUBMITTED]
+    if on_the_way:
+        in_flight = agent.in_flight()
+        doubt = IN_DOUBT_SILENT if agent.controller.silent else IN_DOUBT
+        for job in on_the_way:
+            job.reason = SUBMITTING if job.key in in_flight else doubt
     return StatusReply(id=request.id, jobs=jobs, last_seq=agent.journal.last_seq)
 
 

@@ -441,9 +441,13 @@ class Journal:
 
     # ---- queries -----------------------------------------------------------------------------
 
-    def jobs(self, job_ids: Sequence[str] = (), bundle: str = "") -> list[TrackedJob]:
-        """Tracked jobs with these ids, or of this bundle (`NAME_DATE`, or `NAME` for all its dates)."""
-        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE NOT ({_IN_DOUBT}) AND part_of IS NULL"
+    def jobs(
+        self, job_ids: Sequence[str] = (), bundle: str = "", *, in_doubt: bool = False
+    ) -> list[TrackedJob]:
+        """Tracked jobs with these ids, or of this bundle (`NAME_DATE`, or `NAME` for all its dates);
+        with `in_doubt`, also those whose submission is under way or in doubt (no id yet)."""
+        shown = "part_of IS NULL" if in_doubt else f"NOT ({_IN_DOUBT}) AND part_of IS NULL"
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {shown}"
         parameters: list[str] = []
         if job_ids:
             query += f" AND job_id IN ({','.join('?' * len(job_ids))})"

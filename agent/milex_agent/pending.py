@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from milex_agent.array_windows import WINDOW_MARK
 from milex_agent.state import Agent
 from milex_agent.submission import BundleSubmission
 from milex_common.errors import MilexError
@@ -44,6 +45,12 @@ class PendingSubmit:
         with contextlib.suppress(Exception):  # the reply carries it
             self.submission.run()
         return self._reply()
+
+    def in_flight(self) -> set[str]:
+        """The keys of the jobs whose submit call is out now (for a window, its array's: clients see
+        the array)."""
+        names = (job.name.partition(WINDOW_MARK)[0] for job, _ in self.submission.running.values())
+        return {self.request.keys[name] for name in names if name in self.request.keys}
 
     def stop(self, reason: str) -> None:
         self.submission.stop(reason)

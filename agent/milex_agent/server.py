@@ -70,6 +70,7 @@ class AgentServer:
         self.readiness.register(self.socket, zmq.POLLIN)
         self.readiness.register(self._woken, zmq.POLLIN)
         agent.dispatch = self._dispatch
+        agent.in_flight = lambda: {key for _, pending in self.submitting for key in pending.in_flight()}
 
     def close(self) -> None:
         if self.socket.closed:

@@ -63,6 +63,8 @@ class Agent:
     rooms: dict[tuple[str, str], SchedulerRoom] = field(default_factory=dict)
     # Keys of jobs in doubt whose bundle was cancelled: cancelled once their outcome is known.
     cancel_requested: set[str] = field(default_factory=set)
+    # Keys of the jobs whose submit call is out now (the server's submissions say; none without one).
+    in_flight: Callable[[], set[str]] = set
 
     def scheduler_for(self, settings: MachineSettings) -> Scheduler:
         return self.schedulers(settings.scheduler, settings.path)

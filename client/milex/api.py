@@ -306,7 +306,7 @@ def _tracked_by_name(submission: Submission, jobs: list[TrackedJob]) -> dict[str
     if submission.run_id:
         keys = {job_key(submission.bundle, name, submission.run_id): name for name in submission.jobs}
         return {keys[job.key]: job for job in jobs if job.key in keys}
-    names = {record.job_id: name for name, record in submission.jobs.items()}
+    names = {record.job_id: name for name, record in submission.jobs.items() if record.job_id}
     return {names[job.job_id]: job for job in jobs if job.job_id in names}
 
 

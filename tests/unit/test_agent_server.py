@@ -16,6 +16,7 @@ import zmq
 
 from milex import watch
 from milex.config.file import Machine
+from milex_agent.handlers import SUBMITTING
 from milex_agent.journal import Journal
 from milex_agent.lifetime import Lifetime
 from milex_agent.server import AgentServer
@@ -249,7 +250,10 @@ def test_the_agent_answers_others_while_it_submits_a_big_bundle(running):
     assert isinstance(running.connect().hello("0.1.0"), HelloReply)
     assert time.monotonic() - started < 0.5
     status = running.connect().request(Status(bundle="big"), expect=StatusReply)
-    assert isinstance(status, StatusReply) and 0 < len(status.jobs) < 40  # the jobs so far, with ids
+    assert isinstance(status, StatusReply) and len(status.jobs) == 40  # those on their way too
+    assert 0 < len([job for job in status.jobs if job.job_id]) < 40  # the jobs so far, with ids
+    under_way = [job.reason for job in status.jobs if not job.job_id and job.state is JobState.SUBMITTED]
+    assert under_way == [SUBMITTING]  # one call at a time (the fake takes one): out, not in doubt
     assert submitting.is_alive()
     submitting.join(10)
     [reply] = replies

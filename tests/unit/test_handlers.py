@@ -299,6 +299,54 @@ def test_status_of_all_of_a_bundle_and_of_ids(agent, fake, settings):
     assert [(job.bundle, job.name) for job in some.jobs] == [("other_20240101000000", "b")]
 
 
+def test_status_shows_a_job_whose_sbatch_is_under_way_then_in_doubt(agent, fake, settings):
+    from concurrent.futures import Future
+
+    from milex_agent.handlers import IN_DOUBT_SILENT, SUBMITTING
+    from milex_agent.pending import PendingSubmit
+    from milex_common.errors import SchedulerUnavailable
+
+    calls: list[tuple[object, Future]] = []
+
+    def held(call):  # every call waits until the test ends it
+        future: Future = Future()
+        calls.append((call, future))
+        return future
+
+    agent.dispatch = held
+    pending = handle(agent, PEER, submit_request(chain_bundle("exp", "a"), settings))
+    assert isinstance(pending, PendingSubmit)
+    agent.in_flight = pending.in_flight  # as the server does, over its submissions
+    ((limits, read),) = calls
+    read.set_result(limits())
+    pending.step()
+    [(_, sbatch)] = calls[1:]
+    [job] = handle(agent, PEER, Status(id="r", bundle="exp")).jobs
+    assert (job.name, job.job_id, job.state, job.reason) == ("a", "", JobState.SUBMITTED, SUBMITTING)
+    assert handle(agent, PEER, Status(id="r")).jobs == [job]
+    assert handle(agent, PEER, Status(id="r", job_ids=[""])).jobs == []  # by id: only jobs that have one
+
+    sbatch.set_exception(SchedulerUnavailable("Socket timed out on send/recv operation"))
+    pending.step()
+    [job] = handle(agent, PEER, Status(id="r", bundle="exp")).jobs
+    assert (job.job_id, job.state, job.reason) == ("", JobState.SUBMITTED, IN_DOUBT_SILENT)
+
+
+def test_status_shows_a_job_left_in_doubt_by_an_earlier_agent(agent, fake, settings):
+    from milex_agent.handlers import IN_DOUBT as ASKING
+
+    ledger = JournalLedger(agent.journal, submit_request(chain_bundle("exp", "a"), settings), fake)
+    job = chain_bundle("exp", "a").jobs["a"]
+    ledger.begin([(job, SubmittedJob(name="a", job_id="", script="/s/a.sh"))])  # then the agent died
+    [shown] = handle(agent, PEER, Status(id="r")).jobs
+    assert (shown.key, shown.job_id, shown.state, shown.reason) == (
+        "exp_20240101000000/a",
+        "",
+        JobState.SUBMITTED,
+        ASKING,
+    )
+
+
 # ---- watch ---------------------------------------------------------------------------------------
 
 
