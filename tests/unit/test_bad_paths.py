@@ -189,3 +189,31 @@ def test_config_set_on_a_malformed_configuration_changes_nothing(
     assert expected in fails("config", "set", "local", "path", "/tmp/milex")
     assert milex_config.config_path.read_text() == text
 
+
+# --- Job records -----------------------------------------------------------------------------------------
+
+
+def test_a_bundle_record_that_is_a_directory(milex_config, echo_app: str) -> None:
+    record = milex_config.jobs_dir / "echo_20990101000000.json"
+    record.mkdir(parents=True)
+    for args in (("schedule", "echo", "--append", "--job-name", "b"), ("run", "echo", "--dry-run")):
+        message = fails(*args)
+        assert f"cannot read the bundle record {record}: it is a directory" in message
+        assert "move it aside" in message
+    assert list(record.iterdir()) == []
+
+
+@pytest.mark.parametrize("blocker", ["jobs", "milex"])
+def test_a_jobs_directory_that_is_a_file(milex_config, echo_app: str, blocker: str) -> None:
+    a_file = milex_config.jobs_dir if blocker == "jobs" else milex_config.milex_path
+    a_file.parent.mkdir(parents=True, exist_ok=True)
+    a_file.write_text("")
+    for args in (
+        ("schedule", "echo"),
+        ("schedule", "echo", "--append"),
+        ("ls",),
+        ("run", "echo", "--dry-run"),
+    ):
+        message = fails(*args)
+        assert f"{a_file} is a file, not" in message and "move it aside" in message
+    assert a_file.read_text() == ""
