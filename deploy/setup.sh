@@ -45,7 +45,7 @@ if [[ ! -x $VENV/bin/python ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 log "installing milex-scheduler and the example app into $VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e "${REPO}[test]" -e "$REPO/examples"
+"$VENV/bin/pip" install -q --disable-pip-version-check --config-settings editable_mode=strict -e "${REPO}[test]" -e "$REPO/examples"
 
 "$REPO/deploy/slurm-up.sh"
 # The test "login node": a real sshd on 127.0.0.1 (and variants without stream-local forwarding

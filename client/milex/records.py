@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from milex_common.errors import BundleError
-from milex_common.files import atomic_write, take_lock
+from milex_common.files import atomic_write, file_in_the_way, take_lock
 from milex_common.model import DATE_FORMAT, Bundle, Job, JobState, JobStatus
 from milex_common.protocol import TrackedJob
 from milex_common.record_format import decode_bundle, encode_bundle
@@ -86,10 +86,7 @@ def bundle_dates(jobs_dir: Path, name: str) -> list[str]:
     Names compared as strings, not matched by a pattern: this runs at every save, in directories
     that collect thousands of records.
     """
-    try:
-        names = os.listdir(jobs_dir)
-    except FileNotFoundError:
-        return []
+    names = _jobs_dir_names(jobs_dir)
     prefix = f"{name}_"
     start, end = len(prefix), len(prefix) + 14
     return sorted(
@@ -102,12 +99,30 @@ def bundle_dates(jobs_dir: Path, name: str) -> list[str]:
 
 def list_bundles(jobs_dir: Path) -> list[tuple[str, str]]:
     """Every bundle record as (name, date), sorted by name then date."""
+    matches = (_BUNDLE_FILE.fullmatch(name) for name in _jobs_dir_names(jobs_dir))
+    return sorted((match["name"], match["date"]) for match in matches if match)
+
+
+def _jobs_dir_names(jobs_dir: Path) -> list[str]:
+    """The names in `jobs_dir`, none if it does not exist yet; a BundleError if it cannot be read."""
     try:
-        entries = os.listdir(jobs_dir)
+        return os.listdir(jobs_dir)
     except FileNotFoundError:
         return []
-    matches = (_BUNDLE_FILE.fullmatch(name) for name in entries)
-    return sorted((match["name"], match["date"]) for match in matches if match)
+    except OSError as error:
+        raise not_a_jobs_dir(jobs_dir, error) from None
+
+
+def not_a_jobs_dir(jobs_dir: Path, error: OSError) -> BundleError:
+    """The error for a directory of records `jobs_dir` that `error` kept from being read or made."""
+    blocker = file_in_the_way(jobs_dir)
+    if blocker is not None:
+        what = "the directory of job records" if blocker == jobs_dir else f"a directory (for {jobs_dir})"
+        return BundleError(
+            f"{blocker} is a file, not {what}; move it aside (or set the local machine's path with "
+            "`milex config set local path DIR`)."
+        )
+    return BundleError(f"cannot use the directory of job records {jobs_dir}: {error.strerror or error}.")
 
 
 def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
@@ -123,7 +138,15 @@ def load_bundle(jobs_dir: Path, name: str, date: str | None = None) -> Bundle:
         )
     created = date or dates[-1]
     path = bundle_path(jobs_dir, name, created)
-    return decode_bundle(path.read_bytes(), name=name, created=created, source=str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        what = "it is a directory, not a record" if isinstance(error, IsADirectoryError) else error.strerror
+        raise BundleError(
+            f"cannot read the bundle record {path}: {what}; move it aside (`milex ls {name}` lists "
+            "the others)."
+        ) from None
+    return decode_bundle(data, name=name, created=created, source=str(path))
 
 
 def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
@@ -155,7 +178,10 @@ def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
     past any record of that second or later. The name is claimed with O_EXCL, so two programs
     saving in the same second never overwrite each other's record. `write_bundle` fills it.
     """
-    jobs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise not_a_jobs_dir(jobs_dir, error) from None
     dates = bundle_dates(jobs_dir, bundle.name)
     if dates and bundle.created <= dates[-1]:  # a clock set back: the new record is still the newest
         bundle.created = _next_second(dates[-1])

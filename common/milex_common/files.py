@@ -33,6 +33,15 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
         raise
 
 
+def file_in_the_way(directory: Path) -> Path | None:
+    """The file (not a directory) that stands at `directory` or at one of its parents, if any:
+    what keeps `directory` from being made."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def private_directory(path: Path) -> Path:
     """Create `path` as a directory only its owner can enter (0700), or make sure it is one.
 

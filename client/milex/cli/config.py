@@ -27,11 +27,11 @@ def configuration(source: Path | None) -> None:
         edit_config,
         install_config,
     )
-    from milex.config.file import config_path, parse_config
+    from milex.config.file import config_path, parse_config, read_config_text
 
     path = config_path()
     if source is not None:
-        text = source.read_text()
+        text = read_config_text(source)
         install_config(parse_config(text, source), text, path, report=click.echo)
         return
     # An editor the user set (a GUI editor such as `code --wait`, a script) needs no terminal, as
@@ -77,11 +77,17 @@ def set_value(machine: str, key: str, value: str) -> None:
     import json
 
     from milex.config.editor import install_config
-    from milex.config.file import config_path, parse_config
+    from milex.config.file import config_path, parse_config, parse_document, read_config_text
+    from milex_common.errors import ConfigError
 
     path = config_path()
-    document = json.loads(path.read_text()) if path.exists() else {}
+    document = parse_document(read_config_text(path), path) if path.exists() else {}
     entry = document.setdefault(machine, {"path": "", "env_command": "", "slurm_account": ""})
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f"{path}, machine {machine!r}: must be a JSON object of settings, not {json.dumps(entry)}; "
+            "fix it with `milex-configuration`."
+        )
     entry[key] = _typed(key, value)
     text = json.dumps(document, indent=4) + "\n"
     install_config(parse_config(text, path), text, path, report=click.echo)

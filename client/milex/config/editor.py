@@ -10,9 +10,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from milex.config.file import DEFAULT_MACHINE, Config, Machine, dump_config, parse_config
+from milex.config.file import (
+    CONFIG_ENV,
+    DEFAULT_MACHINE,
+    Config,
+    Machine,
+    dump_config,
+    not_a_file,
+    parse_config,
+    read_config_text,
+)
 from milex_common.errors import ConfigError
-from milex_common.files import atomic_write
+from milex_common.files import atomic_write, file_in_the_way
 from milex_common.model import MACHINE_DIRS
 
 RC_BEGIN = "# >>> milex >>>"
@@ -71,15 +80,17 @@ def edit_config(
     The text being edited lives in a draft beside the configuration, so nothing the user typed is
     lost: an invalid draft is offered for re-editing, and kept if the user declines.
     """
+    if path.is_dir():
+        raise not_a_file(path)
     draft = path.with_name(f"{path.name}.draft.json")
     if not draft.exists():
-        atomic_write(draft, (path.read_text() if path.exists() else template()).encode(), mode=0o600)
+        atomic_write(draft, (read_config_text(path) if path.exists() else template()).encode(), mode=0o600)
     editor = editor or find_editor()
     while True:
         open_in_editor(draft, editor)
         try:
-            config = parse_config(draft.read_text(), path)
-            break
+            text = read_config_text(draft)
+            return install_config(parse_config(text, path), text, path, draft=draft, report=report)
         except ConfigError as error:
             report(f"error: {error}")
             if not confirm("Edit the configuration again?"):
@@ -87,7 +98,6 @@ def edit_config(
                     f"the configuration was not saved; your edits are kept in {draft} and "
                     "reopen the next time you run `milex-configuration`."
                 ) from None
-    return install_config(config, draft.read_text(), path, draft=draft, report=report)
 
 
 def install_config(
@@ -98,16 +108,28 @@ def install_config(
     draft: Path | None = None,
     report: Callable[[str], None] = print,
 ) -> Config:
-    """Save validated configuration `text` to `path`, then create directories and set `$MILEX`."""
-    atomic_write(path, text.encode(), mode=0o600)
+    """Create the local machines' directories, save validated configuration `text` to `path`, and
+    set `$MILEX`. A directory that cannot be made is a ConfigError, and nothing is saved."""
+    if path.is_dir():
+        raise not_a_file(path)
+    created = [
+        directory
+        for machine in config.machines.values()
+        if not machine.is_remote
+        for directory in create_machine_dirs(machine, source=config.source)
+    ]
+    try:
+        atomic_write(path, text.encode(), mode=0o600)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the configuration {path}: {error.strerror or error}; set {CONFIG_ENV} to a "
+            "file you can write."
+        ) from None
     if draft is not None:
         draft.unlink(missing_ok=True)
     report(f"Saved the configuration to {path}.")
-    for machine in config.machines.values():
-        if not machine.is_remote:
-            created = create_machine_dirs(machine)
-            if created:
-                report(f"Created {', '.join(str(p) for p in created)}.")
+    if created:
+        report(f"Created {', '.join(str(p) for p in created)}.")
     local = config.machines.get(DEFAULT_MACHINE)
     if local is None or local.is_remote:
         return config
@@ -120,14 +142,26 @@ def install_config(
     return config
 
 
-def create_machine_dirs(machine: Machine) -> list[Path]:
-    """Create `jobs/`, `slurm/`, `models/`, `results/`, `data/` under a local machine's path."""
+def create_machine_dirs(machine: Machine, source: Path | None = None) -> list[Path]:
+    """Create `jobs/`, `slurm/`, `models/`, `results/`, `data/` under a local machine's path; a
+    ConfigError naming the machine (of the configuration `source`) if one cannot be made."""
     created = []
     for name in MACHINE_DIRS:
         directory = Path(machine.path) / name
-        if not directory.is_dir():
+        if directory.is_dir():
+            continue
+        try:
             directory.mkdir(parents=True, exist_ok=True)
-            created.append(directory)
+        except OSError as error:
+            where = f"{source}, machine {machine.name!r}" if source else f"machine {machine.name!r}"
+            blocker = file_in_the_way(directory)
+            problem = (
+                f"{blocker} is a file, not a directory; move the file aside or choose another path"
+                if blocker
+                else f"cannot create {directory} ({error.strerror or error}); choose a path you can write"
+            )
+            raise ConfigError(f"{where}: key 'path' is {machine.path!r}, but {problem}.") from None
+        created.append(directory)
     return created
 
 

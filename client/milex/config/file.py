@@ -94,16 +94,12 @@ def load_config(path: Path | None = None) -> Config:
     path = path or config_path()
     try:
         stat = path.stat()
-        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        if str(path) in _LOADED and _LOADED[str(path)][0] == version:
-            return _LOADED[str(path)][1]
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path} does not exist: run `milex-configuration` to create it "
-            f"(or set {CONFIG_ENV} to the file you use)."
-        ) from None
-    config = parse_config(text, path)
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if str(path) in _LOADED and _LOADED[str(path)][0] == version:
+        return _LOADED[str(path)][1]
+    config = parse_config(read_config_text(path), path)
     _LOADED[str(path)] = (version, config)
     return config
 
@@ -111,8 +107,55 @@ def load_config(path: Path | None = None) -> Config:
 _LOADED: dict[str, tuple[tuple[int, int, int], Config]] = {}  # by path: (mtime, size, inode), config
 
 
+def read_config_text(path: Path) -> str:
+    """The text of the configuration file `path`; ConfigError if it is missing, a directory,
+    unreadable or not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
+            "save the file in UTF-8 and retry."
+        ) from None
+
+
+def _unreadable(path: Path, error: OSError) -> ConfigError:
+    """The error for a configuration file `path` that `error` kept from being read."""
+    if isinstance(error, FileNotFoundError):
+        return ConfigError(
+            f"{path} does not exist: run `milex-configuration` to create it "
+            f"(or set {CONFIG_ENV} to the file you use)."
+        )
+    if isinstance(error, IsADirectoryError):
+        return not_a_file(path)
+    return ConfigError(
+        f"cannot read the configuration {path}: {error.strerror or error}; make it a file you can "
+        f"read (or set {CONFIG_ENV} to one)."
+    )
+
+
+def not_a_file(path: Path) -> ConfigError:
+    """The error for a configuration path that is a directory."""
+    return ConfigError(
+        f"{path} is a directory, not a configuration file: set {CONFIG_ENV} to a file "
+        "(or move the directory aside)."
+    )
+
+
 def parse_config(text: str, source: Path) -> Config:
     """Validate configuration `text`; `source` names it in errors."""
+    document = parse_document(text, source)
+    machines = {name: _machine(name, raw, source) for name, raw in document.items()}
+    return Config(source=source, machines=machines)
+
+
+def parse_document(text: str, source: Path) -> dict[str, Any]:
+    """Configuration `text` as JSON, not yet validated: a ConfigError unless it is an object."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -121,8 +164,7 @@ def parse_config(text: str, source: Path) -> Config:
         ) from None
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: the configuration must be a JSON object of machines by name.")
-    machines = {name: _machine(name, raw, source) for name, raw in document.items()}
-    return Config(source=source, machines=machines)
+    return document
 
 
 def _machine(name: str, raw: Any, source: Path) -> Machine:
