@@ -113,6 +113,15 @@ def _jobs_dir_names(jobs_dir: Path) -> list[str]:
         raise not_a_jobs_dir(jobs_dir, error) from None
 
 
+def made(jobs_dir: Path) -> Path:
+    """`jobs_dir`, made if it does not exist; a BundleError naming what is in the way if it cannot be."""
+    try:
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise not_a_jobs_dir(jobs_dir, error) from None
+    return jobs_dir
+
+
 def not_a_jobs_dir(jobs_dir: Path, error: OSError) -> BundleError:
     """The error for a directory of records `jobs_dir` that `error` kept from being read or made."""
     blocker = file_in_the_way(jobs_dir)
@@ -161,8 +170,8 @@ def save_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
 def _bundles_locked(jobs_dir: Path) -> Iterator[None]:
     """Hold the jobs directory's lock on bundle records: an append reads the newest record and writes
     it back, so two at once would each lose the other's job."""
+    made(jobs_dir)
     try:
-        jobs_dir.mkdir(parents=True, exist_ok=True)
         lock = take_lock(jobs_dir / _BUNDLES_LOCK, wait=True)
     except OSError as error:
         raise cannot_write(jobs_dir / _BUNDLES_LOCK, error) from None
@@ -178,10 +187,7 @@ def claim_bundle(jobs_dir: Path, bundle: Bundle) -> Path:
     past any record of that second or later. The name is claimed with O_EXCL, so two programs
     saving in the same second never overwrite each other's record. `write_bundle` fills it.
     """
-    try:
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise not_a_jobs_dir(jobs_dir, error) from None
+    made(jobs_dir)
     dates = bundle_dates(jobs_dir, bundle.name)
     if dates and bundle.created <= dates[-1]:  # a clock set back: the new record is still the newest
         bundle.created = _next_second(dates[-1])
@@ -393,8 +399,8 @@ def update_submissions(jobs_dir: Path, bundle_stem: str, change: Callable[[list[
     and write them back if it did; all under the jobs directory's lock, so concurrent runs and state
     updates never overwrite each other's records. Returns what `change` returned."""
     path = submissions_path(jobs_dir, bundle_stem)
+    made(jobs_dir)
     try:
-        jobs_dir.mkdir(parents=True, exist_ok=True)
         lock = take_lock(jobs_dir / _SUBMISSIONS_LOCK, wait=True)
     except OSError as error:
         raise cannot_write(path, error) from None
