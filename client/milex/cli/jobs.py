@@ -48,7 +48,12 @@ def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | 
             sys.stdout.flush()
         return
     with connect(target) as connection:
-        sys.stdout.buffer.write(connection.request(request, expect=LogChunk).data)
+        while True:  # the agent sends a log in chunks: ask from each end until one brings nothing
+            chunk = connection.request(request, expect=LogChunk)
+            sys.stdout.buffer.write(chunk.data)
+            if chunk.eof or not chunk.data:
+                return
+            request.offset += len(chunk.data)
 
 
 @click.command("cancel")

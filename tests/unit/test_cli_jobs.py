@@ -1,0 +1,91 @@
+"""`milex logs` and `milex-run --wait` against a real agent (a fake scheduler) over its ipc socket: the
+whole log, a clear error for what does not exist, and a wait that says what it waits for and what
+goes on when it stops."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from milex.cli.jobs import logs
+from milex.machine import endpoint
+from milex_agent.journal import Journal
+from milex_agent.lifetime import Lifetime
+from milex_agent.server import AgentServer
+from milex_agent.state import Agent
+from milex_common.connection import AgentConnection
+from milex_common.model import MachineSettings
+from milex_common.protocol import LOG_CHUNK_BYTES, Submitted
+from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request
+
+DEADLINE = 3.0
+
+
+@dataclass
+class Local:
+    """The configuration's local machine, served by an AgentServer in a thread with a fake scheduler."""
+
+    agent: Agent
+    fake: FakeScheduler
+    settings: MachineSettings
+    endpoint: str
+
+    def submit(self, *jobs: str, array: str | None = None) -> Submitted:
+        connection = AgentConnection(self.endpoint, timeout=DEADLINE)
+        with connection:
+            request = submit_request(chain_bundle("exp", *jobs, array=array), self.settings)
+            reply = connection.request(request, expect=Submitted)
+        assert reply.error == "", reply
+        return reply
+
+    def log(self, name: str) -> Path:
+        return Path(self.settings.path) / "slurm" / f"exp_20240101000000_{name}.out"
+
+
+@pytest.fixture
+def local(milex_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Local]:
+    journal = Journal(tmp_path / "journal.sqlite")
+    fake = FakeScheduler()
+    agent = make_agent(journal, fake, interval=0.02, max_interval=0.1)
+    address = f"ipc://{tmp_path / 'agent.sock'}"
+    server = AgentServer(agent, address, lifetime=Lifetime(idle_exit=0))
+    monkeypatch.setattr(endpoint, "endpoint", lambda machine: address)
+    endpoint._shared.clear()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    settings = MachineSettings(name="local", path=str(milex_config.milex_path))
+    try:
+        yield Local(agent, fake, settings, address)
+    finally:
+        for connection in endpoint._shared.values():
+            connection.close()
+        endpoint._shared.clear()
+        agent.stopping = True
+        thread.join(DEADLINE)
+        server.close()
+        journal.close()
+
+
+# ---- milex logs ----------------------------------------------------------------------------------
+
+
+def test_logs_prints_the_whole_log_however_many_chunks_it_takes(local: Local) -> None:
+    local.submit("a")
+    text = b"".join(b"line %06d\n" % i for i in range(3 * LOG_CHUNK_BYTES // 12))
+    local.log("a-1000").write_bytes(text)
+    result = CliRunner().invoke(logs, ["1000"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout_bytes) == len(text) and result.stdout_bytes == text
+
+
+def test_logs_of_an_unknown_job_is_an_error_naming_it(local: Local) -> None:
+    local.submit("a")
+    result = CliRunner().invoke(logs, ["99999"])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and "Traceback" not in result.output
+    assert "99999" in result.stderr and result.stderr.startswith("error: ")
