@@ -89,3 +89,27 @@ def test_logs_of_an_unknown_job_is_an_error_naming_it(local: Local) -> None:
     assert result.exit_code == 1, result.output
     assert result.stdout == "" and "Traceback" not in result.output
     assert "99999" in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_logs_of_a_task_an_array_lacks_is_an_error_naming_its_tasks(local: Local) -> None:
+    local.submit("a", array="0-3")
+    local.log("a-1000_2").write_bytes(b"task two\n")
+    assert CliRunner().invoke(logs, ["1000", "--task", "2"]).stdout == "task two\n"
+    result = CliRunner().invoke(logs, ["1000", "--task", "99"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "no task 99" in result.stderr and "0-3" in result.stderr
+
+
+def test_logs_of_a_task_of_a_job_that_is_no_array_is_an_error(local: Local) -> None:
+    local.submit("a")
+    local.log("a-1000").write_bytes(b"all\n")
+    result = CliRunner().invoke(logs, ["1000", "--task", "1"])
+    assert result.exit_code == 1, result.output
+    assert "not an array" in result.stderr and "no task 1" in result.stderr
+
+
+def test_logs_of_a_task_not_written_yet_are_empty_not_an_error(local: Local) -> None:
+    local.submit("a", array="0-3")
+    result = CliRunner().invoke(logs, ["1000", "--task", "3"])
+    assert (result.exit_code, result.stdout) == (0, "")
