@@ -24,7 +24,7 @@ from milex.records import (
     save_submission,
     write_bundle,
 )
-from milex_common.errors import BundleError, InvalidValue, SubmitError
+from milex_common.errors import BundleError, InvalidValue, SubmitError, WaitTimedOut
 from milex_common.model import (
     Bundle,
     Job,
@@ -265,8 +265,8 @@ def wait(
     on_change: Callable[[dict[str, JobStatus]], None] | None = None,
 ) -> dict[str, JobStatus]:
     """Follow the agent's events until every job of `submission` has finished (jobs in the agent's
-    queue are unfinished); TimeoutError after `timeout` seconds. `on_change` sees the states each
-    time one changes."""
+    queue are unfinished); WaitTimedOut (a TimeoutError) after `timeout` seconds, the jobs going on.
+    `on_change` sees the states each time one changes."""
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
     from milex.watch import follow_events
 
@@ -288,9 +288,23 @@ def wait(
             if on_change:
                 on_change(states)
         if deadline is not None and time.monotonic() > deadline:
-            pending = [name for name, s in states.items() if not s.state.finished]
-            raise TimeoutError(f"jobs still unfinished after {timeout} s: {', '.join(pending)}")
+            raise WaitTimedOut(f"still unfinished after {timeout:g} s: {going_on(submission)}")
     return states
+
+
+def going_on(submission: Submission) -> str:
+    """The jobs of `submission` not finished by its record, which go on without a wait, and how to
+    follow them."""
+    unfinished = [
+        f"{name} ({record.job_id or 'not submitted yet'}, {record.state.value})"
+        for name, record in submission.jobs.items()
+        if not record.state.finished
+    ]
+    machine = "" if submission.machine == "local" else f" --machine {submission.machine}"
+    return (
+        f"{', '.join(unfinished) or 'no job'}. The jobs go on without this wait: follow them with "
+        f"`milex status {submission.bundle}{machine} --watch`."
+    )
 
 
 def _ask(submitter: AgentSubmitter, submission: Submission) -> StatusReply:

@@ -12,14 +12,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from milex import api
 from milex.cli.jobs import logs
+from milex.cli.run import run
 from milex.machine import endpoint
+from milex.records import run_of_key
 from milex_agent.journal import Journal
 from milex_agent.lifetime import Lifetime
 from milex_agent.server import AgentServer
 from milex_agent.state import Agent
 from milex_common.connection import AgentConnection
-from milex_common.model import MachineSettings
+from milex_common.errors import WaitTimedOut
+from milex_common.model import JobState, MachineSettings
 from milex_common.protocol import LOG_CHUNK_BYTES, Submitted
 from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request
 
@@ -113,3 +117,45 @@ def test_logs_of_a_task_not_written_yet_are_empty_not_an_error(local: Local) -> 
     local.submit("a", array="0-3")
     result = CliRunner().invoke(logs, ["1000", "--task", "3"])
     assert (result.exit_code, result.stdout) == (0, "")
+
+
+# ---- milex-run --wait ----------------------------------------------------------------------------
+
+
+def test_a_wait_that_times_out_names_the_unfinished_jobs_and_how_to_follow_them(local: Local) -> None:
+    api.schedule("train", script_args={"lr": 0.1})
+    result = CliRunner().invoke(run, ["train", "--wait", "--timeout", "0.3"])
+    assert result.exit_code == WaitTimedOut.exit_code == 4, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    [job_id] = [call.job_id for call in local.fake.calls]
+    assert f"train ({job_id}, PENDING)" in result.stderr
+    assert "go on" in result.stderr and "milex status train_" in result.stderr
+
+
+def test_a_wait_prints_the_run_and_its_jobs_at_once_and_a_ctrl_c_says_they_go_on(
+    local: Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.schedule("train", script_args={"lr": 0.1})
+
+    def interrupted(submission: object, **options: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "wait", interrupted)
+    result = CliRunner().invoke(run, ["train", "--wait"])
+    assert result.exit_code == 130, result.output
+    [job_id] = [call.job_id for call in local.fake.calls]
+    run_id = run_of_key(local.agent.journal.jobs()[0].key)
+    assert f"(run {run_id})" in result.stdout and job_id in result.stdout
+    assert "waiting" in result.stdout
+    assert "stopped waiting" in result.stderr and f"train ({job_id}" in result.stderr
+    assert "go on" in result.stderr and "milex status train_" in result.stderr
+
+
+def test_a_wait_ends_with_the_final_states(local: Local) -> None:
+    api.schedule("train", script_args={"lr": 0.1})
+    end = threading.Timer(0.3, lambda: local.fake.set_state("1000", JobState.COMPLETED, 0))  # ids from 1000
+    end.start()
+    result = CliRunner().invoke(run, ["train", "--wait", "--timeout", "10"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("train") >= 2 and "COMPLETED" in result.stdout
