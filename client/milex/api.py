@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -174,11 +175,32 @@ def preview(
 
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
-    settings = _with_overrides(config.machine(machine), overrides)
+    target = config.machine(machine)
+    settings = _with_overrides(target, overrides)
+    if not target.is_remote:  # the agent of a machine on this host writes `~` out with this home
+        settings = msgspec.structs.replace(settings, path=os.path.expanduser(settings.path))
     return {
         job.name: render_script(job, settings, script_stem(record.stem, job.name))
         for job in record.ordered_jobs()
     }
+
+
+def preview_note(
+    *, machine: str | None = None, config: Config | None = None, **overrides: Unpack[MachineOverrides]
+) -> str:
+    """What `preview`'s scripts cannot show: a remote machine's path under `~` is written out with
+    that machine's home by its agent when it submits (sbatch expands no `~`); "" when nothing is
+    missing."""
+    config = config or load_config()
+    target = config.machine(machine)
+    path = _with_overrides(target, overrides).path
+    if not target.is_remote or not path.startswith("~"):
+        return ""
+    whose = f"{target.username} on {target.hostname}" if target.username else f"you on {target.hostname}"
+    return (
+        f"~ is the home directory of {whose}: the agent there writes {path} out in full when it "
+        "submits (sbatch expands no ~), so the scripts it runs name that directory."
+    )
 
 
 def submit_bundle(

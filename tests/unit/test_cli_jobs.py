@@ -159,3 +159,23 @@ def test_a_wait_ends_with_the_final_states(local: Local) -> None:
     result = CliRunner().invoke(run, ["train", "--wait", "--timeout", "10"])
     assert result.exit_code == 0, result.output
     assert result.stdout.count("train") >= 2 and "COMPLETED" in result.stdout
+
+
+# ---- milex-run --dry-run -------------------------------------------------------------------------
+
+
+def test_a_dry_run_on_this_host_writes_out_a_home_path_as_the_agent_will(milex_config) -> None:
+    api.schedule("train", script_args={"lr": 0.1})
+    result = CliRunner().invoke(run, ["train", "--dry-run", "--path", "~/elsewhere"])
+    assert result.exit_code == 0, result.output
+    assert "~" not in result.stdout
+    assert f"#SBATCH --output={milex_config.home}/elsewhere/slurm/train_" in result.stdout
+
+
+def test_a_dry_run_for_a_remote_home_path_says_whose_home_it_is(milex_config) -> None:
+    api.schedule("train", script_args={"lr": 0.1})
+    result = CliRunner().invoke(run, ["train", "--dry-run", "--machine", "cluster", "--path", "~/milex"])
+    assert result.exit_code == 0, result.output
+    note, _, scripts = result.stdout.partition("# ---- train ----")
+    assert "~ is the home directory of alice on cluster.example.org" in note
+    assert '#SBATCH --output="~/milex/slurm/train_' in scripts

@@ -41,6 +41,9 @@ def run(
 
     given = machine_overrides(**overrides)
     if dry_run:
+        note = api.preview_note(machine=machine, **given)
+        if note:
+            click.echo(f"# {note}")
         for name, script in api.preview(bundle, machine=machine, date=date, **given).items():
             click.echo(f"# ---- {name} ----\n{script}")
         return
