@@ -8,13 +8,13 @@ from milex.cli.agent import agent_group
 from milex.cli.config import config_group, configuration
 from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
-from milex.cli.run import run
+from milex.cli.run import HELP_OPTIONS, run
 from milex.cli.schedule import schedule
 from milex.cli.tunnel import tunnel_group
 from milex_common.version import VERSION
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": HELP_OPTIONS})  # its commands inherit them
 @click.version_option(VERSION, prog_name="milex")
 def milex() -> None:
     """Schedule, run and watch reproducible jobs on SLURM clusters."""

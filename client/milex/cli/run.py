@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from milex.records import Submission
 
 
+# `-h` as well as `--help`, for `milex` and its commands (milex-schedule's own parser has its own).
+HELP_OPTIONS = ["-h", "--help"]
+
+
 @click.command()
 @click.argument("bundle")
 @click.option("--machine", help="Machine of the configuration (default: local).")
@@ -82,4 +86,4 @@ def submit_and_report(
 
 
 def main() -> None:
-    run.main(prog_name="milex-run")
+    run.main(prog_name="milex-run", help_option_names=HELP_OPTIONS)
