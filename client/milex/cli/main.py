@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import click
 
+from milex.cli import HELP_OPTIONS
 from milex.cli.agent import agent_group
 from milex.cli.config import config_group, configuration
 from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
-from milex.cli.run import HELP_OPTIONS, run
+from milex.cli.run import run
 from milex.cli.schedule import schedule
 from milex.cli.tunnel import tunnel_group
 from milex_common.version import VERSION
 
 
-@click.group(context_settings={"help_option_names": HELP_OPTIONS})  # its commands inherit them
+@click.group()
 @click.version_option(VERSION, prog_name="milex")
 def milex() -> None:
     """Schedule, run and watch reproducible jobs on SLURM clusters."""
@@ -30,6 +31,17 @@ milex.add_command(logs)
 milex.add_command(cancel)
 milex.add_command(agent_group)
 milex.add_command(tunnel_group)
+
+
+def _help_everywhere(command: click.Command) -> None:
+    """`-h` on `command` and every command under it, set on each (click keeps a command's help option
+    once made, whichever context made it); milex-schedule keeps its none: its parser reads `-h`."""
+    command.context_settings.setdefault("help_option_names", HELP_OPTIONS)
+    for child in getattr(command, "commands", {}).values():
+        _help_everywhere(child)
+
+
+_help_everywhere(milex)
 
 
 def main() -> None:

@@ -8,18 +8,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from milex.cli import reports_errors
+from milex.cli import HELP_OPTIONS, reports_errors
 
 if TYPE_CHECKING:
     from milex.machine.submitter import OnProgress
     from milex.records import Submission
 
 
-# `-h` as well as `--help`, for `milex` and its commands (milex-schedule's own parser has its own).
-HELP_OPTIONS = ["-h", "--help"]
-
-
-@click.command()
+@click.command(context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("bundle")
 @click.option("--machine", help="Machine of the configuration (default: local).")
 @click.option("--date", help="Run the bundle of this date (YYYYmmddHHMMSS), not the newest.")
@@ -86,4 +82,4 @@ def submit_and_report(
 
 
 def main() -> None:
-    run.main(prog_name="milex-run", help_option_names=HELP_OPTIONS)
+    run.main(prog_name="milex-run")
