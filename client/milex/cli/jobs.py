@@ -7,13 +7,13 @@ import sys
 
 import click
 
-from milex.cli import reports_errors
+from milex.cli import HELP_OPTIONS, reports_errors
 
 _JOB_ID = re.compile(r"\d+(_\d+)?")
 machine_option = click.option("--machine", help="Machine of the configuration (default: local).")
 
 
-@click.command("status")
+@click.command("status", context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("bundle", required=False)
 @machine_option
 @click.option("--watch", is_flag=True, help="Keep the table updated as events arrive, until all finish.")
@@ -26,7 +26,7 @@ def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) 
     show_status(bundle or "", machine, watch=watch, as_json=as_json)
 
 
-@click.command("logs")
+@click.command("logs", context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("job_id")
 @machine_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows, until the job ends.")
@@ -56,7 +56,7 @@ def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | 
             request.offset += len(chunk.data)
 
 
-@click.command("cancel")
+@click.command("cancel", context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("target")
 @machine_option
 @reports_errors

@@ -35,7 +35,8 @@ milex.add_command(tunnel_group)
 
 def _help_everywhere(command: click.Command) -> None:
     """`-h` on `command` and every command under it, set on each (click keeps a command's help option
-    once made, whichever context made it); milex-schedule keeps its none: its parser reads `-h`."""
+    once made, whichever context made it; a command also run on its own, as milex-run and milex logs
+    in tests, sets them where it is defined); milex-schedule keeps its none: its parser reads `-h`."""
     command.context_settings.setdefault("help_option_names", HELP_OPTIONS)
     for child in getattr(command, "commands", {}).values():
         _help_everywhere(child)
