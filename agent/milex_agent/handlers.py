@@ -10,7 +10,7 @@ import msgspec
 
 from milex_agent.array_windows import window_name, window_of
 from milex_agent.job_queue import enqueue, room_for, submission_of
-from milex_agent.logs import LogNotFound, log_path, read_chunk
+from milex_agent.logs import LogNotFound, check_task, log_path, read_chunk
 from milex_agent.pending import PendingSubmit
 from milex_agent.scheduler import scheduler_group
 from milex_agent.state import Agent, LogStream, Peer, WatchStream
@@ -192,7 +192,10 @@ def logs(agent: Agent, peer: Peer, request: Logs) -> LogChunk | Error:
         return Error(id=request.id, code="not_found", message=f"no tracked job with id {request.job_id}.")
     job = jobs[0]
     try:
-        path = log_path(*_log_owner(agent, job, request.array_task), request.stream)
+        owner, task = _log_owner(agent, job, request.array_task)
+        path = log_path(owner, task, request.stream)
+        if task is not None and request.array_task is not None:
+            check_task(owner, task, job=job, asked=request.array_task)
         data = read_chunk(path, request.offset)
     except LogNotFound as error:
         return Error(id=request.id, code="not_found", message=str(error))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from milex.records import (
     save_submission,
     write_bundle,
 )
-from milex_common.errors import BundleError, InvalidValue, SubmitError
+from milex_common.errors import BundleError, InvalidValue, SubmitError, WaitTimedOut
 from milex_common.model import (
     Bundle,
     Job,
@@ -174,11 +175,32 @@ def preview(
 
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
-    settings = _with_overrides(config.machine(machine), overrides)
+    target = config.machine(machine)
+    settings = _with_overrides(target, overrides)
+    if not target.is_remote:  # the agent of a machine on this host writes `~` out with this home
+        settings = msgspec.structs.replace(settings, path=os.path.expanduser(settings.path))
     return {
         job.name: render_script(job, settings, script_stem(record.stem, job.name))
         for job in record.ordered_jobs()
     }
+
+
+def preview_note(
+    *, machine: str | None = None, config: Config | None = None, **overrides: Unpack[MachineOverrides]
+) -> str:
+    """What `preview`'s scripts cannot show: a remote machine's path under `~` is written out with
+    that machine's home by its agent when it submits (sbatch expands no `~`); "" when nothing is
+    missing."""
+    config = config or load_config()
+    target = config.machine(machine)
+    path = _with_overrides(target, overrides).path
+    if not target.is_remote or not path.startswith("~"):
+        return ""
+    whose = f"{target.username} on {target.hostname}" if target.username else f"you on {target.hostname}"
+    return (
+        f"~ is the home directory of {whose}: the agent there writes {path} out in full when it "
+        "submits (sbatch expands no ~), so the scripts it runs name that directory."
+    )
 
 
 def submit_bundle(
@@ -265,8 +287,8 @@ def wait(
     on_change: Callable[[dict[str, JobStatus]], None] | None = None,
 ) -> dict[str, JobStatus]:
     """Follow the agent's events until every job of `submission` has finished (jobs in the agent's
-    queue are unfinished); TimeoutError after `timeout` seconds. `on_change` sees the states each
-    time one changes."""
+    queue are unfinished); WaitTimedOut (a TimeoutError) after `timeout` seconds, the jobs going on.
+    `on_change` sees the states each time one changes."""
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
     from milex.watch import follow_events
 
@@ -288,9 +310,23 @@ def wait(
             if on_change:
                 on_change(states)
         if deadline is not None and time.monotonic() > deadline:
-            pending = [name for name, s in states.items() if not s.state.finished]
-            raise TimeoutError(f"jobs still unfinished after {timeout} s: {', '.join(pending)}")
+            raise WaitTimedOut(f"still unfinished after {timeout:g} s: {going_on(submission)}")
     return states
+
+
+def going_on(submission: Submission) -> str:
+    """The jobs of `submission` not finished by its record, which go on without a wait, and how to
+    follow them."""
+    unfinished = [
+        f"{name} ({record.job_id or 'not submitted yet'}, {record.state.value})"
+        for name, record in submission.jobs.items()
+        if not record.state.finished
+    ]
+    machine = "" if submission.machine == "local" else f" --machine {submission.machine}"
+    return (
+        f"{', '.join(unfinished) or 'no job'}. The jobs go on without this wait: follow them with "
+        f"`milex status {submission.bundle}{machine} --watch`."
+    )
 
 
 def _ask(submitter: AgentSubmitter, submission: Submission) -> StatusReply:

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--gres", help="generic resources, e.g. gpu:1")
     slurm.add_argument("--mem", help="memory per node, e.g. 16G")
     slurm.add_argument("--array", help="array indices, e.g. 1-10:2 or 0,4,8%%2")
-    slurm.add_argument("--tasks", "--ntasks", type=int, help="number of tasks")
+    slurm.add_argument("--tasks", type=int, help="number of tasks")
     slurm.add_argument("--nodes", type=int, help="number of nodes")
     slurm.add_argument("--partition", help="partition to submit to")
     slurm.add_argument("--qos", help="quality of service")
@@ -83,12 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="any other sbatch option, e.g. --sbatch constraint=v100 --sbatch exclusive",
     )
     run = parser.add_argument_group("running now")
-    run.add_argument(*_spellings("run_now"), "--submit", action="store_true", help="run right away")
+    run.add_argument(*_spellings("run_now"), action="store_true", help="run right away")
     run.add_argument("--wait", action="store_true", help="with --run-now: wait for the jobs to end")
     run.add_argument("--machine", help="machine of the configuration; default: local")
     for override in ("slurm_account", "env_command", "path"):
         run.add_argument(*_spellings(override), help=f"use this {override} instead of the machine's")
+    for removed, name in _REMOVED.items():
+        add(removed, action=_Removed, use=name)
     return parser
+
+
+# Second names an option had once: one name each now. They stay known, so that they are an error
+# naming the option to use, not an argument handed to the app unnoticed.
+_REMOVED = {"--submit": "--run-now", "--ntasks": "--tasks"}
+
+
+class _Removed(argparse.Action):
+    """A removed name of an option: argparse's error, naming the option's one name."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, use: str) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.use = use
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} is not an option of milex-schedule: use {self.use} (an app option "
+            "of that name goes after `--`)."
+        )
 
 
 def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:

@@ -38,6 +38,13 @@ class LimitReached(SubmitError):
     the same job goes in once some end. The message says which limit, in words for the user."""
 
 
+class WaitTimedOut(MilexError, TimeoutError):
+    """A wait for jobs gave up at its timeout with some still unfinished, which go on without it.
+    Its own exit code, so a script can tell it from a failed job or a refusal."""
+
+    exit_code = 4
+
+
 class LocksUnreliable(MilexError):
     """File locks in a directory do not exclude a second process: the filesystem refuses them, or
     grants one lock to two processes (Lustre without `-o flock`, some NFS mounts)."""

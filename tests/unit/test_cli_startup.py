@@ -26,3 +26,36 @@ def test_help_lists_every_command() -> None:
     for command in ("schedule", "run", "status", "logs", "cancel", "agent", "tunnel", "config"):
         assert f"  {command} " in output
     assert "  submit " not in output  # one name per command: `milex run`
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["run", "-h"], ["logs", "-h"], ["agent", "start", "-h"]])
+def test_dash_h_is_help_on_the_group_and_its_commands(argv: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from milex.cli.main import milex
+
+    long = CliRunner().invoke(milex, [word.replace("-h", "--help") for word in argv])
+    result = CliRunner().invoke(milex, argv)  # after --help, which made the command's help option
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: ") and result.output == long.output
+
+
+def test_dash_h_of_milex_run_alone_is_help() -> None:
+    from click.testing import CliRunner
+
+    from milex.cli.run import run
+
+    result = CliRunner().invoke(run, ["-h"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output and "--dry-run" in result.output
+
+
+@pytest.mark.parametrize("argv", [["schedule", "-h"], ["schedule", "-h", "--", "-h"]])
+def test_dash_h_of_milex_schedule_is_its_own_help(argv: list[str], capsys) -> None:
+    from click.testing import CliRunner
+
+    from milex.cli.main import milex
+
+    result = CliRunner().invoke(milex, argv)
+    assert result.exit_code == 0, result.output
+    assert "usage: milex-schedule NAME" in result.output  # argparse's, with the app's options explained

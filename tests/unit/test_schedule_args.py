@@ -56,9 +56,23 @@ def test_cpus_per_task_spellings(spelling: str) -> None:
     assert parse_schedule_args(["train", spelling, "4"]).slurm.cpus_per_task == 4
 
 
-@pytest.mark.parametrize("spelling", ["--run-now", "--run_now", "--submit"])
+@pytest.mark.parametrize("spelling", ["--run-now", "--run_now"])
 def test_run_now_spellings(spelling: str) -> None:
     assert parse_schedule_args(["train", spelling]).run_now
+
+
+@pytest.mark.parametrize(
+    ("removed", "name"),
+    [(["--submit"], "--run-now"), (["--ntasks", "3"], "--tasks"), (["--ntasks=3"], "--tasks")],
+)
+def test_a_removed_second_name_is_an_error_naming_the_option(capsys, removed: list[str], name: str) -> None:
+    """One name per option: `--submit` and `--ntasks` went, and must not reach the app unnoticed."""
+    with pytest.raises(SystemExit) as exited:
+        parse_schedule_args(["train", *removed, "--lr", "1"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{removed[0].partition('=')[0]} is not an option of milex-schedule: use {name}" in error
+    assert "after `--`" in error
 
 
 @pytest.mark.parametrize("spelling", ["--pre-commands", "--pre_commands"])
@@ -92,7 +106,7 @@ def test_every_slurm_option() -> None:
             "--gres=gpu:1",
             "--mem=16G",
             "--array=1-10:2",
-            "--ntasks=3",
+            "--tasks=3",
             "--nodes=1",
             "--partition=gpu",
             "--qos=high",

@@ -11,6 +11,9 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# `-h` as well as `--help`, on `milex` and every command (milex-schedule's own parser has its own).
+HELP_OPTIONS = ["-h", "--help"]
+
 
 def reports_errors(command: F) -> F:
     """Show a MilexError as `error: ...` on stderr with exit status 1, never a traceback."""

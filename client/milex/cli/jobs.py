@@ -7,13 +7,13 @@ import sys
 
 import click
 
-from milex.cli import reports_errors
+from milex.cli import HELP_OPTIONS, reports_errors
 
 _JOB_ID = re.compile(r"\d+(_\d+)?")
 machine_option = click.option("--machine", help="Machine of the configuration (default: local).")
 
 
-@click.command("status")
+@click.command("status", context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("bundle", metavar="[BUNDLE|JOB_ID]", required=False)
 @machine_option
 @click.option("--watch", is_flag=True, help="Keep the table updated as events arrive, until all finish.")
@@ -27,7 +27,7 @@ def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) 
     show_status(wanted, machine, watch=watch, as_json=as_json, may_be_job_id=bool(_JOB_ID.fullmatch(wanted)))
 
 
-@click.command("logs")
+@click.command("logs", context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("job_id")
 @machine_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows, until the job ends.")
@@ -49,10 +49,15 @@ def logs(job_id: str, machine: str | None, follow: bool, err: bool, task: int | 
             sys.stdout.flush()
         return
     with connect(target) as connection:
-        sys.stdout.buffer.write(connection.request(request, expect=LogChunk).data)
+        while True:  # the agent sends a log in chunks: ask from each end until one brings nothing
+            chunk = connection.request(request, expect=LogChunk)
+            sys.stdout.buffer.write(chunk.data)
+            if chunk.eof or not chunk.data:
+                return
+            request.offset += len(chunk.data)
 
 
-@click.command("cancel")
+@click.command("cancel", context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("target")
 @machine_option
 @reports_errors

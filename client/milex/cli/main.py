@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from milex.cli import HELP_OPTIONS
 from milex.cli.agent import agent_group
 from milex.cli.config import config_group, configuration
 from milex.cli.jobs import cancel, logs, status
@@ -30,6 +31,18 @@ milex.add_command(logs)
 milex.add_command(cancel)
 milex.add_command(agent_group)
 milex.add_command(tunnel_group)
+
+
+def _help_everywhere(command: click.Command) -> None:
+    """`-h` on `command` and every command under it, set on each (click keeps a command's help option
+    once made, whichever context made it; a command also run on its own, as milex-run and milex logs
+    in tests, sets them where it is defined); milex-schedule keeps its none: its parser reads `-h`."""
+    command.context_settings.setdefault("help_option_names", HELP_OPTIONS)
+    for child in getattr(command, "commands", {}).values():
+        _help_everywhere(child)
+
+
+_help_everywhere(milex)
 
 
 def main() -> None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
-from milex.cli import reports_errors
+from milex.cli import HELP_OPTIONS, reports_errors
 
 if TYPE_CHECKING:
     from milex.machine.submitter import OnProgress
     from milex.records import Submission
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": HELP_OPTIONS})
 @click.argument("bundle")
 @click.option("--machine", help="Machine of the configuration (default: local).")
 @click.option("--date", help="Run the bundle of this date (YYYYmmddHHMMSS), not the newest.")
@@ -40,6 +41,9 @@ def run(
 
     given = machine_overrides(**overrides)
     if dry_run:
+        note = api.preview_note(machine=machine, **given)
+        if note:
+            click.echo(f"# {note}")
         for name, script in api.preview(bundle, machine=machine, date=date, **given).items():
             click.echo(f"# ---- {name} ----\n{script}")
         return
@@ -54,17 +58,24 @@ def submit_and_report(
     submit: Callable[[OnProgress], Submission], *, wait: bool, timeout: float | None = None
 ) -> None:
     """Submit (a progress bar on a terminal if it takes more than a second), print the job ids;
-    with `wait`, follow the jobs and fail if any did not complete."""
+    with `wait`, follow the jobs and fail if any did not complete. A wait that times out, or is
+    interrupted, says which jobs go on and how to follow them."""
     from milex import api
     from milex.cli.output import SubmitProgressBar, print_submission
     from milex_common.model import JobState
 
     with SubmitProgressBar() as bar:
         submission = submit(bar.update)
+    print_submission(submission)
     if not wait:
-        print_submission(submission)
         return
-    states = api.wait(submission, timeout=timeout)
+    unfinished = sum(not record.state.finished for record in submission.jobs.values())
+    click.echo(f"waiting for {unfinished} job(s) to end (Ctrl-C stops the wait, not the jobs)...")
+    try:
+        states = api.wait(submission, timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(f"stopped waiting; still unfinished: {api.going_on(submission)}", err=True)
+        sys.exit(130)
     print_submission(submission, states)
     if any(status.state is not JobState.COMPLETED for status in states.values()):
         raise SystemExit(1)
