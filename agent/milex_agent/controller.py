@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+from milex_common.errors import SchedulerError
+
+T = TypeVar("T")
 
 FIRST_DELAY = 1.0  # seconds before looking up again while the controller does not answer
 MAX_DELAY = 10.0
@@ -81,3 +87,16 @@ class LookupBackoff:
         """Look again once a lookup can be conclusive."""
         self.delay = FIRST_DELAY
         self.next_at = max(self.watch.clock(), self.watch.settled_at())
+
+    def outcome(self, lookup: Future[T]) -> T | SchedulerError:
+        """What a finished `lookup` found, its answer (or silence) noted by the watch and this
+        back-off; the scheduler's error when it got no answer, for the caller to tell."""
+        try:
+            found = lookup.result()
+        except SchedulerError as error:
+            self.watch.unanswered()
+            self.failed()
+            return error
+        self.watch.answered()
+        self.answered()
+        return found

@@ -85,16 +85,11 @@ class InDoubt:
         if self.looking is None or not self.looking[0].done():
             return []
         (future, started), self.looking = self.looking, None
-        try:
-            found = future.result()
-        except SchedulerError as error:  # still no answer
-            log.info("looking up %d job(s) in doubt: %s", len(self.jobs), error)
-            self.watch.unanswered()
-            self.last_silence = error
-            self.backoff.failed()
+        found = self.backoff.outcome(future)
+        if isinstance(found, SchedulerError):  # still no answer
+            log.info("looking up %d job(s) in doubt: %s", len(self.jobs), found)
+            self.last_silence = found
             return []
-        self.watch.answered()
-        self.backoff.answered()
         accepted = [(job, found[comment]) for job, comment in self.jobs.values() if comment in found]
         if accepted:
             accept(accepted)

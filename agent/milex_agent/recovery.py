@@ -67,16 +67,11 @@ class InDoubtRecovery:
     def _found(
         self, future: Future[dict[str, str]], groups: Groups, started: float, owned: Collection[str]
     ) -> None:
-        watch = self.agent.controller
-        try:
-            found = future.result()
-        except SchedulerError as error:
-            watch.unanswered()
-            self.backoff.failed()
-            log.warning("looking up submissions in doubt failed: %s", error)
+        found = self.backoff.outcome(future)
+        if isinstance(found, SchedulerError):
+            log.warning("looking up submissions in doubt failed: %s", found)
             return
-        watch.answered()
-        self.backoff.answered()
+        watch = self.agent.controller
         groups = {group: [key for key in keys if key not in owned] for group, keys in groups.items()}
         _apply(self.agent, groups, found, conclusive=watch.conclusive(started))
 

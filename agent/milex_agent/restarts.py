@@ -148,16 +148,11 @@ class RestartWatch:
         if not future.done():
             return
         confirming.looking = None
-        watch = self.agent.controller
-        try:
-            found = future.result()
-        except SchedulerError as error:
-            watch.unanswered()
-            self.backoff.failed()
-            log.info("confirming jobs after a controller restart: %s", error)
+        found = self.backoff.outcome(future)
+        if isinstance(found, SchedulerError):
+            log.info("confirming jobs after a controller restart: %s", found)
             return
-        watch.answered()
-        self.backoff.answered()
+        watch = self.agent.controller
         if not watch.conclusive(started):
             return  # a request queued before the restart may still appear: look again
         self._apply(confirming, found)

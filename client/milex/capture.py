@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from milex.config.environment import seconds_from_environment
 from milex_common.errors import CaptureError
 
 CAPTURE_TIMEOUT = 120.0
@@ -77,16 +78,7 @@ def _rejected(app: str, arguments: Sequence[str], status: int, out: str, err: st
 
 def capture_timeout() -> float:
     """How long `NAME-cli` may take: CAPTURE_TIMEOUT, or the environment's MILEX_CAPTURE_TIMEOUT."""
-    text = os.environ.get(TIMEOUT_ENV)
-    if text is None:
-        return CAPTURE_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise CaptureError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds; set it to one, or unset it.")
-    return seconds
+    return seconds_from_environment(TIMEOUT_ENV, CAPTURE_TIMEOUT, zero=False)
 
 
 def _parse_output(app: str, output: str) -> dict[str, Any]:

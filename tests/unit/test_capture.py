@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from milex.capture import capture_arguments, find_cli
-from milex_common.errors import CaptureError
+from milex_common.errors import CaptureError, MilexError
 
 
 @pytest.fixture
@@ -123,5 +123,5 @@ def test_a_cli_that_leaves_a_child_behind_still_counts(bin_dir: Path, monkeypatc
 def test_a_capture_timeout_that_is_no_number_says_so(bin_dir: Path, monkeypatch) -> None:
     fake_cli(bin_dir, "train", "echo '{}'")
     monkeypatch.setenv("MILEX_CAPTURE_TIMEOUT", "soon")
-    with pytest.raises(CaptureError, match="MILEX_CAPTURE_TIMEOUT='soon' is not a number of seconds"):
+    with pytest.raises(MilexError, match="MILEX_CAPTURE_TIMEOUT='soon' is not a number of seconds"):
         capture_arguments("train", [])
