@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from milex_agent.disk_space import DiskSpace, describe_free
 from milex_agent.scheduler.slurm.output import TaskRow, combine
 from milex_common.errors import MilexError
 from milex_common.model import JobState, JobStatus
@@ -114,7 +115,11 @@ _ID_REUSE = 86400.0
 
 
 class JournalError(MilexError):
-    """The journal cannot be opened or written (damaged, from a newer agent, disk full)."""
+    """The journal cannot be opened or written (damaged, from a newer agent, disk full: `full`)."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 class JobRow(NamedTuple):
@@ -131,6 +136,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.space = DiskSpace(path)  # a full disk told once in the log, and the space coming back
         self.db = _open(path)
         # Only this agent writes its journal (it holds the lock), so the newest sequence number is
         # kept here rather than asked of SQLite at every turn of the server's loop.
@@ -145,17 +151,22 @@ class Journal:
     def _writing(self) -> Iterator[None]:
         """One write transaction; JournalError (naming the file) when SQLite cannot write it."""
         self._new, self._touched = 0, set()
+        changes = self.db.total_changes
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 yield
         except sqlite3.Error as error:
-            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
-            advice = "free space on its filesystem; " if full else ""
+            full = self.space.refused(error)
+            what = f"{error}; {describe_free(self.path)}"
+            advice = "the disk is full: free space on its filesystem; " if full else ""
             raise JournalError(
-                f"the agent could not write its journal {self.path} ({error}); {advice}nothing of this "
-                "change was recorded, and what was recorded before is intact."
+                f"the agent could not write its journal {self.path} ({what}); {advice}nothing of this "
+                "change was recorded, and what was recorded before is intact.",
+                full=full,
             ) from None
+        if self.db.total_changes != changes:  # a write that wrote nothing proves no space
+            self.space.wrote()
 
     # ---- submission --------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import zmq
 
 from milex_agent.handlers import cancel_late, handle
 from milex_agent.job_queue import release
+from milex_agent.journal import JournalError
 from milex_agent.lifetime import Lifetime
 from milex_agent.logs import read_chunk
 from milex_agent.pending import PendingSubmit
@@ -103,6 +104,7 @@ class AgentServer:
                 self._receive_all()
             self._step_submissions()
             self._poll_scheduler()
+            self.agent.journal.space.check()
             self._push_events()
             self._push_logs()
             self._check_lifetime()
@@ -169,8 +171,8 @@ class AgentServer:
                 self._answer_submit(peer, reply)
             elif peer is not None and (progress := pending.progress()) is not None:
                 self.send(peer, progress)
-        self.recovery.step(owned)
-        self._watch_restarts()
+        self._journaled(lambda: self.recovery.step(owned))
+        self._journaled(self._watch_restarts)
         try:
             cancel_late(self.agent)
         except MilexError as error:  # scancel failed: tried again at the next turn
@@ -240,11 +242,22 @@ class AgentServer:
         try:
             poller.apply(self.polling.result())
         except MilexError as error:
-            log.warning("status poll failed: %s", error)
-            poller.apply([])  # back off as if nothing changed
+            if not (isinstance(error, JournalError) and error.full):  # the journal said so, once
+                log.warning("status poll failed: %s", error)
+            poller.apply([])  # back off as if nothing changed; the next poll finds the change again
         finally:
             self.polling = None
-        self._release_queued()
+        if not self.agent.journal.space.full:  # nothing is submitted that could not be recorded
+            self._journaled(self._release_queued)
+
+    def _journaled(self, step: Callable[[], object]) -> None:
+        """A step of the loop that writes the journal: a write refused (a full disk, which the journal
+        tells once) leaves nothing of it recorded, and the step is taken again at a later turn."""
+        try:
+            step()
+        except JournalError as error:
+            if not error.full:
+                log.warning("%s", error)
 
     def _push_events(self) -> None:
         journal = self.agent.journal
