@@ -3,6 +3,7 @@ milex_common.agent_layout)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -146,8 +147,20 @@ def _launch(directory: Path, options: list[str]) -> AgentInfo:
         with open(log_file, "rb") as log:  # what this start wrote, not an earlier agent's lines
             log.seek(logged)
             tail = log.read().decode(errors="replace")[-4000:]
+        if not tail.strip() and not _has_room(directory):  # it could not even log why
+            from milex_agent.locks import disk_full
+
+            raise disk_full(directory, OSError(errno.ENOSPC, f"nothing could be written to {log_file}"))
         raise MilexError(f"the agent did not start (status {launcher.returncode}); {log_file}:\n{tail}")
     return info
+
+
+def _has_room(directory: Path) -> bool:
+    """Whether the filesystem of `directory` has room for the agent to write (True when unknown)."""
+    from milex_agent.disk_space import ROOM, free_bytes
+
+    free = free_bytes(directory)
+    return free is None or free >= ROOM
 
 
 def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:

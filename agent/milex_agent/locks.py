@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from milex_common.errors import LocksUnreliable
+from milex_agent.disk_space import describe_free, is_full
+from milex_common.errors import DiskFull, LocksUnreliable, MilexError
 from milex_common.files import take_lock
 
 PROBE_DATABASE = "locks-probe.sqlite"
@@ -30,7 +31,8 @@ EXCLUDED = "excluded"  # what the second process prints when every lock was refu
 def check(directory: Path, lock_file: Path) -> None:
     """Nothing when a second process is refused both the flock this process holds on `lock_file`
     and SQLite's write lock on a database of `directory`; else LocksUnreliable saying where to keep
-    the agent's state instead."""
+    the agent's state instead. DiskFull when the probe cannot be written there: that says nothing
+    of the locks."""
     reason = exclusion_failure(lock_file)
     if reason is not None:
         raise refusal(directory, reason)
@@ -38,7 +40,8 @@ def check(directory: Path, lock_file: Path) -> None:
 
 def exclusion_failure(lock_file: Path) -> str | None:
     """Why locks beside `lock_file` (whose flock this process holds) do not exclude a second
-    process; None when they do. Leaves no file behind."""
+    process; None when they do; DiskFull when its filesystem has no room for the probe. Leaves no
+    file behind."""
     database = lock_file.parent / PROBE_DATABASE
     # A rollback journal, not the journal's WAL: the same POSIX locks (on the database file rather
     # than on `-shm`), with a verdict at once where WAL retries a faked lock's protocol error for 10 s.
@@ -48,6 +51,8 @@ def exclusion_failure(lock_file: Path) -> str | None:
             db = sqlite3.connect(database, isolation_level=None, timeout=0)
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
+            if is_full(error, database):
+                raise disk_full(lock_file.parent, error) from None
             return f"SQLite cannot take its write lock on a database there: {error}"
         return _second_process(lock_file, database)
     finally:
@@ -69,6 +74,14 @@ def _second_process(lock_file: Path, database: Path) -> str | None:
     if probe.returncode != 0 or not answer:
         return f"a second process trying the locks failed (exit {probe.returncode}): {probe.stderr[-500:]}"
     return None if answer == EXCLUDED else answer
+
+
+def disk_full(directory: Path, error: BaseException) -> DiskFull:
+    """The agent's refusal to start in `directory`, whose filesystem has no room left."""
+    return DiskFull(
+        f"the disk is full: the agent cannot write in {directory} ({error}; {describe_free(directory)}); "
+        "free space on that filesystem, then start the agent again (the next command does)."
+    )
 
 
 def second_try(lock_file: Path, database: Path) -> str:
@@ -160,7 +173,7 @@ def _locks_work_in(base: Path) -> bool:
                 return exclusion_failure(lock_file) is None
             finally:
                 os.close(fd)
-    except (OSError, LocksUnreliable):
+    except (OSError, MilexError):  # a full disk there too, or locks refused
         return False
 
 

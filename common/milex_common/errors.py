@@ -50,6 +50,10 @@ class LocksUnreliable(MilexError):
     grants one lock to two processes (Lustre without `-o flock`, some NFS mounts)."""
 
 
+class DiskFull(MilexError):
+    """A filesystem Milex must write on has no room left; the message names the path and what is free."""
+
+
 class SchedulerError(MilexError):
     """A scheduler command (sbatch, squeue, ...) could not be run or failed."""
 

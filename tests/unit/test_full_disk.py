@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from milex_agent import daemon, locks
 from milex_agent.journal import Journal
 from milex_agent.lifetime import Lifetime
 from milex_agent.server import AgentServer
 from milex_common.connection import AgentConnection, AgentError
+from milex_common.errors import DiskFull, LocksUnreliable
+from milex_common.files import is_locked
 from milex_common.model import JobState, MachineSettings
 from milex_common.protocol import Status, StatusReply, Submitted
 from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
@@ -96,3 +99,40 @@ def test_a_running_agent_goes_back_to_normal_once_space_is_back_and_says_so(smal
         connection.close()
         server.close()
         journal.close()
+
+
+def test_an_agent_started_on_a_full_disk_says_the_disk_is_full_not_that_locks_fail(small_disk):
+    directory = small_disk / "agent"
+    directory.mkdir(mode=0o700)
+    (directory / "agent.lock").touch()
+    filler = fill(small_disk)
+
+    with pytest.raises(DiskFull) as refused:
+        daemon.run(directory, poll_interval=1.0, max_interval=1.0, version="0")
+
+    message = str(refused.value)
+    assert message.startswith(f"the disk is full: the agent cannot write in {directory} (")
+    assert "0 bytes free on its filesystem" in message and "locks" not in message
+    assert not is_locked(directory / "agent.lock")
+    assert sorted(path.name for path in directory.iterdir()) == ["agent.lock"]  # no probe left behind
+
+    with pytest.raises(DiskFull, match=f"the disk is full: the agent cannot write in {directory} "):
+        daemon.start(directory)  # the launched agent could not even log why: the start says it
+    assert not isinstance(refused.value, LocksUnreliable)
+
+    filler.unlink()  # and once space is back, it starts
+    info = daemon.start(directory, idle_exit=0)
+    try:
+        assert info.directory == str(directory)
+    finally:
+        daemon.stop(directory)
+
+
+def test_locks_that_do_not_exclude_are_still_refused_as_such(small_disk, monkeypatch):
+    monkeypatch.setattr(locks, "_places", lambda: [])
+    directory = small_disk / "agent"
+    directory.mkdir(mode=0o700)
+    (directory / "agent.lock").touch()  # not held: a second process is granted it, as a faked lock is
+
+    with pytest.raises(LocksUnreliable, match="a second process was granted the flock"):
+        locks.check(directory, directory / "agent.lock")
