@@ -1,5 +1,6 @@
-"""The laptop's `jobs/` on a full filesystem (a small tmpfs), with the real cluster behind the agent:
-clear errors, nothing half-written, nothing recorded lost, and every run recorded once space is back."""
+"""The laptop's `jobs/`, or the agent's directory, on a full filesystem (a small tmpfs), with the real
+cluster behind the agent: clear errors, nothing half-written, nothing recorded lost, and every run
+recorded once space is back, without a restart of the agent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import MilexHome
+from milex_common.agent_layout import agent_dir
+from tests.e2e.conftest import BIN, MilexHome, wait_until
 
 
 @pytest.fixture
@@ -23,6 +25,21 @@ def small_jobs_dir(milex_home: MilexHome) -> Iterator[Path]:
         yield milex_home.jobs
     finally:
         subprocess.run(["umount", str(milex_home.jobs)], check=True)
+
+
+@pytest.fixture
+def small_agent_dir(milex_home: MilexHome) -> Iterator[Path]:
+    """The `local` machine's agent directory (`PATH/agent/CLUSTER`) on a 1 MiB tmpfs of its own (mounted
+    on `PATH/agent`); its agent stopped and the tmpfs unmounted afterwards."""
+    mount = milex_home.root / "milex" / "agent"
+    mount.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    directory = agent_dir(milex_home.root / "milex")
+    try:
+        yield directory
+    finally:
+        subprocess.run([str(BIN / "milex-agent"), "stop", "--dir", str(directory)], check=False)
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def fill(directory: Path) -> Path:
@@ -87,3 +104,35 @@ def test_a_full_jobs_directory_fails_clearly_keeps_every_record_and_recovers(
     for path in small_jobs_dir.glob("*.json"):
         json.loads(path.read_text())  # whole JSON, every one
     assert not [path.name for path in small_jobs_dir.iterdir() if path.name.startswith(".kept")]
+
+
+def agent_pid(directory: Path) -> int:
+    return int(json.loads((directory / "agent.json").read_text())["pid"])
+
+
+def test_a_full_agent_directory_refuses_clearly_and_the_agent_recovers_without_a_restart(
+    milex_home: MilexHome, small_agent_dir: Path
+) -> None:
+    milex_home.milex("milex-schedule", "milex-example", "--name", "kept", "--job_name", "first")
+    milex_home.milex("milex-run", "kept")  # starts the agent, in the small directory
+    pid = agent_pid(small_agent_dir)
+    filler = fill(small_agent_dir.parent)
+
+    refused = milex_home.milex("milex-run", "kept", check=False)
+    assert refused.returncode == 1, refused
+    assert "Traceback" not in refused.stderr
+    assert f"could not write its journal {small_agent_dir}/journal.sqlite" in refused.stderr, refused.stderr
+    assert "the disk is full" in refused.stderr and "free on its filesystem" in refused.stderr
+    assert "locks" not in refused.stderr
+    assert len(milex_home.submissions()) == 1  # the refused run was recorded nowhere
+
+    filler.unlink()
+    log = small_agent_dir / "agent.log"
+    wait_until(lambda: "space is back on the filesystem of" in log.read_text(), timeout=30,
+               what="the agent's log to say space is back")  # fmt: skip
+    milex_home.milex("milex-run", "kept")  # accepted by the same agent: no restart
+    assert agent_pid(small_agent_dir) == pid
+    assert len(milex_home.submissions()) == 2
+    status = milex_home.milex("milex", "status")
+    assert "Traceback" not in status.stderr and "disk is full" not in status.stderr + status.stdout
+    assert "Traceback" not in log.read_text()
