@@ -4,7 +4,6 @@ recorded once space is back, without a restart of the agent."""
 
 from __future__ import annotations
 
-import errno
 import json
 import re
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from milex_common.agent_layout import agent_dir
 from tests.e2e.conftest import BIN, MilexHome, wait_until
+from tests.filling import fill
 
 
 @pytest.fixture
@@ -40,18 +40,6 @@ def small_agent_dir(milex_home: MilexHome) -> Iterator[Path]:
     finally:
         subprocess.run([str(BIN / "milex-agent"), "stop", "--dir", str(directory)], check=False)
         subprocess.run(["umount", str(mount)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file into `directory` until its filesystem is full; the file, to free the space later."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as file:
-        try:
-            while True:
-                file.write(b"\0" * 4096)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-    return filler
 
 
 def contents(directory: Path) -> dict[str, bytes]:

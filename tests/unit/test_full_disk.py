@@ -4,7 +4,6 @@ so; an agent started there says the disk is full, not that locks do not work."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import subprocess
 import threading
@@ -22,6 +21,7 @@ from milex_common.errors import DiskFull, LocksUnreliable
 from milex_common.files import is_locked
 from milex_common.model import JobState, MachineSettings
 from milex_common.protocol import Status, StatusReply, Submitted
+from tests.filling import fill
 from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
 
 DEADLINE = 5.0
@@ -37,18 +37,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file into `directory` until its filesystem is full; the file, to free the space later."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as file:
-        try:
-            while True:
-                file.write(b"\0" * 4096)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-    return filler
 
 
 def test_a_running_agent_goes_back_to_normal_once_space_is_back_and_says_so(small_disk, tmp_path, caplog):
