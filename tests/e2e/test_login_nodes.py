@@ -64,7 +64,7 @@ def agents(nodes: tuple[LoginNode, LoginNode]) -> dict[str, list[str]]:
     """The user's agent processes on each node, by node."""
     found = {}
     for node in nodes:
-        lines = node.sh("pgrep -u $USER -f -a 'milex[.]agent[.]cli run' || true").splitlines()
+        lines = node.sh("pgrep -u $USER -f -a 'milex_agent[.]cli run' || true").splitlines()
         found["second" if node.second else "first"] = [line for line in lines if line.strip()]
     return found
 
