@@ -122,7 +122,25 @@ pid_alive() {
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $comm == "$name" ]]
+    [[ $comm == "$name" ]] && running "$pid"
+}
+
+# Whether process $1 runs. One killed with -9 stays a zombie until its parent (often a slow-reaping
+# init) reaps it: dead all the same, its port free. The state follows the ")" that ends the name.
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
+# The running (not zombie) processes named $1 of this PID namespace: the daemons of a cluster in a
+# namespace of its own (deploy/cluster/) or in a container use other ports.
+live_daemons() {
+    local pid
+    for pid in $(pgrep --ns $$ --nslist pid -x "$1"); do
+        if running "$pid"; then echo "$pid"; fi
+    done
 }
 
 munge_works() {
@@ -358,8 +376,8 @@ install_conf
 # Only this PID namespace counts: the daemons of a cluster in a namespace of
 # its own (deploy/cluster/) or in a container use other ports.
 for d in slurmctld slurmd; do
-    if ! pid_alive "$d" && pgrep --ns $$ --nslist pid -x "$d" >/dev/null; then
-        die "a $d (pid $(pgrep --ns $$ --nslist pid -x "$d" | tr '\n' ' ')) is running but not recorded in $PID_DIR; stop it first"
+    if ! pid_alive "$d" && [[ -n $(live_daemons "$d") ]]; then
+        die "a $d (pid $(live_daemons "$d" | tr '\n' ' ')) is running but not recorded in $PID_DIR; stop it first"
     fi
 done
 
