@@ -45,11 +45,6 @@ class ControllerWatch:
         if self.answering_since is None:
             self.answering_since = self.clock()
 
-    def restarted(self) -> None:
-        """The controller came back from a restart just now, as far as the agent knows: a lookup
-        proves a job absent only once it has settled again."""
-        self.answering_since = self.clock()
-
     @property
     def silent(self) -> bool:
         return self.silent_since is not None

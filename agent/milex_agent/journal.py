@@ -77,21 +77,6 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN window INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_parts ON jobs (part_of) WHERE part_of IS NOT NULL;
     """,
-    # A controller that restarts from its saved state forgets the jobs it accepted just before
-    # (milex_agent.restarts): when each job was accepted (0: before this migration, or not), whether
-    # its dependencies must be pointed at new ids, and each controller's boot time as last seen.
-    """
-    ALTER TABLE jobs ADD COLUMN accepted_at REAL NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN repoint INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX jobs_accepted ON jobs (accepted_at) WHERE accepted_at > 0;
-    CREATE TABLE controllers (
-        scheduler TEXT NOT NULL,
-        machine_path TEXT NOT NULL,
-        boot TEXT NOT NULL,
-        seen_at REAL NOT NULL,
-        PRIMARY KEY (scheduler, machine_path)
-    );
-    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _JOB_COLUMNS = ", ".join(TrackedJob.__struct_fields__)
@@ -102,12 +87,6 @@ _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  
 IN_DOUBT = ""
 _IN_DOUBT = "job_id = '' AND state = 'SUBMITTED' AND window = 0"
 _IN_SCHEDULER = f"((job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})) AND window = 0"
-# The rows of one scheduler instance (milex_agent.scheduler.scheduler_group): SLURM's ids are the
-# cluster's, a local scheduler's its machine path's.
-_SAME_SCHEDULER = "scheduler = ? AND (scheduler != 'local' OR machine_path = ?)"
-# An id SLURM hands out again is another job's, unless the first holder ended long ago (ids wrap at
-# MaxJobId): the first holder's record is stale within this many seconds of its acceptance.
-_ID_REUSE = 86400.0
 # An array too big for SLURM is cut into windows (milex_agent.array_windows): each window is a row of
 # its own (`part_of` its array's key), submitted, polled and looked up as any job, but never shown; the
 # array's own row (`window`: the size it was cut at) is what clients see, its status the windows'
@@ -196,7 +175,7 @@ class Journal:
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, state = excluded.state,"
                 " reason = '', script = excluded.script, stdout = excluded.stdout, stderr = excluded.stderr,"
-                " updated_at = excluded.updated_at, accepted_at = 0, repoint = 0",
+                " updated_at = excluded.updated_at",
                 [(job.key, job.bundle, job.name, IN_DOUBT, JobState.SUBMITTED.value, job.script,
                   job.stdout, job.stderr, scheduler, machine_path, now, now, part_of.get(job.key))
                  for job in jobs],
@@ -234,32 +213,13 @@ class Journal:
         return self.submitted_many([(key, job_id)])[0]
 
     def submitted_many(self, accepted: Sequence[tuple[str, str]]) -> list[Event]:
-        """`submitted` for several (key, job id) pairs, in one transaction. An id is never kept for two
-        jobs: one the journal gives another job of the same scheduler (a restarted controller that
-        forgot that job hands its id out again) is taken from it, and that job falls in doubt, to be
-        looked up by its comment."""
-        now = time.time()
+        """`submitted` for several (key, job id) pairs, in one transaction."""
         with self._writing():
-            for key, job_id in accepted:
-                self._take_id(key, job_id, now)
-            self.db.executemany(
-                "UPDATE jobs SET job_id = ?, accepted_at = ?, repoint = 0 WHERE key = ?",
-                [(i, now, k) for k, i in accepted],
-            )
+            self.db.executemany("UPDATE jobs SET job_id = ? WHERE key = ?", [(i, k) for k, i in accepted])
             for key, job_id in accepted:
                 self._record(key, JobStatus(job_id=job_id, state=JobState.SUBMITTED))
             events = self._events()
         return self._committed(events)
-
-    def _take_id(self, key: str, job_id: str, now: float) -> None:
-        row = self.db.execute("SELECT scheduler, machine_path FROM jobs WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return
-        self.db.execute(
-            f"UPDATE jobs SET job_id = '', state = 'SUBMITTED' WHERE job_id = ? AND key != ? AND window = 0"
-            f" AND {_SAME_SCHEDULER} AND ({_UNFINISHED} OR accepted_at >= ?)",
-            (job_id, key, row[0], row[1], now - _ID_REUSE),
-        )
 
     def forget(self, key: str) -> None:
         """The scheduler refused the job: it was never submitted, so nothing is tracked."""
@@ -269,78 +229,6 @@ class Journal:
     def in_doubt(self) -> list[JobRow]:
         """Jobs whose submission was interrupted, with the scheduler that was asked."""
         return self._rows(_IN_DOUBT, ())
-
-    # ---- a controller that restarted (milex_agent.restarts) ----------------------------------
-
-    def last_accepted(self) -> dict[tuple[str, str], float]:
-        """When each scheduler (by kind and machine path) last accepted a job of ours."""
-        rows = self.db.execute(
-            "SELECT scheduler, machine_path, MAX(accepted_at) FROM jobs WHERE accepted_at > 0"
-            " GROUP BY scheduler, machine_path"
-        )
-        return {(row[0], row[1]): row[2] for row in rows}
-
-    def accepted_since(self, scheduler: str, machine_path: str, since: float) -> list[TrackedJob]:
-        """The jobs this scheduler accepted at or after `since` (those in doubt since included)."""
-        rows = self.db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE accepted_at >= ? AND accepted_at > 0 AND window = 0"
-            f" AND (job_id != '' OR state = 'SUBMITTED') AND {_SAME_SCHEDULER} ORDER BY accepted_at, rowid",
-            (since, scheduler, machine_path),
-        )
-        return [_tracked(row) for row in rows]
-
-    def controller(self, scheduler: str, machine_path: str) -> tuple[str, float] | None:
-        """The controller's boot time as last seen, and when (None: never read)."""
-        row = self.db.execute(
-            "SELECT boot, seen_at FROM controllers WHERE scheduler = ? AND machine_path = ?",
-            (scheduler, machine_path),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def saw_controller(self, scheduler: str, machine_path: str, boot: str, seen_at: float) -> None:
-        with self._writing():
-            self.db.execute(
-                "INSERT INTO controllers (scheduler, machine_path, boot, seen_at) VALUES (?,?,?,?)"
-                " ON CONFLICT (scheduler, machine_path) DO UPDATE SET boot = excluded.boot,"
-                " seen_at = excluded.seen_at",
-                (scheduler, machine_path, boot, seen_at),
-            )
-
-    def lost(self, keys: Sequence[str], reason: str) -> list[Event]:
-        """The scheduler forgot these jobs (a restarted controller): they wait in the queue again,
-        with no id, to be submitted once more with the same key."""
-        with self._writing():
-            self.db.executemany(
-                "UPDATE jobs SET job_id = '', state = 'QUEUED', reason = '', accepted_at = 0, repoint = 0"
-                " WHERE key = ?",
-                [(key,) for key in keys],
-            )
-            self._hold(keys, reason)
-            events = self._events()
-        return self._committed(events)
-
-    def mark_repoint(self, keys: Sequence[str]) -> None:
-        """These jobs were submitted after ids that are no longer their dependencies': their next
-        submission points their dependencies at the new ids."""
-        with self._writing():
-            self.db.executemany(
-                "UPDATE jobs SET repoint = 1 WHERE key = ? AND state != 'QUEUED'", [(key,) for key in keys]
-            )
-
-    def needs_repoint(self, key: str) -> bool:
-        row = self.db.execute("SELECT repoint FROM jobs WHERE key = ?", (key,)).fetchone()
-        return bool(row and row[0])
-
-    def repointed(self, key: str) -> None:
-        with self._writing():
-            self.db.execute("UPDATE jobs SET repoint = 0 WHERE key = ?", (key,))
-
-    def request_of(self, key: str) -> bytes | None:
-        """The kept submit request `key` came with (None: none kept)."""
-        row = self.db.execute(
-            "SELECT body FROM requests WHERE id = (SELECT request FROM jobs WHERE key = ?)", (key,)
-        ).fetchone()
-        return row[0] if row else None
 
     # ---- the agent's queue -------------------------------------------------------------------
 
@@ -428,18 +316,17 @@ class Journal:
     def queued_requests(self) -> list[tuple[int, bytes]]:
         """The kept requests that still have queued jobs, oldest first: (id, body)."""
         rows = self.db.execute(
-            "SELECT id, body FROM requests WHERE id IN (SELECT request FROM jobs WHERE state = 'QUEUED'"
-            " OR repoint = 1) ORDER BY id"
+            "SELECT id, body FROM requests WHERE id IN (SELECT request FROM jobs WHERE state = 'QUEUED')"
+            " ORDER BY id"
         )
         return [(row["id"], row["body"]) for row in rows]
 
     def drop_settled_requests(self) -> None:
-        """Forget kept requests none of whose jobs waits any more, is in doubt (it may wait again) or is
-        unfinished in the scheduler (a controller that restarts may forget it: it is submitted again)."""
+        """Forget kept requests none of whose jobs waits any more (or is in doubt: it may wait again)."""
         with self._writing():
             self.db.execute(
-                "DELETE FROM requests WHERE id NOT IN (SELECT request FROM jobs WHERE (state = 'QUEUED'"
-                f" OR ({_IN_DOUBT}) OR {_UNFINISHED} OR repoint = 1) AND request IS NOT NULL)"
+                "DELETE FROM requests WHERE id NOT IN (SELECT request FROM jobs"
+                f" WHERE (state = 'QUEUED' OR ({_IN_DOUBT})) AND request IS NOT NULL)"
             )
 
     def still_queued(self, keys: Sequence[str]) -> list[str]:

@@ -91,12 +91,6 @@ class JournalLedger:
     def window_size(self, job: Job) -> int:
         return self.journal.window_size(self.key(job))
 
-    def repoint(self, job: Job) -> bool:
-        return self.journal.needs_repoint(self.key(job))
-
-    def repointed(self, job: Job) -> None:
-        self.journal.repointed(self.key(job))
-
     def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
         self.journal.split(self.key(job), size, [(self.key(window), tasks) for window, tasks in windows])
 

@@ -21,8 +21,6 @@ from milex_agent.lifetime import Lifetime
 from milex_agent.logs import read_chunk
 from milex_agent.pending import PendingSubmit
 from milex_agent.recovery import InDoubtRecovery
-from milex_agent.restarts import RestartWatch
-from milex_agent.scheduler import scheduler_group
 from milex_agent.state import Agent, Peer
 from milex_common.errors import MilexError
 from milex_common.model import JobStatus
@@ -42,9 +40,6 @@ from milex_common.protocol import (
 LOG_FOLLOW_INTERVAL = 0.25
 T = TypeVar("T")
 SUBMIT_WORKERS = 4  # scheduler calls in flight at once, over every submission
-RESTARTED = (
-    "in the agent's queue: the controller restarted, and the jobs it may have forgotten are confirmed first"
-)
 log = logging.getLogger("milex_agent")
 
 
@@ -71,7 +66,6 @@ class AgentServer:
         # Submissions in progress, with the client that waits for each (None: a release of queued jobs).
         self.submitting: list[tuple[Peer | None, PendingSubmit]] = []
         self.recovery = InDoubtRecovery(agent)
-        self.restarts = RestartWatch(agent)
         self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.readiness = zmq.Poller()
         self.readiness.register(self.socket, zmq.POLLIN)
@@ -131,7 +125,7 @@ class AgentServer:
             wait = min(wait, max(0.0, stream.last_sent + stream.heartbeat - time.monotonic()))
         for _, pending in self.submitting:
             wait = min(wait, pending.next_event_in())
-        return min(wait, self.recovery.next_event_in(), self.restarts.next_event_in())
+        return min(wait, self.recovery.next_event_in())
 
     def _receive_all(self) -> None:
         while not self.agent.stopping:
@@ -172,20 +166,10 @@ class AgentServer:
             elif peer is not None and (progress := pending.progress()) is not None:
                 self.send(peer, progress)
         self._journaled(lambda: self.recovery.step(owned))
-        self._journaled(self._watch_restarts)
         try:
             cancel_late(self.agent)
         except MilexError as error:  # scancel failed: tried again at the next turn
             log.warning("cancelling the late jobs of a cancelled bundle: %s", error)
-
-    def _watch_restarts(self) -> None:
-        """A controller found restarted: its submissions in progress start nothing new; what they did
-        not submit waits in the queue until the jobs it may have forgotten are confirmed."""
-        for group in self.restarts.step():
-            for _, pending in self.submitting:
-                settings = pending.request.settings
-                if scheduler_group(settings.scheduler, settings.path) == group:
-                    pending.submission.restarted(RESTARTED)
 
     def _answer_submit(self, peer: Peer | None, reply: Message) -> None:
         """Send a submission's reply to its client; a release of queued jobs logs what went wrong."""
@@ -198,8 +182,6 @@ class AgentServer:
 
     def _release_queued(self) -> None:
         """After a poll: submissions of queued jobs, where their scheduler has room."""
-        if self.restarts.confirming is not None:
-            return  # the ids of jobs already submitted are in question: released once confirmed
         owned = {key for _, pending in self.submitting for key in pending.keys}
         released = [(None, pending) for pending in release(self.agent, owned)]
         if released:  # stepped at the loop's next turn, now: nothing else would wake it before a second

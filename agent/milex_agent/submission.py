@@ -11,7 +11,6 @@ comment) once a lookup proves it absent.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -45,7 +44,6 @@ T = TypeVar("T")
 IN_DOUBT = ""
 # `known` of a job that ended without being submitted (cancelled while queued, or its dependency failed).
 NOT_RUN = "-"
-log = logging.getLogger("milex_agent")
 
 
 class Dispatch(Protocol):
@@ -109,13 +107,6 @@ class Ledger(Protocol):
     def window_size(self, job: Job) -> int:
         """The size `job`'s array was cut at by an earlier submission (0: none)."""
         ...
-
-    def repoint(self, job: Job) -> bool:
-        """Whether `job`, submitted, waits for ids a restarted controller gave to other jobs since: its
-        dependencies are to be pointed at their new ids (`Scheduler.depend`)."""
-        ...
-
-    def repointed(self, job: Job) -> None: ...
 
     def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
         """`job`'s array goes to the scheduler as these window jobs (each with its tasks), cut at `size`."""
@@ -181,12 +172,6 @@ class NoLedger:
 
     def window_size(self, job: Job) -> int:
         return 0
-
-    def repoint(self, job: Job) -> bool:
-        return False
-
-    def repointed(self, job: Job) -> None:
-        pass
 
     def split(self, job: Job, size: int, windows: Sequence[tuple[Job, int]]) -> None:
         pass
@@ -260,8 +245,6 @@ class BundleSubmission:
         self._windows: dict[str, list[Job]] = {}
         self._window_of: dict[str, tuple[str, ArrayWindow]] = {}
         self._closed = False
-        self._repointing: set[str] = set()  # jobs whose call in flight re-points their dependencies
-        self._hold_reason = ""  # why the rest waits in the queue, when not for room
 
     @property
     def done(self) -> bool:
@@ -299,16 +282,9 @@ class BundleSubmission:
             if self.failure is not None:
                 self.ledger.dropped(left, self.failure)
             elif left and self.room is not None:
-                reason = self._hold_reason or self.room.held_by
-                self.ledger.requeued([job for job in left if job.name in self._absent], reason)
-                self.ledger.held(left, reason)
+                self.ledger.requeued([job for job in left if job.name in self._absent], self.room.held_by)
+                self.ledger.held(left, self.room.held_by)
         return True
-
-    def restarted(self, reason: str) -> None:
-        """The controller restarted: the ids it gave may be lost. Start no more jobs; the calls in flight
-        finish and are recorded, the rest waits in the queue until the jobs in question are confirmed."""
-        self.held = True
-        self._hold_reason = reason
 
     def stop(self, reason: str) -> None:
         """Start no more jobs; the calls in flight still finish and are recorded."""
@@ -402,32 +378,6 @@ class BundleSubmission:
         else:
             planned.job_id = job_id
             self._accepted_kinds.add(self._kinds[job.name])
-            if self.ledger.repoint(job):  # released once its dependencies are its own again
-                after, kind = self._after(job)
-                self.running[self.dispatch(self._repoint_call(job_id, after, kind))] = (job, planned)
-                self._repointing.add(job.name)
-                return
-        self._release(job, planned)
-
-    def _repoint_call(self, job_id: str, after: list[str], kind: str) -> SchedulerCall:
-        def call() -> str:
-            self.scheduler.depend(job_id, after, kind)
-            return job_id
-
-        return call
-
-    def _repointed(self, job: Job, planned: SubmittedJob, future: Future[str]) -> None:
-        """A call re-pointing `job`'s dependencies ended: it is released, whatever the answer, unless
-        there was none (then the submission stops, and a later one tries again)."""
-        self._repointing.discard(job.name)
-        try:
-            future.result()
-        except SubmitError as refusal:  # it has started already: nothing left to re-point
-            log.warning("job %s keeps its old dependencies: %s", planned.job_id, refusal)
-        except BaseException as error:
-            self.failure = self.failure or error
-            return
-        self.ledger.repointed(job)
         self._release(job, planned)
 
     def _trying_a_kind(self) -> bool:
@@ -519,9 +469,6 @@ class BundleSubmission:
         accepted = []
         for future in [future for future in self.running if future.done()]:
             job, planned = self.running.pop(future)
-            if job.name in self._repointing:
-                self._repointed(job, planned, future)
-                continue
             try:
                 planned.job_id = future.result()
             except SubmitError as refusal:

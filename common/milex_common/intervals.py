@@ -16,10 +16,3 @@ SUBMIT_RETRY = 300.0
 # How long the controller must have answered again before a lookup that misses a job proves it was
 # never received: requests queued while it was stopped are processed within this after it resumes.
 CONTROLLER_SETTLE = 5.0
-# How long after accepting a job a controller that dies may still forget it when it restarts from its
-# saved state: slurmctld writes its job state at most 5 s after a change (SAVE_MAX_WAIT, 22.05 to
-# 24.11), the rest is room for a slow write under load.
-CONTROLLER_SAVE = 30.0
-# How often, while it has jobs accepted within CONTROLLER_SAVE, the agent reads the controller's boot
-# time (one `scontrol show config`) to learn whether it restarted.
-RESTART_CHECK = 5.0

@@ -4,7 +4,6 @@ is in SLURM exactly once and in the laptop's record, and the same `milex-run` en
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from milex.records import save_bundle
@@ -132,60 +130,6 @@ def test_a_controller_restarted_mid_bundle_loses_no_job_and_doubles_none(milex_h
         finished(run)
     # sbatch itself retries while the controller is down: only calls cut at the stop are in doubt.
     assert_each_job_once(milex_home, bundle)
-
-
-def held_chain(name: str, count: int = CHAIN) -> Bundle:
-    """`chain`, every job held an hour (`--begin`): none runs, so each one's dependency stays to see."""
-    bundle = chain(name, count)
-    hold = {"begin": "now+1hour"}
-    held = {name: msgspec.structs.replace(job, slurm=msgspec.structs.replace(job.slurm, extra=hold))
-            for name, job in bundle.jobs.items()}  # fmt: skip
-    return msgspec.structs.replace(bundle, jobs=held)
-
-
-def squeue_jobs(stem: str) -> dict[str, tuple[str, str]]:
-    """The bundle's jobs in SLURM by name: (id, dependency as squeue prints it); a job twice fails."""
-    squeue = subprocess.run(["squeue", "--me", "--noheader", "--states=all",
-                             "--Format=JobID:0|,Comment:0|,Dependency:0|"],
-                            capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
-    jobs: dict[str, tuple[str, str]] = {}
-    for line in squeue.stdout.splitlines():
-        job_id, comment, dependency = [*line.split("|"), "", ""][:3]
-        if comment.strip().startswith(f"milex:{stem}/"):
-            name = comment.strip().split("/")[1]
-            assert name not in jobs, f"{name} twice in SLURM: {jobs[name][0]} and {job_id}"
-            jobs[name] = (job_id.strip(), dependency.strip())
-    return jobs
-
-
-def test_a_controller_killed_mid_held_chain_forgets_nothing_milex_submitted(milex_home: MilexHome) -> None:
-    """kill -9 of slurmctld, restarted from its saved state: the jobs it accepted since its last save
-    are gone and their ids handed out again; Milex confirms them by comment, submits the lost ones
-    once more, and points every dependency at the right job."""
-    bundle = held_chain("killedctld")
-    with milex_run(milex_home, bundle, sbatch_delay=0.05) as run:
-        wait_until(when_submitted(bundle, 40), timeout=120, what="40 jobs in squeue")
-        assert len(comments(bundle.stem)) < CHAIN  # the kill lands in the middle of the chain
-        os.kill(slurmctld(), signal.SIGKILL)
-        deploy("slurm-up.sh")  # no -c: it recovers the state it last saved
-        finished(run)
-    # The jobs held back during the restart go from the agent's queue once the lost ones are confirmed.
-    wait_until(lambda: len(squeue_jobs(bundle.stem)) == CHAIN, timeout=300, what="every job in SLURM")
-    jobs = squeue_jobs(bundle.stem)
-    names = sorted(bundle.jobs)
-    for before, job in itertools.pairwise(names):
-        assert jobs[job][1].startswith(f"afterany:{jobs[before][0]}"), (job, jobs[job], before, jobs[before])
-    ids = [job_id for job_id, _ in jobs.values()]
-    assert len(set(ids)) == CHAIN
-    wait_until(lambda: milex_home.milex("milex", "status", bundle.name, check=False).returncode == 0
-               and _recorded(milex_home, bundle) == {name: job_id for name, (job_id, _) in jobs.items()},
-               timeout=120, what="the record to have every job under its id in SLURM")  # fmt: skip
-    assert "restarted" in agent_log(milex_home)  # the restart was noticed, not missed
-
-
-def _recorded(home: MilexHome, bundle: Bundle) -> dict[str, str]:
-    [submission] = [s for s in home.submissions() if s["bundle"] == bundle.stem]
-    return {name: job["job_id"] for name, job in submission["jobs"].items()}
 
 
 def test_clients_are_answered_while_a_big_bundle_is_submitted(milex_home: MilexHome) -> None:

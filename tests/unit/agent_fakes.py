@@ -67,10 +67,6 @@ class FakeScheduler:
     nothing done); `accepted_silently` jobs are accepted but their answer is lost; `queued` jobs get
     no answer and are accepted only after the next lookup that is answered, as a request left in a
     stopped controller's queue is processed once it resumes.
-
-    A controller that restarts from its saved state: `restart(forget=N)` (or `restart_after[job]`: N,
-    right after that job is accepted) forgets the last N jobs it accepted, hands their ids out again,
-    and changes its `boot`. `depend` re-points a job's dependencies (`after_of`); `repointed` records it.
     """
 
     name: str = "fake"
@@ -94,16 +90,9 @@ class FakeScheduler:
     max_submitted: int | None = None  # the limit `limits` reports
     max_array_size: int | None = None  # the MaxArraySize `limits` reports
     limit: int | None = None  # the limit it enforces: unfinished tasks beyond it are refused (LimitReached)
-    boot: str = "2024-01-01T00:00:00"
-    restart_after: dict[str, int] = field(default_factory=dict)
-    after_of: dict[str, list[str]] = field(default_factory=dict)  # job id -> the ids it waits for
-    repointed: list[tuple[str, list[str]]] = field(default_factory=list)
-    accepted: list[str] = field(default_factory=list)  # ids in the order it accepted them
-    comment_by_id: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(self.first_id)
-        self._next = self.first_id
 
     # ---- the Scheduler protocol ---------------------------------------------------------------
 
@@ -132,9 +121,6 @@ class FakeScheduler:
             self.waiting.append(call)
             raise SchedulerUnavailable(NO_ANSWER)
         call.job_id = self.add(state=JobState.PENDING, comment=comment)
-        self.after_of[call.job_id] = list(after)
-        if call.job in self.restart_after:
-            self.restart(forget=self.restart_after.pop(call.job))
         if call.job in self.crash_after:
             raise SchedulerCrash(f"crashed after {call.job} was accepted as {call.job_id}")
         if call.job in self.accepted_silently:
@@ -172,48 +158,11 @@ class FakeScheduler:
         self.waiting.clear()
         return found
 
-    def boot_time(self) -> str:
-        self._fail("boot_time")
-        self._answer()
-        return self.boot
-
-    def depend(self, job_id: str, after: Sequence[str], dependency_type: str = "afterok") -> None:
-        self._fail("depend")
-        self._answer()
-        if job_id not in self.jobs or self.jobs[job_id].state is not JobState.PENDING:
-            raise SubmitError(f"scontrol: error: Job {job_id} is no longer pending")
-        self.after_of[job_id] = list(after)
-        self.repointed.append((job_id, list(after)))
-
     # ---- for tests ----------------------------------------------------------------------------
-
-    def restart(self, forget: int) -> None:
-        """Restart from a state saved before the last `forget` jobs were accepted: they are gone, and
-        their ids go to the next jobs submitted."""
-        lost = self.accepted[len(self.accepted) - forget :] if forget else []
-        for job_id in lost:
-            del self.jobs[job_id]
-            self.after_of.pop(job_id, None)
-            self.comment_by_id.pop(job_id, None)
-        self.comments = {comment: i for comment, i in self.comments.items() if i not in lost}
-        self.accepted = self.accepted[: len(self.accepted) - forget]
-        self._ids = itertools.count(int(lost[0]) if lost else self._next)
-        self.boot = f"{self.boot}+"
-
-    @property
-    def by_comment(self) -> dict[str, list[str]]:
-        """The ids of the jobs it has, by comment (two for one comment: a job submitted twice)."""
-        found: dict[str, list[str]] = {}
-        for job_id, comment in self.comment_by_id.items():
-            found.setdefault(comment, []).append(job_id)
-        return found
 
     def add(self, state: JobState = JobState.PENDING, comment: str = "") -> str:
         """A job the scheduler has, as if submitted by someone; its new id."""
         job_id = str(next(self._ids))
-        self._next = int(job_id) + 1
-        self.accepted.append(job_id)
-        self.comment_by_id[job_id] = comment
         self.jobs[job_id] = JobStatus(job_id=job_id, state=state)
         if comment:
             self.comments[comment] = job_id

@@ -61,15 +61,3 @@ class Scheduler(Protocol):
     def limits(self, account: str, qos: str | None) -> Limits:
         """The limits on a job of this account ('' = the user's default) and QOS (None: the default)."""
         ...
-
-    def boot_time(self) -> str:
-        """When the controller started, as it says it ('' for a scheduler that never forgets a job): a
-        new value means it restarted, and may have forgotten the jobs it accepted just before."""
-        ...
-
-    def depend(self, job_id: str, after: Sequence[str], dependency_type: str = "afterok") -> None:
-        """Make the pending job `job_id` wait for `after` instead of the ids it was submitted after.
-
-        Raises SubmitError with the scheduler's own message when it refuses (the job has started).
-        """
-        ...

@@ -99,14 +99,6 @@ class LocalScheduler:
         """None: a machine without SLURM takes every job (its runner starts them as it can)."""
         return Limits()
 
-    def boot_time(self) -> str:
-        """'': its records are on disk as soon as a job is accepted; no restart forgets one."""
-        return ""
-
-    def depend(self, job_id: str, after: Sequence[str], dependency_type: str = "afterok") -> None:
-        """Never needed: without a restart that forgets jobs, no dependency points at a lost id."""
-        raise SubmitError(f"the local scheduler does not change the dependencies of job {job_id}")
-
     def cancel(self, job_ids: Sequence[str]) -> None:
         unknown = [job_id for job_id in job_ids if not self._cancel_one(job_id)]
         if unknown:

@@ -8,7 +8,7 @@ from pathlib import Path
 from milex_agent.scheduler.base import Limits
 from milex_agent.scheduler.slurm.command import run_command
 from milex_agent.scheduler.slurm.history import SlurmHistory
-from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
+from milex_agent.scheduler.slurm.limits import limit_refusal, read_limits
 from milex_agent.scheduler.slurm.output import ids_by_comment
 from milex_agent.scheduler.slurm.poll import SqueuePoll
 from milex_common.errors import LimitReached, SchedulerError, SchedulerUnavailable, SubmitError
@@ -87,29 +87,6 @@ class SlurmScheduler:
 
     def limits(self, account: str, qos: str | None) -> Limits:
         return read_limits(account, qos)
-
-    def boot_time(self) -> str:
-        """slurmctld's BOOT_TIME in `scontrol show config` (22.05 to 24.11: the time it started, to
-        the second; neither `scontrol ping` nor `sdiag`, whose "Data since" also moves on a reset,
-        says it)."""
-        result = run_command(["scontrol", "show", "config"])
-        if result.returncode != 0:
-            error = SchedulerUnavailable if result.unanswered else SchedulerError
-            raise error(f"scontrol show config failed: {result.message}")
-        boot = config_values(result.stdout).get("BOOT_TIME", "")
-        if not boot:
-            raise SchedulerError("scontrol show config printed no BOOT_TIME")
-        return boot
-
-    def depend(self, job_id: str, after: Sequence[str], dependency_type: str = "afterok") -> None:
-        dependency = f"{dependency_type}:{':'.join(after)}" if after else ""
-        result = run_command(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"])
-        if result.unanswered:
-            raise SchedulerUnavailable(f"scontrol update of job {job_id} got no answer: {result.message}")
-        if result.returncode != 0:
-            raise SubmitError(
-                f"scontrol refused to change the dependencies of job {job_id}: {result.message}"
-            )
 
 
 def _forgotten(job_id: str) -> JobStatus:
