@@ -9,7 +9,7 @@ import pytest
 
 from milex_agent.scheduler.slurm import scheduler as slurm
 from milex_agent.scheduler.slurm.command import CommandResult
-from milex_common.errors import LimitReached, SubmitError
+from milex_common.errors import LimitReached, SchedulerUnavailable, SubmitError
 
 CAPTURED = Path(__file__).parent / "slurm_captured" / "limits"
 LIMITS = (
@@ -44,3 +44,19 @@ def test_a_submit_limit_is_limit_reached_and_a_bad_job_a_plain_refusal(
     assert "job.sh" in str(refusal.value)
     if is_limit:
         assert "job submit limit" in str(refusal.value)
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "sbatch: error: Batch job submission failed: Connection reset by peer",
+        "sbatch: error: Batch job submission failed: Transport endpoint is not connected",
+        "sbatch: error: Batch job submission failed: Broken pipe",
+    ],
+)
+def test_a_call_cut_off_by_a_dying_controller_is_in_doubt_not_refused(monkeypatch, stderr) -> None:
+    """slurmctld killed mid-call: the job may have been accepted, so it is looked up, not given up."""
+    result = CommandResult(("sbatch",), 1, "", stderr + "\n")
+    monkeypatch.setattr(slurm, "run_command", lambda argv, **_: result)
+    with pytest.raises(SchedulerUnavailable):
+        slurm.SlurmScheduler().submit(Path("job.sh"), text="#!/bin/bash\n")

@@ -13,7 +13,10 @@ DEFAULT_TIMEOUT = 60.0
 # been done (slurm_strerror of SLURM_PROTOCOL_SOCKET_IMPL_TIMEOUT, SLURM_COMMUNICATIONS_*_ERROR,
 # SLURMCTLD_COMMUNICATIONS_*, EAGAIN after sbatch's own retries). Seen on SLURM 22.05 with slurmctld
 # stopped by SIGSTOP: `sbatch: error: Batch job submission failed: Socket timed out on send/recv
-# operation` after MessageTimeout, and the job appeared once slurmctld resumed.
+# operation` after MessageTimeout, and the job appeared once slurmctld resumed. With slurmctld killed
+# (kill -9) mid-call, the connection is cut: `Connection reset by peer` (ECONNRESET) or `Transport
+# endpoint is not connected` (ENOTCONN), strerror texts sbatch prints for the cut call, which the
+# controller may have accepted before it died.
 _UNANSWERED = (
     "socket timed out on send/recv operation",
     "unable to contact slurm controller",
@@ -25,6 +28,9 @@ _UNANSWERED = (
     "resource temporarily unavailable",
     "transaction in progress",
     "backup controller in standby mode",
+    "connection reset by peer",
+    "transport endpoint is not connected",
+    "broken pipe",
 )
 
 
