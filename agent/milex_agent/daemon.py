@@ -180,8 +180,27 @@ def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:
             os.kill(info.pid, signal.SIGKILL)
             deadline = time.monotonic() + timeout
         time.sleep(0.02)
+    # It let go of the lock just before it exits: wait for that too, so that its files are closed
+    # when stop returns (a filesystem can then be unmounted, a venv replaced).
+    while running(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
     info.running = False
     return info
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie (exited, its files closed, not yet reaped) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: whether the pid is taken at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def run(

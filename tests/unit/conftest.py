@@ -37,6 +37,18 @@ class MilexSetup:
         self.config_path.write_text(json.dumps(document, indent=4))
 
 
+@pytest.fixture(autouse=True)
+def no_shared_connection_left() -> Iterator[None]:
+    """Close the connections a test left in the process's cache (milex.machine.endpoint): dropped
+    unclosed, their sockets warn whenever the garbage collector meets them, in some later test."""
+    from milex.machine import endpoint
+
+    yield
+    for connection in endpoint._shared.values():
+        connection.close()
+    endpoint._shared.clear()
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty home directory; `Path.home()` and `~` point to it, and Milex's own variables are unset."""

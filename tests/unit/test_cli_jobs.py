@@ -59,16 +59,12 @@ def local(milex_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     address = f"ipc://{tmp_path / 'agent.sock'}"
     server = AgentServer(agent, address, lifetime=Lifetime(idle_exit=0))
     monkeypatch.setattr(endpoint, "endpoint", lambda machine: address)
-    endpoint._shared.clear()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     settings = MachineSettings(name="local", path=str(milex_config.milex_path))
     try:
         yield Local(agent, fake, settings, address)
     finally:
-        for connection in endpoint._shared.values():
-            connection.close()
-        endpoint._shared.clear()
         agent.stopping = True
         thread.join(DEADLINE)
         server.close()

@@ -132,6 +132,7 @@ def test_start_then_start_again_is_the_same_agent_and_stop_stops_it(agent_dir):
     assert isinstance(reply, HelloReply) and reply.pid == info.pid
 
     stopped = daemon.stop(agent_dir)
+    assert not daemon.running(info.pid)  # exited, its files closed, when stop returns
     assert stopped is not None and (stopped.pid, stopped.running) == (info.pid, False)
     assert daemon.read_info(agent_dir) is None
     assert not Path(info.socket).exists()
