@@ -192,7 +192,7 @@ def running(pid: int) -> bool:
     """Whether process `pid` runs; a zombie (exited, its files closed, not yet reaped) does not."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return False
     except OSError:  # no /proc here: whether the pid is taken at all
         try:

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from milex_agent.daemon import read_info
+from milex_agent.daemon import read_info, running
 from milex_common.agent_layout import AgentInfo, agent_dir
 from tests.e2e.conftest import BIN, MilexHome, wait_until
 
@@ -25,15 +25,6 @@ def running_agent(milex_home: MilexHome) -> AgentInfo:
     info = read_info(agent_dir(milex_home.root / "milex"))
     assert info is not None, "no agent runs"
     return info
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` has exited (a zombie counts: the agent is detached, init reaps it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def in_squeue(job_id: str) -> bool:
@@ -100,9 +91,9 @@ def test_an_idle_agent_exits_after_its_jobs_end_and_the_next_status_starts_one(
     first = running_agent(milex_home)
 
     while in_squeue(job["job_id"]):  # no client is connected, but a job runs: the agent stays
-        assert not gone(first.pid), "the agent left while its job ran"
+        assert running(first.pid), "the agent left while its job ran"
         time.sleep(0.2)
-    wait_until(lambda: gone(first.pid), timeout=60, what="the idle agent to exit")
+    wait_until(lambda: not running(first.pid), timeout=60, what="the idle agent to exit")
 
     directory = agent_dir(milex_home.root / "milex")
     assert read_info(directory) is None
@@ -119,7 +110,7 @@ def test_an_agent_whose_directory_is_removed_exits(milex_home: MilexHome) -> Non
 
     shutil.rmtree(agent_dir(milex_home.root / "milex"))
 
-    wait_until(lambda: gone(info.pid), timeout=30, what="the agent without a directory to exit")
+    wait_until(lambda: not running(info.pid), timeout=30, what="the agent without a directory to exit")
     milex_home.milex("milex", "status")  # the next command starts a new agent in a new directory
     assert running_agent(milex_home).pid != info.pid
 
@@ -132,5 +123,5 @@ def test_an_agent_whose_journal_is_replaced_exits(milex_home: MilexHome) -> None
     shutil.copy(journal, journal.with_name("copy.sqlite"))
     journal.with_name("copy.sqlite").replace(journal)
 
-    wait_until(lambda: gone(info.pid), timeout=30, what="the agent whose journal was replaced to exit")
+    wait_until(lambda: not running(info.pid), timeout=30, what="the agent whose journal was replaced to exit")
     assert "journal.sqlite was replaced" in (journal.parent / "agent.log").read_text()

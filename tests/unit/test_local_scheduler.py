@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from milex_agent import daemon
 from milex_agent.scheduler.local.runner import expand_pattern
 from milex_agent.scheduler.local.scheduler import LocalScheduler, parse_header
 from milex_agent.scheduler.local.store import (
@@ -163,7 +164,7 @@ def test_cancel_stops_a_running_job_and_its_pending_dependent(scheduler, tmp_pat
     states = scheduler.states([running, pending])
     assert [states[job].state for job in (running, pending)] == [CANCELLED, CANCELLED]
     script_pid = int((tmp_path / "pid").read_text())
-    wait_until(lambda: not _process_exists(script_pid))
+    wait_until(lambda: not daemon.running(script_pid))
     wait_until(lambda: not runner_alive(scheduler.state_dir / running))
     final = scheduler.states([running])[running]
     assert (final.state, final.exit_code) == (CANCELLED, None)  # as SLURM's cancelled jobs: no exit code
@@ -317,18 +318,3 @@ def test_expand_pattern(tmp_path):
 )
 def test_dependency_verdict(kind, states, verdict):
     assert dependency_verdict(kind, states) is verdict
-
-
-def _process_exists(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie nobody has reaped yet counts as gone)."""
-    if Path("/proc/self/stat").exists():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
