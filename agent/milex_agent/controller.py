@@ -32,10 +32,16 @@ class ControllerWatch:
         # agent left unanswered is settled before any lookup proves its job absent.
         self.answering_since: float | None = clock()
         self.silent_since: float | None = None
+        # Whether the jobs the controller accepted must be confirmed before anything new goes to it
+        # (milex_agent.confirmation): set by a silence once `confirms` (the agent's server confirms).
+        self.confirms = False
+        self.confirm_due = False
 
     def unanswered(self) -> None:
-        """A call got no answer: its outcome, and any lookup started so far, prove nothing."""
+        """A call got no answer: its outcome, and any lookup started so far, prove nothing; and the
+        controller may be restarting from state saved before it accepted our latest jobs."""
         self.answering_since = None
+        self.confirm_due = self.confirm_due or self.confirms
         if self.silent_since is None:
             self.silent_since = self.clock()
 

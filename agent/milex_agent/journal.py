@@ -275,17 +275,36 @@ class Journal:
         each of a kept request waits in the queue again (for `reason`, if given); one of an older
         journal is no longer tracked."""
         with self._writing():
-            for key in keys:
-                if not self.db.execute(
-                    "UPDATE jobs SET state = 'QUEUED', reason = '' WHERE key = ? AND job_id = ''"
-                    " AND request IS NOT NULL AND request IN (SELECT id FROM requests)",
-                    (key,),
-                ).rowcount:
-                    self.db.execute("DELETE FROM jobs WHERE key = ? AND job_id = ''", (key,))
-            if reason:
-                self._hold(keys, reason)
+            self._requeue(keys, reason)
             events = self._events()
         return self._committed(events)
+
+    def lost(self, jobs: Sequence[tuple[str, str]], reason: str) -> list[Event]:
+        """The scheduler no longer has these (key, id) jobs it accepted (a controller restarted from
+        older state): they lose their id, which the scheduler may give out again, and wait in the queue
+        for `reason`, to be submitted again. A job whose id has changed meanwhile is left as it is."""
+        with self._writing():
+            keys = [
+                key
+                for key, job_id in jobs
+                if self.db.execute(
+                    "UPDATE jobs SET job_id = '' WHERE key = ? AND job_id = ?", (key, job_id)
+                ).rowcount
+            ]
+            self._requeue(keys, reason)
+            events = self._events()
+        return self._committed(events)
+
+    def _requeue(self, keys: Sequence[str], reason: str) -> None:
+        for key in keys:
+            if not self.db.execute(
+                "UPDATE jobs SET state = 'QUEUED', reason = '' WHERE key = ? AND job_id = ''"
+                " AND request IS NOT NULL AND request IN (SELECT id FROM requests)",
+                (key,),
+            ).rowcount:
+                self.db.execute("DELETE FROM jobs WHERE key = ? AND job_id = ''", (key,))
+        if reason:
+            self._hold(keys, reason)
 
     def _hold(self, keys: Sequence[str], reason: str) -> None:
         for key in keys:
@@ -322,12 +341,16 @@ class Journal:
         return [(row["id"], row["body"]) for row in rows]
 
     def drop_settled_requests(self) -> None:
-        """Forget kept requests none of whose jobs waits any more (or is in doubt: it may wait again)."""
+        """Forget kept requests all of whose jobs have ended: until then a job may wait again (in doubt,
+        or lost by a controller restarted from older state) and be submitted from its request."""
         with self._writing():
-            self.db.execute(
-                "DELETE FROM requests WHERE id NOT IN (SELECT request FROM jobs"
-                f" WHERE (state = 'QUEUED' OR ({_IN_DOUBT})) AND request IS NOT NULL)"
-            )
+            self._drop_settled_requests()
+
+    def _drop_settled_requests(self) -> None:
+        self.db.execute(
+            "DELETE FROM requests WHERE id NOT IN (SELECT request FROM jobs"
+            f" WHERE {_UNFINISHED} AND request IS NOT NULL)"
+        )
 
     def still_queued(self, keys: Sequence[str]) -> list[str]:
         """Those of `keys` whose jobs wait in the queue."""
@@ -377,6 +400,8 @@ class Journal:
                         self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
                     continue
                 self._record(key, status)
+            if any(status.state.finished for _, status in statuses):
+                self._drop_settled_requests()
             events = self._events()
         return self._committed(events)
 

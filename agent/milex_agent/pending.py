@@ -55,6 +55,10 @@ class PendingSubmit:
     def stop(self, reason: str) -> None:
         self.submission.stop(reason)
 
+    def depends_on_lost(self, keys: list[str]) -> bool:
+        """Whether any of the jobs with these keys (or windows of them) is one of this request's."""
+        return any(key.partition(WINDOW_MARK)[0] in self.keys for key in keys)
+
     def progress(self) -> SubmitProgress | None:
         """How far the submission is, when the client asked for progress and is due some."""
         now = time.monotonic()

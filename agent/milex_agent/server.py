@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import zmq
 
+from milex_agent.confirmation import LOST_REASON, Confirmation
 from milex_agent.handlers import cancel_late, handle
 from milex_agent.job_queue import release
 from milex_agent.journal import JournalError
@@ -22,7 +23,7 @@ from milex_agent.logs import read_chunk
 from milex_agent.pending import PendingSubmit
 from milex_agent.recovery import InDoubtRecovery
 from milex_agent.state import Agent, Peer
-from milex_common.errors import MilexError
+from milex_common.errors import MilexError, SchedulerUnavailable
 from milex_common.model import JobStatus
 from milex_common.protocol import (
     MAX_MESSAGE_BYTES,
@@ -66,6 +67,11 @@ class AgentServer:
         # Submissions in progress, with the client that waits for each (None: a release of queued jobs).
         self.submitting: list[tuple[Peer | None, PendingSubmit]] = []
         self.recovery = InDoubtRecovery(agent)
+        # Confirmed when the agent starts (the controller may have restarted while it was away), and
+        # after any silence of the controller.
+        agent.controller.confirms = True
+        agent.controller.confirm_due = bool(agent.journal.unfinished())
+        self.confirmation = Confirmation(agent)
         self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.readiness = zmq.Poller()
         self.readiness.register(self.socket, zmq.POLLIN)
@@ -125,7 +131,7 @@ class AgentServer:
             wait = min(wait, max(0.0, stream.last_sent + stream.heartbeat - time.monotonic()))
         for _, pending in self.submitting:
             wait = min(wait, pending.next_event_in())
-        return min(wait, self.recovery.next_event_in())
+        return min(wait, self.recovery.next_event_in(), self.confirmation.next_event_in())
 
     def _receive_all(self) -> None:
         while not self.agent.stopping:
@@ -166,10 +172,20 @@ class AgentServer:
             elif peer is not None and (progress := pending.progress()) is not None:
                 self.send(peer, progress)
         self._journaled(lambda: self.recovery.step(owned))
+        self._journaled(self._confirm)
         try:
             cancel_late(self.agent)
         except MilexError as error:  # scancel failed: tried again at the next turn
             log.warning("cancelling the late jobs of a cancelled bundle: %s", error)
+
+    def _confirm(self) -> None:
+        """Check the accepted jobs when due; submissions that depend on a job found lost stop where
+        they are, and their jobs not begun wait in the queue with it."""
+        lost = self.confirmation.step()
+        if lost:
+            for _, pending in self.submitting:
+                if pending.depends_on_lost(lost):
+                    pending.submission.pause(LOST_REASON)
 
     def _answer_submit(self, peer: Peer | None, reply: Message) -> None:
         """Send a submission's reply to its client; a release of queued jobs logs what went wrong."""
@@ -223,6 +239,10 @@ class AgentServer:
             return
         try:
             poller.apply(self.polling.result())
+        except SchedulerUnavailable as error:  # the controller is silent: confirm once it is back
+            log.warning("status poll failed: %s", error)
+            self.agent.controller.unanswered()
+            poller.apply([])
         except MilexError as error:
             if not (isinstance(error, JournalError) and error.full):  # the journal said so, once
                 log.warning("status poll failed: %s", error)

@@ -239,6 +239,7 @@ class BundleSubmission:
         self._accepted_kinds: set[bytes] = set()
         self.room = room
         self.held = False  # no room left: the rest waits in the queue
+        self.hold_reason = ""  # why it is held, when not for room (see `pause`)
         self._tasks = {job.name: job_tasks(job) for job in self.ordered}
         self._ended: dict[str, JobState] = {}  # jobs of this submission settled unsubmitted
         # Arrays cut in windows (agent/array_windows.py): the window jobs of each, and each one's window.
@@ -282,14 +283,21 @@ class BundleSubmission:
             if self.failure is not None:
                 self.ledger.dropped(left, self.failure)
             elif left and self.room is not None:
-                self.ledger.requeued([job for job in left if job.name in self._absent], self.room.held_by)
-                self.ledger.held(left, self.room.held_by)
+                reason = self.hold_reason or self.room.held_by
+                self.ledger.requeued([job for job in left if job.name in self._absent], reason)
+                self.ledger.held(left, reason)
         return True
 
     def stop(self, reason: str) -> None:
         """Start no more jobs; the calls in flight still finish and are recorded."""
         if self.failure is None:
             self.failure = SubmitError(reason)
+
+    def pause(self, reason: str) -> None:
+        """Start no more jobs, and leave those not begun in the agent's queue (for `reason`): some it
+        depends on must be submitted again (milex_agent.confirmation), and a later submission of the
+        bundle gives them and the rest to the scheduler, wired by the ids the journal then has."""
+        self.held, self.hold_reason = True, reason
 
     def run(self) -> list[SubmittedJob]:
         """Submit the whole bundle, waiting for the scheduler's answers here."""
@@ -345,6 +353,7 @@ class BundleSubmission:
             self._ready
             and len(self.running) + len(batch) < self.in_flight
             and not self.held
+            and not self.watch.confirm_due  # nothing new until the accepted jobs are confirmed
             and not self._trying_a_kind()
         ):
             job = self._ready[0]

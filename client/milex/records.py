@@ -348,9 +348,11 @@ def _take_states(machine: str, jobs: list[TrackedJob], history: list[Submission]
 
 
 def _take(record: SubmittedJobRecord, job: TrackedJob) -> bool:
-    """`record` takes the status of `job`, and its id once the agent has one; whether either changed."""
+    """`record` takes the status of `job`, and its id once the agent has one (a job back in the agent's
+    queue has none: the scheduler lost it, and may give its old id to another job); whether either
+    changed."""
     changed = record.take(job)
-    if job.job_id and job.job_id != record.job_id:
+    if job.job_id != record.job_id and (job.job_id or job.state is JobState.QUEUED):
         record.job_id, changed = job.job_id, True
     return changed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,9 @@ class FakeScheduler:
     journal write; `crash_before` jobs raise SchedulerCrash without being accepted. `errors[op]`
     makes `states`, `cancel` or `lookup` raise that exception, `broken[job]` the submit of that job.
 
+    A restarted controller: `restart_at[job]` makes the submit of that job restart it (`restart`,
+    forgetting that many of its latest jobs) and get no answer.
+
     A stalled controller: the next `silent` submit or lookup calls get no answer (SchedulerUnavailable,
     nothing done); `accepted_silently` jobs are accepted but their answer is lost; `queued` jobs get
     no answer and are accepted only after the next lookup that is answered, as a request left in a
@@ -78,6 +81,7 @@ class FakeScheduler:
     state_calls: list[list[str]] = field(default_factory=list)
     cancelled: list[list[str]] = field(default_factory=list)
     lookups: list[list[str]] = field(default_factory=list)
+    confirms: list[dict[str, str]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     crash_after: set[str] = field(default_factory=set)
     crash_before: set[str] = field(default_factory=set)
@@ -87,6 +91,7 @@ class FakeScheduler:
     accepted_silently: set[str] = field(default_factory=set)
     queued: set[str] = field(default_factory=set)
     waiting: list[SubmitCall] = field(default_factory=list)  # queued calls not yet accepted
+    restart_at: dict[str, int] = field(default_factory=dict)  # job -> jobs forgotten (see `restart`)
     max_submitted: int | None = None  # the limit `limits` reports
     max_array_size: int | None = None  # the MaxArraySize `limits` reports
     limit: int | None = None  # the limit it enforces: unfinished tasks beyond it are refused (LimitReached)
@@ -113,6 +118,9 @@ class FakeScheduler:
             raise SchedulerCrash(f"crashed before submitting {call.job}")
         if call.job in self.broken:
             raise self.broken[call.job]
+        if call.job in self.restart_at:  # the controller dies under this call, and comes back
+            self.restart(self.restart_at.pop(call.job))
+            raise SchedulerUnavailable("sbatch: error: Batch job submission failed: Connection reset by peer")
         self._answer()
         if self.limit is not None and self.in_queue >= self.limit:
             raise LimitReached(f"sbatch refused {call.job}: job submit limit (fake, {self.limit})")
@@ -158,7 +166,24 @@ class FakeScheduler:
         self.waiting.clear()
         return found
 
+    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+        self._fail("lookup")  # one squeue in SLURM, as a lookup: a silent controller fails both
+        self._answer()
+        self.confirms.append(dict(accepted))
+        return {comment for comment, job_id in accepted.items() if self.comments.get(comment) != job_id}
+
     # ---- for tests ----------------------------------------------------------------------------
+
+    def restart(self, forget: int) -> list[str]:
+        """A controller killed and started again from state saved before its last `forget` jobs: it
+        forgets them and gives their ids out again. The ids forgotten."""
+        lost = sorted(self.jobs, key=int)[-forget:] if forget else []
+        for job_id in lost:
+            del self.jobs[job_id]
+        self.comments = {comment: job_id for comment, job_id in self.comments.items() if job_id not in lost}
+        if lost:
+            self._ids = itertools.count(int(lost[0]))
+        return lost
 
     def add(self, state: JobState = JobState.PENDING, comment: str = "") -> str:
         """A job the scheduler has, as if submitted by someone; its new id."""

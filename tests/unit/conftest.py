@@ -1,5 +1,6 @@
 """Shared fixtures of the unit tests: a home directory and a Milex configuration inside `tmp_path`;
-an agent on a real journal with an in-memory scheduler (`fake`, which a module may redefine)."""
+an agent on a real journal with an in-memory scheduler (`fake`, which a module may redefine); an
+agent server in a thread with one (`served`, `running`: tests/unit/served.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from milex_agent.journal import Journal
 from milex_agent.state import Agent
 from milex_common.model import MachineSettings
 from tests.unit.agent_fakes import FakeScheduler, make_agent
+from tests.unit.served import running, served  # noqa: F401  (fixtures offered to every module)
 
 ACCOUNT = "def-alice"
 ENV_COMMAND = "source /opt/alice/venvs/ml/bin/activate"

@@ -7,23 +7,17 @@ import threading
 import time
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import pytest
-import zmq
 
 from milex import watch
 from milex.config.file import Machine
 from milex_agent.handlers import SUBMITTING
-from milex_agent.journal import Journal
-from milex_agent.lifetime import Lifetime
-from milex_agent.server import AgentServer
-from milex_agent.state import Agent
 from milex_common.connection import AgentConnection, AgentError, AgentUnavailable
 from milex_common.errors import SchedulerError
-from milex_common.model import JobState, MachineSettings
+from milex_common.model import JobState
 from milex_common.protocol import (
     LOG_HEARTBEAT,
     MAX_MESSAGE_BYTES,
@@ -46,74 +40,12 @@ from milex_common.protocol import (
     Submitted,
     Unwatch,
     Watch,
-    decode_reply,
 )
-from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
+from tests.unit.agent_fakes import FakeScheduler, chain_bundle, submit_request, wait_until
+from tests.unit.served import DEADLINE, Served
 
-DEADLINE = 3.0
 LOCAL = Machine(name="local", path="/unused", env_command="", slurm_account="")
 RUNNING, COMPLETED = JobState.RUNNING, JobState.COMPLETED
-
-
-@dataclass
-class Served:
-    """An AgentServer serving in a thread, with a fake scheduler, and the clients a test opened."""
-
-    agent: Agent
-    fake: FakeScheduler
-    server: AgentServer
-    endpoint: str
-    settings: MachineSettings
-    thread: threading.Thread | None = None
-    connections: list[AgentConnection] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-
-    def connect(self, timeout: float = DEADLINE) -> AgentConnection:
-        connection = AgentConnection(self.endpoint, timeout=timeout)
-        self.connections.append(connection)
-        return connection
-
-    def submit(self, connection: AgentConnection, *jobs: str, name: str = "exp") -> Submitted:
-        reply = connection.request(submit_request(chain_bundle(name, *jobs), self.settings), expect=Submitted)
-        assert isinstance(reply, Submitted) and reply.error == "", reply
-        return reply
-
-    def raw(self, connection: AgentConnection, frame: bytes) -> Reply:
-        """The reply to a frame sent as is, bypassing the client's encoding and id matching."""
-        connection.socket.send(frame)
-        assert connection.socket.poll(int(DEADLINE * 1000), zmq.POLLIN), "no reply"
-        return decode_reply(connection.socket.recv())
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    journal = Journal(tmp_path / "journal.sqlite")
-    fake = FakeScheduler()
-    agent = make_agent(journal, fake, interval=0.02, max_interval=0.1)
-    endpoint = f"ipc://{tmp_path / 'agent.sock'}"
-    settings = MachineSettings(name="cluster", path=str(tmp_path / "milex"))
-    server = AgentServer(agent, endpoint, lifetime=Lifetime(idle_exit=0))  # it stops when asked to only
-    served = Served(agent, fake, server, endpoint, settings)
-    try:
-        yield served
-    finally:
-        agent.stopping = True
-        if served.thread is not None:
-            served.thread.join(DEADLINE)
-            assert not served.thread.is_alive(), "the server did not stop"
-        for connection in served.connections:
-            connection.close()
-        served.server.close()
-        journal.close()
-
-
-@pytest.fixture
-def running(served: Served) -> Served:
-    served.start()
-    return served
 
 
 def collect_events(stream: Iterator[Reply], until: Callable[[list[Event]], bool]) -> list[Events]:

@@ -305,9 +305,9 @@ def test_squeue_only_job_state_gives_states_but_no_exit_codes() -> None:
 
 def test_a_job_in_doubt_that_squeue_forgot_is_found_in_accounting(cluster2411: Cluster) -> None:
     cluster2411.sacct = "sacct_comments.txt"
-    wanted = ["milex:capture_1/plain/x", "milex:capture_1/fan/x", "milex:capture_1/never/x"]
+    wanted = ["milex:capture_2/plain/x", "milex:capture_2/fan/x", "milex:capture_2/held/x"]
     found = SlurmScheduler().lookup(wanted)
-    assert found == {"milex:capture_1/plain/x": "19100", "milex:capture_1/fan/x": "19101"}
+    assert found == {"milex:capture_2/plain/x": "2", "milex:capture_2/fan/x": "3"}
     assert [call[0] for call in cluster2411.calls] == ["squeue", "sacct"]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +55,15 @@ class Scheduler(Protocol):
         """The ids of jobs submitted with these comments, by comment (those found), in one query.
 
         How a submission interrupted by a crash is found again before anything is resubmitted.
+        """
+        ...
+
+    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+        """Of the jobs it accepted (ids by comment), the comments of those it no longer has, neither
+        queued, running nor ended, in one query (and one more for those not in the controller).
+
+        A controller killed and restarted from state saved before it accepted them has lost them, and
+        hands their ids out again: how the agent finds them after a silence, to submit them again.
         """
         ...
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -94,6 +94,10 @@ class LocalScheduler:
             if spec.comment in wanted:
                 found[spec.comment] = spec.job_id
         return found
+
+    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+        """Its store loses nothing it accepted: a job is missing only if its directory was removed."""
+        return set(accepted) - self.lookup(list(accepted)).keys()
 
     def limits(self, account: str, qos: str | None) -> Limits:
         """None: a machine without SLURM takes every job (its runner starts them as it can)."""

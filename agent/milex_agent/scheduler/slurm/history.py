@@ -12,7 +12,7 @@ from milex_agent.scheduler.slurm.limits import config_values
 from milex_agent.scheduler.slurm.output import (
     TaskRow,
     combine,
-    ids_by_comment,
+    ended_by_comment,
     jobcomp_row,
     sacct_rows,
     statuses,
@@ -37,13 +37,15 @@ class SlurmHistory:
         return found
 
     def find(self, comments: set[str]) -> dict[str, str]:
-        """The ids of the jobs of the last week accounting has with these comments (it has them only
-        where the cluster stores comments, AccountingStoreFlags=job_comment): a job accepted while
-        the controller did not answer may have ended and left squeue before it is looked up."""
+        """The ids of the jobs of the last week accounting has with these comments that have ended (it
+        has comments only where the cluster stores them, AccountingStoreFlags=job_comment): a job
+        accepted while the controller did not answer may have ended and left squeue before it is
+        looked up. One accounting has as pending or running, while the controller lacks it, was lost
+        by a controller restarted from older state: not found."""
         if not self.accounting:
             return {}
-        text = self._sacct("--starttime=now-7days", "--format=JobID,Comment")
-        return ids_by_comment(text or "", comments)
+        text = self._sacct("--starttime=now-7days", "--format=JobID,Comment,State")
+        return ended_by_comment(text or "", comments)
 
     def _from_sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         text = self._sacct("--format=JobID,State,ExitCode", f"--jobs={','.join(job_ids)}")

@@ -175,3 +175,14 @@ def ids_by_comment(text: str, comments: set[str]) -> dict[str, str]:
         if comment in comments:
             found.setdefault(comment, job_id.strip().split("_")[0])
     return found
+
+
+def ended_by_comment(text: str, comments: set[str]) -> dict[str, str]:
+    """The job id of each of `comments` whose job has ended, in sacct's `--parsable2` lines
+    `JobID|Comment|State` (an array's first task row that has ended stands for the array)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        sacct_id, comment, state, *_ = (*(part.strip() for part in line.split("|")), "", "")
+        if comment in comments and JobState.from_slurm(state).finished:
+            found.setdefault(comment, _SACCT_ID.split(sacct_id, maxsplit=1)[0])
+    return found

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from milex_agent.scheduler.slurm.command import CommandResult, run_command
 from milex_agent.scheduler.slurm.output import squeue_rows, statuses
-from milex_common.errors import SchedulerError
+from milex_common.errors import SchedulerError, SchedulerUnavailable
 from milex_common.model import JobStatus
 
 log = logging.getLogger("milex_agent")
@@ -124,5 +124,6 @@ def _decoded(job_ids: Sequence[str], result: CommandResult) -> dict[str, JobStat
     # A list of ids squeue no longer knows fails with "Invalid job id" (22.05; 24.11 without
     # --only-job-state): they are forgotten, not an error.
     if result.returncode != 0 and "Invalid job id" not in result.stderr:
-        raise SchedulerError(f"squeue failed: {result.message}")
+        error = SchedulerUnavailable if result.unanswered else SchedulerError
+        raise error(f"squeue failed: {result.message}")
     return statuses(job_ids, squeue_rows(result.stdout))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from milex_agent.scheduler.base import Limits
@@ -68,15 +68,30 @@ class SlurmScheduler:
         if not comments:
             return {}
         wanted = set(comments)
+        found = self._in_controller(wanted)
+        if len(found) < len(wanted):  # rare: a job accepted unanswered, and forgotten since
+            found.update(self.history.find(wanted - found.keys()))
+        return found
+
+    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+        if not accepted:
+            return set()
+        missing = {comment: job_id for comment, job_id in accepted.items()}
+        for comment in self._in_controller(set(accepted)):
+            del missing[comment]
+        if missing:  # ended and forgotten since (the agent was away), or lost
+            ended = self.history.states(list(missing.values()))
+            missing = {c: i for c, i in missing.items() if i not in ended or not ended[i].state.finished}
+        return set(missing)
+
+    def _in_controller(self, comments: set[str]) -> dict[str, str]:
+        """The ids of the jobs the controller holds (any state) with these comments, by comment."""
         argv = ["squeue", "--noheader", "--states=all", "--me", "--Format=JobID:0|,Comment:0|"]
         result = run_command(argv)
         if result.returncode != 0:
             error = SchedulerUnavailable if result.unanswered else SchedulerError
             raise error(f"squeue failed: {result.message}")
-        found = ids_by_comment(result.stdout, wanted)
-        if len(found) < len(wanted):  # rare: a job accepted unanswered, and forgotten since
-            found.update(self.history.find(wanted - found.keys()))
-        return found
+        return ids_by_comment(result.stdout, comments)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if not job_ids:

@@ -1,0 +1,106 @@
+"""A controller restarted from state saved before it accepted the agent's latest jobs (the fake's
+`restart`: it forgets them and gives their ids out again): the agent confirms its accepted jobs by
+comment after any silence and when it starts, and submits each lost job again, once, wired to the
+jobs it depends on by their new ids."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from milex_agent.journal import Journal
+from milex_agent.ledger import comment_of
+from milex_agent.lifetime import Lifetime
+from milex_agent.server import AgentServer
+from milex_common.model import JobState, MachineSettings
+from milex_common.protocol import Submitted, TrackedJob
+from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
+from tests.unit.served import Served
+
+JOBS = ("a", "b", "c", "d", "e")
+KEY = "exp_20240101000000/{}"
+
+
+def journal_ids(journal: Journal) -> dict[str, str]:
+    return {name: job.job_id for name in JOBS if (job := journal.find(KEY.format(name))) is not None}
+
+
+def all_submitted(served: Served) -> bool:
+    return all(job_id for job_id in journal_ids(served.agent.journal).values()) and len(
+        journal_ids(served.agent.journal)
+    ) == len(JOBS)
+
+
+def assert_each_once_in_order(served: Served) -> None:
+    """Each job is in the scheduler once, under the id the journal has, after the job before it."""
+    fake, ids = served.fake, journal_ids(served.agent.journal)
+    assert len(set(ids.values())) == len(JOBS), ids
+    for name in JOBS:
+        assert fake.comments[comment_of(KEY.format(name))] == ids[name]
+    accepted = {call.job_id: call for call in fake.calls if call.job_id}
+    for before, after in itertools.pairwise(JOBS):
+        assert accepted[ids[after]].after == [ids[before]], f"{after} waits for {accepted[ids[after]].after}"
+
+
+def test_jobs_lost_by_a_restart_mid_chain_are_submitted_again_once_after_the_right_jobs(running):
+    running.fake.restart_at = {"d": 2}  # submitting d: the controller comes back without b and c
+    connection = running.connect()
+    reply = connection.request(submit_request(chain_bundle("exp", *JOBS), running.settings), expect=Submitted)
+    assert isinstance(reply, Submitted) and reply.error == "", reply
+    wait_until(lambda: all_submitted(running))
+    assert_each_once_in_order(running)
+    resubmitted = [call.job for call in running.fake.calls if call.job_id]
+    assert resubmitted == ["a", "b", "c", "b", "c", "d", "e"]  # b and c twice in all: once lost, once kept
+    assert len(running.fake.confirms) >= 1
+
+
+@contextmanager
+def serving(journal: Journal, fake: FakeScheduler, tmp_path: Path, name: str) -> Iterator[Served]:
+    """An agent on `journal` serving in a thread, stopped (its journal left open) on leaving."""
+    agent = make_agent(journal, fake, interval=0.02, max_interval=0.1)
+    endpoint = f"ipc://{tmp_path / name}.sock"
+    server = AgentServer(agent, endpoint, lifetime=Lifetime(idle_exit=0))
+    served = Served(
+        agent, fake, server, endpoint, MachineSettings(name="cluster", path=str(tmp_path / "milex"))
+    )
+    served.start()
+    try:
+        yield served
+    finally:
+        agent.stopping = True
+        assert served.thread is not None
+        served.thread.join(3)
+        for connection in served.connections:
+            connection.close()
+        server.close()
+
+
+def test_jobs_lost_while_the_agent_was_away_are_submitted_again_when_it_starts(tmp_path: Path):
+    fake, journal = FakeScheduler(), Journal(tmp_path / "journal.sqlite")
+    with serving(journal, fake, tmp_path, "first") as first:
+        first.submit(first.connect(), *JOBS)
+        wait_until(lambda: all_submitted(first))
+    before = journal_ids(journal)
+    assert fake.restart(forget=2) == [before["d"], before["e"]]  # their ids go to others
+    assert fake.add() == before["d"]  # someone else's job now has d's old id
+    with serving(journal, fake, tmp_path, "second") as second:
+        wait_until(lambda: all_submitted(second) and journal_ids(journal)["d"] != before["d"])
+        assert_each_once_in_order(second)
+        assert {name: journal_ids(journal)[name] for name in "abc"} == {name: before[name] for name in "abc"}
+    journal.close()
+
+
+def test_a_lost_job_loses_its_id_and_waits_in_the_queue_with_its_request_kept(tmp_path: Path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    job = TrackedJob(key="b/x", bundle="b", name="x", job_id="", state=JobState.QUEUED)
+    journal.enqueue("b", b"request", [(job, 1)], scheduler="slurm", machine_path="/m")
+    journal.submitted("b/x", "1001")
+    journal.drop_settled_requests()  # the job is out of the queue, but may come back to it
+    assert journal.lost([("b/x", "999")], "lost") == []  # its id is no longer 999: left alone
+    [event] = journal.lost([("b/x", "1001")], "lost by a restart")
+    assert (event.key, event.state, event.job_id) == ("b/x", JobState.QUEUED, "")
+    assert event.reason == "lost by a restart"
+    assert journal.queued_requests() == [(1, b"request")]
+    journal.close()
