@@ -1,32 +1,47 @@
-"""Confirming, after the controller was silent, that the jobs it accepted are still there.
+"""Confirming, when the controller may have restarted, that the jobs it accepted are still there.
 
 slurmctld saves its state every few seconds: killed (`kill -9`, a crash, a node lost) and started
-again, it has forgotten the jobs it accepted since its last save, and hands their ids out again. So
-after any silence (a call without answer, a failed poll) and when the agent starts, nothing new goes
-to the scheduler until every job it has accepted and not seen end is looked up by its comment, in
-one query: a job it no longer has loses its id in the journal (an id the agent keeps would soon name
-another job) and waits in the agent's queue, to be submitted again once, from its kept request; the
-submissions in progress that depend on it stop where they are and the queue takes over. Like the
-lookup of jobs in doubt (milex_agent.controller), the check counts only once the controller has
-answered for a while: until then it is repeated.
+again, it has forgotten the jobs it accepted since its last save, and hands their ids out again.
+sbatch hides a short restart (it retries to connect for up to MessageTimeout), so the agent checks
+after any sign of one: a call without answer or a failed poll, an sbatch answer that came slowly, an
+id below those given out before, a dependency the controller does not know, and its own start.
+
+Nothing new goes to the scheduler until the check is done: the controller's boot time (one
+`scontrol show config`); if it started after some accepted, unfinished jobs were begun, those are
+looked up by comment (one squeue, and accounting for those that left it). A job it no longer has
+loses its id in the journal (an id the agent kept would soon name another job) and waits in the
+agent's queue, to be submitted again once, from its kept request; an accepted job that waits for a
+lost one (an sbatch that reached the restarted controller with the lost job's id, which may name
+another job now) is cancelled and queued again too. Submissions in progress for those requests stop
+where they are and the queue takes over. Like the lookup of jobs in doubt (milex_agent.controller),
+the check counts only once the controller has answered for a while: until then it is repeated.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from concurrent.futures import Future
 
+import msgspec
+
+from milex_agent.array_windows import WINDOW_MARK
 from milex_agent.controller import LookupBackoff
+from milex_agent.journal import Journal
 from milex_agent.ledger import comment_of
 from milex_agent.scheduler import scheduler_group
 from milex_agent.state import Agent
 from milex_common.errors import SchedulerError
+from milex_common.protocol import SubmitBundle
 
 log = logging.getLogger("milex_agent")
 LOST_REASON = "lost by the scheduler's controller, restarted from older state; submitted again"
-Accepted = dict[tuple[str, str], dict[str, tuple[str, str]]]  # group -> comment -> (key, job id)
+WRONG_DEPENDENCY_REASON = (
+    "submitted while the scheduler's controller restarted, waiting for a job it had lost; cancelled "
+    "and submitted again"
+)
+# The jobs with an id not seen to end: by scheduler group, then comment: (key, job id, when begun).
+Accepted = dict[tuple[str, str], dict[str, tuple[str, str, float]]]
 
 
 class Confirmation:
@@ -71,7 +86,12 @@ class Confirmation:
         if not watch.conclusive(started):
             return []  # looked before the controller settled: again, once it has (the back-off's time)
         watch.confirm_due = False
-        jobs = [entry for group in accepted.values() for comment, entry in group.items() if comment in lost]
+        jobs = [
+            (key, job_id)
+            for group in accepted.values()
+            for comment, (key, job_id, _) in group.items()
+            if comment in lost
+        ]
         if jobs:
             log.warning(
                 "%d job(s) the scheduler had accepted are gone (its controller restarted from older "
@@ -80,21 +100,74 @@ class Confirmation:
                 ", ".join(f"{key} (was {job_id})" for key, job_id in jobs),
             )
             self.agent.journal.lost(jobs, LOST_REASON)
+            jobs += self._cancel_dependents([key for key, _ in jobs])
         self.agent.poller.nudge()
         return [key for key, _ in jobs]
 
+    def _cancel_dependents(self, lost: list[str]) -> list[tuple[str, str]]:
+        """Cancel the accepted jobs that wait for a lost one (a call that reached the restarted
+        controller with the lost job's id, which may now be another job's; and those after it), and
+        queue them again; the (key, id) of each."""
+        journal = self.agent.journal
+        dependents: dict[tuple[str, str], list[tuple[str, str]]] = {}  # scheduler group -> (key, id)
+        for row in journal.unfinished():
+            if row.job.key in lost or not _waits_for(journal, row.job.key, lost):
+                continue
+            dependents.setdefault((row.scheduler, row.machine_path), []).append((row.job.key, row.job.job_id))
+        cancelled: list[tuple[str, str]] = []
+        for (kind, machine_path), jobs in dependents.items():
+            try:
+                self.agent.schedulers(kind, machine_path).cancel([job_id for _, job_id in jobs])
+            except SchedulerError as error:  # left as they are: never two of one job
+                log.warning("cancelling jobs that wait for a lost job failed: %s", error)
+                continue
+            log.warning(
+                "cancelled %s: they waited for a lost job; queued again", ", ".join(k for k, _ in jobs)
+            )
+            journal.lost(jobs, WRONG_DEPENDENCY_REASON)
+            cancelled += jobs
+        return cancelled
+
     def _accepted(self) -> Accepted:
-        """The jobs with an id not seen to end, by scheduler group and comment."""
         accepted: Accepted = {}
         for job, kind, machine_path in self.agent.journal.unfinished():
             group = accepted.setdefault(scheduler_group(kind, machine_path), {})
-            group[comment_of(job.key)] = (job.key, job.job_id)
+            group[comment_of(job.key)] = (job.key, job.job_id, job.submitted_at)
         return accepted
 
     def _confirm(self, accepted: Accepted) -> set[str]:
-        """The comments of the jobs the schedulers no longer have: one check per scheduler group."""
+        """The comments of the jobs the schedulers lost: those begun before their controller last
+        started that it no longer has (one query per scheduler group whose controller restarted)."""
         lost: set[str] = set()
         for (kind, machine_path), jobs in accepted.items():
-            ids: Mapping[str, str] = {comment: job_id for comment, (_, job_id) in jobs.items()}
-            lost |= self.agent.schedulers(kind, machine_path).confirm(ids)
+            scheduler = self.agent.schedulers(kind, machine_path)
+            booted = scheduler.boot_time()
+            if booted is None:
+                continue
+            before = {comment: job_id for comment, (_, job_id, begun) in jobs.items() if begun < booted}
+            if before:
+                lost |= scheduler.confirm(before)
         return lost
+
+
+def _waits_for(journal: Journal, key: str, lost: list[str]) -> bool:
+    """Whether job `key` depends, directly or not, on one of the `lost` jobs of its request."""
+    own = key.partition(WINDOW_MARK)[0]
+    body = journal.request_of(own)
+    if body is None:
+        return False
+    request = msgspec.msgpack.decode(body, type=SubmitBundle)
+    names = {request_key: name for name, request_key in request.keys.items()}
+    lost_names = {names[k.partition(WINDOW_MARK)[0]] for k in lost if k.partition(WINDOW_MARK)[0] in names}
+    if own not in names or not lost_names:
+        return False
+    seen, todo = set(), [names[own]]
+    while todo:
+        name = todo.pop()
+        for dependency in request.bundle.jobs[name].dependencies:
+            if dependency in lost_names:
+                return True
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return False

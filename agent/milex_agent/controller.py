@@ -11,7 +11,7 @@ last call that got no answer: by then every request queued during the silence ha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -19,6 +19,8 @@ from milex_common.errors import SchedulerError
 
 T = TypeVar("T")
 
+# Calls answered out of the order the controller took them in: at most one per submit worker.
+OUT_OF_ORDER = 8
 FIRST_DELAY = 1.0  # seconds before looking up again while the controller does not answer
 MAX_DELAY = 10.0
 
@@ -36,6 +38,23 @@ class ControllerWatch:
         # (milex_agent.confirmation): set by a silence once `confirms` (the agent's server confirms).
         self.confirms = False
         self.confirm_due = False
+        self.highest_ids: dict[str, int] = {}  # the highest job id each scheduler gave out, by name
+
+    def suspect(self) -> None:
+        """The controller may have restarted unseen (sbatch retries for a while while none runs: an
+        answer that came slowly, an id lower than earlier ones, a dependency it does not know)."""
+        self.confirm_due = self.confirm_due or self.confirms
+
+    def accepted(self, scheduler: str, job_ids: Iterable[str]) -> None:
+        """Ids the scheduler gave out: one well below an earlier one means its counter went back, as
+        a controller restarted from older state does."""
+        numbers = [int(job_id) for job_id in job_ids if job_id.isdecimal()]
+        if not numbers:
+            return
+        highest = self.highest_ids.get(scheduler, 0)
+        if min(numbers) <= highest - OUT_OF_ORDER:
+            self.suspect()
+        self.highest_ids[scheduler] = max(highest, *numbers)
 
     def unanswered(self) -> None:
         """A call got no answer: its outcome, and any lookup started so far, prove nothing; and the

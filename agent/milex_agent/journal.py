@@ -295,6 +295,13 @@ class Journal:
             events = self._events()
         return self._committed(events)
 
+    def request_of(self, key: str) -> bytes | None:
+        """The kept submit request of job `key` (None: none kept, as for a job of an older release)."""
+        row = self.db.execute(
+            "SELECT body FROM requests WHERE id = (SELECT request FROM jobs WHERE key = ?)", (key,)
+        ).fetchone()
+        return row[0] if row else None
+
     def _requeue(self, keys: Sequence[str], reason: str) -> None:
         for key in keys:
             if not self.db.execute(

@@ -33,7 +33,13 @@ from milex_agent.array_windows import (
 from milex_agent.controller import ControllerWatch
 from milex_agent.in_doubt import InDoubt
 from milex_agent.scheduler.base import Scheduler
-from milex_common.errors import LimitReached, MilexError, SchedulerUnavailable, SubmitError
+from milex_common.errors import (
+    DependencyRefused,
+    LimitReached,
+    MilexError,
+    SchedulerUnavailable,
+    SubmitError,
+)
 from milex_common.model import Bundle, Job, JobState, MachineSettings, dependency_verdict
 from milex_common.render import log_paths, render_script, script_stem
 from milex_common.slurm_values import array_indices
@@ -42,6 +48,9 @@ SchedulerCall = Callable[[], str]
 T = TypeVar("T")
 # `known` of a job whose submission was started by an earlier attempt that never learnt its outcome.
 IN_DOUBT = ""
+# An sbatch answered this slowly may have waited for a controller that restarted meanwhile (it retries
+# to connect for up to MessageTimeout): the accepted jobs are confirmed (milex_agent.confirmation).
+SLOW_ANSWER = 2.0
 # `known` of a job that ended without being submitted (cancelled while queued, or its dependency failed).
 NOT_RUN = "-"
 
@@ -229,6 +238,7 @@ class BundleSubmission:
         # Jobs whose call got no answer: looked up until found or proven absent.
         self.in_doubt = InDoubt(scheduler, self.watch, dispatch, bundle.stem)
         self._absent: set[str] = set()  # proven absent: submitted again without asking the ledger
+        self._rechecked: set[str] = set()  # refused for a dependency once (see `_recheck`)
         self._unmet = {job.name: len(set(job.dependencies)) for job in self.ordered}
         self._dependents: dict[str, list[Job]] = {}
         for job in self.ordered:
@@ -466,13 +476,17 @@ class BundleSubmission:
 
     def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
         after, kind = self._after(job)
-        return lambda: self.scheduler.submit(
-            Path(planned.script),
-            text=text,
-            after=after,
-            dependency_type=kind,
-            comment=comment,
-        )
+
+        def call() -> str:
+            started = time.monotonic()
+            job_id = self.scheduler.submit(
+                Path(planned.script), text=text, after=after, dependency_type=kind, comment=comment
+            )
+            if time.monotonic() - started >= SLOW_ANSWER:  # sbatch may have waited through a restart
+                self.watch.suspect()
+            return job_id
+
+        return call
 
     def _collect(self) -> None:
         accepted = []
@@ -482,6 +496,8 @@ class BundleSubmission:
                 planned.job_id = future.result()
             except SubmitError as refusal:
                 self.watch.answered()
+                if isinstance(refusal, DependencyRefused) and self._recheck(job):
+                    continue
                 if isinstance(refusal, LimitReached) and self.room is not None:  # it goes in later
                     self.room.refused(str(refusal))
                     self.ledger.requeued([job], self.room.held_by)
@@ -504,7 +520,20 @@ class BundleSubmission:
             self.watch.answered()
             self._accept(accepted)
 
+    def _recheck(self, job: Job) -> bool:
+        """`job` was refused for a dependency the scheduler does not know: once, have the accepted jobs
+        confirmed (one lost to a restart is submitted again, and this one after it), then try it
+        again. Whether it is tried again; a second such refusal stands."""
+        if not self.watch.confirms or job.name in self._rechecked:
+            return False
+        self._rechecked.add(job.name)
+        self.watch.suspect()
+        self._absent.add(job.name)
+        self._ready.appendleft(job)
+        return True
+
     def _accept(self, accepted: list[tuple[Job, SubmittedJob]]) -> None:
+        self.watch.accepted(self.scheduler.name, [planned.job_id for _, planned in accepted])
         self.ledger.accepted(accepted)  # recorded before any job that depends on them starts
         self._accepted_kinds.update(self._kinds[job.name] for job, _ in accepted)
         for job, planned in accepted:

@@ -33,6 +33,11 @@ class SubmitError(MilexError):
     """The scheduler refused a job; carries the scheduler's own message."""
 
 
+class DependencyRefused(SubmitError):
+    """The scheduler refused a job for its dependencies ("Job dependency problem"): a job it waits for
+    is unknown to it, as after a controller restarted from older state lost it."""
+
+
 class LimitReached(SubmitError):
     """The scheduler refused a job only because the user has as many jobs as one of its limits allows:
     the same job goes in once some end. The message says which limit, in words for the user."""

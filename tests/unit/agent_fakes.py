@@ -13,7 +13,7 @@ from milex_agent.journal import Journal
 from milex_agent.poller import Poller
 from milex_agent.scheduler.base import Limits
 from milex_agent.state import Agent
-from milex_common.errors import LimitReached, SchedulerUnavailable, SubmitError
+from milex_common.errors import DependencyRefused, LimitReached, SchedulerUnavailable, SubmitError
 from milex_common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
 from milex_common.protocol import Reply, Request, SubmitBundle, Submitted
 
@@ -64,7 +64,10 @@ class FakeScheduler:
     makes `states`, `cancel` or `lookup` raise that exception, `broken[job]` the submit of that job.
 
     A restarted controller: `restart_at[job]` makes the submit of that job restart it (`restart`,
-    forgetting that many of its latest jobs) and get no answer.
+    forgetting that many of its latest jobs) and get no answer; `waited_through[job]` too, but the
+    call waits `retry_delay` s, as sbatch retries to connect, and is then accepted, after `taken_meanwhile`
+    jobs of others took the first ids given out again. With `check_dependencies`, a job that waits
+    for an id the fake does not have is refused, as SLURM does ("Job dependency problem").
 
     A stalled controller: the next `silent` submit or lookup calls get no answer (SchedulerUnavailable,
     nothing done); `accepted_silently` jobs are accepted but their answer is lost; `queued` jobs get
@@ -92,6 +95,11 @@ class FakeScheduler:
     queued: set[str] = field(default_factory=set)
     waiting: list[SubmitCall] = field(default_factory=list)  # queued calls not yet accepted
     restart_at: dict[str, int] = field(default_factory=dict)  # job -> jobs forgotten (see `restart`)
+    waited_through: dict[str, int] = field(default_factory=dict)
+    retry_delay: float = 0.0
+    taken_meanwhile: int = 0
+    check_dependencies: bool = False
+    booted: float = field(default_factory=lambda: time.time() - 3600)  # when its controller started
     max_submitted: int | None = None  # the limit `limits` reports
     max_array_size: int | None = None  # the MaxArraySize `limits` reports
     limit: int | None = None  # the limit it enforces: unfinished tasks beyond it are refused (LimitReached)
@@ -118,9 +126,9 @@ class FakeScheduler:
             raise SchedulerCrash(f"crashed before submitting {call.job}")
         if call.job in self.broken:
             raise self.broken[call.job]
-        if call.job in self.restart_at:  # the controller dies under this call, and comes back
-            self.restart(self.restart_at.pop(call.job))
-            raise SchedulerUnavailable("sbatch: error: Batch job submission failed: Connection reset by peer")
+        self._restart_under(call)
+        if self.check_dependencies and any(job_id not in self.jobs for job_id in call.after):
+            raise DependencyRefused("sbatch: error: Batch job submission failed: Job dependency problem")
         self._answer()
         if self.limit is not None and self.in_queue >= self.limit:
             raise LimitReached(f"sbatch refused {call.job}: job submit limit (fake, {self.limit})")
@@ -166,6 +174,11 @@ class FakeScheduler:
         self.waiting.clear()
         return found
 
+    def boot_time(self) -> float | None:
+        self._fail("lookup")  # a query of the controller, as a lookup: a silent controller fails both
+        self._answer()
+        return self.booted
+
     def confirm(self, accepted: Mapping[str, str]) -> set[str]:
         self._fail("lookup")  # one squeue in SLURM, as a lookup: a silent controller fails both
         self._answer()
@@ -177,6 +190,7 @@ class FakeScheduler:
     def restart(self, forget: int) -> list[str]:
         """A controller killed and started again from state saved before its last `forget` jobs: it
         forgets them and gives their ids out again. The ids forgotten."""
+        self.booted = time.time()
         lost = sorted(self.jobs, key=int)[-forget:] if forget else []
         for job_id in lost:
             del self.jobs[job_id]
@@ -205,6 +219,17 @@ class FakeScheduler:
     def submitted(self) -> list[tuple[str, str]]:
         """(job name, id) of every job the fake accepted, in order."""
         return [(call.job, call.job_id) for call in self.calls if call.job_id]
+
+    def _restart_under(self, call: SubmitCall) -> None:
+        """Restart the controller under `call`, as `restart_at` or `waited_through` say."""
+        if call.job in self.restart_at:  # it dies under this call, and comes back
+            self.restart(self.restart_at.pop(call.job))
+            raise SchedulerUnavailable("sbatch: error: Batch job submission failed: Connection reset by peer")
+        if call.job in self.waited_through:  # sbatch retries until it is back, others get ids first
+            self.restart(self.waited_through.pop(call.job))
+            for _ in range(self.taken_meanwhile):
+                self.add()
+            time.sleep(self.retry_delay)
 
     def _answer(self) -> None:
         """Raise as a call to a silent controller does."""

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from milex_agent import submission
+from milex_agent.controller import ControllerWatch
 from milex_agent.journal import Journal
 from milex_agent.ledger import comment_of
 from milex_agent.lifetime import Lifetime
@@ -104,3 +106,55 @@ def test_a_lost_job_loses_its_id_and_waits_in_the_queue_with_its_request_kept(tm
     assert event.reason == "lost by a restart"
     assert journal.queued_requests() == [(1, b"request")]
     journal.close()
+
+
+def test_a_job_refused_for_a_dependency_the_restart_lost_goes_again_after_it(running):
+    running.fake.check_dependencies = True
+    running.fake.waited_through = {"d": 2}  # d reaches the restarted controller, which lacks c
+    running.submit(running.connect(), *JOBS)
+    wait_until(lambda: all_submitted(running))
+    assert_each_once_in_order(running)
+    refused = [call.job for call in running.fake.calls if not call.job_id]
+    assert refused == ["d"]  # once: the check found b and c lost, and d went after their new ids
+
+
+def test_a_job_accepted_while_the_controller_restarted_waiting_for_a_lost_id_is_cancelled_and_sent_again(
+    running, monkeypatch
+):
+    monkeypatch.setattr(submission, "SLOW_ANSWER", 0.1)
+    running.fake.waited_through = {"d": 2}  # d waits for c's old id, which went to someone else
+    running.fake.taken_meanwhile, running.fake.retry_delay = 2, 0.2
+    running.submit(running.connect(), *JOBS)
+    wait_until(lambda: all_submitted(running) and running.fake.cancelled)
+    [first_d] = [call.job_id for call in running.fake.calls if call.job == "d"][:1]
+    assert running.fake.cancelled == [[first_d]]
+    wait_until(lambda: journal_ids(running.agent.journal)["d"] != first_d)
+    assert_each_once_in_order(running)
+
+
+def test_without_a_restart_a_dependency_refusal_stands(running, monkeypatch):
+    fake = running.fake
+    fake.check_dependencies = True
+    submit = fake.submit
+
+    def forgetting_a(script: Path, **options: object) -> str:  # a ended and left the controller
+        if Path(script).stem.endswith("_b"):
+            fake.jobs.pop(journal_ids(running.agent.journal)["a"], None)
+        return submit(script, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fake, "submit", forgetting_a)
+    request = submit_request(chain_bundle("exp", "a", "b"), running.settings)
+    reply = running.connect().request(request, expect=Submitted)
+    assert isinstance(reply, Submitted) and "Job dependency problem" in reply.error
+    assert [call.job for call in fake.calls] == ["a", "b", "b"]  # tried again once, after a check
+    assert fake.confirms == []  # the controller did not restart: nothing to look up
+
+
+def test_an_id_well_below_those_given_out_before_is_a_sign_of_restart():
+    watch = ControllerWatch(settle=0, retry_for=0)
+    watch.confirms = True
+    watch.accepted("slurm", ["1000", "1010"])
+    watch.accepted("slurm", ["1005"])  # answered out of order: its call was out with the others
+    assert not watch.confirm_due
+    watch.accepted("slurm", ["1001"])  # the counter went back: the controller restarted
+    assert watch.confirm_due

@@ -5,6 +5,7 @@ one gateway, run_command: every source gives a job the same state and exit code,
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,9 @@ class Cluster:
     def ids(self) -> dict[str, str]:
         return ids_of(self.version)
 
-    def __call__(self, argv: list[str], *, timeout: float = 60.0, stdin: str | None = None) -> CommandResult:
+    def __call__(
+        self, argv: list[str], *, timeout: float = 60.0, stdin: str | None = None, env: object = None
+    ) -> CommandResult:
         self.calls.append(tuple(argv))
         if argv[0] == "sacct" and self.sacct is None:
             return CommandResult(tuple(argv), 1, "", captured("sacct_disabled.stderr").splitlines()[0])
@@ -309,6 +312,11 @@ def test_a_job_in_doubt_that_squeue_forgot_is_found_in_accounting(cluster2411: C
     found = SlurmScheduler().lookup(wanted)
     assert found == {"milex:capture_2/plain/x": "2", "milex:capture_2/fan/x": "3"}
     assert [call[0] for call in cluster2411.calls] == ["squeue", "sacct"]
+
+
+def test_the_controllers_boot_time_is_read_in_the_standard_format(cluster2411: Cluster) -> None:
+    booted = SlurmScheduler().boot_time()
+    assert booted == time.mktime((2026, 11, 25, 19, 28, 35, 0, 0, -1))  # BOOT_TIME, this host's time
 
 
 # The poll on 24.05+: states alone, then every field of the jobs whose state changed.

@@ -58,6 +58,11 @@ class Scheduler(Protocol):
         """
         ...
 
+    def boot_time(self) -> float | None:
+        """When the scheduler's controller last started (seconds since the epoch, this host's clock);
+        None for one that never forgets a job it accepted. Jobs accepted before that may be lost."""
+        ...
+
     def confirm(self, accepted: Mapping[str, str]) -> set[str]:
         """Of the jobs it accepted (ids by comment), the comments of those it no longer has, neither
         queued, running nor ended, in one query (and one more for those not in the controller).

@@ -95,6 +95,9 @@ class LocalScheduler:
                 found[spec.comment] = spec.job_id
         return found
 
+    def boot_time(self) -> float | None:
+        return None
+
     def confirm(self, accepted: Mapping[str, str]) -> set[str]:
         """Its store loses nothing it accepted: a job is missing only if its directory was removed."""
         return set(accepted) - self.lookup(list(accepted)).keys()

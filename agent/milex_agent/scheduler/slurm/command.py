@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from milex_common.errors import SchedulerError, SchedulerUnavailable
@@ -59,16 +60,26 @@ class CommandResult:
 
 
 def run_command(
-    argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, stdin: str | None = None
+    argv: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> CommandResult:
-    """Run `argv` (given `stdin`) and return what it printed; SchedulerError if it cannot start,
-    SchedulerUnavailable (its outcome unknown) if it times out.
+    """Run `argv` (given `stdin`, and `env` added to the agent's environment) and return what it
+    printed; SchedulerError if it cannot start, SchedulerUnavailable (its outcome unknown) if it times out.
 
     A non-zero exit is returned, not raised: callers decide which failures are errors.
     """
     try:
         completed = subprocess.run(
-            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+            list(argv),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **env} if env else None,
         )
     except FileNotFoundError:
         raise SchedulerError(

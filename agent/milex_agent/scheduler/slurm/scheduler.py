@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from milex_agent.scheduler.base import Limits
 from milex_agent.scheduler.slurm.command import run_command
 from milex_agent.scheduler.slurm.history import SlurmHistory
-from milex_agent.scheduler.slurm.limits import limit_refusal, read_limits
+from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
 from milex_agent.scheduler.slurm.output import ids_by_comment
 from milex_agent.scheduler.slurm.poll import SqueuePoll
-from milex_common.errors import LimitReached, SchedulerError, SchedulerUnavailable, SubmitError
+from milex_common.errors import (
+    DependencyRefused,
+    LimitReached,
+    SchedulerError,
+    SchedulerUnavailable,
+    SubmitError,
+)
 from milex_common.model import JobState, JobStatus
+
+# What sbatch says when a job named in --dependency does not exist (ESLURM_DEPENDENCY).
+DEPENDENCY_PROBLEM = "Job dependency problem"
 
 
 class SlurmScheduler:
@@ -49,6 +59,8 @@ class SlurmScheduler:
             limit = limit_refusal(result.message)
             if limit is not None:  # the same job goes in once some of the user's jobs end
                 raise LimitReached(f"sbatch refused {script.name} for {limit}")
+            if after and DEPENDENCY_PROBLEM in result.message:
+                raise DependencyRefused(f"sbatch refused {script.name}: {result.message}")
             raise SubmitError(f"sbatch refused {script.name}: {result.message}")
         # --parsable prints `jobid` or `jobid;cluster`.
         return result.stdout.strip().split(";")[0]
@@ -72,6 +84,18 @@ class SlurmScheduler:
         if len(found) < len(wanted):  # rare: a job accepted unanswered, and forgotten since
             found.update(self.history.find(wanted - found.keys()))
         return found
+
+    def boot_time(self) -> float | None:
+        # The standard time format whatever the user's SLURM_TIME_FORMAT: scontrol prints the boot
+        # time in this host's local time, as time.mktime reads it.
+        result = run_command(["scontrol", "show", "config"], env={"SLURM_TIME_FORMAT": "standard"})
+        if result.returncode != 0:
+            error = SchedulerUnavailable if result.unanswered else SchedulerError
+            raise error(f"scontrol show config failed: {result.message}")
+        try:
+            return time.mktime(time.strptime(config_values(result.stdout)["BOOT_TIME"], "%Y-%m-%dT%H:%M:%S"))
+        except (KeyError, ValueError):
+            raise SchedulerError("scontrol show config printed no BOOT_TIME Milex can read") from None
 
     def confirm(self, accepted: Mapping[str, str]) -> set[str]:
         if not accepted:
