@@ -4,6 +4,7 @@ is in SLURM exactly once and in the laptop's record, and the same `milex-run` en
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -130,6 +131,69 @@ def test_a_controller_restarted_mid_bundle_loses_no_job_and_doubles_none(milex_h
         finished(run)
     # sbatch itself retries while the controller is down: only calls cut at the stop are in doubt.
     assert_each_job_once(milex_home, bundle)
+
+
+@contextmanager
+def state_not_saved() -> Iterator[None]:
+    """slurmctld cannot replace its job state file meanwhile (a read-only file mounted on it): it
+    accepts jobs (their scripts are written beside it), but a restart finds the jobs of before, as
+    one killed between two of its periodic saves does, only with more jobs accepted since."""
+    saved = CLUSTER_STATE / "slurmctld" / "job_state"
+    subprocess.run(["mount", "--bind", "-o", "ro", str(saved), str(saved)], check=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(saved)], check=True, timeout=30)
+
+
+def ended(workdir: Path) -> dict[str, list[dict[str, str]]]:
+    """The jobs run from `workdir` that slurmctld logged the end of (repeats included), by name: the
+    job-completion log keeps them whatever a restart forgot."""
+    log = CLUSTER_STATE / "jobcomp.log"
+    found: dict[str, list[dict[str, str]]] = {}
+    for line in log.read_text().splitlines():
+        fields = dict(field.partition("=")[::2] for field in line.split())
+        if fields.get("WorkDir") == str(workdir):
+            found.setdefault(fields["Name"], []).append(fields)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_a_controller_killed_mid_chain_loses_no_job_and_runs_each_once_in_order(
+    milex_home: MilexHome,
+) -> None:
+    bundle = chain("killed", 80)
+
+    def all_ran() -> bool:
+        jobs = ended(milex_home.root)
+        return all(any(job["JobState"] == "COMPLETED" for job in jobs.get(name, ())) for name in bundle.jobs)
+
+    with milex_run(milex_home, bundle, sbatch_delay=0.05) as run:
+        wait_until(when_submitted(bundle, 20), timeout=120, what="20 jobs in squeue")
+        with state_not_saved():
+            wait_until(when_submitted(bundle, 40), timeout=120, what="20 jobs more in squeue")
+            os.kill(slurmctld(), signal.SIGKILL)  # it comes back without the jobs of the last 20 or more
+        deploy("slurm-up.sh")
+        finished(run)
+        wait_until(all_ran, timeout=600, what="every job of the chain to complete")
+    assert "are gone (its controller restarted from older state)" in agent_log(milex_home)
+    completed = {}
+    for name, runs in ended(milex_home.root).items():
+        # One SLURM job (id and submit time) that completed: the restarted controller may run a job it
+        # had already run once more (its saved state had it pending), but Milex submitted it once.
+        done = {(run["JobId"], run["SubmitTime"]) for run in runs if run["JobState"] == "COMPLETED"}
+        assert len(done) == 1, f"{name} was submitted and completed {len(done)} times: {runs}"
+        # Any other was cancelled before it ran (it waited for a lost job's id, which may name another).
+        assert all(run["NodeCnt"] == "0" for run in runs if run["JobState"] != "COMPLETED"), runs
+        completed[name] = max(
+            (run for run in runs if run["JobState"] == "COMPLETED"), key=lambda r: r["EndTime"]
+        )
+    for before, after in itertools.pairwise(sorted(completed)):
+        assert completed[after]["StartTime"] >= completed[before]["EndTime"], f"{after} ran before {before}"
+    milex_home.milex("milex", "status", bundle.name)  # the laptop's record learns the last ids
+    [submission] = [s for s in milex_home.submissions() if s["bundle"] == bundle.stem]
+    recorded = {name: job["job_id"] for name, job in submission["jobs"].items()}
+    assert recorded == {name: job["JobId"] for name, job in completed.items()}
 
 
 def test_clients_are_answered_while_a_big_bundle_is_submitted(milex_home: MilexHome) -> None:
