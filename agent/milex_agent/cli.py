@@ -69,7 +69,7 @@ def _settings_options(command: F) -> F:
     return command
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # as every `milex` command
 @click.version_option(VERSION, prog_name="milex-agent")
 def main() -> None:
     """The Milex agent: one per user per login node, reached through a private socket."""

@@ -275,6 +275,8 @@ def load_submissions(jobs_dir: Path, bundle_stem: str) -> list[Submission]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as error:  # a directory, a file the user may not read: damaged as far as Milex goes
+        raise DamagedRuns(path, error.strerror or str(error)) from None
     try:
         return msgspec.json.decode(data, type=list[Submission])
     except msgspec.DecodeError as error:

@@ -40,6 +40,25 @@ def test_dash_h_is_help_on_the_group_and_its_commands(argv: list[str]) -> None:
     assert result.output.startswith("Usage: ") and result.output == long.output
 
 
+@pytest.mark.parametrize(
+    ("module", "command", "argv"),
+    [
+        ("milex.cli.config", "configuration", ["-h"]),
+        ("milex_agent.cli", "main", ["-h"]),
+        ("milex_agent.cli", "main", ["start", "-h"]),
+    ],
+)
+def test_dash_h_of_every_other_entry_point_is_its_help(module: str, command: str, argv: list[str]) -> None:
+    import importlib
+
+    from click.testing import CliRunner
+
+    entry = getattr(importlib.import_module(module), command)
+    result = CliRunner().invoke(entry, argv)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: ")
+
+
 def test_dash_h_of_milex_run_alone_is_help() -> None:
     from click.testing import CliRunner
 

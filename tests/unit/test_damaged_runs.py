@@ -124,3 +124,13 @@ def test_each_damaged_file_set_aside_is_kept(jobs_dir) -> None:
     submissions_path(jobs_dir, "a_20240101000000").write_bytes(b"{")  # damaged again, the same second
     apply_states(jobs_dir, "local", [track])
     assert [path.read_bytes() for path in set_aside(jobs_dir)] == [DAMAGED, b"{"]
+
+
+def test_a_runs_file_that_is_a_directory_is_named_and_the_listing_goes_on(milex_config) -> None:
+    jobs_dir = milex_config.jobs_dir
+    save_bundle(jobs_dir, Bundle(name="d", created="20240101000000", jobs={"t": Job(name="t", script="app")}))
+    submissions_path(jobs_dir, "d_20240101000000").mkdir()
+    result = CliRunner().invoke(list_records, ["d"])
+    assert result.exit_code == 0, result.output
+    assert "d_20240101000000.runs.json is damaged (Is a directory)" in result.stderr
+    assert "Traceback" not in result.output

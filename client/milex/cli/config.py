@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from milex.cli import reports_errors
+from milex.cli import HELP_OPTIONS, reports_errors
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": HELP_OPTIONS})
 @click.option(
     "--from",
     "source",
