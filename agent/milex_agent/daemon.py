@@ -130,7 +130,14 @@ def start_if_work(
     with _starting(directory):
         if read_info(directory) is not None:  # a command started it meanwhile
             return None
+        _note(directory, "no agent runs and the journal holds work: the watchdog starts one")
         return _launch(directory, _run_options(poll_interval, max_interval, idle_exit, submit_retry))
+
+
+def _note(directory: Path, message: str) -> None:
+    """A line in the agent's log (in the agent's own format) from a process that is not the agent."""
+    with open(directory / "agent.log", "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO {message}\n")
 
 
 @contextlib.contextmanager

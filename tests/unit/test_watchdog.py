@@ -206,6 +206,10 @@ def test_with_work_and_no_agent_it_starts_one_and_then_leaves_it_alone(agent_dir
     with_work(agent_dir)
     info = daemon.start_if_work(agent_dir, poll_interval=0.1, max_interval=0.5)
     assert info is not None and daemon.read_info(agent_dir) == info
+    assert (
+        "INFO no agent runs and the journal holds work: the watchdog starts one"
+        in (agent_dir / "agent.log").read_text()
+    )
     assert daemon.start_if_work(agent_dir) is None  # it runs: nothing to do
     assert daemon.read_info(agent_dir) == info
 
