@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from milex.config.file import Machine
 from milex.machine import commands
+from milex.machine.watchdog import watchdog as set_watchdog
 from milex_agent import daemon, watchdog
 from milex_agent.cli import main as agent_cli
 from milex_agent.journal import Journal, holds_work
@@ -127,6 +128,14 @@ def test_the_line_starts_the_agent_as_the_laptop_does_in_the_machines_environmen
 def test_the_line_passes_the_machines_state_dir():
     _, _, script = shlex.split(commands.watchdog_command(remote(state_dir="/var/tmp/alice")))
     assert "--state-dir /var/tmp/alice" in script
+
+
+def test_a_machine_on_this_host_gets_the_line_to_add_itself():
+    here = Machine(name="local", path="/home/alice/milex", env_command="", slurm_account="")
+    with pytest.raises(MilexError) as refused:
+        set_watchdog(here)
+    assert "on this host" in str(refused.value)
+    assert str(refused.value).endswith("* * * * * milex-agent start --path /home/alice/milex --if-work")
 
 
 # ---- whether the journal holds work ----------------------------------------------------------------
