@@ -138,6 +138,12 @@ def _detach() -> Callable[[], None]:
 @_state_dir_option
 @_dir_option
 @_settings_options
+@click.option(
+    "--if-work",
+    is_flag=True,
+    help="Only when no agent runs and its journal holds work (jobs queued, in doubt or not ended); "
+    "otherwise exit 0 and print nothing. What the watchdog runs from cron every minute.",
+)
 def start(
     path: str | None,
     state_dir: str | None,
@@ -146,14 +152,21 @@ def start(
     max_interval: float,
     idle_exit: float,
     submit_retry: float,
+    if_work: bool,
 ) -> None:
     """Start the agent detached unless one runs; print its info as JSON."""
     from milex_agent import daemon
 
     with _errors_shown():
         target = _directory(path, directory, state_dir)
-        info = daemon.start(target, poll_interval=poll_interval, max_interval=max_interval,
-                            idle_exit=idle_exit, submit_retry=submit_retry)  # fmt: skip
+        settings = {"poll_interval": poll_interval, "max_interval": max_interval, "idle_exit": idle_exit,
+                    "submit_retry": submit_retry}  # fmt: skip
+        if if_work:
+            started = daemon.start_if_work(target, **settings)
+            if started is not None:  # cron mails what a job prints: a line per restart
+                click.echo(f"started agent {started.pid}: none ran for {target}, and its journal holds work")
+            return
+        info = daemon.start(target, **settings)
     _print(info)
 
 
@@ -213,6 +226,53 @@ def ping(path: str | None, directory: str | None, timeout: float) -> None:
         click.echo(f"the agent of {target} (pid {info.pid}) does not answer: {error}", err=True)
         sys.exit(1)
     click.echo(reply.agent_version)
+
+
+@main.group()
+def watchdog() -> None:
+    """The agent's watchdog: a line of your crontab on this node that starts the agent again when it
+    is not running and has work left (`milex agent watchdog` installs it from the laptop)."""
+
+
+@watchdog.command("install")
+@_path_option
+@_state_dir_option
+@_dir_option
+@click.option("--command", required=True, help="What cron runs every minute: this agent's `start --if-work`.")
+def watchdog_install(path: str | None, state_dir: str | None, directory: str | None, command: str) -> None:
+    """Put the watchdog line in your crontab, in place of an earlier one of this agent."""
+    from milex_agent.watchdog import install
+
+    with _errors_shown():
+        click.echo(install(command, _directory(path, directory, state_dir)))
+
+
+@watchdog.command("remove")
+@_path_option
+@_state_dir_option
+@_dir_option
+def watchdog_remove(path: str | None, state_dir: str | None, directory: str | None) -> None:
+    """Take this agent's watchdog line out of your crontab; your other lines stay."""
+    from milex_agent.watchdog import remove
+
+    with _errors_shown():
+        click.echo(remove(_directory(path, directory, state_dir)))
+
+
+@watchdog.command("status")
+@_path_option
+@_state_dir_option
+@_dir_option
+def watchdog_status(path: str | None, state_dir: str | None, directory: str | None) -> None:
+    """Print this agent's watchdog line; exit 3 when your crontab has none."""
+    from milex_agent.watchdog import entry_in, read_crontab
+
+    with _errors_shown():
+        line = entry_in(read_crontab(), _directory(path, directory, state_dir))
+    if line is None:
+        click.echo("no watchdog")
+        sys.exit(3)
+    click.echo(line)
 
 
 @main.command()

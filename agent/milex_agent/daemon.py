@@ -3,6 +3,7 @@ milex_common.agent_layout)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -12,14 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from milex_agent.handover import ask_to_leave, beat, elsewhere, leave_reason, live_elsewhere
-from milex_common.agent_layout import AgentInfo, node_name, node_socket_path, socket_path
+from milex_common.agent_layout import JOURNAL, AgentInfo, node_name, node_socket_path, socket_path
 from milex_common.errors import LocksUnreliable, MilexError
 from milex_common.files import atomic_write, is_locked, private_directory, take_lock
 from milex_common.intervals import (
@@ -103,21 +104,61 @@ def start(
     info = read_info(directory)
     if info is not None and not elsewhere(info.host):
         return info
-    private_directory(directory)
-    # Commands starting the agent together queue here (on every node of a shared home): the first
-    # starts it, the others then find it.
-    starting = _refused_locks_named(directory, take_lock, directory / "start.lock", wait=True)
-    assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
-    try:
+    with _starting(directory):
         info = read_info(directory)
         if info is not None and elsewhere(info.host):
             ask_to_leave(directory, info.host, info.pid)  # it moves here, where the command landed
             info = None
-        options = ["--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
-                   "--idle-exit", str(idle_exit), "--submit-retry", str(submit_retry)]  # fmt: skip
-        return info or _launch(directory, options)
+        return info or _launch(directory, _run_options(poll_interval, max_interval, idle_exit, submit_retry))
+
+
+def start_if_work(
+    directory: Path,
+    *,
+    poll_interval: float = POLL_INTERVAL,
+    max_interval: float = MAX_POLL_INTERVAL,
+    idle_exit: float = IDLE_EXIT,
+    submit_retry: float = SUBMIT_RETRY,
+) -> AgentInfo | None:
+    """The watchdog's start (milex_agent.watchdog): the agent of `directory` started detached when
+    none runs, on any node, and its journal holds work; None, having done nothing, otherwise. An agent
+    that runs costs one lock probe; one of another node is left where it is."""
+    from milex_agent.journal import holds_work
+
+    if read_info(directory) is not None or not holds_work(directory / JOURNAL):
+        return None
+    with _starting(directory):
+        if read_info(directory) is not None:  # a command started it meanwhile
+            return None
+        _note(directory, "no agent runs and the journal holds work: the watchdog starts one")
+        return _launch(directory, _run_options(poll_interval, max_interval, idle_exit, submit_retry))
+
+
+def _note(directory: Path, message: str) -> None:
+    """A line in the agent's log (in the agent's own format) from a process that is not the agent."""
+    with open(directory / "agent.log", "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO {message}\n")
+
+
+@contextlib.contextmanager
+def _starting(directory: Path) -> Iterator[None]:
+    """Held while a start looks and launches. Commands starting the agent together queue here (on
+    every node of a shared home): the first starts it, the others then find it."""
+    private_directory(directory)
+    starting = _refused_locks_named(directory, take_lock, directory / "start.lock", wait=True)
+    assert starting is not None  # impossible: a waiting take_lock returns once it holds the lock
+    try:
+        yield
     finally:
         os.close(starting)
+
+
+def _run_options(
+    poll_interval: float, max_interval: float, idle_exit: float, submit_retry: float
+) -> list[str]:
+    """The options of `milex-agent run` for these settings."""
+    return ["--poll-interval", str(poll_interval), "--max-interval", str(max_interval),
+            "--idle-exit", str(idle_exit), "--submit-retry", str(submit_retry)]  # fmt: skip
 
 
 def _of_another_node(directory: Path) -> bool:
@@ -236,7 +277,7 @@ def run(
         raise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sock = _bound_socket_path(directory)
-    journal_path = directory / "journal.sqlite"
+    journal_path = directory / JOURNAL
     journal = Journal(journal_path)
     schedulers = scheduler_cache()
     poller = Poller(journal, schedulers, interval=poll_interval, max_interval=max_interval)

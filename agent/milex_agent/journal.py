@@ -87,6 +87,9 @@ _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  
 IN_DOUBT = ""
 _IN_DOUBT = "job_id = '' AND state = 'SUBMITTED' AND window = 0"
 _IN_SCHEDULER = f"((job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})) AND window = 0"
+# What an agent is there for: a job in the scheduler not yet ended, in doubt, or waiting in the queue.
+# The agent stays while there is some (milex_agent.lifetime); the watchdog starts one for it.
+_WORK = f"SELECT 1 FROM jobs WHERE ({_IN_SCHEDULER}) OR state = 'QUEUED' LIMIT 1"
 # An array too big for SLURM is cut into windows (milex_agent.array_windows): each window is a row of
 # its own (`part_of` its array's key), submitted, polled and looked up as any job, but never shown; the
 # array's own row (`window`: the size it was cut at) is what clients see, its status the windows'
@@ -369,6 +372,10 @@ class Journal:
         """How many jobs wait in the agent's queue."""
         return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'QUEUED'").fetchone()[0])
 
+    def has_work(self) -> bool:
+        """Whether a job is left for an agent: in the scheduler and not ended, in doubt, or queued."""
+        return self.db.execute(_WORK).fetchone() is not None
+
     def in_scheduler(self) -> dict[tuple[str, str], int]:
         """Tasks the scheduler has (or may have: in doubt) and not finished, by (scheduler, machine path)."""
         rows = self.db.execute(
@@ -500,6 +507,25 @@ class Journal:
             parameters += [bundle, f"{_glob_escape(bundle)}_" + "[0-9]" * 14]
         rows = self.db.execute(query + " ORDER BY submitted_at, rowid", parameters)
         return [_tracked(row) for row in rows]
+
+
+def holds_work(path: Path) -> bool:
+    """Whether the journal at `path` has a job left for an agent (`Journal.has_work`), read while no
+    agent runs and without taking the journal over: no migration, no write. None there holds none; a
+    journal this release cannot read as it is (damaged, another schema) is taken to hold some, so
+    that the agent started for it migrates it, or says in its log why it cannot."""
+    if not path.exists():
+        return False
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                return True
+            return db.execute(_WORK).fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return True
 
 
 def _open(path: Path) -> sqlite3.Connection:

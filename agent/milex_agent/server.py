@@ -302,9 +302,7 @@ class AgentServer:
         agent = self.agent
         if self.submitting or agent.watches or agent.log_streams:  # unfinished jobs: reason_to_stop asks
             self.lifetime.busy()
-        reason = self.lifetime.reason_to_stop(
-            lambda: bool(agent.journal.unfinished() or agent.journal.in_doubt() or agent.journal.queued())
-        )
+        reason = self.lifetime.reason_to_stop(agent.journal.has_work)
         if reason and not self.socket.poll(0, zmq.POLLIN):  # a request just in: answer it first
             log.info("stopping: %s", reason)
             agent.stopping = True

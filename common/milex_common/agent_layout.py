@@ -23,6 +23,7 @@ SLURM_CONF_PLACES = (
     "/run/slurm/conf/slurm.conf",  # sackd's cache (configless, 23.11+)
     "/var/spool/slurmd/conf-cache/slurm.conf",  # slurmd's cache (configless)
 )
+JOURNAL = "journal.sqlite"  # the agent's journal, in its directory (milex_agent.journal)
 _CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -64,7 +65,7 @@ def agent_dir(milex_path: str | Path, cluster: str | None = None) -> Path:
     agents = Path(milex_path).expanduser() / "agent"
     directory = agents / (cluster or cluster_name())
     former = agents / node_name()
-    if former != directory and not directory.exists() and (former / "journal.sqlite").exists():
+    if former != directory and not directory.exists() and (former / JOURNAL).exists():
         with contextlib.suppress(FileNotFoundError):  # another node moved it first
             former.rename(directory)
     return directory

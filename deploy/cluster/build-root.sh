@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-root.sh - build (or reuse) the root file system of a test cluster (clusters/NAME.env): its Debian
 # suite (SUITE) with that suite's SLURM (slurmctld, slurmd, slurmdbd, client), munge, MariaDB, sshd,
-# python3, and the login node's users.
+# cron, python3, and the login node's users.
 #
 # Usage: build-root.sh NAME
 #
@@ -23,8 +23,9 @@ MIRROR=${MILEX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ROOT=$CACHE/root
 STAMP_NAME=.milex-cluster-build
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-# The cluster's daemons and clients, and what a login node offers a Milex agent (python3 -m venv).
-PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server
+# The cluster's daemons and clients, and what a login node offers a Milex agent (python3 -m venv, and
+# cron for the agent's watchdog: a user crontab line that starts a killed agent again).
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server cron
     python3 python3-venv procps iproute2)
 
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap, chroot)"

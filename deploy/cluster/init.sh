@@ -1,7 +1,7 @@
 #!/bin/bash
 # init.sh - process 1 of a test cluster's PID namespace (up.sh copies it into the cluster's root as
 # /usr/local/sbin/milex-cN-init): mounts the kernel file systems, names the host, starts
-# munged, MariaDB, slurmdbd, slurmctld, slurmd and sshd, creates the accounting cluster, accounts
+# munged, MariaDB, slurmdbd, slurmctld, slurmd, cron and sshd, creates the accounting cluster, accounts
 # and users, reaps every orphan (finished slurmstepds among them), and on SIGTERM stops the
 # daemons in reverse order and kills what remains. Reads its settings from /etc/milex-cluster.env.
 set -uo pipefail
@@ -153,8 +153,10 @@ main() {
     serve_logins
 }
 
-# serve_logins: start sshd, say ready, then reap until SIGTERM.
+# serve_logins: start cron (users' crontabs: the Milex agent's watchdog) and sshd, say ready, then reap
+# until SIGTERM.
 serve_logins() {
+    start cron /usr/sbin/cron -f
     start sshd /usr/sbin/sshd -D -e
     wait_for sshd bash -c "exec 3<>/dev/tcp/$NODE_ADDR/22"
     date +%s >"$READY"

@@ -1,4 +1,4 @@
-"""`milex agent start|stop|status|deploy`: manage a machine's agent from the laptop."""
+"""`milex agent start|stop|status|deploy|watchdog`: manage a machine's agent from the laptop."""
 
 from __future__ import annotations
 
@@ -64,8 +64,16 @@ def status(machine: str | None) -> None:
     help="With --container: upload this image archive (`podman save -o FILE IMAGE`) and load it there,"
     " unless the machine has that image already.",
 )
+@click.option(
+    "--watchdog/--no-watchdog",
+    default=True,
+    show_default=True,
+    help="Install the agent's watchdog (see `milex agent watchdog`); not with --container.",
+)
 @reports_errors
-def deploy(machine: str | None, wheel: bool, container: bool, image: str, image_archive: Path | None) -> None:
+def deploy(
+    machine: str | None, wheel: bool, container: bool, image: str, image_archive: Path | None, watchdog: bool
+) -> None:
     """Install this version of Milex into the machine's environment, then (re)start its agent;
     or, with --container, start the agent from its container image (podman or docker there; no
     Milex needed there), unless it runs from that image already."""
@@ -78,7 +86,20 @@ def deploy(machine: str | None, wheel: bool, container: bool, image: str, image_
         return
     from milex.machine.lifecycle import deploy_agent
 
-    click.echo(deploy_agent(_machine(machine), upload_wheel=wheel))
+    click.echo(deploy_agent(_machine(machine), upload_wheel=wheel, watchdog=watchdog))
+
+
+@agent_group.command("watchdog")
+@machine_option
+@click.option("--remove", is_flag=True, help="Take the watchdog out of your crontab there.")
+@reports_errors
+def watchdog(machine: str | None, remove: bool) -> None:
+    """Install the agent's watchdog on the machine's login node: a line of your crontab there that
+    starts the agent again within a minute when it is not running and has jobs left to submit or
+    watch, with no command from here (`milex agent deploy` installs it too)."""
+    from milex.machine.watchdog import watchdog as set_watchdog
+
+    click.echo(set_watchdog(_machine(machine), remove=remove))
 
 
 def _machine(name: str | None) -> Machine:

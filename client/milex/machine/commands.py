@@ -23,23 +23,45 @@ def remote_agent_command(machine: Machine, action: str) -> str:
     idle exit is passed only when the environment sets it: an agent older than that option then
     still starts, with its own default (a container's agent never leaves when idle).
     """
-    command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
-    if machine.state_dir is not None:  # only then: an agent older than the key still starts without it
-        command += f" --state-dir {shell_path(machine.state_dir)}"
+    command = agent_command(machine, action)
     boxed = container_command(machine, action)
     if action == "start":
-        settings = start_settings()
-        intervals = f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
-        command += intervals
-        boxed += f"{intervals} --info"
-        if IDLE_EXIT_ENV in os.environ:
-            command += f" --idle-exit {settings['idle_exit']}"
+        command += _start_options()
+        boxed += f"{_intervals()} --info"
     script = shell_path(container_script(machine))
     command = f"if [ -f {script} ]; then {boxed}; else {command}; fi"
     if action == "start":
         dirs = " ".join(shell_path(f"{machine.path}/{name}") for name in MACHINE_DIRS)
         command = f"mkdir -p {dirs} && {command}"
     return in_environment(machine, command)
+
+
+def watchdog_command(machine: Machine) -> str:
+    """What the machine's crontab runs every minute (milex_agent.watchdog): the agent's start as the
+    laptop runs it, in the machine's environment, when no agent runs and its journal holds work
+    (`--if-work`); nothing where the agent runs in its container, whose engine restarts it."""
+    start = f"{agent_command(machine, 'start')}{_start_options()} --if-work"
+    return in_environment(machine, f"if [ ! -f {shell_path(container_script(machine))} ]; then {start}; fi")
+
+
+def agent_command(machine: Machine, action: str) -> str:
+    """`milex-agent ACTION` for the agent of `machine` (its path, and its state_dir if it has one)."""
+    command = f"milex-agent {action} --path {shlex.quote(machine.path)}"
+    if machine.state_dir is not None:  # only then: an agent older than the key still starts without it
+        command += f" --state-dir {shell_path(machine.state_dir)}"
+    return command
+
+
+def _intervals() -> str:
+    settings = start_settings()
+    return f" --poll-interval {settings['poll_interval']} --max-interval {settings['max_interval']}"
+
+
+def _start_options() -> str:
+    """The options the laptop starts an agent with: its intervals, and its idle exit when set."""
+    if IDLE_EXIT_ENV not in os.environ:
+        return _intervals()
+    return f"{_intervals()} --idle-exit {start_settings()['idle_exit']}"
 
 
 def remote_relay(machine: Machine) -> str:

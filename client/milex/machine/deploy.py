@@ -21,13 +21,15 @@ from milex.machine.commands import (
 from milex.machine.settings import client_version, poll_settings
 from milex.machine.shell import Shell, machine_shell
 from milex.machine.tunnel.control import stop_tunnel
+from milex.machine.watchdog import install_watchdog
 from milex.machine.wheelhouse import install_from_wheels
 from milex_common.errors import MilexError
 
 
-def deploy(machine: Machine, *, upload_wheel: bool) -> str:
+def deploy(machine: Machine, *, upload_wheel: bool, watchdog: bool = True) -> str:
     """Install this Milex version into the machine's environment (index or uploaded wheel), create
-    its directories, and restart its agent so the new version serves."""
+    its directories, and restart its agent so the new version serves; with `watchdog`, install the
+    agent's watchdog too (milex.machine.watchdog: where it cannot be, the deploy says why)."""
     with machine_shell(machine) as session:
         if upload_wheel:
             install_from_wheels(session, machine)
@@ -38,8 +40,16 @@ def deploy(machine: Machine, *, upload_wheel: bool) -> str:
                 raise MilexError(f"on {machine.name}: `{install}` exited {code}:\n{(err or out).strip()}")
         session.exec(remote_agent_command(machine, "stop"))  # in its container, if it runs in one
         session.exec(f"rm -f {shell_path(container_script(machine))}")  # from now on, outside one
+        said = [
+            f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
+        ]
+        if watchdog:
+            try:
+                said.append(install_watchdog(session, machine))
+            except MilexError as error:  # the agent is installed all the same
+                said.append(str(error))
     stop_tunnel(machine.name)  # the next command reconnects and starts the new agent
-    return f"milex-scheduler {client_version()} installed on {machine.name}; its agent restarts on next use"
+    return "\n".join(said)
 
 
 def deploy_container(machine: Machine, *, image: str, archive: Path | None = None) -> str:

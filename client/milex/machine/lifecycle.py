@@ -10,8 +10,9 @@ from milex.machine import container, deploy
 from milex.machine.commands import remote_agent_command
 from milex.machine.endpoint import connect
 from milex.machine.settings import client_version, poll_settings
-from milex.machine.shell import run_remote
+from milex.machine.shell import machine_shell, run_remote
 from milex.machine.tunnel.control import stop_tunnel
+from milex.machine.watchdog import watchdog_state
 
 
 def start_agent(machine: Machine) -> str:
@@ -29,7 +30,11 @@ def stop_agent(machine: Machine) -> str:
         # itself: left up, it would start the agent again at its next reconnection.
         stopped = run_remote(machine, remote_agent_command(machine, "stop"))
         stop_tunnel(machine.name)
-        return f"{stopped}\n(its tunnel is down too; the next command that needs the agent starts both)"
+        return (
+            f"{stopped}\n(its tunnel is down too; the next command that needs the agent starts both, and so"
+            " does its watchdog within a minute while jobs are left, unless `milex agent watchdog --remove`"
+            " takes it out)"
+        )
     from milex.machine.local import stop_local_agent  # the agent's code: only for a local machine
 
     info = stop_local_agent(machine)
@@ -37,6 +42,7 @@ def stop_agent(machine: Machine) -> str:
 
 
 def agent_status(machine: Machine) -> str:
+    """Whether the machine's agent runs, its version and where; for a remote machine, its watchdog."""
     if not machine.is_remote:
         from milex.machine.local import local_agent_info  # the agent's code: only for a local machine
 
@@ -44,14 +50,18 @@ def agent_status(machine: Machine) -> str:
             return f"no agent running for {machine.name}"
     with connect(machine) as connection:
         hello = connection.hello(client_version())
-    return (
+    said = (
         f"agent {hello.agent_version} (protocol {hello.protocol}) running as {hello.user} on "
         f"{hello.host}, pid {hello.pid}; {hello.last_seq} events recorded"
     )
+    if machine.is_remote:
+        with machine_shell(machine) as shell:
+            said += f"\n{watchdog_state(shell, machine)}"
+    return said
 
 
-def deploy_agent(machine: Machine, *, upload_wheel: bool) -> str:
-    return deploy.deploy(machine, upload_wheel=upload_wheel)
+def deploy_agent(machine: Machine, *, upload_wheel: bool, watchdog: bool = True) -> str:
+    return deploy.deploy(machine, upload_wheel=upload_wheel, watchdog=watchdog)
 
 
 def deploy_container(machine: Machine, *, image: str, archive: Path | None = None) -> str:
