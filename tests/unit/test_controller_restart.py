@@ -29,10 +29,12 @@ def journal_ids(journal: Journal) -> dict[str, str]:
     return {name: job.job_id for name in JOBS if (job := journal.find(KEY.format(name))) is not None}
 
 
-def all_submitted(served: Served) -> bool:
-    return all(job_id for job_id in journal_ids(served.agent.journal).values()) and len(
-        journal_ids(served.agent.journal)
-    ) == len(JOBS)
+def all_submitted(served: Served, unlike: dict[str, str] | None = None) -> bool:
+    """Whether every job has an id (with `unlike`: those it names, another than there), read at once."""
+    ids = journal_ids(served.agent.journal)
+    if len(ids) < len(JOBS) or not all(ids.values()):
+        return False
+    return all(ids[name] != job_id for name, job_id in (unlike or {}).items())
 
 
 def assert_each_once_in_order(served: Served) -> None:
@@ -88,7 +90,7 @@ def test_jobs_lost_while_the_agent_was_away_are_submitted_again_when_it_starts(t
     assert fake.restart(forget=2) == [before["d"], before["e"]]  # their ids go to others
     assert fake.add() == before["d"]  # someone else's job now has d's old id
     with serving(journal, fake, tmp_path, "second") as second:
-        wait_until(lambda: all_submitted(second) and journal_ids(journal)["d"] != before["d"])
+        wait_until(lambda: all_submitted(second, unlike={"d": before["d"], "e": before["e"]}))
         assert_each_once_in_order(second)
         assert {name: journal_ids(journal)[name] for name in "abc"} == {name: before[name] for name in "abc"}
     journal.close()
@@ -125,10 +127,10 @@ def test_a_job_accepted_while_the_controller_restarted_waiting_for_a_lost_id_is_
     running.fake.waited_through = {"d": 2}  # d waits for c's old id, which went to someone else
     running.fake.taken_meanwhile, running.fake.retry_delay = 2, 0.2
     running.submit(running.connect(), *JOBS)
-    wait_until(lambda: all_submitted(running) and running.fake.cancelled)
+    wait_until(lambda: bool(running.fake.cancelled))
     [first_d] = [call.job_id for call in running.fake.calls if call.job == "d"][:1]
     assert running.fake.cancelled == [[first_d]]
-    wait_until(lambda: journal_ids(running.agent.journal)["d"] != first_d)
+    wait_until(lambda: all_submitted(running, unlike={"d": first_d}))
     assert_each_once_in_order(running)
 
 
