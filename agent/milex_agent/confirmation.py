@@ -79,7 +79,12 @@ class Confirmation:
         if not future.done():
             return []
         self.looking = None
-        lost = self.backoff.outcome(future)
+        try:
+            lost = self.backoff.outcome(future)
+        except Exception:  # a defect: logged, and the check tried again later (the agent never dies of it)
+            log.exception("confirming the jobs the scheduler accepted failed")
+            self.backoff.failed()
+            return []
         if isinstance(lost, SchedulerError):
             log.warning("confirming the jobs the scheduler accepted failed: %s", lost)
             return []

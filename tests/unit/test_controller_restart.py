@@ -160,3 +160,13 @@ def test_an_id_well_below_those_given_out_before_is_a_sign_of_restart():
     assert not watch.confirm_due
     watch.accepted("slurm", ["1001"])  # the counter went back: the controller restarted
     assert watch.confirm_due
+
+
+def test_a_check_that_fails_unexpectedly_is_logged_and_tried_again(running, caplog):
+    running.submit(running.connect(), "a")
+    running.fake.errors["lookup"] = KeyError("a defect")  # the check's boot_time raises it
+    running.agent.controller.suspect()
+    wait_until(lambda: "confirming the jobs the scheduler accepted failed" in caplog.text)
+    del running.fake.errors["lookup"]
+    wait_until(lambda: not running.agent.controller.confirm_due)
+    assert running.thread is not None and running.thread.is_alive()
