@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from milex_common.agent_layout import node_name
@@ -93,10 +94,19 @@ def read_crontab() -> str:
 
 
 def write_crontab(text: str) -> None:
-    """Replace the user's crontab with `text` (`crontab -` checks it first: nothing half-written)."""
-    done = _crontab("-", stdin=text)
-    if done.returncode != 0:
-        raise _refused("crontab -", done)
+    """Replace the user's crontab with `text` (`crontab -` checks it first: nothing half-written).
+
+    cron (vixie's, Debian's) notices a new crontab by the mtime of its spool, in whole seconds, when
+    it wakes each minute: one written in the very second cron read the spool, after another write of
+    that second, goes unnoticed until the next change (seen on the test clusters: the old crontab
+    ran on). So it is written again in a later second, which cron always notices.
+    """
+    for again in (False, True):
+        if again:
+            time.sleep(1.01 - time.time() % 1)
+        done = _crontab("-", stdin=text)
+        if done.returncode != 0:
+            raise _refused("crontab -", done)
 
 
 def _crontab(*arguments: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -201,15 +201,19 @@ SBATCH_WRAPPER = (
 @pytest.fixture(scope="session", params=CLUSTERS)
 def login_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LoginNode:
     """A cluster's login node, set up as a user would: a venv of their own, Milex installed in it by
-    `milex agent deploy --wheel` from a laptop (the login node has no route to a package index)."""
+    `milex agent deploy --wheel` from a laptop (the login node has no route to a package index). No
+    watchdog: cron would start again the agents tests kill or stop (tests/e2e/test_watchdog.py
+    installs it); an empty crontab, whatever a killed run left there."""
     node = LoginNode.of(request.param)
     node.set_link(up=True)  # a run killed while the link was cut left it down
     node.lift_limits()
-    node.sh("rm -rf ~/milex ~/venv ~/bin ~/sbatch-delay && mkdir ~/bin && python3 -m venv ~/venv")
+    node.sh("crontab -r 2>/dev/null; rm -rf ~/milex ~/venv ~/bin ~/sbatch-delay && mkdir ~/bin")
+    node.sh("python3 -m venv ~/venv")
     node.write("bin/sbatch", SBATCH_WRAPPER)
     node.sh("chmod 755 ~/bin/sbatch")
     installer = remote_laptop(tmp_path_factory.mktemp(f"installer-{node.cluster}"), node)
-    deployed = installer.milex("milex", "agent", "deploy", "--machine", REMOTE, "--wheel")
+    deploy = ("milex", "agent", "deploy", "--machine", REMOTE, "--wheel", "--no-watchdog")
+    deployed = installer.milex(*deploy)
     assert f"installed on {REMOTE}" in deployed.stdout, deployed.stdout
     node.install_wheel(example_wheel(tmp_path_factory.mktemp("example")), venv="~/venv")
     installer.milex("milex", "tunnel", "down", "--machine", REMOTE)

@@ -26,7 +26,7 @@ def deploying(laptop: MilexHome, login_node: LoginNode) -> Iterator[MilexHome]:
     use_login_node(laptop, login_node.alias, venv=VENV, path=PATH)
     yield laptop
     laptop.milex("milex", "agent", "stop", "--machine", REMOTE, check=False)
-    login_node.sh(remove)
+    login_node.sh(f"crontab -r 2>/dev/null; {remove}")  # the watchdog a deploy installed too
 
 
 def left_wheel_dirs(node: LoginNode) -> str:
@@ -43,9 +43,10 @@ def test_deploy_with_wheel_installs_from_uploaded_wheels_and_replaces_an_older_b
     result = laptop.milex("milex", "agent", "deploy", "--machine", REMOTE, "--wheel")
 
     assert f"installed on {REMOTE}" in result.stdout
+    assert "watchdog installed in your crontab" in result.stdout, result.stdout  # by default
     assert left_wheel_dirs(node) == ""
     status = laptop.milex("milex", "agent", "status", "--machine", REMOTE).stdout
-    assert f"running as {node.user}" in status, status
+    assert f"running as {node.user}" in status and "watchdog: installed" in status, status
     pid = status.split(", pid ")[1].split(";")[0]
     command = node.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     assert command.startswith(f"{node.home}/deploy-test-venv/bin/python3 -m milex_agent"), command

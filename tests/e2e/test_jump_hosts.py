@@ -144,6 +144,7 @@ def mfa_laptop(laptop: MilexHome, bastions: Bastions, monkeypatch: pytest.Monkey
     agent = bastions.node.agent_info()
     if agent is not None:
         bastions.node.kill(agent["pid"], "TERM")
+    bastions.node.sh("crontab -r 2>/dev/null || true")  # the watchdog a deploy installed
 
 
 def tunnel_up_on_a_terminal(laptop: MilexHome, bastions: Bastions) -> str:
