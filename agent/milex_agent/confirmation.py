@@ -114,9 +114,10 @@ class Confirmation:
         controller with the lost job's id, which may now be another job's; and those after it), and
         queue them again; the (key, id) of each."""
         journal = self.agent.journal
+        waiting = _waiting_for(journal, lost)
         dependents: dict[tuple[str, str], list[tuple[str, str]]] = {}  # scheduler group -> (key, id)
         for row in journal.unfinished():
-            if row.job.key in lost or not _waits_for(journal, row.job.key, lost):
+            if row.job.key in lost or row.job.key.partition(WINDOW_MARK)[0] not in waiting:
                 continue
             dependents.setdefault((row.scheduler, row.machine_path), []).append((row.job.key, row.job.job_id))
         cancelled: list[tuple[str, str]] = []
@@ -155,24 +156,28 @@ class Confirmation:
         return lost
 
 
-def _waits_for(journal: Journal, key: str, lost: list[str]) -> bool:
-    """Whether job `key` depends, directly or not, on one of the `lost` jobs of its request."""
-    own = key.partition(WINDOW_MARK)[0]
-    body = journal.request_of(own)
-    if body is None:
-        return False
-    request = msgspec.msgpack.decode(body, type=SubmitBundle)
-    names = {request_key: name for name, request_key in request.keys.items()}
-    lost_names = {names[k.partition(WINDOW_MARK)[0]] for k in lost if k.partition(WINDOW_MARK)[0] in names}
-    if own not in names or not lost_names:
-        return False
-    seen, todo = set(), [names[own]]
-    while todo:
-        name = todo.pop()
-        for dependency in request.bundle.jobs[name].dependencies:
-            if dependency in lost_names:
-                return True
-            if dependency not in seen:
-                seen.add(dependency)
-                todo.append(dependency)
-    return False
+def _waiting_for(journal: Journal, lost: list[str]) -> set[str]:
+    """The keys of the jobs that depend, directly or not, on one of the `lost` jobs of their request
+    (each request read once)."""
+    lost_by_request: dict[bytes, set[str]] = {}
+    for key in lost:
+        own = key.partition(WINDOW_MARK)[0]
+        body = journal.request_of(own)
+        if body is not None:
+            lost_by_request.setdefault(body, set()).add(own)
+    waiting: set[str] = set()
+    for body, lost_keys in lost_by_request.items():
+        request = msgspec.msgpack.decode(body, type=SubmitBundle)
+        dependents: dict[str, list[str]] = {}
+        for name, job in request.bundle.jobs.items():
+            for dependency in job.dependencies:
+                dependents.setdefault(dependency, []).append(name)
+        todo = [name for name, key in request.keys.items() if key in lost_keys]
+        seen = set(todo)
+        while todo:
+            for dependent in dependents.get(todo.pop(), ()):
+                if dependent not in seen:
+                    seen.add(dependent)
+                    waiting.add(request.keys[dependent])
+                    todo.append(dependent)
+    return waiting
