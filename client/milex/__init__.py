@@ -1,7 +1,7 @@
 """Milex: schedule, run and watch reproducible jobs on SLURM clusters.
 
 The Python API, imported lazily so that `import milex` stays cheap: `schedule`, `run`,
-`submit`, `preview`, `wait`, `refresh`, `make_job`, and the model types `Job`, `SlurmOptions`.
+`submit`, `preview`, `wait`, `refresh`, `make_job`, `rerun`, and the model types `Job`, `SlurmOptions`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ __all__ = [
     "make_job",
     "preview",
     "refresh",
+    "rerun",
     "run",
     "schedule",
     "submit",
@@ -27,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from milex_common import model
 
         return getattr(model, name)
+    if name == "rerun":
+        from milex import reruns
+
+        return reruns.rerun
     if name in __all__:
         from milex import api
 

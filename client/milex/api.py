@@ -210,24 +210,21 @@ def submit_bundle(
     *,
     while_waiting: Callable[[], None] = lambda: None,
     progress: Callable[[SubmitProgress], None] | None = None,
+    submission: Submission | None = None,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit a loaded bundle and keep a record of the submission beside it, even a partial one.
 
     `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped);
-    `progress` gets each SubmitProgress the agent sends meanwhile.
+    `progress` gets each SubmitProgress the agent sends meanwhile. `submission`: the run's record
+    made beforehand (a rerun's, saved as pending before it is sent), completed here.
     """
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
     config = config or load_config()
     machine = config.machine(machine_name)
     settings = _with_overrides(machine, overrides)
-    submission = Submission(
-        bundle=bundle.stem,
-        machine=machine.name,
-        submitted_at=dt.datetime.now().isoformat(timespec="seconds"),
-        run_id=new_run_id(),
-    )
+    submission = submission or new_submission(bundle, machine.name)
 
     def record(job: TrackedJob) -> None:
         submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
@@ -237,13 +234,24 @@ def submit_bundle(
         submitter_for(machine).submit(
             bundle, settings, record, while_waiting, run_id=submission.run_id, on_progress=progress
         )
+        submission.pending = False
     except SubmitError as error:
-        submission.error = str(error)
+        submission.error, submission.pending = str(error), False
         raise
     finally:
-        if submission.jobs or submission.error:
+        if not submission.pending and (submission.jobs or submission.error):
             _save(config.jobs_dir, submission)
     return submission
+
+
+def new_submission(bundle: Bundle, machine: str) -> Submission:
+    """The record of a new run of `bundle` on `machine`, with a run id of its own."""
+    return Submission(
+        bundle=bundle.stem,
+        machine=machine,
+        submitted_at=dt.datetime.now().isoformat(timespec="seconds"),
+        run_id=new_run_id(),
+    )
 
 
 def _save(jobs_dir: Path, submission: Submission) -> None:

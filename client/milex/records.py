@@ -46,6 +46,10 @@ class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str = ""
     jobs: dict[str, SubmittedJobRecord] = {}
     error: str = ""
+    # A rerun (client/milex/rerun.py): the run it repeats, and while its request may not have reached
+    # the agent, `pending`: written before it is sent, so an interrupted rerun is resumed, not doubled.
+    rerun_of: str = ""
+    pending: bool = False
 
     @property
     def identity(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from milex.cli.agent import agent_group
 from milex.cli.config import config_group, configuration
 from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
+from milex.cli.rerun import rerun
 from milex.cli.run import run
 from milex.cli.schedule import schedule
 from milex.cli.tunnel import tunnel_group
@@ -25,6 +26,7 @@ milex.add_command(configuration)
 milex.add_command(config_group)
 milex.add_command(schedule)
 milex.add_command(run)
+milex.add_command(rerun)
 milex.add_command(list_records)
 milex.add_command(status)
 milex.add_command(logs)

@@ -39,6 +39,8 @@ def print_submission(submission: Submission, states: Mapping[str, JobStatus] | N
         max([len(column)] + [len(str(_text(row[i]))) for row in rows]) for i, column in enumerate(_COLUMNS)
     ]
     run = f" (run {submission.run_id})" if submission.run_id else ""
+    if submission.rerun_of:
+        run = f" (run {submission.run_id}, rerun of {submission.rerun_of})"
     click.echo(f"{submission.bundle} on {submission.machine}{run}")
     click.echo(
         "  ".join(column.ljust(width) for column, width in zip(_COLUMNS, widths, strict=True)).rstrip()
