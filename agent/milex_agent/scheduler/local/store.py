@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from milex_common.files import atomic_write, is_locked
-from milex_common.model import JobState, JobStatus
+from milex_common.model import JobState, JobStatus, TaskStatus
 
 # The files of one job directory, `STATE_DIR/JOB_ID/`.
 SPEC_FILE = "spec.json"  # LocalJobSpec, written once at submission
@@ -81,8 +81,14 @@ def read_status(state_dir: Path, job_id: str) -> JobStatus:
         return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
     record = read_record(job_dir)
     if not record.state.finished and not runner_alive(job_dir):
-        return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED)
+        tasks = ended_tasks(record.tasks, JobState.FAILED)
+        return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED, tasks=tasks)
     return record.status()
+
+
+def ended_tasks(tasks: list[TaskStatus], state: JobState) -> list[TaskStatus]:
+    """An array's tasks once the job has ended in `state` without them: those not finished end so."""
+    return [task if task.state.finished else TaskStatus(index=task.index, state=state) for task in tasks]
 
 
 def runner_alive(job_dir: Path) -> bool:
