@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import msgspec
 
 from milex_agent.scheduler.slurm.output import combine_tasks
-from milex_common.model import JobStatus, TaskStatus, merge_tasks
+from milex_common.model import JobState, JobStatus, TaskStatus, merge_tasks
 
 _encoder = msgspec.msgpack.Encoder()
 _tasks_decoder = msgspec.msgpack.Decoder(list[TaskStatus])
@@ -40,8 +40,10 @@ def decode_task(blob: bytes | None) -> list[TaskStatus]:
 
 def polled(known: Sequence[TaskStatus], status: JobStatus) -> JobStatus:
     """`status` as the scheduler reported it, with the tasks known before merged in. Once the array
-    has ended, a task it no longer lists unfinished ended with it (in its state), and the array's
-    state is its tasks' together: a task that failed and was forgotten still makes it fail."""
+    has ended, a task it no longer lists unfinished ended with it: one not started was cancelled
+    (SLURM 22.05 prints an array's cancelled pending tasks as one row without index:
+    slurm_captured/tasks/2205acct/squeue_cancelled.txt), one that ran ended as the array did; and the
+    array's state is its tasks' together: a task that failed and was forgotten still makes it fail."""
     if not status.tasks:
         return JobStatus(
             job_id=status.job_id,
@@ -53,14 +55,21 @@ def polled(known: Sequence[TaskStatus], status: JobStatus) -> JobStatus:
     tasks = merge_tasks(known, status.tasks)
     if not status.state.finished:
         return JobStatus(
-            job_id=status.job_id, state=status.state, exit_code=status.exit_code, reason=status.reason, tasks=tasks
+            job_id=status.job_id,
+            state=status.state,
+            exit_code=status.exit_code,
+            reason=status.reason,
+            tasks=tasks,
         )
-    tasks = [
-        task if task.state.finished else TaskStatus(index=task.index, state=status.state, reason=task.reason)
-        for task in tasks
-    ]
+    tasks = [task if task.state.finished else _ended(task, status.state) for task in tasks]
     combined = combine_tasks(status.job_id, tasks)
     return msgspec.structs.replace(combined, reason=status.reason or combined.reason)
+
+
+def _ended(task: TaskStatus, state: JobState) -> TaskStatus:
+    if task.state is JobState.RUNNING:
+        return TaskStatus(index=task.index, state=state, reason=task.reason)
+    return TaskStatus(index=task.index, state=JobState.CANCELLED, reason=task.reason)
 
 
 def changed(known: Sequence[TaskStatus], tasks: Sequence[TaskStatus]) -> list[TaskStatus]:

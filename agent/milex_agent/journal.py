@@ -524,8 +524,10 @@ class Journal:
         )
         events = []
         for row in rows:
-            event = msgspec.convert({name: row[name] for name in row.keys() if name != "task"}, Event)
-            event.tasks = array_tasks.decode_task(row["task"])
+            fields = dict(row)
+            task = fields.pop("task")
+            event = msgspec.convert(fields, Event)
+            event.tasks = array_tasks.decode_task(task)
             events.append(event)
         return events
 

@@ -47,7 +47,7 @@ class TaskRow(NamedTuple):
     state: JobState
     reason: str
     exit_code: int | None  # as the row printed it, decoded; combine() decides whether it counts
-    index: str = ""  # an array's task index (`4`), or its tasks not started yet (`[5-9%2]`, `5-9`)
+    array_task: str = ""  # an array's task index (`4`), or its tasks not started yet (`[5-9%2]`, `5-9`)
 
 
 def signal_exit_code(signal: int) -> int:
@@ -105,7 +105,7 @@ def _squeue_row(line: str) -> TaskRow:
         state=JobState.from_slurm(state),
         reason="" if reason == "None" else reason,
         exit_code=squeue_exit_code(exit_code),
-        index="" if index == "N/A" else index,
+        array_task="" if index == "N/A" else index,
     )
 
 
@@ -176,7 +176,7 @@ def task_statuses(rows: Iterable[TaskRow]) -> list[TaskStatus]:
     ended it, 0 once it completed."""
     tasks: dict[int, TaskStatus] = {}
     for row in rows:
-        for index in task_indices(row.index):
+        for index in task_indices(row.array_task):
             tasks[index] = TaskStatus(
                 index=index, state=row.state, exit_code=_task_exit_code(row), reason=row.reason
             )
