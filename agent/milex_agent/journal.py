@@ -421,7 +421,7 @@ class Journal:
                     continue
                 status = array_tasks.polled(known.tasks, status)
                 if status.tasks != known.tasks:  # before the array's own event: a wait ends at that
-                    self._record_tasks(key, known.tasks, status)
+                    self._record_tasks(key, known, status.tasks)
                 if (known.state, known.exit_code) == (status.state, status.exit_code):
                     if known.reason != status.reason:  # a new reason alone (Priority -> Resources): no event
                         self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
@@ -447,21 +447,23 @@ class Journal:
             recorded.update({row["key"]: _status(row) for row in rows})
         return recorded
 
-    def _record_tasks(self, key: str, known: list[TaskStatus], status: JobStatus) -> None:
-        """Keep the job's tasks (`status.tasks`), and number each task's change as an event carrying
-        the task and the job's `status`; a window's tasks make none: its array's change with them."""
+    def _record_tasks(self, key: str, known: JobStatus, tasks: list[TaskStatus]) -> None:
+        """Keep the job's `tasks`, and number each task's change as an event carrying the task and the
+        job's status as it stood (`known`): its own change, if any, is the event after them, so that a
+        client that stops at the job's end has taken every task first. A window's tasks make none:
+        its array's change with them."""
         self.db.execute(
-            "UPDATE jobs SET task_states = ? WHERE key = ?", (array_tasks.encode_tasks(status.tasks), key)
+            "UPDATE jobs SET task_states = ? WHERE key = ?", (array_tasks.encode_tasks(tasks), key)
         )
         part_of = self.db.execute("SELECT part_of FROM jobs WHERE key = ?", (key,)).fetchone()
         if part_of is not None and part_of[0]:
             self._touched.add(part_of[0])
             return
         now = time.time()
-        changes = array_tasks.changed(known, status.tasks)
+        changes = array_tasks.changed(known.tasks, tasks)
         self.db.executemany(
             "INSERT INTO events (key, state, exit_code, reason, time, task) VALUES (?,?,?,?,?,?)",
-            [(key, status.state.value, status.exit_code, status.reason, now, array_tasks.encode_task(task))
+            [(key, known.state.value, known.exit_code, known.reason, now, array_tasks.encode_task(task))
              for task in changes],
         )  # fmt: skip
         self._new += len(changes)
@@ -509,10 +511,10 @@ class Journal:
             self.db.execute("UPDATE jobs SET job_id = ? WHERE key = ?", (job_id, key))
             if known is None:
                 continue
-            known_tasks = array_tasks.decode_tasks(known["task_states"])
-            if status.tasks and status.tasks != known_tasks:
-                self._record_tasks(key, known_tasks, status)
-            if (known["state"], known["exit_code"]) != (status.state.value, status.exit_code):
+            before = _status(known)
+            if status.tasks and status.tasks != before.tasks:
+                self._record_tasks(key, before, status.tasks)
+            if (before.state, before.exit_code) != (status.state, status.exit_code):
                 self._record(key, status)
         self._touched.clear()
 

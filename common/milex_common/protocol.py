@@ -132,8 +132,8 @@ class TrackedJob(JobStatus):
 
 class Event(JobStatus):
     """A change of a job's state (its new status), numbered in the order the agent saw it. An event of
-    an array's task carries that task alone in `tasks` (and its array's status then): `take` merges
-    it in."""
+    an array's task carries that task alone in `tasks`, and its array's status as it stood before the
+    array's own event that may follow: `take` merges the task in."""
 
     seq: int
     key: str

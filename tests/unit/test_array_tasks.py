@@ -23,7 +23,7 @@ from milex_common.protocol import Event, TrackedJob, watched
 CAPTURED = Path(__file__).parent / "slurm_captured" / "tasks"
 JOURNALS = Path(__file__).parent / "journals"
 PENDING, RUNNING, COMPLETED, FAILED = JobState.PENDING, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED
-CANCELLED = JobState.CANCELLED
+CANCELLED, SUBMITTED = JobState.CANCELLED, JobState.SUBMITTED
 
 
 def task(index: int, state: JobState, exit_code: int | None = None, reason: str = "") -> TaskStatus:
@@ -159,12 +159,12 @@ def array(job_id: str, state: JobState, *tasks: TaskStatus, exit_code: int | Non
     return JobStatus(job_id=job_id, state=state, exit_code=exit_code, tasks=list(tasks))
 
 
-def test_each_task_change_is_an_event_carrying_that_task_and_the_array_status(journal):
+def test_each_task_change_is_an_event_carrying_that_task_then_the_array_its_own(journal):
     submit(journal, "b/fan/r", "7")
     first = journal.update([("b/fan/r", array("7", PENDING, task(0, PENDING), task(1, PENDING)))])
     assert [(e.state, e.tasks) for e in first] == [
-        (PENDING, [task(0, PENDING)]),
-        (PENDING, [task(1, PENDING)]),
+        (SUBMITTED, [task(0, PENDING)]),  # the array's status as it stood
+        (SUBMITTED, [task(1, PENDING)]),
         (PENDING, []),  # the array's own change, after its tasks'
     ]
     # A new reason alone makes no event; one task's change makes one.
@@ -173,20 +173,27 @@ def test_each_task_change_is_an_event_carrying_that_task_and_the_array_status(jo
     )
     assert steady == []
     started = journal.update([("b/fan/r", array("7", RUNNING, task(0, RUNNING), task(1, PENDING)))])
-    assert [(e.state, e.tasks) for e in started] == [(RUNNING, [task(0, RUNNING)]), (RUNNING, [])]
+    assert [(e.state, e.tasks) for e in started] == [(PENDING, [task(0, RUNNING)]), (RUNNING, [])]
     # squeue forgets task 0 (MinJobAge) after it failed; task 1 ends last: the array failed.
     journal.update([("b/fan/r", array("7", RUNNING, task(0, FAILED, 3), task(1, RUNNING)))])
     ended = journal.update([("b/fan/r", array("7", COMPLETED, task(1, COMPLETED, 0), exit_code=0))])
     assert [(e.state, e.exit_code, e.tasks) for e in ended] == [
-        (FAILED, 3, [task(1, COMPLETED, 0)]),
+        (RUNNING, None, [task(1, COMPLETED, 0)]),
         (FAILED, 3, []),
     ]
+    # A client that stops at the array's end (wait) has taken every task by then.
+    seen = JobStatus(job_id="7", state=JobState.SUBMITTED)
+    for event in journal.events_since(0):
+        if seen.state.finished:
+            break
+        seen.take(event)
+    assert seen.tasks == [task(0, FAILED, 3), task(1, COMPLETED, 0)]
     [job] = journal.jobs()
     assert (job.state, job.exit_code, job.tasks) == (FAILED, 3, [task(0, FAILED, 3), task(1, COMPLETED, 0)])
     assert job.failed_tasks() == [0]
     # A watch that did not ask for tasks (an older client) sees the array's own events alone.
     replay = journal.events_since(0)
-    assert [e.state for e in watched(replay, tasks=False)] == [JobState.SUBMITTED, PENDING, RUNNING, FAILED]
+    assert [e.state for e in watched(replay, tasks=False)] == [SUBMITTED, PENDING, RUNNING, FAILED]
     assert len(watched(replay, tasks=True)) == len(replay) == 4 + 6
 
 

@@ -91,11 +91,12 @@ def test_status_shows_an_array_as_one_line_with_its_counts(agent):
 def test_status_tasks_lists_each_task_with_its_state_and_exit_code(agent):
     result = CliRunner().invoke(status, ["b", "--tasks"])
     assert result.exit_code == 0, result.output
-    rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if "14_" in line]
-    cells = [[cell.strip() for cell in row] for row in rows]
-    assert [(c[2], c[3], c[4], c[5]) for c in cells] == [
-        (f"14_{t.index}", str(t.index), t.state.value, "" if t.exit_code is None else str(t.exit_code))
-        for t in TEN
+    listed = result.stdout.partition("tasks of b on local")[2]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]] for line in listed.splitlines() if "│ fan " in line
+    ]
+    assert [tuple(row[1:5]) for row in rows] == [
+        ("14", str(t.index), t.state.value, "" if t.exit_code is None else str(t.exit_code)) for t in TEN
     ]
 
 
@@ -119,14 +120,16 @@ def test_a_watch_updates_the_counts_as_task_events_come(milex_config, monkeypatc
             )
 
         yield event(4, RUNNING, task(0, COMPLETED, 0))
-        yield event(5, FAILED, task(1, FAILED, 2))
+        yield event(5, RUNNING, task(1, FAILED, 2))  # a task's event: the array's status as it stood
         yield event(6, FAILED)
         yield None
 
     monkeypatch.setattr("milex.watch.follow_events", follow_events)
     result = CliRunner().invoke(status, ["b", "--watch"])
     assert result.exit_code == 0, result.output
-    assert "b_1 fan 14 RUNNING: 1/2 done, 1 running\n" in result.stdout
+    assert (
+        "b_1 fan 14 RUNNING: 1/2 done, 1 running\nb_1 fan 14 RUNNING: 1/2 done, 1 failed\n" in result.stdout
+    )
     assert "b_1 fan 14 FAILED: 1/2 done, 1 failed\n" in result.stdout
 
 
@@ -169,3 +172,34 @@ def test_a_cancelled_local_array_cancels_the_tasks_not_ended(local, tmp_path):
     local.cancel([job_id])
     cancelled = local.states([job_id])[job_id]
     assert {t.state for t in cancelled.tasks} == {JobState.CANCELLED}
+
+
+def test_wait_returns_each_tasks_state_and_the_record_keeps_them(
+    milex_config, monkeypatch: pytest.MonkeyPatch
+):
+    from milex import api
+    from milex.records import job_key
+
+    run = Submission(
+        bundle="b_20240101000000", machine="local", submitted_at="t", run_id="20240101000001-0a1b2c3d"
+    )
+    run.jobs["fan"] = SubmittedJobRecord(job_id="14", state=RUNNING)
+    key = job_key(run.bundle, "fan", run.run_id)
+    agent = Agent([TrackedJob(job_id="14", state=RUNNING, key=key, bundle=run.bundle, name="fan",
+                              tasks=[task(0, RUNNING), task(1, RUNNING)])])  # fmt: skip
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: agent)
+
+    def follow_events(machine: object, since: int, heartbeat: float = 5.0) -> Iterator[Event | None]:
+        for seq, state, changed in ((4, RUNNING, [task(0, COMPLETED, 0)]), (5, RUNNING, [task(1, FAILED, 2)]),
+                                    (6, FAILED, [])):  # fmt: skip
+            yield Event(
+                seq=seq, key=key, bundle=run.bundle, name="fan", job_id="14", state=state, tasks=changed
+            )
+        yield None
+
+    monkeypatch.setattr("milex.watch.follow_events", follow_events)
+    states = api.wait(run, config=None)
+    assert states["fan"].state is FAILED
+    assert states["fan"].tasks == [task(0, COMPLETED, 0), task(1, FAILED, 2)]
+    [kept] = listed_submissions(milex_config.jobs_dir, run.bundle)
+    assert kept.jobs["fan"].failed_tasks() == [1]

@@ -21,7 +21,7 @@ _STYLES = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMIT
 
 
 def table(jobs: list[TrackedJob], title: str) -> Table:
-    """A line per job; with a column `tasks` of counts when one is an array whose tasks are known."""
+    """A line per job; with a column `array tasks` of counts when one is an array whose tasks are known."""
     from rich.table import Table
 
     arrays = any(job.tasks for job in jobs)
@@ -29,7 +29,7 @@ def table(jobs: list[TrackedJob], title: str) -> Table:
     for column in ("bundle", "job", "id", "state", "exit", "reason"):
         view.add_column(column)
     if arrays:
-        view.add_column("tasks", no_wrap=True)  # the counts read as one: shrink the others first
+        view.add_column("array tasks", no_wrap=True)  # the counts read as one: shrink the others first
     for job in jobs:
         style = _STYLES.get(job.state.value, "red")
         exit_code = "" if job.exit_code is None else str(job.exit_code)

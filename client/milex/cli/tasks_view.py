@@ -49,20 +49,17 @@ def _word(state: JobState) -> str:
 
 
 def tasks_table(jobs: Sequence[TrackedJob], title: str) -> Table:
-    """A line per task of each array of `jobs`: its job, id (`ARRAY_INDEX`, as SLURM names it), index,
-    state, exit code and reason."""
+    """A line per task of each array of `jobs`: its job and the array's id, the task's index (the one
+    the user asked for, also in an array cut in windows), state, exit code and reason."""
     from rich.table import Table
 
     view = Table(title=title, title_justify="left")
-    for column in ("bundle", "job", "id", "task", "state", "exit", "reason"):
+    for column in ("job", "id", "task", "state", "exit", "reason"):
         view.add_column(column)
     for job in jobs:
         for task in job.tasks:
             exit_code = "" if task.exit_code is None else str(task.exit_code)
-            task_id = f"{job.job_id}_{task.index}" if job.job_id else ""
-            view.add_row(
-                job.bundle, job.name, task_id, str(task.index), task.state.value, exit_code, task.reason
-            )
+            view.add_row(job.name, job.job_id, str(task.index), task.state.value, exit_code, task.reason)
     return view
 
 
