@@ -15,7 +15,7 @@ from milex.cli.jobs import status
 from milex.cli.tasks_view import counts
 from milex.records import Submission, SubmittedJobRecord, listed_submissions, save_submission
 from milex_agent.scheduler.local.scheduler import LocalScheduler
-from milex_agent.scheduler.local.store import runner_alive
+from milex_agent.scheduler.local.store import TASKS_FILE, runner_alive
 from milex_common.model import JobState, JobStatus, TaskStatus
 from milex_common.protocol import Event, StatusReply, TrackedJob
 from tests.unit.agent_fakes import wait_until
@@ -160,6 +160,8 @@ def test_the_local_scheduler_records_each_task_of_an_array(local, tmp_path):
     assert [(t.index, t.state, t.exit_code) for t in done.tasks] == [
         (0, COMPLETED, 0), (1, FAILED, 2), (2, COMPLETED, 0), (3, FAILED, 2), (4, COMPLETED, 0)
     ]  # fmt: skip
+    # Each change of a task is one line appended, not a rewrite of every task's state.
+    assert len((local.state_dir / job_id / TASKS_FILE).read_text().splitlines()) == 2 * 5
 
 
 def test_a_cancelled_local_array_cancels_the_tasks_not_ended(local, tmp_path):

@@ -23,6 +23,7 @@ from milex_agent.scheduler.local.store import (
     SCRIPT_FILE,
     STATE_LOCK,
     LocalJobSpec,
+    append_task,
     ended_tasks,
     file_lock,
     read_record,
@@ -30,7 +31,7 @@ from milex_agent.scheduler.local.store import (
     read_status,
     write_record,
 )
-from milex_common.model import JobState, TaskStatus, dependency_verdict, merge_tasks
+from milex_common.model import JobState, TaskStatus, dependency_verdict
 from milex_common.slurm_values import array_indices
 
 # SLURM's filename patterns (with an optional zero-padding width, as in `%3a`).
@@ -92,14 +93,6 @@ def advance(job_dir: Path, allowed: set[JobState], *, end: bool = False, **chang
     return True
 
 
-def advance_task(job_dir: Path, task: TaskStatus) -> None:
-    """Record the state of one task of the array, while the job runs (else a cancel won)."""
-    with file_lock(job_dir / STATE_LOCK):
-        record = read_record(job_dir)
-        if record.state is JobState.RUNNING:
-            write_record(job_dir, record, tasks=merge_tasks(record.tasks, [task]))
-
-
 def wait_for_dependencies(spec: LocalJobSpec, state_dir: Path) -> bool:
     """Block until the dependencies allow the job to start (True) or show they never will (False)."""
     delay = _POLL_FIRST
@@ -127,11 +120,12 @@ def run_tasks(spec: LocalJobSpec, job_dir: Path) -> int:
     workers = max(1, min(len(indices), limit or os.cpu_count() or 1))
 
     def task(index: int) -> int:
-        advance_task(job_dir, TaskStatus(index=index, state=JobState.RUNNING))
+        append_task(job_dir, TaskStatus(index=index, state=JobState.RUNNING))
         code = run_task(spec, script, index)
         ended = JobState.COMPLETED if code == 0 else JobState.FAILED
         reason = "" if code == 0 else "NonZeroExitCode"
-        advance_task(job_dir, TaskStatus(index=index, state=ended, exit_code=code, reason=reason))
+        # After a cancel, no longer read: the cancel ended the tasks not ended then.
+        append_task(job_dir, TaskStatus(index=index, state=ended, exit_code=code, reason=reason))
         return code
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
