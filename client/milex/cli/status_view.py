@@ -141,19 +141,30 @@ def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path,
 
 def _changes(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path) -> Iterator[TrackedJob]:
     """Each of `jobs` as an event of the agent changes it (applied, and kept in the local records),
-    until all are finished."""
+    until all are finished. The events of an array's tasks are taken together: the array once per
+    batch of them (what one poll changed), or with its own event after them."""
     from milex.records import apply_states
     from milex.watch import follow_events
 
     by_key = {job.key: job for job in jobs}  # (a job the agent still queues has no id yet)
+    tasks_changed: dict[str, TrackedJob] = {}  # arrays whose tasks changed since the last batch
     for event in follow_events(machine, since):
         if all(job.state.finished for job in jobs):
             return
-        if event is None or event.key not in by_key:
+        if event is None:  # the end of a batch
+            apply_states(jobs_dir, machine.name, list(tasks_changed.values()))
+            yield from tasks_changed.values()
+            tasks_changed.clear()
+            continue
+        if event.key not in by_key:
             continue
         job = by_key[event.key]
         job.take(event)
         job.job_id = event.job_id or job.job_id  # a queued job's, once the agent has submitted it
+        if event.tasks:
+            tasks_changed[job.key] = job
+            continue
+        tasks_changed.pop(job.key, None)
         apply_states(jobs_dir, machine.name, [job])
         yield job
 
