@@ -205,3 +205,32 @@ def test_wait_returns_each_tasks_state_and_the_record_keeps_them(
     assert states["fan"].tasks == [task(0, COMPLETED, 0), task(1, FAILED, 2)]
     [kept] = listed_submissions(milex_config.jobs_dir, run.bundle)
     assert kept.jobs["fan"].failed_tasks() == [1]
+
+
+def test_wait_records_a_batch_of_task_events_once(milex_config, monkeypatch: pytest.MonkeyPatch):
+    from milex import api
+    from milex.records import job_key
+
+    run = Submission(
+        bundle="b_20240101000000", machine="local", submitted_at="t", run_id="20240101000001-0a1b2c3d"
+    )
+    run.jobs["fan"] = SubmittedJobRecord(job_id="14", state=RUNNING)
+    key = job_key(run.bundle, "fan", run.run_id)
+    agent = Agent([TrackedJob(job_id="14", state=RUNNING, key=key, bundle=run.bundle, name="fan")])
+    monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: agent)
+
+    def follow_events(machine: object, since: int, heartbeat: float = 5.0) -> Iterator[Event | None]:
+        for index in range(100):  # one poll: a hundred tasks started
+            yield Event(seq=4 + index, key=key, bundle=run.bundle, name="fan", job_id="14", state=RUNNING,
+                        tasks=[task(index, RUNNING)])  # fmt: skip
+        yield None
+        yield Event(
+            seq=200, key=key, bundle=run.bundle, name="fan", job_id="14", state=COMPLETED, exit_code=0
+        )
+        yield None
+
+    seen: list[int] = []
+    monkeypatch.setattr("milex.watch.follow_events", follow_events)
+    states = api.wait(run, config=None, on_change=lambda states: seen.append(len(states["fan"].tasks)))
+    assert seen == [100, 100]  # the batch once, then the array's end
+    assert states["fan"].state is COMPLETED
