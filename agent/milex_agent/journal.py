@@ -79,7 +79,7 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN window INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_parts ON jobs (part_of) WHERE part_of IS NOT NULL;
     """,
-    # An array's tasks (milex_agent.task_journal): `task_states`, their last known states (msgpack,
+    # An array's tasks (milex_agent.array_tasks): `task_states`, their last known states (msgpack,
     # written only when one changed; NULL for a job that is no array); an event of one task's change
     # has the task in `task` (msgpack), and the array's status then in its own columns.
     """
