@@ -19,9 +19,10 @@ COUNTS = "18/20 done, 2 failed"
 
 
 def schedule(user: MilexHome, name: str) -> None:
-    """A bundle of one array of 20 tasks, four at a time, of which FAILING exit 2."""
+    """A bundle of one array of 20 tasks of 2 s, four at a time (a watch started after it sees it run),
+    of which FAILING exit 2."""
     user.milex("milex-schedule", "milex-example", "--name", name, "--job_name", "fan", "--array", "0-19%4",
-               "--fail_tasks", ",".join(map(str, FAILING)), "--sleep", "1")  # fmt: skip
+               "--fail_tasks", ",".join(map(str, FAILING)), "--sleep", "2")  # fmt: skip
 
 
 def expected() -> list[tuple[str, str, str]]:
