@@ -268,3 +268,54 @@ def test_the_job_completion_log_gives_a_forgotten_array_its_tasks(tmp_path):
     found = JobCompLog(log, uid=0).states(["189"])["189"]  # the 22.05 capture's array (its jobs ran as root)
     assert (found.state, found.exit_code) == (FAILED, 137)
     assert states(found) == {0: (COMPLETED, 0), 1: (FAILED, 5), 2: (FAILED, 137), 3: (CANCELLED, None)}
+
+
+# ---- the wire: who gets task events ------------------------------------------------------------
+
+
+def test_a_watch_gets_task_events_only_when_it_asks_and_the_agent_says_it_has_them(agent, fake, settings):
+    from milex_agent.handlers import handle
+    from milex_common.protocol import TASK_EVENTS, Events, Hello, HelloReply, Watch
+    from tests.unit.agent_fakes import PEER, chain_bundle, submit_request, submitted
+
+    hello = handle(agent, PEER, Hello(id="h"))
+    assert isinstance(hello, HelloReply) and TASK_EVENTS in hello.features
+    submitted(agent, submit_request(chain_bundle(), settings))
+    job = agent.journal.jobs()[0]
+    since = agent.journal.last_seq
+    agent.journal.update([(job.key, array(job.job_id, RUNNING, task(0, RUNNING), task(1, PENDING)))])
+    plain = handle(agent, PEER, Watch(id="w1", since=since))
+    with_tasks = handle(agent, PEER, Watch(id="w2", since=since, tasks=True))
+    assert isinstance(plain, Events) and isinstance(with_tasks, Events)
+    assert [e.tasks for e in plain.events] == [[]]  # the array's own change alone
+    assert [e.tasks for e in with_tasks.events] == [[task(0, RUNNING)], [task(1, PENDING)], []]
+    assert plain.last_seq == with_tasks.last_seq  # both resume from the same point
+    assert (agent.watches[(PEER, "w1")].tasks, agent.watches[(PEER, "w2")].tasks) == (False, True)
+
+
+def test_the_agent_pushes_task_events_to_the_watches_that_asked_alone(running):
+    from milex_common.protocol import Events, Watch
+    from tests.unit.served import DEADLINE
+
+    def watching(tasks: bool) -> Iterator[object]:
+        stream = running.connect().stream(Watch(since=0, heartbeat=1.0, tasks=tasks), idle_timeout=DEADLINE,
+                                          expect=Events)  # fmt: skip
+        next(stream)
+        return stream
+
+    plain, with_tasks = watching(False), watching(True)
+    running.submit(running.connect(), "a")
+    running.fake.jobs["1000"] = array("1000", RUNNING, task(0, RUNNING), task(1, COMPLETED, 0))
+
+    def until_running(stream: Iterator[object]) -> list[Event]:
+        seen: list[Event] = []
+        while not any(e.state is RUNNING and not e.tasks for e in seen):
+            reply = next(stream)
+            assert isinstance(reply, Events)
+            seen += reply.events
+        return seen
+
+    seen = until_running(plain)  # SUBMITTED, (PENDING,) RUNNING: the array's own events alone
+    assert seen[0].state is JobState.SUBMITTED and all(not e.tasks for e in seen)
+    tasks = [e.tasks for e in until_running(with_tasks) if e.tasks]
+    assert tasks == [[task(0, RUNNING)], [task(1, COMPLETED, 0)]]
