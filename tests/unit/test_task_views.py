@@ -234,3 +234,16 @@ def test_wait_records_a_batch_of_task_events_once(milex_config, monkeypatch: pyt
     states = api.wait(run, config=None, on_change=lambda states: seen.append(len(states["fan"].tasks)))
     assert seen == [100, 100]  # the batch once, then the array's end
     assert states["fan"].state is COMPLETED
+
+
+def test_milex_run_prints_an_arrays_counts_beside_its_state(capsys):
+    from milex.cli.output import print_submission
+
+    run = Submission(bundle="b_20240101000000", machine="hpc", submitted_at="t")
+    run.jobs["fan"] = SubmittedJobRecord(job_id="14", state=FAILED, exit_code=2, tasks=TEN)
+    run.jobs["one"] = SubmittedJobRecord(job_id="15", state=COMPLETED, exit_code=0)
+    print_submission(run)
+    header, fan, one = capsys.readouterr().out.splitlines()[1:]
+    assert header.split() == ["job", "id", "state", "exit", "reason", "tasks"]
+    assert fan.split()[:4] == ["fan", "14", "FAILED", "2"] and fan.endswith("7/10 done, 1 failed, 2 running")
+    assert one.split() == ["one", "15", "COMPLETED", "0"]
