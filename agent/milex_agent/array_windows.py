@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from milex_common.errors import InvalidValue, SubmitError
-from milex_common.model import Job, MachineSettings
+from milex_common.model import Job, MachineSettings, TaskStatus
 from milex_common.render import render_script
 from milex_common.slurm_values import array_indices, validate_array
 
@@ -76,6 +76,23 @@ def window_of(index: int, size: int) -> tuple[int, int]:
 def window_name(name: str, offset: int) -> str:
     """The name (or key) of the window at `offset` of the array job named (or keyed) `name`."""
     return f"{name}{WINDOW_MARK}{offset}"
+
+
+def window_offset(key: str) -> int:
+    """The offset of the window whose name (or key) is `key` (0 for a name that is no window's)."""
+    _, mark, offset = key.rpartition(WINDOW_MARK)
+    return int(offset) if mark and offset.isdecimal() else 0
+
+
+def tasks_of_windows(windows: Sequence[tuple[str, Sequence[TaskStatus]]]) -> list[TaskStatus]:
+    """The tasks of an array from its windows' (each window's key, and its tasks as SLURM numbers
+    them, shifted down by the window's offset): every task by the index the user asked for."""
+    tasks = [
+        msgspec.structs.replace(task, index=task.index + window_offset(key))
+        for key, window_tasks in windows
+        for task in window_tasks
+    ]
+    return sorted(tasks, key=lambda task: task.index)
 
 
 def window_dependencies(

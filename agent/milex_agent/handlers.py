@@ -35,6 +35,7 @@ from milex_common.protocol import (
     TrackedJob,
     Unwatch,
     Watch,
+    watched,
 )
 
 CANCELLED_QUEUED = "cancelled before it was submitted"
@@ -162,9 +163,10 @@ def watch(agent: Agent, peer: Peer, request: Watch) -> Events:
     events = agent.journal.events_since(request.since)
     last_seq = events[-1].seq if events else max(request.since, agent.journal.last_seq)
     if request.follow:
-        stream = WatchStream(peer=peer, request_id=request.id, heartbeat=max(request.heartbeat, 0.05))
+        heartbeat = max(request.heartbeat, 0.05)
+        stream = WatchStream(peer=peer, request_id=request.id, heartbeat=heartbeat, tasks=request.tasks)
         agent.watches[(peer, request.id)] = stream
-    return Events(id=request.id, events=events, last_seq=last_seq)
+    return Events(id=request.id, events=watched(events, tasks=request.tasks), last_seq=last_seq)
 
 
 def unwatch(agent: Agent, peer: Peer, request: Unwatch) -> Ack:

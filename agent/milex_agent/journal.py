@@ -15,10 +15,12 @@ from typing import NamedTuple
 
 import msgspec
 
+from milex_agent import array_tasks
+from milex_agent.array_windows import tasks_of_windows
 from milex_agent.disk_space import DiskSpace, describe_free
 from milex_agent.scheduler.slurm.output import TaskRow, combine
 from milex_common.errors import MilexError
-from milex_common.model import JobState, JobStatus
+from milex_common.model import JobState, JobStatus, TaskStatus
 from milex_common.protocol import Event, TrackedJob
 
 # The schema, as the migrations that build it: a journal's `PRAGMA user_version` says how many have
@@ -77,10 +79,18 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN window INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_parts ON jobs (part_of) WHERE part_of IS NOT NULL;
     """,
+    # An array's tasks (milex_agent.array_tasks): `task_states`, their last known states (msgpack,
+    # written only when one changed; NULL for a job that is no array); an event of one task's change
+    # has the task in `task` (msgpack), and the array's status then in its own columns.
+    """
+    ALTER TABLE jobs ADD COLUMN task_states BLOB;
+    ALTER TABLE events ADD COLUMN task BLOB;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
-_JOB_COLUMNS = ", ".join(TrackedJob.__struct_fields__)
-_STATUS_COLUMNS = ", ".join(("key", *JobStatus.__struct_fields__))
+# Every field of a job but its tasks, which are the column `task_states` (`tasks` counts them).
+_JOB_COLUMNS = ", ".join((*(f for f in TrackedJob.__struct_fields__ if f != "tasks"), "task_states"))
+_STATUS_COLUMNS = ", ".join(("key", *(f for f in JobStatus.__struct_fields__ if f != "tasks"), "task_states"))
 _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  # of every release
 # A job whose submission was started but whose scheduler id is not known yet: no id, state SUBMITTED.
 # (A job without id in any other state never reached the scheduler: QUEUED, or ended before it did.)
@@ -409,6 +419,9 @@ class Journal:
                 known = recorded.get(key)
                 if known is None:
                     continue
+                status = array_tasks.polled(known.tasks, status)
+                if status.tasks != known.tasks:  # before the array's own event: a wait ends at that
+                    self._record_tasks(key, known, status.tasks)
                 if (known.state, known.exit_code) == (status.state, status.exit_code):
                     if known.reason != status.reason:  # a new reason alone (Priority -> Resources): no event
                         self.db.execute("UPDATE jobs SET reason = ? WHERE key = ?", (status.reason, key))
@@ -431,8 +444,29 @@ class Journal:
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(f"SELECT {_STATUS_COLUMNS} FROM jobs WHERE key IN ({marks})", chunk)
-            recorded.update({row["key"]: msgspec.convert(dict(row), JobStatus) for row in rows})
+            recorded.update({row["key"]: _status(row) for row in rows})
         return recorded
+
+    def _record_tasks(self, key: str, known: JobStatus, tasks: list[TaskStatus]) -> None:
+        """Keep the job's `tasks`, and number each task's change as an event carrying the task and the
+        job's status as it stood (`known`): its own change, if any, is the event after them, so that a
+        client that stops at the job's end has taken every task first. A window's tasks make none:
+        its array's change with them."""
+        self.db.execute(
+            "UPDATE jobs SET task_states = ? WHERE key = ?", (array_tasks.encode_tasks(tasks), key)
+        )
+        part_of = self.db.execute("SELECT part_of FROM jobs WHERE key = ?", (key,)).fetchone()
+        if part_of is not None and part_of[0]:
+            self._touched.add(part_of[0])
+            return
+        now = time.time()
+        changes = array_tasks.changed(known.tasks, tasks)
+        self.db.executemany(
+            "INSERT INTO events (key, state, exit_code, reason, time, task) VALUES (?,?,?,?,?,?)",
+            [(key, known.state.value, known.exit_code, known.reason, now, array_tasks.encode_task(task))
+             for task in changes],
+        )  # fmt: skip
+        self._new += len(changes)
 
     def _record(self, key: str, status: JobStatus) -> None:
         """Set the job's status, and number the change as an event (read back by `_events`); a window
@@ -461,29 +495,43 @@ class Journal:
         """The status of each array whose windows changed: theirs together; its id the first window's."""
         for key in sorted(self._touched):
             rows = self.db.execute(
-                "SELECT job_id, state, exit_code, reason FROM jobs WHERE part_of = ? ORDER BY rowid", (key,)
+                "SELECT key, job_id, state, exit_code, reason, task_states FROM jobs WHERE part_of = ?"
+                " ORDER BY rowid",
+                (key,),
             ).fetchall()
             job_id = next((row["job_id"] for row in rows if row["job_id"]), IN_DOUBT)
             tasks = [
                 TaskRow(job_id, "", JobState(row["state"]), row["reason"], row["exit_code"]) for row in rows
             ]
             status = combine(job_id, tasks)
+            status.tasks = tasks_of_windows(
+                [(row["key"], array_tasks.decode_tasks(row["task_states"])) for row in rows]
+            )
             known = self.db.execute(f"SELECT {_STATUS_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
             self.db.execute("UPDATE jobs SET job_id = ? WHERE key = ?", (job_id, key))
-            if known is not None and (known["state"], known["exit_code"]) != (
-                status.state.value,
-                status.exit_code,
-            ):
+            if known is None:
+                continue
+            before = _status(known)
+            if status.tasks and status.tasks != before.tasks:
+                self._record_tasks(key, before, status.tasks)
+            if (before.state, before.exit_code) != (status.state, status.exit_code):
                 self._record(key, status)
         self._touched.clear()
 
     def events_since(self, seq: int, limit: int = 1000) -> list[Event]:
         rows = self.db.execute(
-            "SELECT e.seq, e.key, j.bundle, j.name, j.job_id, e.state, e.exit_code, e.reason, e.time"
+            "SELECT e.seq, e.key, j.bundle, j.name, j.job_id, e.state, e.exit_code, e.reason, e.time, e.task"
             " FROM events e JOIN jobs j ON j.key = e.key WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
             (seq, limit),
         )
-        return [msgspec.convert(dict(row), Event) for row in rows]
+        events = []
+        for row in rows:
+            fields = dict(row)
+            task = fields.pop("task")
+            event = msgspec.convert(fields, Event)
+            event.tasks = array_tasks.decode_task(task)
+            events.append(event)
+        return events
 
     @property
     def last_seq(self) -> int:
@@ -580,4 +628,12 @@ def _glob_escape(text: str) -> str:
 
 
 def _tracked(row: sqlite3.Row) -> TrackedJob:
-    return msgspec.convert(dict(row), TrackedJob)  # other columns of the row are left out
+    job = msgspec.convert(dict(row), TrackedJob)  # other columns of the row are left out
+    job.tasks = array_tasks.decode_tasks(row["task_states"])
+    return job
+
+
+def _status(row: sqlite3.Row) -> JobStatus:
+    status = msgspec.convert(dict(row), JobStatus)
+    status.tasks = array_tasks.decode_tasks(row["task_states"])
+    return status

@@ -36,6 +36,7 @@ from milex_common.protocol import (
     Submitted,
     decode_request,
     encode,
+    watched,
 )
 
 LOG_FOLLOW_INTERVAL = 0.25
@@ -275,7 +276,8 @@ class AgentServer:
         now = time.monotonic()
         for key, stream in list(self.agent.watches.items()):
             if events or now - stream.last_sent >= stream.heartbeat:
-                reply = Events(id=stream.request_id, events=events, last_seq=self.pushed_seq)
+                shown = watched(events, tasks=stream.tasks)
+                reply = Events(id=stream.request_id, events=shown, last_seq=self.pushed_seq)
                 if not self.send(stream.peer, reply):
                     del self.agent.watches[key]
                 stream.last_sent = now

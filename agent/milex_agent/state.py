@@ -28,6 +28,7 @@ class WatchStream:
     request_id: str
     heartbeat: float
     last_sent: float = field(default_factory=time.monotonic)
+    tasks: bool = False  # the events of arrays' tasks too (`Watch.tasks`)
 
 
 @dataclass

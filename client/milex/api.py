@@ -307,13 +307,21 @@ def wait(
     names = {job.key: name for name, job in tracked.items()}
     states = _record_states(submission, tracked, config)
     deadline = None if timeout is None else time.monotonic() + timeout
+    batched = False  # task events taken since the last record: recorded once per batch of them
     for event in follow_events(machine, reply.last_seq, heartbeat=1.0):
         if all(status.state.finished for status in states.values()):
             break
-        if event is not None and event.key in names:
+        record = False
+        if event is None:  # the end of a batch of events
+            record, batched = batched, False
+        elif event.key in names:
             job = tracked[names[event.key]]
             job.take(event)
             job.job_id = job.job_id or event.job_id  # a queued job's id comes with its submission
+            record = not event.tasks
+            batched = batched or bool(event.tasks)
+        if record:
+            batched = False
             states = _record_states(submission, tracked, config)
             if on_change:
                 on_change(states)

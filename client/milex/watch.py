@@ -14,7 +14,7 @@ from milex.machine.ssh.errors import LinkDown
 from milex.machine.tunnel.control import tunnel_status
 from milex_common.connection import AgentConnection, AgentUnavailable
 from milex_common.errors import MilexError
-from milex_common.protocol import LOG_HEARTBEAT, Event, Events, HelloReply, LogChunk, Logs, Watch
+from milex_common.protocol import LOG_HEARTBEAT, TASK_EVENTS, Event, Events, HelloReply, LogChunk, Logs, Watch
 
 # How long a watch tries to get its link back: longer than a closed lid or a change of network takes.
 RECONNECT_DEADLINE = 300.0
@@ -42,13 +42,14 @@ def follow_events(machine: Machine, since: int, *, heartbeat: float = 5.0) -> It
     """Each event after `since`, in order, exactly once; None at each heartbeat (nothing new).
 
     When the agent or the link to it goes quiet for three heartbeats, the watch is re-opened
-    from the last event seen, so nothing is missed and nothing repeats.
+    from the last event seen, so nothing is missed and nothing repeats. An agent that has them sends
+    the events of arrays' tasks too (each carries its task: `JobStatus.take` merges it in).
     """
     last = since
 
     def follow(connection: AgentConnection, hello: HelloReply) -> Iterator[Event | None]:
         nonlocal last
-        watch = Watch(since=last, heartbeat=heartbeat)
+        watch = Watch(since=last, heartbeat=heartbeat, tasks=TASK_EVENTS in hello.features)
         for reply in connection.stream(watch, idle_timeout=heartbeat * 3, expect=Events):
             for event in reply.events:
                 if event.seq > last:

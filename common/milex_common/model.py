@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Sequence
@@ -258,27 +259,92 @@ _SLURM_STATES: dict[str, JobState] = {
 }
 
 
+class TaskStatus(msgspec.Struct, array_like=True, kw_only=True):
+    """The last known state of one task of an array: its index (the one the user asked for), state,
+    exit code and reason. Encoded as a short array (`[3, "FAILED", 2, ""]`): an array of 10,000 tasks
+    must not make every status reply heavy."""
+
+    index: int
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""
+
+
 class JobStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The last known state of one submitted job (for an array, of all its tasks together).
 
     The one type of a job's state: the wire's TrackedJob and Event, the laptop's records and the local
     scheduler's LocalJobRecord extend it, and a state moves between them only through `take` and `status`.
+    `tasks`: an array's tasks by index (empty for a job that is no array, or whose tasks are not known);
+    an Event of one task's change carries that task alone, which `take` merges in.
     """
 
     job_id: str
     state: JobState
     exit_code: int | None = None
     reason: str = ""
+    tasks: list[TaskStatus] = []
 
     def status(self) -> JobStatus:
         """The state alone, whatever type carries it."""
-        return JobStatus(job_id=self.job_id, state=self.state, exit_code=self.exit_code, reason=self.reason)
+        return JobStatus(
+            job_id=self.job_id,
+            state=self.state,
+            exit_code=self.exit_code,
+            reason=self.reason,
+            tasks=list(self.tasks),
+        )
 
     def take(self, other: JobStatus) -> bool:
-        """Take the state, exit code and reason of `other`; whether the state or exit code changed."""
+        """Take the state, exit code and reason of `other`, and merge its tasks in by index (a status
+        without tasks leaves them as they are); whether the state, exit code or a task changed."""
         changed = (self.state, self.exit_code) != (other.state, other.exit_code)
         self.state, self.exit_code, self.reason = other.state, other.exit_code, other.reason
+        if other.tasks:
+            changed |= merge_into(self.tasks, other.tasks)
         return changed
+
+    def failed_tasks(self) -> list[int]:
+        """The indices of the tasks that ended other than COMPLETED (failed, cancelled, timed out...):
+        what a rerun of the failed tasks narrows `--array` to."""
+        ended = (task for task in self.tasks if task.state.finished)
+        return [task.index for task in ended if task.state is not JobState.COMPLETED]
+
+
+def merge_tasks(known: Sequence[TaskStatus], new: Sequence[TaskStatus]) -> list[TaskStatus]:
+    """`known` (in index order) with each task of `new` in place of the known task of its index, in
+    index order (a task a source no longer lists, such as one squeue has forgotten, keeps its last
+    known state)."""
+    tasks = list(known)
+    merge_into(tasks, new)
+    return tasks
+
+
+def merge_into(tasks: list[TaskStatus], new: Sequence[TaskStatus]) -> bool:
+    """`merge_tasks` in place, each task found by bisection (an event brings one task into an array of
+    thousands); whether a task changed."""
+    changed = False
+    for task in new:
+        at = bisect.bisect_left(tasks, task.index, key=_index)
+        if at < len(tasks) and tasks[at].index == task.index:
+            if tasks[at] != task:
+                tasks[at], changed = task, True
+        else:
+            tasks.insert(at, task)
+            changed = True
+    return changed
+
+
+def _index(task: TaskStatus) -> int:
+    return task.index
+
+
+def task_counts(tasks: Sequence[TaskStatus]) -> dict[JobState, int]:
+    """How many tasks are in each state."""
+    counts: dict[JobState, int] = {}
+    for task in tasks:
+        counts[task.state] = counts.get(task.state, 0) + 1
+    return counts
 
 
 def dependency_verdict(kind: str, states: Sequence[JobState]) -> bool | None:

@@ -20,7 +20,9 @@ LOG_HEARTBEAT = "log_heartbeat"  # a following `Logs` gets an empty `LogChunk` a
 SUBMIT_PROGRESS = (
     "submit_progress"  # SubmitBundle(progress=True) gets SubmitProgress replies before its Submitted
 )
-AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS)
+# A `Watch(tasks=True)` gets an event per change of an array's task too (its `tasks` holds that task).
+TASK_EVENTS = "task_events"
+AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -73,12 +75,15 @@ class Watch(Message, tag="watch"):
     """Every event after sequence number `since`, then (with `follow`) each new one as it happens.
 
     While following, the agent sends an empty `Events` every `heartbeat` seconds, so a client
-    can tell a quiet agent from a dead link and resume from its last sequence number.
+    can tell a quiet agent from a dead link and resume from its last sequence number. With `tasks`
+    (when the agent has the TASK_EVENTS feature), the events of an array's tasks too: a client that
+    does not ask would take a task's change for its array's.
     """
 
     since: int = 0
     follow: bool = True
     heartbeat: float = 5.0
+    tasks: bool = False
 
 
 class Unwatch(Message, tag="unwatch"):
@@ -126,7 +131,9 @@ class TrackedJob(JobStatus):
 
 
 class Event(JobStatus):
-    """A change of a job's state (its new status), numbered in the order the agent saw it."""
+    """A change of a job's state (its new status), numbered in the order the agent saw it. An event of
+    an array's task carries that task alone in `tasks`, and its array's status as it stood before the
+    array's own event that may follow: `take` merges the task in."""
 
     seq: int
     key: str
@@ -180,6 +187,11 @@ class Events(Message, tag="events"):
 
     events: list[Event] = []
     last_seq: int = 0
+
+
+def watched(events: list[Event], *, tasks: bool) -> list[Event]:
+    """The events a watch gets: with `tasks` all, else those of jobs alone (not of an array's tasks)."""
+    return events if tasks else [event for event in events if not event.tasks]
 
 
 class LogChunk(Message, tag="log_chunk"):

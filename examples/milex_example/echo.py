@@ -20,6 +20,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to wait before ending")
     parser.add_argument("--then", type=str, default=None, help="a line to print after the sleep")
     parser.add_argument("--exit_code", type=int, default=0, help="exit with this status")
+    parser.add_argument(
+        "--fail_tasks",
+        type=str,
+        default="",
+        help="array task indices (`3,7`) that exit with status 2 (SLURM_ARRAY_TASK_ID)",
+    )
     return parser.parse_args()
 
 
@@ -48,4 +54,6 @@ def main() -> None:
     time.sleep(args.sleep)
     if args.then is not None:
         print(args.then)
-    sys.exit(args.exit_code)
+    failing = {int(index) for index in args.fail_tasks.split(",") if index.strip()}
+    task = report["array_task_id"]
+    sys.exit(2 if task is not None and int(task) in failing else args.exit_code)

@@ -95,7 +95,7 @@ def test_sacct_rows_keep_allocations_and_drop_steps() -> None:
 def test_jobcomp_lines_name_array_tasks_and_heterogeneous_components() -> None:
     lines = (CAPTURED / "jobcomp.log").read_text().splitlines()
     task = next(line for line in lines if "ArrayTaskId=2 " in line)
-    assert jobcomp_row(task) == ("0", TaskRow("189", "2", F, "", 137))
+    assert jobcomp_row(task) == ("0", TaskRow("189", "2", F, "", 137, array_task="2"))
     het = (  # the format of SLURM 22.05's jobcomp_filetxt.c for a heterogeneous job's component
         "JobId=201 UserId=u(7) JobState=FAILED EligibleTime=x HetJobId=200 HetJobOffset=1 "
         "DerivedExitCode=0:0 ExitCode=2:0 "

@@ -44,7 +44,8 @@ class Scheduler(Protocol):
         ...
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        """The current status of each of `job_ids`, in one query whatever their number."""
+        """The current status of each of `job_ids`, in one query whatever their number; an array's
+        with its tasks (`JobStatus.tasks`, by the index its script sees) where the scheduler lists them."""
         ...
 
     def cancel(self, job_ids: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import click
 
+from milex.cli.tasks_view import counts
 from milex.records import Submission
 from milex_common.model import JobState, JobStatus
 from milex_common.protocol import SubmitProgress
@@ -27,27 +28,29 @@ _COLUMNS = ("job", "id", "state", "exit", "reason")
 
 
 def print_submission(submission: Submission, states: Mapping[str, JobStatus] | None = None) -> None:
-    """The submission's jobs, one line each: name, id, state (colored on a terminal), exit, reason."""
-    rows = []
+    """The submission's jobs, one line each: name, id, state (colored on a terminal), exit, reason, and
+    an array's task counts when one has them."""
+    rows: list[tuple[object, ...]] = []
     for name, job in submission.jobs.items():
-        status = (states or {}).get(name)
-        state = status.state if status else job.state
-        exit_code = status.exit_code if status else job.exit_code
-        reason = status.reason if status else job.reason
-        rows.append((name, job.job_id, state, "" if exit_code is None else str(exit_code), reason))
+        status = (states or {}).get(name) or job
+        exit_code = "" if status.exit_code is None else str(status.exit_code)
+        rows.append((name, job.job_id, status.state, exit_code, status.reason, counts(status)))
+    columns = _COLUMNS + (("tasks",) if any(row[5] for row in rows) else ())
+    rows = [row[: len(columns)] for row in rows]
     widths = [
-        max([len(column)] + [len(str(_text(row[i]))) for row in rows]) for i, column in enumerate(_COLUMNS)
+        max([len(column)] + [len(str(_text(row[i]))) for row in rows]) for i, column in enumerate(columns)
     ]
     run = f" (run {submission.run_id})" if submission.run_id else ""
     if submission.rerun_of:
         run = f" (run {submission.run_id}, rerun of {submission.rerun_of})"
     click.echo(f"{submission.bundle} on {submission.machine}{run}")
-    click.echo(
-        "  ".join(column.ljust(width) for column, width in zip(_COLUMNS, widths, strict=True)).rstrip()
-    )
+    click.echo("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip())
     for row in rows:
         cells = [_text(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
-        cells[2] = click.style(cells[2], fg=_COLORS.get(row[2], "red"))
+        state = row[2]
+        cells[2] = click.style(
+            cells[2], fg=_COLORS.get(state, "red") if isinstance(state, JobState) else "red"
+        )
         click.echo("  ".join(cells).rstrip())
     queued = [row for row in rows if row[2] is JobState.QUEUED]
     if queued:

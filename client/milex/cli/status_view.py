@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from milex.cli.tasks_view import counts
 from milex.config.file import Machine
 from milex_common.protocol import StatusReply, TrackedJob
 
@@ -20,16 +21,28 @@ _STYLES = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMIT
 
 
 def table(jobs: list[TrackedJob], title: str) -> Table:
+    """A line per job; with a column `array tasks` of counts when one is an array whose tasks are known."""
     from rich.table import Table
 
+    arrays = any(job.tasks for job in jobs)
     view = Table(title=title, title_justify="left")
     for column in ("bundle", "job", "id", "state", "exit", "reason"):
         view.add_column(column)
+    if arrays:
+        view.add_column("array tasks", no_wrap=True)  # the counts read as one: shrink the others first
     for job in jobs:
         style = _STYLES.get(job.state.value, "red")
         exit_code = "" if job.exit_code is None else str(job.exit_code)
         state = f"[{style}]{job.state.value}[/]"
-        view.add_row(job.bundle, job.name, job.job_id, state, exit_code, job.reason)
+        view.add_row(
+            job.bundle,
+            job.name,
+            job.job_id,
+            state,
+            exit_code,
+            job.reason,
+            *((counts(job),) if arrays else ()),
+        )
     return view
 
 
@@ -39,10 +52,16 @@ OFFLINE = 3
 
 
 def show_status(
-    bundle: str, machine_name: str | None, *, watch: bool, as_json: bool, may_be_job_id: bool = False
+    bundle: str,
+    machine_name: str | None,
+    *,
+    watch: bool,
+    as_json: bool,
+    may_be_job_id: bool = False,
+    tasks: bool = False,
 ) -> None:
     """The jobs of `bundle` (all without it), or of the job of that id if `may_be_job_id` and no
-    bundle has that name."""
+    bundle has that name; with `tasks`, a line per task of each array after them."""
     from milex.config.file import load_config
     from milex.machine.ssh.errors import LinkDown
     from milex.machine.submitter import submitter_for
@@ -59,15 +78,21 @@ def show_status(
         raise SystemExit(OFFLINE) from None
     apply_states(config.jobs_dir, machine.name, reply.jobs)
     if as_json:
-        import msgspec
+        from milex.cli.tasks_view import as_json as jobs_json
 
-        click.echo(msgspec.json.encode(reply.jobs).decode())
+        click.echo(jobs_json(reply.jobs))
     elif watch:
         _watch(reply.jobs, reply.last_seq, machine, config.jobs_dir, bundle)
     else:
         from rich.console import Console
 
-        Console(soft_wrap=True).print(table(reply.jobs, f"{bundle or 'all jobs'} on {machine.name}"))
+        title = f"{bundle or 'all jobs'} on {machine.name}"
+        console = Console(soft_wrap=True)
+        console.print(table(reply.jobs, title))
+        if tasks:
+            from milex.cli.tasks_view import tasks_table
+
+            console.print(tasks_table(reply.jobs, f"tasks of {title}"))
 
 
 def _ask(submitter: AgentSubmitter, wanted: str, machine: str, *, may_be_job_id: bool) -> StatusReply:
@@ -108,26 +133,38 @@ def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path,
         for job in _changes(jobs, since, machine, jobs_dir):
             exit_code = "" if job.exit_code is None else f" exit {job.exit_code}"
             reason = f" ({job.reason})" if job.reason else ""
-            said = f"{job.bundle} {job.name} {job.job_id} {job.state.value}{exit_code}{reason}"
+            tasks = f": {counts(job)}" if job.tasks else ""
+            said = f"{job.bundle} {job.name} {job.job_id} {job.state.value}{exit_code}{reason}{tasks}"
             console.print(said, markup=False, highlight=False)
         console.print(table(jobs, title))
 
 
 def _changes(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path) -> Iterator[TrackedJob]:
     """Each of `jobs` as an event of the agent changes it (applied, and kept in the local records),
-    until all are finished."""
+    until all are finished. The events of an array's tasks are taken together: the array once per
+    batch of them (what one poll changed), or with its own event after them."""
     from milex.records import apply_states
     from milex.watch import follow_events
 
     by_key = {job.key: job for job in jobs}  # (a job the agent still queues has no id yet)
+    tasks_changed: dict[str, TrackedJob] = {}  # arrays whose tasks changed since the last batch
     for event in follow_events(machine, since):
         if all(job.state.finished for job in jobs):
             return
-        if event is None or event.key not in by_key:
+        if event is None:  # the end of a batch
+            apply_states(jobs_dir, machine.name, list(tasks_changed.values()))
+            yield from tasks_changed.values()
+            tasks_changed.clear()
+            continue
+        if event.key not in by_key:
             continue
         job = by_key[event.key]
         job.take(event)
         job.job_id = event.job_id or job.job_id  # a queued job's, once the agent has submitted it
+        if event.tasks:
+            tasks_changed[job.key] = job
+            continue
+        tasks_changed.pop(job.key, None)
         apply_states(jobs_dir, machine.name, [job])
         yield job
 
@@ -156,4 +193,6 @@ def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *
                 fields = {**msgspec.structs.asdict(record), "key": key, "bundle": submission.bundle}
                 known.append(msgspec.convert({**fields, "name": job_name}, TrackedJob))
     if as_json:
-        click.echo(msgspec.json.encode(known).decode())
+        from milex.cli.tasks_view import as_json as jobs_json
+
+        click.echo(jobs_json(known))

@@ -23,13 +23,15 @@ from milex_agent.scheduler.local.store import (
     SCRIPT_FILE,
     STATE_LOCK,
     LocalJobSpec,
+    append_task,
+    ended_tasks,
     file_lock,
     read_record,
     read_spec,
     read_status,
     write_record,
 )
-from milex_common.model import JobState, dependency_verdict
+from milex_common.model import JobState, TaskStatus, dependency_verdict
 from milex_common.slurm_values import array_indices
 
 # SLURM's filename patterns (with an optional zero-padding width, as in `%3a`).
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_job(job_dir, read_spec(job_dir))
     except Exception as error:  # the runner's top level: any failure must reach the job's record
         reason = f"local runner failed: {error}"
-        advance(job_dir, {JobState.PENDING, JobState.RUNNING}, state=JobState.FAILED, reason=reason)
+        advance(job_dir, {JobState.PENDING, JobState.RUNNING}, state=JobState.FAILED, reason=reason, end=True)
         raise
     return 0
 
@@ -65,11 +67,12 @@ def run_job(job_dir: Path, spec: LocalJobSpec) -> None:
             {JobState.PENDING},
             state=JobState.CANCELLED,
             reason="DependencyNeverSatisfied",
+            end=True,
         )
         return
     if not advance(job_dir, {JobState.PENDING}, state=JobState.RUNNING, reason=""):
         return
-    code = run_tasks(spec, job_dir / SCRIPT_FILE)
+    code = run_tasks(spec, job_dir)
     if code == 0:
         advance(job_dir, {JobState.RUNNING}, state=JobState.COMPLETED, exit_code=0, reason="")
     else:
@@ -77,12 +80,15 @@ def run_job(job_dir: Path, spec: LocalJobSpec) -> None:
         advance(job_dir, {JobState.RUNNING}, state=JobState.FAILED, **changes)
 
 
-def advance(job_dir: Path, allowed: set[JobState], **changes: Any) -> bool:
-    """Apply `changes` to the record if the job is still in one of `allowed` (else a cancel won)."""
+def advance(job_dir: Path, allowed: set[JobState], *, end: bool = False, **changes: Any) -> bool:
+    """Apply `changes` to the record if the job is still in one of `allowed` (else a cancel won);
+    with `end`, an array's tasks not finished end in the job's new state."""
     with file_lock(job_dir / STATE_LOCK):
         record = read_record(job_dir)
         if record.state not in allowed:
             return False
+        if end:
+            changes["tasks"] = ended_tasks(record.tasks, changes["state"])
         write_record(job_dir, record, **changes)
     return True
 
@@ -101,17 +107,29 @@ def wait_for_dependencies(spec: LocalJobSpec, state_dir: Path) -> bool:
         delay = min(delay * 1.5, _POLL_MAX)
 
 
-def run_tasks(spec: LocalJobSpec, script: Path) -> int:
-    """Run the script once, or once per array index (up to the `%N` limit, else CPUs, at a time).
+def run_tasks(spec: LocalJobSpec, job_dir: Path) -> int:
+    """Run the script once, or once per array index (up to the `%N` limit, else CPUs, at a time),
+    recording each task's state as it starts and ends.
 
     Returns the highest exit code, 0 when every run succeeded.
     """
+    script = job_dir / SCRIPT_FILE
     if spec.array is None:
         return run_task(spec, script, None)
     indices, limit = array_indices(spec.array)
     workers = max(1, min(len(indices), limit or os.cpu_count() or 1))
+
+    def task(index: int) -> int:
+        append_task(job_dir, TaskStatus(index=index, state=JobState.RUNNING))
+        code = run_task(spec, script, index)
+        ended = JobState.COMPLETED if code == 0 else JobState.FAILED
+        reason = "" if code == 0 else "NonZeroExitCode"
+        # After a cancel, no longer read: the cancel ended the tasks not ended then.
+        append_task(job_dir, TaskStatus(index=index, state=ended, exit_code=code, reason=reason))
+        return code
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        codes = list(pool.map(lambda index: run_task(spec, script, index), indices))
+        codes = list(pool.map(task, indices))
     return max(codes, default=0)
 
 

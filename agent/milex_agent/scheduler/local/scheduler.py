@@ -24,6 +24,7 @@ from milex_agent.scheduler.local.store import (
     STATE_LOCK,
     LocalJobRecord,
     LocalJobSpec,
+    ended_tasks,
     file_lock,
     job_directory,
     read_record,
@@ -35,7 +36,7 @@ from milex_agent.scheduler.local.store import (
 from milex_common import slurm_values
 from milex_common.errors import InvalidValue, SchedulerError, SubmitError
 from milex_common.files import atomic_write
-from milex_common.model import DEPENDENCY_TYPES, JobState, JobStatus
+from milex_common.model import DEPENDENCY_TYPES, JobState, JobStatus, TaskStatus
 
 # The `#SBATCH` options the local scheduler reads; long names, and short ones mapped to them.
 _HEADER_OPTIONS = ("output", "error", "array", "job-name")
@@ -79,7 +80,13 @@ class LocalScheduler:
             submitted=time.time(),
         )
         atomic_write(job_dir / SPEC_FILE, msgspec.json.encode(spec))
-        record = LocalJobRecord(job_id=job_id, state=JobState.PENDING, reason="Dependency" if after else "")
+        indices = slurm_values.array_indices(spec.array)[0] if spec.array else []
+        record = LocalJobRecord(
+            job_id=job_id,
+            state=JobState.PENDING,
+            reason="Dependency" if after else "",
+            tasks=[TaskStatus(index=index, state=JobState.PENDING) for index in indices],
+        )
         _start_runner(job_dir, record)
         return job_id
 
@@ -122,7 +129,8 @@ class LocalScheduler:
             record = read_record(job_dir)
             if record.state.finished:
                 return True
-            write_record(job_dir, record, state=JobState.CANCELLED, reason="cancelled")
+            tasks = ended_tasks(record.tasks, JobState.CANCELLED)
+            write_record(job_dir, record, state=JobState.CANCELLED, reason="cancelled", tasks=tasks)
         # A runner that has not recorded its pid yet sees CANCELLED before it starts anything.
         if record.pid is not None and runner_alive(job_dir):
             _terminate_group(record.pid)

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from milex_common.files import atomic_write, is_locked
-from milex_common.model import JobState, JobStatus
+from milex_common.model import JobState, JobStatus, TaskStatus, merge_tasks
 
 # The files of one job directory, `STATE_DIR/JOB_ID/`.
 SPEC_FILE = "spec.json"  # LocalJobSpec, written once at submission
@@ -21,6 +21,10 @@ SCRIPT_FILE = "script.sh"  # the script as submitted; later edits of the origina
 RUNNER_LOCK = "runner.lock"  # flock held by the runner for its whole life: free means it is gone
 STATE_LOCK = "state.lock"  # flock serialising read-modify-write of STATE_FILE
 RUNNER_LOG = "runner.log"  # the runner's own stderr (tracebacks), not the job's
+# An array's tasks as they start and end: one TaskStatus a line, appended (the last line of an index
+# wins), so that a task's change costs a line, not a rewrite of every task in STATE_FILE; folded into
+# STATE_FILE when the job changes, and no longer read once it has ended.
+TASKS_FILE = "tasks.jsonl"
 VANISHED = "runner process vanished"
 
 
@@ -62,8 +66,39 @@ def read_spec(job_dir: Path) -> LocalJobSpec:
 
 
 def read_record(job_dir: Path) -> LocalJobRecord:
+    """The job's record; while it has not ended, with its tasks' latest states (TASKS_FILE)."""
     record = msgspec.json.decode((job_dir / STATE_FILE).read_bytes(), type=LocalJobRecord)
+    if record.tasks and not record.state.finished:
+        record.tasks = merge_tasks(record.tasks, read_tasks(job_dir))
     return record if record.job_id else msgspec.structs.replace(record, job_id=job_dir.name)
+
+
+def append_task(job_dir: Path, task: TaskStatus) -> None:
+    """Record a task's new state: one line (a single write, whole, with O_APPEND)."""
+    fd = os.open(job_dir / TASKS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, _task_encoder.encode(task) + b"\n")
+    finally:
+        os.close(fd)
+
+
+def read_tasks(job_dir: Path) -> list[TaskStatus]:
+    """The tasks' changes appended so far, oldest first (a line still being written is skipped)."""
+    try:
+        lines = (job_dir / TASKS_FILE).read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    tasks = []
+    for line in lines:
+        try:
+            tasks.append(_task_decoder.decode(line))
+        except msgspec.DecodeError:
+            continue
+    return tasks
+
+
+_task_encoder = msgspec.json.Encoder()
+_task_decoder = msgspec.json.Decoder(TaskStatus)
 
 
 def write_record(job_dir: Path, record: LocalJobRecord, **changes: object) -> LocalJobRecord:
@@ -81,8 +116,14 @@ def read_status(state_dir: Path, job_id: str) -> JobStatus:
         return JobStatus(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
     record = read_record(job_dir)
     if not record.state.finished and not runner_alive(job_dir):
-        return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED)
+        tasks = ended_tasks(record.tasks, JobState.FAILED)
+        return JobStatus(job_id=job_id, state=JobState.FAILED, reason=VANISHED, tasks=tasks)
     return record.status()
+
+
+def ended_tasks(tasks: list[TaskStatus], state: JobState) -> list[TaskStatus]:
+    """An array's tasks once the job has ended in `state` without them: those not finished end so."""
+    return [task if task.state.finished else TaskStatus(index=task.index, state=state) for task in tasks]
 
 
 def runner_alive(job_dir: Path) -> bool:

@@ -6,7 +6,8 @@ its node failed) has none, since the signal SLURM sent it is not the job's. The 
 writes such a job's line before its exit status is known, so any other choice would make the
 sources disagree. The tasks of an array (and components of a heterogeneous job) combine into one
 status: an active task makes the job active; else the worst final state, with the exit code of
-the worst task in it.
+the worst task in it. An array's status carries its tasks too, each by the index the user sees
+(a row of tasks not started yet, `123_[5-9%2]`, is one pending task per index).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from milex_common.model import JobState, JobStatus
+from milex_common.errors import InvalidValue
+from milex_common.model import JobState, JobStatus, TaskStatus
+from milex_common.slurm_values import array_indices, validate_array
 
 SIGNAL_BASE = 128  # a shell reports a process killed by signal N as exiting with 128 + N
 _NO_EXIT_CODE = frozenset({JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED, JobState.NODE_FAIL})
@@ -44,6 +47,7 @@ class TaskRow(NamedTuple):
     state: JobState
     reason: str
     exit_code: int | None  # as the row printed it, decoded; combine() decides whether it counts
+    array_task: str = ""  # an array's task index (`4`), or its tasks not started yet (`[5-9%2]`, `5-9`)
 
 
 def signal_exit_code(signal: int) -> int:
@@ -73,17 +77,23 @@ def squeue_exit_code(text: str) -> int | None:
 
 def squeue_rows(text: str) -> list[TaskRow]:
     """The rows of `squeue --noheader --array --Format=JobID:0|,ArrayJobID:0|,State:0|,Reason:0|,
-    exit_code:0|` (see _SQUEUE_FORMAT in poll.py).
+    exit_code:0|,ArrayTaskID:0|` (see _SQUEUE_FORMAT in poll.py).
 
     An array's task prints its own job id beside its array's (`190|189|...`); the array's own row
-    stands for the task that kept the array's id, or for its tasks not started yet. A heterogeneous
-    job's component prints `200+1` as its JobID.
+    stands for the task that kept the array's id, or for its tasks not started yet; ArrayTaskID is
+    the task's index (`N/A` for a job that is no array; tasks not started yet, `2-5%2`, where squeue
+    prints them as one row). A heterogeneous job's component prints `200+1` as its JobID.
     """
     return [_squeue_row(line) for line in text.splitlines() if line.strip()]
 
 
 def _squeue_row(line: str) -> TaskRow:
-    own_id, array_id, state, reason, exit_code, *_ = (*(part.strip() for part in line.split("|")), "", "")
+    own_id, array_id, state, reason, exit_code, index, *_ = (
+        *(part.strip() for part in line.split("|")),
+        "",
+        "",
+        "",
+    )
     if "+" in own_id:
         job_id, task = own_id.partition("+")[0], own_id[own_id.index("+") :]
     else:
@@ -95,6 +105,7 @@ def _squeue_row(line: str) -> TaskRow:
         state=JobState.from_slurm(state),
         reason="" if reason == "None" else reason,
         exit_code=squeue_exit_code(exit_code),
+        array_task="" if index == "N/A" else index,
     )
 
 
@@ -108,7 +119,9 @@ def sacct_rows(text: str) -> list[TaskRow]:
         job_id = _SACCT_ID.split(sacct_id, maxsplit=1)[0]
         if job_id and "." not in sacct_id:
             task = sacct_id[len(job_id) :]
-            rows.append(TaskRow(job_id, task, JobState.from_slurm(state), "", exit_code_from_pair(exit_code)))
+            index = task[1:] if task.startswith("_") else ""
+            code = exit_code_from_pair(exit_code)
+            rows.append(TaskRow(job_id, task, JobState.from_slurm(state), "", code, index))
     return rows
 
 
@@ -118,29 +131,76 @@ def jobcomp_row(line: str) -> tuple[str, TaskRow]:
     heterogeneous job's component its job and offset (`HetJobId=200 HetJobOffset=1`)."""
     fields = dict(_JOBCOMP_FIELD.findall(line))
     uid = fields.get("UserId", "").partition("(")[2].rstrip(")")
+    index = ""
     if "ArrayJobId" in fields:
         job_id, task = fields["ArrayJobId"], fields.get("ArrayTaskId", "")
+        index = task
     elif "HetJobId" in fields:
         job_id, task = fields["HetJobId"], "+" + fields.get("HetJobOffset", "")
     else:
         job_id, task = fields.get("JobId", ""), ""
     state = JobState.from_slurm(fields.get("JobState", ""))
-    return uid, TaskRow(job_id, task, state, "", exit_code_from_pair(fields.get("ExitCode", "")))
+    return uid, TaskRow(job_id, task, state, "", exit_code_from_pair(fields.get("ExitCode", "")), index)
 
 
 def combine(job_id: str, rows: Iterable[TaskRow]) -> JobStatus:
-    """One status for `job_id` from its rows (several for an array's tasks); UNKNOWN without any."""
+    """One status for `job_id` from its rows (several for an array's tasks, which it carries by
+    index); UNKNOWN without any."""
     rows = list(rows)
     if not rows:
         return JobStatus(job_id=job_id, state=JobState.UNKNOWN)
+    tasks = task_statuses(rows)
     present = {row.state for row in rows}
     active = next((state for state in _ACTIVE_ORDER if state in present), None)
     if active is not None:
-        return JobStatus(job_id=job_id, state=active, reason=_first_reason(rows, active))
+        return JobStatus(job_id=job_id, state=active, reason=_first_reason(rows, active), tasks=tasks)
     state = next(state for state in _WORST_FIRST if state in present)  # each state is in one list
     return JobStatus(
-        job_id=job_id, state=state, exit_code=_exit_code(rows, state), reason=_first_reason(rows, state)
+        job_id=job_id,
+        state=state,
+        exit_code=_exit_code(rows, state),
+        reason=_first_reason(rows, state),
+        tasks=tasks,
     )
+
+
+def combine_tasks(job_id: str, tasks: Iterable[TaskStatus]) -> JobStatus:
+    """The status of an array from its tasks alone (as `combine` makes it from SLURM's rows)."""
+    rows = [TaskRow(job_id, str(t.index), t.state, t.reason, t.exit_code, str(t.index)) for t in tasks]
+    return combine(job_id, rows)
+
+
+def task_statuses(rows: Iterable[TaskRow]) -> list[TaskStatus]:
+    """The tasks of an array's rows, by index (the last row of an index wins); none for a job that
+    is no array. A task's exit code follows the job's convention: none while it runs or when SLURM
+    ended it, 0 once it completed."""
+    tasks: dict[int, TaskStatus] = {}
+    for row in rows:
+        for index in task_indices(row.array_task):
+            tasks[index] = TaskStatus(
+                index=index, state=row.state, exit_code=_task_exit_code(row), reason=row.reason
+            )
+    return [tasks[index] for index in sorted(tasks)]
+
+
+def task_indices(text: str) -> list[int]:
+    """The indices a row's task names: `4`, or the tasks not started yet as squeue (`5-9%2`) or sacct
+    (`[5-9%2]`) prints them; none for a row that names none (or that Milex cannot read)."""
+    spec = text.strip().removeprefix("[").removesuffix("]")
+    if not spec:
+        return []
+    try:
+        return array_indices(validate_array(spec))[0]
+    except InvalidValue:
+        return []
+
+
+def _task_exit_code(row: TaskRow) -> int | None:
+    if row.state is JobState.COMPLETED:
+        return 0
+    if not row.state.finished or row.state in _NO_EXIT_CODE:
+        return None
+    return row.exit_code or None  # a failed task that printed 0 (a state-only poll): not known
 
 
 def statuses(job_ids: Iterable[str], rows: Iterable[TaskRow]) -> dict[str, JobStatus]:

@@ -9,7 +9,9 @@ the reason and the exit code (Reason `None`, exit_code `0:0` for every job), so 
 state changed since the last poll (or that this agent has not polled yet) are asked again with
 every field: one alone (REQUEST_JOB_INFO_SINGLE), several with every job of the user; a list of
 ids would make slurmctld pack every job it holds, anyone's. A job whose state did not change keeps
-its last full status (a pending job's new reason alone shows at its next change of state).
+its last full status (a pending job's new reason alone shows at its next change of state); an array
+whose state holds while one of its tasks changes counts as changed, so that the task's exit code is
+read.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ log = logging.getLogger("milex_agent")
 
 # Fields of `squeue --Format`, each followed by a separator no value contains. Width 0 prints a
 # value whole and unpadded: with thousands of finished jobs still in the controller's memory,
-# padded fields made squeue spend most of a poll formatting spaces (and us reading them).
-_SQUEUE_FIELDS = ("JobID", "ArrayJobID", "State", "Reason", "exit_code")
+# padded fields made squeue spend most of a poll formatting spaces (and us reading them). ArrayTaskID
+# comes last, so that rows captured before it was asked for still read.
+_SQUEUE_FIELDS = ("JobID", "ArrayJobID", "State", "Reason", "exit_code", "ArrayTaskID")
 _SQUEUE_FORMAT = ",".join(f"{field}:0|" for field in _SQUEUE_FIELDS)
 _SQUEUE = ("squeue", "--noheader", "--array", "--states=all", f"--Format={_SQUEUE_FORMAT}")
 ONLY_JOB_STATE = "--only-job-state"
@@ -101,7 +104,11 @@ class SqueuePoll:
 
     def _changed(self, job_id: str, status: JobStatus) -> bool:
         known = self.known.get(job_id)
-        return known is None or known.state is not status.state
+        if known is None or known.state is not status.state:
+            return True
+        return [(task.index, task.state) for task in known.tasks] != [
+            (task.index, task.state) for task in status.tasks
+        ]
 
     def _full(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         return _decoded(job_ids, run_command(full_query(job_ids)))
