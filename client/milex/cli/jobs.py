@@ -18,13 +18,19 @@ machine_option = click.option("--machine", help="Machine of the configuration (d
 @machine_option
 @click.option("--watch", is_flag=True, help="Keep the table updated as events arrive, until all finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.option(
+    "--usage",
+    is_flag=True,
+    help="What the jobs that ended used, as seff shows it, and what to ask next time.",
+)
 @reports_errors
-def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool) -> None:
+def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool, usage: bool) -> None:
     """The jobs of BUNDLE, or the job of that id (all tracked jobs without it), and their states."""
     from milex.cli.status_view import show_status
 
     wanted = bundle or ""
-    show_status(wanted, machine, watch=watch, as_json=as_json, may_be_job_id=bool(_JOB_ID.fullmatch(wanted)))
+    may_be_job_id = bool(_JOB_ID.fullmatch(wanted))
+    show_status(wanted, machine, watch=watch, as_json=as_json, may_be_job_id=may_be_job_id, usage=usage)
 
 
 @click.command("logs", context_settings={"help_option_names": HELP_OPTIONS})
