@@ -20,6 +20,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to wait before ending")
     parser.add_argument("--then", type=str, default=None, help="a line to print after the sleep")
     parser.add_argument("--exit_code", type=int, default=0, help="exit with this status")
+    parser.add_argument(
+        "--allocate_mb", type=int, default=0, help="take this many MiB of memory, touched, through the sleep"
+    )
     return parser.parse_args()
 
 
@@ -45,7 +48,17 @@ def main() -> None:
     if args.output:
         suffix = f".{report['array_task_id']}" if report["array_task_id"] is not None else ""
         Path(args.output + suffix).write_text(text + "\n")
+    held = allocate(args.allocate_mb)
     time.sleep(args.sleep)
+    del held
     if args.then is not None:
         print(args.then)
     sys.exit(args.exit_code)
+
+
+def allocate(megabytes: int) -> bytearray:
+    """`megabytes` MiB, every page written once: resident memory, not only reserved."""
+    memory = bytearray(megabytes * 2**20)
+    for page in range(0, len(memory), 4096):
+        memory[page] = 1
+    return memory
