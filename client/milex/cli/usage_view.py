@@ -13,18 +13,15 @@ from milex_common.usage import NO_ACCOUNTING, TaskUsage, Usage, describe_size, f
 if TYPE_CHECKING:
     from rich.console import Console
 
-WAITING = "ended; its usage is not in the accounting yet"
+WAITING = "ended; usage not in accounting yet"
 
 
 def show_usage(console: Console, jobs: list[TrackedJob], usage: dict[str, Usage], title: str) -> None:
     """The usage table and a suggestion per job name; one line where the cluster keeps no accounting."""
     from rich.table import Table
 
-    notes = {used.note for used in usage.values() if not used.tasks}
-    if jobs and notes == {NO_ACCOUNTING} and len(usage) == sum(job.state.finished for job in jobs):
-        console.print(
-            f"No usage for {title}: {NO_ACCOUNTING} (SLURM keeps no accounting there).", markup=False
-        )
+    if any(used.note == NO_ACCOUNTING for used in usage.values()):  # the cluster's, not a job's
+        console.print(f"No usage for {title}: {NO_ACCOUNTING}.", markup=False)
         return
     view = Table(title=f"{title}: usage", title_justify="left")
     for column in (
