@@ -215,3 +215,18 @@ def test_the_server_gathers_after_its_polls_on_the_poll_worker(served: Served):
     wait_until(lambda: served.agent.journal.usage([job.key]))
     assert served.agent.journal.usage([job.key]) == {job.key: used(64)}
     assert served.fake.usage_calls == [[job.job_id]]
+
+
+def test_a_journal_of_an_earlier_release_gains_the_table_and_asks_nothing_of_its_old_jobs(tmp_path, fake):
+    from tests.unit.test_release_690690e import restore
+
+    journal = Journal(restore(tmp_path))
+    try:
+        keys = [job.key for job in journal.jobs()]
+        ended = [job for job in journal.jobs() if job.state.finished]
+        assert ended and journal.usage(keys) == {}
+        gathering = UsageGathering(journal, lambda kind, path: fake)
+        gather(gathering)
+        assert fake.usage_calls == []  # they ended long ago: no accounting to wait for
+    finally:
+        journal.close()
