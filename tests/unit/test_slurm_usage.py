@@ -101,6 +101,8 @@ def test_pending_array_tasks_and_heterogeneous_components():
 
     assert [(task.task, task.max_rss) for task in usage["55"].tasks] == [(0, 2 * MiB)]
     assert [task.max_rss for task in usage["58"].tasks] == [round(1.5 * MiB), None]
+    still_pending = text.replace("55_[1-3%1]|CANCELLED by 1000", "55_[1-3%1]|PENDING")
+    assert "55" not in usage_rows(still_pending)  # its last tasks are yet to run: asked again
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def usage_rows(text: str) -> dict[str, Usage]:
     gave it; a job with a task not ended (accounting lags the end by a moment) is left out."""
     tasks: dict[str, dict[str, dict[str, str]]] = {}  # job id -> allocation (`7_0`) -> its row
     steps: dict[str, list[tuple[str, dict[str, str]]]] = {}  # allocation -> (step name, row)
+    unfinished: set[str] = set()
     for line in text.splitlines():
         fields = dict(zip(FORMAT.split(","), (part.strip() for part in line.split("|")), strict=False))
         match = _JOB_ID.fullmatch(fields.get("JobID", ""))
@@ -51,12 +52,15 @@ def usage_rows(text: str) -> dict[str, Usage]:
         allocation = fields["JobID"].partition(".")[0]
         if step is not None:
             steps.setdefault(allocation, []).append((step, fields))
-        elif not (task or "").startswith("["):  # `7_[2-3]`: tasks that never started used nothing
+        elif not (task or "").startswith("["):
             tasks.setdefault(job_id, {})[allocation] = fields
+        elif not JobState.from_slurm(fields.get("State", "")).finished:  # `7_[2-3]` still pending
+            unfinished.add(job_id)
+        # (`7_[2-3]` cancelled before they started: tasks that used nothing)
     usage = {}
     for job_id, allocations in tasks.items():
         rows = [_task(name, row, steps.get(name, [])) for name, row in allocations.items()]
-        if all(JobState.from_slurm(row.state).finished for row in rows):
+        if job_id not in unfinished and all(JobState.from_slurm(row.state).finished for row in rows):
             usage[job_id] = Usage(tasks=sorted(rows, key=lambda row: -1 if row.task is None else row.task))
     return usage
 
