@@ -156,7 +156,8 @@ def status(agent: Agent, request: Status) -> StatusReply:
         doubt = IN_DOUBT_SILENT if agent.controller.silent else IN_DOUBT
         for job in on_the_way:
             job.reason = SUBMITTING if job.key in in_flight else doubt
-    return StatusReply(id=request.id, jobs=jobs, last_seq=agent.journal.last_seq)
+    usage = agent.journal.usage([job.key for job in jobs]) if request.usage else {}
+    return StatusReply(id=request.id, jobs=jobs, last_seq=agent.journal.last_seq, usage=usage)
 
 
 def watch(agent: Agent, peer: Peer, request: Watch) -> Events:

@@ -16,12 +16,13 @@ from typing import NamedTuple
 import msgspec
 
 from milex_agent import array_tasks
-from milex_agent.array_windows import tasks_of_windows
+from milex_agent.array_windows import WINDOW_MARK, tasks_of_windows
 from milex_agent.disk_space import DiskSpace, describe_free
 from milex_agent.scheduler.slurm.output import TaskRow, combine
 from milex_common.errors import MilexError
 from milex_common.model import JobState, JobStatus, TaskStatus
 from milex_common.protocol import Event, TrackedJob
+from milex_common.usage import Usage
 
 # The schema, as the migrations that build it: a journal's `PRAGMA user_version` says how many have
 # run. 0 is a journal of the first release, which had no version (its tables are migration 1's).
@@ -86,11 +87,18 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN task_states BLOB;
     ALTER TABLE events ADD COLUMN task BLOB;
     """,
+    # What each ended job used (milex_agent.usage_gathering): msgpack of milex_common.usage.Usage, by
+    # key; a job that ended lately (`updated_at`) and has no row yet is asked for at the next poll.
+    """
+    CREATE TABLE usage (key TEXT PRIMARY KEY, body BLOB NOT NULL, recorded REAL NOT NULL);
+    CREATE INDEX jobs_by_update ON jobs (updated_at);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Every field of a job but its tasks, which are the column `task_states` (`tasks` counts them).
 _JOB_COLUMNS = ", ".join((*(f for f in TrackedJob.__struct_fields__ if f != "tasks"), "task_states"))
 _STATUS_COLUMNS = ", ".join(("key", *(f for f in JobStatus.__struct_fields__ if f != "tasks"), "task_states"))
+_usage_decoder = msgspec.msgpack.Decoder(Usage)
 _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  # of every release
 # A job whose submission was started but whose scheduler id is not known yet: no id, state SUBMITTED.
 # (A job without id in any other state never reached the scheduler: QUEUED, or ended before it did.)
@@ -537,6 +545,44 @@ class Journal:
     def last_seq(self) -> int:
         return self._last_seq
 
+    # ---- usage -------------------------------------------------------------------------------
+
+    def awaiting_usage(self, ended_since: float) -> list[JobRow]:
+        """Jobs that reached the scheduler and ended after `ended_since` (their `updated_at`) without
+        their usage recorded (an array cut in windows: its windows)."""
+        return self._rows(
+            f"job_id != '' AND NOT ({_UNFINISHED}) AND window = 0 AND updated_at > ?"
+            " AND key NOT IN (SELECT key FROM usage)",
+            (ended_since,),
+        )
+
+    def record_usage(self, usage: Mapping[str, Usage]) -> None:
+        """Keep what these jobs (by key) used."""
+        now = time.time()
+        with self._writing():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO usage (key, body, recorded) VALUES (?,?,?)",
+                [(key, msgspec.msgpack.encode(used), now) for key, used in usage.items()],
+            )
+
+    def usage(self, keys: Sequence[str]) -> dict[str, Usage]:
+        """What the jobs of `keys` used, of those whose usage is recorded (an array cut in windows: its
+        windows' together, each task by its own index)."""
+        found: dict[str, Usage] = {}
+        for start in range(0, len(keys), 500):  # SQLite caps the number of parameters
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT COALESCE(j.part_of, u.key) AS job, u.key, u.body FROM usage u JOIN jobs j"
+                f" ON j.key = u.key WHERE u.key IN ({marks}) OR j.part_of IN ({marks}) ORDER BY j.rowid",
+                chunk + chunk,
+            )
+            windows: dict[str, list[tuple[str, Usage]]] = {}
+            for row in rows:
+                windows.setdefault(row["job"], []).append((row["key"], _usage_decoder.decode(row["body"])))
+            found.update({key: _merged(key, parts) for key, parts in windows.items()})
+        return found
+
     # ---- queries -----------------------------------------------------------------------------
 
     def jobs(
@@ -625,6 +671,21 @@ def _set_aside(path: Path, error: sqlite3.DatabaseError) -> str:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _merged(key: str, parts: list[tuple[str, Usage]]) -> Usage:
+    """A job's usage: its own row, or its windows' (keys `KEY~OFFSET`, whose tasks SLURM numbered from
+    0 in each window) together, each task by the index the user asked for."""
+    if len(parts) == 1 and parts[0][0] == key:
+        return parts[0][1]
+    tasks = []
+    for window, usage in parts:
+        offset = int(window.rpartition(WINDOW_MARK)[2] or 0)
+        tasks += [
+            msgspec.structs.replace(task, task=None if task.task is None else task.task + offset)
+            for task in usage.tasks
+        ]
+    return Usage(tasks=tasks, note="" if tasks else parts[0][1].note)
 
 
 def _tracked(row: sqlite3.Row) -> TrackedJob:

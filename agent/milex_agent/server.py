@@ -23,6 +23,7 @@ from milex_agent.logs import read_chunk
 from milex_agent.pending import PendingSubmit
 from milex_agent.recovery import InDoubtRecovery
 from milex_agent.state import Agent, Peer
+from milex_agent.usage_gathering import UsageGathering
 from milex_common.errors import MilexError, SchedulerUnavailable
 from milex_common.model import JobStatus
 from milex_common.protocol import (
@@ -68,6 +69,7 @@ class AgentServer:
         # Submissions in progress, with the client that waits for each (None: a release of queued jobs).
         self.submitting: list[tuple[Peer | None, PendingSubmit]] = []
         self.recovery = InDoubtRecovery(agent)
+        self.usage = UsageGathering(agent.journal, agent.schedulers)  # after each poll, on its worker
         # Confirmed when the agent starts (the controller may have restarted while it was away), and
         # after any silence of the controller.
         agent.controller.confirms = True
@@ -105,6 +107,7 @@ class AgentServer:
                 self._receive_all()
             self._step_submissions()
             self._poll_scheduler()
+            self._journaled(lambda: self.usage.step(self.poll_worker, self._wake))
             self.agent.journal.space.check()
             self._push_events()
             self._push_logs()
@@ -250,6 +253,7 @@ class AgentServer:
             poller.apply([])  # back off as if nothing changed; the next poll finds the change again
         finally:
             self.polling = None
+            self.usage.due = True
         if not self.agent.journal.space.full:  # nothing is submitted that could not be recorded
             self._journaled(self._release_queued)
 

@@ -33,6 +33,7 @@ class ScheduleRequest:
     run_now: bool = False
     wait: bool = False
     machine: str | None = None
+    like: str | None = None  # a bundle whose usage suggests the SLURM options not given here
     overrides: MachineOverrides = field(default_factory=lambda: MachineOverrides())
 
 
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--nodes", type=int, help="number of nodes")
     slurm.add_argument("--partition", help="partition to submit to")
     slurm.add_argument("--qos", help="quality of service")
+    slurm.add_argument(
+        "--like",
+        metavar="BUNDLE",
+        help="start from the options BUNDLE's usage suggests (see `milex status BUNDLE --usage`, on "
+        "--machine); options given here win",
+    )
     slurm.add_argument(
         "--sbatch",
         action="append",
@@ -148,6 +155,7 @@ def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
         run_now=options.run_now,
         wait=options.wait,
         machine=options.machine,
+        like=options.like,
         overrides=overrides,
     )
 

@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 from milex_common.model import Bundle, JobStatus, MachineSettings
+from milex_common.usage import Usage
 
 PROTOCOL_VERSION = 1
 # Behaviours added to protocol 1 that a client may ask for, named in HelloReply.features.
@@ -22,7 +23,8 @@ SUBMIT_PROGRESS = (
 )
 # A `Watch(tasks=True)` gets an event per change of an array's task too (its `tasks` holds that task).
 TASK_EVENTS = "task_events"
-AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS)
+USAGE = "usage"  # Status(usage=True) gets StatusReply.usage: what the jobs that ended used
+AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS, USAGE)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -65,10 +67,12 @@ class Cancel(Message, tag="cancel"):
 
 
 class Status(Message, tag="status"):
-    """The last known state of tracked jobs: all, those of `job_ids`, or those of a bundle."""
+    """The last known state of tracked jobs: all, those of `job_ids`, or those of a bundle; with
+    `usage` (an agent with the USAGE feature), what those that ended used, too."""
 
     job_ids: list[str] = []
     bundle: str = ""
+    usage: bool = False
 
 
 class Watch(Message, tag="watch"):
@@ -180,6 +184,7 @@ class Cancelled(Message, tag="cancelled"):
 class StatusReply(Message, tag="status_reply"):
     jobs: list[TrackedJob] = []
     last_seq: int = 0
+    usage: dict[str, Usage] = {}  # by key, when asked: the jobs whose usage the agent has recorded
 
 
 class Events(Message, tag="events"):

@@ -26,6 +26,9 @@ def parse_args() -> argparse.Namespace:
         default="",
         help="array task indices (`3,7`) that exit with status 2 (SLURM_ARRAY_TASK_ID)",
     )
+    parser.add_argument(
+        "--allocate_mb", type=int, default=0, help="take this many MiB of memory, touched, through the sleep"
+    )
     return parser.parse_args()
 
 
@@ -51,9 +54,19 @@ def main() -> None:
     if args.output:
         suffix = f".{report['array_task_id']}" if report["array_task_id"] is not None else ""
         Path(args.output + suffix).write_text(text + "\n")
+    held = allocate(args.allocate_mb)
     time.sleep(args.sleep)
+    del held
     if args.then is not None:
         print(args.then)
     failing = {int(index) for index in args.fail_tasks.split(",") if index.strip()}
     task = report["array_task_id"]
     sys.exit(2 if task is not None and int(task) in failing else args.exit_code)
+
+
+def allocate(megabytes: int) -> bytearray:
+    """`megabytes` MiB, every page written once: resident memory, not only reserved."""
+    memory = bytearray(megabytes * 2**20)
+    for page in range(0, len(memory), 4096):
+        memory[page] = 1
+    return memory

@@ -16,6 +16,7 @@ from milex_agent.state import Agent
 from milex_common.errors import DependencyRefused, LimitReached, SchedulerUnavailable, SubmitError
 from milex_common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
 from milex_common.protocol import Reply, Request, SubmitBundle, Submitted
+from milex_common.usage import Usage
 
 CREATED = "20240101000000"
 PEER = b"peer-1"
@@ -61,7 +62,7 @@ class FakeScheduler:
     given message, as sbatch would; `crash_after` jobs are accepted (they get an id and can be
     looked up by comment) and then SchedulerCrash is raised, as if the agent died before the
     journal write; `crash_before` jobs raise SchedulerCrash without being accepted. `errors[op]`
-    makes `states`, `cancel` or `lookup` raise that exception, `broken[job]` the submit of that job.
+    makes `states`, `cancel`, `lookup` or `usage` raise that exception, `broken[job]` the submit of that job.
 
     A restarted controller: `restart_at[job]` makes the submit of that job restart it (`restart`,
     forgetting that many of its latest jobs) and get no answer; `waited_through[job]` too, but the
@@ -103,6 +104,9 @@ class FakeScheduler:
     max_submitted: int | None = None  # the limit `limits` reports
     max_array_size: int | None = None  # the MaxArraySize `limits` reports
     limit: int | None = None  # the limit it enforces: unfinished tasks beyond it are refused (LimitReached)
+    # What `usage` reports of ended jobs, by id (those absent: not in its accounting yet).
+    used: dict[str, Usage] = field(default_factory=dict)
+    usage_calls: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(self.first_id)
@@ -148,6 +152,11 @@ class FakeScheduler:
         self._fail("states")
         self.state_calls.append(list(job_ids))
         return {job_id: self.jobs[job_id] for job_id in job_ids if job_id in self.jobs}
+
+    def usage(self, job_ids: Sequence[str]) -> dict[str, Usage]:
+        self._fail("usage")
+        self.usage_calls.append(list(job_ids))
+        return {job_id: self.used[job_id] for job_id in job_ids if job_id in self.used}
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         self._fail("cancel")

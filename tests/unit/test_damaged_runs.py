@@ -69,7 +69,7 @@ def test_ls_names_the_damaged_file_and_lists_every_bundle(jobs_dir) -> None:
 
 def test_offline_status_names_the_damaged_file_and_shows_the_other_bundles(jobs_dir, monkeypatch) -> None:
     class Unreachable:
-        def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+        def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> object:
             raise AgentUnavailable("no answer from the agent within 30 s")
 
     monkeypatch.setattr("milex.machine.submitter.submitter_for", lambda machine: Unreachable())
@@ -82,7 +82,7 @@ def test_offline_status_names_the_damaged_file_and_shows_the_other_bundles(jobs_
 
 def test_status_sets_the_damaged_file_aside_and_records_what_the_agent_knows(jobs_dir, monkeypatch) -> None:
     class Answering:
-        def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+        def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> object:
             return StatusReply(jobs=[
                 TrackedJob(key=f"a_20240101000000/train/{LOST_RUN}", bundle="a_20240101000000", name="train",
                            job_id="12", state=JobState.COMPLETED, exit_code=0),

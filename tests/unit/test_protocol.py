@@ -39,6 +39,7 @@ from milex_common.protocol import (
     encode,
     version_mismatch,
 )
+from milex_common.usage import StepUsage, TaskUsage, Usage
 from tests.unit.agent_fakes import chain_bundle
 
 SETTINGS = MachineSettings(name="cluster", path="/scratch/alice/milex", slurm_account="def-alice")
@@ -46,6 +47,11 @@ TRACKED = TrackedJob(
     key="exp_20240101000000/a", bundle="exp_20240101000000", name="a", job_id="1234",
     state=JobState.FAILED, exit_code=3, reason="NonZeroExitCode", script="/p/slurm/a.sh",
     stdout="/p/slurm/a-%j.out", stderr="/p/slurm/a-%j.err", submitted_at=1.5, updated_at=2.5,
+)  # fmt: skip
+USAGE = Usage(
+    tasks=[TaskUsage(task=2, state="COMPLETED", elapsed=7.0, cpu_time=0.7, max_rss=220880896,
+                     requested_memory=524288000, cpus=2, time_limit=300.0,
+                     steps=[StepUsage(name="batch", elapsed=7.0, cpu_time=0.7, max_rss=220880896)])]
 )  # fmt: skip
 EVENT = Event(seq=7, key="k", bundle="exp_20240101000000", name="a", job_id="1234", state=JobState.RUNNING)
 
@@ -55,6 +61,7 @@ REQUESTS = [
     Cancel(id="r3", job_ids=["1", "2"]),
     Cancel(id="r4", bundle="exp"),
     Status(id="r5", bundle="exp_20240101000000"),
+    Status(id="r5u", bundle="exp", usage=True),
     Watch(id="r6", since=12, follow=False, heartbeat=0.5),
     Unwatch(id="r7", watch_id="r6"),
     Logs(id="r8", job_id="1234", stream="err", offset=100, follow=True, array_task=3),
@@ -70,6 +77,7 @@ REPLIES = [
         jobs=[TRACKED, TrackedJob(key="k", bundle="b", name="n", job_id="1", state=JobState.SUBMITTED)],
         last_seq=3,
     ),
+    StatusReply(id="r5u", jobs=[TRACKED], usage={TRACKED.key: USAGE}),
     Events(id="r6", events=[EVENT], last_seq=7),
     LogChunk(id="r8", path="/p/slurm/a-1234.out", offset=100, data=b"\x00\xffbinary ok\n", eof=True),
     Ack(id="r9"),
@@ -103,6 +111,14 @@ def test_a_request_is_not_read_as_a_reply_nor_the_reverse():
     with pytest.raises(ProtocolError) as caught:
         decode_request(encode(Ack(id="r1")))
     assert caught.value.reply.code == "bad_request"
+
+
+def test_a_status_without_usage_from_an_older_peer_decodes_with_none():
+    """An older client's Status has no `usage`; an older agent's StatusReply neither."""
+    older = msgspec.msgpack.encode({"type": "status", "v": PROTOCOL_VERSION, "id": "x", "bundle": "b"})
+    assert decode_request(older) == Status(id="x", bundle="b", usage=False)
+    older_reply = msgspec.msgpack.encode({"type": "status_reply", "v": PROTOCOL_VERSION, "id": "x"})
+    assert decode_reply(older_reply) == StatusReply(id="x", usage={})
 
 
 def test_unknown_fields_from_a_newer_peer_are_ignored():

@@ -102,7 +102,7 @@ class KeyedAgent:
             on_submitted(reply)
         return replies
 
-    def tracked(self, job_ids: object = (), bundle: str = "") -> StatusReply:
+    def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> StatusReply:
         return StatusReply(jobs=[job for job in self.jobs.values() if job.bundle == bundle])
 
     def end(self, name: str, state: JobState) -> None:

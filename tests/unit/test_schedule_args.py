@@ -180,3 +180,9 @@ def test_missing_app_name_exits() -> None:
 def test_non_integer_count_exits() -> None:
     with pytest.raises(SystemExit):
         parse_schedule_args(["train", "--cpus-per-task", "four"])
+
+
+def test_like_names_a_bundle_and_is_not_the_apps() -> None:
+    request = parse_schedule_args(["app", "--like", "sweep", "--lr", "1", "--mem", "2G"])
+    assert (request.like, request.slurm.mem, request.app_arguments) == ("sweep", "2G", ["--lr", "1"])
+    assert parse_schedule_args(["app"]).like is None

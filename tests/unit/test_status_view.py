@@ -17,7 +17,7 @@ from milex_common.protocol import Event, StatusReply, TrackedJob
 
 
 class Unreachable:
-    def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+    def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> object:
         raise AgentUnavailable("no answer from the agent within 30 s")
 
 
@@ -61,7 +61,7 @@ class Answering:
             ),
         ]
 
-    def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+    def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> object:
         return StatusReply(jobs=self.jobs, last_seq=7)
 
 
@@ -112,7 +112,7 @@ def test_a_watch_of_jobs_that_have_all_ended_shows_their_table_once(
 class Filtering(Answering):
     """An agent that answers as a real one does: the jobs of a bundle, or of some ids."""
 
-    def tracked(self, job_ids: object = (), bundle: str = "") -> object:
+    def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> object:
         jobs = [job for job in self.jobs if job.job_id in job_ids] if job_ids else self.jobs  # type: ignore[operator]
         return StatusReply(jobs=[job for job in jobs if not bundle or job.bundle.startswith(f"{bundle}_")])
 

@@ -60,7 +60,7 @@ class Agent:
     def __init__(self, jobs: list[TrackedJob]) -> None:
         self.jobs = jobs
 
-    def tracked(self, job_ids: object = (), bundle: str = "") -> StatusReply:
+    def tracked(self, job_ids: object = (), bundle: str = "", usage: bool = False) -> StatusReply:
         return StatusReply(jobs=self.jobs, last_seq=3)
 
 

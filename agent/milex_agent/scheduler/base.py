@@ -9,6 +9,7 @@ from typing import Protocol
 import msgspec
 
 from milex_common.model import JobStatus
+from milex_common.usage import Usage
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +47,15 @@ class Scheduler(Protocol):
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The current status of each of `job_ids`, in one query whatever their number; an array's
         with its tasks (`JobStatus.tasks`, by the index its script sees) where the scheduler lists them."""
+        ...
+
+    def usage(self, job_ids: Sequence[str]) -> dict[str, Usage]:
+        """What each of these ended jobs used, in one query whatever their number: those whose account
+        is complete (accounting lags a job's end by a moment: the others are asked again later); where
+        the scheduler keeps no accounting at all, each with a `note` saying so (`NO_ACCOUNTING`).
+
+        Raises SchedulerError when its accounting failed to answer.
+        """
         ...
 
     def cancel(self, job_ids: Sequence[str]) -> None:

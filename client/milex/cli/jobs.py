@@ -19,15 +19,22 @@ machine_option = click.option("--machine", help="Machine of the configuration (d
 @click.option("--watch", is_flag=True, help="Keep the table updated as events arrive, until all finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON (an array's tasks included).")
 @click.option("--tasks", is_flag=True, help="Also list each task of an array: index, state, exit code.")
+@click.option(
+    "--usage",
+    is_flag=True,
+    help="What the jobs that ended used, as seff shows it, and what to ask next time.",
+)
 @reports_errors
-def status(bundle: str | None, machine: str | None, watch: bool, as_json: bool, tasks: bool) -> None:
+def status(
+    bundle: str | None, machine: str | None, watch: bool, as_json: bool, tasks: bool, usage: bool
+) -> None:
     """The jobs of BUNDLE, or the job of that id (all tracked jobs without it), and their states; an
     array's tasks counted on its line."""
     from milex.cli.status_view import show_status
 
     wanted = bundle or ""
     job_id = bool(_JOB_ID.fullmatch(wanted))
-    show_status(wanted, machine, watch=watch, as_json=as_json, may_be_job_id=job_id, tasks=tasks)
+    show_status(wanted, machine, watch=watch, as_json=as_json, may_be_job_id=job_id, tasks=tasks, usage=usage)
 
 
 @click.command("logs", context_settings={"help_option_names": HELP_OPTIONS})

@@ -26,6 +26,12 @@ def schedule(argv: tuple[str, ...]) -> None:
     from milex.schedule_args import parse_schedule_args
 
     request = parse_schedule_args(argv)  # before importing the API: `--help` stays fast
+    if request.like:
+        from milex.usage_advice import suggestion_from
+
+        advice = suggestion_from(request.like, request.machine, request.job_name or request.app)
+        request.slurm = advice.under(request.slurm)
+        click.echo(f"From the usage of {request.like}: {' '.join(advice.options) or 'no change'}")
     from milex import api
 
     scheduled = api.schedule(

@@ -59,9 +59,11 @@ def show_status(
     as_json: bool,
     may_be_job_id: bool = False,
     tasks: bool = False,
+    usage: bool = False,
 ) -> None:
     """The jobs of `bundle` (all without it), or of the job of that id if `may_be_job_id` and no
-    bundle has that name; with `tasks`, a line per task of each array after them."""
+    bundle has that name; with `tasks`, a line per task of each array after them; with `usage`,
+    what they used (milex.cli.usage_view)."""
     from milex.config.file import load_config
     from milex.machine.ssh.errors import LinkDown
     from milex.machine.submitter import submitter_for
@@ -72,12 +74,14 @@ def show_status(
     machine = config.machine(machine_name)
     submitter = submitter_for(machine)
     try:
-        reply = _ask(submitter, bundle, machine.name, may_be_job_id=may_be_job_id)
+        reply = _ask(submitter, bundle, machine.name, may_be_job_id=may_be_job_id, usage=usage)
     except (AgentUnavailable, LinkDown) as error:
         _show_offline(bundle, machine, config.jobs_dir, str(error), as_json=as_json)
         raise SystemExit(OFFLINE) from None
     apply_states(config.jobs_dir, machine.name, reply.jobs)
-    if as_json:
+    if usage:
+        _show_usage(reply, f"{bundle or 'all jobs'} on {machine.name}", as_json=as_json)
+    elif as_json:
         from milex.cli.tasks_view import as_json as jobs_json
 
         click.echo(jobs_json(reply.jobs))
@@ -95,14 +99,29 @@ def show_status(
             console.print(tasks_table(reply.jobs, f"tasks of {title}"))
 
 
-def _ask(submitter: AgentSubmitter, wanted: str, machine: str, *, may_be_job_id: bool) -> StatusReply:
+def _show_usage(reply: StatusReply, title: str, *, as_json: bool) -> None:
+    if as_json:
+        import msgspec
+
+        click.echo(msgspec.json.encode({"jobs": reply.jobs, "usage": reply.usage}).decode())
+        return
+    from rich.console import Console
+
+    from milex.cli.usage_view import show_usage
+
+    show_usage(Console(soft_wrap=True), reply.jobs, reply.usage, title)
+
+
+def _ask(
+    submitter: AgentSubmitter, wanted: str, machine: str, *, may_be_job_id: bool, usage: bool = False
+) -> StatusReply:
     """The agent's jobs: all, those of the bundle `wanted`, or the job of that id; UnknownJob when
     the agent tracks nothing by that name or id (an empty answer would look like a bundle with no jobs)."""
     from milex_common.errors import UnknownJob
 
-    reply = submitter.tracked(bundle=wanted)
+    reply = submitter.tracked(bundle=wanted, usage=usage)
     if wanted and not reply.jobs and may_be_job_id:
-        reply = submitter.tracked(job_ids=[wanted])
+        reply = submitter.tracked(job_ids=[wanted], usage=usage)
     if wanted and not reply.jobs:
         option = "" if machine == "local" else f" --machine {machine}"
         raise UnknownJob(

@@ -9,10 +9,11 @@ from milex.config.file import Machine
 from milex.machine.endpoint import drop_shared_connection, shared_connection
 from milex.records import job_key
 from milex_common.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
-from milex_common.errors import SubmitError
+from milex_common.errors import SchedulerError, SubmitError
 from milex_common.model import Bundle, JobStatus, MachineSettings
 from milex_common.protocol import (
     SUBMIT_PROGRESS,
+    USAGE,
     Cancel,
     Cancelled,
     Status,
@@ -97,8 +98,18 @@ class AgentSubmitter:
             if isinstance(reply, SubmitProgress) and on_progress is not None:
                 on_progress(reply)
 
-    def tracked(self, job_ids: Sequence[str] = (), bundle: str = "") -> StatusReply:
-        return self.connection.request(Status(job_ids=list(job_ids), bundle=bundle), expect=StatusReply)
+    def tracked(self, job_ids: Sequence[str] = (), bundle: str = "", *, usage: bool = False) -> StatusReply:
+        """The agent's jobs (all, those of `job_ids`, or of `bundle`); with `usage`, what those that
+        ended used (an agent too old to keep it is an error that says how to update it)."""
+        connection = self.connection
+        if usage and USAGE not in connection.features:
+            raise SchedulerError(
+                f"the agent on {self.machine.name} keeps no resource usage (an older release): "
+                f"`milex agent deploy --machine {self.machine.name}`, then `milex agent stop --machine "
+                f"{self.machine.name}`, and it gathers the usage of jobs that end from then on."
+            )
+        request = Status(job_ids=list(job_ids), bundle=bundle, usage=usage)
+        return connection.request(request, expect=StatusReply)
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The agent's last known state of each job (it polls SLURM; this asks only the agent)."""

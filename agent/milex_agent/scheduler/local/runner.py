@@ -19,6 +19,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
+from milex_agent.scheduler.local.measure import run_measured, write_usage
+from milex_agent.scheduler.local.scheduler import parse_header
 from milex_agent.scheduler.local.store import (
     SCRIPT_FILE,
     STATE_LOCK,
@@ -33,6 +35,7 @@ from milex_agent.scheduler.local.store import (
 )
 from milex_common.model import JobState, TaskStatus, dependency_verdict
 from milex_common.slurm_values import array_indices
+from milex_common.usage import TaskUsage
 
 # SLURM's filename patterns (with an optional zero-padding width, as in `%3a`).
 _PATTERN = re.compile(r"%(\d*)([%AajxuN])")
@@ -72,7 +75,9 @@ def run_job(job_dir: Path, spec: LocalJobSpec) -> None:
         return
     if not advance(job_dir, {JobState.PENDING}, state=JobState.RUNNING, reason=""):
         return
-    code = run_tasks(spec, job_dir)
+    code, used = run_tasks(spec, job_dir)
+    header = parse_header((job_dir / SCRIPT_FILE).read_text())
+    write_usage(job_dir, used, (JobState.COMPLETED if code == 0 else JobState.FAILED).value, header)
     if code == 0:
         advance(job_dir, {JobState.RUNNING}, state=JobState.COMPLETED, exit_code=0, reason="")
     else:
@@ -107,33 +112,34 @@ def wait_for_dependencies(spec: LocalJobSpec, state_dir: Path) -> bool:
         delay = min(delay * 1.5, _POLL_MAX)
 
 
-def run_tasks(spec: LocalJobSpec, job_dir: Path) -> int:
+def run_tasks(spec: LocalJobSpec, job_dir: Path) -> tuple[int, list[TaskUsage]]:
     """Run the script once, or once per array index (up to the `%N` limit, else CPUs, at a time),
     recording each task's state as it starts and ends.
 
-    Returns the highest exit code, 0 when every run succeeded.
+    Returns the highest exit code (0 when every run succeeded), and what each run used.
     """
     script = job_dir / SCRIPT_FILE
     if spec.array is None:
-        return run_task(spec, script, None)
+        code, used = run_task(spec, script, None)
+        return code, [used]
     indices, limit = array_indices(spec.array)
     workers = max(1, min(len(indices), limit or os.cpu_count() or 1))
 
-    def task(index: int) -> int:
+    def task(index: int) -> tuple[int, TaskUsage]:
         append_task(job_dir, TaskStatus(index=index, state=JobState.RUNNING))
-        code = run_task(spec, script, index)
+        code, used = run_task(spec, script, index)
         ended = JobState.COMPLETED if code == 0 else JobState.FAILED
         reason = "" if code == 0 else "NonZeroExitCode"
         # After a cancel, no longer read: the cancel ended the tasks not ended then.
         append_task(job_dir, TaskStatus(index=index, state=ended, exit_code=code, reason=reason))
-        return code
+        return code, used
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        codes = list(pool.map(task, indices))
-    return max(codes, default=0)
+        runs = list(pool.map(task, indices))
+    return max((code for code, _ in runs), default=0), [used for _, used in runs]
 
 
-def run_task(spec: LocalJobSpec, script: Path, index: int | None) -> int:
+def run_task(spec: LocalJobSpec, script: Path, index: int | None) -> tuple[int, TaskUsage]:
     """Run the script with bash for one task; a death by signal N counts as exit code 128 + N."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
     environment.update(slurm_environment(spec, index))
@@ -143,16 +149,16 @@ def run_task(spec: LocalJobSpec, script: Path, index: int | None) -> int:
     with ExitStack() as files:
         stdout = files.enter_context(_open_log(output))
         stderr = stdout if error == output else files.enter_context(_open_log(error))
-        code = subprocess.run(
+        code, used = run_measured(
             ["bash", str(script)],
+            task=index,
             cwd=spec.submit_dir,
             env=environment,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
-            check=False,
-        ).returncode
-    return code if code >= 0 else 128 - code
+        )
+    return (code if code >= 0 else 128 - code), used
 
 
 def slurm_environment(spec: LocalJobSpec, index: int | None) -> dict[str, str]:

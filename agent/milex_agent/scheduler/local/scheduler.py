@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.local.measure import read_usage
 from milex_agent.scheduler.local.store import (
     RUNNER_LOCK,
     RUNNER_LOG,
@@ -37,10 +38,19 @@ from milex_common import slurm_values
 from milex_common.errors import InvalidValue, SchedulerError, SubmitError
 from milex_common.files import atomic_write
 from milex_common.model import DEPENDENCY_TYPES, JobState, JobStatus, TaskStatus
+from milex_common.usage import NOT_RECORDED, Usage
 
-# The `#SBATCH` options the local scheduler reads; long names, and short ones mapped to them.
-_HEADER_OPTIONS = ("output", "error", "array", "job-name")
-_SHORT_OPTIONS = {"-o": "output", "-e": "error", "-a": "array", "-J": "job-name"}
+# The `#SBATCH` options the local scheduler reads (the resources for its jobs' usage); long names, and
+# short ones mapped to them.
+_HEADER_OPTIONS = ("output", "error", "array", "job-name", "cpus-per-task", "mem", "time")
+_SHORT_OPTIONS = {
+    "-o": "output",
+    "-e": "error",
+    "-a": "array",
+    "-J": "job-name",
+    "-c": "cpus-per-task",
+    "-t": "time",
+}
 
 
 class LocalScheduler:
@@ -92,6 +102,15 @@ class LocalScheduler:
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         return {job_id: read_status(self.state_dir, job_id) for job_id in job_ids}
+
+    def usage(self, job_ids: Sequence[str]) -> dict[str, Usage]:
+        """What the runners measured; a job that ended without running (cancelled) has nothing."""
+        found = {}
+        for job_id in job_ids:
+            job_dir = job_directory(self.state_dir, job_id)
+            if job_dir is not None and read_status(self.state_dir, job_id).state.finished:
+                found[job_id] = read_usage(job_dir) or Usage(note=NOT_RECORDED)
+        return found
 
     def lookup(self, comments: Sequence[str]) -> dict[str, str]:
         wanted = set(comments)

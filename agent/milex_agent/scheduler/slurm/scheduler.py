@@ -12,6 +12,7 @@ from milex_agent.scheduler.slurm.history import SlurmHistory
 from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
 from milex_agent.scheduler.slurm.output import ids_by_comment
 from milex_agent.scheduler.slurm.poll import SqueuePoll
+from milex_agent.scheduler.slurm.usage import read_usage
 from milex_common.errors import (
     DependencyRefused,
     LimitReached,
@@ -20,6 +21,7 @@ from milex_common.errors import (
     SubmitError,
 )
 from milex_common.model import JobState, JobStatus
+from milex_common.usage import NO_ACCOUNTING, Usage
 
 # What sbatch says when a job named in --dependency does not exist (ESLURM_DEPENDENCY).
 DEPENDENCY_PROBLEM = "Job dependency problem"
@@ -75,6 +77,18 @@ class SlurmScheduler:
             # Only jobs that ended longer ago than MinJobAge: rare, so a second query is fine.
             states.update(self.history.states(forgotten))
         return states
+
+    def usage(self, job_ids: Sequence[str]) -> dict[str, Usage]:
+        if not job_ids:
+            return {}
+        if self.history.accounting:
+            found, problem = read_usage(job_ids)
+            if problem is None:
+                return found
+            if "disabled" not in problem:  # slurmdbd away: asked again at the next poll
+                raise SchedulerError(f"sacct failed: {problem}")
+            self.history.accounting = False  # "Slurm accounting storage is disabled": asked once
+        return {job_id: Usage(note=NO_ACCOUNTING) for job_id in job_ids}
 
     def lookup(self, comments: Sequence[str]) -> dict[str, str]:
         if not comments:
