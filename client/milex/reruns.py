@@ -26,7 +26,8 @@ from milex.records import (
     warn,
 )
 from milex_common.errors import BundleError, MilexError
-from milex_common.model import Bundle, JobState
+from milex_common.model import Bundle, Job, JobState
+from milex_common.slurm_values import array_indices, array_spec
 
 if TYPE_CHECKING:
     from milex_common.protocol import SubmitProgress
@@ -127,8 +128,9 @@ def latest_states(runs: list[Submission]) -> dict[str, SubmittedJobRecord]:
 def select_failed(record: Bundle, states: dict[str, SubmittedJobRecord]) -> Bundle:
     """`record` with only the jobs to run again: those that ended without completing or never ran
     (no run has them), and every job that depends on one of them, directly or not; their
-    dependencies on the others (which completed) dropped. BundleError if one of them has not ended;
-    NothingToRerun if there are none."""
+    dependencies on the others (which completed) dropped. An array that failed is narrowed to its
+    tasks that did not complete, when its record knows its tasks. BundleError if one of them has not
+    ended; NothingToRerun if there are none."""
     chosen = {name for name in record.jobs if name not in states or _did_not_complete(states[name].state)}
     for job in record.ordered_jobs():  # each after its dependencies: one pass reaches every dependent
         if any(dependency in chosen for dependency in job.dependencies):
@@ -142,7 +144,26 @@ def select_failed(record: Bundle, states: dict[str, SubmittedJobRecord]) -> Bund
             f"cannot rerun what has not ended: {listed}; wait for it (`milex status {record.stem} "
             "--watch`) or cancel it (`milex cancel`) first."
         )
-    return _subset(record, chosen)
+    subset = _subset(record, chosen)
+    for name, job in subset.jobs.items():
+        if job.slurm.array is not None and name in states and _did_not_complete(states[name].state):
+            subset.jobs[name] = _narrowed(job, states[name])
+    return subset
+
+
+def _narrowed(job: Job, status: SubmittedJobRecord) -> Job:
+    """`job`, an array, with `--array` narrowed to its indices whose task did not complete by
+    `status` (failed, cancelled, never started...; the `%` limit kept); `job` itself when no task is
+    known to have completed (a record older than tasks, or every task failed)."""
+    assert job.slurm.array is not None  # impossible: only arrays are narrowed
+    completed = {task.index for task in status.tasks if task.state is JobState.COMPLETED}
+    if not completed:
+        return job
+    indices, limit = array_indices(job.slurm.array)
+    slurm = msgspec.structs.replace(
+        job.slurm, array=array_spec([index for index in indices if index not in completed], limit)
+    )
+    return msgspec.structs.replace(job, slurm=slurm)
 
 
 def _did_not_complete(state: JobState) -> bool:

@@ -80,6 +80,19 @@ def array_indices(spec: str) -> tuple[list[int], int | None]:
     return sorted(indices), int(limit) if limit else None
 
 
+def array_spec(indices: list[int], limit: int | None = None) -> str:
+    """The array spec of `indices` (sorted), runs of consecutive ones as ranges: `[1, 2, 3, 7]` is
+    `1-3,7`; with `limit`, `%limit` after them (as `array_indices` reads it back)."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    items = ",".join(str(start) if start == end else f"{start}-{end}" for start, end in runs)
+    return f"{items}%{limit}" if limit else items
+
+
 def validate_positive(option: str, value: int) -> int:
     """Return `value` if it is a count SLURM accepts (at least 1)."""
     if value < 1:

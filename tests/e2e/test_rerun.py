@@ -94,3 +94,25 @@ def test_a_rerun_killed_after_the_agent_accepted_its_jobs_is_resumed_and_each_jo
     # settled as never run by the agent; never twice.
     assert in_slurm.count(f"{run['bundle']}/next/{second['run_id']}") <= 1, in_slurm
     assert second["jobs"]["next"]["state"] == "CANCELLED"
+
+
+def test_rerun_failed_of_an_array_submits_only_its_failed_tasks_and_lists_them(
+    laptop: MilexHome, login_node: LoginNode
+) -> None:
+    from tests.e2e.test_array_tasks import FAILING
+    from tests.e2e.test_array_tasks import schedule as schedule_array
+
+    schedule_array(laptop, "fanout")  # 20 tasks, FAILING exit 2
+    laptop.milex("milex-run", "fanout", "--machine", REMOTE, "--wait", check=False)
+
+    rerun = laptop.milex("milex", "rerun", "fanout", "--failed", "--wait", check=False)
+
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr  # the same tasks fail again
+    [first, second] = runs(laptop, "fanout")
+    assert second["rerun_of"] == first["run_id"]
+    recorded = second["jobs"]["fan"]["tasks"]  # [index, state, exit code, reason]
+    assert [(index, state) for index, state, *_ in recorded] == [(index, "FAILED") for index in FAILING]
+    key = f"{first['bundle']}/fan/{second['run_id']}"
+    assert keys_in_slurm(login_node, "fanout").count(key) == len(FAILING)  # one per task: those alone
+    listed = laptop.milex("milex", "status", first["bundle"], "--machine", REMOTE, "--tasks").stdout
+    assert "0/2 done, 2 failed" in listed, listed

@@ -192,3 +192,31 @@ def test_a_bundle_never_run_is_refused(agent: KeyedAgent, milex_config, tmp_path
     with pytest.raises(BundleError, match="has no run to rerun; `milex-run` runs it"):
         rerun("fresh")
     assert agent.submitted == []
+
+
+def test_an_array_that_failed_in_part_is_narrowed_to_the_tasks_that_did_not_complete() -> None:
+    from milex_common.model import SlurmOptions, TaskStatus
+
+    fan = Job(name="fan", script="app", slurm=SlurmOptions(array="0-9%4"))
+    record = Bundle(name="pipe", created="20261207010203", jobs={"fan": fan, "sum": job("sum", "fan")})
+    tasks = [TaskStatus(index=i, state=JobState.COMPLETED, exit_code=0) for i in range(10)]
+    tasks[3] = TaskStatus(index=3, state=JobState.FAILED, exit_code=2)
+    tasks[4] = TaskStatus(index=4, state=JobState.TIMEOUT)
+    tasks[7] = TaskStatus(index=7, state=JobState.FAILED, exit_code=2)
+    states = {"fan": SubmittedJobRecord(job_id="5", state=JobState.FAILED, exit_code=2, tasks=tasks),
+              "sum": SubmittedJobRecord(job_id="6", state=JobState.CANCELLED)}  # fmt: skip
+
+    chosen = select_failed(record, states)
+
+    assert chosen.jobs["fan"].slurm.array == "3-4,7%4"
+    assert chosen.jobs["sum"].dependencies == ["fan"]  # after the narrowed array, whole
+    assert record.jobs["fan"].slurm.array == "0-9%4"  # the record itself is left as it was
+
+
+def test_an_array_whose_tasks_are_not_known_is_rerun_whole() -> None:
+    from milex_common.model import SlurmOptions
+
+    fan = Job(name="fan", script="app", slurm=SlurmOptions(array="1-5"))
+    chosen = select_failed(Bundle(name="pipe", created="20261207010203", jobs={"fan": fan}),
+                           {"fan": SubmittedJobRecord(job_id="5", state=JobState.FAILED)})  # fmt: skip
+    assert chosen.jobs["fan"].slurm.array == "1-5"

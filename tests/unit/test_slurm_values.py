@@ -235,3 +235,19 @@ def test_dependency_type_error_lists_valid_types() -> None:
 )
 def test_array_indices(spec, indices, limit):
     assert slurm_values.array_indices(spec) == (indices, limit)
+
+
+@pytest.mark.parametrize(
+    ("indices", "limit", "spec"),
+    [
+        ([1, 2, 3, 7], None, "1-3,7"),
+        ([5], None, "5"),
+        ([0, 2, 4], 2, "0,2,4%2"),
+        ([3, 4, 7, 8, 9], 4, "3-4,7-9%4"),
+    ],
+)
+def test_array_spec_writes_indices_as_ranges_that_read_back(
+    indices: list[int], limit: int | None, spec: str
+) -> None:
+    assert slurm_values.array_spec(indices, limit) == spec
+    assert slurm_values.array_indices(spec) == (indices, limit)
