@@ -8,6 +8,7 @@ import socket
 
 import msgspec
 
+from milex_agent import run_ends
 from milex_agent.array_windows import window_name, window_of
 from milex_agent.job_queue import enqueue, room_for, submission_of
 from milex_agent.logs import LogNotFound, check_task, log_path, read_chunk
@@ -94,6 +95,8 @@ def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
     settings = msgspec.structs.replace(request.settings, path=os.path.expanduser(request.settings.path))
     request = msgspec.structs.replace(request, settings=settings)
     enqueue(agent, request)
+    if settings.notify:
+        run_ends.record(agent.journal, request)
     return submission_of(agent, request, room_for(agent, request.settings))
 
 

@@ -93,6 +93,22 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE usage (key TEXT PRIMARY KEY, body BLOB NOT NULL, recorded REAL NOT NULL);
     CREATE INDEX jobs_by_update ON jobs (updated_at);
     """,
+    # A run with a `notify` command (milex_agent.run_ends): the command, the run's jobs (a JSON list
+    # of [name, key]), and when the command was started (NULL: not yet; its keys are then emptied).
+    """
+    CREATE TABLE run_notices (
+        run TEXT PRIMARY KEY,
+        bundle TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        machine_path TEXT NOT NULL,
+        command TEXT NOT NULL,
+        keys TEXT NOT NULL,
+        created REAL NOT NULL,
+        sent REAL
+    );
+    CREATE INDEX run_notices_due ON run_notices (run) WHERE sent IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Every field of a job but its tasks, which are the column `task_states` (`tasks` counts them).
@@ -107,7 +123,11 @@ _IN_DOUBT = "job_id = '' AND state = 'SUBMITTED' AND window = 0"
 _IN_SCHEDULER = f"((job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})) AND window = 0"
 # What an agent is there for: a job in the scheduler not yet ended, in doubt, or waiting in the queue.
 # The agent stays while there is some (milex_agent.lifetime); the watchdog starts one for it.
-_WORK = f"SELECT 1 FROM jobs WHERE ({_IN_SCHEDULER}) OR state = 'QUEUED' LIMIT 1"
+# A run's notification not yet sent is work too (its jobs may all have ended just before a crash).
+_WORK = (
+    f"SELECT 1 FROM jobs WHERE ({_IN_SCHEDULER}) OR state = 'QUEUED'"
+    " UNION ALL SELECT 1 FROM run_notices WHERE sent IS NULL LIMIT 1"
+)
 # An array too big for SLURM is cut into windows (milex_agent.array_windows): each window is a row of
 # its own (`part_of` its array's key), submitted, polled and looked up as any job, but never shown; the
 # array's own row (`window`: the size it was cut at) is what clients see, its status the windows'
@@ -146,6 +166,10 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """One write transaction, for the tables a module of its own keeps (milex_agent.run_ends)."""
+        return self._writing()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

@@ -20,6 +20,7 @@ from milex_agent.job_queue import release
 from milex_agent.journal import JournalError
 from milex_agent.lifetime import Lifetime
 from milex_agent.logs import read_chunk
+from milex_agent.notifier import Notifier
 from milex_agent.pending import PendingSubmit
 from milex_agent.recovery import InDoubtRecovery
 from milex_agent.state import Agent, Peer
@@ -75,6 +76,7 @@ class AgentServer:
         agent.controller.confirms = True
         agent.controller.confirm_due = bool(agent.journal.unfinished())
         self.confirmation = Confirmation(agent)
+        self.notifier = Notifier(agent.journal)  # the `notify` command of each run that ends
         self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.readiness = zmq.Poller()
         self.readiness.register(self.socket, zmq.POLLIN)
@@ -91,6 +93,7 @@ class AgentServer:
             if peer is not None:
                 self.send(peer, reply)
         self.submitting.clear()
+        self.notifier.close()
         self.poll_worker.shutdown(wait=True)
         self.submit_workers.shutdown(wait=True)
         self.socket.close(linger=0)
@@ -110,6 +113,7 @@ class AgentServer:
             self._journaled(lambda: self.usage.step(self.poll_worker, self._wake))
             self.agent.journal.space.check()
             self._push_events()
+            self._journaled(self.notifier.step)
             self._push_logs()
             self._check_lifetime()
 
@@ -306,7 +310,8 @@ class AgentServer:
     def _check_lifetime(self) -> None:
         """Stop the agent when it has no reason to run (see Lifetime), saying why in its log."""
         agent = self.agent
-        if self.submitting or agent.watches or agent.log_streams:  # unfinished jobs: reason_to_stop asks
+        if self.submitting or agent.watches or agent.log_streams or self.notifier.running:
+            # (unfinished jobs and notifications not sent: reason_to_stop asks the journal)
             self.lifetime.busy()
         reason = self.lifetime.reason_to_stop(agent.journal.has_work)
         if reason and not self.socket.poll(0, zmq.POLLIN):  # a request just in: answer it first

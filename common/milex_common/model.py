@@ -160,6 +160,9 @@ class MachineSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Jobs (array tasks each) the agent keeps in the scheduler at once for this user, below the
     # cluster's own limits; None: only the cluster's. The rest wait in the agent's queue.
     max_submitted: int | None = None
+    # A shell command the agent runs on the login node when a run of a bundle ends, a JSON summary
+    # on its stdin (milex_agent.notifier); an agent older than it drops it.
+    notify: str = ""
 
 
 class MachineOverrides(TypedDict, total=False):

@@ -222,3 +222,21 @@ def test_state_dir_is_optional_absolute_and_expanded_on_a_local_machine(home: Pa
     assert not hasattr(cluster.settings, "state_dir")  # the agent's own business, not the jobs'
     message = config_error({"cluster": {**REMOTE, "state_dir": "state"}})
     assert "key 'state_dir' must be an absolute path, not 'state'" in message
+
+
+def test_notify_reaches_the_agent_in_the_settings_and_an_older_agent_drops_it() -> None:
+    import msgspec
+
+    command = "mail -s 'milex: $MILEX_BUNDLE' alice@example.org"
+    machine = parse({"cluster": {**REMOTE, "notify": command}}).machine("cluster")
+    assert machine.settings.notify == command
+    older = msgspec.defstruct("MachineSettings", [("name", str), ("path", str)], kw_only=True)
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(machine.settings), type=older)
+    assert decoded.name == "cluster"  # type: ignore[attr-defined]
+    assert "notify" not in msgspec.to_builtins(parse({"local": LOCAL}).machine("local").settings)
+
+
+@pytest.mark.parametrize("notify", ["   ", "mail\u0000x", 3])
+def test_a_notify_that_is_no_command_is_refused(notify: object) -> None:
+    message = config_error({"local": {**LOCAL, "notify": notify}})
+    assert "machine 'local'" in message and "notify" in message

@@ -61,7 +61,7 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def test_the_journal_opens_at_this_schema_with_every_job(journal):
-    assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     jobs = {(job.bundle, job.name): job for job in journal.jobs()}
     assert {job: (tracked.job_id, tracked.state, tracked.exit_code, tracked.reason)
             for job, tracked in jobs.items()} == {

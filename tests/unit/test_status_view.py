@@ -94,6 +94,9 @@ def test_a_watch_without_a_terminal_prints_the_table_a_line_per_change_and_the_f
     changes, final = changes.split("b on local\n")
     assert changes == "b_1 running 41 FAILED exit 3\nb_1 queued 42 CANCELLED (DependencyNeverSatisfied)\n"
     assert "│ 42 " in final and "CANCELLED" in final and "FAILED" in final and "QUEUED" not in final
+    assert final.endswith(
+        "\nbundle b_1 done: 1 failed, 1 cancelled (job queued cancelled, job running exit 3)\n"
+    ), final
 
 
 def test_a_watch_of_jobs_that_have_all_ended_shows_their_table_once(

@@ -114,7 +114,8 @@ def check() -> None:
     config = load_config()
     for machine in config.machines.values():
         where = f"{machine.hostname}:{machine.path}" if machine.is_remote else machine.path
-        click.echo(f"{machine.name}: {machine.scheduler} at {where}")
+        notify = f"; notify: {machine.notify}" if machine.notify else ""
+        click.echo(f"{machine.name}: {machine.scheduler} at {where}{notify}")
 
 
 def main() -> None:

@@ -58,9 +58,11 @@ def submit_and_report(
     submit: Callable[[OnProgress], Submission], *, wait: bool, timeout: float | None = None
 ) -> None:
     """Submit (a progress bar on a terminal if it takes more than a second), print the job ids;
-    with `wait`, follow the jobs and fail if any did not complete. A wait that times out, or is
+    with `wait`, follow the jobs, say in one line how they ended (with the bell or a desktop
+    notification), and fail if any did not complete. A wait that times out, or is
     interrupted, says which jobs go on and how to follow them."""
     from milex import api
+    from milex.cli.ended import announce, submission_line
     from milex.cli.output import SubmitProgressBar, print_submission
     from milex_common.model import JobState
 
@@ -77,6 +79,7 @@ def submit_and_report(
         click.echo(f"stopped waiting; still unfinished: {api.going_on(submission)}", err=True)
         sys.exit(130)
     print_submission(submission, states)
+    announce([submission_line(submission, states)])
     if any(status.state is not JobState.COMPLETED for status in states.values()):
         raise SystemExit(1)
 

@@ -134,14 +134,18 @@ def _ask(
 def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path, bundle: str) -> None:
     """The table kept up to date on a terminal; elsewhere (a pipe, a log file, where a live table
     shows nothing until it ends), the table, a line per change as it comes, and the final table.
-    Jobs that have all ended already: their table, once."""
+    Jobs that have all ended already: their table, once. Then a line per bundle saying how its jobs
+    ended, with the bell or a desktop notification if the watch waited for them."""
     from rich.console import Console
     from rich.live import Live
+
+    from milex.cli.ended import announce, bundle_lines
 
     console = Console(soft_wrap=True)
     title = f"{bundle or 'all jobs'} on {machine.name}"
     watching = f"{title} (watching; Ctrl-C to stop)"
-    if all(job.state.finished for job in jobs):
+    waited = not all(job.state.finished for job in jobs)
+    if not waited:
         console.print(table(jobs, title))
     elif console.is_terminal:
         with Live(table(jobs, watching), console=console, auto_refresh=False) as live:
@@ -156,6 +160,7 @@ def _watch(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path,
             said = f"{job.bundle} {job.name} {job.job_id} {job.state.value}{exit_code}{reason}{tasks}"
             console.print(said, markup=False, highlight=False)
         console.print(table(jobs, title))
+    announce(bundle_lines(jobs), alert=waited)
 
 
 def _changes(jobs: list[TrackedJob], since: int, machine: Machine, jobs_dir: Path) -> Iterator[TrackedJob]:

@@ -18,7 +18,7 @@ SCHEDULERS = ("slurm", "local")
 REQUIRED_KEYS = ("path", "env_command", "slurm_account")
 REMOTE_KEYS = ("username", "key_path")
 INTEGER_KEYS = ("port", "max_submitted")
-KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, *INTEGER_KEYS, "state_dir")
+KNOWN_KEYS = (*REQUIRED_KEYS, "scheduler", "hostname", *REMOTE_KEYS, *INTEGER_KEYS, "state_dir", "notify")
 
 
 class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -39,6 +39,9 @@ class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
     # A directory on a disk of the node for the agent's directory and journal, where the filesystem
     # of `path` has no working locks (the agent refuses to start there and names one).
     state_dir: str | None = None
+    # A shell command the agent runs on the machine when a run of a bundle ends, with the run's summary
+    # as JSON on its stdin (`mail -s ... you@example.org`, `curl -d @- URL`).
+    notify: str = ""
 
     @property
     def is_remote(self) -> bool:
@@ -54,6 +57,7 @@ class Machine(msgspec.Struct, kw_only=True, omit_defaults=True):
             slurm_account=self.slurm_account,
             scheduler="local" if self.scheduler == "local" else "slurm",
             max_submitted=self.max_submitted,
+            notify=self.notify,
         )
 
 
@@ -199,6 +203,8 @@ def _check_values(machine: Machine, where: str) -> None:
         )
     if machine.max_submitted is not None and machine.max_submitted < 1:
         raise ConfigError(f"{where}: key 'max_submitted' must be at least 1, not {machine.max_submitted}.")
+    if machine.notify and (not machine.notify.strip() or "\0" in machine.notify):
+        raise ConfigError(f"{where}: key 'notify' must be a shell command, not {machine.notify!r}.")
     for key in ("path", "state_dir"):
         value = getattr(machine, key)
         if value is not None and not value.startswith(("/", "~")):
