@@ -79,7 +79,8 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
-_JOB_COLUMNS = ", ".join(TrackedJob.__struct_fields__)
+# A TrackedJob's columns; its script's sha256 is not kept (the reply to a submission reads the script).
+_JOB_COLUMNS = ", ".join(field for field in TrackedJob.__struct_fields__ if field != "script_sha256")
 _STATUS_COLUMNS = ", ".join(("key", *JobStatus.__struct_fields__))
 _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  # of every release
 # A job whose submission was started but whose scheduler id is not known yet: no id, state SUBMITTED.

@@ -74,6 +74,15 @@ def make_job(
     ).validate()
 
 
+def with_provenance(job: Job) -> Job:
+    """`job`, with the provenance of its app in this environment unless it has one already."""
+    if job.provenance is not None:
+        return job
+    from milex.app_provenance import app_provenance  # lazy: importlib.metadata and git, when recording
+
+    return msgspec.structs.replace(job, provenance=app_provenance(job.script))
+
+
 def schedule(
     app: str,
     app_arguments: Sequence[str] = (),
@@ -94,7 +103,7 @@ def schedule(
         from milex.capture import capture_arguments  # lazy: a record built in memory runs no NAME-cli
 
         script_args = capture_arguments(app, app_arguments)
-    job = make_job(app, script_args, **job_options)
+    job = with_provenance(make_job(app, script_args, **job_options))
     jobs_dir = config.jobs_dir
     if append:
         saved, path = append_job(jobs_dir, bundle_name, job)
@@ -111,15 +120,18 @@ def run(
     date: str | None = None,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
+    any_version: bool = False,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit the newest bundle called `bundle` (or the one of `date`) to `machine`.
 
-    `progress`, if given, is called with each SubmitProgress the agent sends while it submits.
+    `progress`, if given, is called with each SubmitProgress the agent sends while it submits. A job
+    whose app the machine has in another version than recorded is refused first (VersionMismatch,
+    milex.version_check), unless `any_version`.
     """
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
-    return submit_bundle(record, machine, config, progress=progress, **overrides)
+    return submit_bundle(record, machine, config, progress=progress, any_version=any_version, **overrides)
 
 
 def submit(
@@ -129,15 +141,17 @@ def submit(
     machine: str | None = None,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
+    any_version: bool = False,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit jobs built in memory; they are recorded as a bundle, so the run is reproducible.
 
     The record's name is claimed first and its content written while the agent submits; it is kept
-    even when the submission fails, for a `milex-run` later.
+    even when the submission fails, for a `milex-run` later. Each job is recorded with its app's
+    provenance here; the machine's version of the app is checked as `run` does.
     """
     config = config or load_config()
-    job_list = [job.validate() for job in ([jobs] if isinstance(jobs, Job) else jobs)]
+    job_list = [with_provenance(job.validate()) for job in ([jobs] if isinstance(jobs, Job) else jobs)]
     if not job_list:
         raise InvalidValue("submit() needs at least one job.")
     names = [job.name for job in job_list]
@@ -155,6 +169,7 @@ def submit(
             config,
             while_waiting=lambda: write_bundle(path, record),
             progress=progress,
+            any_version=any_version,
             **overrides,
         )
     finally:
@@ -210,12 +225,14 @@ def submit_bundle(
     *,
     while_waiting: Callable[[], None] = lambda: None,
     progress: Callable[[SubmitProgress], None] | None = None,
+    any_version: bool = False,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit a loaded bundle and keep a record of the submission beside it, even a partial one.
 
     `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped);
-    `progress` gets each SubmitProgress the agent sends meanwhile.
+    `progress` gets each SubmitProgress the agent sends meanwhile. Unless `any_version`, the apps'
+    versions on the machine are checked against the record first (milex.version_check).
     """
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
@@ -229,12 +246,21 @@ def submit_bundle(
         run_id=new_run_id(),
     )
 
+    submitter = submitter_for(machine)
+    if not any_version:
+        from milex.version_check import check_versions
+
+        check_versions(submitter, bundle, settings)
+
     def record(job: TrackedJob) -> None:
-        submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+        submission.host = submitter.agent_host
+        submission.jobs[job.name] = SubmittedJobRecord(
+            job_id=job.job_id, script=job.script, script_sha256=job.script_sha256
+        )
         submission.jobs[job.name].take(job)  # QUEUED, for a job that waits in the agent's queue
 
     try:
-        submitter_for(machine).submit(
+        submitter.submit(
             bundle, settings, record, while_waiting, run_id=submission.run_id, on_progress=progress
         )
     except SubmitError as error:

@@ -33,6 +33,7 @@ class SubmittedJobRecord(JobStatus):
 
     state: JobState = JobState.SUBMITTED
     script: str = ""
+    script_sha256: str = ""  # of the script the agent submitted ("" in older records, queued jobs)
 
 
 class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -46,6 +47,7 @@ class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str = ""
     jobs: dict[str, SubmittedJobRecord] = {}
     error: str = ""
+    host: str = ""  # the host the machine's agent ran on when it took the run ("" in older records)
 
     @property
     def identity(self) -> tuple[str, ...]:

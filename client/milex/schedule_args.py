@@ -33,6 +33,7 @@ class ScheduleRequest:
     run_now: bool = False
     wait: bool = False
     machine: str | None = None
+    any_version: bool = False
     overrides: MachineOverrides = field(default_factory=lambda: MachineOverrides())
 
 
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(*_spellings("run_now"), action="store_true", help="run right away")
     run.add_argument("--wait", action="store_true", help="with --run-now: wait for the jobs to end")
     run.add_argument("--machine", help="machine of the configuration; default: local")
+    run.add_argument(
+        *_spellings("any_version"),
+        action="store_true",
+        help="run even if the machine has another app version",
+    )
     for override in ("slurm_account", "env_command", "path"):
         run.add_argument(*_spellings(override), help=f"use this {override} instead of the machine's")
     for removed, name in _REMOVED.items():
@@ -148,6 +154,7 @@ def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
         run_now=options.run_now,
         wait=options.wait,
         machine=options.machine,
+        any_version=options.any_version,
         overrides=overrides,
     )
 
