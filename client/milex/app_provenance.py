@@ -29,7 +29,13 @@ _GIT_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRE
 def app_provenance(app: str) -> Provenance:
     """The provenance of the console script `app` in this environment (kept per process: a program
     that submits many jobs of one app asks git once)."""
-    found = entry_point_distribution(app)
+    return provenance_of(app)
+
+
+def provenance_of(app: str, path: list[str] | None = None) -> Provenance:
+    """The provenance of the console script `app` among the distributions installed on `path`
+    (default: sys.path)."""
+    found = entry_point_distribution(app, path)
     if found is None:
         return Provenance(python=platform.python_version(), milex=VERSION)
     distribution, entry_point = found
@@ -45,24 +51,29 @@ def app_provenance(app: str) -> Provenance:
     )
 
 
-def entry_point_distribution(app: str) -> tuple[metadata.Distribution, metadata.EntryPoint] | None:
-    """The installed distribution whose console script `app` is, and that entry point; None if none."""
-    for entry_point in metadata.entry_points(group="console_scripts", name=app):
-        if entry_point.dist is not None:
-            return entry_point.dist, entry_point
+def entry_point_distribution(
+    app: str, path: list[str] | None = None
+) -> tuple[metadata.Distribution, metadata.EntryPoint] | None:
+    """The distribution installed on `path` (default: sys.path) whose console script `app` is, and
+    that entry point; None if none is."""
+    found = metadata.distributions() if path is None else metadata.distributions(path=path)
+    for distribution in found:
+        for entry_point in distribution.entry_points:
+            if entry_point.group == "console_scripts" and entry_point.name == app:
+                return distribution, entry_point
     return None
 
 
 def source_checkout(distribution: metadata.Distribution, entry_point: metadata.EntryPoint) -> Path | None:
     """Where the app's source may be a git checkout: the local directory an editable install names
-    (direct_url.json), else the directory of its module, if that file is in a git work tree (checked
-    by `git_state`); None when neither can be found."""
+    (direct_url.json), else the directory of its module, if git tracks that file; None when neither
+    (an installed copy, in site-packages, is no checkout even inside a work tree)."""
     project = _direct_url_directory(distribution)
     if project is not None:
         return project
-    module = _module_file(entry_point.module)
+    module = _module_file(distribution, entry_point.module)
     if module is None or _git(module.parent, "ls-files", "--error-unmatch", "--", module.name) is None:
-        return None  # an installed copy (in site-packages), even inside a work tree, is no checkout
+        return None
     return module.parent
 
 
@@ -82,12 +93,18 @@ def _direct_url_directory(distribution: metadata.Distribution) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _module_file(module: str) -> Path | None:
-    """The file of `module`'s top-level package, found without importing it."""
+def _module_file(distribution: metadata.Distribution, module: str) -> Path | None:
+    """The file of `module`'s top-level package among the distribution's files, or as the import
+    system would find it (without importing it)."""
+    top = module.partition(".")[0]
+    for relative in (f"{top}/__init__.py", f"{top}.py"):
+        located = Path(str(distribution.locate_file(relative)))
+        if located.is_file():
+            return located
     from importlib.util import find_spec
 
     try:
-        spec = find_spec(module.partition(".")[0])
+        spec = find_spec(top)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.origin or not os.path.isfile(spec.origin):

@@ -61,7 +61,9 @@ def show_status(
     if as_json:
         import msgspec
 
-        click.echo(msgspec.json.encode(reply.jobs).decode())
+        from milex.run_provenance import described_jobs
+
+        click.echo(msgspec.json.encode(described_jobs(config.jobs_dir, machine.name, reply.jobs)).decode())
     elif watch:
         _watch(reply.jobs, reply.last_seq, machine, config.jobs_dir, bundle)
     else:
@@ -156,4 +158,6 @@ def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *
                 fields = {**msgspec.structs.asdict(record), "key": key, "bundle": submission.bundle}
                 known.append(msgspec.convert({**fields, "name": job_name}, TrackedJob))
     if as_json:
-        click.echo(msgspec.json.encode(known).decode())
+        from milex.run_provenance import described_jobs
+
+        click.echo(msgspec.json.encode(described_jobs(jobs_dir, machine.name, known)).decode())
