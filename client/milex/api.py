@@ -36,6 +36,7 @@ from milex_common.model import (
     recordable_args,
 )
 from milex_common.protocol import StatusReply, SubmitProgress, TrackedJob
+from milex_common.provenance import Provenance
 from milex_common.slurm_values import validate_name
 
 if TYPE_CHECKING:
@@ -62,8 +63,10 @@ def make_job(
     slurm: SlurmOptions | None = None,
     dependencies: Sequence[str] = (),
     pre_commands: Sequence[str] = (),
+    provenance: Provenance | None = None,
 ) -> Job:
-    """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option."""
+    """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option.
+    `provenance`: which code the app is (`submit` and `schedule` record it when it is None)."""
     return Job(
         name=job_name or app,
         script=app,
@@ -71,6 +74,7 @@ def make_job(
         dependencies=list(dependencies),
         pre_commands=list(pre_commands),
         slurm=slurm or SlurmOptions(),
+        provenance=provenance,
     ).validate()
 
 
@@ -100,9 +104,16 @@ def schedule(
     config = config or load_config()
     bundle_name = validate_name("bundle name", bundle or app)
     if script_args is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from milex.app_provenance import app_provenance
         from milex.capture import capture_arguments  # lazy: a record built in memory runs no NAME-cli
 
-        script_args = capture_arguments(app, app_arguments)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the provenance is read while NAME-cli runs
+            reading = pool.submit(app_provenance, app) if job_options.get("provenance") is None else None
+            script_args = capture_arguments(app, app_arguments)
+        if reading is not None:
+            job_options["provenance"] = reading.result()
     job = with_provenance(make_job(app, script_args, **job_options))
     jobs_dir = config.jobs_dir
     if append:

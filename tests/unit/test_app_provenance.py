@@ -198,3 +198,19 @@ def test_status_json_gains_the_provenance_script_hash_and_host_of_the_records(tm
         *msgspec.to_builtins(tracked[0]),
         "provenance",
     }
+
+
+def test_schedule_records_the_provenance_read_while_the_app_cli_runs(milex_config: object) -> None:
+    from milex import api
+
+    scheduled = api.schedule("milex-example", ["--message", "hi"])  # installed beside this Python
+    provenance = scheduled.job.provenance
+    assert provenance is not None and (provenance.distribution, provenance.milex) == (
+        "milex-example",
+        VERSION,
+    )
+    saved = decode_bundle(scheduled.path.read_bytes(), name="milex-example", created=scheduled.bundle.created,
+                          source="test")  # fmt: skip
+    assert saved.jobs["milex-example"].provenance == provenance
+    given = Provenance(distribution="pinned", version="1")
+    assert api.schedule("milex-example", provenance=given, append=True, job_name="b").job.provenance == given
