@@ -243,3 +243,16 @@ def test_a_submissions_reply_carries_the_sha256_of_each_script_also_when_retried
     again = connection.request(submit_request(bundle, running.settings), expect=Submitted)
     assert [job.script_sha256 for job in again.jobs] == [job.script_sha256 for job in first.jobs]
     assert len(running.fake.submitted) == 2
+
+
+def test_the_agent_answers_others_while_a_check_runs(running: Served, tmp_path: Path) -> None:
+    from milex_common.protocol import Status, StatusReply
+
+    checking, asking = running.connect(timeout=20), running.connect()
+    slow = AppVersions(settings=settings_with("sleep 2", tmp_path), apps=["prov-app"])
+    request_id = checking.send(slow)
+    started = time.monotonic()
+    asking.request(Status(), expect=StatusReply)
+    assert time.monotonic() - started < 1.0
+    reply = checking.receive(request_id, expect=AppVersionsReply)
+    assert reply.versions == {"prov-app": ""} and time.monotonic() - started >= 1.5
