@@ -214,3 +214,17 @@ def test_schedule_records_the_provenance_read_while_the_app_cli_runs(milex_confi
     assert saved.jobs["milex-example"].provenance == provenance
     given = Provenance(distribution="pinned", version="1")
     assert api.schedule("milex-example", provenance=given, append=True, job_name="b").job.provenance == given
+
+
+def test_records_of_an_earlier_release_load_without_provenance_and_are_not_checked() -> None:
+    from milex.records import load_bundle, load_submissions
+    from milex.version_check import recorded_versions
+
+    jobs_dir = Path(__file__).parent / "releases" / "690690e" / "jobs"
+    bundle = load_bundle(jobs_dir, "sweep")
+    assert all(job.provenance is None for job in bundle.jobs.values())
+    written = (jobs_dir / f"{bundle.stem}.json").read_bytes()
+    assert encode_bundle(bundle) == written  # written back byte for byte: no provenance key appears
+    assert recorded_versions(bundle) == {}
+    for run in load_submissions(jobs_dir, bundle.stem):
+        assert run.host == "" and all(job.script_sha256 == "" for job in run.jobs.values())
