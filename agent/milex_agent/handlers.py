@@ -5,10 +5,12 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from concurrent.futures import Future
+from functools import partial
 
 import msgspec
 
-from milex_agent import run_ends
+from milex_agent import app_versions, run_ends
 from milex_agent.array_windows import window_name, window_of
 from milex_agent.job_queue import enqueue, room_for, submission_of
 from milex_agent.logs import LogNotFound, check_task, log_path, read_chunk
@@ -19,6 +21,8 @@ from milex_common.model import JobState
 from milex_common.protocol import (
     AGENT_FEATURES,
     Ack,
+    AppVersions,
+    AppVersionsReply,
     Cancel,
     Cancelled,
     Error,
@@ -47,9 +51,10 @@ IN_DOUBT = "in doubt: sbatch got no answer; asking SLURM whether it has the job"
 IN_DOUBT_SILENT = "in doubt: sbatch got no answer and SLURM's controller is silent; asking it again"
 
 
-def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit:
-    """The reply to `request` from `peer`, or a submission whose reply comes when it is done;
-    streams it starts are registered on `agent`."""
+def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit | Future[AppVersionsReply]:
+    """The reply to `request` from `peer`, a submission whose reply comes when it is done, or a
+    reply being made on a worker (a check that runs commands); streams it starts are registered on
+    `agent`."""
     match request:
         case Hello():
             return hello(agent, request)
@@ -68,6 +73,8 @@ def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit:
         case Shutdown():
             agent.stopping = True
             return Ack(id=request.id)
+        case AppVersions():  # runs the machine's env_command: never on the loop's thread
+            return agent.dispatch(partial(app_versions.answer, request))
 
 
 def hello(agent: Agent, request: Hello) -> HelloReply:

@@ -111,8 +111,11 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
-# Every field of a job but its tasks, which are the column `task_states` (`tasks` counts them).
-_JOB_COLUMNS = ", ".join((*(f for f in TrackedJob.__struct_fields__ if f != "tasks"), "task_states"))
+# A TrackedJob's columns: every field but its tasks, which are the column `task_states`, and its
+# script's sha256, which is not kept (the reply to a submission reads the script).
+_JOB_COLUMNS = ", ".join(
+    (*(f for f in TrackedJob.__struct_fields__ if f not in ("tasks", "script_sha256")), "task_states")
+)
 _STATUS_COLUMNS = ", ".join(("key", *(f for f in JobStatus.__struct_fields__ if f != "tasks"), "task_states"))
 _usage_decoder = msgspec.msgpack.Decoder(Usage)
 _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  # of every release

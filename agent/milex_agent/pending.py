@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from milex_agent.array_windows import WINDOW_MARK
 from milex_agent.state import Agent
 from milex_agent.submission import BundleSubmission
 from milex_common.errors import MilexError
 from milex_common.model import JobState
-from milex_common.protocol import SubmitBundle, SubmitProgress, Submitted
+from milex_common.protocol import SubmitBundle, SubmitProgress, Submitted, TrackedJob
 
 # Progress is sent at least this often to a client that asked for it, even when nothing moved: a
 # client that hears nothing for a few seconds knows the agent is gone.
@@ -97,4 +99,17 @@ class PendingSubmit:
         known = [
             job for job in jobs if job is not None and (job.job_id or job.state is not JobState.SUBMITTED)
         ]
+        for job in known:
+            job.script_sha256 = self.submission.script_sha256.get(job.name) or kept_script_sha256(job)
         return Submitted(id=self.request.id, jobs=known, error=error)
+
+
+def kept_script_sha256(job: TrackedJob) -> str:
+    """The sha256 of the script kept for `job` under `slurm/` (the text an earlier attempt submitted:
+    a retried request renders nothing); "" for a job not submitted, or a copy that cannot be read."""
+    if not job.job_id or not job.script:
+        return ""
+    try:
+        return hashlib.sha256(Path(job.script).read_bytes()).hexdigest()
+    except OSError:
+        return ""

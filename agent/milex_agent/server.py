@@ -29,6 +29,7 @@ from milex_common.errors import MilexError, SchedulerUnavailable
 from milex_common.model import JobStatus
 from milex_common.protocol import (
     MAX_MESSAGE_BYTES,
+    AppVersionsReply,
     Error,
     Events,
     LogChunk,
@@ -69,6 +70,8 @@ class AgentServer:
         self.polling: Future[list[tuple[str, JobStatus]]] | None = None
         # Submissions in progress, with the client that waits for each (None: a release of queued jobs).
         self.submitting: list[tuple[Peer | None, PendingSubmit]] = []
+        # Replies made on a worker (handlers that run commands), sent by the loop once done.
+        self.answering: list[tuple[Peer, Request, Future[AppVersionsReply]]] = []
         self.recovery = InDoubtRecovery(agent)
         self.usage = UsageGathering(agent.journal, agent.schedulers)  # after each poll, on its worker
         # Confirmed when the agent starts (the controller may have restarted while it was away), and
@@ -109,6 +112,7 @@ class AgentServer:
             if self.socket in ready:
                 self._receive_all()
             self._step_submissions()
+            self._send_answers()
             self._poll_scheduler()
             self._journaled(lambda: self.usage.step(self.poll_worker, self._wake))
             self.agent.journal.space.check()
@@ -152,15 +156,27 @@ class AgentServer:
             answer = self._answer(peer, payload)
             if isinstance(answer, PendingSubmit):
                 self.submitting.append((peer, answer))
+            elif isinstance(answer, tuple):
+                self.answering.append((peer, *answer))
             else:
                 self.send(peer, answer)
 
-    def _answer(self, peer: Peer, payload: bytes) -> Message | PendingSubmit:
+    def _answer(
+        self, peer: Peer, payload: bytes
+    ) -> Message | PendingSubmit | tuple[Request, Future[AppVersionsReply]]:
         try:
             request = decode_request(payload)
         except ProtocolError as error:
             return error.reply
-        return self._guarded(request, lambda: handle(self.agent, peer, request))
+        answer = self._guarded(request, lambda: handle(self.agent, peer, request))
+        return (request, answer) if isinstance(answer, Future) else answer
+
+    def _send_answers(self) -> None:
+        """Send the replies made on a worker that are done (their failure as an error reply)."""
+        for entry in [entry for entry in self.answering if entry[2].done()]:
+            self.answering.remove(entry)
+            peer, request, future = entry
+            self.send(peer, self._guarded(request, future.result))
 
     def _step_submissions(self) -> None:
         """Advance every submission in progress; answer those that are done; send progress.
@@ -310,7 +326,7 @@ class AgentServer:
     def _check_lifetime(self) -> None:
         """Stop the agent when it has no reason to run (see Lifetime), saying why in its log."""
         agent = self.agent
-        if self.submitting or agent.watches or agent.log_streams or self.notifier.running:
+        if self.submitting or self.answering or agent.watches or agent.log_streams or self.notifier.running:
             # (unfinished jobs and notifications not sent: reason_to_stop asks the journal)
             self.lifetime.busy()
         reason = self.lifetime.reason_to_stop(agent.journal.has_work)

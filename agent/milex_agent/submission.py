@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from hashlib import sha256
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -232,6 +233,7 @@ class BundleSubmission:
         self.watch = watch or ControllerWatch(settle=0.0, retry_for=0.0)
         self.ordered = bundle.ordered_jobs()  # raises before anything is submitted
         self.submitted: dict[str, SubmittedJob] = {}
+        self.script_sha256: dict[str, str] = {}  # by job name: of each script this submission rendered
         self.running: dict[Future[str], tuple[Job, SubmittedJob]] = {}
         self.failure: BaseException | None = None
         self._refused: tuple[Job, str] | None = None
@@ -345,6 +347,10 @@ class BundleSubmission:
         changed, batch = self._take_ready()
         if batch:
             texts = [self._script(job) for job, _ in batch]
+            self.script_sha256.update(
+                (job.name, sha256(text.encode()).hexdigest())
+                for (job, _), text in zip(batch, texts, strict=True)
+            )
             comments = self.ledger.begin(batch)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
                 self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)

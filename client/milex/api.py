@@ -36,6 +36,7 @@ from milex_common.model import (
     recordable_args,
 )
 from milex_common.protocol import StatusReply, SubmitProgress, TrackedJob
+from milex_common.provenance import Provenance
 from milex_common.slurm_values import validate_name
 
 if TYPE_CHECKING:
@@ -62,8 +63,10 @@ def make_job(
     slurm: SlurmOptions | None = None,
     dependencies: Sequence[str] = (),
     pre_commands: Sequence[str] = (),
+    provenance: Provenance | None = None,
 ) -> Job:
-    """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option."""
+    """A validated Job that runs `app` with `script_args`; InvalidValue names a bad option.
+    `provenance`: which code the app is (`submit` and `schedule` record it when it is None)."""
     return Job(
         name=job_name or app,
         script=app,
@@ -71,7 +74,17 @@ def make_job(
         dependencies=list(dependencies),
         pre_commands=list(pre_commands),
         slurm=slurm or SlurmOptions(),
+        provenance=provenance,
     ).validate()
+
+
+def with_provenance(job: Job) -> Job:
+    """`job`, with the provenance of its app in this environment unless it has one already."""
+    if job.provenance is not None:
+        return job
+    from milex.app_provenance import app_provenance  # lazy: importlib.metadata and git, when recording
+
+    return msgspec.structs.replace(job, provenance=app_provenance(job.script))
 
 
 def schedule(
@@ -91,10 +104,17 @@ def schedule(
     config = config or load_config()
     bundle_name = validate_name("bundle name", bundle or app)
     if script_args is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from milex.app_provenance import app_provenance
         from milex.capture import capture_arguments  # lazy: a record built in memory runs no NAME-cli
 
-        script_args = capture_arguments(app, app_arguments)
-    job = make_job(app, script_args, **job_options)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the provenance is read while NAME-cli runs
+            reading = pool.submit(app_provenance, app) if job_options.get("provenance") is None else None
+            script_args = capture_arguments(app, app_arguments)
+        if reading is not None:
+            job_options["provenance"] = reading.result()
+    job = with_provenance(make_job(app, script_args, **job_options))
     jobs_dir = config.jobs_dir
     if append:
         saved, path = append_job(jobs_dir, bundle_name, job)
@@ -111,15 +131,18 @@ def run(
     date: str | None = None,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
+    any_version: bool = False,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit the newest bundle called `bundle` (or the one of `date`) to `machine`.
 
-    `progress`, if given, is called with each SubmitProgress the agent sends while it submits.
+    `progress`, if given, is called with each SubmitProgress the agent sends while it submits. A job
+    whose app the machine has in another version than recorded is refused first (VersionMismatch,
+    milex.version_check), unless `any_version`.
     """
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
-    return submit_bundle(record, machine, config, progress=progress, **overrides)
+    return submit_bundle(record, machine, config, progress=progress, any_version=any_version, **overrides)
 
 
 def submit(
@@ -129,15 +152,17 @@ def submit(
     machine: str | None = None,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
+    any_version: bool = False,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit jobs built in memory; they are recorded as a bundle, so the run is reproducible.
 
     The record's name is claimed first and its content written while the agent submits; it is kept
-    even when the submission fails, for a `milex-run` later.
+    even when the submission fails, for a `milex-run` later. Each job is recorded with its app's
+    provenance here; the machine's version of the app is checked as `run` does.
     """
     config = config or load_config()
-    job_list = [job.validate() for job in ([jobs] if isinstance(jobs, Job) else jobs)]
+    job_list = [with_provenance(job.validate()) for job in ([jobs] if isinstance(jobs, Job) else jobs)]
     if not job_list:
         raise InvalidValue("submit() needs at least one job.")
     names = [job.name for job in job_list]
@@ -155,6 +180,7 @@ def submit(
             config,
             while_waiting=lambda: write_bundle(path, record),
             progress=progress,
+            any_version=any_version,
             **overrides,
         )
     finally:
@@ -211,13 +237,16 @@ def submit_bundle(
     while_waiting: Callable[[], None] = lambda: None,
     progress: Callable[[SubmitProgress], None] | None = None,
     submission: Submission | None = None,
+    any_version: bool = False,
     **overrides: Unpack[MachineOverrides],
 ) -> Submission:
     """Submit a loaded bundle and keep a record of the submission beside it, even a partial one.
 
     `while_waiting` runs while the agent submits (the caller's own bookkeeping, overlapped);
     `progress` gets each SubmitProgress the agent sends meanwhile. `submission`: the run's record
-    made beforehand (a rerun's, saved as pending before it is sent), completed here.
+    made beforehand (a rerun's, saved as pending before it is sent), completed here. Unless
+    `any_version`, the apps' versions on the machine are checked against the record first
+    (milex.version_check).
     """
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
@@ -226,12 +255,21 @@ def submit_bundle(
     settings = _with_overrides(machine, overrides)
     submission = submission or new_submission(bundle, machine.name)
 
+    submitter = submitter_for(machine)
+    if not any_version:
+        from milex.version_check import check_versions
+
+        check_versions(submitter, bundle, settings)
+
     def record(job: TrackedJob) -> None:
-        submission.jobs[job.name] = SubmittedJobRecord(job_id=job.job_id, script=job.script)
+        submission.host = submitter.agent_host
+        submission.jobs[job.name] = SubmittedJobRecord(
+            job_id=job.job_id, script=job.script, script_sha256=job.script_sha256
+        )
         submission.jobs[job.name].take(job)  # QUEUED, for a job that waits in the agent's queue
 
     try:
-        submitter_for(machine).submit(
+        submitter.submit(
             bundle, settings, record, while_waiting, run_id=submission.run_id, on_progress=progress
         )
         submission.pending = False

@@ -33,6 +33,7 @@ class SubmittedJobRecord(JobStatus):
 
     state: JobState = JobState.SUBMITTED
     script: str = ""
+    script_sha256: str = ""  # of the script the agent submitted ("" in older records, queued jobs)
 
 
 class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -46,10 +47,13 @@ class Submission(msgspec.Struct, kw_only=True, omit_defaults=True):
     run_id: str = ""
     jobs: dict[str, SubmittedJobRecord] = {}
     error: str = ""
-    # A rerun (client/milex/rerun.py): the run it repeats, and while its request may not have reached
+    host: str = ""  # the host the machine's agent ran on when it took the run ("" in older records)
+    # A rerun (client/milex/reruns.py): the run it repeats, and while its request may not have reached
     # the agent, `pending`: written before it is sent, so an interrupted rerun is resumed, not doubled.
     rerun_of: str = ""
     pending: bool = False
+    # The tasks a rerun submitted of an array it narrowed to those that did not complete, by job name.
+    arrays: dict[str, str] = {}
 
     @property
     def identity(self) -> tuple[str, ...]:

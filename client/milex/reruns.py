@@ -48,6 +48,7 @@ def rerun(
     run: str | None = None,
     machine: str | None = None,
     failed: bool = False,
+    any_version: bool = False,
     config: Config | None = None,
     progress: Callable[[SubmitProgress], None] | None = None,
 ) -> Submission:
@@ -56,7 +57,8 @@ def rerun(
     Against run `run` of it (default: every run, each job's newest); on `machine` (default: that
     run's). With `failed`, only the jobs that failed, were cancelled, timed out or never ran, and the
     jobs that depend on them (each rerun from the start); NothingToRerun when every job completed.
-    A rerun of this bundle interrupted before its answer was recorded is resumed instead.
+    A rerun of this bundle interrupted before its answer was recorded is resumed instead. The apps'
+    versions on the machine are checked against the record, as `milex.run` does, unless `any_version`.
     """
     config = config or load_config()
     name, date = _name_and_date(bundle, date)
@@ -68,7 +70,7 @@ def rerun(
             f"the rerun {interrupted.run_id} of {record.stem} was interrupted before the agent's answer "
             f"was recorded: resuming it ({len(interrupted.jobs)} job(s), each submitted at most once)."
         )
-        return _send(_subset(record, set(interrupted.jobs)), interrupted, config, progress)
+        return _send(_resumed(record, interrupted), interrupted, config, progress, any_version)
     source = _source_runs(history, record.stem, run)
     chosen = record
     if failed:
@@ -77,16 +79,33 @@ def rerun(
     target = config.machine(machine or source[-1].machine).name
     submission = new_submission(record, target)
     submission.rerun_of, submission.pending = source[-1].run_id, True
-    for job in chosen.jobs:
-        submission.jobs[job] = SubmittedJobRecord(job_id="", state=JobState.SUBMITTED)
+    for name, job in chosen.jobs.items():
+        submission.jobs[name] = SubmittedJobRecord(job_id="", state=JobState.SUBMITTED)
+        if job.slurm.array != record.jobs[name].slurm.array:
+            submission.arrays[name] = job.slurm.array or ""
     save_submission(config.jobs_dir, submission)
-    return _send(chosen, submission, config, progress)
+    return _send(chosen, submission, config, progress, any_version)
 
 
 def _send(
-    bundle: Bundle, submission: Submission, config: Config, progress: Callable[[SubmitProgress], None] | None
+    bundle: Bundle,
+    submission: Submission,
+    config: Config,
+    progress: Callable[[SubmitProgress], None] | None,
+    any_version: bool,
 ) -> Submission:
-    return submit_bundle(bundle, submission.machine, config, progress=progress, submission=submission)
+    return submit_bundle(
+        bundle, submission.machine, config, progress=progress, submission=submission, any_version=any_version
+    )
+
+
+def _resumed(record: Bundle, interrupted: Submission) -> Bundle:
+    """What the interrupted rerun `interrupted` sent: its jobs of `record`, its arrays narrowed."""
+    subset = _subset(record, set(interrupted.jobs))
+    for name, array in interrupted.arrays.items():
+        slurm = msgspec.structs.replace(subset.jobs[name].slurm, array=array)
+        subset.jobs[name] = msgspec.structs.replace(subset.jobs[name], slurm=slurm)
+    return subset
 
 
 def _name_and_date(bundle: str, date: str | None) -> tuple[str, str | None]:

@@ -34,6 +34,7 @@ class ScheduleRequest:
     wait: bool = False
     machine: str | None = None
     like: str | None = None  # a bundle whose usage suggests the SLURM options not given here
+    any_version: bool = False
     overrides: MachineOverrides = field(default_factory=lambda: MachineOverrides())
 
 
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(*_spellings("run_now"), action="store_true", help="run right away")
     run.add_argument("--wait", action="store_true", help="with --run-now: wait for the jobs to end")
     run.add_argument("--machine", help="machine of the configuration; default: local")
+    run.add_argument(
+        *_spellings("any_version"),
+        action="store_true",
+        help="run even if the machine has another app version",
+    )
     for override in ("slurm_account", "env_command", "path"):
         run.add_argument(*_spellings(override), help=f"use this {override} instead of the machine's")
     for removed, name in _REMOVED.items():
@@ -156,6 +162,7 @@ def parse_schedule_args(argv: Sequence[str]) -> ScheduleRequest:
         wait=options.wait,
         machine=options.machine,
         like=options.like,
+        any_version=options.any_version,
         overrides=overrides,
     )
 

@@ -61,6 +61,7 @@ class AgentConnection:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
         self.features: frozenset[str] = frozenset()  # what the agent named in its HelloReply
+        self.agent_host = ""  # the host the agent runs on, as its HelloReply names it
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -133,6 +134,7 @@ class AgentConnection:
         if reply.protocol != PROTOCOL_VERSION:
             raise MilexError(f"the agent speaks protocol {reply.protocol}, this client {PROTOCOL_VERSION}.")
         self.features = frozenset(reply.features)
+        self.agent_host = reply.host
         return reply
 
 

@@ -16,3 +16,6 @@ SUBMIT_RETRY = 300.0
 # How long the controller must have answered again before a lookup that misses a job proves it was
 # never received: requests queued while it was stopped are processed within this after it resumes.
 CONTROLLER_SETTLE = 5.0
+# How long the agent's check of the apps' versions in a machine's environment may take (its env_command
+# and one Python per app); the client waits this long and a little more for the answer.
+APP_VERSIONS_TIMEOUT = 30.0

@@ -12,6 +12,7 @@ import msgspec
 
 from milex_common import slurm_values
 from milex_common.errors import BundleError, InvalidValue
+from milex_common.provenance import Provenance
 
 DATE_FORMAT = "%Y%m%d%H%M%S"
 # Directories Milex keeps under every machine's path.
@@ -76,6 +77,8 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     dependencies: list[str] = []
     pre_commands: list[str] = []
     slurm: SlurmOptions = msgspec.field(default_factory=SlurmOptions)
+    # Which code the app was when recorded (milex_common.provenance); None in older records.
+    provenance: Provenance | None = None
 
     def validate(self) -> Job:
         """This job, if its name, dependencies and SLURM options are valid; InvalidValue otherwise."""

@@ -24,7 +24,8 @@ SUBMIT_PROGRESS = (
 # A `Watch(tasks=True)` gets an event per change of an array's task too (its `tasks` holds that task).
 TASK_EVENTS = "task_events"
 USAGE = "usage"  # Status(usage=True) gets StatusReply.usage: what the jobs that ended used
-AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS, USAGE)
+APP_VERSIONS = "app_versions"  # the AppVersions request: the apps' versions in a machine's environment
+AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS, USAGE, APP_VERSIONS)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -115,7 +116,15 @@ class Shutdown(Message, tag="shutdown"):
     """Stop the agent (its journal keeps every job; the next agent resumes watching them)."""
 
 
-Request = Hello | SubmitBundle | Cancel | Status | Watch | Unwatch | Logs | Shutdown
+class AppVersions(Message, tag="app_versions"):
+    """The version of each app (a console script's name) in the environment `settings`' env_command
+    makes, as a job's script would find it (agents naming the APP_VERSIONS feature)."""
+
+    settings: MachineSettings
+    apps: list[str] = []
+
+
+Request = Hello | SubmitBundle | Cancel | Status | Watch | Unwatch | Logs | Shutdown | AppVersions
 
 
 # ---- replies (agent -> client) -----------------------------------------------------------------
@@ -132,6 +141,8 @@ class TrackedJob(JobStatus):
     stderr: str = ""
     submitted_at: float = 0.0
     updated_at: float = 0.0
+    # The sha256 of the script the agent submitted (in the reply to a submission; "" elsewhere).
+    script_sha256: str = ""
 
 
 class Event(JobStatus):
@@ -208,6 +219,14 @@ class LogChunk(Message, tag="log_chunk"):
     eof: bool = False
 
 
+class AppVersionsReply(Message, tag="app_versions_reply"):
+    """The version found of each app asked about ("" when no installed distribution provides it);
+    `error` when the check itself failed (its environment could not be made, a timeout)."""
+
+    versions: dict[str, str] = {}
+    error: str = ""
+
+
 class Ack(Message, tag="ack"):
     """A request done that has nothing to return."""
 
@@ -224,7 +243,18 @@ class Error(Message, tag="error"):
     detail: str = ""
 
 
-Reply = HelloReply | Submitted | SubmitProgress | Cancelled | StatusReply | Events | LogChunk | Ack | Error
+Reply = (
+    HelloReply
+    | Submitted
+    | SubmitProgress
+    | Cancelled
+    | StatusReply
+    | Events
+    | LogChunk
+    | AppVersionsReply
+    | Ack
+    | Error
+)
 
 
 # ---- the codec ---------------------------------------------------------------------------------

@@ -47,12 +47,18 @@ def render_script(job: Job, settings: MachineSettings, stem: str, *, array_offse
     lines = ["#!/bin/bash", *_sbatch_lines(job, settings, stem), ""]
     if array_offset:
         lines.extend(_array_window_lines(job, array_offset))
-    lines.append(f"export MILEX={shlex.quote(settings.path)}")
-    if settings.env_command:
-        lines.append(settings.env_command)
+    lines.extend(environment_lines(settings))
     lines.extend(job.pre_commands)
     lines.append(" \\\n    ".join(app_command(job)))
     return "\n".join(lines) + "\n"
+
+
+def environment_lines(settings: MachineSettings) -> list[str]:
+    """The lines that make a job's environment on the machine: `$MILEX`, then its env_command."""
+    return [
+        f"export MILEX={shlex.quote(settings.path)}",
+        *([settings.env_command] if settings.env_command else []),
+    ]
 
 
 def _array_window_lines(job: Job, offset: int) -> list[str]:

@@ -142,6 +142,8 @@ def test_submit_records_the_bundle_before_submitting(milex_config, no_submission
 class RecordingSubmitter:
     """Accepts every job with made-up ids; notes whether the bundle record was written when it sent."""
 
+    agent_host = "login1"
+
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
         self.record_size_when_sent: int | None = None

@@ -12,6 +12,8 @@ from milex_common.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    AppVersions,
+    AppVersionsReply,
     Cancel,
     Cancelled,
     Error,
@@ -47,6 +49,7 @@ TRACKED = TrackedJob(
     key="exp_20240101000000/a", bundle="exp_20240101000000", name="a", job_id="1234",
     state=JobState.FAILED, exit_code=3, reason="NonZeroExitCode", script="/p/slurm/a.sh",
     stdout="/p/slurm/a-%j.out", stderr="/p/slurm/a-%j.err", submitted_at=1.5, updated_at=2.5,
+    script_sha256="5" * 64,
 )  # fmt: skip
 USAGE = Usage(
     tasks=[TaskUsage(task=2, state="COMPLETED", elapsed=7.0, cpu_time=0.7, max_rss=220880896,
@@ -66,6 +69,7 @@ REQUESTS = [
     Unwatch(id="r7", watch_id="r6"),
     Logs(id="r8", job_id="1234", stream="err", offset=100, follow=True, array_task=3),
     Shutdown(id="r9"),
+    AppVersions(id="r10", settings=SETTINGS, apps=["milex-example", "train"]),
 ]
 REPLIES = [
     HelloReply(id="r1", agent_version="0.1.0", user="alice", host="login1", pid=42, last_seq=9),
@@ -81,6 +85,8 @@ REPLIES = [
     Events(id="r6", events=[EVENT], last_seq=7),
     LogChunk(id="r8", path="/p/slurm/a-1234.out", offset=100, data=b"\x00\xffbinary ok\n", eof=True),
     Ack(id="r9"),
+    AppVersionsReply(id="r10", versions={"milex-example": "0.1.0", "train": ""}),
+    AppVersionsReply(id="r10", error="the check took more than 30 s"),
     Error(id="r2", code="failed", message="refused", detail="traceback"),
 ]
 

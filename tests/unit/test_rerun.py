@@ -70,6 +70,8 @@ def test_a_chosen_job_still_running_is_refused_by_name() -> None:
 class KeyedAgent:
     """As the agent: a job whose key it has seen is not submitted again; its id is returned."""
 
+    agent_host = "login1"
+
     def __init__(self) -> None:
         self.jobs: dict[str, TrackedJob] = {}
         self.submitted: list[str] = []  # keys, each time a job was really submitted
@@ -220,3 +222,32 @@ def test_an_array_whose_tasks_are_not_known_is_rerun_whole() -> None:
     chosen = select_failed(Bundle(name="pipe", created="20261207010203", jobs={"fan": fan}),
                            {"fan": SubmittedJobRecord(job_id="5", state=JobState.FAILED)})  # fmt: skip
     assert chosen.jobs["fan"].slurm.array == "1-5"
+
+
+def test_an_interrupted_rerun_of_an_array_narrowed_to_its_failed_tasks_is_resumed_narrowed(
+    agent: KeyedAgent, milex_config
+) -> None:
+    from milex_common.model import SlurmOptions, TaskStatus
+
+    sent: list[Bundle] = []
+    submit = agent.submit
+
+    def noting(bundle: Bundle, *args: object, **options: object) -> list[TrackedJob]:
+        sent.append(bundle)
+        return submit(bundle, *args, **options)  # type: ignore[arg-type]
+
+    agent.submit = noting  # type: ignore[method-assign]
+    first = api.submit(Job(name="fan", script="app", slurm=SlurmOptions(array="0-3")), bundle="pipe")
+    [fan] = agent.jobs.values()
+    fan.state, fan.tasks = (
+        JobState.FAILED,
+        [TaskStatus(index=i, state=JobState.FAILED if i == 2 else JobState.COMPLETED) for i in range(4)],
+    )
+    agent.interrupt_after_accepting = True
+    with pytest.raises(KeyboardInterrupt):
+        rerun("pipe", failed=True)
+
+    resumed = rerun("pipe", failed=True)
+
+    assert [bundle.jobs["fan"].slurm.array for bundle in sent] == ["0-3", "2", "2"]
+    assert resumed.arrays == {"fan": "2"} and resumed.rerun_of == first.run_id

@@ -15,18 +15,32 @@ from milex.cli.run import submit_and_report
 @click.option(
     "--failed", is_flag=True, help="Only jobs that did not complete, and the jobs that depend on them."
 )
+@click.option(
+    "--any-version",
+    "--any_version",
+    is_flag=True,
+    help="Rerun even where the machine's app versions differ from the record's.",
+)
 @click.option("--wait", is_flag=True, help="Wait until every job has finished, showing states.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
 @reports_errors
 def rerun(
-    bundle: str, machine: str | None, run_id: str | None, failed: bool, wait: bool, timeout: float | None
+    bundle: str,
+    machine: str | None,
+    run_id: str | None,
+    failed: bool,
+    any_version: bool,
+    wait: bool,
+    timeout: float | None,
 ) -> None:
     """Submit BUNDLE's record again exactly, as a new run (the newest record, or the one of _DATE)."""
     from milex.reruns import NothingToRerun, rerun
 
     try:
         submit_and_report(
-            lambda progress: rerun(bundle, run=run_id, machine=machine, failed=failed, progress=progress),
+            lambda progress: rerun(
+                bundle, run=run_id, machine=machine, failed=failed, any_version=any_version, progress=progress
+            ),
             wait=wait,
             timeout=timeout,
         )

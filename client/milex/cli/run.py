@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 @click.option("--slurm-account", "--slurm_account", help="Use this account, not the machine's.")
 @click.option("--env-command", "--env_command", help="Use this env command, not the machine's.")
 @click.option("--path", help="Use this Milex path, not the machine's.")
+@click.option(
+    "--any-version",
+    "--any_version",
+    is_flag=True,
+    help="Run even if the machine has another version of an app than the record names.",
+)
 @reports_errors
 def run(
     bundle: str,
@@ -33,6 +39,7 @@ def run(
     wait: bool,
     timeout: float | None,
     dry_run: bool,
+    any_version: bool,
     **overrides: str | None,
 ) -> None:
     """Submit the newest bundle called BUNDLE (exact name) in dependency order."""
@@ -48,7 +55,9 @@ def run(
             click.echo(f"# ---- {name} ----\n{script}")
         return
     submit_and_report(
-        lambda progress: api.run(bundle, machine=machine, date=date, progress=progress, **given),
+        lambda progress: api.run(
+            bundle, machine=machine, date=date, progress=progress, any_version=any_version, **given
+        ),
         wait=wait,
         timeout=timeout,
     )

@@ -51,7 +51,11 @@ def schedule(argv: tuple[str, ...]) -> None:
 
         submit_and_report(
             lambda progress: api.submit_bundle(
-                scheduled.bundle, request.machine, progress=progress, **request.overrides
+                scheduled.bundle,
+                request.machine,
+                progress=progress,
+                any_version=request.any_version,
+                **request.overrides,
             ),
             wait=request.wait,
         )

@@ -63,12 +63,13 @@ def tasks_table(jobs: Sequence[TrackedJob], title: str) -> Table:
     return view
 
 
-def as_json(jobs: Sequence[JobStatus]) -> str:
-    """`jobs` as a JSON list, each array's tasks as objects (`{"index": 3, "state": "FAILED",
-    "exit_code": 2}`) rather than the compact lists the wire and the records keep."""
+def as_json(jobs: Sequence[JobStatus], described: list[dict[str, Any]] | None = None) -> str:
+    """`jobs` as a JSON list (or `described`, their fields with more beside), each array's tasks as
+    objects (`{"index": 3, "state": "FAILED", "exit_code": 2}`) rather than the compact lists the
+    wire and the records keep."""
     import msgspec
 
-    listed: list[dict[str, Any]] = msgspec.to_builtins(list(jobs))
+    listed: list[dict[str, Any]] = described if described is not None else msgspec.to_builtins(list(jobs))
     for job, encoded in zip(jobs, listed, strict=True):
         if job.tasks:
             encoded["tasks"] = [

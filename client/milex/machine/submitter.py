@@ -40,6 +40,11 @@ class AgentSubmitter:
     def connection(self) -> AgentConnection:
         return shared_connection(self.machine)
 
+    @property
+    def agent_host(self) -> str:
+        """The host the machine's agent runs on, as it said when greeted."""
+        return self.connection.agent_host
+
     def submit(
         self,
         bundle: Bundle,
