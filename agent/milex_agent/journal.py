@@ -159,6 +159,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.usage_writes = 0  # usage recorded by this process (record_usage), for those who wait for it
         self.space = DiskSpace(path)  # a full disk told once in the log, and the space coming back
         self.db = _open(path)
         # Only this agent writes its journal (it holds the lock), so the newest sequence number is
@@ -591,6 +592,7 @@ class Journal:
                 "INSERT OR REPLACE INTO usage (key, body, recorded) VALUES (?,?,?)",
                 [(key, msgspec.msgpack.encode(used), now) for key, used in usage.items()],
             )
+        self.usage_writes += 1
 
     def usage(self, keys: Sequence[str]) -> dict[str, Usage]:
         """What the jobs of `keys` used, of those whose usage is recorded (an array cut in windows: its

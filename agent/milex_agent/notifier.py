@@ -64,19 +64,20 @@ class Notifier:
         self.recheck = recheck
         self.clock = clock
         self.running: list[_Started] = []
-        self._checked_seq = -1  # the journal's last event at the last check (-1: none yet)
+        # The journal's last event and count of usage writes at the last check (-1: none yet).
+        self._checked: tuple[int, int] = (-1, -1)
         self._checked_at = 0.0
 
     def step(self) -> None:
         """Reap the commands that ended (or kill those past their timeout), then start the command of
-        each run that has ended since the last check: when the journal has new events, or every
-        `recheck` seconds (the jobs of a run refused whole are forgotten without an event). A journal
+        each run that has ended since the last check: when the journal has new events or usage (a run
+        is told once its jobs' usage is there, milex_agent.run_ends), or every `recheck` seconds (the jobs of a run refused whole are forgotten without an event). A journal
         write refused (a full disk) raises JournalError: nothing was started, and the check is made
         again at the next turn. Nothing else of it ever reaches the loop."""
-        now, seq = self.clock(), self.journal.last_seq
+        now, seen = self.clock(), (self.journal.last_seq, self.journal.usage_writes)
         try:
             self.reap()
-            if seq == self._checked_seq and now - self._checked_at < self.recheck:
+            if seen == self._checked and now - self._checked_at < self.recheck:
                 return
             for run in list(run_ends.ended(self.journal)):
                 run_ends.mark_sent(self.journal, run.run)
@@ -85,7 +86,7 @@ class Notifier:
             raise
         except Exception:  # a defect: logged, tried again at the next check; the loop never dies of it
             log.exception("notifying the end of runs failed")
-        self._checked_seq, self._checked_at = seq, now
+        self._checked, self._checked_at = seen, now
 
     def start(self, run: EndedRun) -> None:
         """Start `run`'s command with its summary on stdin; a command that cannot start is logged."""

@@ -4,6 +4,9 @@ recorded at submission, found once every job of theirs has ended, marked sent, e
 A run is the jobs of one submit request: its keys. Its row (table `run_notices`) outlives the request,
 which the journal forgets once the jobs end. A job of the run the journal no longer has was never
 submitted (refused, or left out when its submission stopped there): it counts as ended, CANCELLED.
+The summary carries each job's usage: a run that has ended is told once the usage of its jobs is
+recorded (milex_agent.usage_gathering: at most USAGE_WAIT after their end, when the scheduler's
+accounting never comes), or at once for jobs that ended while no agent ran to ask for it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from milex_agent.journal import Journal
+from milex_agent.usage_gathering import USAGE_WAIT
 from milex_common.model import JobState
 from milex_common.protocol import SubmitBundle
 from milex_common.run_summary import JobOutcome, RunSummary, summarize
@@ -21,6 +25,7 @@ from milex_common.run_summary import JobOutcome, RunSummary, summarize
 NEVER_SUBMITTED = "never submitted: refused, or its submission stopped before it"
 _FINISHED = ",".join(repr(state.value) for state in JobState if state.finished)
 _CHUNK = 500  # SQLite caps the number of parameters of a query
+_USAGE_MARGIN = 60.0  # seconds past USAGE_WAIT that usage_gathering may take to record that none came
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,8 @@ def ended(journal: Journal) -> Iterator[EndedRun]:
     ).fetchall()
     for row in rows:
         jobs = [(name, key) for name, key in json.loads(row["keys"])]
-        if _all_ended(journal, [key for _, key in jobs]):
+        keys = [key for _, key in jobs]
+        if _all_ended(journal, keys) and not _usage_to_come(journal, keys):
             summary = summarize(row["bundle"], row["run_id"], row["machine"], outcomes(journal, jobs))
             yield EndedRun(row["run"], row["command"], row["machine_path"], summary)
 
@@ -84,6 +90,7 @@ def outcomes(journal: Journal, jobs: Sequence[tuple[str, str]]) -> list[JobOutco
     """How each of these (name, key) jobs ended, in their order (a job the journal lacks: never
     submitted)."""
     keys = [key for _, key in jobs]
+    usage = journal.usage(keys)
     found: dict[str, JobOutcome] = {}
     for chunk in _chunks(keys):
         rows = journal.db.execute(
@@ -91,15 +98,28 @@ def outcomes(journal: Journal, jobs: Sequence[tuple[str, str]]) -> list[JobOutco
             chunk,
         )
         for row in rows:
-            # USAGE: once the journal keeps each ended job's usage (branch `usage`), read it here and
-            # give it to JobOutcome (a field with a default), so that the summary carries it.
             found[row["key"]] = JobOutcome(name=row["name"], key=row["key"], job_id=row["job_id"],
                                            state=JobState(row["state"]), exit_code=row["exit_code"],
-                                           reason=row["reason"])  # fmt: skip
+                                           reason=row["reason"], usage=usage.get(row["key"]))  # fmt: skip
     return [
         found.get(key) or JobOutcome(name=name, key=key, state=JobState.CANCELLED, reason=NEVER_SUBMITTED)
         for name, key in jobs
     ]
+
+
+def _usage_to_come(journal: Journal, keys: Sequence[str]) -> bool:
+    """Whether a job of `keys` that reached the scheduler has no usage recorded yet, and ended lately
+    enough for usage_gathering to record it still (what it gets, or after USAGE_WAIT that none came)."""
+    recorded = journal.usage(keys)
+    lately = time.time() - USAGE_WAIT - _USAGE_MARGIN
+    for chunk in _chunks([key for key in keys if key not in recorded]):
+        waiting = journal.db.execute(
+            f"SELECT 1 FROM jobs WHERE key IN ({_marks(chunk)}) AND job_id != '' AND updated_at > ? LIMIT 1",
+            [*chunk, lately],
+        ).fetchone()
+        if waiting is not None:
+            return True
+    return False
 
 
 def _all_ended(journal: Journal, keys: Sequence[str]) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import msgspec
 
 from milex_common.model import JobState
+from milex_common.usage import Usage
 
 NAMED_FAILURES = 3  # jobs named in the one line's parenthesis; the others are counted only
 
@@ -23,6 +24,7 @@ class JobOutcome(msgspec.Struct, kw_only=True):
     state: JobState
     exit_code: int | None = None
     reason: str = ""
+    usage: Usage | None = None  # what it used, as the scheduler's accounting says (None: nothing known)
 
 
 class RunSummary(msgspec.Struct, kw_only=True):

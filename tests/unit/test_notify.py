@@ -15,8 +15,10 @@ import pytest
 from milex_agent import run_ends
 from milex_agent.journal import Journal
 from milex_agent.notifier import Notifier
+from milex_agent.usage_gathering import USAGE_WAIT, UsageGathering
 from milex_common.model import JobState, MachineSettings
 from milex_common.protocol import Submitted
+from milex_common.usage import TaskUsage, Usage
 from tests.unit.agent_fakes import (
     FakeScheduler,
     chain_bundle,
@@ -43,12 +45,27 @@ def run_request(tmp_path: Path, notify: str, *jobs: str, name: str = "exp") -> o
     return submit_request(bundle, settings(tmp_path, notify), keys)
 
 
-def end_jobs(fake: FakeScheduler, agent: object, outcomes: dict[str, tuple[JobState, int | None]]) -> None:
-    """Give the fake's jobs (by name in the bundle) these ends, and let the agent poll them."""
+USED = Usage(tasks=[TaskUsage(elapsed=4.0, cpu_time=3.0, max_rss=200 * 2**20, cpus=1)])
+
+
+def end_jobs(
+    fake: FakeScheduler,
+    agent: object,
+    outcomes: dict[str, tuple[JobState, int | None]],
+    *,
+    usage: bool = True,
+) -> None:
+    """Give the fake's jobs (by name in the bundle) these ends (each having used USED), let the agent
+    poll them, and (`usage`) gather their usage as its loop does after a poll."""
     ids = {call.job: call.job_id for call in fake.calls if call.job_id}
     for job, (state, exit_code) in outcomes.items():
         fake.set_state(ids[job], state, exit_code)
+        fake.used[ids[job]] = USED
     agent.poller.poll()  # type: ignore[attr-defined]
+    if usage:
+        gathering = UsageGathering(agent.journal, lambda kind, path: fake)  # type: ignore[attr-defined]
+        plan = gathering.plan()
+        gathering.apply(plan, gathering.query(plan))
 
 
 @pytest.fixture
@@ -81,6 +98,7 @@ def test_a_run_ends_once_every_job_has_ended_and_its_summary_names_each(tmp_path
         ("ok", COMPLETED, 0), ("fails", FAILED, 3), ("never", JobState.CANCELLED, None)
     ]  # fmt: skip
     assert all(job.job_id and job.key.endswith(f"/{RUN_ID}") for job in summary.jobs)
+    assert [job.usage for job in summary.jobs] == [USED, USED, USED]
     assert summary.counts == {"CANCELLED": 1, "COMPLETED": 1, "FAILED": 1}
     assert summary.summary == (
         f"bundle exp_{chain_bundle().created} done: 1 completed, 1 failed, 1 cancelled "
@@ -261,6 +279,7 @@ def test_the_agent_loop_tells_a_run_that_ends_while_no_client_watches(running: S
         reply = connection.request(submit_request(bundle, running.settings, keys), expect=Submitted)
     assert isinstance(reply, Submitted) and not reply.error
     ids = {job.name: job.job_id for job in reply.jobs}
+    running.fake.used.update({ids["ok"]: USED, ids["fails"]: USED})
     running.fake.set_state(ids["ok"], COMPLETED, 0)
     running.fake.set_state(ids["fails"], FAILED, 2)
 
@@ -269,4 +288,17 @@ def test_the_agent_loop_tells_a_run_that_ends_while_no_client_watches(running: S
 
     summary = json.loads(told.read_text())
     assert summary["summary"] == f"bundle {bundle.stem} done: 1 completed, 1 failed (job fails exit 2)"
+    assert [job["usage"]["tasks"][0]["max_rss"] for job in summary["jobs"]] == [200 * 2**20] * 2
     wait_until(lambda: not running.server.notifier.running, deadline=10)
+
+
+def test_a_run_is_told_once_its_usage_is_recorded_or_past_the_wait_for_it(tmp_path, journal):
+    fake = FakeScheduler()
+    agent = make_agent(journal, fake)
+    submitted(agent, run_request(tmp_path, "cat", "ok"))
+    end_jobs(fake, agent, {"ok": (COMPLETED, 0)}, usage=False)
+    assert list(run_ends.ended(journal)) == []  # accounting lags the end: its usage is still to come
+
+    journal.db.execute("UPDATE jobs SET updated_at = updated_at - ?", (USAGE_WAIT + 120,))
+    [told] = run_ends.ended(journal)  # ended long ago (no agent ran to ask): told without usage
+    assert [job.usage for job in told.summary.jobs] == [None]
