@@ -107,9 +107,8 @@ def test_another_version_on_the_machine_is_refused_then_allowed_with_any_version
         assert line.startswith("error: job 'milex-example' was recorded"), refused.stderr
         assert f"recorded with milex-example 0.1.0, but machine '{REMOTE}' has milex-example {OTHER}" in line
         assert "--any-version" in line
-        assert laptop.submissions() == [] and not [
-            c for c in node.comments() if c.startswith("milex:versions_")
-        ]
+        [record] = laptop.jobs.glob("versions_*[0-9].json")
+        assert laptop.submissions() == [] and bundle_in_slurm(node, record.stem) == []
 
         # The machine's own environment (~/venv) has the recorded version: no refusal.
         laptop.milex("milex-run", "versions", "--machine", REMOTE, "--wait", "--timeout", "120")
@@ -118,7 +117,7 @@ def test_another_version_on_the_machine_is_refused_then_allowed_with_any_version
         assert "COMPLETED" in allowed.stdout, allowed.stdout
         runs = laptop.submissions()
         assert len(runs) == 2 and all(not run.get("error") for run in runs)
-        assert len(bundle_in_slurm(node, runs[0]["bundle"])) == 2
+        assert bundle_in_slurm(node, record.stem) == ["milex-example", "milex-example"]
     finally:
         node.sh("rm -rf ~/venv-other", check=False)
 
