@@ -90,7 +90,7 @@ def test_the_table_has_a_row_per_task_and_a_suggestion_per_job_name():
     assert "60%" in text  # train: 4.8G of 8G
     assert "4.8G / 8.0G" in text and "not measured / 2.0G" in text
     assert "00:01:40 / 01:00:00" in text
-    assert "usage not in accounting yet" in text and "not ended" in text
+    assert "no usage recorded (yet)" in text and "not ended" in text
     assert "next run of train: --mem 6G --time 00:03:00" in text
     assert "next run of fan: --mem 2G" in text
 

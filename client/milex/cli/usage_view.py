@@ -13,7 +13,7 @@ from milex_common.usage import NO_ACCOUNTING, TaskUsage, Usage, describe_size, f
 if TYPE_CHECKING:
     from rich.console import Console
 
-WAITING = "ended; usage not in accounting yet"
+WAITING = "no usage recorded (yet)"
 
 
 def show_usage(console: Console, jobs: list[TrackedJob], usage: dict[str, Usage], title: str) -> None:
