@@ -103,7 +103,9 @@ def test_another_version_on_the_machine_is_refused_then_allowed_with_any_version
         )
 
         assert refused.returncode == 1, refused.stdout
-        [line] = [line for line in refused.stderr.splitlines() if "recorded with" in line]  # one line
+        lines = [line for line in refused.stderr.splitlines() if "recorded with" in line]
+        assert len(lines) == 1, refused.stderr  # one line
+        [line] = lines
         assert line.startswith("error: job 'milex-example' was recorded"), refused.stderr
         assert f"recorded with milex-example 0.1.0, but machine '{REMOTE}' has milex-example {OTHER}" in line
         assert "--any-version" in line
