@@ -71,9 +71,10 @@ class Notifier:
     def step(self) -> None:
         """Reap the commands that ended (or kill those past their timeout), then start the command of
         each run that has ended since the last check: when the journal has new events or usage (a run
-        is told once its jobs' usage is there, milex_agent.run_ends), or every `recheck` seconds (the jobs of a run refused whole are forgotten without an event). A journal
-        write refused (a full disk) raises JournalError: nothing was started, and the check is made
-        again at the next turn. Nothing else of it ever reaches the loop."""
+        is told once its jobs' usage is there, milex_agent.run_ends), or every `recheck` seconds (the
+        jobs of a run refused whole are forgotten without an event). A journal write refused (a full
+        disk) raises JournalError: nothing was started, and the check is made again at the next turn.
+        Nothing else of it ever reaches the loop."""
         now, seen = self.clock(), (self.journal.last_seq, self.journal.usage_writes)
         try:
             self.reap()

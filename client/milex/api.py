@@ -82,7 +82,7 @@ def with_provenance(job: Job) -> Job:
     """`job`, with the provenance of its app in this environment unless it has one already."""
     if job.provenance is not None:
         return job
-    from milex.app_provenance import app_provenance  # lazy: importlib.metadata and git, when recording
+    from milex.provenance.app import app_provenance  # lazy: importlib.metadata and git, when recording
 
     return msgspec.structs.replace(job, provenance=app_provenance(job.script))
 
@@ -106,8 +106,8 @@ def schedule(
     if script_args is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from milex.app_provenance import app_provenance
         from milex.capture import capture_arguments  # lazy: a record built in memory runs no NAME-cli
+        from milex.provenance.app import app_provenance
 
         with ThreadPoolExecutor(max_workers=1) as pool:  # the provenance is read while NAME-cli runs
             reading = pool.submit(app_provenance, app) if job_options.get("provenance") is None else None
@@ -138,7 +138,7 @@ def run(
 
     `progress`, if given, is called with each SubmitProgress the agent sends while it submits. A job
     whose app the machine has in another version than recorded is refused first (VersionMismatch,
-    milex.version_check), unless `any_version`.
+    milex.provenance.check), unless `any_version`.
     """
     config = config or load_config()
     record = load_bundle(config.jobs_dir, bundle, date)
@@ -246,7 +246,7 @@ def submit_bundle(
     `progress` gets each SubmitProgress the agent sends meanwhile. `submission`: the run's record
     made beforehand (a rerun's, saved as pending before it is sent), completed here. Unless
     `any_version`, the apps' versions on the machine are checked against the record first
-    (milex.version_check).
+    (milex.provenance.check).
     """
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
@@ -257,7 +257,7 @@ def submit_bundle(
 
     submitter = submitter_for(machine)
     if not any_version:
-        from milex.version_check import check_versions
+        from milex.provenance.check import check_versions
 
         check_versions(submitter, bundle, settings)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from milex.app_provenance import provenance_of
+from milex.provenance.app import provenance_of
 from milex_common.model import Bundle, Job
 from milex_common.provenance import Provenance
 from milex_common.record_format import decode_bundle, encode_bundle
@@ -167,8 +167,8 @@ def test_a_record_with_provenance_round_trips_and_one_without_is_unchanged() -> 
 
 
 def test_status_json_gains_the_provenance_script_hash_and_host_of_the_records(tmp_path: Path) -> None:
+    from milex.provenance.shown import described_jobs
     from milex.records import Submission, SubmittedJobRecord, job_key, save_bundle, save_submission
-    from milex.run_provenance import described_jobs
     from milex_common.model import JobState
     from milex_common.protocol import TrackedJob
 
@@ -217,8 +217,8 @@ def test_schedule_records_the_provenance_read_while_the_app_cli_runs(milex_confi
 
 
 def test_records_of_an_earlier_release_load_without_provenance_and_are_not_checked() -> None:
+    from milex.provenance.check import recorded_versions
     from milex.records import load_bundle, load_submissions
-    from milex.version_check import recorded_versions
 
     jobs_dir = Path(__file__).parent / "releases" / "690690e" / "jobs"
     bundle = load_bundle(jobs_dir, "sweep")

@@ -11,8 +11,8 @@ import pytest
 
 import milex.machine.submitter
 from milex import api
+from milex.provenance.check import VersionCheckFailed, VersionMismatch, check_versions, first_mismatch
 from milex.records import load_submissions
-from milex.version_check import VersionCheckFailed, VersionMismatch, check_versions, first_mismatch
 from milex_agent import app_versions
 from milex_common.connection import AgentConnection, AgentError
 from milex_common.model import Bundle, Job, MachineSettings

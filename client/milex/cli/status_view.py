@@ -83,7 +83,7 @@ def show_status(
         _show_usage(reply, f"{bundle or 'all jobs'} on {machine.name}", as_json=as_json)
     elif as_json:
         from milex.cli.tasks_view import as_json as jobs_json
-        from milex.run_provenance import described_jobs
+        from milex.provenance.shown import described_jobs
 
         click.echo(jobs_json(reply.jobs, described_jobs(config.jobs_dir, machine.name, reply.jobs)))
     elif watch:
@@ -219,6 +219,6 @@ def _show_offline(bundle: str, machine: Machine, jobs_dir: Path, problem: str, *
                 known.append(msgspec.convert({**fields, "name": job_name}, TrackedJob))
     if as_json:
         from milex.cli.tasks_view import as_json as jobs_json
-        from milex.run_provenance import described_jobs
+        from milex.provenance.shown import described_jobs
 
         click.echo(jobs_json(known, described_jobs(jobs_dir, machine.name, known)))
