@@ -28,9 +28,9 @@ def usage(laptop: MilexHome, bundle: str, machine: str = REMOTE) -> dict[str, di
 
 
 def recorded_slurm(laptop: MilexHome, bundle: str) -> dict[str, object]:
+    """The SLURM options recorded for the job `big` of `bundle`."""
     [record] = laptop.jobs.glob(f"{bundle}_*[0-9].json")
-    [job] = json.loads(record.read_text())["jobs"].values()
-    return job["slurm"]
+    return json.loads(record.read_text())["big"]["slurm"]
 
 
 def test_usage_shows_the_peak_a_job_allocated_and_like_schedules_with_the_suggested_mem(
