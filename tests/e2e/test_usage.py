@@ -28,9 +28,9 @@ def usage(laptop: MilexHome, bundle: str, machine: str = REMOTE) -> dict[str, di
 
 
 def recorded_slurm(laptop: MilexHome, bundle: str) -> dict[str, object]:
+    """The SLURM options recorded for the job `big` of `bundle`."""
     [record] = laptop.jobs.glob(f"{bundle}_*[0-9].json")
-    [job] = json.loads(record.read_text())["jobs"].values()
-    return job["slurm"]
+    return json.loads(record.read_text())["big"]["slurm"]
 
 
 def test_usage_shows_the_peak_a_job_allocated_and_like_schedules_with_the_suggested_mem(
@@ -42,7 +42,7 @@ def test_usage_shows_the_peak_a_job_allocated_and_like_schedules_with_the_sugges
     laptop.milex("milex-schedule", "milex-example", "--name", "mem", "--append", "--job_name", "fan",
                  "--array", "0-1", "--allocate_mb", "100", "--sleep", "4", "--mem", "300M",
                  *SAMPLED)  # fmt: skip
-    laptop.milex("milex-run", "mem", "--machine", REMOTE, "--wait", "--timeout", "300")
+    laptop.milex("milex-run", "mem", "--machine", REMOTE, "--wait", "--timeout", "150")
 
     wait_until(lambda: len(usage(laptop, "mem")) == 2, timeout=120, what="the usage of mem's jobs")
     used = usage(laptop, "mem")
@@ -56,9 +56,12 @@ def test_usage_shows_the_peak_a_job_allocated_and_like_schedules_with_the_sugges
     assert all(100 * MiB < task["max_rss"] < 160 * MiB for task in fan), fan
 
     table = laptop.milex("milex", "status", "mem", "--machine", REMOTE, "--usage").stdout
+    print(table)  # (shown with -rP: the README's example)
     suggested = f"{-(-big['max_rss'] * 1.2 // MiB):.0f}M"  # the peak and 20%, in whole MiB
     assert f"next run of big: --mem {suggested} --time 00:01:00" in table, table
-    assert "a peak of" in table and "COMPLETED" in table, table
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.strip()}
+    assert rows["big"][2:5] == ["COMPLETED", "00:00:0" + rows["big"][3][-1], "00:05:00"], table
+    assert {"fan[0]", "fan[1]"} <= rows.keys(), table
 
     liked = laptop.milex("milex-schedule", "milex-example", "--name", "again", "--job_name", "big",
                          "--like", "mem", "--machine", REMOTE, "--allocate_mb", "200", "--sleep", "4",
@@ -72,7 +75,7 @@ def test_usage_shows_the_peak_a_job_allocated_and_like_schedules_with_the_sugges
         "00:01:00",
     )
 
-    laptop.milex("milex-run", "again", "--machine", REMOTE, "--wait", "--timeout", "300")
+    laptop.milex("milex-run", "again", "--machine", REMOTE, "--wait", "--timeout", "150")
     wait_until(lambda: usage(laptop, "again"), timeout=120, what="the usage of again")
     [again] = usage(laptop, "again")["big"]["tasks"]
     assert again["requested_memory"] == int(suggested[:-1]) * MiB  # SLURM gave it what --like suggested

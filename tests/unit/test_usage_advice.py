@@ -87,10 +87,21 @@ def test_the_table_has_a_row_per_task_and_a_suggestion_per_job_name():
 
     text = shown(jobs, usage)
 
-    assert "60%" in text  # train: 4.8G of 8G
-    assert "4.8G / 8.0G" in text and "not measured / 2.0G" in text
-    assert "00:01:40 / 01:00:00" in text
-    assert "no usage recorded (yet)" in text and "not ended" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert rows["train"] == [
+        "train",
+        "11",
+        "COMPLETED",
+        "00:01:40",
+        "01:00:00",
+        "1",
+        "100%",
+        "4.8G",
+        "8.0G",
+        "60%",
+    ]
+    assert rows["fan[0]"][-3:] == ["1.0G", "2.0G", "50%"] and rows["fan[1]"][-2:] == ["-", "2.0G"]
+    assert "late 13 COMPLETED: no usage recorded (yet)" in text and "run 14 RUNNING: not ended" in text
     assert "next run of train: --mem 6G --time 00:03:00" in text
     assert "next run of fan: --mem 2G" in text
 

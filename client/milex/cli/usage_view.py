@@ -23,30 +23,31 @@ def show_usage(console: Console, jobs: list[TrackedJob], usage: dict[str, Usage]
     if any(used.note == NO_ACCOUNTING for used in usage.values()):  # the cluster's, not a job's
         console.print(f"No usage for {title}: {NO_ACCOUNTING}.", markup=False)
         return
-    view = Table(title=f"{title}: usage", title_justify="left")
-    for column in (
-        "job",
-        "id",
-        "task",
-        "state",
-        "elapsed / limit",
-        "CPUs",
-        "CPU eff.",
-        "peak / asked",
-        "mem eff.",
-    ):
-        view.add_column(column)
+    view = Table(title=f"{title}: usage", title_justify="left", box=None, pad_edge=False)
+    for column in ("job", "id", "state", "elapsed", "limit", "CPUs", "CPU%", "peak", "asked", "mem%"):
+        view.add_column(column, no_wrap=True)
     by_name: dict[str, list[TaskUsage]] = defaultdict(list)
+    without: list[str] = []  # the jobs with no usage, and why
     for job in jobs:
         used = usage.get(job.key)
         if used is None or not used.tasks:
             said = "not ended" if not job.state.finished else used.note if used else WAITING
-            view.add_row(job.name, job.job_id, "", job.state.value, said, "", "", "", "")
+            without.append(f"{job.name} {job.job_id} {job.state.value}: {said}")
             continue
         by_name[job.name] += used.tasks
-        for task in used.tasks:
-            view.add_row(job.name, job.job_id, *_cells(task))
-    console.print(view)
+        for task in used.tasks:  # an array's task as `NAME[INDEX]`
+            view.add_row(
+                job.name if task.task is None else f"{job.name}[{task.task}]", job.job_id, *_cells(task)
+            )
+    if by_name:
+        console.print(view)
+    for line in without:
+        console.print(line, markup=False, highlight=False)
+    _suggestions(console, by_name)
+
+
+def _suggestions(console: Console, by_name: dict[str, list[TaskUsage]]) -> None:
+    """What each job should ask for next time, and why."""
     for name, tasks in by_name.items():
         advice = suggest(tasks)
         if advice.options:
@@ -58,14 +59,15 @@ def show_usage(console: Console, jobs: list[TrackedJob], usage: dict[str, Usage]
 def _cells(task: TaskUsage) -> tuple[str, ...]:
     limit = "unlimited" if task.time_limit is None else format_duration(task.time_limit)
     asked = "?" if not task.requested_memory else describe_size(task.requested_memory)
-    measured = "not measured" if task.max_rss is None else describe_size(task.max_rss)
+    measured = "-" if task.max_rss is None else describe_size(task.max_rss)  # too short to be sampled
     return (
-        "" if task.task is None else str(task.task),
         task.state,
-        f"{format_duration(task.elapsed)} / {limit}",
+        format_duration(task.elapsed),
+        limit,
         str(task.cpus or "?"),
         _percent(task.cpu_efficiency),
-        f"{measured} / {asked}",
+        measured,
+        asked,
         _percent(task.memory_efficiency),
     )
 
