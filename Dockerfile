@@ -54,7 +54,9 @@ RUN apt-get update \
     && useradd --uid 1000 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin milex
 COPY --from=builder /opt/milex /opt/milex
-ENV PATH=/opt/milex/bin:$PATH LANG=C.UTF-8 PYTHONUNBUFFERED=1
+# MILEX_AGENT_CONTAINER: the agent runs apart from the environment its jobs run in (the host's),
+# so it cannot read the apps' versions there (agent/milex_agent/app_versions.py).
+ENV PATH=/opt/milex/bin:$PATH LANG=C.UTF-8 PYTHONUNBUFFERED=1 MILEX_AGENT_CONTAINER=1
 # The `milex` user, as a default only: the run line gives the user's own uid (--user, and
 # --userns=keep-id with rootless podman).
 USER 1000:1000

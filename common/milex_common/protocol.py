@@ -221,10 +221,12 @@ class LogChunk(Message, tag="log_chunk"):
 
 class AppVersionsReply(Message, tag="app_versions_reply"):
     """The version found of each app asked about ("" when no installed distribution provides it);
-    `error` when the check itself failed (its environment could not be made, a timeout)."""
+    `error` when the check itself failed (its environment could not be made, a timeout);
+    `unchecked`, why this agent cannot check (it runs in a container, apart from the jobs' environment)."""
 
     versions: dict[str, str] = {}
     error: str = ""
+    unchecked: str = ""
 
 
 class Ack(Message, tag="ack"):

@@ -256,3 +256,13 @@ def test_the_agent_answers_others_while_a_check_runs(running: Served, tmp_path: 
     assert time.monotonic() - started < 1.0
     reply = checking.receive(request_id, expect=AppVersionsReply)
     assert reply.versions == {"prov-app": ""} and time.monotonic() - started >= 1.5
+
+
+def test_an_agent_in_a_container_says_it_cannot_check_rather_than_finding_no_app(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its jobs run in the host's environment, not the image's: an app missing there says nothing."""
+    monkeypatch.setenv("MILEX_AGENT_CONTAINER", "1")
+    settings = MachineSettings(name="cluster", path=str(tmp_path))
+    reply = app_versions.answer(AppVersions(id="r1", settings=settings, apps=["milex-example"]))
+    assert reply.unchecked == app_versions.IN_CONTAINER and reply.versions == {} and not reply.error

@@ -69,6 +69,10 @@ def check_versions(submitter: AgentSubmitter, bundle: Bundle, settings: MachineS
             raise
         warn(older)
         return
+    if reply.unchecked:
+        warn(f"the recorded versions of {', '.join(sorted(wanted))} were not checked on machine "
+             f"{settings.name!r}: {reply.unchecked}.")  # fmt: skip
+        return
     if reply.error:
         raise VersionCheckFailed(
             f"could not check the versions of {', '.join(sorted(wanted))} on machine {settings.name!r}: "
