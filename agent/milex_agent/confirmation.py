@@ -159,14 +159,8 @@ class Confirmation:
 def _waiting_for(journal: Journal, lost: list[str]) -> set[str]:
     """The keys of the jobs that depend, directly or not, on one of the `lost` jobs of their request
     (each request read once)."""
-    lost_by_request: dict[bytes, set[str]] = {}
-    for key in lost:
-        own = key.partition(WINDOW_MARK)[0]
-        body = journal.request_of(own)
-        if body is not None:
-            lost_by_request.setdefault(body, set()).add(own)
     waiting: set[str] = set()
-    for body, lost_keys in lost_by_request.items():
+    for body, lost_keys in journal.requests_of({key.partition(WINDOW_MARK)[0] for key in lost}):
         request = msgspec.msgpack.decode(body, type=SubmitBundle)
         dependents: dict[str, list[str]] = {}
         for name, job in request.bundle.jobs.items():

@@ -344,12 +344,20 @@ class Journal:
             events = self._events()
         return self._committed(events)
 
-    def request_of(self, key: str) -> bytes | None:
-        """The kept submit request of job `key` (None: none kept, as for a job of an older release)."""
-        row = self.db.execute(
-            "SELECT body FROM requests WHERE id = (SELECT request FROM jobs WHERE key = ?)", (key,)
-        ).fetchone()
-        return row[0] if row else None
+    def requests_of(self, keys: Iterable[str]) -> list[tuple[bytes, set[str]]]:
+        """The kept submit requests of the jobs `keys`, each read once, with those of `keys` it holds
+        (a job without one kept, as of an older release, is left out)."""
+        held: dict[int, set[str]] = {}
+        for key in keys:
+            row = self.db.execute("SELECT request FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] is not None:
+                held.setdefault(row[0], set()).add(key)
+        found = []
+        for request, its_keys in held.items():
+            body = self.db.execute("SELECT body FROM requests WHERE id = ?", (request,)).fetchone()
+            if body is not None:
+                found.append((body[0], its_keys))
+        return found
 
     def _requeue(self, keys: Sequence[str], reason: str) -> None:
         for key in keys:
