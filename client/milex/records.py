@@ -8,7 +8,6 @@ import errno
 import itertools
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -76,8 +75,10 @@ def run_of_key(key: str) -> str:
 
 
 def new_run_id() -> str:
-    """A run id: the local time to the second, then 8 random hex digits (unique across processes)."""
-    return f"{now_stamp()}-{secrets.token_hex(4)}"
+    """A run id: the local time to the second, then 8 random hex digits (unique across processes).
+    os.urandom is what secrets.token_hex reads, without importing secrets (hmac, hashlib: ~3 ms of
+    every `milex-run`)."""
+    return f"{now_stamp()}-{os.urandom(4).hex()}"
 
 
 def now_stamp() -> str:

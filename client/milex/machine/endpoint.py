@@ -7,14 +7,14 @@ through the machine's tunnel, which starts the agent after each SSH (re)connecti
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
-from milex.config.file import Machine
-from milex.machine.commands import remote_agent_command, remote_relay
 from milex.machine.settings import client_version
-from milex.machine.ssh.errors import PromptUnavailable
-from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel, tunnel_gone
 from milex_common.connection import AgentConnection
-from milex_common.protocol import HelloReply
+
+if TYPE_CHECKING:
+    from milex.config.file import Machine
+    from milex_common.protocol import HelloReply
 
 
 def endpoint(machine: Machine) -> str:
@@ -34,6 +34,11 @@ def remote_endpoint(machine: Machine) -> str:
     checked first (a keepalive, or a new connection): a dead one is a LinkDown within seconds, where
     the command would wait for an answer that cannot come.
     """
+    # Here, not at the top: a local machine's commands need none of the tunnel's code (~5 ms).
+    from milex.machine.commands import remote_agent_command, remote_relay
+    from milex.machine.ssh.errors import PromptUnavailable
+    from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel
+
     on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
     status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)
     try:
@@ -71,6 +76,8 @@ def greeted(machine: Machine, *, timeout: float | None = None) -> tuple[AgentCon
     """A checked connection to `machine`'s agent, and what the agent said of itself (its features)."""
     gone = None
     if machine.is_remote:  # a tunnel that stops (it needs a code no one can type) ends the wait at once
+        from milex.machine.tunnel.control import tunnel_gone
+
         gone = partial(tunnel_gone, machine.name)
     connection = AgentConnection(endpoint(machine), gone=gone, **({"timeout": timeout} if timeout else {}))
     try:
