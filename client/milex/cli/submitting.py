@@ -27,7 +27,8 @@ def run_bundle(
     overrides: MachineOverrides | None = None,
 ) -> None:
     """`milex-run BUNDLE ...` once its words are read, by click or by `common_form`: submit the bundle
-    and report (see `submit_and_report`)."""
+    and report (see `submit_and_report`). The machine's connection is opened ahead, meanwhile."""
+    _open_ahead(machine)
     from milex import api
 
     submit_and_report(
@@ -77,3 +78,17 @@ def _wait_and_report(submission: Submission, timeout: float | None) -> None:
     announce([submission_line(submission, states)])
     if any(status.state is not JobState.COMPLETED for status in states.values()):
         raise SystemExit(1)
+
+
+def _open_ahead(machine: str | None) -> None:
+    """Begin opening the connection to `machine` (milex.machine.endpoint.open_ahead) while the command
+    imports the rest and reads the record. A configuration the machine is wrong in is left to say so
+    in its turn, after a missing bundle as ever."""
+    from milex.config.file import load_config
+    from milex.machine.endpoint import open_ahead
+    from milex_common.errors import MilexError
+
+    try:
+        open_ahead(load_config().machine(machine))
+    except MilexError:
+        return
