@@ -84,6 +84,24 @@ def test_a_whole_submission_of_the_common_form_loads_no_click_rich_or_paramiko(
     assert done.stdout.rstrip().endswith("loaded:")
 
 
+# What a warm remote run imports beside the above: the tunnel's client side (start_tunnel, check_link).
+REMOTE_ROAD = (
+    "milex.cli.run", "milex.cli.submitting", "milex.api", "milex.cli.output", "milex.machine.submitter",
+    "milex.machine.endpoint", "milex.machine.commands", "milex.machine.ssh.errors",
+    "milex.machine.tunnel.control", "milex.provenance.check",
+)  # fmt: skip
+
+
+def test_the_road_to_a_remote_machine_whose_tunnel_is_up_loads_no_paramiko_click_or_rich() -> None:
+    """paramiko (~270 ms) is the tunnel's own: a command that finds its tunnel up never pays for it."""
+    probe = (
+        f"import sys, {', '.join(REMOTE_ROAD)}\n"
+        "print(','.join(m for m in ('paramiko', 'click', 'rich') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""
+
+
 def _without_run_ids(output: str) -> str:
     return re.sub(r"\d{14}-[0-9a-f]{8}", "RUN", output)
 
