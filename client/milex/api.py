@@ -21,6 +21,7 @@ from milex.records import (
     load_bundle,
     new_run_id,
     now_stamp,
+    runs_write_ahead,
     save_bundle,
     save_submission,
     write_bundle,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from milex.machine.submitter import AgentSubmitter
+    from milex.prepared_write import PreparedWrite
 
 MACHINE_OVERRIDES = tuple(MachineOverrides.__annotations__)
 
@@ -268,17 +270,25 @@ def submit_bundle(
         )
         submission.jobs[job.name].take(job)  # QUEUED, for a job that waits in the agent's queue
 
+    # The run record's file is made while the agent submits: creating a file is most of its write.
+    ahead = runs_write_ahead(config.jobs_dir, submission.bundle)
+
+    def meanwhile() -> None:
+        ahead.prepare()
+        while_waiting()
+
     try:
-        submitter.submit(
-            bundle, settings, record, while_waiting, run_id=submission.run_id, on_progress=progress
-        )
+        submitter.submit(bundle, settings, record, meanwhile, run_id=submission.run_id, on_progress=progress)
         submission.pending = False
     except SubmitError as error:
         submission.error, submission.pending = str(error), False
         raise
     finally:
-        if not submission.pending and (submission.jobs or submission.error):
-            _save(config.jobs_dir, submission)
+        try:
+            if not submission.pending and (submission.jobs or submission.error):
+                _save(config.jobs_dir, submission, ahead)
+        finally:
+            ahead.discard()  # unused: nothing to record, or it could not be written
     return submission
 
 
@@ -292,10 +302,11 @@ def new_submission(bundle: Bundle, machine: str) -> Submission:
     )
 
 
-def _save(jobs_dir: Path, submission: Submission) -> None:
-    """Record `submission`; if that fails, the error says which jobs were submitted all the same."""
+def _save(jobs_dir: Path, submission: Submission, ahead: PreparedWrite | None = None) -> None:
+    """Record `submission` (into the file `ahead` made, if ready); if that fails, the error says which
+    jobs were submitted all the same."""
     try:
-        save_submission(jobs_dir, submission)
+        save_submission(jobs_dir, submission, ahead)
     except BundleError as error:
         if not submission.jobs:
             raise

@@ -4,6 +4,7 @@ agent server in a thread with one (`served`, `running`: tests/unit/served.py).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ def no_shared_connection_left() -> Iterator[None]:
     from milex.machine import endpoint
 
     yield
+    for machine in list(endpoint._opening):  # opened ahead and never used: waited for, then closed
+        with contextlib.suppress(Exception):
+            endpoint._shared.setdefault(machine, endpoint._opening[machine].result())
+    endpoint._opening.clear()
     for connection in endpoint._shared.values():
         connection.close()
     endpoint._shared.clear()

@@ -6,6 +6,7 @@ Nothing here submits: a fake submitter stands in wherever a submission would sta
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,28 @@ def test_submit_writes_the_record_while_the_agent_submits(milex_config, recordin
     assert {name: job.job_id for name, job in submission.jobs.items()} == {"prepare": "100", "train": "101"}
 
 
+def test_the_run_record_s_file_is_made_while_the_agent_submits(milex_config, recording, monkeypatch) -> None:
+    """Only its bytes and a rename follow the agent's answer (milex.prepared_write)."""
+    seen: list[list[str]] = []
+    submit = recording.submit
+
+    def noting(bundle, settings, on_submitted, while_waiting, **options):  # type: ignore[no-untyped-def]
+        def meanwhile() -> None:
+            while_waiting()
+            seen.append(sorted(os.listdir(milex_config.jobs_dir)))
+
+        return submit(bundle, settings, on_submitted, meanwhile, **options)
+
+    monkeypatch.setattr(recording, "submit", noting)
+    submission = api.submit(job("train"), bundle="made")
+    [made] = seen
+    assert [name for name in made if name.startswith(f".{submission.bundle}.runs.json.")]
+    assert f"{submission.bundle}.runs.json" not in made  # not there yet: written once the ids are in
+    after = os.listdir(milex_config.jobs_dir)
+    assert f"{submission.bundle}.runs.json" in after
+    assert not [name for name in after if name.startswith(f".{submission.bundle}")]  # nothing left half
+
+
 def test_a_record_that_cannot_be_written_is_an_error_after_the_submission_is_recorded(
     milex_config, recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,6 +232,7 @@ def test_a_record_that_cannot_be_written_is_an_error_after_the_submission_is_rec
 def test_a_run_record_that_cannot_be_written_names_the_jobs_submitted_all_the_same(
     milex_config, recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from milex import prepared_write
     from milex import records as records_module
 
     write = records_module.atomic_write
@@ -218,9 +242,16 @@ def test_a_run_record_that_cannot_be_written_names_the_jobs_submitted_all_the_sa
             raise OSError(28, "No space left on device")
         write(path, data, **options)
 
+    def no_space(file: object, data: bytes) -> None:  # the run record's file made ahead, then no room
+        raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(records_module, "atomic_write", runs_disk_full)
+    monkeypatch.setattr(prepared_write, "_fill", no_space)
     with pytest.raises(BundleError) as error:
         api.submit([job("prepare"), job("train", "prepare")], bundle="pipe")
+    assert not [
+        name for name in os.listdir(milex_config.jobs_dir) if name.startswith(".pipe_")
+    ]  # none half made
     message = str(error.value)
     assert ".runs.json: the disk is full" in message
     assert "were submitted" in message and "prepare=100, train=101" in message

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from milex import api
 from milex.cli.jobs import logs
-from milex.cli.run import run
+from milex.cli.run_command import run
 from milex.machine import endpoint
 from milex.records import run_of_key
 from milex_agent.journal import Journal

@@ -62,7 +62,7 @@ def test_dash_h_of_every_other_entry_point_is_its_help(module: str, command: str
 def test_dash_h_of_milex_run_alone_is_help() -> None:
     from click.testing import CliRunner
 
-    from milex.cli.run import run
+    from milex.cli.run_command import run
 
     result = CliRunner().invoke(run, ["-h"])
     assert result.exit_code == 0, result.output

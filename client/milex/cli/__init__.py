@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
+from milex.cli.terminal import echo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -16,7 +16,8 @@ HELP_OPTIONS = ["-h", "--help"]
 
 
 def reports_errors(command: F) -> F:
-    """Show a MilexError as `error: ...` on stderr with exit status 1, never a traceback."""
+    """Show a MilexError as `error: ...` on stderr with exit status 1, never a traceback. No click here:
+    `milex-run`'s common form runs without it (milex.cli.run)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,10 +26,10 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except MilexError as error:
-            click.echo(f"error: {error}", err=True)
+            echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]

@@ -10,7 +10,7 @@ from milex.cli.config import config_group, configuration
 from milex.cli.jobs import cancel, logs, status
 from milex.cli.records import list_records
 from milex.cli.rerun import rerun
-from milex.cli.run import run
+from milex.cli.run_command import run
 from milex.cli.schedule import schedule
 from milex.cli.tunnel import tunnel_group
 from milex_common.version import VERSION

@@ -1,5 +1,6 @@
-"""How commands print a submission: a plain aligned table (no rich: `milex-run` must start fast), and
-the progress bar of a submission that takes long enough to need one (rich, imported only then)."""
+"""How commands print a submission: a plain aligned table (no rich, no click: `milex-run` must start
+fast), and the progress bar of a submission that takes long enough to need one (rich, imported only
+then)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-import click
-
 from milex.cli.tasks_view import counts
+from milex.cli.terminal import echo, style
 from milex.records import Submission
 from milex_common.model import JobState, JobStatus
 from milex_common.protocol import SubmitProgress
@@ -43,19 +43,17 @@ def print_submission(submission: Submission, states: Mapping[str, JobStatus] | N
     run = f" (run {submission.run_id})" if submission.run_id else ""
     if submission.rerun_of:
         run = f" (run {submission.run_id}, rerun of {submission.rerun_of})"
-    click.echo(f"{submission.bundle} on {submission.machine}{run}")
-    click.echo("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip())
+    echo(f"{submission.bundle} on {submission.machine}{run}")
+    echo("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip())
     for row in rows:
         cells = [_text(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
         state = row[2]
-        cells[2] = click.style(
-            cells[2], fg=_COLORS.get(state, "red") if isinstance(state, JobState) else "red"
-        )
-        click.echo("  ".join(cells).rstrip())
+        cells[2] = style(cells[2], _COLORS.get(state, "red") if isinstance(state, JobState) else "red")
+        echo("  ".join(cells).rstrip())
     queued = [row for row in rows if row[2] is JobState.QUEUED]
     if queued:
         submitted = len(rows) - len(queued)
-        click.echo(
+        echo(
             f"{submitted} job(s) submitted, {len(queued)} in the agent's queue ({queued[0][4]}); "
             "the agent submits them as room frees up, even with this laptop off."
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from milex.cli import HELP_OPTIONS, reports_errors
-from milex.cli.run import submit_and_report
+from milex.cli.submitting import submit_and_report
 
 
 @click.command("rerun", context_settings={"help_option_names": HELP_OPTIONS})

@@ -47,7 +47,7 @@ def schedule(argv: tuple[str, ...]) -> None:
     verb = "Added" if request.append else "Saved"
     click.echo(f"{verb} job {scheduled.job.name!r} to {scheduled.path}")
     if request.run_now:
-        from milex.cli.run import submit_and_report
+        from milex.cli.submitting import submit_and_report
 
         submit_and_report(
             lambda progress: api.submit_bundle(

@@ -6,15 +6,16 @@ through the machine's tunnel, which starts the agent after each SSH (re)connecti
 
 from __future__ import annotations
 
+import threading
 from functools import partial
+from typing import TYPE_CHECKING
 
-from milex.config.file import Machine
-from milex.machine.commands import remote_agent_command, remote_relay
 from milex.machine.settings import client_version
-from milex.machine.ssh.errors import PromptUnavailable
-from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel, tunnel_gone
 from milex_common.connection import AgentConnection
-from milex_common.protocol import HelloReply
+
+if TYPE_CHECKING:
+    from milex.config.file import Machine
+    from milex_common.protocol import HelloReply
 
 
 def endpoint(machine: Machine) -> str:
@@ -34,6 +35,11 @@ def remote_endpoint(machine: Machine) -> str:
     checked first (a keepalive, or a new connection): a dead one is a LinkDown within seconds, where
     the command would wait for an answer that cannot come.
     """
+    # Here, not at the top: a local machine's commands need none of the tunnel's code (~5 ms).
+    from milex.machine.commands import remote_agent_command, remote_relay
+    from milex.machine.ssh.errors import PromptUnavailable
+    from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel
+
     on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
     status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)
     try:
@@ -49,10 +55,52 @@ _shared: dict[str, AgentConnection] = {}
 
 def shared_connection(machine: Machine) -> AgentConnection:
     """This process's connection to `machine`'s agent, opened (and checked) once and then reused:
-    repeated submissions from one program cost one round trip each."""
+    repeated submissions from one program cost one round trip each. One `open_ahead` began is waited
+    for, and its error raised here, as if it had been opened here."""
     if machine.name not in _shared:
-        _shared[machine.name] = connect(machine)
+        opening = _opening.pop(machine.name, None)
+        _shared[machine.name] = opening.result() if opening is not None else connect(machine)
     return _shared[machine.name]
+
+
+class _Opening:
+    """`connect(machine)` run in a thread of its own; `result` waits for it."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.connection: AgentConnection | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._open, args=(machine,), daemon=True)
+        self.thread.start()
+
+    def _open(self, machine: Machine) -> None:
+        try:
+            self.connection = connect(machine)
+        except BaseException as error:  # carried to the thread that waits for it, and raised there
+            self.error = error
+
+    def result(self) -> AgentConnection:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.connection is not None  # impossible: the thread ended with one or with an error
+        return self.connection
+
+
+_opening: dict[str, _Opening] = {}  # shared connections being opened ahead, by machine
+
+
+def open_ahead(machine: Machine) -> None:
+    """Begin opening `machine`'s shared connection in a thread while the command goes on, when the
+    machine is remote and its tunnel up: the link's check, the channel and the hello are round trips
+    through SSH, which then overlap the command's own work (imports, reading the record) instead of
+    following it. Nothing otherwise: a tunnel's start may ask for a passphrase, and a local agent's
+    socket costs no trip; the connection is then opened when first used, as ever."""
+    if not machine.is_remote or machine.name in _shared or machine.name in _opening:
+        return
+    from milex.machine.tunnel.control import tunnel_status
+
+    if tunnel_status(machine.name).up:
+        _opening[machine.name] = _Opening(machine)
 
 
 def drop_shared_connection(machine: Machine) -> None:
@@ -71,6 +119,8 @@ def greeted(machine: Machine, *, timeout: float | None = None) -> tuple[AgentCon
     """A checked connection to `machine`'s agent, and what the agent said of itself (its features)."""
     gone = None
     if machine.is_remote:  # a tunnel that stops (it needs a code no one can type) ends the wait at once
+        from milex.machine.tunnel.control import tunnel_gone
+
         gone = partial(tunnel_gone, machine.name)
     connection = AgentConnection(endpoint(machine), gone=gone, **({"timeout": timeout} if timeout else {}))
     try:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -49,8 +46,7 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
         return self.state == "up"
 
 
-@dataclass(frozen=True)
-class TunnelFiles:
+class TunnelFiles(msgspec.Struct, frozen=True):
     """Where a machine's tunnel keeps socket, pid, lock, status and log: `$XDG_RUNTIME_DIR/milex` or /tmp."""
 
     machine: str
@@ -158,6 +154,8 @@ def _spawn(
     """Start the tunnel service and wait for its READY (or its error)."""
     options = {"--machine": machine, "--remote-socket": remote_socket, "--local-socket": local_socket,
                "--idle": idle, "--relay": relay, "--on-connect": on_connect}  # fmt: skip
+    import subprocess  # lazy: a command that finds its tunnel up starts none (~2.5 ms of each)
+
     argv = [sys.executable, "-m", "milex.machine.tunnel.service"]
     argv += [str(word) for option, value in options.items() if value is not None for word in (option, value)]
     # stdin and stderr are inherited, so that passphrase and 2FA prompts reach the user's terminal.
@@ -270,6 +268,8 @@ def _ask_exec_socket(machine: str, request: dict[str, object], timeout: float) -
 
 def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
     """Stop the machine's tunnel (SIGTERM, then SIGKILL); False if none was running."""
+    import signal  # lazy: only stopping one needs it
+
     files = TunnelFiles.of(machine)
     status = tunnel_status(machine)
     if status.pid is None:
