@@ -59,6 +59,7 @@ def measure(laptop: Laptop, ledger: Ledger, node: NodeTimer, mode: Mode) -> dict
                 )
             else:
                 rows = _at_rtt(laptop, ledger, [], mode.rtt_reps)
+        ledger.cancel()
         found[str(rtt)] = rows
     return found
 
@@ -80,7 +81,8 @@ def _link(laptop: Laptop, rtt_ms: int) -> Iterator[None]:
 def _at_rtt(laptop: Laptop, ledger: Ledger, floor: list[Method], reps: dict[str, int]) -> dict[str, dict]:
     methods: list[Method] = [*floor]  # each one is made over the link in use: they connect through it
     try:
-        methods += [FreshSsh(laptop), ControlMaster(laptop), ParamikoExec(laptop)]
+        for connected in (FreshSsh, ControlMaster, ParamikoExec):  # one by one: each made is closed
+            methods.append(connected(laptop))
         methods += [MilexApi(), MilexProtocol(), MilexRun(laptop), MilexCold(laptop)]
         samples: dict[str, list[float]] = {method.key: [] for method in methods}
         for method in methods:  # warm-up, not recorded: connections, tunnel, agent, page cache
@@ -89,7 +91,6 @@ def _at_rtt(laptop: Laptop, ledger: Ledger, floor: list[Method], reps: dict[str,
     finally:
         for method in methods[len(floor) :]:  # the floor's timer lives for the whole run
             method.close()
-    ledger.cancel()
     return {m.key: _row(m.label, samples[m.key]) for m in methods}
 
 
