@@ -10,7 +10,8 @@ class Mode:
     """Repetitions and sizes of every section."""
 
     name: str
-    latency_reps: dict[str, int]
+    latency_reps: dict[str, int]  # at RTT 0 (loopback, no relay)
+    rtt_reps: dict[str, int]  # at each RTT above 0 (through bench/relay.py)
     bundle: int  # jobs of each Milex bundle (independent, chain)
     raw_loop: int  # jobs of each raw sbatch loop on the node
     ssh_loop: int  # jobs of the fresh `ssh host sbatch` loop
@@ -19,6 +20,7 @@ class Mode:
     load_interval: float  # the agent's (fixed) poll interval while counting
     status_waves: list[list[float]]  # job durations (s) of each wave of the status-latency section
     lone_jobs: list[float] = field(default_factory=list)  # durations of jobs run alone (poll back-off)
+    rtts_ms: tuple[int, ...] = (0, 20, 80)  # round-trip times the latency section runs at
     footprint_jobs: int = 10_000
     footprint_settle: float = 3.0  # seconds after the first answer before measuring (the first poll ran)
     footprint_cpu_window: float = 10.0  # seconds over which the idle agent's CPU time is measured
@@ -32,6 +34,7 @@ class Mode:
     def expected_jobs(self) -> int:
         """Roughly how many SLURM job records a run creates (they count against MaxJobCount)."""
         latency = sum(self.latency_reps.values()) + self.latency_reps["milex_api"] + 16
+        latency += (len(self.rtts_ms) - 1) * (sum(self.rtt_reps.values()) + 16)
         statuses = sum(len(wave) for wave in self.status_waves) + len(self.lone_jobs)
         submitting = int(self.window / 0.2)  # the load section's second window
         queued = 3 * self.queue_jobs  # through the queue, without a cap, all at once
@@ -54,6 +57,7 @@ def _reps(fast: int, ssh: int, cli: int, cold: int) -> dict[str, int]:
 FULL = Mode(
     name="full",
     latency_reps=_reps(fast=80, ssh=50, cli=40, cold=12),
+    rtt_reps=_reps(fast=40, ssh=30, cli=30, cold=10) | {"raw_sbatch": 0},  # the floor does not cross the link
     bundle=1000,
     raw_loop=500,
     ssh_loop=100,
@@ -67,6 +71,8 @@ FULL = Mode(
 QUICK = Mode(
     name="quick",
     latency_reps=_reps(fast=2, ssh=1, cli=1, cold=1),
+    rtt_reps=_reps(fast=1, ssh=1, cli=1, cold=1) | {"raw_sbatch": 0},
+    rtts_ms=(0, 20),
     bundle=20,
     raw_loop=10,
     ssh_loop=3,

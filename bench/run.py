@@ -1,7 +1,9 @@
 """`python -m bench [--quick] [--only SECTION,...] [--out DIR]`: run the sections, write the results.
 
-Writes DIR/latest.json (every sample), DIR/latest.md (the tables) and DIR/latency.png. Needs root
-(it creates the benchmark's login-node account and runs commands as it), the test cluster and sshd.
+Writes DIR/latest.json (every sample), DIR/latest.md (the tables), DIR/latency.png and
+DIR/latency-rtt.png; a full run that measured latency also copies both PNGs to docs/figures/ (the
+README shows them). Needs root (it creates the benchmark's login-node account and runs commands as
+it), the test cluster and sshd.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +24,8 @@ from bench.modes import FULL, QUICK, Mode
 SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue")
 REMOTE = ("latency", "throughput", "load", "status", "queue")
 DEFAULT_OUT = Path(__file__).parent / "results"
+FIGURES = Path(__file__).parents[1] / "docs" / "figures"  # committed, shown in the README
+PLOTS = ("latency.png", "latency-rtt.png")
 HEADROOM = 1000  # job records left free for everybody else
 
 
@@ -33,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     _preflight(mode, sections, options.no_plot)
     results = run(mode, sections)
     write(results, options.out, plot=not options.no_plot)
-    print(f"bench: wrote {options.out}/latest.json, latest.md and latency.png", file=sys.stderr)
+    print(f"bench: wrote {options.out}/latest.json, latest.md and {', '.join(PLOTS)}", file=sys.stderr)
     if results["errors"]:
         sys.exit(1)
 
@@ -154,5 +159,11 @@ def write(results: dict, out: Path, *, plot: bool) -> None:
     (out / "latest.md").write_text(markdown(results))
     if plot:
         from bench.plot import plot as draw
+        from bench.plot import plot_rtt
 
-        draw(results, out / "latency.png")
+        draw(results, out / PLOTS[0])
+        plot_rtt(results, out / PLOTS[1])
+        if results["mode"] == "full" and "latency" in results:
+            FIGURES.mkdir(parents=True, exist_ok=True)
+            for name in PLOTS:
+                shutil.copyfile(out / name, FIGURES / name)

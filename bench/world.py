@@ -113,6 +113,22 @@ class Laptop:
             raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done
 
+    def reach_through(self, port: int) -> None:
+        """Reach the login node's sshd at `port` of 127.0.0.1 (a relay in front of it, or sshd itself):
+        its host key trusted there, the configuration rewritten (agent defaults), the tunnel down so
+        that the next command reconnects through it, this process's connection to the agent dropped."""
+        from milex.config.file import load_config
+        from milex.machine.endpoint import drop_shared_connection
+
+        lines = self.known_hosts.read_text().splitlines()
+        keys = {line.split(" ", 1)[1] for line in lines if line.startswith("[127.0.0.1]:")}
+        added = [entry for key in sorted(keys) if (entry := f"[127.0.0.1]:{port} {key}") not in lines]
+        self.known_hosts.write_text("\n".join([*lines, *added]) + "\n")
+        self.port = port
+        self.configure()
+        self.milex("milex", "tunnel", "down", "--machine", MACHINE)
+        drop_shared_connection(load_config().machine(MACHINE))
+
     def restart_remote(self, *, counted: bool = False, poll: tuple[float, float] = DEFAULT_POLL) -> None:
         """Stop the tunnel and the remote agent, reconfigure; the next request starts both anew.
 

@@ -25,12 +25,19 @@ def test_quick_run_writes_every_section(tmp_path: Path, slurm_cluster: None) -> 
     assert results["errors"] == {}
     for section in SECTIONS:
         assert results[section], section
-    assert {"raw_sbatch", "ssh_fresh", "milex_api", "milex_run", "milex_cold"} <= set(results["latency"])
-    assert all(row["n"] >= 1 for row in results["latency"].values())
+    latency = results["latency"]  # by RTT: loopback, and 20 ms through bench/relay.py
+    assert set(latency) == {"0", "20"}
+    assert {"raw_sbatch", "ssh_fresh", "milex_api", "milex_run", "milex_cold"} <= set(latency["0"])
+    over_link = {"ssh_fresh", "ssh_controlmaster", "paramiko_exec", "milex_api", "milex_run", "milex_cold"}
+    assert over_link <= set(latency["20"])
+    assert all(row["n"] >= 1 for rows in latency.values() for row in rows.values())
+    assert latency["20"]["milex_api"]["median"] > 0.020  # at least the round trip the relay adds
     assert results["load"]["watching"]["commands"]["squeue"] >= 1  # the wrappers saw the agent's polls
     assert len(results["goals"]) == 6
     report = (tmp_path / "latest.md").read_text()
     assert all(run["other_jobs"] == 0 for run in results["queue"]["runs"].values())  # none submitted twice
     for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7."):
         assert heading in report
-    assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+    assert "| RTT 0 ms | RTT 20 ms |" in report
+    for figure in ("latency.png", "latency-rtt.png"):
+        assert (tmp_path / figure).read_bytes().startswith(b"\x89PNG")
