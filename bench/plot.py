@@ -38,13 +38,7 @@ def plot(results: dict, path: Path) -> None:
     left.set_xlabel("submission latency, one job (ms, log scale)")
     left.set_ylabel("fraction of submissions")
     left.set_title("Submission latency at RTT 0 (ECDF)")
-    left.grid(True, which="both", alpha=0.3)
-    if rows:
-        left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-    figure.suptitle(f"Milex benchmarks, {results['mode']} run of {results['started']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _finish(plt, figure, left, results, path, legend_below=0.13 if rows else None)
 
 
 def _status(axes: Any, status: dict) -> None:
@@ -94,9 +88,19 @@ def plot_rtt(results: dict, path: Path) -> None:
     axes.set_xlabel("round-trip time between laptop and login node (ms)")
     axes.set_ylabel("median submission latency, one job (ms, log scale)")
     axes.set_title("Submission latency against RTT")
+    _finish(plt, figure, axes, results, path, legend_below=0.12 if rtts else None)
+
+
+def _finish(
+    plt: Any, figure: Any, axes: Any, results: dict, path: Path, *, legend_below: float | None
+) -> None:
+    """Grid, the legend under the axes (if there are lines: `legend_below` is its offset), the run's
+    title; saved to `path`."""
     axes.grid(True, which="both", alpha=0.3)
-    if rtts:
-        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    if legend_below is not None:
+        axes.legend(
+            fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -legend_below), ncol=2, frameon=False
+        )
     figure.suptitle(f"Milex benchmarks, {results['mode']} run of {results['started']}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
