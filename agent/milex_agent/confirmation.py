@@ -116,10 +116,10 @@ class Confirmation:
         journal = self.agent.journal
         waiting = _waiting_for(journal, lost)
         dependents: dict[tuple[str, str], list[tuple[str, str]]] = {}  # scheduler group -> (key, id)
-        for row in journal.unfinished():
-            if row.job.key in lost or row.job.key.partition(WINDOW_MARK)[0] not in waiting:
+        for row in journal.watched():
+            if row.key in lost or row.key.partition(WINDOW_MARK)[0] not in waiting:
                 continue
-            dependents.setdefault((row.scheduler, row.machine_path), []).append((row.job.key, row.job.job_id))
+            dependents.setdefault((row.scheduler, row.machine_path), []).append((row.key, row.job_id))
         cancelled: list[tuple[str, str]] = []
         for (kind, machine_path), jobs in dependents.items():
             try:
@@ -136,9 +136,9 @@ class Confirmation:
 
     def _accepted(self) -> Accepted:
         accepted: Accepted = {}
-        for job, kind, machine_path in self.agent.journal.unfinished():
-            group = accepted.setdefault(scheduler_group(kind, machine_path), {})
-            group[comment_of(job.key)] = (job.key, job.job_id, job.submitted_at)
+        for row in self.agent.journal.watched():
+            group = accepted.setdefault(scheduler_group(row.scheduler, row.machine_path), {})
+            group[comment_of(row.key)] = (row.key, row.job_id, row.submitted_at)
         return accepted
 
     def _confirm(self, accepted: Accepted) -> set[str]:

@@ -153,6 +153,20 @@ class JobRow(NamedTuple):
     machine_path: str
 
 
+class Watched(NamedTuple):
+    """What a poll needs of an unfinished job, read as a plain row (no TrackedJob made: an agent may
+    watch 100,000 jobs, and reads them at every poll)."""
+
+    key: str
+    job_id: str
+    state: str  # a JobState's value
+    exit_code: int | None
+    reason: str
+    submitted_at: float
+    scheduler: str
+    machine_path: str
+
+
 class Journal:
     """Jobs by idempotency key, and the numbered events of their state changes."""
 
@@ -444,6 +458,23 @@ class Journal:
         """Submitted jobs not yet in a final state, with the scheduler that runs them (an array cut in
         windows: its windows)."""
         return self._rows(f"job_id != ? AND {_UNFINISHED} AND window = 0", (IN_DOUBT,))
+
+    def watched(self) -> Iterator[Watched]:
+        """`unfinished`, as the plain rows a poll (and a check of the scheduler's jobs) reads, one at a
+        time: about a tenth of the time and memory of whole jobs. Read them all before writing."""
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # tuples: no sqlite3.Row per job
+        cursor.execute(
+            "SELECT key, job_id, state, exit_code, reason, submitted_at, scheduler, machine_path"
+            f" FROM jobs WHERE job_id != ? AND {_UNFINISHED} AND window = 0",
+            (IN_DOUBT,),
+        )
+        return map(Watched._make, cursor)
+
+    def has_unfinished(self) -> bool:
+        """Whether `unfinished` has any job (one row read, not all)."""
+        query = f"SELECT 1 FROM jobs WHERE job_id != ? AND {_UNFINISHED} AND window = 0 LIMIT 1"
+        return self.db.execute(query, (IN_DOUBT,)).fetchone() is not None
 
     def _rows(self, where: str, parameters: Sequence[object]) -> list[JobRow]:
         query = f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs WHERE {where}"
