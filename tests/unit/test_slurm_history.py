@@ -73,3 +73,22 @@ def test_an_arrays_tasks_combine_across_reads(tmp_path: Path) -> None:
         appending.write(task(42, 2, "FAILED", "0:9") + task(40, 0, "CANCELLED", "0:0"))
     status = log.states(["40"])["40"]
     assert (status.state, status.exit_code) == (JobState.FAILED, 137)
+
+
+def test_sacct_is_asked_about_many_forgotten_jobs_a_few_thousand_at_a_time(monkeypatch) -> None:
+    from milex_agent.scheduler.slurm import history
+    from milex_agent.scheduler.slurm.command import CommandResult
+
+    asked: list[list[str]] = []
+
+    def sacct(argv: list[str], **_: object) -> CommandResult:
+        ids = next(arg for arg in argv if arg.startswith("--jobs=")).removeprefix("--jobs=").split(",")
+        asked.append(ids)
+        return CommandResult(tuple(argv), 0, "".join(f"{i}|COMPLETED|0:0\n" for i in ids[:1]), "")
+
+    monkeypatch.setattr(history, "run_command", sacct)
+    job_ids = [str(10_000_000 + i) for i in range(12_000)]
+    found = history.SlurmHistory()._from_sacct(job_ids)
+    assert [len(ids) for ids in asked] == [5000, 5000, 2000]
+    assert max(len(",".join(ids)) for ids in asked) < 128 * 1024
+    assert sorted(found) == [asked[0][0], asked[1][0], asked[2][0]]

@@ -19,6 +19,10 @@ from milex_agent.scheduler.slurm.output import (
 )
 from milex_common.model import JobStatus
 
+# Job ids per sacct call: one argument holds at most 128 KiB, so an agent back after a long absence
+# with 20,000 forgotten jobs would fail every poll (E2BIG) asking about them all at once.
+SACCT_IDS = 5000
+
 
 class SlurmHistory:
     """Looks finished jobs up, remembering which sources this cluster lacks."""
@@ -48,8 +52,14 @@ class SlurmHistory:
         return ended_by_comment(text or "", comments)
 
     def _from_sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        text = self._sacct("--format=JobID,State,ExitCode", f"--jobs={','.join(job_ids)}")
-        return {} if text is None else statuses(job_ids, sacct_rows(text))
+        found: dict[str, JobStatus] = {}
+        for start in range(0, len(job_ids), SACCT_IDS):
+            chunk = job_ids[start : start + SACCT_IDS]
+            text = self._sacct("--format=JobID,State,ExitCode", f"--jobs={','.join(chunk)}")
+            if text is None:
+                break
+            found.update(statuses(chunk, sacct_rows(text)))
+        return found
 
     def _sacct(self, *options: str) -> str | None:
         """What `sacct` prints for the allocations (not steps) `options` select; None when it fails."""
