@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue")
+SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue", "scale", "tracking")
 # About 45 s once the benchmark account exists; its first run also installs Milex's dependencies
 # into that account's venv (from the package index), and each new source tree into an overlay.
 pytestmark = pytest.mark.timeout(420)
@@ -28,9 +28,24 @@ def test_quick_run_writes_every_section(tmp_path: Path, slurm_cluster: None) -> 
     assert {"raw_sbatch", "ssh_fresh", "milex_api", "milex_run", "milex_cold"} <= set(results["latency"])
     assert all(row["n"] >= 1 for row in results["latency"].values())
     assert results["load"]["watching"]["commands"]["squeue"] >= 1  # the wrappers saw the agent's polls
-    assert len(results["goals"]) == 6
+    assert len(results["goals"]) == 9
+    assert [row["clients"] for row in results["scale"]["clients"]["counts"].values()] == [1, 3]
+    assert all(
+        row["clients_without_the_event"] == 0 for row in results["scale"]["clients"]["counts"].values()
+    )
     report = (tmp_path / "latest.md").read_text()
     assert all(run["other_jobs"] == 0 for run in results["queue"]["runs"].values())  # none submitted twice
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7."):
+    for heading in (
+        "## Goals",
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+        "## 7.",
+        "## 8.",
+        "## 9.",
+    ):
         assert heading in report
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
