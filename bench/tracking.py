@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import tempfile
@@ -128,6 +129,8 @@ def _agent(directory: Path, env: dict[str, str], mode: Mode) -> dict:
     argv = [str(BIN / "milex-agent"), "run", "--dir", str(directory),
             "--poll-interval", interval, "--max-interval", interval]  # fmt: skip
     socket = socket_path(directory)
+    with sqlite3.connect(directory / "journal.sqlite") as journal:
+        filled = journal.execute("SELECT MAX(seq) FROM events").fetchone()[0]
     began = time.perf_counter()
     with open(directory / "agent.out", "wb") as output:
         agent = subprocess.Popen(argv, env=env, stdout=output, stderr=output)
@@ -137,9 +140,10 @@ def _agent(directory: Path, env: dict[str, str], mode: Mode) -> dict:
                 raise RuntimeError(f"the agent exited: {(directory / 'agent.out').read_text()[-2000:]}")
             time.sleep(0.002)
         with AgentConnection(f"ipc://{socket}", timeout=120) as connection:
-            seq = connection.hello(client_version()).last_seq
+            last_seq = connection.hello(client_version()).last_seq
             to_hello = time.perf_counter() - began
-            while connection.hello(client_version()).last_seq == seq:  # the first poll's one event
+            while last_seq == filled:  # the first poll's one event (it may come before the hello)
+                last_seq = connection.hello(client_version()).last_seq
                 if time.perf_counter() - began > 300:
                     raise RuntimeError("the agent's first poll recorded no event in 300 s")
                 time.sleep(0.005)
