@@ -110,7 +110,7 @@ def measure(laptop: Laptop, ledger: Ledger, node: NodeTimer, watched: list[str],
     laptop.restart_remote(counted=True, poll=(interval, interval))
     laptop.milex("milex", "status", "--machine", MACHINE, "--json")  # the tunnel up, the agent serving
     time.sleep(3 * interval)  # a few polls: the chained bundle's cancellation is seen
-    clients = [_start_watcher(laptop) for _ in range(mode.clients)]
+    clients = [start_watcher(laptop) for _ in range(mode.clients)]
     try:
         for client in clients:
             assert client.stdout is not None
@@ -170,7 +170,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_watcher(laptop: Laptop) -> subprocess.Popen[str]:
+def start_watcher(laptop: Laptop) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "bench.watcher", MACHINE],
         cwd=REPO,

@@ -29,16 +29,31 @@ class Mode:
     queue_jobs: int = 1000  # jobs of the bundle through the agent's queue (section 7)
     queue_cap: int = 100  # the machine's max_submitted, and the CPUs of the node meanwhile
     queue_length: float = 2.0  # seconds each of those jobs runs
+    # Scale (sections 8 and 9): bundle sizes, watching clients, tracked jobs.
+    scale_bundles: tuple[int, ...] = (1000, 3000, 10_000)  # jobs of each bundle, independent and chained
+    scale_clients: tuple[int, ...] = (1, 10, 50)  # watching clients, one count after the other
+    scale_window: float = 10.0  # seconds each client count is watched
+    tracking_sizes: tuple[int, ...] = (10_000, 30_000, 100_000)  # unfinished jobs in the journal
+    tracking_interval: float = 1.0  # the agent's fixed poll interval meanwhile
+    tracking_window: float = 10.0  # seconds its polls are counted
+    tracking_polls: int = 3  # polls timed in-process for each size
 
     @property
     def expected_jobs(self) -> int:
         """Roughly how many SLURM job records a run creates (they count against MaxJobCount)."""
-        latency = sum(self.latency_reps.values()) + self.latency_reps["milex_api"] + 16
-        latency += (len(self.rtts_ms) - 1) * (sum(self.rtt_reps.values()) + 16)
-        statuses = sum(len(wave) for wave in self.status_waves) + len(self.lone_jobs)
-        submitting = int(self.window / 0.2)  # the load section's second window
-        queued = 3 * self.queue_jobs  # through the queue, without a cap, all at once
-        return latency + 2 * self.bundle + 2 * self.raw_loop + self.ssh_loop + statuses + submitting + queued
+        return sum(self.jobs_by_section().values())
+
+    def jobs_by_section(self) -> dict[str, int]:
+        """Roughly how many SLURM job records each section creates (`load` needs throughput's bundle)."""
+        return {
+            "latency": sum(self.latency_reps.values()) + self.latency_reps["milex_api"] + 16
+            + (len(self.rtts_ms) - 1) * (sum(self.rtt_reps.values()) + 16),  # each RTT past the first
+            "throughput": 2 * self.bundle + 2 * self.raw_loop + self.ssh_loop,
+            "load": int(self.window / 0.2),  # its second window
+            "status": sum(len(wave) for wave in self.status_waves) + len(self.lone_jobs),
+            "queue": 3 * self.queue_jobs,  # through the queue, without a cap, all at once
+            "scale": 2 * sum(self.scale_bundles) + len(self.scale_clients),  # one job timed per count
+        }
 
 
 def _reps(fast: int, ssh: int, cli: int, cold: int) -> dict[str, int]:
@@ -88,6 +103,13 @@ QUICK = Mode(
     queue_jobs=40,
     queue_cap=8,  # the test cluster's default node: no restart
     queue_length=1.0,
+    scale_bundles=(10, 30),
+    scale_clients=(1, 3),
+    scale_window=2.0,
+    tracking_sizes=(100, 300),
+    tracking_interval=0.5,
+    tracking_window=1.0,
+    tracking_polls=2,
 )
 
 MODES = {mode.name: mode for mode in (FULL, QUICK)}

@@ -8,6 +8,7 @@ import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
+from bench import scale_report
 from bench.login_node import REPO, source_digest
 from bench.stats import ratio
 
@@ -115,6 +116,8 @@ def goals(results: dict) -> list[dict]:
     if startup:
         median = startup["milex --help"]["median"]
         goal("`milex --help` under 150 ms", f"{median * 1000:.0f} ms", median < 0.150)
+    for name, measured, met in scale_report.goals(results):
+        goal(name, measured, met)
     return found
 
 
@@ -163,6 +166,7 @@ def markdown(results: dict) -> str:
     for section in (_latency, _throughput, _load_section, _status, _footprint, _startup, _queue):
         if table := section(results):
             lines += ["", *table]
+    lines += scale_report.tables(results)
     for name, error in results["errors"].items():
         lines += [
             "",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench.modes import FULL, QUICK, Mode
 
-SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue")
-REMOTE = ("latency", "throughput", "load", "status", "queue")
+SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue", "scale", "tracking")
+REMOTE = ("latency", "throughput", "load", "status", "queue", "scale")
 DEFAULT_OUT = Path(__file__).parent / "results"
 FIGURES = Path(__file__).parents[1] / "docs" / "figures"  # committed, shown in the README
 PLOTS = ("latency.png", "latency-rtt.png")
@@ -67,10 +67,12 @@ def _preflight(mode: Mode, sections: list[str], no_plot: bool) -> None:
         from bench.world import job_records
 
         count, limit = job_records()
-        if count + mode.expected_jobs + HEADROOM > limit:
+        wanted = {*sections, *(["throughput"] if "load" in sections else [])}  # load watches its bundle
+        made = sum(jobs for name, jobs in mode.jobs_by_section().items() if name in wanted)
+        if count + made + HEADROOM > limit:
             sys.exit(
                 f"bench: slurmctld holds {count} job records of MaxJobCount {limit}, and this {mode.name} "
-                f"run makes about {mode.expected_jobs}; finished jobs leave after MinJobAge: retry later."
+                f"run makes about {made}; finished jobs leave after MinJobAge: retry later."
             )
 
 
@@ -90,6 +92,10 @@ def run(mode: Mode, sections: list[str]) -> dict:
         from bench import footprint
 
         results["footprint"] = _section(results, "footprint", lambda: footprint.measure(mode))
+    if "tracking" in sections:
+        from bench import tracking
+
+        results["tracking"] = _section(results, "tracking", lambda: tracking.measure(mode))
     if "startup" in sections:
         from bench import startup
 
@@ -144,6 +150,10 @@ def _remote_sections(results: dict, mode: Mode, sections: list[str]) -> None:
             results["status"] = _section(results, "status", lambda: status.measure(laptop, ledger, mode))
         if "queue" in sections:
             results["queue"] = _section(results, "queue", lambda: queue.measure(laptop, ledger, mode))
+        if "scale" in sections:
+            from bench import scale
+
+            results["scale"] = _section(results, "scale", lambda: scale.measure(laptop, ledger, mode))
     finally:
         ledger.cancel()
         node.close()

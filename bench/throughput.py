@@ -35,11 +35,11 @@ def measure(laptop: Laptop, ledger: Ledger, node: NodeTimer, mode: Mode) -> tupl
     ledger.add(ssh_ids)
     ledger.cancel(ssh_ids)
 
-    chain_ids = _milex_bundle(results, ledger, mode.bundle, chain=True)
+    chain_ids = milex_bundle(results, ledger, mode.bundle, chain=True)
     ledger.cancel(chain_ids)
     probe = HelloProbe()
     with probe:
-        independent = _milex_bundle(results, ledger, mode.bundle, chain=False)
+        independent = milex_bundle(results, ledger, mode.bundle, chain=False)
     results["milex_bundle"]["hello_during_submission"] = summarize(probe.samples)
     return results, independent
 
@@ -48,7 +48,7 @@ def _rate(label: str, jobs: int, seconds: float) -> dict:
     return {"label": label, "jobs": jobs, "seconds": seconds, "jobs_per_second": jobs / seconds}
 
 
-def _milex_bundle(results: dict, ledger: Ledger, size: int, *, chain: bool) -> list[str]:
+def milex_bundle(results: dict, ledger: Ledger, size: int, *, chain: bool) -> list[str]:
     import milex
 
     jobs = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import Future
+from typing import TypeVar
 
 import msgspec
 
@@ -42,6 +43,8 @@ WRONG_DEPENDENCY_REASON = (
 )
 # The jobs with an id not seen to end: by scheduler group, then comment: (key, job id, when begun).
 Accepted = dict[tuple[str, str], dict[str, tuple[str, str, float]]]
+Booted = dict[tuple[str, str], float]  # when each scheduler group's controller last started
+T = TypeVar("T")
 
 
 class Confirmation:
@@ -50,44 +53,75 @@ class Confirmation:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.backoff = LookupBackoff(agent.controller)
-        self.looking: tuple[Future[set[str]], Accepted, float] | None = None
+        self.booting: tuple[Future[Booted], float] | None = None  # the first step, and when it began
+        self.looking: tuple[Future[set[str]], Accepted, float] | None = None  # the second
 
     @property
     def due(self) -> bool:
         return self.agent.controller.confirm_due
 
     def next_event_in(self) -> float:
-        if self.looking is not None:
-            return 0.0 if self.looking[0].done() else math.inf
+        step = self.booting or self.looking
+        if step is not None:
+            return 0.0 if step[0].done() else math.inf
         if not self.due:
             return math.inf
         return max(0.0, self.backoff.next_at - self.agent.controller.clock())
 
     def step(self) -> list[str]:
-        """Start a check when due; apply one that finished. The keys of the jobs found lost."""
-        watch = self.agent.controller
-        if self.looking is None:
+        """Start a check when due; take its next step when one finished. The keys of the jobs found
+        lost.
+
+        Two steps: the boot time of each controller that has unfinished jobs of ours, then those of
+        the jobs begun before it (none, unless it restarted since): an agent watching 100,000 jobs
+        reads none of them to learn that its controller did not restart."""
+        if self.booting is None and self.looking is None:
             if self.due and self.backoff.due:
-                accepted = self._accepted()
-                if not accepted:
-                    watch.confirm_due = False
+                groups = {scheduler_group(*row) for row in self.agent.journal.watched_schedulers()}
+                if not groups:
+                    self.agent.controller.confirm_due = False
                     return []
-                started = watch.clock()
-                self.looking = (self.agent.dispatch(lambda: self._confirm(accepted)), accepted, started)
+                started = self.agent.controller.clock()
+                self.booting = (self.agent.dispatch(lambda: self._boot_times(groups)), started)
             return []
-        future, accepted, started = self.looking
-        if not future.done():
+        if self.booting is not None:
+            booting, started = self.booting
+            if not booting.done():
+                return []
+            self.booting = None
+            booted = self._outcome(booting)
+            if booted is None:
+                return []
+            accepted = self._accepted(booted)
+            if not accepted:  # the usual: no controller restarted since a job of ours was begun
+                return self._settle(accepted, set(), started)
+            self.looking = (self.agent.dispatch(lambda: self._confirm(accepted)), accepted, started)
+            return []
+        assert self.looking is not None
+        looking, accepted, started = self.looking
+        if not looking.done():
             return []
         self.looking = None
+        lost = self._outcome(looking)
+        return [] if lost is None else self._settle(accepted, lost, started)
+
+    def _outcome(self, step: Future[T]) -> T | None:
+        """What a finished step found; None (told in the log) if it failed: tried again later."""
         try:
-            lost = self.backoff.outcome(future)
+            found = self.backoff.outcome(step)
         except Exception:  # a defect: logged, and the check tried again later (the agent never dies of it)
             log.exception("confirming the jobs the scheduler accepted failed")
             self.backoff.failed()
-            return []
-        if isinstance(lost, SchedulerError):
-            log.warning("confirming the jobs the scheduler accepted failed: %s", lost)
-            return []
+            return None
+        if isinstance(found, SchedulerError):
+            log.warning("confirming the jobs the scheduler accepted failed: %s", found)
+            return None
+        return found
+
+    def _settle(self, accepted: Accepted, lost: set[str], started: float) -> list[str]:
+        """The check's end: the `lost` jobs (by comment) wait in the queue again, with those that
+        wait for them; the keys of all."""
+        watch = self.agent.controller
         if not watch.conclusive(started):
             return []  # looked before the controller settled: again, once it has (the back-off's time)
         watch.confirm_due = False
@@ -116,10 +150,10 @@ class Confirmation:
         journal = self.agent.journal
         waiting = _waiting_for(journal, lost)
         dependents: dict[tuple[str, str], list[tuple[str, str]]] = {}  # scheduler group -> (key, id)
-        for row in journal.unfinished():
-            if row.job.key in lost or row.job.key.partition(WINDOW_MARK)[0] not in waiting:
+        for row in journal.watched():
+            if row.key in lost or row.key.partition(WINDOW_MARK)[0] not in waiting:
                 continue
-            dependents.setdefault((row.scheduler, row.machine_path), []).append((row.job.key, row.job.job_id))
+            dependents.setdefault((row.scheduler, row.machine_path), []).append((row.key, row.job_id))
         cancelled: list[tuple[str, str]] = []
         for (kind, machine_path), jobs in dependents.items():
             try:
@@ -134,11 +168,20 @@ class Confirmation:
             cancelled += jobs
         return cancelled
 
-    def _accepted(self) -> Accepted:
+    def _boot_times(self, groups: set[tuple[str, str]]) -> Booted:
+        """When the controller of each scheduler group last started (those that say)."""
+        booted = {group: self.agent.schedulers(*group).boot_time() for group in groups}
+        return {group: time for group, time in booted.items() if time is not None}
+
+    def _accepted(self, booted: Booted) -> Accepted:
+        """The unfinished jobs begun before their controller last started, by scheduler group."""
         accepted: Accepted = {}
-        for job, kind, machine_path in self.agent.journal.unfinished():
-            group = accepted.setdefault(scheduler_group(kind, machine_path), {})
-            group[comment_of(job.key)] = (job.key, job.job_id, job.submitted_at)
+        if not booted:
+            return accepted
+        for row in self.agent.journal.watched(begun_before=max(booted.values())):
+            group = scheduler_group(row.scheduler, row.machine_path)
+            if group in booted and row.submitted_at < booted[group]:
+                accepted.setdefault(group, {})[comment_of(row.key)] = (row.key, row.job_id, row.submitted_at)
         return accepted
 
     def _confirm(self, accepted: Accepted) -> set[str]:
@@ -146,13 +189,8 @@ class Confirmation:
         started that it no longer has (one query per scheduler group whose controller restarted)."""
         lost: set[str] = set()
         for (kind, machine_path), jobs in accepted.items():
-            scheduler = self.agent.schedulers(kind, machine_path)
-            booted = scheduler.boot_time()
-            if booted is None:
-                continue
-            before = {comment: job_id for comment, (_, job_id, begun) in jobs.items() if begun < booted}
-            if before:
-                lost |= scheduler.confirm(before)
+            before = {comment: job_id for comment, (_, job_id, _) in jobs.items()}
+            lost |= self.agent.schedulers(kind, machine_path).confirm(before)
         return lost
 
 

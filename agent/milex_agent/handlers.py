@@ -148,9 +148,9 @@ def cancel_late(agent: Agent) -> None:
 def _cancel_in_scheduler(agent: Agent, job_ids: set[str]) -> None:
     """scancel (or its like) these unfinished jobs, one call per scheduler."""
     by_scheduler: dict[tuple[str, str], list[str]] = {}
-    for job, kind, machine_path in agent.journal.unfinished():
-        if job.job_id in job_ids:
-            by_scheduler.setdefault(scheduler_group(kind, machine_path), []).append(job.job_id)
+    for row in agent.journal.watched():
+        if row.job_id in job_ids:
+            by_scheduler.setdefault(scheduler_group(row.scheduler, row.machine_path), []).append(row.job_id)
     for (kind, machine_path), ids in by_scheduler.items():
         agent.schedulers(kind, machine_path).cancel(ids)
     agent.poller.nudge()

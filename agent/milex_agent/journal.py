@@ -124,6 +124,7 @@ _UNFINISHED = f"state NOT IN ({','.join(repr(state) for state in _FINISHED)})"  
 IN_DOUBT = ""
 _IN_DOUBT = "job_id = '' AND state = 'SUBMITTED' AND window = 0"
 _IN_SCHEDULER = f"((job_id != '' AND {_UNFINISHED}) OR ({_IN_DOUBT})) AND window = 0"
+_WATCHED = f"job_id != ? AND {_UNFINISHED} AND window = 0"  # `unfinished`, with IN_DOUBT for the ?
 # What an agent is there for: a job in the scheduler not yet ended, in doubt, or waiting in the queue.
 # The agent stays while there is some (milex_agent.lifetime); the watchdog starts one for it.
 # A run's notification not yet sent is work too (its jobs may all have ended just before a crash).
@@ -149,6 +150,20 @@ class JobRow(NamedTuple):
     """A job as the journal keeps it: what clients see of it, and the scheduler that serves it."""
 
     job: TrackedJob
+    scheduler: str
+    machine_path: str
+
+
+class Watched(NamedTuple):
+    """What a poll needs of an unfinished job, read as a plain row (no TrackedJob made: an agent may
+    watch 100,000 jobs, and reads them at every poll)."""
+
+    key: str
+    job_id: str
+    state: str  # a JobState's value
+    exit_code: int | None
+    reason: str
+    submitted_at: float
     scheduler: str
     machine_path: str
 
@@ -443,7 +458,34 @@ class Journal:
     def unfinished(self) -> list[JobRow]:
         """Submitted jobs not yet in a final state, with the scheduler that runs them (an array cut in
         windows: its windows)."""
-        return self._rows(f"job_id != ? AND {_UNFINISHED} AND window = 0", (IN_DOUBT,))
+        return self._rows(_WATCHED, (IN_DOUBT,))
+
+    def watched(self, *, begun_before: float | None = None) -> Iterator[Watched]:
+        """`unfinished` (those begun before `begun_before`), as the plain rows a poll (and a check of
+        the scheduler's jobs) reads, one at a time: about a tenth of the time and memory of whole
+        jobs. Read them all before writing."""
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # tuples: no sqlite3.Row per job
+        cursor.execute(
+            "SELECT key, job_id, state, exit_code, reason, submitted_at, scheduler, machine_path"
+            f" FROM jobs WHERE {_WATCHED} AND submitted_at < ?",
+            (IN_DOUBT, float("inf") if begun_before is None else begun_before),
+        )
+        return map(Watched._make, cursor)
+
+    def watched_schedulers(self) -> set[tuple[str, str]]:
+        """The (scheduler, machine path) of the jobs `watched` reads."""
+        rows = self.db.execute(
+            f"SELECT DISTINCT scheduler, machine_path FROM jobs WHERE {_WATCHED}", (IN_DOUBT,)
+        )
+        return {(row[0], row[1]) for row in rows}
+
+    def has_unfinished(self) -> bool:
+        """Whether `unfinished` has any job (one row read, not all)."""
+        return (
+            self.db.execute(f"SELECT 1 FROM jobs WHERE {_WATCHED} LIMIT 1", (IN_DOUBT,)).fetchone()
+            is not None
+        )
 
     def _rows(self, where: str, parameters: Sequence[object]) -> list[JobRow]:
         query = f"SELECT {_JOB_COLUMNS}, scheduler, machine_path FROM jobs WHERE {where}"

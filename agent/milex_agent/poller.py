@@ -42,6 +42,9 @@ class Poller:
         self.next_at = clock()
         self.nudged = False  # since the last plan: a poll in flight may not include the news
         self.queries = 0
+        # (state, exit code, reason) of each planned job as the journal had it: a poll's status that
+        # says the same is not recorded again (most of a poll's statuses, with 100,000 jobs watched).
+        self.recorded: dict[str, tuple[str, int | None, str]] = {}
 
     def due_in(self) -> float:
         """Seconds until the next poll (0 when it is due)."""
@@ -64,17 +67,30 @@ class Poller:
         """Which jobs to ask about, grouped by scheduler (reads the journal: the server's thread)."""
         self.nudged = False
         groups: Plan = defaultdict(dict)  # job id -> key
-        for job, kind, machine_path in self.journal.unfinished():
-            groups[scheduler_group(kind, machine_path)][job.job_id] = job.key
+        self.recorded = recorded = {}  # the last poll's let go first: never two alive at once
+        shared: dict[tuple[str, int | None, str], tuple[str, int | None, str]] = {}  # one of each
+        for row in self.journal.watched():
+            groups[scheduler_group(row.scheduler, row.machine_path)][row.job_id] = row.key
+            status = (row.state, row.exit_code, row.reason)
+            recorded[row.key] = shared.setdefault(status, status)
         return groups
 
     def query(self, plan: Plan) -> list[tuple[str, JobStatus]]:
-        """One scheduler call per group; touches no journal, so it may run in a worker thread."""
+        """One scheduler call per group; touches no journal, so it may run in a worker thread.
+
+        A status the journal had when the poll was planned is left out: the journal would find it
+        unchanged, reading each job's record to see it (most statuses of a poll). An array's is
+        always given: its tasks are the journal's to compare."""
         updates: list[tuple[str, JobStatus]] = []
+        recorded = self.recorded
         for (kind, machine_path), keys in plan.items():
             self.queries += 1
             states = self.schedulers(kind, machine_path).states(list(keys))
-            updates += [(keys[job_id], status) for job_id, status in states.items() if job_id in keys]
+            updates += [
+                (keys[job_id], status)
+                for job_id, status in states.items()
+                if job_id in keys and _news(recorded.get(keys[job_id]), status)
+            ]
         return updates
 
     def apply(self, updates: list[tuple[str, JobStatus]]) -> list[Event]:
@@ -83,3 +99,8 @@ class Poller:
         self.current = self.interval if events or self.nudged else min(self.current * 2, self.max_interval)
         self.next_at = self.clock() + self.current
         return events
+
+
+def _news(recorded: tuple[str, int | None, str] | None, status: JobStatus) -> bool:
+    """Whether the journal may learn something from `status` (its tasks are the journal's to compare)."""
+    return bool(status.tasks) or recorded != (status.state.value, status.exit_code, status.reason)

@@ -77,7 +77,7 @@ class AgentServer:
         # Confirmed when the agent starts (the controller may have restarted while it was away), and
         # after any silence of the controller.
         agent.controller.confirms = True
-        agent.controller.confirm_due = bool(agent.journal.unfinished())
+        agent.controller.confirm_due = agent.journal.has_unfinished()
         self.confirmation = Confirmation(agent)
         self.notifier = Notifier(agent.journal)  # the `notify` command of each run that ends
         self._woken, self._wake_up = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue")
+SECTIONS = ("latency", "throughput", "load", "status", "footprint", "startup", "queue", "scale", "tracking")
 # About 45 s once the benchmark account exists; its first run also installs Milex's dependencies
 # into that account's venv (from the package index), and each new source tree into an overlay.
 pytestmark = pytest.mark.timeout(420)
@@ -33,10 +33,25 @@ def test_quick_run_writes_every_section(tmp_path: Path, slurm_cluster: None) -> 
     assert all(row["n"] >= 1 for rows in latency.values() for row in rows.values())
     assert latency["20"]["milex_api"]["median"] > 0.020  # at least the round trip the relay adds
     assert results["load"]["watching"]["commands"]["squeue"] >= 1  # the wrappers saw the agent's polls
-    assert len(results["goals"]) == 6
+    assert len(results["goals"]) == 9
+    assert [row["clients"] for row in results["scale"]["clients"]["counts"].values()] == [1, 3]
+    assert all(
+        row["clients_without_the_event"] == 0 for row in results["scale"]["clients"]["counts"].values()
+    )
     report = (tmp_path / "latest.md").read_text()
     assert all(run["other_jobs"] == 0 for run in results["queue"]["runs"].values())  # none submitted twice
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7."):
+    for heading in (
+        "## Goals",
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+        "## 7.",
+        "## 8.",
+        "## 9.",
+    ):
         assert heading in report
     assert "| RTT 0 ms | RTT 20 ms |" in report
     for figure in ("latency.png", "latency-rtt.png"):

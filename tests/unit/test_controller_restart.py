@@ -12,7 +12,7 @@ from pathlib import Path
 
 from milex_agent import submission
 from milex_agent.controller import ControllerWatch
-from milex_agent.journal import Journal
+from milex_agent.journal import Journal, Watched
 from milex_agent.ledger import comment_of
 from milex_agent.lifetime import Lifetime
 from milex_agent.server import AgentServer
@@ -170,3 +170,23 @@ def test_a_check_that_fails_unexpectedly_is_logged_and_tried_again(running, capl
     del running.fake.errors["lookup"]
     wait_until(lambda: not running.agent.controller.confirm_due)
     assert running.thread is not None and running.thread.is_alive()
+
+
+def test_at_start_a_controller_that_did_not_restart_is_asked_only_its_boot_time(tmp_path: Path, monkeypatch):
+    fake, journal = FakeScheduler(), Journal(tmp_path / "journal.sqlite")
+    with serving(journal, fake, tmp_path, "first") as first:
+        first.submit(first.connect(), *JOBS)
+        wait_until(lambda: all_submitted(first))
+    read: list[float | None] = []
+    watched = journal.watched
+
+    def reading(*, begun_before: float | None = None) -> Iterator[Watched]:
+        read.append(begun_before)
+        return watched(begun_before=begun_before)
+
+    monkeypatch.setattr(journal, "watched", reading)
+    with serving(journal, fake, tmp_path, "second") as second:
+        wait_until(lambda: not second.agent.controller.confirm_due)
+    assert fake.confirms == []  # booted an hour ago: no job of ours was begun before
+    assert fake.booted in read  # the check read the jobs begun before it (none), not all of them
+    journal.close()

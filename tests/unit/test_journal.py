@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from milex_agent.journal import Journal
+from milex_agent.journal import Journal, Watched
 from milex_common.model import JobState, JobStatus
 from milex_common.protocol import TrackedJob
 
@@ -333,4 +333,23 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing_recorded(tmp_path):
     journal.db.execute("PRAGMA max_page_count = 1073741823")  # space is back
     add(journal, "k/c", "2")
     assert [job.key for job in journal.jobs()] == ["k/a", "k/c"]
+    journal.close()
+
+
+def test_watched_reads_the_unfinished_jobs_with_an_id_as_plain_rows(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    for name in ("running", "done", "doubt"):
+        job = TrackedJob(key=f"b/{name}", bundle="b", name=name, job_id="", state=JobState.SUBMITTED)
+        journal.begin(job, scheduler="slurm", machine_path="/m")
+    assert not journal.has_unfinished()  # in doubt (no id yet): not watched
+    journal.submitted("b/running", "11")
+    journal.submitted("b/done", "12")
+    journal.update([("b/running", JobStatus(job_id="11", state=JobState.RUNNING, reason="r")),
+                    ("b/done", JobStatus(job_id="12", state=JobState.COMPLETED, exit_code=0))])  # fmt: skip
+    [row] = journal.watched()
+    assert row == Watched(key="b/running", job_id="11", state="RUNNING", exit_code=None, reason="r",
+                          submitted_at=row.submitted_at, scheduler="slurm", machine_path="/m")  # fmt: skip
+    assert row.submitted_at > 0
+    assert [(r.job.key, r.job.job_id) for r in journal.unfinished()] == [(row.key, row.job_id)]
+    assert journal.has_unfinished()
     journal.close()

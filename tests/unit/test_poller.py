@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from milex_agent.journal import Journal
 from milex_agent.poller import Poller
-from milex_common.model import JobState
+from milex_common.model import JobState, JobStatus, TaskStatus
 from milex_common.protocol import TrackedJob
 from tests.unit.agent_fakes import FakeClock, FakeScheduler
 
@@ -202,3 +203,41 @@ def test_a_ceiling_below_the_interval_is_raised_to_it(journal):
     poller = Poller(journal, Schedulers(), interval=5.0, max_interval=1.0, clock=clock)
     poller.poll()
     assert poller.due_in() == 5.0
+
+
+def test_a_poll_hands_the_journal_only_the_statuses_that_differ_from_its_own(journal):
+    schedulers = Schedulers()
+    slurm = schedulers("slurm", "")
+    ids = [track(journal, slurm, f"x/{i}") for i in range(5)]
+    poller = Poller(journal, schedulers)
+    assert len(poller.poll()) == 5  # SUBMITTED -> PENDING: every one is news
+    assert poller.query(poller.plan()) == []  # nothing changed: the journal is not asked
+    slurm.set_state(ids[2], RUNNING)
+    updates = poller.query(poller.plan())
+    assert [(key, status.state) for key, status in updates] == [("x/2", RUNNING)]
+    assert [(e.key, e.state) for e in poller.apply(updates)] == [("x/2", RUNNING)]
+
+
+def test_a_new_reason_alone_is_handed_to_the_journal(journal):
+    schedulers = Schedulers()
+    slurm = schedulers("slurm", "")
+    job_id = track(journal, slurm, "x/1")
+    poller = Poller(journal, schedulers)
+    poller.poll()
+    slurm.jobs[job_id] = msgspec.structs.replace(slurm.jobs[job_id], reason="Resources")
+    assert poller.poll() == []  # no event for a reason alone, but the journal keeps it
+    assert journal.find("x/1").reason == "Resources"
+    assert poller.query(poller.plan()) == []
+
+
+def test_an_arrays_status_is_always_handed_to_the_journal(journal):
+    schedulers = Schedulers()
+    slurm = schedulers("slurm", "")
+    job_id = track(journal, slurm, "x/array")
+    tasks = [TaskStatus(index=0, state=JobState.PENDING), TaskStatus(index=1, state=JobState.PENDING)]
+    slurm.jobs[job_id] = JobStatus(job_id=job_id, state=JobState.PENDING, tasks=tasks)
+    poller = Poller(journal, schedulers)
+    poller.poll()
+    assert [key for key, _ in poller.query(poller.plan())] == [
+        "x/array"
+    ]  # its tasks: the journal's to compare

@@ -12,6 +12,7 @@ from milex_agent.scheduler.slurm.output import (
     combine,
     exit_code_from_pair,
     ids_by_comment,
+    iter_squeue_rows,
     jobcomp_row,
     sacct_rows,
     squeue_exit_code,
@@ -153,3 +154,17 @@ def test_ids_by_comment_reads_squeue_and_sacct_lines_alike() -> None:
     wanted = {"milex:a/x/1", "milex:arr/x/1", "milex:b/x/1", "milex:c/x/1", "milex:gone/x/1"}
     assert ids_by_comment(squeue, wanted) == {"milex:a/x/1": "1001", "milex:arr/x/1": "1002"}
     assert ids_by_comment(sacct, wanted) == {"milex:b/x/1": "2001", "milex:c/x/1": "2002"}
+
+
+@pytest.mark.parametrize("state", list(JobState))
+@pytest.mark.parametrize(("code", "reason"), [(None, ""), (0, "None?"), (3, "NonZeroExitCode"), (137, "")])
+def test_a_plain_jobs_one_row_combines_as_several_rows_of_it_would(
+    state: JobState, code: int | None, reason: str
+) -> None:
+    one = TaskRow("7", "", state, reason, code)
+    assert combine("7", [one]) == combine("7", [one, one])  # the shortcut for one row, and the rule
+
+
+def test_squeue_rows_one_at_a_time_are_the_rows() -> None:
+    text = "190|189|RUNNING|None|0|1|\n\n189|189|PENDING|JobHeldUser|0|2-5%2|\n"
+    assert list(iter_squeue_rows(text)) == squeue_rows(text)

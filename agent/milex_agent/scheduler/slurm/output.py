@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from milex_common.errors import InvalidValue
@@ -84,7 +84,12 @@ def squeue_rows(text: str) -> list[TaskRow]:
     the task's index (`N/A` for a job that is no array; tasks not started yet, `2-5%2`, where squeue
     prints them as one row). A heterogeneous job's component prints `200+1` as its JobID.
     """
-    return [_squeue_row(line) for line in text.splitlines() if line.strip()]
+    return list(iter_squeue_rows(text))
+
+
+def iter_squeue_rows(text: str) -> Iterator[TaskRow]:
+    """`squeue_rows`, one at a time (a poll of 100,000 jobs holds no list of them all)."""
+    return (_squeue_row(line) for line in text.splitlines() if line.strip())
 
 
 def _squeue_row(line: str) -> TaskRow:
@@ -149,6 +154,10 @@ def combine(job_id: str, rows: Iterable[TaskRow]) -> JobStatus:
     rows = list(rows)
     if not rows:
         return JobStatus(job_id=job_id, state=JobState.UNKNOWN)
+    if len(rows) == 1 and not rows[0].array_task:  # a plain job, most of a poll: its row as it is
+        row = rows[0]
+        exit_code = _exit_code(rows, row.state) if row.state.finished else None
+        return JobStatus(job_id=job_id, state=row.state, exit_code=exit_code, reason=row.reason)
     tasks = task_statuses(rows)
     present = {row.state for row in rows}
     active = next((state for state in _ACTIVE_ORDER if state in present), None)

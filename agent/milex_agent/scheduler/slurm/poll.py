@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 
 from milex_agent.scheduler.slurm.command import CommandResult, run_command
-from milex_agent.scheduler.slurm.output import squeue_rows, statuses
+from milex_agent.scheduler.slurm.output import iter_squeue_rows, statuses
 from milex_common.errors import SchedulerError, SchedulerUnavailable
 from milex_common.model import JobStatus
 
@@ -133,4 +133,4 @@ def _decoded(job_ids: Sequence[str], result: CommandResult) -> dict[str, JobStat
     if result.returncode != 0 and "Invalid job id" not in result.stderr:
         error = SchedulerUnavailable if result.unanswered else SchedulerError
         raise error(f"squeue failed: {result.message}")
-    return statuses(job_ids, squeue_rows(result.stdout))
+    return statuses(job_ids, iter_squeue_rows(result.stdout))
