@@ -44,6 +44,9 @@ WRONG_DEPENDENCY_REASON = (
 # The jobs with an id not seen to end: by scheduler group, then comment: (key, job id, when begun).
 Accepted = dict[tuple[str, str], dict[str, tuple[str, str, float]]]
 Booted = dict[tuple[str, str], float]  # when each scheduler group's controller last started
+# The controller's clock and the agent's may differ: a job begun up to this long after the controller's
+# boot time (as each clock tells) is still checked, so that a skew of under a minute loses no job.
+CLOCK_ALLOWANCE = 60.0
 T = TypeVar("T")
 
 
@@ -178,9 +181,9 @@ class Confirmation:
         accepted: Accepted = {}
         if not booted:
             return accepted
-        for row in self.agent.journal.watched(begun_before=max(booted.values())):
+        for row in self.agent.journal.watched(begun_before=max(booted.values()) + CLOCK_ALLOWANCE):
             group = scheduler_group(row.scheduler, row.machine_path)
-            if group in booted and row.submitted_at < booted[group]:
+            if group in booted and row.submitted_at < booted[group] + CLOCK_ALLOWANCE:
                 accepted.setdefault(group, {})[comment_of(row.key)] = (row.key, row.job_id, row.submitted_at)
         return accepted
 
