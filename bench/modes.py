@@ -46,7 +46,9 @@ class Mode:
     def jobs_by_section(self) -> dict[str, int]:
         """Roughly how many SLURM job records each section creates (`load` needs throughput's bundle)."""
         return {
-            "latency": sum(self.latency_reps.values()) + self.latency_reps["milex_api"] + 16
+            "latency": sum(self.latency_reps.values())
+            + self.latency_reps["milex_api"]
+            + 16
             + (len(self.rtts_ms) - 1) * (sum(self.rtt_reps.values()) + 16),  # each RTT past the first
             "throughput": 2 * self.bundle + 2 * self.raw_loop + self.ssh_loop,
             "load": int(self.window / 0.2),  # its second window
