@@ -145,6 +145,14 @@ class JournalError(MilexError):
         self.full = full
 
 
+class Standing(NamedTuple):
+    """A job's scheduler id ('' while it has none), its state, and the size its array was cut at (0)."""
+
+    job_id: str
+    state: JobState
+    window: int
+
+
 class JobRow(NamedTuple):
     """A job as the journal keeps it: what clients see of it, and the scheduler that serves it."""
 
@@ -167,6 +175,7 @@ class Journal:
         self._last_seq: int = self.db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
         self._new = 0  # events recorded in the write under way
         self._touched: set[str] = set()  # arrays whose windows changed in the write under way
+        self._open = False  # a transaction is under way (`batch`): writes join it
 
     def close(self) -> None:
         self.db.close()
@@ -175,16 +184,28 @@ class Journal:
         """One write transaction, for the tables a module of its own keeps (milex_agent.run_ends)."""
         return self._writing()
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """One transaction for every write made inside it (each joins it rather than committing on its
+        own): a submission records the ids that came back and the intent for the jobs it starts next
+        in one commit, before any of those jobs goes. Nothing of them is recorded if one fails."""
+        return self._writing()
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        """One write transaction; JournalError (naming the file) when SQLite cannot write it."""
+        """One write transaction; JournalError (naming the file) when SQLite cannot write it. Inside a
+        transaction already under way (`batch`), a part of it: committed, or not, with it."""
         self._new, self._touched = 0, set()
-        changes = self.db.total_changes
+        if self._open:
+            yield
+            return
+        changes, last_seq = self.db.total_changes, self._last_seq
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
+                self._open = True
                 yield
         except sqlite3.Error as error:
+            self._last_seq = last_seq  # events numbered inside were rolled back with it
             full = self.space.refused(error)
             what = f"{error}; {describe_free(self.path)}"
             advice = "the disk is full: free space on its filesystem; " if full else ""
@@ -193,6 +214,11 @@ class Journal:
                 "change was recorded, and what was recorded before is intact.",
                 full=full,
             ) from None
+        except BaseException:
+            self._last_seq = last_seq
+            raise
+        finally:
+            self._open = False
         if self.db.total_changes != changes:  # a write that wrote nothing proves no space
             self.space.wrote()
 
@@ -201,6 +227,12 @@ class Journal:
     def find(self, key: str) -> TrackedJob | None:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
         return _tracked(row) if row else None
+
+    def standing(self, key: str) -> Standing | None:
+        """Where the job `key` stands, without the rest of its row: what a submission asks of each job
+        before it starts it, and of each of its dependencies."""
+        row = self.db.execute("SELECT job_id, state, window FROM jobs WHERE key = ?", (key,)).fetchone()
+        return Standing(row[0], JobState(row[1]), row[2]) if row else None
 
     def begin(self, job: TrackedJob, *, scheduler: str, machine_path: str) -> None:
         """Record the intent to submit `job` before the scheduler is asked, so a crash leaves a trace."""
@@ -264,9 +296,8 @@ class Journal:
     def submitted_many(self, accepted: Sequence[tuple[str, str]]) -> list[Event]:
         """`submitted` for several (key, job id) pairs, in one transaction."""
         with self._writing():
-            self.db.executemany("UPDATE jobs SET job_id = ? WHERE key = ?", [(i, k) for k, i in accepted])
             for key, job_id in accepted:
-                self._record(key, JobStatus(job_id=job_id, state=JobState.SUBMITTED))
+                self._record(key, JobStatus(job_id=job_id, state=JobState.SUBMITTED), job_id=job_id)
             events = self._events()
         return self._committed(events)
 
@@ -512,14 +543,23 @@ class Journal:
         )  # fmt: skip
         self._new += len(changes)
 
-    def _record(self, key: str, status: JobStatus) -> None:
-        """Set the job's status, and number the change as an event (read back by `_events`); a window
-        of an array gets none: its array's status changes with it (`_settle_arrays`)."""
+    def _record(self, key: str, status: JobStatus, *, job_id: str | None = None) -> None:
+        """Set the job's status (and its scheduler id, if given), and number the change as an event
+        (read back by `_events`); a window of an array gets none: its array's status changes with it
+        (`_settle_arrays`)."""
         now = time.time()
-        self.db.execute(
-            "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, updated_at = ? WHERE key = ?",
-            (status.state.value, status.exit_code, status.reason, now, key),
-        )
+        # (No RETURNING: the SQLite of a login node's Python may predate it, 3.35.)
+        if job_id is None:
+            self.db.execute(
+                "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, updated_at = ? WHERE key = ?",
+                (status.state.value, status.exit_code, status.reason, now, key),
+            )
+        else:
+            self.db.execute(
+                "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, updated_at = ?, job_id = ?"
+                " WHERE key = ?",
+                (status.state.value, status.exit_code, status.reason, now, job_id, key),
+            )
         part_of = self.db.execute("SELECT part_of FROM jobs WHERE key = ?", (key,)).fetchone()
         if part_of is not None and part_of[0]:
             self._touched.add(part_of[0])

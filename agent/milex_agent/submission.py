@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import AbstractContextManager, nullcontext
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -72,6 +73,10 @@ class SubmittedJob(msgspec.Struct, kw_only=True):
     stderr: str = ""
 
 
+# A job whose intent is being recorded: its files, its script, the call that submits it, its comment.
+Begun = tuple[Job, SubmittedJob, str, SchedulerCall, str]
+
+
 class Ledger(Protocol):
     """Where submissions are remembered, so that a job is submitted at most once."""
 
@@ -89,6 +94,10 @@ class Ledger(Protocol):
 
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
         """Note the intent to submit these jobs before asking the scheduler; their sbatch comments."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The ledger's writes made inside recorded together, in one commit, when it ends."""
         ...
 
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None: ...
@@ -158,6 +167,9 @@ class NoLedger:
 
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
         return [""] * len(planned)
+
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None:
         pass
@@ -280,11 +292,19 @@ class BundleSubmission:
         return self.in_doubt.waiting_for_controller
 
     def step(self) -> bool:
-        """Record the calls that finished and start the jobs now ready; whether all is done."""
+        """Record the calls that finished and start the jobs now ready; whether all is done.
+
+        The ids that came back and the intent for the jobs they free are recorded in one commit (the
+        ledger's `batch`), and those jobs go only once it is made: a job's intent is recorded before its
+        call, and the id of each job it waits for before it too."""
         while True:
-            self._collect()
-            self._resolve()
-            if self.failure is not None or self.in_doubt or not self._start_ready():
+            with self.ledger.batch():
+                self._collect()
+                self._resolve()
+                stopped = self.failure is not None or bool(self.in_doubt)
+                changed, begun = (False, []) if stopped else self._begin_ready()
+            self._send(begun)
+            if stopped or not changed or self.in_doubt:
                 return self._close() if self.done else False
 
     def _close(self) -> bool:
@@ -340,25 +360,30 @@ class BundleSubmission:
             raise self.failure
         return [s for job in self.ordered if (s := self.submitted.get(job.name)) is not None and s.job_id]
 
-    def _start_ready(self) -> bool:
-        """Start as many ready jobs as may be in flight; whether anything changed."""
+    def _begin_ready(self) -> tuple[bool, list[Begun]]:
+        """Take as many ready jobs as may be in flight, and note the intent to submit them (whether any
+        job was taken off the ready list, and the calls to make once the intent is recorded)."""
         if self.room is not None and not self.room.ready:
-            return False  # the scheduler's limits are being read: the loop is woken when they are
+            return False, []  # the scheduler's limits are being read: the loop is woken when they are
         changed, batch = self._take_ready()
-        if batch:
-            texts = [self._script(job) for job, _ in batch]
-            self.script_sha256.update(
-                (job.name, sha256(text.encode()).hexdigest())
-                for (job, _), text in zip(batch, texts, strict=True)
-            )
-            comments = self.ledger.begin(batch)
-            for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
-                self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)
-                self.in_doubt.sent(job, comment)
-            # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
-            for (job, planned), text in zip(batch, texts, strict=True):
-                self._keep_script(job, planned, text)
-        return changed and not self.in_doubt
+        if not batch:
+            return changed, []
+        texts = [self._script(job) for job, _ in batch]
+        comments = self.ledger.begin(batch)
+        return changed, [
+            (job, planned, text, self._call(job, planned, text, comment), comment)
+            for (job, planned), text, comment in zip(batch, texts, comments, strict=True)
+        ]
+
+    def _send(self, begun: list[Begun]) -> None:
+        """Make the calls whose intent is recorded; keep each script's copy meanwhile."""
+        for job, planned, _, call, comment in begun:
+            self.running[self.dispatch(call)] = (job, planned)
+            self.in_doubt.sent(job, comment)
+        # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
+        for job, planned, text, _, _ in begun:
+            self.script_sha256[job.name] = sha256(text.encode()).hexdigest()
+            self._keep_script(job, planned, text)
 
     def _take_ready(self) -> tuple[bool, list[tuple[Job, SubmittedJob]]]:
         """Settle the ready jobs an earlier attempt has seen; the next batch to submit (whether any
