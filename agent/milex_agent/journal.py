@@ -175,7 +175,8 @@ class Journal:
         self._last_seq: int = self.db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
         self._new = 0  # events recorded in the write under way
         self._touched: set[str] = set()  # arrays whose windows changed in the write under way
-        self._open = False  # a transaction is under way (`batch`): writes join it
+        self._open = False  # a write transaction is under way: writes made meanwhile join it
+        self._batched = False  # a `batch` is under way: its first write begins its transaction
 
     def close(self) -> None:
         self.db.close()
@@ -186,23 +187,39 @@ class Journal:
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """One transaction for every write made inside it (each joins it rather than committing on its
-        own): a submission records the ids that came back and the intent for the jobs it starts next
-        in one commit, before any of those jobs goes. Nothing of them is recorded if one fails."""
-        return self._writing()
+        own), begun by the first of them (a batch that writes nothing costs nothing): a submission
+        records the ids that came back and the intent for the jobs it starts next in one commit,
+        before any of those jobs goes. Nothing of them is recorded if one fails."""
+        if self._open or self._batched:
+            return contextlib.nullcontext()
+        return self._transaction(lazy=True)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        """One write transaction; JournalError (naming the file) when SQLite cannot write it. Inside a
-        transaction already under way (`batch`), a part of it: committed, or not, with it."""
+        """One write transaction, or a part of the one under way (`batch`): committed, or not, with it."""
         self._new, self._touched = 0, set()
+        if not self._open and self._batched:
+            self._begin()
         if self._open:
             yield
             return
+        with self._transaction(lazy=False):
+            yield
+
+    def _begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self._open = True
+
+    @contextlib.contextmanager
+    def _transaction(self, *, lazy: bool) -> Iterator[None]:
+        """A write transaction, begun at once or (`lazy`) by the first write inside it; JournalError
+        (naming the file) when SQLite cannot write it."""
         changes, last_seq = self.db.total_changes, self._last_seq
+        self._batched = lazy
         try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self._open = True
+            with self.db:  # commits what is begun; rolls it back on any failure
+                if not lazy:
+                    self._begin()
                 yield
         except sqlite3.Error as error:
             self._last_seq = last_seq  # events numbered inside were rolled back with it
@@ -218,7 +235,7 @@ class Journal:
             self._last_seq = last_seq
             raise
         finally:
-            self._open = False
+            self._open = self._batched = False
         if self.db.total_changes != changes:  # a write that wrote nothing proves no space
             self.space.wrote()
 

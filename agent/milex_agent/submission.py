@@ -11,6 +11,7 @@ comment) once a lookup proves it absent.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -270,6 +271,9 @@ class BundleSubmission:
         self._windows: dict[str, list[Job]] = {}
         self._window_of: dict[str, tuple[str, ArrayWindow]] = {}
         self._closed = False
+        # The files and script of jobs about to go, made while calls were out (see `_look_ahead`).
+        self._files_ahead: dict[str, SubmittedJob] = {}
+        self._scripts_ahead: dict[str, str] = {}
 
     @property
     def done(self) -> bool:
@@ -305,7 +309,10 @@ class BundleSubmission:
                 changed, begun = (False, []) if stopped else self._begin_ready()
             self._send(begun)
             if stopped or not changed or self.in_doubt:
-                return self._close() if self.done else False
+                if self.done:
+                    return self._close()
+                self._look_ahead()
+                return False
 
     def _close(self) -> bool:
         """Once done: a stopped submission does not keep the jobs it never began; a held one queues them."""
@@ -368,12 +375,24 @@ class BundleSubmission:
         changed, batch = self._take_ready()
         if not batch:
             return changed, []
-        texts = [self._script(job) for job, _ in batch]
+        texts = [self._scripts_ahead.pop(job.name, "") or self._script(job) for job, _ in batch]
         comments = self.ledger.begin(batch)
         return changed, [
             (job, planned, text, self._call(job, planned, text, comment), comment)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True)
         ]
+
+    def _look_ahead(self) -> None:
+        """While calls are out, the files and script of the next jobs (those ready, and those that wait
+        only for a call out), so that none of that work waits for an answer (a chain's next job)."""
+        upcoming = list(itertools.islice(self._ready, self.in_flight))
+        for job, _ in self.running.values():
+            upcoming += [dependent for dependent in self._dependents.get(job.name, ())
+                         if self._unmet[dependent.name] == 1]  # fmt: skip
+        for job in upcoming[: self.in_flight]:
+            if job.name not in self._files_ahead and not job.slurm.array:  # it may yet be cut in windows
+                self._files_ahead[job.name] = self._planned(job)
+                self._scripts_ahead[job.name] = self._script(job)
 
     def _send(self, begun: list[Begun]) -> None:
         """Make the calls whose intent is recorded; keep each script's copy meanwhile."""
@@ -403,7 +422,7 @@ class BundleSubmission:
                 break  # it goes alone, once the calls before it are answered
             self._ready.popleft()
             changed = True
-            planned = self._planned(job)
+            planned = self._files_ahead.pop(job.name, None) or self._planned(job)
             job_id = None if job.name in self._absent else self.ledger.known(job)
             if job_id is not None:
                 self._settle_known(job, planned, job_id)

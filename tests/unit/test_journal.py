@@ -61,8 +61,10 @@ def test_a_batch_commits_its_writes_together_or_not_at_all(journal):
     add(journal, "k/a", "1")
     reader = sqlite3.connect(journal.path)
     with journal.batch():
-        journal.submitted_many([])
+        assert journal.find("k/a") is not None
+        assert not journal.db.in_transaction  # begun by the first write: a batch of reads costs nothing
         journal.begin(tracked("k/b"), scheduler="slurm", machine_path="/m")
+        assert journal.db.in_transaction
         journal.submitted("k/b", "2")
         journal.begin(tracked("k/c"), scheduler="slurm", machine_path="/m")
         assert reader.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1  # nothing committed yet
