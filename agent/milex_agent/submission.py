@@ -11,6 +11,7 @@ comment) once a lookup proves it absent.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -74,8 +75,9 @@ class SubmittedJob(msgspec.Struct, kw_only=True):
     stderr: str = ""
 
 
-# A job whose intent is being recorded: its files, its script, the call that submits it, its comment.
-Begun = tuple[Job, SubmittedJob, str, SchedulerCall, str]
+# A call to make for a job once its intent is recorded: its files, its script, the ids it waits for
+# and how, its comment.
+Call = tuple[Job, SubmittedJob, str, tuple[list[str], str], str]
 
 
 class Ledger(Protocol):
@@ -367,7 +369,7 @@ class BundleSubmission:
             raise self.failure
         return [s for job in self.ordered if (s := self.submitted.get(job.name)) is not None and s.job_id]
 
-    def _begin_ready(self) -> tuple[bool, list[Begun]]:
+    def _begin_ready(self) -> tuple[bool, list[Call]]:
         """Take as many ready jobs as may be in flight, and note the intent to submit them (whether any
         job was taken off the ready list, and the calls to make once the intent is recorded)."""
         if self.room is not None and not self.room.ready:
@@ -378,7 +380,7 @@ class BundleSubmission:
         texts = [self._scripts_ahead.pop(job.name, "") or self._script(job) for job, _ in batch]
         comments = self.ledger.begin(batch)
         return changed, [
-            (job, planned, text, self._call(job, planned, text, comment), comment)
+            (job, planned, text, self._after(job), comment)
             for (job, planned), text, comment in zip(batch, texts, comments, strict=True)
         ]
 
@@ -394,10 +396,12 @@ class BundleSubmission:
                 self._files_ahead[job.name] = self._planned(job)
                 self._scripts_ahead[job.name] = self._script(job)
 
-    def _send(self, begun: list[Begun]) -> None:
-        """Make the calls whose intent is recorded; keep each script's copy meanwhile."""
-        for job, planned, _, call, comment in begun:
-            self.running[self.dispatch(call)] = (job, planned)
+    def _send(self, begun: list[Call]) -> None:
+        """Make the calls whose intent is recorded, each started here and waited for on a worker; keep
+        each script's copy meanwhile."""
+        for call in begun:
+            job, planned, _, _, comment = call
+            self.running[self.dispatch(self._start(call))] = (job, planned)
             self.in_doubt.sent(job, comment)
         # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
         for job, planned, text, _, _ in begun:
@@ -524,19 +528,25 @@ class BundleSubmission:
             return render_script(job, self.settings, stem)
         return window_script(job, self.settings, stem, window[1])
 
-    def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
-        after, kind = self._after(job)
-
-        def call() -> str:
-            started = time.monotonic()
-            job_id = self.scheduler.submit(
+    def _start(self, call: Call) -> SchedulerCall:
+        """Start the scheduler's call for a job (SLURM: sbatch runs from here on); what waits for its
+        answer, on a worker. A call that cannot start fails there, as one that failed would."""
+        _, planned, text, (after, kind), comment = call
+        started = time.monotonic()
+        try:
+            answer = self.scheduler.start_submit(
                 Path(planned.script), text=text, after=after, dependency_type=kind, comment=comment
             )
+        except Exception as error:
+            return functools.partial(_raise, error)
+
+        def wait() -> str:
+            job_id = answer()
             if time.monotonic() - started >= SLOW_ANSWER:  # sbatch may have waited through a restart
                 self.watch.suspect()
             return job_id
 
-        return call
+        return wait
 
     def _collect(self) -> None:
         accepted = []
@@ -665,6 +675,10 @@ class BundleSubmission:
             f"job {job.name!r} of bundle {self.bundle.stem!r} was not submitted: {message}\n"
             f"Already submitted: {done}. Not submitted: {', '.join(skipped) or 'none'}."
         )
+
+
+def _raise(error: Exception) -> str:
+    raise error
 
 
 def job_kind(job: Job) -> bytes:
