@@ -1,7 +1,11 @@
 """The agent's journal on disk: every job it submitted (by idempotency key) and every state event.
 
-SQLite in WAL mode: each change is one committed transaction, so a `kill -9` loses nothing that
-was acknowledged, and a restarted agent reads back every job it must keep watching.
+SQLite in WAL mode: each change is one committed transaction (or a part of a `batch`, committed
+before anything that depends on it is done), so a `kill -9` loses nothing that was acknowledged, and
+a restarted agent reads back every job it must keep watching. (`synchronous=NORMAL`: a commit is
+written to the WAL but fsynced only at checkpoints, so a process crash loses nothing, while the node
+itself crashing may lose the last commits: an intent lost with them leaves a job SLURM may have
+accepted unknown to the journal. An fsync per commit, `synchronous=FULL`, costs about 0.5 ms here.)
 """
 
 from __future__ import annotations
