@@ -249,3 +249,23 @@ def test_a_call_that_cannot_start_stops_the_bundle_with_its_error(workers, setti
         submission.run()
     assert [call.job for call in fake.calls] == ["a"] and ledger.accepted_jobs == ["a"]
     assert ledger.begun == [["a"], ["b"]]
+
+
+def test_the_next_jobs_of_a_chain_are_made_while_a_call_is_out_and_submitted_as_made(workers, settings):
+    """While `a` is out, `b` (which waits only for it) has its files and script made already; each job
+    is still submitted with its own script, kept at its own place."""
+    from milex_common.render import render_script, script_stem
+
+    bundle = chain_bundle("exp", "a", "b", "c")
+    scheduler = GatedScheduler()
+    submission = BundleSubmission(bundle, settings, scheduler, dispatch=workers.submit, in_flight=1)
+    submission.step()
+    wait_for_calls(scheduler, 1)
+    assert set(submission._scripts_ahead) == {"b"} and set(submission._files_ahead) == {"b"}
+    scheduler.open()
+    jobs = submission.run()
+    for job, call in zip(jobs, scheduler.fake.calls, strict=True):
+        made = render_script(bundle.jobs[job.name], settings, script_stem(bundle.stem, job.name))
+        assert call.text == made == Path(job.script).read_text()
+        assert job.script.endswith(f"{script_stem(bundle.stem, job.name)}.sh")
+    assert submission._scripts_ahead == {} and submission._files_ahead == {}
