@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from milex_agent.array_windows import WINDOW_MARK
 from milex_agent.journal import Journal
@@ -39,19 +40,22 @@ class JournalLedger:
         return f"{self.request.keys[name]}{mark}{offset}"
 
     def known(self, job: Job) -> str | None:
-        tracked = self.journal.find(self.key(job))
-        if tracked is None or tracked.state is JobState.QUEUED:
+        standing = self.journal.standing(self.key(job))
+        if standing is None or standing.state is JobState.QUEUED:
             return None
-        if job.slurm.array and self.window_size(job):
+        if job.slurm.array and standing.window:
             return None  # to submit again: an array cut in windows is its windows, each known on its own
-        if tracked.job_id:
-            return tracked.job_id
+        if standing.job_id:
+            return standing.job_id
         # No id: an earlier attempt was cut short (the submission looks it up), or it never ran.
-        return NOT_RUN if tracked.state.finished else IN_DOUBT
+        return NOT_RUN if standing.state.finished else IN_DOUBT
 
     def ended(self, job: Job) -> JobState | None:
-        tracked = self.journal.find(self.key(job))
-        return tracked.state if tracked is not None and tracked.state.finished else None
+        standing = self.journal.standing(self.key(job))
+        return standing.state if standing is not None and standing.state.finished else None
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self.journal.batch()
 
     def comment(self, job: Job) -> str:
         return comment_of(self.key(job))

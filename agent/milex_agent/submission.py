@@ -11,12 +11,15 @@ comment) once a lookup proves it absent.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import AbstractContextManager, nullcontext
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -72,6 +75,11 @@ class SubmittedJob(msgspec.Struct, kw_only=True):
     stderr: str = ""
 
 
+# A call to make for a job once its intent is recorded: its files, its script, the ids it waits for
+# and how, its comment.
+Call = tuple[Job, SubmittedJob, str, tuple[list[str], str], str]
+
+
 class Ledger(Protocol):
     """Where submissions are remembered, so that a job is submitted at most once."""
 
@@ -89,6 +97,10 @@ class Ledger(Protocol):
 
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
         """Note the intent to submit these jobs before asking the scheduler; their sbatch comments."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The ledger's writes made inside recorded together, in one commit, when it ends."""
         ...
 
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None: ...
@@ -158,6 +170,9 @@ class NoLedger:
 
     def begin(self, planned: Sequence[tuple[Job, SubmittedJob]]) -> list[str]:
         return [""] * len(planned)
+
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def accepted(self, submitted: Sequence[tuple[Job, SubmittedJob]]) -> None:
         pass
@@ -258,6 +273,9 @@ class BundleSubmission:
         self._windows: dict[str, list[Job]] = {}
         self._window_of: dict[str, tuple[str, ArrayWindow]] = {}
         self._closed = False
+        # The files and script of jobs about to go, made while calls were out (see `_look_ahead`).
+        self._files_ahead: dict[str, SubmittedJob] = {}
+        self._scripts_ahead: dict[str, str] = {}
 
     @property
     def done(self) -> bool:
@@ -280,12 +298,23 @@ class BundleSubmission:
         return self.in_doubt.waiting_for_controller
 
     def step(self) -> bool:
-        """Record the calls that finished and start the jobs now ready; whether all is done."""
+        """Record the calls that finished and start the jobs now ready; whether all is done.
+
+        The ids that came back and the intent for the jobs they free are recorded in one commit (the
+        ledger's `batch`), and those jobs go only once it is made: a job's intent is recorded before its
+        call, and the id of each job it waits for before it too."""
         while True:
-            self._collect()
-            self._resolve()
-            if self.failure is not None or self.in_doubt or not self._start_ready():
-                return self._close() if self.done else False
+            with self.ledger.batch():
+                self._collect()
+                self._resolve()
+                stopped = self.failure is not None or bool(self.in_doubt)
+                changed, begun = (False, []) if stopped else self._begin_ready()
+            self._send(begun)
+            if stopped or not changed or self.in_doubt:
+                if self.done:
+                    return self._close()
+                self._look_ahead()
+                return False
 
     def _close(self) -> bool:
         """Once done: a stopped submission does not keep the jobs it never began; a held one queues them."""
@@ -340,25 +369,44 @@ class BundleSubmission:
             raise self.failure
         return [s for job in self.ordered if (s := self.submitted.get(job.name)) is not None and s.job_id]
 
-    def _start_ready(self) -> bool:
-        """Start as many ready jobs as may be in flight; whether anything changed."""
+    def _begin_ready(self) -> tuple[bool, list[Call]]:
+        """Take as many ready jobs as may be in flight, and note the intent to submit them (whether any
+        job was taken off the ready list, and the calls to make once the intent is recorded)."""
         if self.room is not None and not self.room.ready:
-            return False  # the scheduler's limits are being read: the loop is woken when they are
+            return False, []  # the scheduler's limits are being read: the loop is woken when they are
         changed, batch = self._take_ready()
-        if batch:
-            texts = [self._script(job) for job, _ in batch]
-            self.script_sha256.update(
-                (job.name, sha256(text.encode()).hexdigest())
-                for (job, _), text in zip(batch, texts, strict=True)
-            )
-            comments = self.ledger.begin(batch)
-            for (job, planned), text, comment in zip(batch, texts, comments, strict=True):
-                self.running[self.dispatch(self._call(job, planned, text, comment))] = (job, planned)
-                self.in_doubt.sent(job, comment)
-            # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
-            for (job, planned), text in zip(batch, texts, strict=True):
-                self._keep_script(job, planned, text)
-        return changed and not self.in_doubt
+        if not batch:
+            return changed, []
+        texts = [self._scripts_ahead.pop(job.name, "") or self._script(job) for job, _ in batch]
+        comments = self.ledger.begin(batch)
+        return changed, [
+            (job, planned, text, self._after(job), comment)
+            for (job, planned), text, comment in zip(batch, texts, comments, strict=True)
+        ]
+
+    def _look_ahead(self) -> None:
+        """While calls are out, the files and script of the next jobs (those ready, and those that wait
+        only for a call out), so that none of that work waits for an answer (a chain's next job)."""
+        upcoming = list(itertools.islice(self._ready, self.in_flight))
+        for job, _ in self.running.values():
+            upcoming += [dependent for dependent in self._dependents.get(job.name, ())
+                         if self._unmet[dependent.name] == 1]  # fmt: skip
+        for job in upcoming[: self.in_flight]:
+            if job.name not in self._files_ahead and not job.slurm.array:  # it may yet be cut in windows
+                self._files_ahead[job.name] = self._planned(job)
+                self._scripts_ahead[job.name] = self._script(job)
+
+    def _send(self, begun: list[Call]) -> None:
+        """Make the calls whose intent is recorded, each started here and waited for on a worker; keep
+        each script's copy meanwhile."""
+        for call in begun:
+            job, planned, _, _, comment = call
+            self.running[self.dispatch(self._start(call))] = (job, planned)
+            self.in_doubt.sent(job, comment)
+        # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
+        for job, planned, text, _, _ in begun:
+            self.script_sha256[job.name] = sha256(text.encode()).hexdigest()
+            self._keep_script(job, planned, text)
 
     def _take_ready(self) -> tuple[bool, list[tuple[Job, SubmittedJob]]]:
         """Settle the ready jobs an earlier attempt has seen; the next batch to submit (whether any
@@ -378,7 +426,7 @@ class BundleSubmission:
                 break  # it goes alone, once the calls before it are answered
             self._ready.popleft()
             changed = True
-            planned = self._planned(job)
+            planned = self._files_ahead.pop(job.name, None) or self._planned(job)
             job_id = None if job.name in self._absent else self.ledger.known(job)
             if job_id is not None:
                 self._settle_known(job, planned, job_id)
@@ -480,19 +528,25 @@ class BundleSubmission:
             return render_script(job, self.settings, stem)
         return window_script(job, self.settings, stem, window[1])
 
-    def _call(self, job: Job, planned: SubmittedJob, text: str, comment: str) -> SchedulerCall:
-        after, kind = self._after(job)
-
-        def call() -> str:
-            started = time.monotonic()
-            job_id = self.scheduler.submit(
+    def _start(self, call: Call) -> SchedulerCall:
+        """Start the scheduler's call for a job (SLURM: sbatch runs from here on); what waits for its
+        answer, on a worker. A call that cannot start fails there, as one that failed would."""
+        _, planned, text, (after, kind), comment = call
+        started = time.monotonic()
+        try:
+            answer = self.scheduler.start_submit(
                 Path(planned.script), text=text, after=after, dependency_type=kind, comment=comment
             )
+        except Exception as error:
+            return functools.partial(_raise, error)
+
+        def wait() -> str:
+            job_id = answer()
             if time.monotonic() - started >= SLOW_ANSWER:  # sbatch may have waited through a restart
                 self.watch.suspect()
             return job_id
 
-        return call
+        return wait
 
     def _collect(self) -> None:
         accepted = []
@@ -621,6 +675,10 @@ class BundleSubmission:
             f"job {job.name!r} of bundle {self.bundle.stem!r} was not submitted: {message}\n"
             f"Already submitted: {done}. Not submitted: {', '.join(skipped) or 'none'}."
         )
+
+
+def _raise(error: Exception) -> str:
+    raise error
 
 
 def job_kind(job: Job) -> bytes:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from milex_agent.controller import ControllerWatch
 from milex_agent.journal import Journal
@@ -112,6 +114,9 @@ class FakeScheduler:
         self._ids = itertools.count(self.first_id)
 
     # ---- the Scheduler protocol ---------------------------------------------------------------
+
+    def start_submit(self, script: Path, **options: Any) -> Callable[[], str]:
+        return functools.partial(self.submit, script, **options)
 
     def submit(
         self,

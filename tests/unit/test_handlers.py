@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,6 +241,32 @@ def test_ledger_begin_before_sbatch_leaves_a_trace_that_a_retry_resubmits(agent,
     assert [call.job for call in fake.calls] == ["only"]
     assert reply.jobs[0].job_id == "1000"
     assert agent.journal.in_doubt() == []
+
+
+def test_each_sbatch_finds_its_intent_and_its_dependencys_id_committed(agent, fake, settings):
+    """The submission records the id that came back and the next job's intent in one commit, made
+    before that job's call: another process reading the journal file at each call (as a restarted
+    agent would after a crash there) sees both."""
+    import sqlite3
+
+    request = submit_request(chain_bundle("exp", "a", "b", "c"), settings)
+    seen: list[tuple[str, list[tuple[str, str, str]]]] = []
+    submit = fake.submit
+
+    def checked(script: Path, **kw: Any) -> str:
+        reader = sqlite3.connect(agent.journal.path)  # committed rows only
+        rows = reader.execute("SELECT name, job_id, state FROM jobs WHERE state != 'QUEUED' ORDER BY name")
+        seen.append((script.name, rows.fetchall()))
+        reader.close()
+        return submit(script, **kw)
+
+    fake.submit = checked  # type: ignore[method-assign]
+    submitted(agent, request)
+    assert [rows for _, rows in seen] == [
+        [("a", "", "SUBMITTED")],
+        [("a", "1000", "SUBMITTED"), ("b", "", "SUBMITTED")],
+        [("a", "1000", "SUBMITTED"), ("b", "1001", "SUBMITTED"), ("c", "", "SUBMITTED")],
+    ]
 
 
 # ---- cancel and status ---------------------------------------------------------------------------

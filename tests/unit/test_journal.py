@@ -55,6 +55,32 @@ def test_a_begun_job_is_in_doubt_until_submitted(journal):
     assert journal.last_seq == 0
 
 
+def test_a_batch_commits_its_writes_together_or_not_at_all(journal):
+    import sqlite3
+
+    add(journal, "k/a", "1")
+    reader = sqlite3.connect(journal.path)
+    with journal.batch():
+        assert journal.find("k/a") is not None
+        assert not journal.db.in_transaction  # begun by the first write: a batch of reads costs nothing
+        journal.begin(tracked("k/b"), scheduler="slurm", machine_path="/m")
+        assert journal.db.in_transaction
+        journal.submitted("k/b", "2")
+        journal.begin(tracked("k/c"), scheduler="slurm", machine_path="/m")
+        assert reader.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1  # nothing committed yet
+    assert reader.execute("SELECT key, job_id FROM jobs ORDER BY key").fetchall() == [
+        ("k/a", "1"), ("k/b", "2"), ("k/c", ""),
+    ]  # fmt: skip
+    assert journal.last_seq == 2
+    with pytest.raises(RuntimeError), journal.batch():
+        journal.submitted("k/c", "3")
+        raise RuntimeError("the agent failed in between")
+    assert journal.find("k/c").job_id == ""  # type: ignore[union-attr]
+    assert journal.last_seq == 2  # the event numbered inside went with it
+    assert journal.submitted("k/c", "3").seq == 3
+    reader.close()
+
+
 def test_submitted_records_the_id_and_a_first_event(journal):
     journal.begin(tracked("k/a"), scheduler="slurm", machine_path="/m")
     event = journal.submitted("k/a", "1234")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from milex_agent.submission import BundleSubmission, NoLedger, SubmittedJob, run_inline, submit_bundle
-from milex_common.errors import SubmitError
+from milex_common.errors import SchedulerError, SubmitError
 from milex_common.model import Bundle, Job, MachineSettings, SlurmOptions
 from tests.unit.agent_fakes import CREATED, FakeScheduler, chain_bundle, wait_until
 
@@ -36,6 +38,9 @@ class GatedScheduler:
 
     def open(self) -> None:
         self.permits.release(10_000)
+
+    def start_submit(self, script: Path, **options: object) -> Callable[[], str]:
+        return functools.partial(self.submit, script, **options)
 
     def submit(self, script: Path, **options: object) -> str:
         with self.lock:
@@ -225,3 +230,42 @@ def test_a_script_that_cannot_be_kept_stops_the_bundle_after_recording_its_job(s
     with pytest.raises(SubmitError, match="job 'a' was submitted, but its script could not be kept at"):
         submission.run()
     assert [call.job for call in fake.calls] == ["a"] and ledger.accepted_jobs == ["a"]
+
+
+def test_a_call_that_cannot_start_stops_the_bundle_with_its_error(workers, settings):
+    """sbatch is started on the submission's thread: a start that fails (no sbatch on PATH) ends the
+    bundle as a call that failed on a worker would, the job left in doubt, nothing after it sent."""
+
+    class CannotStart(FakeScheduler):
+        def start_submit(self, script: Path, **options: Any) -> Callable[[], str]:
+            if script.stem.endswith("b"):
+                raise SchedulerError("'sbatch' is not installed or not on PATH")
+            return super().start_submit(script, **options)
+
+    fake, ledger = CannotStart(), CountingLedger()
+    bundle = chain_bundle("exp", "a", "b", "c")
+    submission = BundleSubmission(bundle, settings, fake, ledger, dispatch=workers.submit)
+    with pytest.raises(SchedulerError, match="not on PATH"):
+        submission.run()
+    assert [call.job for call in fake.calls] == ["a"] and ledger.accepted_jobs == ["a"]
+    assert ledger.begun == [["a"], ["b"]]
+
+
+def test_the_next_jobs_of_a_chain_are_made_while_a_call_is_out_and_submitted_as_made(workers, settings):
+    """While `a` is out, `b` (which waits only for it) has its files and script made already; each job
+    is still submitted with its own script, kept at its own place."""
+    from milex_common.render import render_script, script_stem
+
+    bundle = chain_bundle("exp", "a", "b", "c")
+    scheduler = GatedScheduler()
+    submission = BundleSubmission(bundle, settings, scheduler, dispatch=workers.submit, in_flight=1)
+    submission.step()
+    wait_for_calls(scheduler, 1)
+    assert set(submission._scripts_ahead) == {"b"} and set(submission._files_ahead) == {"b"}
+    scheduler.open()
+    jobs = submission.run()
+    for job, call in zip(jobs, scheduler.fake.calls, strict=True):
+        made = render_script(bundle.jobs[job.name], settings, script_stem(bundle.stem, job.name))
+        assert call.text == made == Path(job.script).read_text()
+        assert job.script.endswith(f"{script_stem(bundle.stem, job.name)}.sh")
+    assert submission._scripts_ahead == {} and submission._files_ahead == {}

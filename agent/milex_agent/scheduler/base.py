@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +42,19 @@ class Scheduler(Protocol):
 
         Raises SubmitError carrying the scheduler's own message when the job is refused.
         """
+        ...
+
+    def start_submit(
+        self,
+        script: Path,
+        *,
+        text: str | None = None,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> Callable[[], str]:
+        """`submit`, begun now (SLURM: sbatch is started here); the function returned waits for the
+        answer and returns or raises what `submit` would, on whichever thread calls it."""
         ...
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -61,6 +62,20 @@ class LocalScheduler:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.absolute()
+
+    def start_submit(
+        self,
+        script: Path,
+        *,
+        text: str | None = None,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> Callable[[], str]:
+        """All of `submit` is done by the function returned (ids come from files, one at a time)."""
+        return functools.partial(
+            self.submit, script, text=text, after=after, dependency_type=dependency_type, comment=comment
+        )
 
     def submit(
         self,

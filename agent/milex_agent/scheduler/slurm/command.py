@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from milex_common.errors import SchedulerError, SchedulerUnavailable
@@ -71,14 +71,26 @@ def run_command(
 
     A non-zero exit is returned, not raised: callers decide which failures are errors.
     """
+    return start_command(argv, timeout=timeout, stdin=stdin, env=env)()
+
+
+def start_command(
+    argv: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Callable[[], CommandResult]:
+    """Start `argv` now, as `run_command` runs it (SchedulerError if it cannot start); the function
+    returned waits for it and returns what it printed (SchedulerUnavailable if it times out), on
+    whichever thread calls it: the caller's goes on while the command runs."""
     try:
-        completed = subprocess.run(
+        process = subprocess.Popen(
             list(argv),
-            input=stdin,
-            capture_output=True,
+            stdin=subprocess.PIPE if stdin is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
             env={**os.environ, **env} if env else None,
         )
     except FileNotFoundError:
@@ -88,8 +100,20 @@ def run_command(
         ) from None
     except OSError as error:  # e.g. E2BIG: the agent must survive what it cannot run
         raise SchedulerError(f"could not run {argv[0]}: {error}") from None
-    except subprocess.TimeoutExpired:
-        raise SchedulerUnavailable(
-            f"{' '.join(argv)} did not answer within {timeout:.0f} s; is slurmctld up (try `sinfo`)?"
-        ) from None
-    return CommandResult(tuple(argv), completed.returncode, completed.stdout, completed.stderr)
+
+    def finish() -> CommandResult:
+        with process:  # as subprocess.run: the pipes closed and the process reaped, whatever happens
+            try:
+                stdout, stderr = process.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise SchedulerUnavailable(
+                    f"{' '.join(argv)} did not answer within {timeout:.0f} s; is slurmctld up (try `sinfo`)?"
+                ) from None
+            except BaseException:
+                process.kill()
+                raise
+        return CommandResult(tuple(argv), process.returncode, stdout, stderr)
+
+    return finish

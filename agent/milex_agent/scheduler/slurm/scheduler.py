@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from milex_agent.scheduler.base import Limits
-from milex_agent.scheduler.slurm.command import run_command
+from milex_agent.scheduler.slurm.command import CommandResult, run_command, start_command
 from milex_agent.scheduler.slurm.history import SlurmHistory
 from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
 from milex_agent.scheduler.slurm.output import ids_by_comment
@@ -47,6 +47,18 @@ class SlurmScheduler:
         dependency_type: str = "afterok",
         comment: str = "",
     ) -> str:
+        return self.start_submit(script, text=text, after=after, dependency_type=dependency_type,
+                                 comment=comment)()  # fmt: skip
+
+    def start_submit(
+        self,
+        script: Path,
+        *,
+        text: str | None = None,
+        after: Sequence[str] = (),
+        dependency_type: str = "afterok",
+        comment: str = "",
+    ) -> Callable[[], str]:
         argv = ["sbatch", "--parsable"]
         if after:
             argv.append(f"--dependency={dependency_type}:{':'.join(after)}")
@@ -54,18 +66,8 @@ class SlurmScheduler:
             argv.append(f"--comment={comment}")
         if text is None:
             argv.append(str(script))
-        result = run_command(argv, stdin=text)  # sbatch reads a script from stdin when given no file
-        if result.unanswered:  # it may have been accepted: the caller looks it up by its comment
-            raise SchedulerUnavailable(f"sbatch got no answer for {script.name}: {result.message}")
-        if result.returncode != 0:
-            limit = limit_refusal(result.message)
-            if limit is not None:  # the same job goes in once some of the user's jobs end
-                raise LimitReached(f"sbatch refused {script.name} for {limit}")
-            if after and DEPENDENCY_PROBLEM in result.message:
-                raise DependencyRefused(f"sbatch refused {script.name}: {result.message}")
-            raise SubmitError(f"sbatch refused {script.name}: {result.message}")
-        # --parsable prints `jobid` or `jobid;cluster`.
-        return result.stdout.strip().split(";")[0]
+        running = start_command(argv, stdin=text)  # sbatch reads a script from stdin when given no file
+        return lambda: _job_id(running(), script, after)
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         if not job_ids:
@@ -140,6 +142,21 @@ class SlurmScheduler:
 
     def limits(self, account: str, qos: str | None) -> Limits:
         return read_limits(account, qos)
+
+
+def _job_id(result: CommandResult, script: Path, after: Sequence[str]) -> str:
+    """The id sbatch printed for `script`; what its failure means, raised."""
+    if result.unanswered:  # it may have been accepted: the caller looks it up by its comment
+        raise SchedulerUnavailable(f"sbatch got no answer for {script.name}: {result.message}")
+    if result.returncode != 0:
+        limit = limit_refusal(result.message)
+        if limit is not None:  # the same job goes in once some of the user's jobs end
+            raise LimitReached(f"sbatch refused {script.name} for {limit}")
+        if after and DEPENDENCY_PROBLEM in result.message:
+            raise DependencyRefused(f"sbatch refused {script.name}: {result.message}")
+        raise SubmitError(f"sbatch refused {script.name}: {result.message}")
+    # --parsable prints `jobid` or `jobid;cluster`.
+    return result.stdout.strip().split(";")[0]
 
 
 def _forgotten(job_id: str) -> JobStatus:
