@@ -44,8 +44,9 @@ WRONG_DEPENDENCY_REASON = (
 # The jobs with an id not seen to end: by scheduler group, then comment: (key, job id, when begun).
 Accepted = dict[tuple[str, str], dict[str, tuple[str, str, float]]]
 Booted = dict[tuple[str, str], float]  # when each scheduler group's controller last started
-# The controller's clock and the agent's may differ: a job begun up to this long after the controller's
-# boot time (as each clock tells) is still checked, so that a skew of under a minute loses no job.
+# A job begun up to this long after the controller's boot time (as each clock tells) is still checked:
+# scontrol prints BOOT_TIME to the second (a job begun in the second the controller restarted, before
+# it did, looks begun after it), and the controller's clock and the agent's may differ by under a minute.
 CLOCK_ALLOWANCE = 60.0
 T = TypeVar("T")
 

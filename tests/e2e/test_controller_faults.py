@@ -188,8 +188,12 @@ def test_a_controller_killed_mid_chain_loses_no_job_and_runs_each_once_in_order(
         completed[name] = max(
             (run for run in runs if run["JobState"] == "COMPLETED"), key=lambda r: r["EndTime"]
         )
+    runs = ended(milex_home.root)
     for before, after in itertools.pairwise(sorted(completed)):
-        assert completed[after]["StartTime"] >= completed[before]["EndTime"], f"{after} ran before {before}"
+        assert completed[after]["StartTime"] >= completed[before]["EndTime"], (
+            f"{after} ran before {before}: {before} {runs[before]}, {after} {runs[after]}\n"
+            f"{agent_log(milex_home)}"
+        )
     milex_home.milex("milex", "status", bundle.name)  # the laptop's record learns the last ids
     [submission] = [s for s in milex_home.submissions() if s["bundle"] == bundle.stem]
     recorded = {name: job["job_id"] for name, job in submission["jobs"].items()}

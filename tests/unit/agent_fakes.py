@@ -204,7 +204,7 @@ class FakeScheduler:
     def restart(self, forget: int) -> list[str]:
         """A controller killed and started again from state saved before its last `forget` jobs: it
         forgets them and gives their ids out again. The ids forgotten."""
-        self.booted = time.time()
+        self.booted = float(int(time.time()))  # as SLURM prints BOOT_TIME: to the second
         lost = sorted(self.jobs, key=int)[-forget:] if forget else []
         for job_id in lost:
             del self.jobs[job_id]
