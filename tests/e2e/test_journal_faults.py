@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +41,17 @@ def small_filesystem(path: Path, size: str = "2m") -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """A file that takes every free block of `directory`'s filesystem."""
+    """A file that takes every free block of `directory`'s filesystem. Unbuffered: a buffered file
+    keeps what the full disk refused, and raises again when it is closed (or not, as the free space
+    falls against its blocks)."""
     filler = directory / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)  # the last one in part: the next is refused
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
     return filler
 
 
