@@ -26,6 +26,8 @@ TASK_EVENTS = "task_events"
 USAGE = "usage"  # Status(usage=True) gets StatusReply.usage: what the jobs that ended used
 APP_VERSIONS = "app_versions"  # the AppVersions request: the apps' versions in a machine's environment
 AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS, USAGE, APP_VERSIONS)
+# The largest request the agent reads (a bundle of about 10,000 jobs): it guards the agent's memory. A
+# reply has no limit: the agent is the user's own, and a status of tens of thousands of jobs is larger.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 LOG_CHUNK_BYTES = 64 * 1024
 
@@ -290,6 +292,14 @@ def encode(message: Message) -> bytes:
 
 def decode_request(frame: bytes) -> Request:
     """The request in `frame`; ProtocolError (with the Error reply to send) when it is not one."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            Error(
+                code="too_large",
+                message=f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}; "
+                "submit large bundles in parts.",
+            )
+        )
     envelope = _read_envelope(frame)
     if envelope.v != PROTOCOL_VERSION:
         raise ProtocolError(version_mismatch(envelope.id, peer=envelope.v, side="client"))
@@ -316,14 +326,6 @@ def decode_reply(frame: bytes) -> Reply:
 
 
 def _read_envelope(frame: bytes) -> _Envelope:
-    if len(frame) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(
-            Error(
-                code="too_large",
-                message=f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}; "
-                "submit large bundles in parts.",
-            )
-        )
     try:
         return _envelope_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:

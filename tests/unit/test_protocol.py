@@ -219,15 +219,24 @@ def test_an_error_code_outside_the_known_ones_is_refused():
     assert _error(decode_reply, frame).code == "bad_request"
 
 
-@pytest.mark.parametrize("decode", DECODERS)
-def test_a_frame_over_the_limit_is_too_large(decode):
+def test_a_request_over_the_limit_is_too_large():
     frame = msgspec.msgpack.encode(
         {"type": "hello", "v": PROTOCOL_VERSION, "id": "r1", "pad": "x" * MAX_MESSAGE_BYTES}
     )
     assert len(frame) > MAX_MESSAGE_BYTES
-    error = _error(decode, frame)
+    error = _error(decode_request, frame)
     assert error.code == "too_large"
     assert str(len(frame)) in error.message and str(MAX_MESSAGE_BYTES) in error.message
+
+
+def test_a_reply_over_the_requests_limit_is_read():
+    """A status of 28,000 jobs was 14 MB: the agent's replies are the user's own, read whatever their size."""
+    jobs = [TrackedJob(key=f"b/j{i}", bundle="b", name=f"j{i}", job_id=str(i), state=JobState.PENDING,
+                       reason="x" * 400) for i in range(20_000)]  # fmt: skip
+    frame = encode(StatusReply(id="r1", jobs=jobs))
+    assert len(frame) > MAX_MESSAGE_BYTES
+    reply = decode_reply(frame)
+    assert isinstance(reply, StatusReply) and len(reply.jobs) == 20_000
 
 
 def test_a_frame_at_the_limit_is_read():
