@@ -16,6 +16,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.load import cpu_seconds, install_wrappers, process_memory, read_calls
@@ -120,9 +122,30 @@ def fill(directory: Path, jobs: int, *, finished: bool) -> float:
     return time.perf_counter() - start
 
 
+@contextmanager
+def spawned_agent(
+    argv: list[str], env: dict[str, str], directory: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`milex-agent run` on `directory` (its output in agent.out there), once its socket exists: the
+    process and the socket; stopped (SIGTERM) on leaving."""
+    from milex_common.agent_layout import socket_path
+
+    socket = socket_path(directory)
+    with open(directory / "agent.out", "wb") as output:
+        agent = subprocess.Popen(argv, env=env, stdout=output, stderr=output)
+    try:
+        while not socket.exists():
+            if agent.poll() is not None:
+                raise RuntimeError(f"the agent exited: {(directory / 'agent.out').read_text()[-2000:]}")
+            time.sleep(0.002)
+        yield agent, socket
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(60)
+
+
 def _variant(directory: Path, jobs: int, finished: bool, wrappers: Path, log: Path, mode: Mode) -> dict:
     from milex.machine.settings import client_version
-    from milex_common.agent_layout import socket_path
     from milex_common.connection import AgentConnection
 
     fill_seconds = fill(directory, jobs, finished=finished)
@@ -137,15 +160,8 @@ def _variant(directory: Path, jobs: int, finished: bool, wrappers: Path, log: Pa
         "--max-interval",
         "30",
     ]
-    socket = socket_path(directory)
     began, wall = time.perf_counter(), time.time()
-    with open(directory / "agent.out", "wb") as output:
-        agent = subprocess.Popen(argv, env=env, stdout=output, stderr=output)
-    try:
-        while not socket.exists():
-            if agent.poll() is not None:
-                raise RuntimeError(f"the agent exited: {(directory / 'agent.out').read_text()[-2000:]}")
-            time.sleep(0.002)
+    with spawned_agent(argv, env, directory) as (agent, socket):
         with AgentConnection(f"ipc://{socket}", timeout=120) as connection:
             connection.hello(client_version())
         to_hello = time.perf_counter() - began
@@ -154,9 +170,6 @@ def _variant(directory: Path, jobs: int, finished: bool, wrappers: Path, log: Pa
         time.sleep(mode.footprint_cpu_window)
         cpu = (cpu_seconds(agent.pid) - cpu_before) / mode.footprint_cpu_window
         memory = process_memory(agent.pid)
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(30)
     squeue = [call for call in read_calls(log) if call.name == "squeue"]
     return {
         "jobs": jobs,

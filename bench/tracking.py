@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.footprint import spawned_agent
 from bench.growth import exponent, per_unit
 from bench.load import cpu_seconds, install_wrappers, process_memory, read_calls
 from bench.modes import Mode
@@ -122,23 +121,15 @@ def fake_squeue(bin_dir: Path, rows: Path, log: Path, jobs: int) -> None:
 def _agent(directory: Path, env: dict[str, str], mode: Mode) -> dict:
     """Spawn the agent on the journal: its first answer, its first poll, then a window of polls."""
     from milex.machine.settings import client_version
-    from milex_common.agent_layout import socket_path
     from milex_common.connection import AgentConnection
 
     interval = str(mode.tracking_interval)
     argv = [str(BIN / "milex-agent"), "run", "--dir", str(directory),
             "--poll-interval", interval, "--max-interval", interval]  # fmt: skip
-    socket = socket_path(directory)
     with sqlite3.connect(directory / "journal.sqlite") as journal:
         filled = journal.execute("SELECT MAX(seq) FROM events").fetchone()[0]
     began = time.perf_counter()
-    with open(directory / "agent.out", "wb") as output:
-        agent = subprocess.Popen(argv, env=env, stdout=output, stderr=output)
-    try:
-        while not socket.exists():
-            if agent.poll() is not None:
-                raise RuntimeError(f"the agent exited: {(directory / 'agent.out').read_text()[-2000:]}")
-            time.sleep(0.002)
+    with spawned_agent(argv, env, directory) as (agent, socket):
         with AgentConnection(f"ipc://{socket}", timeout=120) as connection:
             last_seq = connection.hello(client_version()).last_seq
             to_hello = time.perf_counter() - began
@@ -152,9 +143,6 @@ def _agent(directory: Path, env: dict[str, str], mode: Mode) -> dict:
         time.sleep(mode.tracking_window)
         end, cpu = time.time(), cpu_seconds(agent.pid) - cpu
         memory = process_memory(agent.pid)
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(60)
     calls = [call for call in read_calls(directory / "calls.log") if start <= call.start < end]
     squeue = [call for call in calls if call.name == "squeue"]
     intervals = (end - start) / mode.tracking_interval
