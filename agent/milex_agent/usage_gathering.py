@@ -2,7 +2,9 @@
 every job that ended and has no usage recorded yet, whatever their number, kept in the journal.
 
 Accounting lags a job's end by a moment, so a job it does not have yet is asked again at later polls,
-until USAGE_WAIT after its end; then it is recorded as having none (`NOT_RECORDED`). A cluster without
+until USAGE_WAIT after its end; then it is recorded as having none (`NOT_RECORDED`). It lags each task
+of an array on its own: an array whose usage lacks some of the tasks the polls saw run is asked again
+too (after USAGE_WAIT, what came is kept). A cluster without
 accounting gives every job a note saying so, told once in the log, never as an error.
 """
 
@@ -18,13 +20,14 @@ from milex_agent.journal import Journal
 from milex_agent.scheduler import scheduler_group
 from milex_agent.scheduler.base import Scheduler
 from milex_common.errors import MilexError
+from milex_common.model import JobState
 from milex_common.usage import NOT_RECORDED, Usage
 
 USAGE_WAIT = 300.0  # seconds after a job's end that its accounting is waited for
 log = logging.getLogger("milex_agent")
 SchedulerLookup = Callable[[str, str], Scheduler]  # (kind, machine path) -> scheduler
-# (kind, machine path) -> {job id: (key, when it ended)}
-UsagePlan = dict[tuple[str, str], dict[str, tuple[str, float]]]
+# (kind, machine path) -> {job id: (key, when it ended, how many of its tasks ran: 0 for a plain job)}
+UsagePlan = dict[tuple[str, str], dict[str, tuple[str, float, int]]]
 
 
 class UsageGathering:
@@ -69,7 +72,10 @@ class UsageGathering:
         groups: UsagePlan = defaultdict(dict)
         # Twice the wait: a job past it is asked once more, and recorded as having none if still absent.
         for job, kind, machine_path in self.journal.awaiting_usage(self.clock() - 2 * self.wait):
-            groups[scheduler_group(kind, machine_path)][job.job_id] = (job.key, job.updated_at)
+            ran = sum(
+                task.state is not JobState.CANCELLED for task in job.tasks
+            )  # (cancelled: may never have)
+            groups[scheduler_group(kind, machine_path)][job.job_id] = (job.key, job.updated_at, ran)
         return groups
 
     def query(self, plan: UsagePlan) -> dict[str, Usage]:
@@ -91,8 +97,11 @@ class UsageGathering:
         now = self.clock()
         record = dict(found)
         for jobs in plan.values():
-            for key, ended in jobs.values():
-                if key not in record and now - ended > self.wait:
+            for key, ended, ran in jobs.values():
+                waited = now - ended > self.wait
+                if key in record and not record[key].note and len(record[key].tasks) < ran and not waited:
+                    del record[key]  # a task's accounting not there yet: asked again at the next poll
+                elif key not in record and waited:
                     record[key] = Usage(note=NOT_RECORDED)
         for note in sorted({used.note for used in found.values() if used.note} - self.told):
             log.info("usage of ended jobs: %s", note)

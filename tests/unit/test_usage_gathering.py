@@ -17,7 +17,7 @@ from milex_agent.journal import Journal
 from milex_agent.poller import Poller
 from milex_agent.usage_gathering import UsageGathering
 from milex_common.errors import SchedulerError
-from milex_common.model import JobState
+from milex_common.model import JobState, JobStatus, TaskStatus
 from milex_common.protocol import Status, TrackedJob
 from milex_common.usage import NO_ACCOUNTING, NOT_RECORDED, TaskUsage, Usage
 from tests.unit.agent_fakes import FakeClock, FakeScheduler, make_agent, wait_until
@@ -122,6 +122,42 @@ def test_a_job_accounting_lacks_yet_is_asked_again_then_recorded_when_it_comes(j
 
     assert fake.usage_calls == [[first, late], [late]]
     assert journal.usage(["b_20240101000000/late"]) == {"b_20240101000000/late": used(20)}
+
+
+def test_an_array_whose_accounting_lacks_a_task_that_ran_is_asked_again_until_it_has_it(journal, fake, clock):
+    """slurmdbd records each task of an array on its own: sacct may list task 1 before task 0 (seen on
+    cluster1). A task cancelled before it started has no row of its own, and is not waited for."""
+    array = track(journal, fake, "b_20240101000000/fan")
+    tasks = [TaskStatus(index=index, state=COMPLETED, exit_code=0) for index in (0, 1)]
+    tasks.append(TaskStatus(index=2, state=JobState.CANCELLED))
+    fake.jobs[array] = JobStatus(job_id=array, state=COMPLETED, exit_code=0, tasks=tasks)
+    Poller(journal, lambda kind, path: fake).poll()
+    gathering = UsageGathering(journal, lambda kind, path: fake, clock=clock, wait=WAIT)
+
+    fake.used[array] = Usage(tasks=used(2, 1).tasks)  # task 0's account not there yet
+    gather(gathering)
+    assert journal.usage(["b_20240101000000/fan"]) == {}
+    fake.used[array] = Usage(tasks=[*used(1, 0).tasks, *used(2, 1).tasks])
+    clock.advance(5)
+    gather(gathering)
+
+    assert len(fake.usage_calls) == 2
+    [both] = journal.usage(["b_20240101000000/fan"]).values()
+    assert [task.task for task in both.tasks] == [0, 1]
+
+
+def test_an_array_task_never_in_accounting_leaves_the_others_kept_after_the_wait(journal, fake, clock):
+    array = track(journal, fake, "b_20240101000000/fan")
+    done = [TaskStatus(index=index, state=COMPLETED, exit_code=0) for index in (0, 1)]
+    fake.jobs[array] = JobStatus(job_id=array, state=COMPLETED, exit_code=0, tasks=done)
+    Poller(journal, lambda kind, path: fake).poll()
+    gathering = UsageGathering(journal, lambda kind, path: fake, clock=clock, wait=WAIT)
+    fake.used[array] = Usage(tasks=used(2, 1).tasks)
+
+    clock.now = journal.find("b_20240101000000/fan").updated_at + WAIT + 1
+    gather(gathering)
+
+    assert journal.usage(["b_20240101000000/fan"]) == {"b_20240101000000/fan": Usage(tasks=used(2, 1).tasks)}
 
 
 def test_a_job_never_in_accounting_is_given_up_after_the_wait(journal, fake, clock):
