@@ -97,7 +97,8 @@ def fake_desktop(laptop: MilexHome) -> Path:
     shown = laptop.root / "shown"
     fake = laptop.root / "desktop" / "notify-send"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {shown}\necho >> {shown}\n')
+    # One write per notification: --wait and --watch end together, and two appends each would interleave.
+    fake.write_text(f'#!/bin/sh\nshown=$(printf "%s|" "$@")\nprintf "%s\\n" "$shown" >> {shown}\n')
     fake.chmod(0o755)
     laptop.env.update(PATH=f"{fake.parent}{os.pathsep}{laptop.env['PATH']}", DISPLAY=":99")
     return shown
@@ -120,4 +121,4 @@ def test_wait_and_watch_end_with_the_runs_line_and_a_desktop_notification(
     assert waited.splitlines()[-1] == line, waited
     assert "\a" not in waited  # not a terminal: no bell
     assert watched.stdout.splitlines()[-1] == line, watched.stdout + watched.stderr
-    assert f"Milex|{line}|" in shown.read_text().splitlines(), shown.read_text()
+    assert shown.read_text().splitlines() == [f"Milex|{line}|"] * 2, shown.read_text()  # --wait's, --watch's
