@@ -67,14 +67,17 @@ class Broker:
         *,
         client_version: str,
         on_request: Callable[[], None] = lambda: None,
+        settled: Callable[[], bool] = lambda: True,
         why_lost: Callable[[], str] = lambda: "",
     ) -> None:
-        """`on_request` runs as each request is passed on (the tunnel checks its link meanwhile);
-        `why_lost` says why the link went, for the error that requests in flight get."""
+        """`on_request` runs as each request is passed on (the tunnel checks its link meanwhile).
+        Once the connection is lost, the requests in flight are answered when `settled` (no check of
+        the link under way: it may be what dropped the connection), with `why_lost`'s message (the
+        link's failure, or "" for a generic one)."""
         self.local, self.upstream = local, upstream
-        self.client_version, self.on_request, self.why_lost = client_version, on_request, why_lost
-        self.context = zmq.Context.instance()
-        self.front: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
+        self.client_version, self.on_request = client_version, on_request
+        self.settled, self.why_lost = settled, why_lost
+        self.front: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a client gone: its streams are stopped
         self.front.setsockopt(zmq.LINGER, 0)
         local.unlink(missing_ok=True)  # a dead service's socket: the tunnel's lock is ours
@@ -88,6 +91,7 @@ class Broker:
         self.hello: HelloReply | None = None  # the agent's answer to our Hello on this connection
         self.hello_id = ""  # our Hello's id while its answer is awaited
         self.held: list[tuple[bytes, bytes]] = []  # clients' Hellos (client, frame) awaiting ours
+        self.orphans: list[tuple[bytes, str]] = []  # (client, request id) of a lost connection
         self.routes = Routes()
         self._ids = itertools.count(1)
         self.last_activity = time.monotonic()
@@ -100,7 +104,7 @@ class Broker:
 
     @property
     def busy(self) -> bool:
-        return bool(self.routes) or bool(self.held)
+        return bool(self.routes) or bool(self.held) or bool(self.orphans)
 
     def serve(self) -> None:
         """Pass requests and replies on until `stop` is set; then close every socket."""
@@ -117,6 +121,8 @@ class Broker:
                     self._watch_upstream()
                 if self.front in ready:
                     self._from_clients()
+                if self.orphans and self.settled():
+                    self._answer_orphans()
         finally:
             self._close_upstream()
             self.front.close(linger=0)
@@ -220,7 +226,7 @@ class Broker:
         """Connect to the agent's end unless connected, and greet it: one Hello per connection."""
         if self.back is not None:
             return
-        back: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
+        back: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         back.setsockopt(zmq.LINGER, 0)
         back.setsockopt(zmq.RECONNECT_IVL, -1)  # lost is lost: the next request connects again
         self.monitor = back.get_monitor_socket(zmq.EVENT_ALL)
@@ -243,20 +249,24 @@ class Broker:
                 self._lost()
 
     def _lost(self) -> None:
-        """The connection to the agent ended: close it, and answer every request in flight at once."""
-        why = self.why_lost()
-        message = (
-            f"the tunnel lost its connection to the agent{f' ({why})' if why else ''} before the "
-            "answer came; the next command connects again (`milex tunnel status` shows the link)."
-        )
+        """The connection to the agent ended: close it; every request in flight is answered as soon
+        as the tunnel knows why (`settled`), not after the client's timeout."""
         log.warning("connection to the agent lost: %d request(s) in flight", len(self.routes))
         self._close_upstream()
-        for request_id, route in self.routes.clear().items():
-            self._to_client(route.client, encode(_unavailable(request_id, message)))
+        self.orphans += [(route.client, request_id) for request_id, route in self.routes.clear().items()]
         held, self.held = self.held, []
         for client, hello in held:
             head = request_head(hello)
-            self._to_client(client, encode(_unavailable(head.id if head else "", message)))
+            self.orphans.append((client, head.id if head else ""))
+
+    def _answer_orphans(self) -> None:
+        message = self.why_lost() or (
+            "the tunnel lost its connection to the agent before the answer came; the next command "
+            "connects again (`milex tunnel status` shows the link)."
+        )
+        orphans, self.orphans = self.orphans, []
+        for client, request_id in orphans:
+            self._to_client(client, encode(_unavailable(request_id, message)))
 
     def _close_upstream(self) -> None:
         if self.back is not None:

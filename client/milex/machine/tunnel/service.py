@@ -101,6 +101,22 @@ class TunnelService:
             self._checking = True
         threading.Thread(target=self._check_quietly, daemon=True).start()
 
+    def checked(self) -> bool:
+        """Whether no check of the link is under way (the broker waits for it to say why it lost its
+        connection)."""
+        return not self._checking
+
+    def why_lost(self) -> str:
+        """Why the broker's connection went, when the link is what failed: for its requests in flight."""
+        failure = self.session.last_failure
+        if not failure:
+            return ""
+        return (
+            f"the link to {self.status.machine} is down ({failure.rstrip('.')}); the request got no "
+            "answer. Once the network is back, the next command reconnects by itself "
+            f"(`milex tunnel status --machine {self.status.machine}` shows the link)."
+        )
+
     def _check_quietly(self) -> None:
         try:
             self.session.ensure_live(fresh=FRESH)
@@ -411,8 +427,7 @@ def run(
         checks = _listen(files.path("check"))
         commands = _listen(files.path("exec"))
         # Its connection to the agent goes through `listener`, a channel like any client's.
-        broker = Broker(files.path("zmq"), f"ipc://{local_socket}", client_version=client_version(),
-                        why_lost=lambda: session.last_failure)  # fmt: skip
+        broker = Broker(files.path("zmq"), f"ipc://{local_socket}", client_version=client_version())
     except Exception as error:  # every failure must reach the waiting CLI, as one line
         if lock is not None:
             files.path("pid").unlink(missing_ok=True)
@@ -424,6 +439,7 @@ def run(
                           broker_socket=str(broker.local))  # fmt: skip
     service = TunnelService(session, agent, status, files, idle)
     service.broker, broker.on_request = broker, service.check_meanwhile
+    broker.settled, broker.why_lost = service.checked, service.why_lost
     service.save_status()
     print(f"READY {os.getpid()}", flush=True)
     _detach(files.path("log"))
