@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
 
@@ -26,6 +27,7 @@ from milex_common.protocol import (
     Watch,
     decode_reply,
     encode,
+    version_mismatch,
 )
 from tests.unit.agent_fakes import chain_bundle, submit_request, wait_until
 from tests.unit.served import Served
@@ -209,3 +211,35 @@ def test_routes_end_with_the_last_reply_of_each_kind() -> None:
     routes.reply(ReplyHead(type="error", id="w"))
     assert "w" not in routes.by_id
     assert routes.reply(ReplyHead(type="ack", id="unknown")) is None
+
+
+def test_an_agent_that_refuses_the_brokers_hello_answers_each_clients_itself(tmp_path: Path) -> None:
+    """An agent of another protocol: every client gets the agent's own error, now and later."""
+    agent = zmq.Context.instance().socket(zmq.ROUTER)
+    agent.setsockopt(zmq.LINGER, 0)
+    agent.bind(f"ipc://{tmp_path / 'other.sock'}")
+    hellos: list[str] = []
+
+    def answer() -> None:
+        while agent.poll(int(DEADLINE * 1000)):
+            peer, frame = agent.recv_multipart()
+            request_id = msgspec.msgpack.decode(frame)["id"]
+            hellos.append(request_id)
+            agent.send_multipart([peer, encode(version_mismatch(request_id, peer=1, side="client"))])
+
+    answering = threading.Thread(target=answer, daemon=True)
+    answering.start()
+    broker = Broker(tmp_path / "b.zmq", f"ipc://{tmp_path / 'other.sock'}", client_version="test")
+    brokering = threading.Thread(target=broker.serve, daemon=True)
+    brokering.start()
+    try:
+        for _ in range(2):
+            client = AgentConnection(f"ipc://{tmp_path / 'b.zmq'}", timeout=DEADLINE)
+            with client, pytest.raises(AgentError, match="speaks Milex protocol 1"):
+                client.hello("test")
+        assert len(hellos) == 3 and hellos[0].startswith("tunnel-")  # the broker's, then each client's
+    finally:
+        broker.stop.set()
+        brokering.join(DEADLINE)
+        answering.join(DEADLINE)
+        agent.close()

@@ -152,18 +152,25 @@ class Broker:
             self._to_client(client, encode(refused))
             return
         self._connect_upstream()
-        if head.type == "hello" and not head.fresh:
-            if self.hello is None:
+        if head.type == "hello" and not head.fresh and (self.hello is not None or self.hello_id):
+            if self.hello is None:  # ours is on its way
                 self.held.append((client, frame))
             else:
                 self._to_client(client, encode(msgspec.structs.replace(self.hello, id=head.id)))
             return
-        self._pass_on(client, head, frame)
+        self._pass_on(client, head, frame)  # an agent that refused our Hello answers each itself
 
     def _pass_on(self, client: bytes, head: RequestHead, frame: bytes) -> None:
+        """Send the request on, its replies routed to `client`; never blocking the loop: a connection
+        whose queue is full (a link that stalled) refuses it at once."""
         assert self.back is not None  # _connect_upstream made it
+        try:
+            self.back.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            message = "the tunnel's connection to the agent is stalled: try again in a moment."
+            self._to_client(client, encode(_unavailable(head.id, message)))
+            return
         self.routes.add(head, client)
-        self.back.send(frame)
         self.on_request()
 
     # ---- agent -> clients
@@ -215,7 +222,8 @@ class Broker:
         """The client of `request_id` went: its replies are dropped, and a stream it followed stopped."""
         self.routes.drop(request_id)
         if route.follows and self.back is not None:
-            self.back.send(encode(Unwatch(id=self._own_id(), watch_id=request_id)))
+            with contextlib.suppress(zmq.Again):  # a stalled connection: it goes, and the stream with it
+                self.back.send(encode(Unwatch(id=self._own_id(), watch_id=request_id)), zmq.NOBLOCK)
 
     # ---- the upstream connection
 
@@ -234,7 +242,7 @@ class Broker:
         self.back, self.hello = back, None
         hello = Hello(id=self._own_id(), client_version=self.client_version)
         self.hello_id = hello.id
-        back.send(encode(hello))
+        back.send(encode(hello), zmq.NOBLOCK)  # the first message of an empty queue
 
     def _watch_upstream(self) -> None:
         assert self.monitor is not None
