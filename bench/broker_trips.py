@@ -13,6 +13,8 @@ them:
 - brokered: a new connection to the broker's socket, the Hello (answered there), the request.
 
 Each sample is a new AgentConnection, as each `milex-run` is a new process; the request is a Status.
+Then the same as a new Python process each (`python -c`: its start, the connection's imports, the
+steps), from its spawn to its exit: what a light command pays on top of Python's own start.
 """
 
 from __future__ import annotations
@@ -74,11 +76,63 @@ class DelayedSession:
         time.sleep(self.rtt)
 
 
-def timed(steps: list[tuple[str, Callable[[], object]]], into: dict[str, list[float]]) -> None:
-    for name, step in steps:
-        started = time.perf_counter()
-        step()
-        into.setdefault(name, []).append(time.perf_counter() - started)
+PROCESS = """
+import sys
+from milex_common.connection import AgentConnection
+from milex_common.protocol import Status, StatusReply
+connection = AgentConnection(sys.argv[1])
+connection.hello("bench")
+connection.request(Status(), expect=StatusReply)
+"""
+
+
+def timed_call(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def in_a_process(endpoint: str) -> float:
+    """Seconds from a new Python's spawn to its exit, having connected, greeted and asked."""
+    import subprocess
+    import sys
+
+    return timed_call(lambda: subprocess.run([sys.executable, "-c", PROCESS, endpoint], check=True))
+
+
+Samples = dict[str, dict[str, list[float]]]  # by way (by channel, brokered), by step
+
+
+def greet_and_ask(connection: AgentConnection) -> tuple[float, float]:
+    """Seconds of the Hello (with the connection's making, which it waits for) and of a request."""
+    return (
+        timed_call(lambda: connection.hello("bench")),
+        timed_call(lambda: connection.request(Status(), expect=StatusReply)),
+    )
+
+
+def in_this_process(session: DelayedSession, ways: dict[str, str], reps: int, samples: Samples) -> None:
+    """Each way's steps timed on a new AgentConnection of this process, `reps` times after a warm-up."""
+    for number in range(reps + 1):  # the first of each: warm-up, the broker's connection made
+        for way, endpoint in ways.items():
+            steps: dict[str, float] = {}
+            if way == "by channel":
+                steps["link check (keepalive)"] = timed_call(session.ensure_live)
+            with AgentConnection(endpoint) as connection:
+                steps["channel, handshake and Hello"], steps["request"] = greet_and_ask(connection)
+            if number:
+                for name, seconds in {**steps, "total": sum(steps.values())}.items():
+                    samples[way].setdefault(name, []).append(seconds)
+
+
+def in_new_processes(session: DelayedSession, ways: dict[str, str], reps: int, samples: Samples) -> None:
+    """Each way from a new Python process; by channel, the link checked first (as the command does)."""
+    for number in range(reps + 1):
+        for way, endpoint in ways.items():
+            check = timed_call(session.ensure_live) if way == "by channel" else 0.0
+            seconds = check + in_a_process(endpoint)
+            if number:
+                samples[way].setdefault("new process, spawn to exit", []).append(seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     relay = Relay.start(("127.0.0.1", port), delay_ms=options.rtt_ms / 2)
     session = DelayedSession(relay.port, rtt)
     status = TunnelStatus(machine="m", state="up", mode="streamlocal", connected_at=1.0)
-    service = TunnelService(session, RemoteAgent(None, "agent"), status, TunnelFiles("m", directory), 600)  # type: ignore[arg-type]
+    files = TunnelFiles("m", directory)
+    service = TunnelService(session, RemoteAgent(None, "agent"), status, files, 600)  # type: ignore[arg-type]
     spliced = directory / "m.sock"
     listener = _listen(spliced)
     broker = Broker(
@@ -105,25 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     service.broker = broker
     threading.Thread(target=service.serve, args=(listener,), daemon=True).start()
     threading.Thread(target=broker.serve, daemon=True).start()
-    samples: dict[str, dict[str, list[float]]] = {"by channel": {}, "brokered": {}}
+    samples: Samples = {"by channel": {}, "brokered": {}}
+    ways = {"by channel": f"ipc://{spliced}", "brokered": f"ipc://{broker.local}"}
     try:
-        for number in range(options.reps + 1):  # the first of each: warm-up, the broker's connection
-            for way, endpoint in (("by channel", f"ipc://{spliced}"), ("brokered", f"ipc://{broker.local}")):
-                connection = AgentConnection(endpoint)
-                steps: list[tuple[str, Callable[[], object]]] = []
-                if way == "by channel":
-                    steps.append(("link check (keepalive)", lambda: session.ensure_live()))
-                steps += [
-                    ("channel, handshake and Hello", lambda c=connection: c.hello("bench")),  # type: ignore[misc]
-                    ("request", lambda c=connection: c.request(Status(), expect=StatusReply)),  # type: ignore[misc]
-                ]
-                into: dict[str, list[float]] = {}
-                timed(steps, into)
-                connection.close()
-                if number:
-                    for name, (seconds,) in into.items():
-                        samples[way].setdefault(name, []).append(seconds)
-                    samples[way].setdefault("total", []).append(sum(s for (s,) in into.values()))
+        in_this_process(session, ways, options.reps, samples)
+        in_new_processes(session, ways, options.reps, samples)
     finally:
         broker.stop.set()
         service.stop.set()
@@ -133,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     for way, steps_taken in samples.items():
         for name, values in steps_taken.items():
             median = statistics.median(values)
-            print(f"  {way:10s}  {name:30s} {median * 1000:7.1f} ms  {median / rtt:4.1f} RTT")
+            trips = f"  {median / rtt:4.1f} RTT" if rtt else ""
+            print(f"  {way:10s}  {name:30s} {median * 1000:7.1f} ms{trips}")
 
 
 if __name__ == "__main__":
