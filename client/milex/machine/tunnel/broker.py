@@ -110,23 +110,31 @@ class Broker:
         """Pass requests and replies on until `stop` is set; then close every socket."""
         try:
             while not self.stop.is_set():
-                poller = zmq.Poller()
-                for socket in (self.front, self.back, self.monitor):
-                    if socket is not None:
-                        poller.register(socket, zmq.POLLIN)
-                ready = dict(poller.poll(int(TICK * 1000)))
-                if self.back is not None and self.back in ready:  # replies that came before a loss
-                    self._from_agent()
-                if self.monitor is not None and self.monitor in ready:
-                    self._watch_upstream()
-                if self.front in ready:
-                    self._from_clients()
-                if self.orphans and self.settled():
-                    self._answer_orphans()
+                try:
+                    self._turn()
+                except Exception:  # the tunnel's clients never lose their broker to one message
+                    log.exception("broker: a turn failed")
+                    time.sleep(TICK)
         finally:
             self._close_upstream()
             self.front.close(linger=0)
             self.local.unlink(missing_ok=True)
+
+    def _turn(self) -> None:
+        """Wait up to TICK for a message, and pass on all that came."""
+        poller = zmq.Poller()
+        for socket in (self.front, self.back, self.monitor):
+            if socket is not None:
+                poller.register(socket, zmq.POLLIN)
+        ready = dict(poller.poll(int(TICK * 1000)))
+        if self.back is not None and self.back in ready:  # replies that came before a loss first
+            self._from_agent()
+        if self.monitor is not None and self.monitor in ready:
+            self._watch_upstream()
+        if self.front in ready:
+            self._from_clients()
+        if self.orphans and self.settled():
+            self._answer_orphans()
 
     # ---- clients -> agent
 
