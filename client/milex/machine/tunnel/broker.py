@@ -267,7 +267,10 @@ class Broker:
     def _lost(self) -> None:
         """The connection to the agent ended: close it; every request in flight is answered as soon
         as the tunnel knows why (`settled`), not after the client's timeout."""
-        log.warning("connection to the agent lost: %d request(s) in flight", len(self.routes))
+        if in_flight := len(self.routes) + len(self.held):
+            log.warning("connection to the agent lost: %d request(s) in flight", in_flight)
+        else:
+            log.info("connection to the agent ended (none in flight)")
         self._close_upstream()
         self.orphans += [(route.client, request_id) for request_id, route in self.routes.clear().items()]
         held, self.held = self.held, []

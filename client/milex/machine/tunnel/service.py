@@ -124,9 +124,9 @@ class TunnelService:
             self._stop_for(error)
         except TunnelError as error:  # the broker's connection went with the link: its clients know
             log.warning("link check: %s", error)
-        finally:
-            self._checking = False
+        finally:  # the status first: a command told of the failure must find it there
             self._save_if_changed()
+            self._checking = False
 
     def serve_checks(self, listener: socket.socket) -> None:
         """Answer each connection to the check socket with one JSON line: whether the link answers
