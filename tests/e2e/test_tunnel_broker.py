@@ -81,8 +81,8 @@ def test_commands_and_a_watch_share_the_brokers_one_channel_to_the_agent(
     laptop, node = watching_laptop, login_node
     if mode == "relay":
         use_relay(laptop, node)
-    for name in ("one", "two", "three"):
-        laptop.milex("milex-schedule", "milex-example", "--name", name, "--sleep", "30")
+    for name in ("one", "two", "three"):  # one's job outlives the runs: the watch of it stays open
+        laptop.milex("milex-schedule", "milex-example", "--name", name, "--sleep", "60")
     laptop.milex("milex-run", "one", "--machine", REMOTE)
     # The run has exited; the broker keeps its connection (a channel of a run's own would be closed).
     first = settled_connections(node)
