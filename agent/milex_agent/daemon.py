@@ -1,16 +1,18 @@
 """The agent as a per-user daemon: its lock, socket, start, stop and status (its directory's layout is
-milex_common.agent_layout)."""
+milex_common.agent_layout).
+
+A command that finds its local agent running (milex.machine.local) reads only its info here: logging,
+signal and subprocess (~7 ms of a warm `milex-run`) are imported where an agent is started, stopped
+or run, and the lock's refusal (sqlite3) where the filesystem refuses a lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import functools
-import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +49,8 @@ def _bound_socket_path(directory: Path) -> Path:
         try:
             probe.bind(str(place))
         except OSError as error:
+            import logging
+
             logging.getLogger("milex_agent").info("no socket in %s (%s)", place.parent, error.strerror)
             continue
         finally:
@@ -80,11 +84,11 @@ def hold_lock(directory: Path) -> int:
 def _refused_locks_named(directory: Path, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`call(*args, **kwargs)`, an flock of `directory` inside; the agent's refusal, saying where to
     keep its state instead, if the filesystem refuses it."""
-    from milex_agent.locks import refusal
-
     try:
         return call(*args, **kwargs)
     except LocksUnreliable as error:
+        from milex_agent.locks import refusal
+
         raise refusal(directory, str(error)) from None
 
 
@@ -174,6 +178,8 @@ def _launch(directory: Path, options: list[str]) -> AgentInfo:
     once it serves."""
     if not _of_another_node(directory):  # another node's is for the new agent to judge (live_elsewhere)
         (directory / "agent.json").unlink(missing_ok=True)  # a killed agent's: not to be mistaken for ours
+    import subprocess
+
     log_file = directory / "agent.log"
     logged = log_file.stat().st_size if log_file.exists() else 0
     command = [sys.executable, "-m", "milex_agent.cli", "run", "--detach", "--dir", str(directory), *options]
@@ -214,6 +220,8 @@ def stop(directory: Path, timeout: float = 10.0) -> AgentInfo | None:
         ask_to_leave(directory, info.host, info.pid)
         info.running = False
         return info
+    import signal
+
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while is_locked(directory / "agent.lock"):
@@ -256,6 +264,9 @@ def run(
 ) -> None:
     """Serve in the foreground until SIGTERM, SIGINT, a Shutdown request, `idle_exit` seconds of
     idleness, or the removal of `directory`; `on_ready` once serving."""
+    import logging
+    import signal
+
     from milex_agent.controller import ControllerWatch
     from milex_agent.journal import Journal
     from milex_agent.lifetime import Lifetime, identity

@@ -95,6 +95,8 @@ class AgentConnection:
             except ProtocolError as error:
                 raise AgentError(error.reply) from None
             if reply.id == request_id:
+                if isinstance(reply, Error) and reply.code == "unavailable":  # said by the tunnel's broker
+                    raise AgentUnavailable(reply.message)
                 if isinstance(reply, Error):
                     raise AgentError(reply)
                 if not isinstance(reply, expect):
@@ -128,9 +130,10 @@ class AgentConnection:
         while True:
             yield self.receive(request_id, idle_timeout, expect=expect)
 
-    def hello(self, client_version: str) -> HelloReply:
-        """Check that the agent speaks our protocol; AgentError with the fix when it does not."""
-        reply = self.request(Hello(client_version=client_version), expect=HelloReply)
+    def hello(self, client_version: str, *, fresh: bool = False) -> HelloReply:
+        """Check that the agent speaks our protocol; AgentError with the fix when it does not. Through
+        the tunnel's broker, the answer is the one the agent gave it, unless `fresh` (see Hello)."""
+        reply = self.request(Hello(client_version=client_version, fresh=fresh), expect=HelloReply)
         if reply.protocol != PROTOCOL_VERSION:
             raise MilexError(f"the agent speaks protocol {reply.protocol}, this client {PROTOCOL_VERSION}.")
         self.features = frozenset(reply.features)

@@ -43,9 +43,15 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fie
 
 
 class Hello(Message, tag="hello"):
-    """First request of a connection: versions are compared, the agent says who and where it is."""
+    """First request of a connection: versions are compared, the agent says who and where it is.
+
+    The tunnel's broker answers it from the agent's reply to its own Hello (the agent's version,
+    protocol, features and host hold for the agent's life); `fresh` asks for the agent's own answer
+    (its `last_seq` now). Agents ignore the field.
+    """
 
     client_version: str = ""
+    fresh: bool = False
 
 
 class SubmitBundle(Message, tag="submit"):
@@ -235,8 +241,12 @@ class Ack(Message, tag="ack"):
     """A request done that has nothing to return."""
 
 
-# `failed`: the request was understood but could not be done (the message says why).
-ErrorCode = Literal["bad_request", "version_mismatch", "too_large", "not_found", "failed", "internal"]
+# `failed`: the request was understood but could not be done (the message says why). `unavailable`:
+# sent by the tunnel's broker alone (to clients of its own release), when the link to the agent went
+# before the answer came; the client takes it for an agent that did not answer.
+ErrorCode = Literal[
+    "bad_request", "version_mismatch", "too_large", "not_found", "failed", "internal", "unavailable"
+]
 
 
 class Error(Message, tag="error"):

@@ -72,3 +72,28 @@ def test_nothing_is_opened_ahead_where_a_tunnel_would_start_or_the_machine_is_lo
     tunnel(monkeypatch, state)
     endpoint.open_ahead(load_config().machine(machine))
     assert endpoint._opening == {} and opened_in == []
+
+
+@pytest.mark.parametrize(
+    ("broker", "link_error", "checked", "endpoint_is"),
+    [
+        ("/run/m.zmq", "", False, "ipc:///run/m.zmq"),  # the broker: no check before the request
+        ("/run/m.zmq", "timed out", True, "ipc:///run/m.zmq"),  # its last attempt failed: checked
+        ("", "", True, "ipc:///run/m.sock"),  # a tunnel of an earlier release: a channel each, checked
+    ],
+)
+def test_a_command_goes_to_the_tunnels_broker_and_checks_the_link_first_only_when_in_doubt(
+    milex_config,
+    monkeypatch: pytest.MonkeyPatch,
+    broker: str,
+    link_error: str,
+    checked: bool,
+    endpoint_is: str,
+) -> None:
+    status = TunnelStatus(machine="cluster", state="up", local_socket="/run/m.sock", broker_socket=broker,
+                          link_error=link_error)  # fmt: skip
+    checks: list[str] = []
+    monkeypatch.setattr(control, "start_tunnel", lambda machine, socket, **options: status)
+    monkeypatch.setattr(control, "check_link", checks.append)
+    assert endpoint.remote_endpoint(load_config().machine("cluster")) == endpoint_is
+    assert checks == (["cluster"] if checked else [])

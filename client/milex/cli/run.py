@@ -9,6 +9,7 @@ one behaviour, and one set of messages, whichever reads the command line.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -44,11 +45,18 @@ def main() -> None:
 
         run.main(prog_name="milex-run")  # exits
     bundle, machine = words
+    # A process of ~0.1 s whose objects (~200 modules' worth) live until it exits: no collection
+    # while it imports (~40 young ones, ~5 ms), and none of them traversed again by the interpreter's
+    # collections at exit (~9 ms); what it drops is still freed by reference counting.
+    gc.disable()
     try:
         reports_errors(run_bundle)(bundle, machine=machine)
     except BrokenPipeError:  # as click's main: the reader went (`| head`): status 1, and no traceback
         _quiet_standard_streams()
         sys.exit(1)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _quiet_standard_streams() -> None:

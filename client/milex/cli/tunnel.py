@@ -64,6 +64,8 @@ def _describe(status: TunnelStatus) -> str:
         f"tunnel to {status.host}{node} up since {since} (pid {status.pid}, {how}); "
         f"local socket {status.local_socket} -> {status.remote_socket}"
     )
+    if status.broker_socket:
+        described += f"; commands connect to {status.broker_socket}"
     if status.link_error:
         failing = time.strftime("%H:%M:%S", time.localtime(status.link_error_at or 0))
         described += f"\nlink down since {failing}: {status.link_error}"

@@ -31,7 +31,9 @@ def remote_endpoint(machine: Machine) -> str:
     """The local end of `machine`'s tunnel to its agent; tunnel and agent are started if needed.
 
     The tunnel runs `milex-agent start` after each SSH (re)connection, so a stopped or crashed
-    agent comes back with the link, and learns the agent's socket from what it prints. Its link is
+    agent comes back with the link, and learns the agent's socket from what it prints. Its broker
+    (tunnel/broker.py) is the endpoint: one connection to the agent, kept open. A tunnel whose last
+    attempt to reach the machine failed, or one of an earlier release (no broker), has its link
     checked first (a keepalive, or a new connection): a dead one is a LinkDown within seconds, where
     the command would wait for an answer that cannot come.
     """
@@ -42,12 +44,16 @@ def remote_endpoint(machine: Machine) -> str:
 
     on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
     status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)
+    if status.broker_socket and not status.link_error:
+        # The broker checks the link while the request travels (a lost link fails the request
+        # within seconds); its Hello answered there, a request costs one round trip.
+        return f"ipc://{status.broker_socket}"
     try:
         check_link(machine.name)
     except PromptUnavailable:  # the new connection wants an answer (a second factor) the tunnel cannot ask
         stop_tunnel(machine.name)
         status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)  # asks on this terminal
-    return f"ipc://{status.local_socket}"
+    return f"ipc://{status.broker_socket or status.local_socket}"
 
 
 _shared: dict[str, AgentConnection] = {}

@@ -49,7 +49,7 @@ def agent_status(machine: Machine) -> str:
         if local_agent_info(machine) is None:
             return f"no agent running for {machine.name}"
     with connect(machine) as connection:
-        hello = connection.hello(client_version())
+        hello = connection.hello(client_version(), fresh=True)  # its events now
     said = (
         f"agent {hello.agent_version} (protocol {hello.protocol}) running as {hello.user} on "
         f"{hello.host}, pid {hello.pid}; {hello.last_seq} events recorded"

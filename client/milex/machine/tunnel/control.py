@@ -36,6 +36,9 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     node: str = ""  # the login node the connection landed on (its hostname), once known
     mode: str | None = None  # "streamlocal" or "relay", once the first connection has gone through
     local_socket: str = ""
+    # The broker's socket (tunnel/broker.py): where clients connect, one round trip a request; ""
+    # for a tunnel of an earlier release, whose clients connect to `local_socket`.
+    broker_socket: str = ""
     remote_socket: str = ""
     connected_at: float | None = None
     link_error: str = ""  # why the last attempt to reach the remote side failed; "" once one succeeds
@@ -106,8 +109,9 @@ def start_tunnel(
 ) -> TunnelStatus:
     """The machine's tunnel to `remote_socket`, started if needed (prompting on the terminal).
 
-    Connect ZeroMQ to `"ipc://" + status.local_socket`. `on_connect` is a remote command run after each
-    SSH (re)connection, e.g. to start the agent without authenticating a second time.
+    Connect ZeroMQ to `"ipc://" + status.broker_socket` (or `status.local_socket`, a channel each).
+    `on_connect` is a remote command run after each SSH (re)connection, e.g. to start the agent
+    without authenticating a second time.
     """
     if _serves(status := tunnel_status(machine), remote_socket):
         return status
@@ -283,7 +287,7 @@ def stop_tunnel(machine: str, timeout: float = 10.0) -> bool:
         if not _locked(files):
             break
     served = [Path(status.local_socket or files.path("sock"))] + [
-        files.path(name) for name in ("check", "exec")
+        files.path(name) for name in ("check", "exec", "zmq")
     ]
     for path in (*served, files.path("pid"), files.path("json")):
         path.unlink(missing_ok=True)  # a killed service could not remove its own files

@@ -22,8 +22,10 @@ import paramiko
 
 from milex.config.file import load_config
 from milex.machine.commands import DEFAULT_RELAY
+from milex.machine.settings import client_version
 from milex.machine.ssh.errors import BackingOff, PromptUnavailable, TunnelError
-from milex.machine.ssh.session import SshSession
+from milex.machine.ssh.session import FRESH, SshSession
+from milex.machine.tunnel.broker import Broker
 from milex.machine.tunnel.control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
 from milex_common.files import private_directory, take_lock
 
@@ -46,6 +48,8 @@ class TunnelService:
         self.active = 0
         self.last_activity = time.monotonic()
         self._lock = threading.Lock()
+        self.broker: Broker | None = None  # set by `run`: its connection is one of `active`
+        self._checking = False
 
     def save_status(self) -> None:
         with self._lock:
@@ -63,7 +67,7 @@ class TunnelService:
     def serve(self, listener: socket.socket) -> None:
         listener.settimeout(ACCEPT_POLL)
         while not self.stop.is_set():
-            if self.active == 0 and time.monotonic() - self.last_activity > self.idle:
+            if self._idle():
                 log.info("no connection for %.0f s: stopping", self.idle)
                 return
             try:
@@ -76,6 +80,53 @@ class TunnelService:
             # Opening the channel may mean reconnecting: done in the connection's thread, so that
             # accepting, idling and stopping never wait for the network.
             threading.Thread(target=self._connect, args=(local,), daemon=True).start()
+
+    def _idle(self) -> bool:
+        """Whether no client has used the tunnel for `idle` seconds: none connected but the broker's
+        own connection, none of its clients waiting for a reply or heard from (a watch's heartbeats
+        count) within that time."""
+        broker = self.broker
+        held, last = (int(broker.connected), broker.last_activity) if broker else (0, 0.0)
+        if self.active > held or (broker is not None and broker.busy):
+            return False
+        return time.monotonic() - max(self.last_activity, last) > self.idle
+
+    def check_meanwhile(self) -> None:
+        """A request went through the broker, which asked the link nothing: make sure of it meanwhile
+        (a keepalive, unless it answered within FRESH; one check at a time), so that a link that died
+        ends the request in seconds (the lost connection fails it), not after the client's timeout."""
+        with self._lock:
+            if self._checking:
+                return
+            self._checking = True
+        threading.Thread(target=self._check_quietly, daemon=True).start()
+
+    def checked(self) -> bool:
+        """Whether no check of the link is under way (the broker waits for it to say why it lost its
+        connection)."""
+        return not self._checking
+
+    def why_lost(self) -> str:
+        """Why the broker's connection went, when the link is what failed: for its requests in flight."""
+        failure = self.session.last_failure
+        if not failure:
+            return ""
+        return (
+            f"the link to {self.status.machine} is down ({failure.rstrip('.')}); the request got no "
+            "answer. Once the network is back, the next command reconnects by itself "
+            f"(`milex tunnel status --machine {self.status.machine}` shows the link)."
+        )
+
+    def _check_quietly(self) -> None:
+        try:
+            self.session.ensure_live(fresh=FRESH)
+        except PromptUnavailable as error:
+            self._stop_for(error)
+        except TunnelError as error:  # the broker's connection went with the link: its clients know
+            log.warning("link check: %s", error)
+        finally:  # the status first: a command told of the failure must find it there
+            self._save_if_changed()
+            self._checking = False
 
     def serve_checks(self, listener: socket.socket) -> None:
         """Answer each connection to the check socket with one JSON line: whether the link answers
@@ -375,6 +426,8 @@ def run(
         listener = _listen(local_socket)
         checks = _listen(files.path("check"))
         commands = _listen(files.path("exec"))
+        # Its connection to the agent goes through `listener`, a channel like any client's.
+        broker = Broker(files.path("zmq"), f"ipc://{local_socket}", client_version=client_version())
     except Exception as error:  # every failure must reach the waiting CLI, as one line
         if lock is not None:
             files.path("pid").unlink(missing_ok=True)
@@ -382,8 +435,11 @@ def run(
         print("ERROR " + json.dumps({"kind": type(error).__name__, "message": str(error)}), flush=True)
         return 1
     status = TunnelStatus(machine=machine, state="up", pid=os.getpid(), since=time.time(),
-                          host=str(session.target), local_socket=str(local_socket))  # fmt: skip
+                          host=str(session.target), local_socket=str(local_socket),
+                          broker_socket=str(broker.local))  # fmt: skip
     service = TunnelService(session, agent, status, files, idle)
+    service.broker, broker.on_request = broker, service.check_meanwhile
+    broker.settled, broker.why_lost = service.checked, service.why_lost
     service.save_status()
     print(f"READY {os.getpid()}", flush=True)
     _detach(files.path("log"))
@@ -391,15 +447,20 @@ def run(
     signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
     threading.Thread(target=service.serve_checks, args=(checks,), daemon=True).start()
     threading.Thread(target=service.serve_commands, args=(commands,), daemon=True).start()
+    brokering = threading.Thread(target=broker.serve, daemon=True)
+    brokering.start()
     try:
         service.serve(listener)
     finally:
+        broker.stop.set()
+        brokering.join(5.0)
         for served in (listener, checks, commands):
             served.close()
         for path in (
             local_socket,
             files.path("check"),
             files.path("exec"),
+            files.path("zmq"),
             files.path("json"),
             files.path("pid"),
         ):
