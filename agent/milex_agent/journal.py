@@ -507,15 +507,11 @@ class Journal:
 
     # ---- watching ----------------------------------------------------------------------------
 
-    def unfinished(self) -> list[JobRow]:
-        """Submitted jobs not yet in a final state, with the scheduler that runs them (an array cut in
-        windows: its windows)."""
-        return self._rows(_WATCHED, (IN_DOUBT,))
-
     def watched(self, *, begun_before: float | None = None) -> Iterator[Watched]:
-        """`unfinished` (those begun before `begun_before`), as the plain rows a poll (and a check of
-        the scheduler's jobs) reads, one at a time: about a tenth of the time and memory of whole
-        jobs. Read them all before writing."""
+        """Submitted jobs not yet in a final state (an array cut in windows: its windows), begun before
+        `begun_before`, with the scheduler that runs them: the plain rows a poll (and a check of the
+        scheduler's jobs) reads, one at a time, about a tenth of the time and memory of whole jobs.
+        Read them all before writing."""
         cursor = self.db.cursor()
         cursor.row_factory = None  # tuples: no sqlite3.Row per job
         cursor.execute(
@@ -533,7 +529,7 @@ class Journal:
         return {(row[0], row[1]) for row in rows}
 
     def has_unfinished(self) -> bool:
-        """Whether `unfinished` has any job (one row read, not all)."""
+        """Whether `watched` has any job (one row read, not all)."""
         return (
             self.db.execute(f"SELECT 1 FROM jobs WHERE {_WATCHED} LIMIT 1", (IN_DOUBT,)).fetchone()
             is not None

@@ -50,7 +50,7 @@ def test_a_begun_job_is_in_doubt_until_submitted(journal):
     assert (found.job_id, found.state, found.script) == ("", JobState.SUBMITTED, "/m/slurm/k/a.sh")
     [(doubtful, kind, path)] = journal.in_doubt()
     assert (doubtful.key, kind, path) == ("k/a", "local", "/m")
-    assert journal.unfinished() == []
+    assert list(journal.watched()) == []
     assert journal.jobs() == []  # not tracked until the scheduler gave it an id
     assert journal.last_seq == 0
 
@@ -94,8 +94,8 @@ def test_submitted_records_the_id_and_a_first_event(journal):
     assert event.bundle == "exp_20240101000000"
     assert journal.in_doubt() == []
     assert journal.find("k/a").job_id == "1234"
-    [(job, kind, path)] = journal.unfinished()
-    assert (job.job_id, kind, path) == ("1234", "slurm", "/m")
+    [row] = journal.watched()
+    assert (row.job_id, row.scheduler, row.machine_path) == ("1234", "slurm", "/m")
     assert journal.last_seq == 1
     assert journal.events_since(0) == [event]
 
@@ -117,7 +117,7 @@ def test_unfinished_leaves_out_finished_and_in_doubt_jobs(journal):
     add(journal, "k/c", "3")
     journal.begin(tracked("k/d"), scheduler="slurm", machine_path="/m")
     journal.update([("k/a", status("1", COMPLETED, 0)), ("k/b", status("2", RUNNING))])
-    assert sorted(job.key for job, _, _ in journal.unfinished()) == ["k/b", "k/c"]
+    assert sorted(row.key for row in journal.watched()) == ["k/b", "k/c"]
 
 
 # ---- events --------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_a_new_journal_on_the_same_file_sees_everything(tmp_path):
         assert second.last_seq == 3
         assert second.events_since(0) == events
         assert second.find("k/a").state is COMPLETED
-        assert [(job.key, kind, where) for job, kind, where in second.unfinished()] == [
+        assert [(row.key, row.scheduler, row.machine_path) for row in second.watched()] == [
             ("k/b", "local", "/other")
         ]
         assert [job.key for job, _, _ in second.in_doubt()] == ["k/c"]
@@ -254,13 +254,13 @@ def test_ten_thousand_jobs(journal):
             "UPDATE jobs SET job_id = ? WHERE key = ?", [(str(i), f"big/{i}") for i in range(10_000)]
         )
     assert journal.in_doubt() == []
-    unfinished = journal.unfinished()
-    assert len(unfinished) == 10_000
-    assert len({job.job_id for job, _, _ in unfinished}) == 10_000
+    watched = list(journal.watched())
+    assert len(watched) == 10_000
+    assert len({row.job_id for row in watched}) == 10_000
     events = journal.update([(f"big/{i}", status(str(i), COMPLETED, 0)) for i in range(0, 10_000, 2)])
     assert len(events) == 5_000
     assert [e.seq for e in events] == list(range(1, 5_001))
-    assert len(journal.unfinished()) == 5_000
+    assert len(list(journal.watched())) == 5_000
     assert len(journal.jobs(bundle="big")) == 10_000
     assert len(journal.jobs([str(i) for i in range(10_000)])) == 10_000
 
@@ -297,7 +297,7 @@ def test_a_journal_of_the_first_release_is_migrated_and_keeps_every_job(tmp_path
         }
         assert jobs["train"].reason == "Dependency"
         assert [(row.job.name, row.scheduler) for row in journal.in_doubt()] == [("report", "slurm")]
-        assert sorted(row.job.name for row in journal.unfinished()) == ["eval", "train"]
+        assert sorted(row.key.split("/")[1] for row in journal.watched()) == ["eval", "train"]
         assert [event.seq for event in journal.events_since(0)] == list(range(1, 9))
         # and it goes on working: the next event is numbered after the release's last
         [event] = journal.update([(jobs["train"].key, status("102", RUNNING))])
@@ -376,6 +376,6 @@ def test_watched_reads_the_unfinished_jobs_with_an_id_as_plain_rows(tmp_path):
     assert row == Watched(key="b/running", job_id="11", state="RUNNING", exit_code=None, reason="r",
                           submitted_at=row.submitted_at, scheduler="slurm", machine_path="/m")  # fmt: skip
     assert row.submitted_at > 0
-    assert [(r.job.key, r.job.job_id) for r in journal.unfinished()] == [(row.key, row.job_id)]
+    assert [(r.key, r.job_id) for r in journal.watched()] == [(row.key, row.job_id)]
     assert journal.has_unfinished()
     journal.close()

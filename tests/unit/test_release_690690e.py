@@ -89,7 +89,7 @@ def test_the_journal_keeps_the_job_in_doubt_and_those_to_watch(journal):
         job_key(GRID, "report", GRID_RUN), SUBMITTED, "slurm", MACHINE_PATH,
     )  # fmt: skip
     # The poller watches the windows of the cut array, not the array itself.
-    assert sorted((row.job.job_id, row.job.key, row.scheduler) for row in journal.unfinished()) == [
+    assert sorted((row.job_id, row.key, row.scheduler) for row in journal.watched()) == [
         ("4", job_key(LOCAL, "hang", LOCAL_JOBS_RUN), "local"),
         ("5002", job_key(SWEEP, "evaluate", SWEEP_RUN), "slurm"),
         ("6002", job_key(GRID, "scan", GRID_RUN) + "~0", "slurm"),
