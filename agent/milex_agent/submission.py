@@ -274,8 +274,7 @@ class BundleSubmission:
         self._window_of: dict[str, tuple[str, ArrayWindow]] = {}
         self._closed = False
         # The files and script of jobs about to go, made while calls were out (see `_look_ahead`).
-        self._files_ahead: dict[str, SubmittedJob] = {}
-        self._scripts_ahead: dict[str, str] = {}
+        self._ahead: dict[str, tuple[SubmittedJob, str]] = {}
 
     @property
     def done(self) -> bool:
@@ -377,11 +376,11 @@ class BundleSubmission:
         changed, batch = self._take_ready()
         if not batch:
             return changed, []
-        texts = [self._scripts_ahead.pop(job.name, "") or self._script(job) for job, _ in batch]
-        comments = self.ledger.begin(batch)
+        texts = [script or self._script(job) for job, _, script in batch]
+        comments = self.ledger.begin([(job, planned) for job, planned, _ in batch])
         return changed, [
             (job, planned, text, self._after(job), comment)
-            for (job, planned), text, comment in zip(batch, texts, comments, strict=True)
+            for (job, planned, _), text, comment in zip(batch, texts, comments, strict=True)
         ]
 
     def _look_ahead(self) -> None:
@@ -392,9 +391,8 @@ class BundleSubmission:
             upcoming += [dependent for dependent in self._dependents.get(job.name, ())
                          if self._unmet[dependent.name] == 1]  # fmt: skip
         for job in upcoming[: self.in_flight]:
-            if job.name not in self._files_ahead and not job.slurm.array:  # it may yet be cut in windows
-                self._files_ahead[job.name] = self._planned(job)
-                self._scripts_ahead[job.name] = self._script(job)
+            if job.name not in self._ahead and not job.slurm.array:  # it may yet be cut in windows
+                self._ahead[job.name] = (self._planned(job), self._script(job))
 
     def _send(self, begun: list[Call]) -> None:
         """Make the calls whose intent is recorded, each started here and waited for on a worker; keep
@@ -408,10 +406,11 @@ class BundleSubmission:
             self.script_sha256[job.name] = sha256(text.encode()).hexdigest()
             self._keep_script(job, planned, text)
 
-    def _take_ready(self) -> tuple[bool, list[tuple[Job, SubmittedJob]]]:
+    def _take_ready(self) -> tuple[bool, list[tuple[Job, SubmittedJob, str]]]:
         """Settle the ready jobs an earlier attempt has seen; the next batch to submit (whether any
-        job was taken off the ready list, and the batch)."""
-        batch: list[tuple[Job, SubmittedJob]] = []
+        job was taken off the ready list, and the batch: each job's files, and its script if made
+        ahead, else "")."""
+        batch: list[tuple[Job, SubmittedJob, str]] = []
         changed = False
         while (
             self._ready
@@ -426,7 +425,8 @@ class BundleSubmission:
                 break  # it goes alone, once the calls before it are answered
             self._ready.popleft()
             changed = True
-            planned = self._files_ahead.pop(job.name, None) or self._planned(job)
+            ahead = self._ahead.pop(job.name, None)
+            planned, script = ahead if ahead is not None else (self._planned(job), "")
             job_id = None if job.name in self._absent else self.ledger.known(job)
             if job_id is not None:
                 self._settle_known(job, planned, job_id)
@@ -436,7 +436,7 @@ class BundleSubmission:
                 self._ready.appendleft(job)
                 self.held = True
             else:
-                batch.append((job, planned))
+                batch.append((job, planned, script))
                 if new_kind:
                     break
         return changed, batch

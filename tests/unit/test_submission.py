@@ -261,11 +261,11 @@ def test_the_next_jobs_of_a_chain_are_made_while_a_call_is_out_and_submitted_as_
     submission = BundleSubmission(bundle, settings, scheduler, dispatch=workers.submit, in_flight=1)
     submission.step()
     wait_for_calls(scheduler, 1)
-    assert set(submission._scripts_ahead) == {"b"} and set(submission._files_ahead) == {"b"}
+    assert set(submission._ahead) == {"b"}
     scheduler.open()
     jobs = submission.run()
     for job, call in zip(jobs, scheduler.fake.calls, strict=True):
         made = render_script(bundle.jobs[job.name], settings, script_stem(bundle.stem, job.name))
         assert call.text == made == Path(job.script).read_text()
         assert job.script.endswith(f"{script_stem(bundle.stem, job.name)}.sh")
-    assert submission._scripts_ahead == {} and submission._files_ahead == {}
+    assert submission._ahead == {}
