@@ -40,25 +40,7 @@ from milex_agent.server import AgentServer
 from milex_common.connection import AgentConnection
 from milex_common.protocol import Status, StatusReply
 from tests.unit.agent_fakes import FakeScheduler, make_agent
-
-
-class TcpChannel:
-    """What the splice needs of an SSH channel, over a TCP connection through the relay."""
-
-    def __init__(self, port: int) -> None:
-        self.socket = socket.create_connection(("127.0.0.1", port))
-
-    def recv(self, size: int) -> bytes:
-        return self.socket.recv(size)
-
-    def sendall(self, data: bytes) -> None:
-        self.socket.sendall(data)
-
-    def shutdown_write(self) -> None:
-        self.socket.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.socket.close()
+from tests.unit.ssh_fakes import SocketChannel
 
 
 class DelayedSession:
@@ -69,8 +51,8 @@ class DelayedSession:
     def __init__(self, port: int, rtt: float) -> None:
         self.port, self.rtt = port, rtt
 
-    def open_streamlocal(self, path: str) -> TcpChannel:
-        return TcpChannel(self.port)
+    def open_streamlocal(self, path: str) -> SocketChannel:
+        return SocketChannel(socket.create_connection(("127.0.0.1", self.port)))
 
     def ensure_live(self, fresh: float = 0.0) -> None:
         time.sleep(self.rtt)

@@ -32,6 +32,7 @@ from milex.machine.tunnel.service import RemoteAgent, TunnelService, splice
 from milex_common.connection import AgentConnection, AgentUnavailable
 from milex_common.errors import MilexError
 from milex_common.files import private_directory, take_lock
+from tests.unit.ssh_fakes import SocketChannel
 
 
 def ssh_string(value: bytes) -> bytes:
@@ -277,23 +278,6 @@ def test_a_wait_for_a_reply_ends_as_soon_as_the_endpoint_is_gone(tmp_path: Path)
     with connection, pytest.raises(AgentUnavailable, match="the tunnel to hpc stopped"):
         connection.hello("0")
     assert time.monotonic() - started < 5
-
-
-class SocketChannel:
-    """A socket standing in for a paramiko channel: the calls splice makes, and nothing else."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.recv, self.sendall = sock.recv, sock.sendall
-
-    def shutdown_write(self) -> None:
-        self.sock.shutdown(socket.SHUT_WR)
-
-    def recv_stderr_ready(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_splice_pipes_both_ways_passes_half_closes_on_and_closes_both_ends() -> None:

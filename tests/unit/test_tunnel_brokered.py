@@ -20,28 +20,9 @@ from milex_common.connection import AgentConnection, AgentUnavailable
 from milex_common.protocol import Events, Status, StatusReply, Watch
 from tests.unit.agent_fakes import wait_until
 from tests.unit.served import Served
+from tests.unit.ssh_fakes import SocketChannel
 
 DEADLINE = 3.0
-
-
-class SocketChannel:
-    """What the splice needs of a paramiko channel, over a unix socket."""
-
-    def __init__(self, path: str) -> None:
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.socket.connect(path)
-
-    def recv(self, size: int) -> bytes:
-        return self.socket.recv(size)
-
-    def sendall(self, data: bytes) -> None:
-        self.socket.sendall(data)
-
-    def shutdown_write(self) -> None:
-        self.socket.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.socket.close()
 
 
 class LocalSession:
@@ -56,7 +37,7 @@ class LocalSession:
         self.fail_checks = False
 
     def open_streamlocal(self, path: str) -> SocketChannel:
-        self.channels.append(SocketChannel(path))
+        self.channels.append(SocketChannel.to_unix(path))
         return self.channels[-1]
 
     def ensure_live(self, fresh: float = 0.0) -> None:
