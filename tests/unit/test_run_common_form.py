@@ -61,27 +61,36 @@ def _serve_bundle(served: Served, milex_config: MilexSetup) -> None:
     save_bundle(milex_config.jobs_dir, chain_bundle("exp", "a", "b", created="20240101000000"))
 
 
-def test_a_whole_submission_of_the_common_form_loads_no_click_rich_or_paramiko(
-    served: Served, milex_config: MilexSetup
-) -> None:
-    """The contract behind a fast warm `milex-run`: a new process that submits a bundle and prints its
-    jobs imports none of them (click alone is ~10 ms of every run)."""
+def _run_a_bundle(served: Served, milex_config: MilexSetup, before: str, after: str) -> str:
+    """What a new process printed that ran `milex-run exp` against `served`, with `before` run ahead
+    of the CLI's import and `after` once it returned; the submission checked as done."""
     _serve_bundle(served, milex_config)
     probe = (
-        "import sys\n"
+        "import gc, sys\n"
         "from milex.machine import endpoint\n"
         f"endpoint.endpoint = lambda machine: {served.endpoint!r}\n"
         "sys.argv = ['milex-run', 'exp']\n"
+        f"{before}"
         "from milex.cli.run import main\n"
         "main()\n"
-        "print('loaded:', ','.join(m for m in ('click', 'rich', 'paramiko') if m in sys.modules))\n"
+        f"{after}"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=dict(os.environ)
     )
     assert done.returncode == 0, done.stderr
     assert "exp_20240101000000 on local (run " in done.stdout
-    assert done.stdout.rstrip().endswith("loaded:")
+    return done.stdout
+
+
+def test_a_whole_submission_of_the_common_form_loads_no_click_rich_or_paramiko(
+    served: Served, milex_config: MilexSetup
+) -> None:
+    """The contract behind a fast warm `milex-run`: a new process that submits a bundle and prints its
+    jobs imports none of them (click alone is ~10 ms of every run)."""
+    loaded = "print('loaded:', ','.join(m for m in ('click', 'rich', 'paramiko') if m in sys.modules))\n"
+    printed = _run_a_bundle(served, milex_config, "", loaded)
+    assert printed.rstrip().endswith("loaded:"), printed
 
 
 def test_the_common_form_runs_without_garbage_collection_and_leaves_its_objects_frozen(
@@ -90,24 +99,15 @@ def test_the_common_form_runs_without_garbage_collection_and_leaves_its_objects_
     """A warm `milex-run` neither collects while it imports (~40 young collections) nor has the
     interpreter traverse its objects again at exit (gc.freeze): ~15 ms of ~100. The collector is on
     again afterwards, for a caller in the same process."""
-    _serve_bundle(served, milex_config)
-    probe = (
-        "import gc, sys\n"
-        "from milex.machine import endpoint\n"
-        f"endpoint.endpoint = lambda machine: {served.endpoint!r}\n"
-        "sys.argv = ['milex-run', 'exp']\n"
-        "from milex.cli.run import main\n"
+    count = (
         "collected = []\n"
         "gc.callbacks.append(lambda phase, info: phase == 'start' and collected.append(info))\n"
-        "main()\n"
+    )
+    frozen = (
         "print('collections:', len(collected), 'frozen:', gc.get_freeze_count() > 10000, gc.isenabled())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=dict(os.environ)
-    )
-    assert done.returncode == 0, done.stderr
-    assert "exp_20240101000000 on local (run " in done.stdout
-    assert done.stdout.rstrip().endswith("collections: 0 frozen: True True"), done.stdout
+    printed = _run_a_bundle(served, milex_config, count, frozen)
+    assert printed.rstrip().endswith("collections: 0 frozen: True True"), printed
 
 
 def test_a_local_agent_found_running_costs_no_logging_subprocess_signal_or_sqlite3(tmp_path) -> None:
