@@ -185,8 +185,10 @@ def test_a_controller_killed_mid_chain_loses_no_job_and_runs_each_once_in_order(
         assert len(done) == 1, f"{name} was submitted and completed {len(done)} times: {runs}"
         # Any other was cancelled before it ran (it waited for a lost job's id, which may name another).
         assert all(run["NodeCnt"] == "0" for run in runs if run["JobState"] != "COMPLETED"), runs
-        completed[name] = max(
-            (run for run in runs if run["JobState"] == "COMPLETED"), key=lambda r: r["EndTime"]
+        # Its first run: the one its dependent waited for (a run again by the restarted controller
+        # may come after the dependent's, which had no reason to wait for it: seen once).
+        completed[name] = min(
+            (run for run in runs if run["JobState"] == "COMPLETED"), key=lambda r: r["StartTime"]
         )
     runs = ended(milex_home.root)
     for before, after in itertools.pairwise(sorted(completed)):
