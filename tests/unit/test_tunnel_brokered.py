@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from milex.machine.ssh.errors import LinkDown
+from milex.machine.ssh.errors import LinkDown, PromptUnavailable
 from milex.machine.tunnel.broker import Broker
 from milex.machine.tunnel.control import TunnelFiles, TunnelStatus
 from milex.machine.tunnel.service import RemoteAgent, TunnelService, _listen
@@ -27,7 +27,8 @@ DEADLINE = 3.0
 
 class LocalSession:
     """An SSH session that opens channels to a local socket, and whose link checks are counted; a
-    check told to fail drops every channel, as a reconnection would."""
+    check told to fail drops every channel, as a reconnection would. Its first `dead_ends` channels
+    end at once, as a relay's that found no agent."""
 
     mode, connected_at, last_failure, is_connected = "streamlocal", 1.0, "", True
 
@@ -35,13 +36,25 @@ class LocalSession:
         self.channels: list[SocketChannel] = []
         self.checks = 0
         self.fail_checks = False
+        self.dead_ends = 0
+        self.prompt = ""  # a check that finds the link dead and a reconnection asking this
 
     def open_streamlocal(self, path: str) -> SocketChannel:
-        self.channels.append(SocketChannel.to_unix(path))
+        if self.dead_ends:
+            self.dead_ends -= 1
+            end, far = socket.socketpair()
+            far.close()
+            self.channels.append(SocketChannel(end))
+        else:
+            self.channels.append(SocketChannel.to_unix(path))
         return self.channels[-1]
 
     def ensure_live(self, fresh: float = 0.0) -> None:
         self.checks += 1
+        if self.prompt:
+            for channel in self.channels:
+                channel.socket.shutdown(socket.SHUT_RDWR)
+            raise PromptUnavailable(self.prompt)
         if self.fail_checks:
             self.last_failure = "cluster did not answer"
             for channel in self.channels:
@@ -67,12 +80,19 @@ class Tunnel:
             why_lost=self.service.why_lost,
         )
         self.service.broker = self.broker
-        self.serving = threading.Thread(target=self.service.serve, args=(listener,), daemon=True)
+        self.serving = threading.Thread(target=self._serve, args=(listener,), daemon=True)
         self.brokering = threading.Thread(target=self.broker.serve, daemon=True)
         self.serving.start()
         self.brokering.start()
         self.listener = listener
         self.clients: list[AgentConnection] = []
+
+    def _serve(self, listener: socket.socket) -> None:
+        """As the tunnel's process runs: its broker stops when it does."""
+        try:
+            self.service.serve(listener)
+        finally:
+            self.broker.stop.set()
 
     def client(self, timeout: float = DEADLINE) -> AgentConnection:
         self.clients.append(AgentConnection(f"ipc://{self.broker.local}", timeout=timeout))
@@ -107,6 +127,27 @@ def test_clients_share_one_channel_and_the_link_is_checked_while_requests_travel
     assert tunnel.session.checks >= 1  # made sure of meanwhile, not before
 
 
+def test_a_connection_ended_before_its_handshake_is_made_again_once_with_its_requests(
+    tunnel: Tunnel,
+) -> None:
+    """A relay that found no agent ends its channel before ZeroMQ's handshake, and the tunnel starts
+    the agent meanwhile: nothing reached it, so the connection is made again, and answered."""
+    tunnel.session.dead_ends = 1
+    client = tunnel.client()
+    client.hello("test")
+    assert client.request(Status(), expect=StatusReply).jobs == []
+    assert len(tunnel.session.channels) == 2
+
+
+def test_a_connection_ended_twice_before_its_handshake_fails_its_requests(tunnel: Tunnel) -> None:
+    tunnel.session.dead_ends = 2
+    started = time.monotonic()
+    with pytest.raises(AgentUnavailable, match="the tunnel lost its connection to the agent"):
+        tunnel.client(timeout=30.0).hello("test")
+    assert time.monotonic() - started < DEADLINE  # answered, not timed out
+    assert len(tunnel.session.channels) == 2
+
+
 def test_a_link_found_dead_fails_the_request_in_flight_with_its_reason(tunnel: Tunnel) -> None:
     client = tunnel.client(timeout=30.0)
     watch_id = client.send(Watch(since=0, heartbeat=5.0))
@@ -123,6 +164,21 @@ def test_a_link_found_dead_fails_the_request_in_flight_with_its_reason(tunnel: T
     with pytest.raises(AgentUnavailable, match=down):  # the watch's too
         client.receive(watch_id, expect=Events)
     assert time.monotonic() - started < DEADLINE
+
+
+def test_a_tunnel_stopped_for_a_prompt_tells_the_requests_in_flight_how_to_open_it(tunnel: Tunnel) -> None:
+    client = tunnel.client(timeout=30.0)
+    watch_id = client.send(Watch(since=0, heartbeat=5.0))
+    client.receive(watch_id, expect=Events)
+    tunnel.session.prompt = "the server asks 'Verification code:': restart the tunnel from a terminal"
+    started = time.monotonic()
+    tunnel.service.check_meanwhile()  # as the next request through the broker would
+    advice = r"the tunnel to cluster stopped: the server asks .*`milex tunnel up --machine cluster`"
+    with pytest.raises(AgentUnavailable, match=advice):
+        client.receive(watch_id, expect=Events)
+    assert time.monotonic() - started < DEADLINE
+    tunnel.serving.join(DEADLINE)
+    assert not tunnel.serving.is_alive()
 
 
 def test_the_tunnel_stops_when_idle_though_the_broker_holds_its_channel(

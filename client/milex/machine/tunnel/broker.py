@@ -8,12 +8,15 @@ once per agent start. Local clients connect to its ROUTER socket (`NAME.zmq`): t
 answered here from the agent's own HelloReply, and each request is passed on as is, its replies
 routed back by request id (tunnel/routes.py), so that a request costs one round trip.
 
-The connection is made when a client first needs it, not remade by itself: an agent that left
-(idle) is started again by the next request, not by the broker. When it is lost (the link, the
-agent), every request in flight is answered at once by an `unavailable` error, which the client
-raises as AgentUnavailable (a submission is retried under the same keys): nothing waits for a
-reply that cannot come. A client that goes has its streams stopped at the agent (an Unwatch), as
-the agent stops those of a client it can no longer reach.
+The connection is made when a client first needs it, not remade by itself once it has reached the
+agent: an agent that left (idle) is started again by the next request, not by the broker. A
+connection that ends before ZeroMQ's handshake (a relay that found no agent, which the tunnel then
+starts) is made again once by ZeroMQ, with the requests it holds: none of them reached the agent.
+When it is lost after that (the link, the agent), every request in flight is answered at once by an
+`unavailable` error, which the client raises as AgentUnavailable (a submission is retried under the
+same keys): nothing waits for a reply that cannot come; so are they when the tunnel stops (with the
+prompt that stopped it, if one did). A client that goes has its streams stopped at the agent (an
+Unwatch), as the agent stops those of a client it can no longer reach.
 """
 
 from __future__ import annotations
@@ -46,12 +49,12 @@ from milex_common.protocol import (
 log = logging.getLogger("milex.machine.tunnel.broker")
 
 TICK = 0.5  # the longest the loop sleeps before it looks whether it is asked to stop
-# The upstream connection's end, as its monitor reports it: it is not remade by itself.
+# The upstream connection's end, as its monitor reports it. A connection that ends before its
+# handshake reports HANDSHAKE_FAILED_NO_DETAIL then DISCONNECTED: the latter is the end.
 LOST = {
     zmq.EVENT_DISCONNECTED,
     zmq.EVENT_CLOSED,
     zmq.EVENT_MONITOR_STOPPED,
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
     zmq.EVENT_HANDSHAKE_FAILED_AUTH,
 }
@@ -89,6 +92,8 @@ class Broker:
         self.back: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None
         self.hello: HelloReply | None = None  # the agent's answer to our Hello on this connection
+        self.handshaken = False  # whether this connection reached the agent (ZeroMQ's handshake)
+        self.retried = False  # whether it ended once before its handshake, and was made again
         self.hello_id = ""  # our Hello's id while its answer is awaited
         self.held: list[tuple[bytes, bytes]] = []  # clients' Hellos (client, frame) awaiting ours
         self.orphans: list[tuple[bytes, str]] = []  # (client, request id) of a lost connection
@@ -107,7 +112,8 @@ class Broker:
         return bool(self.routes) or bool(self.held) or bool(self.orphans)
 
     def serve(self) -> None:
-        """Pass requests and replies on until `stop` is set; then close every socket."""
+        """Pass requests and replies on until `stop` is set; then answer every request in flight
+        (the tunnel stops: `why_lost` may say why) and close every socket."""
         try:
             while not self.stop.is_set():
                 try:
@@ -116,8 +122,9 @@ class Broker:
                     log.exception("broker: a turn failed")
                     time.sleep(TICK)
         finally:
-            self._close_upstream()
-            self.front.close(linger=0)
+            self._orphan_in_flight()
+            self._answer_orphans()
+            self.front.close(linger=1000)  # those answers are sent by the context's end (service.run)
             self.local.unlink(missing_ok=True)
 
     def _turn(self) -> None:
@@ -244,10 +251,10 @@ class Broker:
             return
         back: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         back.setsockopt(zmq.LINGER, 0)
-        back.setsockopt(zmq.RECONNECT_IVL, -1)  # lost is lost: the next request connects again
         self.monitor = back.get_monitor_socket(zmq.EVENT_ALL)
-        back.connect(self.upstream)
+        back.connect(self.upstream)  # ZeroMQ connects again by itself: see _watch_upstream
         self.back, self.hello = back, None
+        self.handshaken = self.retried = False
         hello = Hello(id=self._own_id(), client_version=self.client_version)
         self.hello_id = hello.id
         back.send(encode(hello), zmq.NOBLOCK)  # the first message of an empty queue
@@ -261,7 +268,16 @@ class Broker:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] in LOST:
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshaken = True
+            elif kind == zmq.EVENT_DISCONNECTED and not self.handshaken and not self.retried:
+                # Nothing reached the agent (no data passes before the handshake): ZeroMQ connects
+                # again in a moment with what it holds, once, where the tunnel has meanwhile started
+                # an agent that a relay found gone.
+                log.info("connection to the agent ended before its handshake: connecting again")
+                self.retried = True
+            elif kind in LOST:
                 self._lost()
 
     def _lost(self) -> None:
@@ -271,6 +287,10 @@ class Broker:
             log.warning("connection to the agent lost: %d request(s) in flight", in_flight)
         else:
             log.info("connection to the agent ended (none in flight)")
+        self._orphan_in_flight()
+
+    def _orphan_in_flight(self) -> None:
+        """Close the connection; the requests in flight on it become orphans, to be answered."""
         self._close_upstream()
         self.orphans += [(route.client, request_id) for request_id, route in self.routes.clear().items()]
         held, self.held = self.held, []

@@ -92,6 +92,12 @@ def tunnel_gone(machine: str) -> str:
         return ""
     if _locked(files):
         return ""
+    return stopped_for_prompt(machine, reason)
+
+
+def stopped_for_prompt(machine: str, reason: str) -> str:
+    """What a command is told of a tunnel that stopped because a reconnection asked what no one
+    could type (`reason`: the prompt), and what to do."""
     return (
         f"the tunnel to {machine} stopped: {reason.strip()}. Open it again from a terminal with "
         f"`milex tunnel up --machine {machine}`: it asks there, once, and later commands use it."

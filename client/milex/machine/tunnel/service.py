@@ -19,6 +19,7 @@ from typing import Any
 import click
 import msgspec
 import paramiko
+import zmq
 
 from milex.config.file import load_config
 from milex.machine.commands import DEFAULT_RELAY
@@ -26,7 +27,7 @@ from milex.machine.settings import client_version
 from milex.machine.ssh.errors import BackingOff, PromptUnavailable, TunnelError
 from milex.machine.ssh.session import FRESH, SshSession
 from milex.machine.tunnel.broker import Broker
-from milex.machine.tunnel.control import DEFAULT_IDLE, TunnelFiles, TunnelStatus
+from milex.machine.tunnel.control import DEFAULT_IDLE, TunnelFiles, TunnelStatus, stopped_for_prompt
 from milex_common.files import private_directory, take_lock
 
 log = logging.getLogger("milex.machine.ssh.session")
@@ -49,6 +50,7 @@ class TunnelService:
         self.last_activity = time.monotonic()
         self._lock = threading.Lock()
         self.broker: Broker | None = None  # set by `run`: its connection is one of `active`
+        self.stopped_for = ""  # the prompt that stopped it (see `_stop_for`)
         self._checking = False
 
     def save_status(self) -> None:
@@ -107,7 +109,10 @@ class TunnelService:
         return not self._checking
 
     def why_lost(self) -> str:
-        """Why the broker's connection went, when the link is what failed: for its requests in flight."""
+        """Why the broker's connection went, when the link is what failed or the tunnel stopped for a
+        prompt: for its requests in flight."""
+        if self.stopped_for:
+            return stopped_for_prompt(self.status.machine, self.stopped_for)
         failure = self.session.last_failure
         if not failure:
             return ""
@@ -221,6 +226,7 @@ class TunnelService:
         the record tells the command waiting on this tunnel why it went (control.tunnel_gone)."""
         log.error("%s; stopping", error)
         self.files.path("stopped").write_text(str(error))
+        self.stopped_for = str(error)
         self.stop.set()
 
     def _connect(self, local: socket.socket) -> None:
@@ -454,6 +460,8 @@ def run(
     finally:
         broker.stop.set()
         brokering.join(5.0)
+        if not brokering.is_alive():  # its last answers (a stop's reason) sent before the process ends
+            zmq.Context.instance().term()
         for served in (listener, checks, commands):
             served.close()
         for path in (
