@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -200,6 +199,8 @@ def check_link(machine: str) -> None:
     """Have the machine's tunnel make sure its SSH connection answers (or reconnect) before a command
     relies on it; the error at once when it cannot (LinkDown when the machine does not answer). A
     tunnel that has no check socket (it is gone, or of an older Milex) is left to the command."""
+    import socket  # here: a command whose tunnel's broker answers never checks the link (~2 ms)
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as check:
         check.settimeout(CHECK_WAIT)
         try:
@@ -255,6 +256,8 @@ def upload_in_tunnel(machine: str, local: Path, remote: str) -> bool:
 def _ask_exec_socket(machine: str, request: dict[str, object], timeout: float) -> tuple[int, str, str] | None:
     """The tunnel's answer to `request` on its exec socket (one JSON line each way): an exit status,
     stdout and stderr; None when no tunnel serves one."""
+    import socket  # here: only uploads and commands run through the tunnel need it (~2 ms)
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout + CHECK_WAIT)  # the request, after a reconnection at worst
         try:
