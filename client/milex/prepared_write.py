@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import IO
+
+from milex_common.files import temporary_beside
 
 MODE = 0o644
 
@@ -38,7 +39,7 @@ class PreparedWrite:
         if self.ready:
             return
         try:
-            fd, self._temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            fd, self._temporary = temporary_beside(self.path)
         except OSError:
             return
         self._fd = fd

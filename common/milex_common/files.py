@@ -6,7 +6,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from milex_common.errors import LocksUnreliable, MilexError
@@ -19,7 +18,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
     (rendered scripts, caches of state kept elsewhere) skip that cost.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, temporary = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
@@ -31,6 +30,20 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new file (open, mode 0600) in `path`'s directory, named `.NAME.` and a random part, to be
+    filled then renamed over `path`; its descriptor and path. What tempfile.mkstemp makes, without
+    importing tempfile (shutil and random with it: ~2 ms of a warm `milex-run`)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):  # 48 random bits: a second name is all but never needed
+        temporary = str(path.parent / f".{path.name}.{os.urandom(6).hex()}")
+        try:
+            return os.open(temporary, flags, 0o600), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
 
 
 def file_in_the_way(directory: Path) -> Path | None:

@@ -133,10 +133,13 @@ REMOTE_ROAD = (
 
 
 def test_the_road_to_a_remote_machine_whose_tunnel_is_up_loads_no_paramiko_click_or_rich() -> None:
-    """paramiko (~270 ms) is the tunnel's own: a command that finds its tunnel up never pays for it."""
+    """paramiko (~270 ms) is the tunnel's own: a command that finds its tunnel up never pays for it;
+    nor for socket (the link's check, ~2 ms) or tempfile (shutil and random, ~2 ms: records' temporary
+    files are made by milex_common.files.temporary_beside)."""
+    unloaded = ("paramiko", "click", "rich", "socket", "tempfile", "shutil")
     probe = (
         f"import sys, {', '.join(REMOTE_ROAD)}\n"
-        "print(','.join(m for m in ('paramiko', 'click', 'rich') if m in sys.modules))"
+        f"print(','.join(m for m in {unloaded!r} if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""
