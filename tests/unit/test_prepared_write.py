@@ -11,6 +11,7 @@ import pytest
 
 from milex import prepared_write
 from milex.prepared_write import PreparedWrite
+from milex_common.files import temporary_beside
 
 
 def temporaries(directory: Path) -> list[str]:
@@ -57,3 +58,17 @@ def test_an_unused_write_is_discarded_and_one_not_made_is_not_ready(tmp_path: Pa
     gone = PreparedWrite(tmp_path / "missing" / "exp.runs.json")
     gone.prepare()  # the directory is not there: the record is then written the usual way
     assert not gone.ready
+
+
+def test_a_temporary_file_is_new_private_and_named_after_its_target(tmp_path: Path) -> None:
+    """What tempfile.mkstemp made (milex_common.files.temporary_beside stands in for it, unimported):
+    a new file beside the target, `.NAME.` and a random part, mode 0600, never one that existed."""
+    path = tmp_path / "exp.runs.json"
+    made = [temporary_beside(path) for _ in range(2)]
+    for fd, temporary in made:
+        os.close(fd)
+        assert Path(temporary).parent == tmp_path
+        assert Path(temporary).name.startswith(".exp.runs.json.") and len(Path(temporary).name) > 16
+        assert stat.S_IMODE(os.stat(temporary).st_mode) == 0o600
+    assert made[0][1] != made[1][1]
+    assert sorted(temporaries(tmp_path)) == sorted(Path(temporary).name for _, temporary in made)
