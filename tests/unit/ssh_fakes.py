@@ -10,7 +10,12 @@ class SocketChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.socket = sock
-        self.recv, self.sendall = sock.recv, sock.sendall
+        self.recv = sock.recv
+        self.cut = False  # what is sent is lost, as on a link that died
+
+    def sendall(self, data: bytes) -> None:
+        if not self.cut:
+            self.socket.sendall(data)
 
     @classmethod
     def to_unix(cls, path: str) -> SocketChannel:

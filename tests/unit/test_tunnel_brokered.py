@@ -152,11 +152,13 @@ def test_a_link_found_dead_fails_the_request_in_flight_with_its_reason(tunnel: T
     client = tunnel.client(timeout=30.0)
     watch_id = client.send(Watch(since=0, heartbeat=5.0))
     client.receive(watch_id, expect=Events)
+    wait_until(tunnel.service.checked)  # the watch's check of the link is over
     tunnel.session.fail_checks = True
-    tunnel.service._checking = False
+    for channel in tunnel.session.channels:  # the link dies: what is sent on it goes nowhere
+        channel.cut = True
     started = time.monotonic()
     waiting = tunnel.client(timeout=30.0)
-    waiting.hello("test")
+    waiting.hello("test")  # answered by the broker
     status_id = waiting.send(Status())  # its check finds the link dead: the channel goes with it
     down = r"the link to cluster is down \(cluster did not answer\).*milex tunnel status --machine cluster"
     with pytest.raises(AgentUnavailable, match=down):
