@@ -95,7 +95,7 @@ class Broker:
         self.handshaken = False  # whether this connection reached the agent (ZeroMQ's handshake)
         self.retried = False  # whether it ended once before its handshake, and was made again
         self.hello_id = ""  # our Hello's id while its answer is awaited
-        self.held: list[tuple[bytes, bytes]] = []  # clients' Hellos (client, frame) awaiting ours
+        self.held: list[tuple[bytes, RequestHead, bytes]] = []  # clients' Hellos awaiting ours
         self.orphans: list[tuple[bytes, str]] = []  # (client, request id) of a lost connection
         self.routes = Routes()
         self._ids = itertools.count(1)
@@ -169,7 +169,7 @@ class Broker:
         self._connect_upstream()
         if head.type == "hello" and not head.fresh and (self.hello is not None or self.hello_id):
             if self.hello is None:  # ours is on its way
-                self.held.append((client, frame))
+                self.held.append((client, head, frame))
             else:
                 self._to_client(client, encode(msgspec.structs.replace(self.hello, id=head.id)))
             return
@@ -217,12 +217,10 @@ class Broker:
         held, self.held = self.held, []
         if isinstance(reply, HelloReply):
             self.hello = reply
-            for client, hello in held:
+            for client, _, hello in held:
                 self._request(client, hello)
             return
-        for client, hello in held:
-            head = request_head(hello)
-            assert head is not None  # it was read once already
+        for client, head, hello in held:
             self._pass_on(client, head, hello)
 
     def _to_client(self, client: bytes, frame: bytes) -> bool:
@@ -293,10 +291,8 @@ class Broker:
         """Close the connection; the requests in flight on it become orphans, to be answered."""
         self._close_upstream()
         self.orphans += [(route.client, request_id) for request_id, route in self.routes.clear().items()]
-        held, self.held = self.held, []
-        for client, hello in held:
-            head = request_head(hello)
-            self.orphans.append((client, head.id if head else ""))
+        self.orphans += [(client, head.id) for client, head, _ in self.held]
+        self.held = []
 
     def _answer_orphans(self) -> None:
         message = self.why_lost() or (
