@@ -36,7 +36,7 @@ from milex_agent.array_windows import (
 )
 from milex_agent.controller import ControllerWatch
 from milex_agent.in_doubt import InDoubt
-from milex_agent.scheduler.base import Scheduler
+from milex_agent.scheduler.base import Scheduler, SubmitCall
 from milex_common.errors import (
     DependencyRefused,
     LimitReached,
@@ -75,9 +75,8 @@ class SubmittedJob(msgspec.Struct, kw_only=True):
     stderr: str = ""
 
 
-# A call to make for a job once its intent is recorded: its files, its script, the ids it waits for
-# and how, its comment.
-Call = tuple[Job, SubmittedJob, str, tuple[list[str], str], str]
+# A call to make for a job once its intent is recorded: the job, its files, and what to submit.
+Call = tuple[Job, SubmittedJob, SubmitCall]
 
 
 class Ledger(Protocol):
@@ -378,10 +377,14 @@ class BundleSubmission:
             return changed, []
         texts = [script or self._script(job) for job, _, script in batch]
         comments = self.ledger.begin([(job, planned) for job, planned, _ in batch])
-        return changed, [
-            (job, planned, text, self._after(job), comment)
-            for (job, planned, _), text, comment in zip(batch, texts, comments, strict=True)
-        ]
+        calls: list[Call] = []
+        for (job, planned, _), text, comment in zip(batch, texts, comments, strict=True):
+            after, kind = self._after(job)
+            call = SubmitCall(
+                Path(planned.script), text=text, after=after, dependency_type=kind, comment=comment
+            )
+            calls.append((job, planned, call))
+        return changed, calls
 
     def _look_ahead(self) -> None:
         """While calls are out, the files and script of the next jobs (those ready, and those that wait
@@ -397,12 +400,12 @@ class BundleSubmission:
     def _send(self, begun: list[Call]) -> None:
         """Make the calls whose intent is recorded, each started here and waited for on a worker; keep
         each script's copy meanwhile."""
-        for call in begun:
-            job, planned, _, _, comment = call
+        for job, planned, call in begun:
             self.running[self.dispatch(self._start(call))] = (job, planned)
-            self.in_doubt.sent(job, comment)
+            self.in_doubt.sent(job, call.comment)
         # The scheduler gets the text itself: the copy kept for reproducibility is written meanwhile.
-        for job, planned, text, _, _ in begun:
+        for job, planned, call in begun:
+            text = call.text or ""  # always given: the scheduler does not read the script
             self.script_sha256[job.name] = sha256(text.encode()).hexdigest()
             self._keep_script(job, planned, text)
 
@@ -528,15 +531,12 @@ class BundleSubmission:
             return render_script(job, self.settings, stem)
         return window_script(job, self.settings, stem, window[1])
 
-    def _start(self, call: Call) -> SchedulerCall:
+    def _start(self, call: SubmitCall) -> SchedulerCall:
         """Start the scheduler's call for a job (SLURM: sbatch runs from here on); what waits for its
         answer, on a worker. A call that cannot start fails there, as one that failed would."""
-        _, planned, text, (after, kind), comment = call
         started = time.monotonic()
         try:
-            answer = self.scheduler.start_submit(
-                Path(planned.script), text=text, after=after, dependency_type=kind, comment=comment
-            )
+            answer = self.scheduler.start_submit(call)
         except Exception as error:
             return functools.partial(_raise, error)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from milex_agent.array_windows import array_windows, window_dependencies, window_script
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 from milex_common.errors import SubmitError
 from milex_common.model import Job, JobState, MachineSettings, SlurmOptions
@@ -71,12 +72,14 @@ def test_array_past_max_array_size_runs_in_windows_with_the_original_indices(
     job, settings, seen = app_and_job(tmp_path, spec)
     scheduler = SlurmScheduler()
     with pytest.raises(SubmitError, match="array"):  # whole, SLURM refuses it
-        scheduler.submit(tmp_path / "whole.sh", text=render_script(job, settings, STEM))
+        scheduler.submit(SubmitCall(tmp_path / "whole.sh", text=render_script(job, settings, STEM)))
 
     windows = array_windows(spec, size)
     assert [(w.offset, w.spec) for w in windows] == [(0, "0,500"), (1000, "0,500"), (2000, "0")]
     ids = [
-        scheduler.submit(tmp_path / f"window{w.offset}.sh", text=window_script(job, settings, STEM, w))
+        scheduler.submit(
+            SubmitCall(tmp_path / f"window{w.offset}.sh", text=window_script(job, settings, STEM, w))
+        )
         for w in windows
     ]
     run_held(scheduler, ids)
@@ -108,9 +111,12 @@ def test_aftercorr_through_windows_runs_the_tasks_slurm_runs_for_the_whole_array
         dependent, _, seen = app_and_job(tmp_path, "0-5", f"dependent-{how}")
         dependent.slurm.dependency_type = "aftercorr"
         if how == "whole":
-            first = scheduler.submit(tmp_path / "d.sh", text=render_script(dependency, settings, STEM))
-            ids = [first, scheduler.submit(tmp_path / "e.sh", text=render_script(dependent, settings, STEM),
-                                           after=[first], dependency_type="aftercorr")]  # fmt: skip
+            first = scheduler.submit(
+                SubmitCall(tmp_path / "d.sh", text=render_script(dependency, settings, STEM))
+            )
+            text = render_script(dependent, settings, STEM)
+            ids = [first, scheduler.submit(SubmitCall(tmp_path / "e.sh", text=text, after=[first],
+                                                      dependency_type="aftercorr"))]  # fmt: skip
         else:
             ids = submit_windows(scheduler, tmp_path, dependency, dependent, size)
         run_held(scheduler, ids)
@@ -128,7 +134,7 @@ def submit_windows(
     dependency_windows = array_windows(dependency.slurm.array, size)
     for window in dependency_windows:
         ids[window] = scheduler.submit(
-            tmp_path / "d.sh", text=window_script(dependency, settings, STEM, window)
+            SubmitCall(tmp_path / "d.sh", text=window_script(dependency, settings, STEM, window))
         )
     dependent_ids = []
     for window in array_windows(dependent.slurm.array, size):
@@ -137,6 +143,6 @@ def submit_windows(
         text = window_script(dependent, settings, STEM, window)
         after = [ids[waited] for waited, _ in waits]
         dependent_ids.append(
-            scheduler.submit(tmp_path / "e.sh", text=text, after=after, dependency_type=kind)
+            scheduler.submit(SubmitCall(tmp_path / "e.sh", text=text, after=after, dependency_type=kind))
         )
     return [*ids.values(), *dependent_ids]

@@ -35,11 +35,12 @@ import json, sys
 from pathlib import Path
 from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 from milex_agent.scheduler.slurm.limits import limit_refusal
+from milex_agent.scheduler.base import SubmitCall
 from milex_common.errors import SubmitError
 out = []
 for text in json.load(sys.stdin):
     try:
-        out.append({"id": SlurmScheduler().submit(Path("limits.sh"), text=text)})
+        out.append({"id": SlurmScheduler().submit(SubmitCall(Path("limits.sh"), text=text))})
     except SubmitError as error:
         out.append({"refused": str(error), "limit": limit_refusal(str(error))})
 print(json.dumps(out))

@@ -7,13 +7,11 @@ import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from milex_agent.controller import ControllerWatch
 from milex_agent.journal import Journal
 from milex_agent.poller import Poller
-from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.base import Limits, SubmitCall
 from milex_agent.state import Agent
 from milex_common.errors import DependencyRefused, LimitReached, SchedulerUnavailable, SubmitError
 from milex_common.model import Bundle, Job, JobState, JobStatus, MachineSettings, SlurmOptions
@@ -40,20 +38,17 @@ class SchedulerCrash(BaseException):
 
 
 @dataclass
-class SubmitCall:
-    """One `submit` the fake received, with the id it gave (empty if it never accepted the job)."""
+class Received:
+    """One `submit` the fake received: what it was `asked`, and the id it gave (empty if it never
+    accepted the job)."""
 
-    script: Path
-    after: list[str]
-    dependency_type: str
-    comment: str
+    asked: SubmitCall
     job_id: str = ""
-    text: str | None = None
 
     @property
     def job(self) -> str:
         """The job's name in its bundle, read back from the script name `BUNDLE_DATE_JOB.sh`."""
-        return self.script.stem.rsplit("_", 1)[-1]
+        return self.asked.script.stem.rsplit("_", 1)[-1]
 
 
 @dataclass
@@ -81,7 +76,7 @@ class FakeScheduler:
     name: str = "fake"
     parallel_submissions: int = 1
     first_id: int = 1000
-    calls: list[SubmitCall] = field(default_factory=list)
+    calls: list[Received] = field(default_factory=list)
     jobs: dict[str, JobStatus] = field(default_factory=dict)
     comments: dict[str, str] = field(default_factory=dict)  # comment -> job id
     state_calls: list[list[str]] = field(default_factory=list)
@@ -96,7 +91,7 @@ class FakeScheduler:
     silent: int = 0
     accepted_silently: set[str] = field(default_factory=set)
     queued: set[str] = field(default_factory=set)
-    waiting: list[SubmitCall] = field(default_factory=list)  # queued calls not yet accepted
+    waiting: list[Received] = field(default_factory=list)  # queued calls not yet accepted
     restart_at: dict[str, int] = field(default_factory=dict)  # job -> jobs forgotten (see `restart`)
     waited_through: dict[str, int] = field(default_factory=dict)
     retry_delay: float = 0.0
@@ -115,19 +110,11 @@ class FakeScheduler:
 
     # ---- the Scheduler protocol ---------------------------------------------------------------
 
-    def start_submit(self, script: Path, **options: Any) -> Callable[[], str]:
-        return functools.partial(self.submit, script, **options)
+    def start_submit(self, asked: SubmitCall) -> Callable[[], str]:
+        return functools.partial(self.submit, asked)
 
-    def submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> str:
-        call = SubmitCall(Path(script), list(after), dependency_type, comment, text=text)
+    def submit(self, asked: SubmitCall) -> str:
+        call = Received(asked)
         self.calls.append(call)
         if call.job in self.refuse:
             raise SubmitError(self.refuse[call.job])
@@ -136,7 +123,7 @@ class FakeScheduler:
         if call.job in self.broken:
             raise self.broken[call.job]
         self._restart_under(call)
-        if self.check_dependencies and any(job_id not in self.jobs for job_id in call.after):
+        if self.check_dependencies and any(job_id not in self.jobs for job_id in asked.after):
             raise DependencyRefused("sbatch: error: Batch job submission failed: Job dependency problem")
         self._answer()
         if self.limit is not None and self.in_queue >= self.limit:
@@ -145,7 +132,7 @@ class FakeScheduler:
             self.queued.discard(call.job)
             self.waiting.append(call)
             raise SchedulerUnavailable(NO_ANSWER)
-        call.job_id = self.add(state=JobState.PENDING, comment=comment)
+        call.job_id = self.add(state=JobState.PENDING, comment=asked.comment)
         if call.job in self.crash_after:
             raise SchedulerCrash(f"crashed after {call.job} was accepted as {call.job_id}")
         if call.job in self.accepted_silently:
@@ -184,7 +171,7 @@ class FakeScheduler:
         self.lookups.append(list(comments))
         found = {comment: self.comments[comment] for comment in comments if comment in self.comments}
         for call in self.waiting:  # processed just after this answer: the next lookup sees them
-            call.job_id = self.add(state=JobState.PENDING, comment=call.comment)
+            call.job_id = self.add(state=JobState.PENDING, comment=call.asked.comment)
         self.waiting.clear()
         return found
 
@@ -234,7 +221,7 @@ class FakeScheduler:
         """(job name, id) of every job the fake accepted, in order."""
         return [(call.job, call.job_id) for call in self.calls if call.job_id]
 
-    def _restart_under(self, call: SubmitCall) -> None:
+    def _restart_under(self, call: Received) -> None:
         """Restart the controller under `call`, as `restart_at` or `waited_through` say."""
         if call.job in self.restart_at:  # it dies under this call, and comes back
             self.restart(self.restart_at.pop(call.job))

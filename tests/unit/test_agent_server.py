@@ -15,6 +15,7 @@ import pytest
 from milex import watch
 from milex.config.file import Machine
 from milex_agent.handlers import SUBMITTING
+from milex_agent.scheduler.base import SubmitCall
 from milex_common.connection import AgentConnection, AgentError, AgentUnavailable
 from milex_common.errors import SchedulerError
 from milex_common.model import JobState
@@ -155,9 +156,9 @@ def slow_submissions(fake: FakeScheduler, seconds: float) -> None:
     """Make every submit call of `fake` take `seconds`, as sbatch does on a busy controller."""
     submit = fake.submit
 
-    def slow(*args: object, **kwargs: object) -> str:
+    def slow(asked: SubmitCall) -> str:
         time.sleep(seconds)
-        return submit(*args, **kwargs)  # type: ignore[arg-type]
+        return submit(asked)
 
     fake.submit = slow  # type: ignore[method-assign]
 

@@ -16,6 +16,7 @@ from milex_agent.controller import ControllerWatch
 from milex_agent.journal import Journal, Watched
 from milex_agent.ledger import comment_of
 from milex_agent.lifetime import Lifetime
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.server import AgentServer
 from milex_common.model import JobState, MachineSettings
 from milex_common.protocol import Submitted, TrackedJob
@@ -46,7 +47,8 @@ def assert_each_once_in_order(served: Served) -> None:
         assert fake.comments[comment_of(KEY.format(name))] == ids[name]
     accepted = {call.job_id: call for call in fake.calls if call.job_id}
     for before, after in itertools.pairwise(JOBS):
-        assert accepted[ids[after]].after == [ids[before]], f"{after} waits for {accepted[ids[after]].after}"
+        waits_for = accepted[ids[after]].asked.after
+        assert waits_for == [ids[before]], f"{after} waits for {waits_for}"
 
 
 def test_jobs_lost_by_a_restart_mid_chain_are_submitted_again_once_after_the_right_jobs(running):
@@ -140,10 +142,10 @@ def test_without_a_restart_a_dependency_refusal_stands(running, monkeypatch):
     fake.check_dependencies = True
     submit = fake.submit
 
-    def forgetting_a(script: Path, **options: object) -> str:  # a ended and left the controller
-        if Path(script).stem.endswith("_b"):
+    def forgetting_a(asked: SubmitCall) -> str:  # a ended and left the controller
+        if asked.script.stem.endswith("_b"):
             fake.jobs.pop(journal_ids(running.agent.journal)["a"], None)
-        return submit(script, **options)  # type: ignore[arg-type]
+        return submit(asked)
 
     monkeypatch.setattr(fake, "submit", forgetting_a)
     request = submit_request(chain_bundle("exp", "a", "b"), running.settings)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from milex_agent.handlers import handle
 from milex_agent.ledger import JournalLedger, comment_of
 from milex_agent.recovery import recover
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.state import Agent
 from milex_agent.submission import IN_DOUBT, SubmittedJob
 from milex_common.errors import MilexError
@@ -64,17 +64,19 @@ def test_submit_submits_in_dependency_order_wired_by_real_ids(agent, fake, setti
     bundle = chain_bundle("exp", "c", "b", "a")  # b after c, a after b: declared out of name order
     reply = submitted(agent, submit_request(bundle, settings))
     assert reply.error == ""
-    assert [(call.job, call.after, call.dependency_type) for call in fake.calls] == [
+    assert [(call.job, call.asked.after, call.asked.dependency_type) for call in fake.calls] == [
         ("c", [], "afterok"),
         ("b", ["1000"], "afterok"),
         ("a", ["1001"], "afterany"),
     ]
-    assert [call.comment for call in fake.calls] == [comment_of(f"{bundle.stem}/{job}") for job in "cba"]
-    assert fake.calls[0].comment == "milex:exp_20240101000000/c"
+    asked = [call.asked for call in fake.calls]
+    assert [call.comment for call in asked] == [comment_of(f"{bundle.stem}/{job}") for job in "cba"]
+    assert fake.calls[0].asked.comment == "milex:exp_20240101000000/c"
     assert all(
-        call.script == Path(settings.path) / "slurm" / f"{bundle.stem}_{call.job}.sh" for call in fake.calls
+        call.asked.script == Path(settings.path) / "slurm" / f"{bundle.stem}_{call.job}.sh"
+        for call in fake.calls
     )
-    assert all(call.script.is_file() for call in fake.calls)
+    assert all(call.asked.script.is_file() for call in fake.calls)
     assert {job.name: job.job_id for job in reply.jobs} == {"c": "1000", "b": "1001", "a": "1002"}
     assert all(job.state is JobState.SUBMITTED and job.bundle == bundle.stem for job in reply.jobs)
     assert reply.id == "r-submit"
@@ -101,7 +103,7 @@ def test_a_machine_path_under_the_home_is_the_agents_home(agent, fake, settings,
     job = agent.journal.find(f"{bundle.stem}/a")
     assert job.script == f"{tmp_path}/home/milex/slurm/exp_20240101000000_a.sh"
     assert job.stdout == f"{tmp_path}/home/milex/slurm/exp_20240101000000_a-%j.out"
-    assert f"export MILEX={tmp_path}/home/milex" in fake.calls[0].text
+    assert f"export MILEX={tmp_path}/home/milex" in fake.calls[0].asked.text
 
 
 def test_resending_the_same_submission_submits_nothing_new(agent, fake, settings):
@@ -142,7 +144,7 @@ def test_after_a_refusal_a_retry_submits_only_what_is_missing(agent, fake, setti
     del fake.refuse["b"]
     reply = submitted(agent, request)
     assert reply.error == ""
-    assert [(call.job, call.after) for call in fake.calls] == [
+    assert [(call.job, call.asked.after) for call in fake.calls] == [
         ("a", []),
         ("b", ["1000"]),
         ("b", ["1000"]),
@@ -204,16 +206,17 @@ def test_recovery_adopts_what_the_scheduler_got_and_queues_again_what_it_did_not
 
     calls = len(fake.calls)
     got_reply = submitted(agent, got)
-    assert [(call.job, call.after) for call in fake.calls[calls:]] == [("c", [got_b])]
+    assert [(call.job, call.asked.after) for call in fake.calls[calls:]] == [("c", [got_b])]
     assert [job.name for job in got_reply.jobs] == ["a", "b", "c"]
     calls = len(fake.calls)
     lost_reply = submitted(agent, lost)
     lost_a = lost_reply.jobs[0].job_id
-    assert [(call.job, call.after) for call in fake.calls[calls:]] == [
+    assert [(call.job, call.asked.after) for call in fake.calls[calls:]] == [
         ("b", [lost_a]),
         ("c", [fake.calls[-2].job_id]),
     ]
-    assert [call.job for call in fake.calls if call.comment == comment_of("got_20240101000000/b")] == ["b"]
+    b_comment = comment_of("got_20240101000000/b")
+    assert [call.job for call in fake.calls if call.asked.comment == b_comment] == ["b"]
 
 
 def test_a_retry_without_recovery_looks_up_an_interrupted_submission_first(agent, fake, settings):
@@ -225,7 +228,7 @@ def test_a_retry_without_recovery_looks_up_an_interrupted_submission_first(agent
     reply = submitted(agent, request)
     assert [call.job for call in fake.calls] == ["a", "b", "c"]  # `a` not again
     assert [(job.name, job.job_id) for job in reply.jobs] == [("a", "1000"), ("b", "1001"), ("c", "1002")]
-    assert fake.calls[1].after == ["1000"]
+    assert fake.calls[1].asked.after == ["1000"]
     assert fake.lookups == [[comment_of("exp_20240101000000/a")]]
 
 
@@ -253,12 +256,12 @@ def test_each_sbatch_finds_its_intent_and_its_dependencys_id_committed(agent, fa
     seen: list[tuple[str, list[tuple[str, str, str]]]] = []
     submit = fake.submit
 
-    def checked(script: Path, **kw: Any) -> str:
+    def checked(asked: SubmitCall) -> str:
         reader = sqlite3.connect(agent.journal.path)  # committed rows only
         rows = reader.execute("SELECT name, job_id, state FROM jobs WHERE state != 'QUEUED' ORDER BY name")
-        seen.append((script.name, rows.fetchall()))
+        seen.append((asked.script.name, rows.fetchall()))
         reader.close()
-        return submit(script, **kw)
+        return submit(asked)
 
     fake.submit = checked  # type: ignore[method-assign]
     submitted(agent, request)

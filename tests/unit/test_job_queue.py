@@ -84,13 +84,13 @@ def test_a_bundle_bigger_than_the_limit_goes_in_as_room_frees_up(agent, fake, se
 def test_a_chain_is_released_in_order_without_the_ids_of_ended_dependencies(agent, fake, settings):
     bundle = chain_bundle("chain", "a", "b", "c", "d")  # c runs afterany b, the others afterok
     submit(agent, bundle, settings)
-    assert [(call.job, call.after) for call in fake.calls] == [("a", []), ("b", ["1000"])]
+    assert [(call.job, call.asked.after) for call in fake.calls] == [("a", []), ("b", ["1000"])]
     fake.set_state("1000", COMPLETED, exit_code=0)  # a ended: room for c, which waits for b
     poll_and_release(agent)
-    assert [(call.job, call.after) for call in fake.calls[2:]] == [("c", ["1001"])]
+    assert [(call.job, call.asked.after) for call in fake.calls[2:]] == [("c", ["1001"])]
     finish_all(fake)  # b and c ended: d goes without a dependency that SLURM may have forgotten
     poll_and_release(agent)
-    assert [(call.job, call.after) for call in fake.calls[3:]] == [("d", [])]
+    assert [(call.job, call.asked.after) for call in fake.calls[3:]] == [("d", [])]
 
 
 def test_a_queued_job_whose_dependency_failed_is_never_run_and_says_why(agent, fake, settings):
@@ -103,7 +103,7 @@ def test_a_queued_job_whose_dependency_failed_is_never_run_and_says_why(agent, f
     jobs = {job.name: job for job in agent.journal.jobs(bundle=bundle.stem)}
     assert (jobs["b"].state, jobs["b"].job_id) == (CANCELLED, "")
     assert "never run: its dependency 'a' ended FAILED" in jobs["b"].reason
-    assert [(call.job, call.after) for call in fake.calls] == [("a", []), ("c", [])]  # afterany: c runs
+    assert [(call.job, call.asked.after) for call in fake.calls] == [("a", []), ("c", [])]  # afterany: c runs
     events = [(event.name, event.state) for event in agent.journal.events_since(0)]
     assert ("b", CANCELLED) in events
 

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from milex_agent import daemon
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.local.runner import expand_pattern
 from milex_agent.scheduler.local.scheduler import LocalScheduler, parse_header
 from milex_agent.scheduler.local.store import (
@@ -79,7 +80,7 @@ def write_script(directory: Path, name: str, body: str, *options: str) -> Path:
 
 def test_a_job_completes_and_its_logs_hold_what_it_printed(scheduler, tmp_path):
     script = write_script(tmp_path, "hello", 'echo "hello $SLURM_JOB_ID"\necho oops >&2')
-    job_id = scheduler.submit(script)
+    job_id = scheduler.submit(SubmitCall(script))
     status = wait_for_state(scheduler, job_id)
     assert (status.state, status.exit_code) == (COMPLETED, 0)
     assert (tmp_path / f"logs/hello-{job_id}.out").read_text() == f"hello {job_id}\n"
@@ -87,21 +88,23 @@ def test_a_job_completes_and_its_logs_hold_what_it_printed(scheduler, tmp_path):
 
 
 def test_a_failing_job_is_failed_with_its_exit_code(scheduler, tmp_path):
-    job_id = scheduler.submit(write_script(tmp_path, "bad", "exit 3"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "bad", "exit 3")))
     status = wait_for_state(scheduler, job_id)
     assert (status.state, status.exit_code, status.reason) == (FAILED, 3, "NonZeroExitCode")
 
 
 def test_a_job_killed_by_a_signal_fails_with_128_plus_the_signal(scheduler, tmp_path):
     """The convention of the SLURM scheduler (milex_agent.scheduler.slurm.output): as a shell reports it."""
-    job_id = scheduler.submit(write_script(tmp_path, "selfkill", "kill -9 $$"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "selfkill", "kill -9 $$")))
     status = wait_for_state(scheduler, job_id)
     assert (status.state, status.exit_code) == (FAILED, 137)
 
 
 def test_afterok_on_a_failing_job_is_cancelled_and_never_runs(scheduler, tmp_path):
-    failing = scheduler.submit(write_script(tmp_path, "bad", "exit 1"))
-    child = scheduler.submit(write_script(tmp_path, "child", f"touch {tmp_path}/ran"), after=[failing])
+    failing = scheduler.submit(SubmitCall(write_script(tmp_path, "bad", "exit 1")))
+    child = scheduler.submit(
+        SubmitCall(write_script(tmp_path, "child", f"touch {tmp_path}/ran"), after=[failing])
+    )
     status = wait_for_state(scheduler, child)
     assert (status.state, status.reason) == (CANCELLED, "DependencyNeverSatisfied")
     assert not (tmp_path / "ran").exists()
@@ -109,9 +112,9 @@ def test_afterok_on_a_failing_job_is_cancelled_and_never_runs(scheduler, tmp_pat
 
 def test_an_afterok_chain_runs_in_order(scheduler, tmp_path):
     order = tmp_path / "order"
-    first = scheduler.submit(write_script(tmp_path, "a", f"sleep 0.5; echo a >> {order}"))
-    second = scheduler.submit(write_script(tmp_path, "b", f"echo b >> {order}"), after=[first])
-    third = scheduler.submit(write_script(tmp_path, "c", f"echo c >> {order}"), after=[second])
+    first = scheduler.submit(SubmitCall(write_script(tmp_path, "a", f"sleep 0.5; echo a >> {order}")))
+    second = scheduler.submit(SubmitCall(write_script(tmp_path, "b", f"echo b >> {order}"), after=[first]))
+    third = scheduler.submit(SubmitCall(write_script(tmp_path, "c", f"echo c >> {order}"), after=[second]))
     assert scheduler.states([second])[second].reason == "Dependency"
     assert wait_for_state(scheduler, third).state is COMPLETED
     assert order.read_text() == "a\nb\nc\n"
@@ -122,23 +125,25 @@ def test_an_afterok_chain_runs_in_order(scheduler, tmp_path):
     [("afterany", "exit 1", True), ("afternotok", "exit 1", True), ("afternotok", "true", False)],
 )
 def test_other_dependency_types(scheduler, tmp_path, kind, parent_body, runs):
-    parent = scheduler.submit(write_script(tmp_path, "parent", parent_body))
+    parent = scheduler.submit(SubmitCall(write_script(tmp_path, "parent", parent_body)))
     child_script = write_script(tmp_path, "child", f"touch {tmp_path}/ran")
-    child = scheduler.submit(child_script, after=[parent], dependency_type=kind)
+    child = scheduler.submit(SubmitCall(child_script, after=[parent], dependency_type=kind))
     assert wait_for_state(scheduler, child).state is (COMPLETED if runs else CANCELLED)
     assert (tmp_path / "ran").exists() is runs
 
 
 def test_after_starts_once_the_dependency_runs(scheduler, tmp_path):
-    parent = scheduler.submit(write_script(tmp_path, "parent", "sleep 30"))
-    child = scheduler.submit(write_script(tmp_path, "child", "true"), after=[parent], dependency_type="after")
+    parent = scheduler.submit(SubmitCall(write_script(tmp_path, "parent", "sleep 30")))
+    child = scheduler.submit(
+        SubmitCall(write_script(tmp_path, "child", "true"), after=[parent], dependency_type="after")
+    )
     assert wait_for_state(scheduler, child).state is COMPLETED
     assert scheduler.states([parent])[parent].state is RUNNING
 
 
 def test_an_array_runs_every_task_with_its_index(scheduler, tmp_path):
     body = 'echo "$SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID $SLURM_ARRAY_TASK_COUNT"'
-    job_id = scheduler.submit(write_script(tmp_path, "arr", body, "--array=1-3"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "arr", body, "--array=1-3")))
     assert wait_for_state(scheduler, job_id).state is COMPLETED
     logs = sorted(path.name for path in (tmp_path / "logs").glob("arr-*.out"))
     assert logs == [f"arr-{job_id}_{index}.out" for index in (1, 2, 3)]
@@ -149,15 +154,17 @@ def test_an_array_runs_every_task_with_its_index(scheduler, tmp_path):
 
 def test_an_array_fails_with_the_highest_exit_code(scheduler, tmp_path):
     body = 'exit "$SLURM_ARRAY_TASK_ID"'
-    job_id = scheduler.submit(write_script(tmp_path, "arr", body, "--array=0,2,5%2"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "arr", body, "--array=0,2,5%2")))
     status = wait_for_state(scheduler, job_id)
     assert (status.state, status.exit_code) == (FAILED, 5)
 
 
 def test_cancel_stops_a_running_job_and_its_pending_dependent(scheduler, tmp_path):
     body = f"echo $$ > {tmp_path}/pid; sleep 30; touch {tmp_path}/finished"
-    running = scheduler.submit(write_script(tmp_path, "long", body))
-    pending = scheduler.submit(write_script(tmp_path, "next", f"touch {tmp_path}/ran"), after=[running])
+    running = scheduler.submit(SubmitCall(write_script(tmp_path, "long", body)))
+    pending = scheduler.submit(
+        SubmitCall(write_script(tmp_path, "next", f"touch {tmp_path}/ran"), after=[running])
+    )
     wait_for_state(scheduler, running, RUNNING)
     wait_until((tmp_path / "pid").exists)
     scheduler.cancel([pending, running])
@@ -172,7 +179,7 @@ def test_cancel_stops_a_running_job_and_its_pending_dependent(scheduler, tmp_pat
 
 
 def test_a_job_cancelled_right_after_submission_never_starts(scheduler, tmp_path):
-    job_id = scheduler.submit(write_script(tmp_path, "early", f"touch {tmp_path}/ran"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "early", f"touch {tmp_path}/ran")))
     scheduler.cancel([job_id])
     wait_until(lambda: not runner_alive(scheduler.state_dir / job_id))
     assert scheduler.states([job_id])[job_id].state is CANCELLED
@@ -180,7 +187,7 @@ def test_a_job_cancelled_right_after_submission_never_starts(scheduler, tmp_path
 
 
 def test_cancelling_a_finished_job_changes_nothing(scheduler, tmp_path):
-    job_id = scheduler.submit(write_script(tmp_path, "quick", "true"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "quick", "true")))
     wait_for_state(scheduler, job_id)
     scheduler.cancel([job_id])
     assert scheduler.states([job_id])[job_id].state is COMPLETED
@@ -190,8 +197,9 @@ def test_the_job_outlives_the_process_that_submitted_it(scheduler, tmp_path):
     script = write_script(tmp_path, "orphan", "sleep 0.5; echo done")
     code = (
         "import sys; from pathlib import Path; "
+        "from milex_agent.scheduler.base import SubmitCall; "
         "from milex_agent.scheduler.local.scheduler import LocalScheduler; "
-        "print(LocalScheduler(Path(sys.argv[1])).submit(Path(sys.argv[2])))"
+        "print(LocalScheduler(Path(sys.argv[1])).submit(SubmitCall(Path(sys.argv[2]))))"
     )
     argv = [sys.executable, "-c", code, str(scheduler.state_dir), str(script)]
     submitted = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=DEADLINE)
@@ -202,7 +210,7 @@ def test_the_job_outlives_the_process_that_submitted_it(scheduler, tmp_path):
 
 
 def test_a_runner_that_dies_leaves_its_job_failed(scheduler, tmp_path):
-    job_id = scheduler.submit(write_script(tmp_path, "doomed", "sleep 30"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "doomed", "sleep 30")))
     wait_for_state(scheduler, job_id, RUNNING)
     pid = read_record(scheduler.state_dir / job_id).pid
     assert pid is not None
@@ -219,7 +227,7 @@ def test_unknown_ids(scheduler, tmp_path):
         "../etc": JobState.UNKNOWN,
     }
     with pytest.raises(SubmitError, match="12345"):
-        scheduler.submit(write_script(tmp_path, "orphan", "true"), after=["12345"])
+        scheduler.submit(SubmitCall(write_script(tmp_path, "orphan", "true"), after=["12345"]))
     with pytest.raises(SchedulerError, match="12345"):
         scheduler.cancel(["12345"])
 
@@ -258,14 +266,14 @@ def test_the_previous_release_reads_the_state_files_written_now(tmp_path: Path) 
 
 def test_submit_refuses_a_missing_script_and_a_bad_dependency_type(scheduler, tmp_path):
     with pytest.raises(SubmitError, match=r"missing\.sh"):
-        scheduler.submit(tmp_path / "missing.sh")
-    parent = scheduler.submit(write_script(tmp_path, "parent", "true"))
+        scheduler.submit(SubmitCall(tmp_path / "missing.sh"))
+    parent = scheduler.submit(SubmitCall(write_script(tmp_path, "parent", "true")))
     with pytest.raises(SubmitError, match="afterok"):
         scheduler.submit(
-            write_script(tmp_path, "child", "true"), after=[parent], dependency_type="afterwards"
+            SubmitCall(write_script(tmp_path, "child", "true"), after=[parent], dependency_type="afterwards")
         )
     with pytest.raises(SubmitError, match="--array"):
-        scheduler.submit(write_script(tmp_path, "arr", "true", "--array=3-1"))
+        scheduler.submit(SubmitCall(write_script(tmp_path, "arr", "true", "--array=3-1")))
 
 
 def test_ids_are_unique_and_increasing_across_concurrent_submitters(scheduler, tmp_path):
@@ -273,7 +281,7 @@ def test_ids_are_unique_and_increasing_across_concurrent_submitters(scheduler, t
     ids: list[list[int]] = [[] for _ in range(4)]
 
     def submit_three(slot: list[int]) -> None:
-        slot.extend(int(scheduler.submit(script)) for _ in range(3))
+        slot.extend(int(scheduler.submit(SubmitCall(script))) for _ in range(3))
 
     threads = [threading.Thread(target=submit_three, args=(slot,)) for slot in ids]
     for thread in threads:

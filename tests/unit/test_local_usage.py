@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.local.scheduler import parse_header
 from milex_common.usage import NOT_RECORDED
 from tests.unit.test_local_scheduler import scheduler, wait_for_state, wait_until, write_script  # noqa: F401
@@ -22,7 +23,7 @@ HOG = f"{sys.executable} -c '{TOUCH}'"
 
 def test_a_local_job_has_its_peak_its_times_and_what_it_asked(scheduler, tmp_path):  # noqa: F811
     script = write_script(tmp_path, "hog", f"{HOG} 80", "--mem=200M", "--cpus-per-task=2", "--time=5")
-    job_id = scheduler.submit(script)
+    job_id = scheduler.submit(SubmitCall(script))
     wait_for_state(scheduler, job_id)
 
     [used] = scheduler.usage([job_id])[job_id].tasks
@@ -36,7 +37,7 @@ def test_a_local_job_has_its_peak_its_times_and_what_it_asked(scheduler, tmp_pat
 
 def test_an_array_has_each_task_measured_by_its_index(scheduler, tmp_path):  # noqa: F811
     body = f"{HOG} $((40 * (SLURM_ARRAY_TASK_ID + 1)))"
-    job_id = scheduler.submit(write_script(tmp_path, "fan", body, "--array=0-1"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "fan", body, "--array=0-1")))
     wait_for_state(scheduler, job_id)
 
     tasks = scheduler.usage([job_id])[job_id].tasks
@@ -47,7 +48,7 @@ def test_an_array_has_each_task_measured_by_its_index(scheduler, tmp_path):  # n
 
 
 def test_a_job_cancelled_while_running_has_none_and_an_unfinished_one_is_not_asked(scheduler, tmp_path):  # noqa: F811
-    job_id = scheduler.submit(write_script(tmp_path, "long", "sleep 30"))
+    job_id = scheduler.submit(SubmitCall(write_script(tmp_path, "long", "sleep 30")))
     wait_until(lambda: (tmp_path / "logs").exists())
     assert scheduler.usage([job_id]) == {}
     scheduler.cancel([job_id])

@@ -43,11 +43,12 @@ def submit(agent: Agent, bundle: Bundle, settings: MachineSettings) -> Submitted
 
 def test_an_array_past_max_array_size_goes_as_windows_and_is_seen_as_one(agent, fake, settings):
     reply = submit(agent, bundle_of(big=("0-24", [], "afterok")), settings)
-    assert [(call.script.name, call.text.count("MILEX_ARRAY_OFFSET=")) for call in fake.calls] == [
+    asked = [call.asked for call in fake.calls]
+    assert [(call.script.name, call.text.count("MILEX_ARRAY_OFFSET=")) for call in asked] == [
         ("sweep_20240101000000_big~0.sh", 0), ("sweep_20240101000000_big~10.sh", 1),
         ("sweep_20240101000000_big~20.sh", 1),
     ]  # fmt: skip
-    assert ["#SBATCH --array=0-9" in c.text and "#SBATCH --array=0-4" not in c.text for c in fake.calls] == [
+    assert ["#SBATCH --array=0-9" in c.text and "#SBATCH --array=0-4" not in c.text for c in asked] == [
         True, True, False,
     ]  # fmt: skip
     [job] = reply.jobs
@@ -77,7 +78,7 @@ def test_windows_go_as_room_frees_up_and_dependents_wait_for_every_window(agent,
         fake.set_state(job_id, COMPLETED, exit_code=0)
         poll_and_release(agent)
     # The last window and the dependent fit together; it waits only for the window not ended yet.
-    assert [(call.job, call.after) for call in fake.calls] == [
+    assert [(call.job, call.asked.after) for call in fake.calls] == [
         ("big~0", []), ("big~10", []), ("big~20", []), ("after", ["1002"]),
     ]  # fmt: skip
 
@@ -87,7 +88,7 @@ def test_aftercorr_pairs_windows_and_afterok_waits_for_them_all(agent, fake, set
         big=("0-24", [], "afterok"), corr=("0-24", ["big"], "aftercorr"), ok=(None, ["big"], "afterok")
     )
     submit(agent, bundle, settings)
-    assert [(call.job, call.after, call.dependency_type) for call in fake.calls] == [
+    assert [(call.job, call.asked.after, call.asked.dependency_type) for call in fake.calls] == [
         ("big~0", [], "afterok"), ("big~10", [], "afterok"), ("big~20", [], "afterok"),
         ("corr~0", ["1000"], "aftercorr"), ("corr~10", ["1001"], "aftercorr"),
         ("corr~20", ["1002"], "aftercorr"),

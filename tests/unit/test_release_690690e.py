@@ -15,6 +15,7 @@ import pytest
 from milex.records import apply_states, job_key, list_bundles, load_bundle, load_submissions, run_of_key
 from milex_agent.journal import SCHEMA_VERSION, Journal
 from milex_agent.ledger import comment_of
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.local.scheduler import LocalScheduler
 from milex_agent.scheduler.local.store import VANISHED, read_spec, runner_alive
 from milex_common.model import JobState, JobStatus
@@ -269,7 +270,7 @@ def test_the_local_specs_keep_what_each_job_runs_and_waits_for(local):
 def test_a_local_job_submitted_after_them_takes_the_next_id_and_waits_on_an_old_one(local, tmp_path):
     script = tmp_path / "next.sh"
     script.write_text(f"#!/bin/sh\n#SBATCH --output={tmp_path}/next-%j.out\ntrue\n")
-    assert local.submit(script, after=["1"]) == "7"  # after last-id; on job 1, which completed
+    assert local.submit(SubmitCall(script, after=["1"])) == "7"  # after last-id; on job 1, which completed
     wait_until(lambda: local.states(["7"])["7"].state.finished, 30)
     assert local.states(["7"])["7"].state is COMPLETED
     local.cancel(["3"])  # a job the old scheduler ended: nothing to do, no error

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.slurm import history as slurm_history
 from milex_agent.scheduler.slurm import poll as slurm_poll
 from milex_agent.scheduler.slurm import scheduler as slurm
@@ -240,10 +241,15 @@ def test_sbatch_parsable_with_clusters_gives_the_job_id_and_cluster(
     cluster: Cluster, version: str, printed: str, tmp_path: Path
 ) -> None:
     cluster.version = version
-    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == cluster.ids["completed"]
+    assert (
+        SlurmScheduler().submit(SubmitCall(tmp_path / "job.sh", text="#!/bin/sh\n"))
+        == cluster.ids["completed"]
+    )
     assert captured("sbatch_parsable_cluster.txt", version) == printed  # `--clusters=<its name>`
     cluster.sbatch = "sbatch_parsable_cluster.txt"
-    assert SlurmScheduler().submit(tmp_path / "job.sh", text="#!/bin/sh\n") == printed.split(";")[0]
+    assert (
+        SlurmScheduler().submit(SubmitCall(tmp_path / "job.sh", text="#!/bin/sh\n")) == printed.split(";")[0]
+    )
 
 
 def test_real_sacct_agrees_with_squeue(accounted: Cluster) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.slurm import scheduler as slurm
 from milex_agent.scheduler.slurm.command import CommandResult
 from milex_common.errors import LimitReached, SchedulerUnavailable, SubmitError
@@ -39,7 +40,7 @@ def test_a_submit_limit_is_limit_reached_and_a_bad_job_a_plain_refusal(
 ) -> None:
     refusing(monkeypatch, version, name)
     with pytest.raises(SubmitError) as refusal:
-        slurm.SlurmScheduler().submit(Path("job.sh"), text="#!/bin/bash\n")
+        slurm.SlurmScheduler().submit(SubmitCall(Path("job.sh"), text="#!/bin/bash\n"))
     assert isinstance(refusal.value, LimitReached) is is_limit
     assert "job.sh" in str(refusal.value)
     if is_limit:
@@ -59,4 +60,4 @@ def test_a_call_cut_off_by_a_dying_controller_is_in_doubt_not_refused(monkeypatc
     result = CommandResult(("sbatch",), 1, "", stderr + "\n")
     monkeypatch.setattr(slurm, "start_command", lambda argv, **_: lambda: result)
     with pytest.raises(SchedulerUnavailable):
-        slurm.SlurmScheduler().submit(Path("job.sh"), text="#!/bin/bash\n")
+        slurm.SlurmScheduler().submit(SubmitCall(Path("job.sh"), text="#!/bin/bash\n"))

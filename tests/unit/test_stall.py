@@ -12,6 +12,7 @@ from milex_agent.journal import Journal
 from milex_agent.ledger import comment_of
 from milex_agent.pending import PendingSubmit
 from milex_agent.recovery import InDoubtRecovery
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.state import Agent
 from milex_common.errors import SchedulerError, SchedulerUnavailable
 from milex_common.model import JobState, MachineSettings
@@ -81,17 +82,17 @@ def test_an_unanswered_submission_that_was_accepted_is_found_not_submitted_again
     assert ids(reply) == {"a": "1000", "b": "1001", "c": "1002"}
     assert [call.job for call in fake.calls] == ["a", "b", "c"]
     assert fake.lookups == [[comment_of(KEY_B)]]
-    assert fake.calls[2].after == ["1001"]
+    assert fake.calls[2].asked.after == ["1001"]
 
 
 def silent_from_b(fake: FakeScheduler, calls: int) -> None:
     """The controller stops answering at the first submit of `b`, for `calls` calls (that one included)."""
     submit = fake.submit
 
-    def submit_or_stall(script: Path, **options: object) -> str:
-        if Path(script).stem.endswith("_b") and not any(call.job == "b" for call in fake.calls):
+    def submit_or_stall(asked: SubmitCall) -> str:
+        if asked.script.stem.endswith("_b") and not any(call.job == "b" for call in fake.calls):
             fake.silent = calls
-        return submit(script, **options)  # type: ignore[arg-type]
+        return submit(asked)
 
     fake.submit = submit_or_stall  # type: ignore[method-assign]
 
@@ -101,7 +102,7 @@ def test_an_unanswered_submission_proven_absent_is_submitted_again_once(agent, f
     reply = drive(agent, clock, settings)
     assert reply.error == ""
     assert [call.job for call in fake.calls] == ["a", "b", "b", "c"]
-    assert fake.calls[1].comment == fake.calls[2].comment == comment_of(KEY_B)  # same key, same comment
+    assert fake.calls[1].asked.comment == fake.calls[2].asked.comment == comment_of(KEY_B)  # same key
     assert fake.submitted == [("a", "1000"), ("b", "1001"), ("c", "1002")]
     # The first lookup came as the controller answered again: only one made `SETTLE` s later proves
     # that `b` is absent.
@@ -197,9 +198,9 @@ def test_a_timed_out_command_is_an_unknown_outcome_and_a_refusal_is_not(monkeypa
     scheduler = SlurmScheduler()
     for _ in range(3):
         with pytest.raises(SchedulerUnavailable):
-            scheduler.submit(Path("a.sh"), text="#!/bin/sh\n")
+            scheduler.submit(SubmitCall(Path("a.sh"), text="#!/bin/sh\n"))
     with pytest.raises(SubmitError, match="Invalid account"):
-        scheduler.submit(Path("a.sh"), text="#!/bin/sh\n")
+        scheduler.submit(SubmitCall(Path("a.sh"), text="#!/bin/sh\n"))
     with pytest.raises(SchedulerUnavailable, match="did not answer within 0 s"):
         command.run_command(["sleep", "5"], timeout=0.05)
 

@@ -7,10 +7,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.submission import BundleSubmission, NoLedger, SubmittedJob, run_inline, submit_bundle
 from milex_common.errors import SchedulerError, SubmitError
 from milex_common.model import Bundle, Job, MachineSettings, SlurmOptions
@@ -39,17 +39,17 @@ class GatedScheduler:
     def open(self) -> None:
         self.permits.release(10_000)
 
-    def start_submit(self, script: Path, **options: object) -> Callable[[], str]:
-        return functools.partial(self.submit, script, **options)
+    def start_submit(self, call: SubmitCall) -> Callable[[], str]:
+        return functools.partial(self.submit, call)
 
-    def submit(self, script: Path, **options: object) -> str:
+    def submit(self, call: SubmitCall) -> str:
         with self.lock:
             self.waiting += 1
             self.most_at_once = max(self.most_at_once, self.waiting)
         assert self.permits.acquire(timeout=5), "the test never let the call through"
         with self.lock:
             self.waiting -= 1
-            return self.fake.submit(script, **options)  # type: ignore[arg-type]
+            return self.fake.submit(call)
 
 
 class CountingLedger(NoLedger):
@@ -137,7 +137,7 @@ def test_a_job_starts_only_once_its_dependencies_have_ids(workers, settings):
     scheduler.open()
     jobs = {job.name: job for job in submission.run()}
     [b_call] = [call for call in scheduler.fake.calls if call.job == "b"]
-    assert b_call.after == [jobs["a"].job_id]
+    assert b_call.asked.after == [jobs["a"].job_id]
 
 
 def test_a_refusal_stops_new_jobs_and_records_those_in_flight(workers, settings):
@@ -203,7 +203,7 @@ def test_inline_dispatch_submits_a_chain_in_order(settings):
     fake = FakeScheduler()
     jobs = submit_bundle(chain_bundle("exp", "a", "b", "c"), settings, fake)
     assert [(job.name, job.job_id) for job in jobs] == [("a", "1000"), ("b", "1001"), ("c", "1002")]
-    assert [call.after for call in fake.calls] == [[], ["1000"], ["1001"]]
+    assert [call.asked.after for call in fake.calls] == [[], ["1000"], ["1001"]]
     assert run_inline(lambda: "7").result() == "7"
 
 
@@ -213,7 +213,7 @@ def test_the_scheduler_gets_the_script_text_and_a_copy_is_kept_in_place(settings
     [job] = submit_bundle(bundle, settings, fake)
     script = Path(job.script)
     assert script.parent == Path(settings.path) / "slurm"
-    assert script.read_text() == fake.calls[0].text
+    assert script.read_text() == fake.calls[0].asked.text
     assert script.read_text().startswith("#!") and script.stat().st_mode & 0o777 == 0o755
     script.chmod(0o600)
     script.write_text("stale and longer than the script " * 100)
@@ -237,10 +237,10 @@ def test_a_call_that_cannot_start_stops_the_bundle_with_its_error(workers, setti
     bundle as a call that failed on a worker would, the job left in doubt, nothing after it sent."""
 
     class CannotStart(FakeScheduler):
-        def start_submit(self, script: Path, **options: Any) -> Callable[[], str]:
-            if script.stem.endswith("b"):
+        def start_submit(self, asked: SubmitCall) -> Callable[[], str]:
+            if asked.script.stem.endswith("b"):
                 raise SchedulerError("'sbatch' is not installed or not on PATH")
-            return super().start_submit(script, **options)
+            return super().start_submit(asked)
 
     fake, ledger = CannotStart(), CountingLedger()
     bundle = chain_bundle("exp", "a", "b", "c")
@@ -266,6 +266,6 @@ def test_the_next_jobs_of_a_chain_are_made_while_a_call_is_out_and_submitted_as_
     jobs = submission.run()
     for job, call in zip(jobs, scheduler.fake.calls, strict=True):
         made = render_script(bundle.jobs[job.name], settings, script_stem(bundle.stem, job.name))
-        assert call.text == made == Path(job.script).read_text()
+        assert call.asked.text == made == Path(job.script).read_text()
         assert job.script.endswith(f"{script_stem(bundle.stem, job.name)}.sh")
     assert submission._ahead == {}

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from milex.cli.jobs import status
 from milex.cli.tasks_view import counts
 from milex.records import Submission, SubmittedJobRecord, listed_submissions, save_submission
+from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.local.scheduler import LocalScheduler
 from milex_agent.scheduler.local.store import TASKS_FILE, runner_alive
 from milex_common.model import JobState, JobStatus, TaskStatus
@@ -151,7 +152,7 @@ def test_the_local_scheduler_records_each_task_of_an_array(local, tmp_path):
         f"#!/bin/bash\n#SBATCH --array=0-4%2\n#SBATCH --output={tmp_path}/%A_%a.out\n"
         'case "$SLURM_ARRAY_TASK_ID" in 1|3) exit 2 ;; esac\n'
     )
-    job_id = local.submit(script)
+    job_id = local.submit(SubmitCall(script))
     first = local.states([job_id])[job_id]
     assert [t.index for t in first.tasks] == [0, 1, 2, 3, 4]
     wait_until(lambda: local.states([job_id])[job_id].state.finished, 10.0)
@@ -169,7 +170,7 @@ def test_a_cancelled_local_array_cancels_the_tasks_not_ended(local, tmp_path):
     script.write_text(
         f"#!/bin/bash\n#SBATCH --array=0-3%1\n#SBATCH --output={tmp_path}/%A_%a.out\nsleep 30\n"
     )
-    job_id = local.submit(script)
+    job_id = local.submit(SubmitCall(script))
     wait_until(lambda: any(t.state is RUNNING for t in local.states([job_id])[job_id].tasks), 10.0)
     local.cancel([job_id])
     cancelled = local.states([job_id])[job_id]

@@ -21,22 +21,26 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     held_by: str = ""  # the limit that sets max_submitted, in words for the user
 
 
+class SubmitCall(msgspec.Struct, frozen=True):
+    """What to submit: a script, the jobs it waits for and how, and the comment it is found by."""
+
+    script: Path
+    # The script itself; None: the scheduler reads it from `script` (given, it may still be being written).
+    text: str | None = None
+    after: Sequence[str] = ()  # ids of the jobs it waits for
+    dependency_type: str = "afterok"  # how it waits for them (SLURM's --dependency type)
+    comment: str = ""  # how a lookup finds it ('' for none)
+
+
 class Scheduler(Protocol):
     """A batch system that runs rendered scripts; job ids are strings it chooses."""
 
     name: str
     parallel_submissions: int  # submit calls it takes at once (independent jobs of a bundle)
 
-    def submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> str:
-        """Queue `script` to start once the jobs `after` satisfy `dependency_type`; return its id.
+    def submit(self, call: SubmitCall) -> str:
+        """Queue `call.script` to start once the jobs `call.after` satisfy `call.dependency_type`;
+        return its id.
 
         With its `text` given, the script is not read from `script`, which may still be being written.
 
@@ -44,15 +48,7 @@ class Scheduler(Protocol):
         """
         ...
 
-    def start_submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> Callable[[], str]:
+    def start_submit(self, call: SubmitCall) -> Callable[[], str]:
         """`submit`, begun now (SLURM: sbatch is started here); the function returned waits for the
         answer and returns or raises what `submit` would, on whichever thread calls it."""
         ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.base import Limits, SubmitCall
 from milex_agent.scheduler.local.measure import read_usage
 from milex_agent.scheduler.local.store import (
     RUNNER_LOCK,
@@ -63,30 +63,13 @@ class LocalScheduler:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.absolute()
 
-    def start_submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> Callable[[], str]:
+    def start_submit(self, call: SubmitCall) -> Callable[[], str]:
         """All of `submit` is done by the function returned (ids come from files, one at a time)."""
-        return functools.partial(
-            self.submit, script, text=text, after=after, dependency_type=dependency_type, comment=comment
-        )
+        return functools.partial(self.submit, call)
 
-    def submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> str:
-        text, options = _read_script(script, text, after, dependency_type)
+    def submit(self, call: SubmitCall) -> str:
+        script, after = call.script, call.after
+        text, options = _read_script(call)
         self._check_dependencies(after)
         job_id = self._allocate_id()
         job_dir = self.state_dir / job_id
@@ -96,8 +79,8 @@ class LocalScheduler:
             script=str(script.resolve()),
             submit_dir=os.getcwd(),
             after=list(after),
-            dependency_type=dependency_type,
-            comment=comment,
+            dependency_type=call.dependency_type,
+            comment=call.comment,
             job_name=options.get("job-name", script.stem),
             array=options.get("array"),
             output=options.get("output"),
@@ -219,15 +202,14 @@ def parse_header(text: str) -> dict[str, str]:
     return options
 
 
-def _read_script(
-    script: Path, text: str | None, after: Sequence[str], kind: str
-) -> tuple[str, dict[str, str]]:
+def _read_script(call: SubmitCall) -> tuple[str, dict[str, str]]:
     """The script's text (read unless given) and header options; SubmitError for anything sbatch
     would refuse."""
-    if after and kind not in DEPENDENCY_TYPES:
+    script, kind = call.script, call.dependency_type
+    if call.after and kind not in DEPENDENCY_TYPES:
         raise SubmitError(f"dependency type {kind!r} is not one of {', '.join(DEPENDENCY_TYPES)}.")
     try:
-        text = script.read_text() if text is None else text
+        text = script.read_text() if call.text is None else call.text
         options = parse_header(text)
         slurm_values.validate_array(options.get("array", "1"))
     except OSError as error:

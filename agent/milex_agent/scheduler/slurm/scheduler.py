@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
-from milex_agent.scheduler.base import Limits
+from milex_agent.scheduler.base import Limits, SubmitCall
 from milex_agent.scheduler.slurm.command import CommandResult, run_command, start_command
 from milex_agent.scheduler.slurm.history import SlurmHistory
 from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
@@ -38,36 +37,19 @@ class SlurmScheduler:
         self.history = SlurmHistory()
         self.poll = SqueuePoll()
 
-    def submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> str:
-        return self.start_submit(script, text=text, after=after, dependency_type=dependency_type,
-                                 comment=comment)()  # fmt: skip
+    def submit(self, call: SubmitCall) -> str:
+        return self.start_submit(call)()
 
-    def start_submit(
-        self,
-        script: Path,
-        *,
-        text: str | None = None,
-        after: Sequence[str] = (),
-        dependency_type: str = "afterok",
-        comment: str = "",
-    ) -> Callable[[], str]:
+    def start_submit(self, call: SubmitCall) -> Callable[[], str]:
         argv = ["sbatch", "--parsable"]
-        if after:
-            argv.append(f"--dependency={dependency_type}:{':'.join(after)}")
-        if comment:
-            argv.append(f"--comment={comment}")
-        if text is None:
-            argv.append(str(script))
-        running = start_command(argv, stdin=text)  # sbatch reads a script from stdin when given no file
-        return lambda: _job_id(running(), script, after)
+        if call.after:
+            argv.append(f"--dependency={call.dependency_type}:{':'.join(call.after)}")
+        if call.comment:
+            argv.append(f"--comment={call.comment}")
+        if call.text is None:
+            argv.append(str(call.script))
+        running = start_command(argv, stdin=call.text)  # sbatch reads a script from stdin when given no file
+        return lambda: _job_id(running(), call)
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         if not job_ids:
@@ -144,15 +126,16 @@ class SlurmScheduler:
         return read_limits(account, qos)
 
 
-def _job_id(result: CommandResult, script: Path, after: Sequence[str]) -> str:
-    """The id sbatch printed for `script`; what its failure means, raised."""
+def _job_id(result: CommandResult, call: SubmitCall) -> str:
+    """The id sbatch printed for `call`'s script; what its failure means, raised."""
+    script = call.script
     if result.unanswered:  # it may have been accepted: the caller looks it up by its comment
         raise SchedulerUnavailable(f"sbatch got no answer for {script.name}: {result.message}")
     if result.returncode != 0:
         limit = limit_refusal(result.message)
         if limit is not None:  # the same job goes in once some of the user's jobs end
             raise LimitReached(f"sbatch refused {script.name} for {limit}")
-        if after and DEPENDENCY_PROBLEM in result.message:
+        if call.after and DEPENDENCY_PROBLEM in result.message:
             raise DependencyRefused(f"sbatch refused {script.name}: {result.message}")
         raise SubmitError(f"sbatch refused {script.name}: {result.message}")
     # --parsable prints `jobid` or `jobid;cluster`.
