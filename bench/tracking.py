@@ -163,13 +163,13 @@ def poll_cost(directory: Path, path: str, rounds: int) -> dict[str, float]:
     `apply` records what changed (nothing: the poll hands the journal none)."""
     from milex_agent.journal import Journal
     from milex_agent.poller import Poller
-    from milex_agent.state import scheduler_cache
+    from milex_agent.state import SchedulerCache
 
     saved = os.environ["PATH"]
     os.environ["PATH"] = path
     journal = Journal(directory / "journal.sqlite")
     try:
-        poller = Poller(journal, scheduler_cache())
+        poller = Poller(journal, SchedulerCache())
         poller.poll()  # it learns squeue's version once; the first job's change is recorded
         steps: dict[str, list[float]] = {"plan": [], "query": [], "apply": [], "total": []}
         for _ in range(rounds):

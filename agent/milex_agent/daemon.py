@@ -274,7 +274,7 @@ def run(
     from milex_agent.poller import Poller
     from milex_agent.recovery import recover
     from milex_agent.server import AgentServer
-    from milex_agent.state import Agent, scheduler_cache
+    from milex_agent.state import Agent, SchedulerCache
 
     private_directory(directory)
     lock = hold_lock(directory)
@@ -290,7 +290,7 @@ def run(
     sock = _bound_socket_path(directory)
     journal_path = directory / JOURNAL
     journal = Journal(journal_path)
-    schedulers = scheduler_cache()
+    schedulers = SchedulerCache()
     poller = Poller(journal, schedulers, interval=poll_interval, max_interval=max_interval)
     controller = ControllerWatch(settle=CONTROLLER_SETTLE, retry_for=submit_retry)
     agent = Agent(
@@ -322,6 +322,7 @@ def run(
         server.serve()
     finally:
         server.close()
+        schedulers.close()
         for path, created in ours.items():  # not another agent's, if the directory was replaced
             if identity(path) == created:
                 path.unlink(missing_ok=True)

@@ -71,17 +71,21 @@ class Agent:
         return self.schedulers(settings.scheduler, settings.path)
 
 
-def scheduler_cache() -> Callable[[str, str], Scheduler]:
+class SchedulerCache:
     """Schedulers by (kind, machine path), made once each: SLURM's is shared by every path."""
-    from milex_agent.scheduler import scheduler_for, scheduler_group
 
-    made: dict[tuple[str, str], Scheduler] = {}
+    def __init__(self) -> None:
+        self.made: dict[tuple[str, str], Scheduler] = {}
 
-    def lookup(kind: str, machine_path: str) -> Scheduler:
+    def __call__(self, kind: str, machine_path: str) -> Scheduler:
+        from milex_agent.scheduler import scheduler_for, scheduler_group
+
         key = scheduler_group(kind, machine_path)
-        if key not in made:
+        if key not in self.made:
             settings = MachineSettings(name=kind, path=machine_path, scheduler=kind)  # type: ignore[arg-type]
-            made[key] = scheduler_for(settings)
-        return made[key]
+            self.made[key] = scheduler_for(settings)
+        return self.made[key]
 
-    return lookup
+    def close(self) -> None:
+        for scheduler in self.made.values():
+            scheduler.close()

@@ -4,6 +4,7 @@ window, and every task sees the index the user asked for."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +65,20 @@ def run_held(scheduler: SlurmScheduler, ids: list[str]) -> None:
     )
 
 
+@pytest.fixture
+def scheduler() -> Iterator[SlurmScheduler]:
+    """The agent's SLURM scheduler, closed after the test (its sbatch started ahead stopped)."""
+    made = SlurmScheduler()
+    yield made
+    made.close()
+
+
 def test_array_past_max_array_size_runs_in_windows_with_the_original_indices(
-    slurm_cluster: None, tmp_path: Path
+    slurm_cluster: None, tmp_path: Path, scheduler: SlurmScheduler
 ) -> None:
     spec, size = "0-2499:500", 1000
     assert max_array_size() <= 2000, "the test needs an array SLURM refuses whole"
     job, settings, seen = app_and_job(tmp_path, spec)
-    scheduler = SlurmScheduler()
     with pytest.raises(SubmitError, match="array"):  # whole, SLURM refuses it
         scheduler.submit(SubmitCall(tmp_path / "whole.sh", text=render_script(job, settings, STEM)))
 
@@ -100,11 +108,11 @@ def test_array_past_max_array_size_runs_in_windows_with_the_original_indices(
 
 
 def test_aftercorr_through_windows_runs_the_tasks_slurm_runs_for_the_whole_arrays(
-    slurm_cluster: None, tmp_path: Path
+    slurm_cluster: None, tmp_path: Path, scheduler: SlurmScheduler
 ) -> None:
     # Task 1 of the dependency fails. SLURM runs a dependent task whose counterpart succeeded (0, 2,
     # 3), not task 1, and not 4 or 5, which have no counterpart: they need the whole array to succeed.
-    size, scheduler = 2, SlurmScheduler()
+    size = 2
     ran: dict[str, list[int]] = {}
     for how in ("whole", "windows"):
         dependency, settings, _ = app_and_job(tmp_path, "0-3", f"dependency-{how}", fail="1")

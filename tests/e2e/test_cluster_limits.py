@@ -37,12 +37,13 @@ from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 from milex_agent.scheduler.slurm.limits import limit_refusal
 from milex_agent.scheduler.base import SubmitCall
 from milex_common.errors import SubmitError
-out = []
+out, scheduler = [], SlurmScheduler()
 for text in json.load(sys.stdin):
     try:
-        out.append({"id": SlurmScheduler().submit(SubmitCall(Path("limits.sh"), text=text))})
+        out.append({"id": scheduler.submit(SubmitCall(Path("limits.sh"), text=text))})
     except SubmitError as error:
         out.append({"refused": str(error), "limit": limit_refusal(str(error))})
+scheduler.close()
 print(json.dumps(out))
 """
 HELD = "#!/bin/sh\n#SBATCH --hold\n#SBATCH --output=/dev/null\ntrue\n"

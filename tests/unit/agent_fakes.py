@@ -157,6 +157,9 @@ class FakeScheduler:
             if job_id in self.jobs and not self.jobs[job_id].state.finished:
                 self.set_state(job_id, JobState.CANCELLED)
 
+    def close(self) -> None:
+        """Nothing is kept between calls."""
+
     def limits(self, account: str, qos: str | None) -> Limits:
         self._fail("limits")
         return Limits(

@@ -129,7 +129,9 @@ def fake_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) 
         jobcomp=jobcomp, version=version, sacct="sacct_allocations.txt" if version in ACCOUNTED else None
     )
     monkeypatch.setattr(slurm, "run_command", fake)
-    monkeypatch.setattr(slurm, "start_command", lambda argv, **options: lambda: fake(argv, **options))
+    monkeypatch.setattr(
+        slurm.Sbatch, "start", lambda self, options, script, text: lambda: fake(["sbatch", *options])
+    )
     monkeypatch.setattr(slurm_poll, "run_command", fake)
     monkeypatch.setattr(slurm_history, "run_command", fake)
     return fake

@@ -28,7 +28,7 @@ def refusing(monkeypatch: pytest.MonkeyPatch, version: str, name: str) -> None:
     result = CommandResult(
         ("sbatch",), int(Path(f"{base}.rc").read_text()), "", Path(f"{base}.stderr").read_text()
     )
-    monkeypatch.setattr(slurm, "start_command", lambda argv, **_: lambda: result)
+    monkeypatch.setattr(slurm.Sbatch, "start", lambda *_: lambda: result)
 
 
 @pytest.mark.parametrize("version", ["2205", "2411"])
@@ -58,6 +58,6 @@ def test_a_submit_limit_is_limit_reached_and_a_bad_job_a_plain_refusal(
 def test_a_call_cut_off_by_a_dying_controller_is_in_doubt_not_refused(monkeypatch, stderr) -> None:
     """slurmctld killed mid-call: the job may have been accepted, so it is looked up, not given up."""
     result = CommandResult(("sbatch",), 1, "", stderr + "\n")
-    monkeypatch.setattr(slurm, "start_command", lambda argv, **_: lambda: result)
+    monkeypatch.setattr(slurm.Sbatch, "start", lambda *_: lambda: result)
     with pytest.raises(SchedulerUnavailable):
         slurm.SlurmScheduler().submit(SubmitCall(Path("job.sh"), text="#!/bin/bash\n"))

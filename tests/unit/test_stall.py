@@ -192,9 +192,7 @@ def test_a_timed_out_command_is_an_unknown_outcome_and_a_refusal_is_not(monkeypa
             CommandResult(("sbatch",), 1, "", "sbatch: error: Batch job submission failed: Invalid account"),
         ]
     )
-    monkeypatch.setattr(
-        "milex_agent.scheduler.slurm.scheduler.start_command", lambda *a, **k: lambda: next(results)
-    )
+    monkeypatch.setattr("milex_agent.scheduler.slurm.sbatch.Sbatch.start", lambda *a: lambda: next(results))
     scheduler = SlurmScheduler()
     for _ in range(3):
         with pytest.raises(SchedulerUnavailable):

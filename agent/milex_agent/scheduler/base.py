@@ -95,3 +95,7 @@ class Scheduler(Protocol):
     def limits(self, account: str, qos: str | None) -> Limits:
         """The limits on a job of this account ('' = the user's default) and QOS (None: the default)."""
         ...
+
+    def close(self) -> None:
+        """Let go of what it keeps between calls (SLURM: the sbatch started ahead)."""
+        ...

@@ -130,6 +130,9 @@ class LocalScheduler:
         """None: a machine without SLURM takes every job (its runner starts them as it can)."""
         return Limits()
 
+    def close(self) -> None:
+        """Nothing: each call opens and closes what it uses."""
+
     def cancel(self, job_ids: Sequence[str]) -> None:
         unknown = [job_id for job_id in job_ids if not self._cancel_one(job_id)]
         if unknown:

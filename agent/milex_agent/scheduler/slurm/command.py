@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -84,10 +85,19 @@ def start_command(
     """Start `argv` now, as `run_command` runs it (SchedulerError if it cannot start); the function
     returned waits for it and returns what it printed (SchedulerUnavailable if it times out), on
     whichever thread calls it: the caller's goes on while the command runs."""
+    process = spawn(argv, reads_stdin=stdin is not None, env=env)
+    return functools.partial(finish, process, argv, stdin, timeout=timeout)
+
+
+def spawn(
+    argv: Sequence[str], *, reads_stdin: bool = False, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`argv` started, its output piped (and its input, if it `reads_stdin`); SchedulerError if it
+    cannot start."""
     try:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
-            stdin=subprocess.PIPE if stdin is not None else None,
+            stdin=subprocess.PIPE if reads_stdin else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -101,19 +111,26 @@ def start_command(
     except OSError as error:  # e.g. E2BIG: the agent must survive what it cannot run
         raise SchedulerError(f"could not run {argv[0]}: {error}") from None
 
-    def finish() -> CommandResult:
-        with process:  # as subprocess.run: the pipes closed and the process reaped, whatever happens
-            try:
-                stdout, stderr = process.communicate(stdin, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
-                raise SchedulerUnavailable(
-                    f"{' '.join(argv)} did not answer within {timeout:.0f} s; is slurmctld up (try `sinfo`)?"
-                ) from None
-            except BaseException:
-                process.kill()
-                raise
-        return CommandResult(tuple(argv), process.returncode, stdout, stderr)
 
-    return finish
+def finish(
+    process: subprocess.Popen[str],
+    argv: Sequence[str],
+    stdin: str | None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> CommandResult:
+    """What `process` (started as `argv`) printed, given `stdin` (if it reads it), waited for
+    `timeout` seconds at most (SchedulerUnavailable past it: the process is killed)."""
+    with process:  # as subprocess.run: the pipes closed and the process reaped, whatever happens
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise SchedulerUnavailable(
+                f"{' '.join(argv)} did not answer within {timeout:.0f} s; is slurmctld up (try `sinfo`)?"
+            ) from None
+        except BaseException:
+            process.kill()
+            raise
+    return CommandResult(tuple(argv), process.returncode, stdout, stderr)

@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from milex_agent.scheduler.base import Limits, SubmitCall
-from milex_agent.scheduler.slurm.command import CommandResult, run_command, start_command
+from milex_agent.scheduler.slurm.command import CommandResult, run_command
 from milex_agent.scheduler.slurm.history import SlurmHistory
 from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
 from milex_agent.scheduler.slurm.output import ids_by_comment
 from milex_agent.scheduler.slurm.poll import SqueuePoll
+from milex_agent.scheduler.slurm.sbatch import Sbatch
 from milex_agent.scheduler.slurm.usage import read_usage
 from milex_common.errors import (
     DependencyRefused,
@@ -36,20 +37,22 @@ class SlurmScheduler:
     def __init__(self) -> None:
         self.history = SlurmHistory()
         self.poll = SqueuePoll()
+        self.sbatch = Sbatch()
 
     def submit(self, call: SubmitCall) -> str:
         return self.start_submit(call)()
 
     def start_submit(self, call: SubmitCall) -> Callable[[], str]:
-        argv = ["sbatch", "--parsable"]
+        options = []
         if call.after:
-            argv.append(f"--dependency={call.dependency_type}:{':'.join(call.after)}")
+            options.append(f"--dependency={call.dependency_type}:{':'.join(call.after)}")
         if call.comment:
-            argv.append(f"--comment={call.comment}")
-        if call.text is None:
-            argv.append(str(call.script))
-        running = start_command(argv, stdin=call.text)  # sbatch reads a script from stdin when given no file
+            options.append(f"--comment={call.comment}")
+        running = self.sbatch.start(options, call.script, call.text)
         return lambda: _job_id(running(), call)
+
+    def close(self) -> None:
+        self.sbatch.close()
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         if not job_ids:

@@ -1,0 +1,145 @@
+"""sbatch started ahead of its call (agent/milex_agent/scheduler/slurm/sbatch.py): the options argv
+would carry, written into the script's header instead; the spare used, replaced when old or dead, and
+stopped without submitting anything. A stand-in `sbatch` on PATH records what it was given;
+tests/e2e/test_sbatch_ahead.py submits through the real one."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from milex_agent.scheduler.slurm import sbatch
+from milex_agent.scheduler.slurm.command import CommandResult
+from milex_agent.scheduler.slurm.sbatch import Sbatch, with_directives
+
+SCRIPT = "#!/bin/bash\n#SBATCH --job-name=a\n\n# setup\n#SBATCH --time=5\necho hi\n#SBATCH --late\n"
+
+# Records its pid when it starts, then what it reads; an empty script is refused, as sbatch does.
+STAND_IN = """#!/bin/sh
+echo $$ >> "$SBATCH_SEEN/started"
+for last; do :; done
+case "$last" in --*) script=$(cat) ;; *) script="(read from $last)" ;; esac
+if [ -z "$script" ]; then echo "sbatch: error: Batch script is empty!" >&2; exit 1; fi
+printf '%s' "$script" > "$SBATCH_SEEN/$$.sh"
+echo "$$;cluster"
+"""
+
+
+def test_the_options_go_last_in_the_header_where_they_override_the_scripts_own() -> None:
+    headed = with_directives(SCRIPT, ["--dependency=afterok:1:2", "--comment=milex:k~3"])
+    assert headed == (
+        "#!/bin/bash\n#SBATCH --job-name=a\n\n# setup\n#SBATCH --time=5\n"
+        "#SBATCH --dependency=afterok:1:2\n#SBATCH --comment=milex:k~3\n"
+        "echo hi\n#SBATCH --late\n"
+    )
+
+
+def test_a_script_of_header_only_gets_the_options_at_its_end() -> None:
+    assert with_directives("#!/bin/sh\n#SBATCH --hold", ["--comment=c"]) == (
+        "#!/bin/sh\n#SBATCH --hold\n#SBATCH --comment=c\n"
+    )
+    assert with_directives("#!/bin/sh\n", []) == "#!/bin/sh\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [
+        ("echo no interpreter line\n", "--comment=c"),
+        (SCRIPT, "--comment=two words"),
+        (SCRIPT, "--comment='quoted'"),
+        (SCRIPT, "--comment=a#b"),
+        (SCRIPT, "--comment=back\\slash"),
+    ],
+)
+def test_what_a_header_line_cannot_say_as_argv_does_is_left_to_argv(text: str, option: str) -> None:
+    assert with_directives(text, [option]) is None
+
+
+@pytest.fixture
+def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory the stand-in sbatch (first on PATH) writes what it was given to."""
+    bin_dir, seen = tmp_path / "bin", tmp_path / "seen"
+    bin_dir.mkdir()
+    seen.mkdir()
+    (bin_dir / "sbatch").write_text(STAND_IN)
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_SEEN", str(seen))
+    yield seen
+
+
+def spare(seen: Path, *used: str) -> str:
+    """The pid of the stand-in waiting for a script: started, and none of the `used` ones."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = (seen / "started").read_text().split() if (seen / "started").exists() else []
+        waiting = set(pids) - set(used)
+        if waiting:
+            assert len(waiting) == 1, f"stand-ins started and not used: {waiting}"
+            return waiting.pop()
+        time.sleep(0.01)
+    raise AssertionError("no stand-in sbatch was started ahead")
+
+
+def pid(result: CommandResult) -> str:
+    return result.stdout.strip().removesuffix(";cluster")
+
+
+def submitted(seen: Path) -> dict[str, str]:
+    return {path.stem: path.read_text() for path in seen.glob("*.sh")}
+
+
+def test_the_next_call_is_given_to_the_sbatch_started_after_the_one_before(seen: Path) -> None:
+    runner = Sbatch()
+    try:
+        first = runner.start(["--comment=c1"], Path("a.sh"), SCRIPT)()
+        ahead = spare(seen, pid(first))  # started once the first call was
+        second = runner.start(["--dependency=afterok:1", "--comment=c2"], Path("b.sh"), SCRIPT)()
+        spare(seen, pid(first), ahead)  # and another for the next
+    finally:
+        runner.close()
+    assert pid(second) == ahead
+    assert first.argv == second.argv == sbatch.SBATCH  # the options went into the header
+    scripts = submitted(seen)
+    assert "#SBATCH --dependency=afterok:1\n#SBATCH --comment=c2\necho hi" in scripts[ahead]
+    assert len(scripts) == 2  # the third one, started for a next call, was stopped unused
+
+
+def test_a_stopped_spare_submits_nothing(seen: Path) -> None:
+    runner = Sbatch()
+    first = runner.start([], Path("a.sh"), SCRIPT)()
+    spare(seen, pid(first))
+    runner.close()
+    runner.close()  # nothing left to stop
+    assert len(submitted(seen)) == 1
+
+
+def test_an_old_or_dead_spare_is_replaced_not_used(seen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = Sbatch()
+    try:
+        first = runner.start([], Path("a.sh"), SCRIPT)()
+        old = spare(seen, pid(first))
+        monkeypatch.setattr(sbatch, "SPARE_FOR", 0.0)
+        second = runner.start([], Path("b.sh"), SCRIPT)()
+        assert second.returncode == 0 and pid(second) != old
+        monkeypatch.setattr(sbatch, "SPARE_FOR", 300.0)
+        dead = spare(seen, pid(first), old, pid(second))
+        os.kill(int(dead), 9)
+        time.sleep(0.2)
+        third = runner.start([], Path("c.sh"), SCRIPT)()
+        assert third.returncode == 0 and pid(third) != dead
+    finally:
+        runner.close()
+    assert old not in submitted(seen) and dead not in submitted(seen)
+
+
+def test_a_script_sbatch_must_read_from_its_file_is_given_by_path_in_argv(seen: Path) -> None:
+    runner = Sbatch()
+    result = runner.start(["--comment=c"], Path("/x/job.sh"), None)()
+    runner.close()
+    assert result.argv == (*sbatch.SBATCH, "--comment=c", "/x/job.sh")
+    assert submitted(seen) == {pid(result): "(read from /x/job.sh)"}
