@@ -143,3 +143,15 @@ def test_a_script_sbatch_must_read_from_its_file_is_given_by_path_in_argv(seen: 
     runner.close()
     assert result.argv == (*sbatch.SBATCH, "--comment=c", "/x/job.sh")
     assert submitted(seen) == {pid(result): "(read from /x/job.sh)"}
+
+
+def test_a_script_larger_than_a_pipe_holds_is_written_by_the_waiting_thread(seen: Path) -> None:
+    """The loop never waits on sbatch's reading: a large script is written by `finish`, on a worker."""
+    runner = Sbatch()
+    large = SCRIPT + "# padding\n" * (sbatch.PIPE_TAKES // 10)
+    try:
+        waiting = runner.start(["--comment=c"], Path("a.sh"), large)
+        result = waiting()
+    finally:
+        runner.close()
+    assert submitted(seen)[pid(result)] == with_directives(large, ["--comment=c"]).rstrip("\n")

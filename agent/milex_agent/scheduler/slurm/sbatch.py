@@ -14,6 +14,7 @@ than that; the scheduler's `close` (the agent's exit) stops the one waiting.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import subprocess
@@ -26,6 +27,8 @@ from milex_agent.scheduler.slurm.command import CommandResult, finish, spawn, st
 from milex_common.errors import SchedulerError
 
 SBATCH = ("sbatch", "--parsable")
+# What a pipe holds before its writer waits (Linux: 64 KiB): a script this size is written at once.
+PIPE_TAKES = 60 * 1024
 SPARE_FOR = 300.0  # seconds a spare may wait for its script; an older one is replaced, not used
 # An option a header line carries as argv does: sbatch splits header lines on blanks and quotes.
 _PLAIN_OPTION = re.compile(r"--[a-z-]+=[^\s'\"\\#]+")
@@ -46,8 +49,9 @@ class Sbatch:
             argv = [*SBATCH, *options, *(() if text is not None else (str(script),))]
             return start_command(argv, stdin=text)
         process = self._take() or spawn(SBATCH, reads_stdin=True)
-        self._start_spare()
-        return functools.partial(finish, process, SBATCH, headed)
+        given = _give(process, headed)
+        self._start_spare()  # once this call's sbatch has its script: it goes on meanwhile
+        return functools.partial(finish, process, SBATCH, None if given else headed)
 
     def close(self) -> None:
         """Stop the spare, if one waits."""
@@ -96,6 +100,21 @@ def with_directives(text: str, options: Sequence[str]) -> str | None:
         lines[-1] += "\n"
     added = "".join(f"#SBATCH {option}\n" for option in options)
     return "".join(lines[:end]) + added + "".join(lines[end:])
+
+
+def _give(process: subprocess.Popen[str], text: str) -> bool:
+    """Write `text` to `process` and close its stdin now, if the pipe takes it whole at once (the
+    caller's thread must not wait on a reader); False to leave it to `finish`."""
+    if len(text.encode()) > PIPE_TAKES or process.stdin is None:
+        return False
+    try:
+        process.stdin.write(text)
+        process.stdin.close()
+    except BrokenPipeError:  # it exited: `finish` reports what it printed
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+    process.stdin = None  # given: `finish` has nothing more to write
+    return True
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
