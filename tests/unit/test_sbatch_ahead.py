@@ -155,3 +155,19 @@ def test_a_script_larger_than_a_pipe_holds_is_written_by_the_waiting_thread(seen
     finally:
         runner.close()
     assert submitted(seen)[pid(result)] == with_directives(large, ["--comment=c"]).rstrip("\n")
+
+
+def test_a_burst_of_calls_starts_no_spare_until_it_pauses(
+    seen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle's calls keep the login node's cores to themselves: a spare waits for a pause."""
+    monkeypatch.setattr(sbatch, "IDLE_BEFORE_SPARE", 2.0)
+    runner = Sbatch()
+    try:
+        results = [runner.start([], Path(f"{n}.sh"), SCRIPT)() for n in range(3)]
+        time.sleep(0.5)
+        assert sorted((seen / "started").read_text().split()) == sorted(pid(r) for r in results)
+        ahead = spare(seen, *(pid(r) for r in results))  # once idle for 2 s
+        assert pid(runner.start([], Path("4.sh"), SCRIPT)()) == ahead
+    finally:
+        runner.close()

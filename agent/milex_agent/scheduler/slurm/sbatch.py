@@ -15,7 +15,6 @@ than that; the scheduler's `close` (the agent's exit) stops the one waiting.
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 import subprocess
 import threading
@@ -29,17 +28,27 @@ from milex_common.errors import SchedulerError
 SBATCH = ("sbatch", "--parsable")
 # What a pipe holds before its writer waits (Linux: 64 KiB): a script this size is written at once.
 PIPE_TAKES = 60 * 1024
+# How long sbatch must have been idle before a spare is started (calls closer than this are a burst).
+IDLE_BEFORE_SPARE = 0.05
 SPARE_FOR = 300.0  # seconds a spare may wait for its script; an older one is replaced, not used
 # An option a header line carries as argv does: sbatch splits header lines on blanks and quotes.
 _PLAIN_OPTION = re.compile(r"--[a-z-]+=[^\s'\"\\#]+")
 
 
 class Sbatch:
-    """Runs sbatch for each submission, given its script as text or by path, with one started ahead."""
+    """Runs sbatch for each submission, given its script as text or by path, with one started ahead
+    once no call has been made for `IDLE_BEFORE_SPARE`: a burst of calls (a bundle) keeps the cores of
+    the login node to itself, and the call after a pause finds an sbatch ready."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # submissions start from the agent's loop and from workers
+        # Submissions start from the agent's loop and end on workers; the spare's maker waits here.
+        self._idle = threading.Condition()
         self._spare: tuple[float, subprocess.Popen[str]] | None = None
+        self._calls = 0  # in flight
+        self._last = time.monotonic()  # when the last call started or ended
+        self._maker: threading.Thread | None = None
+        self._closed = False
+        self._failed = False  # the last spare could not start: none until the next call
 
     def start(self, options: Sequence[str], script: Path, text: str | None) -> Callable[[], CommandResult]:
         """sbatch started now with `options` for `text` (None: read from `script`); the function
@@ -48,22 +57,37 @@ class Sbatch:
         if headed is None:  # sbatch reads the file, or the script has no header to add lines to
             argv = [*SBATCH, *options, *(() if text is not None else (str(script),))]
             return start_command(argv, stdin=text)
-        process = self._take() or spawn(SBATCH, reads_stdin=True)
+        process = self._take() or self._spawn_or_end()
         given = _give(process, headed)
-        self._start_spare()  # once this call's sbatch has its script: it goes on meanwhile
-        return functools.partial(finish, process, SBATCH, None if given else headed)
+
+        def answer() -> CommandResult:
+            try:
+                return finish(process, SBATCH, None if given else headed)
+            finally:
+                self._ended()
+
+        return answer
 
     def close(self) -> None:
-        """Stop the spare, if one waits."""
-        with self._lock:
+        """Stop the spare, if one waits, and start no other."""
+        with self._idle:
+            self._closed = True
             spare, self._spare = self._spare, None
+            self._idle.notify_all()
+        if self._maker is not None:
+            self._maker.join()
         if spare is not None:
             _stop(spare[1])
 
     def _take(self) -> subprocess.Popen[str] | None:
-        """The spare, if one waits and is fresh; None to start one now."""
-        with self._lock:
+        """The spare, if one waits and is fresh (None to start one now); the call counted as started."""
+        with self._idle:
             spare, self._spare = self._spare, None
+            self._calls += 1
+            self._last, self._failed = time.monotonic(), False
+            if self._maker is None and not self._closed:
+                self._maker = threading.Thread(target=self._make_spares, name="milex-sbatch", daemon=True)
+                self._maker.start()
         if spare is None:
             return None
         started, process = spare
@@ -72,15 +96,47 @@ class Sbatch:
         _stop(process)  # old, or it exited (a spare that failed to start): a new one says why
         return None
 
-    def _start_spare(self) -> None:
+    def _spawn_or_end(self) -> subprocess.Popen[str]:
         try:
-            process = spawn(SBATCH, reads_stdin=True)
-        except SchedulerError:  # the next submission starts its own, and says why it cannot
-            return
-        with self._lock:
-            spare, self._spare = self._spare, (time.monotonic(), process)
-        if spare is not None:  # another call's, started meanwhile
-            _stop(spare[1])
+            return spawn(SBATCH, reads_stdin=True)
+        except BaseException:
+            self._ended()
+            raise
+
+    def _ended(self) -> None:
+        with self._idle:
+            self._calls -= 1
+            self._last = time.monotonic()
+            self._idle.notify_all()
+
+    def _make_spares(self) -> None:
+        """Start a spare whenever none waits and no call has been made for IDLE_BEFORE_SPARE."""
+        with self._idle:
+            while not self._closed:
+                if self._spare is not None or self._calls or self._failed:
+                    self._idle.wait()
+                    continue
+                idle_for = time.monotonic() - self._last
+                if idle_for < IDLE_BEFORE_SPARE:
+                    self._idle.wait(IDLE_BEFORE_SPARE - idle_for)
+                    continue
+                self._idle.release()
+                try:
+                    process: subprocess.Popen[str] | None = spawn(SBATCH, reads_stdin=True)
+                except SchedulerError:  # the next call starts its own, and says why it cannot
+                    process = None
+                finally:
+                    self._idle.acquire()
+                self._keep(process)
+
+    def _keep(self, process: subprocess.Popen[str] | None) -> None:
+        """Keep the spare just started (the lock held), unless a call came or `close` meanwhile."""
+        if process is None:
+            self._failed = True
+        elif self._closed or self._calls:
+            _stop(process)
+        else:
+            self._spare = (time.monotonic(), process)
 
 
 def with_directives(text: str, options: Sequence[str]) -> str | None:
