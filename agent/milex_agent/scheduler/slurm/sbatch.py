@@ -1,8 +1,10 @@
 """sbatch started ahead of its call: the next submission finds one waiting for its script.
 
 sbatch spends much of its time before it reads its script: the process's start, SLURM's libraries and
-slurm.conf (about 2.5 of 7 ms on the test cluster). One started while nothing waits for it (while the
-call before is in flight) leaves a submission only the part that talks to the controller. What argv
+slurm.conf (about 2.5 of 7 ms on the test cluster). One started while nothing waits for it (after a
+pause in the calls) leaves the next submission little more than the part that talks to the
+controller. In a burst of calls (a bundle) none is started: on a login node of few cores the spare's
+start-up would only take the CPU from the calls in flight and the controller. What argv
 would carry for the call (the dependency, the comment) goes into the script's header as `#SBATCH`
 lines instead: sbatch reads options there from a script given on stdin, as it does from a file.
 
