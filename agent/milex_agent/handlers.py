@@ -12,6 +12,7 @@ import msgspec
 
 from milex_agent import app_versions, run_ends
 from milex_agent.array_windows import window_name, window_of
+from milex_agent.checked_submit import CheckedSubmit
 from milex_agent.job_queue import enqueue, room_for, submission_of
 from milex_agent.logs import LogNotFound, check_task, log_path, read_chunk
 from milex_agent.pending import PendingSubmit
@@ -42,6 +43,7 @@ from milex_common.protocol import (
     Watch,
     watched,
 )
+from milex_common.version_check import recorded_versions
 
 CANCELLED_QUEUED = "cancelled before it was submitted"
 # The reason `status` gives a job with no id yet that is not queued: its submit call is out, or it
@@ -51,10 +53,13 @@ IN_DOUBT = "in doubt: sbatch got no answer; asking SLURM whether it has the job"
 IN_DOUBT_SILENT = "in doubt: sbatch got no answer and SLURM's controller is silent; asking it again"
 
 
-def handle(agent: Agent, peer: Peer, request: Request) -> Reply | PendingSubmit | Future[AppVersionsReply]:
-    """The reply to `request` from `peer`, a submission whose reply comes when it is done, or a
-    reply being made on a worker (a check that runs commands); streams it starts are registered on
-    `agent`."""
+Answer = Reply | PendingSubmit | CheckedSubmit | Future[AppVersionsReply]
+
+
+def handle(agent: Agent, peer: Peer, request: Request) -> Answer:
+    """The reply to `request` from `peer`, a submission whose reply comes when it is done (after a
+    check of its apps' versions, when asked), or a reply being made on a worker (a check that runs
+    commands); streams it starts are registered on `agent`."""
     match request:
         case Hello():
             return hello(agent, request)
@@ -89,7 +94,7 @@ def hello(agent: Agent, request: Hello) -> HelloReply:
     )
 
 
-def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
+def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | CheckedSubmit | Error:
     missing = [name for name in request.bundle.jobs if name not in request.keys]
     if missing:
         return Error(
@@ -101,8 +106,22 @@ def submit(agent: Agent, request: SubmitBundle) -> PendingSubmit | Error:
     # A machine path the laptop's configuration writes `~/...` is under this login node's home.
     settings = msgspec.structs.replace(request.settings, path=os.path.expanduser(request.settings.path))
     request = msgspec.structs.replace(request, settings=settings)
+    wanted = recorded_versions(request.bundle) if request.check_versions else {}
+    if wanted:  # the check runs the machine's env_command: on a worker; the submission starts after
+        check = AppVersions(id=request.id, settings=settings, apps=sorted(wanted))
+        return CheckedSubmit(
+            request,
+            wanted,
+            agent.dispatch(partial(app_versions.answer, check)),
+            partial(_start, agent, request),
+        )
+    return _start(agent, request)
+
+
+def _start(agent: Agent, request: SubmitBundle) -> PendingSubmit:
+    """The submission of `request`, its jobs queued and journaled."""
     enqueue(agent, request)
-    if settings.notify:
+    if request.settings.notify:
         run_ends.record(agent.journal, request)
     return submission_of(agent, request, room_for(agent, request.settings))
 

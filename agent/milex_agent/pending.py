@@ -32,6 +32,8 @@ class PendingSubmit:
     request: SubmitBundle
     submission: BundleSubmission
     progress_sent: float = field(default_factory=time.monotonic)
+    # Why the apps' versions the request asked to check were not checked (milex_agent.checked_submit).
+    unchecked: str = ""
 
     @functools.cached_property
     def keys(self) -> frozenset[str]:
@@ -101,7 +103,7 @@ class PendingSubmit:
         ]
         for job in known:
             job.script_sha256 = self.submission.script_sha256.get(job.name) or kept_script_sha256(job)
-        return Submitted(id=self.request.id, jobs=known, error=error)
+        return Submitted(id=self.request.id, jobs=known, error=error, unchecked=self.unchecked)
 
 
 def kept_script_sha256(job: TrackedJob) -> str:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import zmq
 
+from milex_agent.checked_submit import CheckedSubmit
 from milex_agent.confirmation import LOST_REASON, Confirmation
 from milex_agent.handlers import cancel_late, handle
 from milex_agent.job_queue import release
@@ -72,6 +73,8 @@ class AgentServer:
         self.submitting: list[tuple[Peer | None, PendingSubmit]] = []
         # Replies made on a worker (handlers that run commands), sent by the loop once done.
         self.answering: list[tuple[Peer, Request, Future[AppVersionsReply]]] = []
+        # Submissions whose apps' versions are being checked on a worker: started (or refused) once done.
+        self.checking: list[tuple[Peer, CheckedSubmit]] = []
         self.recovery = InDoubtRecovery(agent)
         self.usage = UsageGathering(agent.journal, agent.schedulers)  # after each poll, on its worker
         # Confirmed when the agent starts (the controller may have restarted while it was away), and
@@ -111,6 +114,7 @@ class AgentServer:
                 self._drain_wake_ups()
             if self.socket in ready:
                 self._receive_all()
+            self._step_checks()
             self._step_submissions()
             self._send_answers()
             self._poll_scheduler()
@@ -143,6 +147,8 @@ class AgentServer:
             wait = min(wait, max(0.0, stream.last_sent + stream.heartbeat - time.monotonic()))
         for _, pending in self.submitting:
             wait = min(wait, pending.next_event_in())
+        for _, checked in self.checking:
+            wait = min(wait, checked.next_event_in())
         return min(wait, self.recovery.next_event_in(), self.confirmation.next_event_in())
 
     def _receive_all(self) -> None:
@@ -156,6 +162,8 @@ class AgentServer:
             answer = self._answer(peer, payload)
             if isinstance(answer, PendingSubmit):
                 self.submitting.append((peer, answer))
+            elif isinstance(answer, CheckedSubmit):
+                self.checking.append((peer, answer))
             elif isinstance(answer, tuple):
                 self.answering.append((peer, *answer))
             else:
@@ -163,7 +171,7 @@ class AgentServer:
 
     def _answer(
         self, peer: Peer, payload: bytes
-    ) -> Message | PendingSubmit | tuple[Request, Future[AppVersionsReply]]:
+    ) -> Message | PendingSubmit | CheckedSubmit | tuple[Request, Future[AppVersionsReply]]:
         try:
             request = decode_request(payload)
         except ProtocolError as error:
@@ -177,6 +185,22 @@ class AgentServer:
             self.answering.remove(entry)
             peer, request, future = entry
             self.send(peer, self._guarded(request, future.result))
+
+    def _step_checks(self) -> None:
+        """Start the submissions whose versions check is done and allows them (stepped at once, by
+        `_step_submissions`); answer the others with the check's refusal; send progress meanwhile."""
+        for entry in list(self.checking):
+            peer, checked = entry
+            if not checked.done():
+                if (progress := checked.progress()) is not None:
+                    self.send(peer, progress)
+                continue
+            self.checking.remove(entry)
+            outcome = self._guarded(checked.request, checked.outcome)
+            if isinstance(outcome, PendingSubmit):
+                self.submitting.append((peer, outcome))
+            else:
+                self.send(peer, outcome)
 
     def _step_submissions(self) -> None:
         """Advance every submission in progress; answer those that are done; send progress.

@@ -248,7 +248,7 @@ def submit_bundle(
     `progress` gets each SubmitProgress the agent sends meanwhile. `submission`: the run's record
     made beforehand (a rerun's, saved as pending before it is sent), completed here. Unless
     `any_version`, the apps' versions on the machine are checked against the record first
-    (milex.provenance.check).
+    (milex.provenance.check): by a request of their own, or by the agent as part of the submission.
     """
     from milex.machine.submitter import submitter_for  # lazy: pyzmq costs ~25 ms; schedule needs none
 
@@ -258,10 +258,11 @@ def submit_bundle(
     submission = submission or new_submission(bundle, machine.name)
 
     submitter = submitter_for(machine)
+    versions = None  # an agent that checks them in the submit request itself: what it answers
     if not any_version:
         from milex.provenance.check import check_versions
 
-        check_versions(submitter, bundle, settings)
+        versions = check_versions(submitter, bundle, settings)
 
     def record(job: TrackedJob) -> None:
         submission.host = submitter.agent_host
@@ -278,7 +279,15 @@ def submit_bundle(
         while_waiting()
 
     try:
-        submitter.submit(bundle, settings, record, meanwhile, run_id=submission.run_id, on_progress=progress)
+        submitter.submit(
+            bundle,
+            settings,
+            record,
+            meanwhile,
+            run_id=submission.run_id,
+            on_progress=progress,
+            versions=versions,
+        )
         submission.pending = False
     except SubmitError as error:
         submission.error, submission.pending = str(error), False

@@ -25,7 +25,16 @@ SUBMIT_PROGRESS = (
 TASK_EVENTS = "task_events"
 USAGE = "usage"  # Status(usage=True) gets StatusReply.usage: what the jobs that ended used
 APP_VERSIONS = "app_versions"  # the AppVersions request: the apps' versions in a machine's environment
-AGENT_FEATURES: tuple[str, ...] = (LOG_HEARTBEAT, SUBMIT_PROGRESS, TASK_EVENTS, USAGE, APP_VERSIONS)
+# SubmitBundle(check_versions=True) checks the apps' versions first, in the same request (no AppVersions).
+SUBMIT_CHECKS_VERSIONS = "submit_checks_versions"
+AGENT_FEATURES: tuple[str, ...] = (
+    LOG_HEARTBEAT,
+    SUBMIT_PROGRESS,
+    TASK_EVENTS,
+    USAGE,
+    APP_VERSIONS,
+    SUBMIT_CHECKS_VERSIONS,
+)
 # The largest request the agent reads (a bundle of about 10,000 jobs): it guards the agent's memory. A
 # reply has no limit: the agent is the user's own, and a status of tens of thousands of jobs is larger.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -60,12 +69,19 @@ class SubmitBundle(Message, tag="submit"):
     `keys` maps each job name to its idempotency key: a job whose key the agent has seen is
     never submitted again; its recorded id is returned instead. With `progress` (when the agent
     has the SUBMIT_PROGRESS feature), SubmitProgress replies come at least every second until then.
+
+    With `check_versions` (when the agent has the SUBMIT_CHECKS_VERSIONS feature), the apps of the
+    jobs with a checkable provenance are checked first, as AppVersions would: a failed check, or an
+    app the machine has in another version than recorded, is answered by the AppVersionsReply of the
+    check, and nothing is submitted; an agent that cannot check submits, and its Submitted's
+    `unchecked` says why.
     """
 
     bundle: Bundle
     settings: MachineSettings
     keys: dict[str, str]
     progress: bool = False
+    check_versions: bool = False
 
 
 class Cancel(Message, tag="cancel"):
@@ -178,10 +194,12 @@ class HelloReply(Message, tag="hello_reply"):
 
 
 class Submitted(Message, tag="submitted"):
-    """The jobs submitted (or found already submitted) in order; `error` if one was refused."""
+    """The jobs submitted (or found already submitted) in order; `error` if one was refused;
+    `unchecked`: why the versions a SubmitBundle(check_versions=True) asked about were not checked."""
 
     jobs: list[TrackedJob] = []
     error: str = ""
+    unchecked: str = ""
 
 
 class SubmitProgress(Message, tag="submit_progress"):
@@ -230,7 +248,8 @@ class LogChunk(Message, tag="log_chunk"):
 class AppVersionsReply(Message, tag="app_versions_reply"):
     """The version found of each app asked about ("" when no installed distribution provides it);
     `error` when the check itself failed (its environment could not be made, a timeout);
-    `unchecked`, why this agent cannot check (it runs in a container, apart from the jobs' environment)."""
+    `unchecked`, why this agent cannot check (it runs in a container, apart from the jobs' environment).
+    Also the reply to a SubmitBundle(check_versions=True) that the check refused."""
 
     versions: dict[str, str] = {}
     error: str = ""

@@ -150,7 +150,7 @@ class RecordingSubmitter:
         self.record_size_when_sent: int | None = None
 
     def submit(
-        self, bundle, settings, on_submitted, while_waiting, run_id="", on_progress=None
+        self, bundle, settings, on_submitted, while_waiting, run_id="", on_progress=None, versions=None
     ) -> list[object]:
         """As AgentSubmitter does: the request is sent, `while_waiting` runs, and its error comes last."""
         from milex.records import bundle_path

@@ -61,6 +61,14 @@ EVENT = Event(seq=7, key="k", bundle="exp_20240101000000", name="a", job_id="123
 REQUESTS = [
     Hello(id="r1", client_version="0.1.0"),
     SubmitBundle(id="r2", bundle=chain_bundle(), settings=SETTINGS, keys={"a": "ka", "b": "kb", "c": "kc"}),
+    SubmitBundle(
+        id="r2c",
+        bundle=chain_bundle(),
+        settings=SETTINGS,
+        keys={"a": "ka", "b": "kb", "c": "kc"},
+        progress=True,
+        check_versions=True,
+    ),
     Cancel(id="r3", job_ids=["1", "2"]),
     Cancel(id="r4", bundle="exp"),
     Status(id="r5", bundle="exp_20240101000000"),
@@ -74,6 +82,7 @@ REQUESTS = [
 REPLIES = [
     HelloReply(id="r1", agent_version="0.1.0", user="alice", host="login1", pid=42, last_seq=9),
     Submitted(id="r2", jobs=[TRACKED], error="job 'b' was not submitted"),
+    Submitted(id="r2c", jobs=[TRACKED], unchecked="the agent runs in a container"),
     SubmitProgress(id="r2", submitted=3, total=200, in_doubt=1, waiting_for_controller=True),
     Cancelled(id="r3", job_ids=["1", "2"]),
     StatusReply(
@@ -125,6 +134,20 @@ def test_a_status_without_usage_from_an_older_peer_decodes_with_none():
     assert decode_request(older) == Status(id="x", bundle="b", usage=False)
     older_reply = msgspec.msgpack.encode({"type": "status_reply", "v": PROTOCOL_VERSION, "id": "x"})
     assert decode_reply(older_reply) == StatusReply(id="x", usage={})
+
+
+def test_a_submit_and_its_reply_from_an_older_peer_decode_with_no_version_check():
+    """An older client's SubmitBundle has no `check_versions` (the agent checks nothing, as then); an
+    older agent's Submitted has no `unchecked`."""
+    older = msgspec.msgpack.encode(
+        {"type": "submit", "v": PROTOCOL_VERSION, "id": "x", "bundle": msgspec.to_builtins(chain_bundle()),
+         "settings": msgspec.to_builtins(SETTINGS), "keys": {"a": "ka"}}
+    )  # fmt: skip
+    assert decode_request(older) == SubmitBundle(
+        id="x", bundle=chain_bundle(), settings=SETTINGS, keys={"a": "ka"}
+    )
+    older_reply = msgspec.msgpack.encode({"type": "submitted", "v": PROTOCOL_VERSION, "id": "x", "error": ""})
+    assert decode_reply(older_reply) == Submitted(id="x", unchecked="")
 
 
 def test_unknown_fields_from_a_newer_peer_are_ignored():

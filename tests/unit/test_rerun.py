@@ -86,6 +86,7 @@ class KeyedAgent:
         while_waiting: Callable[[], None] = lambda: None,
         run_id: str = "",
         on_progress: object = None,
+        versions: object = None,
     ) -> list[TrackedJob]:
         from milex.records import job_key
 

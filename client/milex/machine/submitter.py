@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from milex.config.file import Machine
 from milex.machine.endpoint import drop_shared_connection, shared_connection
 from milex.records import job_key
 from milex_common.connection import DEFAULT_TIMEOUT, AgentConnection, AgentUnavailable
 from milex_common.errors import SchedulerError, SubmitError
+from milex_common.intervals import APP_VERSIONS_TIMEOUT
 from milex_common.model import Bundle, JobStatus, MachineSettings
 from milex_common.protocol import (
     SUBMIT_PROGRESS,
     USAGE,
+    AppVersionsReply,
     Cancel,
     Cancelled,
     Status,
@@ -28,6 +31,19 @@ SECONDS_PER_JOB = 0.5  # for an agent that sends no progress: the time its sbatc
 # An agent that streams progress sends some every second: this long without any, it is gone.
 PROGRESS_TIMEOUT = 5.0
 OnProgress = Callable[[SubmitProgress], None]
+
+
+class VersionAnswers(Protocol):
+    """What a submission that asks the agent to check the apps' versions makes of its answers
+    (milex.provenance.check.AgentCheck)."""
+
+    def refusal(self, reply: AppVersionsReply) -> Exception:
+        """The error to raise: the check refused the submission (nothing was submitted)."""
+        ...
+
+    def unchecked(self, why: str) -> None:
+        """The agent could not check, and submitted: say so."""
+        ...
 
 
 class AgentSubmitter:
@@ -53,6 +69,7 @@ class AgentSubmitter:
         while_waiting: Callable[[], None] = lambda: None,
         run_id: str = "",
         on_progress: OnProgress | None = None,
+        versions: VersionAnswers | None = None,
     ) -> list[TrackedJob]:
         """Submit `bundle`; `while_waiting` runs once the request is on its way, while the agent works;
         `on_progress` gets each SubmitProgress of an agent that sends them.
@@ -61,11 +78,14 @@ class AgentSubmitter:
         retried once with the same keys, so nothing doubles. If `while_waiting` fails, the reply is
         still collected (the jobs are submitted and reach `on_submitted`) before its error is raised.
         `run_id` (the run's record id) is the keys' per-attempt part, so a job in SLURM names the run
-        it belongs to.
+        it belongs to. With `versions`, the agent checks the apps' versions first, in the same request:
+        its refusal is raised (`versions.refusal`), nothing submitted.
         """
         attempt = run_id or uuid.uuid4().hex[:12]
         keys = {name: job_key(bundle.stem, name, attempt) for name in bundle.jobs}
-        request = SubmitBundle(bundle=bundle, settings=settings, keys=keys)
+        request = SubmitBundle(
+            bundle=bundle, settings=settings, keys=keys, check_versions=versions is not None
+        )
         request_id = self.connection.send(self._asking_progress(request))
         meanwhile: Exception | None = None
         try:
@@ -78,6 +98,13 @@ class AgentSubmitter:
             drop_shared_connection(self.machine)
             request_id = self.connection.send(self._asking_progress(request))
             reply = self._reply(request, request_id, on_progress)
+        if isinstance(reply, AppVersionsReply):
+            assert versions is not None  # impossible: only a request that asks gets this reply
+            if meanwhile is not None:
+                raise meanwhile
+            raise versions.refusal(reply)
+        if reply.unchecked and versions is not None:
+            versions.unchecked(reply.unchecked)
         for job in reply.jobs:
             on_submitted(job)
         if meanwhile is not None:
@@ -91,14 +118,23 @@ class AgentSubmitter:
         request.progress = SUBMIT_PROGRESS in self.connection.features
         return request
 
-    def _reply(self, request: SubmitBundle, request_id: str, on_progress: OnProgress | None) -> Submitted:
-        """The Submitted reply, passing on the progress that comes before it."""
+    def _reply(
+        self, request: SubmitBundle, request_id: str, on_progress: OnProgress | None
+    ) -> Submitted | AppVersionsReply:
+        """The Submitted reply (or the version check's refusal, when asked), passing on the progress
+        that comes before it."""
+        final: tuple[type[Submitted | AppVersionsReply], ...] = (Submitted,)
+        if request.check_versions:
+            final = (Submitted, AppVersionsReply)
         if not request.progress:  # the agent answers once every job is submitted: give it their time
             timeout = DEFAULT_TIMEOUT + SECONDS_PER_JOB * len(request.bundle.jobs)
-            return self.connection.receive(request_id, timeout, expect=Submitted)
+            if request.check_versions:  # and the time of the check, first
+                timeout += APP_VERSIONS_TIMEOUT
+            return self.connection.receive(request_id, timeout, expect=final)
+        expect: tuple[type[Submitted | AppVersionsReply | SubmitProgress], ...] = (SubmitProgress, *final)
         while True:
-            reply = self.connection.receive(request_id, PROGRESS_TIMEOUT, expect=(SubmitProgress, Submitted))
-            if isinstance(reply, Submitted):
+            reply = self.connection.receive(request_id, PROGRESS_TIMEOUT, expect=expect)
+            if isinstance(reply, (Submitted, AppVersionsReply)):
                 return reply
             if isinstance(reply, SubmitProgress) and on_progress is not None:
                 on_progress(reply)
