@@ -543,7 +543,8 @@ class Journal:
         ]
 
     def update(self, statuses: Iterable[tuple[str, JobStatus]]) -> list[Event]:
-        """Apply (key, status) pairs; an event for each job whose state or exit code changed."""
+        """Apply (key, status) pairs; an event for each job whose state or exit code changed. A status
+        of an id the job no longer has is left out."""
         statuses = [(key, status) for key, status in statuses if status.state is not JobState.UNKNOWN]
         if not statuses:
             return []
@@ -551,7 +552,9 @@ class Journal:
             recorded = self._recorded([key for key, _ in statuses])
             for key, status in statuses:
                 known = recorded.get(key)
-                if known is None:
+                # Another id: the job was submitted again since the poll was planned (its old id lost
+                # with a controller's state), and the old id's status is not its own.
+                if known is None or known.job_id != status.job_id:
                     continue
                 status = array_tasks.polled(known.tasks, status)
                 if status.tasks != known.tasks:  # before the array's own event: a wait ends at that

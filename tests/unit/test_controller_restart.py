@@ -18,7 +18,7 @@ from milex_agent.ledger import comment_of
 from milex_agent.lifetime import Lifetime
 from milex_agent.scheduler.base import SubmitCall
 from milex_agent.server import AgentServer
-from milex_common.model import JobState, MachineSettings
+from milex_common.model import JobState, JobStatus, MachineSettings
 from milex_common.protocol import Submitted, TrackedJob
 from tests.unit.agent_fakes import FakeScheduler, chain_bundle, make_agent, submit_request, wait_until
 from tests.unit.served import Served
@@ -112,6 +112,20 @@ def test_a_lost_job_loses_its_id_and_waits_in_the_queue_with_its_request_kept(tm
     assert journal.queued_requests() == [(1, b"request")]
     journal.close()
 
+
+def test_a_poll_planned_before_a_job_was_lost_does_not_give_it_its_old_ids_state(tmp_path: Path):
+    """Seen on the test cluster: the restarted controller gave the lost job's id to another job, which
+    the agent then cancelled; a poll planned before the loss applied that CANCELLED to the job queued
+    again, which was never submitted again."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    job = TrackedJob(key="b/x", bundle="b", name="x", job_id="", state=JobState.QUEUED)
+    journal.enqueue("b", b"request", [(job, 1)], scheduler="slurm", machine_path="/m")
+    journal.submitted("b/x", "1001")
+    journal.lost([("b/x", "1001")], "lost by a restart")
+    assert journal.update([("b/x", JobStatus(job_id="1001", state=JobState.CANCELLED))]) == []
+    assert [(row.state, row.job_id) for row in journal.watched()] == []  # queued, not watched
+    assert journal.queued_requests() == [(1, b"request")]
+    journal.close()
 
 def test_a_job_refused_for_a_dependency_the_restart_lost_goes_again_after_it(running):
     running.fake.check_dependencies = True
