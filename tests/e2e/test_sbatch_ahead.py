@@ -7,6 +7,7 @@ The scheduler code runs on the login node as the login user, in the venv `milex 
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 from collections.abc import Iterator
@@ -18,22 +19,30 @@ from tests.e2e.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
-# A chain of three held jobs through one scheduler, each with its comment, the second and third
-# after the one before; the third's script sets a comment of its own. The agent then dies (SIGKILL)
-# with a spare sbatch waiting: printed first, the ids and the spare's pid.
+# A chain of four held jobs through one scheduler, each with its comment and after the one before;
+# the third's script sets a comment of its own; the fourth, sent after a pause, goes to an sbatch
+# started ahead. Once another waits, the agent dies (SIGKILL): printed first, the ids and its pid.
 CHAIN = """
-import json, os, signal, sys
+import json, os, signal, sys, time
 from pathlib import Path
 from milex_agent.scheduler.base import SubmitCall
 from milex_agent.scheduler.slurm.scheduler import SlurmScheduler
 held = "#!/bin/sh\\n#SBATCH --hold\\n#SBATCH --output=/dev/null\\n"
 scheduler, ids = SlurmScheduler(), []
-for n, own in enumerate(["", "", "#SBATCH --comment=the-scripts-own\\n"]):
+
+def spare():
+    while scheduler.sbatch.waiting is None:  # started once no call has been made for a moment
+        time.sleep(0.05)
+    return scheduler.sbatch.waiting
+
+for n, own in enumerate(["", "", "#SBATCH --comment=the-scripts-own\\n", ""]):
+    if n == 3:
+        spare()  # the fourth is given to the sbatch started ahead
     after = ids[-1:]
     text = held + own + "true\\n"
     call = SubmitCall(Path(f"s{n}.sh"), text=text, after=after, comment=f"milex:ahead{n}")
     ids.append(scheduler.submit(call))
-print(json.dumps({"ids": ids, "spare": scheduler.sbatch._spare[1].pid}), flush=True)
+print(json.dumps({"ids": ids, "spare": spare()}), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -57,11 +66,10 @@ def test_the_header_carries_the_dependency_and_comment_and_a_dead_agents_spare_s
     for job_id in ids:
         shown = node.exec("scontrol", "show", "job", "-o", job_id, user=node.user).stdout
         jobs[job_id] = dict(field.split("=", 1) for field in shown.split() if "=" in field)
-    first, second, third = ids
-    assert [jobs[i]["Comment"] for i in ids] == ["milex:ahead0", "milex:ahead1", "milex:ahead2"]
-    assert jobs[first]["Dependency"] == "(null)"
-    assert jobs[second]["Dependency"].startswith(f"afterok:{first}")
-    assert jobs[third]["Dependency"].startswith(f"afterok:{second}")
+    assert [jobs[i]["Comment"] for i in ids] == [f"milex:ahead{n}" for n in range(4)]
+    assert jobs[ids[0]]["Dependency"] == "(null)"
+    for before, job_id in itertools.pairwise(ids):
+        assert jobs[job_id]["Dependency"].startswith(f"afterok:{before}")
     # The spare read an empty script when its agent died, and refused it.
     wait_until(
         lambda: node.exec("kill", "-0", str(spare), user=node.user, check=False).returncode != 0,

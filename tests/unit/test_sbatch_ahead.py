@@ -72,14 +72,14 @@ def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield seen
 
 
-def spare(seen: Path, *used: str) -> str:
-    """The pid of the stand-in waiting for a script: started, and none of the `used` ones."""
+def spare(runner: Sbatch, seen: Path, *used: str) -> str:
+    """The pid of the stand-in `runner` keeps waiting for a script: started, none of the `used` ones."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         pids = (seen / "started").read_text().split() if (seen / "started").exists() else []
         waiting = set(pids) - set(used)
-        if waiting:
-            assert len(waiting) == 1, f"stand-ins started and not used: {waiting}"
+        if waiting and runner.waiting is not None:
+            assert waiting == {str(runner.waiting)}, f"stand-ins started and not used: {waiting}"
             return waiting.pop()
         time.sleep(0.01)
     raise AssertionError("no stand-in sbatch was started ahead")
@@ -97,9 +97,9 @@ def test_the_next_call_is_given_to_the_sbatch_started_after_the_one_before(seen:
     runner = Sbatch()
     try:
         first = runner.start(["--comment=c1"], Path("a.sh"), SCRIPT)()
-        ahead = spare(seen, pid(first))  # started once the first call was
+        ahead = spare(runner, seen, pid(first))  # started once the first call was
         second = runner.start(["--dependency=afterok:1", "--comment=c2"], Path("b.sh"), SCRIPT)()
-        spare(seen, pid(first), ahead)  # and another for the next
+        spare(runner, seen, pid(first), ahead)  # and another for the next
     finally:
         runner.close()
     assert pid(second) == ahead
@@ -112,7 +112,7 @@ def test_the_next_call_is_given_to_the_sbatch_started_after_the_one_before(seen:
 def test_a_stopped_spare_submits_nothing(seen: Path) -> None:
     runner = Sbatch()
     first = runner.start([], Path("a.sh"), SCRIPT)()
-    spare(seen, pid(first))
+    spare(runner, seen, pid(first))
     runner.close()
     runner.close()  # nothing left to stop
     assert len(submitted(seen)) == 1
@@ -122,12 +122,12 @@ def test_an_old_or_dead_spare_is_replaced_not_used(seen: Path, monkeypatch: pyte
     runner = Sbatch()
     try:
         first = runner.start([], Path("a.sh"), SCRIPT)()
-        old = spare(seen, pid(first))
+        old = spare(runner, seen, pid(first))
         monkeypatch.setattr(sbatch, "SPARE_FOR", 0.0)
         second = runner.start([], Path("b.sh"), SCRIPT)()
         assert second.returncode == 0 and pid(second) != old
         monkeypatch.setattr(sbatch, "SPARE_FOR", 300.0)
-        dead = spare(seen, pid(first), old, pid(second))
+        dead = spare(runner, seen, pid(first), old, pid(second))
         os.kill(int(dead), 9)
         time.sleep(0.2)
         third = runner.start([], Path("c.sh"), SCRIPT)()
@@ -167,7 +167,7 @@ def test_a_burst_of_calls_starts_no_spare_until_it_pauses(
         results = [runner.start([], Path(f"{n}.sh"), SCRIPT)() for n in range(3)]
         time.sleep(0.5)
         assert sorted((seen / "started").read_text().split()) == sorted(pid(r) for r in results)
-        ahead = spare(seen, *(pid(r) for r in results))  # once idle for 2 s
+        ahead = spare(runner, seen, *(pid(r) for r in results))  # once idle for 2 s
         assert pid(runner.start([], Path("4.sh"), SCRIPT)()) == ahead
     finally:
         runner.close()

@@ -70,6 +70,12 @@ class Sbatch:
 
         return answer
 
+    @property
+    def waiting(self) -> int | None:
+        """The pid of the spare sbatch waiting for a script; None when none waits."""
+        with self._idle:
+            return None if self._spare is None else self._spare[1].pid
+
     def close(self) -> None:
         """Stop the spare, if one waits, and start no other."""
         with self._idle:
