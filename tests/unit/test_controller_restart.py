@@ -127,6 +127,7 @@ def test_a_poll_planned_before_a_job_was_lost_does_not_give_it_its_old_ids_state
     assert journal.queued_requests() == [(1, b"request")]
     journal.close()
 
+
 def test_a_job_refused_for_a_dependency_the_restart_lost_goes_again_after_it(running):
     running.fake.check_dependencies = True
     running.fake.waited_through = {"d": 2}  # d reaches the restarted controller, which lacks c
