@@ -99,7 +99,7 @@ class Confirmation:
             accepted = self._accepted(booted)
             if not accepted:  # the usual: no controller restarted since a job of ours was begun
                 return self._settle(accepted, set(), started)
-            self.looking = (self.agent.dispatch(lambda: self._confirm(accepted)), accepted, started)
+            self.looking = (self.agent.dispatch(lambda: self._confirm(accepted, booted)), accepted, started)
             return []
         assert self.looking is not None
         looking, accepted, started = self.looking
@@ -188,13 +188,13 @@ class Confirmation:
                 accepted.setdefault(group, {})[comment_of(row.key)] = (row.key, row.job_id, row.submitted_at)
         return accepted
 
-    def _confirm(self, accepted: Accepted) -> set[str]:
+    def _confirm(self, accepted: Accepted, booted: Booted) -> set[str]:
         """The comments of the jobs the schedulers lost: those begun before their controller last
         started that it no longer has (one query per scheduler group whose controller restarted)."""
         lost: set[str] = set()
-        for (kind, machine_path), jobs in accepted.items():
+        for group, jobs in accepted.items():
             before = {comment: job_id for comment, (_, job_id, _) in jobs.items()}
-            lost |= self.agent.schedulers(kind, machine_path).confirm(before)
+            lost |= self.agent.schedulers(*group).confirm(before, booted[group])
         return lost
 
 

@@ -183,7 +183,7 @@ class FakeScheduler:
         self._answer()
         return self.booted
 
-    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+    def confirm(self, accepted: Mapping[str, str], booted: float) -> set[str]:
         self._fail("lookup")  # one squeue in SLURM, as a lookup: a silent controller fails both
         self._answer()
         self.confirms.append(dict(accepted))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from milex_agent.scheduler.slurm.history import JobCompLog
 from milex_common.model import JobState
 
@@ -92,3 +94,52 @@ def test_sacct_is_asked_about_many_forgotten_jobs_a_few_thousand_at_a_time(monke
     assert [len(ids) for ids in asked] == [5000, 5000, 2000]
     assert max(len(",".join(ids)) for ids in asked) < 128 * 1024
     assert sorted(found) == [asked[0][0], asked[1][0], asked[2][0]]
+
+
+BOOTED = "2026-12-07T10:00:00"  # when the restarted controller started (BOOT_TIME)
+OWN, REISSUED = "13690", "13692"  # ended before the restart; lost, its id given to another job since
+
+
+@pytest.mark.parametrize("accounting", [False, True])
+def test_an_id_given_again_after_a_restart_is_not_the_lost_jobs_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accounting: bool
+) -> None:
+    """The restarted controller lost job b (13692, pending) and gave its id to another job, which has
+    ended: its record, submitted after the restart, is not b's, so b is lost; job a's own record,
+    submitted before, says a ended."""
+    from milex_agent.scheduler.slurm import history, scheduler
+    from milex_agent.scheduler.slurm.command import CommandResult
+    from milex_agent.scheduler.slurm.output import slurm_time
+
+    submitted = {OWN: "2026-12-07T09:58:00", REISSUED: "2026-12-07T10:00:07"}
+    log = tmp_path / "jobcomp.log"
+    log.write_text(
+        "".join(
+            line(int(job_id), "COMPLETED").replace(" DerivedExitCode", f" SubmitTime={at} DerivedExitCode")
+            for job_id, at in submitted.items()
+        )
+    )
+
+    def run(argv: list[str], *, env: object = None, **_: object) -> CommandResult:
+        printed = ""
+        if argv[0] == "sacct":
+            if not accounting:
+                return CommandResult(tuple(argv), 1, "", "Slurm accounting storage is disabled")
+            ids = next(arg for arg in argv if arg.startswith("--jobs=")).removeprefix("--jobs=").split(",")
+            if "--format=JobID,Submit" in argv:
+                assert env == {"SLURM_TIME_FORMAT": "standard"}
+                printed = "".join(f"{i}|{submitted[i]}\n" for i in ids)
+            else:
+                printed = "".join(f"{i}|COMPLETED|0:0\n" for i in ids)
+        elif argv[:3] == ["scontrol", "show", "config"]:
+            printed = f"JobCompType = jobcomp/filetxt\nJobCompLoc = {log}\n"
+        return CommandResult(tuple(argv), 0, printed, "")  # squeue: neither job is in the controller
+
+    monkeypatch.setattr(history, "run_command", run)
+    monkeypatch.setattr(scheduler, "run_command", run)
+    monkeypatch.setattr(history.os, "getuid", lambda: UID)
+    booted = slurm_time(BOOTED)
+    assert booted is not None
+    slurm = scheduler.SlurmScheduler()
+    assert slurm.confirm({"a": OWN, "b": REISSUED}, booted) == {"b"}
+    assert slurm.confirm({"a": OWN, "b": REISSUED}, booted + 3600) == set()  # both before that boot

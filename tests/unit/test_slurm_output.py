@@ -13,7 +13,7 @@ from milex_agent.scheduler.slurm.output import (
     exit_code_from_pair,
     ids_by_comment,
     iter_squeue_rows,
-    jobcomp_row,
+    jobcomp_line,
     sacct_rows,
     squeue_exit_code,
     squeue_rows,
@@ -96,12 +96,12 @@ def test_sacct_rows_keep_allocations_and_drop_steps() -> None:
 def test_jobcomp_lines_name_array_tasks_and_heterogeneous_components() -> None:
     lines = (CAPTURED / "jobcomp.log").read_text().splitlines()
     task = next(line for line in lines if "ArrayTaskId=2 " in line)
-    assert jobcomp_row(task) == ("0", TaskRow("189", "2", F, "", 137, array_task="2"))
+    assert jobcomp_line(task) == ("0", TaskRow("189", "2", F, "", 137, array_task="2"), "2026-11-25T17:30:21")
     het = (  # the format of SLURM 22.05's jobcomp_filetxt.c for a heterogeneous job's component
         "JobId=201 UserId=u(7) JobState=FAILED EligibleTime=x HetJobId=200 HetJobOffset=1 "
         "DerivedExitCode=0:0 ExitCode=2:0 "
     )
-    assert jobcomp_row(het) == ("7", TaskRow("200", "+1", F, "", 2))
+    assert jobcomp_line(het) == ("7", TaskRow("200", "+1", F, "", 2), "")
 
 
 def row(state: JobState, code: int | None = None, reason: str = "", task: str = "") -> TaskRow:

@@ -83,12 +83,14 @@ class Scheduler(Protocol):
         None for one that never forgets a job it accepted. Jobs accepted before that may be lost."""
         ...
 
-    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
-        """Of the jobs it accepted (ids by comment), the comments of those it no longer has, neither
-        queued, running nor ended, in one query (and one more for those not in the controller).
+    def confirm(self, accepted: Mapping[str, str], booted: float) -> set[str]:
+        """Of the jobs it accepted (ids by comment) before its controller started at `booted`, the
+        comments of those it no longer has, neither queued, running nor ended, in one query (and a few
+        more for those not in the controller).
 
         A controller killed and restarted from state saved before it accepted them has lost them, and
-        hands their ids out again: how the agent finds them after a silence, to submit them again.
+        hands their ids out again: how the agent finds them after a silence, to submit them again. A
+        job that has ended under a lost job's id since (submitted after `booted`) is another job.
         """
         ...
 

@@ -122,7 +122,7 @@ class LocalScheduler:
     def boot_time(self) -> float | None:
         return None
 
-    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+    def confirm(self, accepted: Mapping[str, str], booted: float) -> set[str]:
         """Its store loses nothing it accepted: a job is missing only if its directory was removed."""
         return set(accepted) - self.lookup(list(accepted)).keys()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from milex_agent.scheduler.slurm.command import run_command
@@ -13,15 +13,18 @@ from milex_agent.scheduler.slurm.output import (
     TaskRow,
     combine,
     ended_by_comment,
-    jobcomp_row,
+    jobcomp_line,
     sacct_rows,
+    slurm_time,
     statuses,
+    submit_times,
 )
 from milex_common.model import JobStatus
 
 # Job ids per sacct call: one argument holds at most 128 KiB, so an agent back after a long absence
 # with 20,000 forgotten jobs would fail every poll (E2BIG) asking about them all at once.
 SACCT_IDS = 5000
+STANDARD_TIME = {"SLURM_TIME_FORMAT": "standard"}  # times as slurm_time reads them
 
 
 class SlurmHistory:
@@ -39,6 +42,24 @@ class SlurmHistory:
         if missing:
             found.update(self._from_jobcomp(missing))
         return found
+
+    def given_again(self, job_ids: Sequence[str], booted: float) -> set[str]:
+        """Of `job_ids`, found by `states`, those whose record was submitted after `booted`, when the
+        controller last started: ids that a controller restarted from older state handed out again,
+        whose record is another job's (sacct shows an id's latest record)."""
+        submitted: dict[str, float] = {}
+        if self.accounting:
+            for start in range(0, len(job_ids), SACCT_IDS):
+                chunk = job_ids[start : start + SACCT_IDS]
+                # Submit in the standard format whatever the user's SLURM_TIME_FORMAT.
+                text = self._sacct("--format=JobID,Submit", f"--jobs={','.join(chunk)}", env=STANDARD_TIME)
+                submitted.update(submit_times(text or ""))
+        if self.jobcomp is not None:
+            for job_id in job_ids:
+                at = slurm_time(self.jobcomp.submitted.get(job_id, ""))
+                if job_id not in submitted and at is not None:
+                    submitted[job_id] = at
+        return {job_id for job_id in job_ids if submitted.get(job_id, booted) > booted}
 
     def find(self, comments: set[str]) -> dict[str, str]:
         """The ids of the jobs of the last week accounting has with these comments that have ended (it
@@ -61,9 +82,9 @@ class SlurmHistory:
             found.update(statuses(chunk, sacct_rows(text)))
         return found
 
-    def _sacct(self, *options: str) -> str | None:
+    def _sacct(self, *options: str, env: Mapping[str, str] | None = None) -> str | None:
         """What `sacct` prints for the allocations (not steps) `options` select; None when it fails."""
-        result = run_command(["sacct", "--noheader", "--parsable2", "--allocations", *options])
+        result = run_command(["sacct", "--noheader", "--parsable2", "--allocations", *options], env=env)
         if result.returncode != 0:
             # "Slurm accounting storage is disabled": ask once, not at every poll.
             self.accounting = "disabled" not in result.message
@@ -96,6 +117,7 @@ class JobCompLog:
         self.path = path
         self.uid = str(os.getuid() if uid is None else uid)
         self.finished: dict[str, dict[str, TaskRow]] = defaultdict(dict)  # by job id, then task
+        self.submitted: dict[str, str] = {}  # the SubmitTime of each job's last line, as printed
         self._offset = 0
         self._inode = 0
 
@@ -121,7 +143,8 @@ class JobCompLog:
         complete = added[: added.rfind(b"\n") + 1]  # a line still being written is read next time
         self._offset += len(complete)
         for line in complete.decode(errors="replace").splitlines():
-            uid, row = jobcomp_row(line)
+            uid, row, submitted = jobcomp_line(line)
             if uid == self.uid:
                 # By task: a requeued job's (or task's) last line replaces its earlier ones.
                 self.finished[row.job_id][row.task] = row
+                self.submitted[row.job_id] = submitted

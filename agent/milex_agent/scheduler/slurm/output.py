@@ -13,6 +13,7 @@ the worst task in it. An array's status carries its tasks too, each by the index
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -130,10 +131,18 @@ def sacct_rows(text: str) -> list[TaskRow]:
     return rows
 
 
-def jobcomp_row(line: str) -> tuple[str, TaskRow]:
-    """A line of the job-completion text log (jobcomp/filetxt): the uid of the job's user and the
-    row. An array's task names its array and index (`ArrayJobId=189 ArrayTaskId=2`), a
-    heterogeneous job's component its job and offset (`HetJobId=200 HetJobOffset=1`)."""
+class JobCompLine(NamedTuple):
+    """A line of the job-completion text log (jobcomp/filetxt)."""
+
+    uid: str  # of the job's user (the log holds everybody's jobs)
+    row: TaskRow
+    submitted: str  # SubmitTime, as SLURM printed it (see slurm_time)
+
+
+def jobcomp_line(line: str) -> JobCompLine:
+    """A line of the job-completion text log, read. An array's task names its array and index
+    (`ArrayJobId=189 ArrayTaskId=2`), a heterogeneous job's component its job and offset
+    (`HetJobId=200 HetJobOffset=1`)."""
     fields = dict(_JOBCOMP_FIELD.findall(line))
     uid = fields.get("UserId", "").partition("(")[2].rstrip(")")
     index = ""
@@ -145,7 +154,29 @@ def jobcomp_row(line: str) -> tuple[str, TaskRow]:
     else:
         job_id, task = fields.get("JobId", ""), ""
     state = JobState.from_slurm(fields.get("JobState", ""))
-    return uid, TaskRow(job_id, task, state, "", exit_code_from_pair(fields.get("ExitCode", "")), index)
+    row = TaskRow(job_id, task, state, "", exit_code_from_pair(fields.get("ExitCode", "")), index)
+    return JobCompLine(uid, row, fields.get("SubmitTime", ""))
+
+
+def slurm_time(text: str) -> float | None:
+    """A time SLURM printed in its standard format (`2026-11-25T17:30:21`, this host's local time),
+    in seconds since the epoch; None for anything else (`Unknown`, `None`, another format)."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def submit_times(text: str) -> dict[str, float]:
+    """When each job was submitted, from `sacct --noheader --parsable2 --format=JobID,Submit` run with
+    SLURM_TIME_FORMAT=standard (an array's tasks and a job's steps under the job's own id)."""
+    submitted: dict[str, float] = {}
+    for line in text.splitlines():
+        sacct_id, _, printed = line.partition("|")
+        at = slurm_time(printed)
+        if at is not None:
+            submitted[_SACCT_ID.split(sacct_id.strip(), maxsplit=1)[0]] = at
+    return submitted
 
 
 def combine(job_id: str, rows: Iterable[TaskRow]) -> JobStatus:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from milex_agent.scheduler.base import Limits, SubmitCall
 from milex_agent.scheduler.slurm.command import CommandResult, run_command
-from milex_agent.scheduler.slurm.history import SlurmHistory
+from milex_agent.scheduler.slurm.history import STANDARD_TIME, SlurmHistory
 from milex_agent.scheduler.slurm.limits import config_values, limit_refusal, read_limits
-from milex_agent.scheduler.slurm.output import ids_by_comment
+from milex_agent.scheduler.slurm.output import ids_by_comment, slurm_time
 from milex_agent.scheduler.slurm.poll import SqueuePoll
 from milex_agent.scheduler.slurm.sbatch import Sbatch
 from milex_agent.scheduler.slurm.usage import read_usage
@@ -89,24 +88,27 @@ class SlurmScheduler:
     def boot_time(self) -> float | None:
         # The standard time format whatever the user's SLURM_TIME_FORMAT: scontrol prints the boot
         # time in this host's local time, as time.mktime reads it.
-        result = run_command(["scontrol", "show", "config"], env={"SLURM_TIME_FORMAT": "standard"})
+        result = run_command(["scontrol", "show", "config"], env=STANDARD_TIME)
         if result.returncode != 0:
             error = SchedulerUnavailable if result.unanswered else SchedulerError
             raise error(f"scontrol show config failed: {result.message}")
-        try:
-            return time.mktime(time.strptime(config_values(result.stdout)["BOOT_TIME"], "%Y-%m-%dT%H:%M:%S"))
-        except (KeyError, ValueError):
-            raise SchedulerError("scontrol show config printed no BOOT_TIME Milex can read") from None
+        booted = slurm_time(config_values(result.stdout).get("BOOT_TIME", ""))
+        if booted is None:
+            raise SchedulerError("scontrol show config printed no BOOT_TIME Milex can read")
+        return booted
 
-    def confirm(self, accepted: Mapping[str, str]) -> set[str]:
+    def confirm(self, accepted: Mapping[str, str], booted: float) -> set[str]:
         if not accepted:
             return set()
         missing = {comment: job_id for comment, job_id in accepted.items()}
         for comment in self._in_controller(set(accepted)):
             del missing[comment]
         if missing:  # ended and forgotten since (the agent was away), or lost
-            ended = self.history.states(list(missing.values()))
-            missing = {c: i for c, i in missing.items() if i not in ended or not ended[i].state.finished}
+            found = self.history.states(list(missing.values()))
+            ended = [job_id for job_id, status in found.items() if status.state.finished]
+            # A record submitted after the restart is of another job, given a lost job's id again.
+            own = set(ended) - self.history.given_again(ended, booted)
+            missing = {comment: job_id for comment, job_id in missing.items() if job_id not in own}
         return set(missing)
 
     def _in_controller(self, comments: set[str]) -> dict[str, str]:
