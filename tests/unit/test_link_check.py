@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from milex.config.file import Machine
 from milex.machine.shell import machine_shell
-from milex.machine.ssh.errors import LinkDown, PromptUnavailable, TunnelError
+from milex.machine.ssh.errors import LinkDown, PromptUnavailable, TunnelError, TunnelStopping
 from milex.machine.ssh.session import SshSession, keepalive_answered
 from milex.machine.tunnel.control import (
     TunnelFiles,
@@ -31,6 +33,7 @@ from milex.machine.tunnel.control import (
     upload_in_tunnel,
 )
 from milex.machine.tunnel.service import RemoteAgent, TunnelService, _listen
+from milex_common.files import take_lock
 
 
 class Link:
@@ -207,8 +210,31 @@ def test_a_check_that_needs_an_answer_stops_the_tunnel_so_the_command_asks_it(ru
         assert service.stop.is_set()
 
 
-def test_without_a_check_socket_the_command_goes_on(runtime: Path) -> None:
-    check_link("m")  # no tunnel, or one of an older Milex: the command finds out by itself
+def test_a_tunnel_without_a_check_socket_lets_the_command_go_on_while_it_is_up(runtime: Path) -> None:
+    files = TunnelFiles.of("m")
+    files.directory.mkdir(mode=0o700)
+    lock = take_lock(files.path("lock"))  # a tunnel of an older Milex, up: the command finds out by itself
+    files.path("json").write_bytes(msgspec.json.encode(TunnelStatus(machine="m", state="up")))
+    try:
+        check_link("m")
+    finally:
+        os.close(lock)
+    with pytest.raises(TunnelStopping, match="the tunnel to m stopped before a check of its link"):
+        check_link("m")  # gone since: a new one replaces it
+
+
+def test_a_tunnel_that_closes_a_check_unanswered_is_stopping(runtime: Path) -> None:
+    """A command that finds the tunnel as it stops (an earlier command was told that the link needs a
+    code) is told so, and starts a new one: not an error that the check was closed."""
+    listener = _listen(TunnelFiles.of("m").path("check"))
+    closing = threading.Thread(target=lambda: listener.accept()[0].close())
+    closing.start()
+    try:
+        with pytest.raises(TunnelStopping, match="did not answer a check of its link: it closed the check"):
+            check_link("m")
+    finally:
+        closing.join()
+        listener.close()
 
 
 class Site:

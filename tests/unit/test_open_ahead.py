@@ -10,7 +10,7 @@ import pytest
 
 from milex.config.file import load_config
 from milex.machine import endpoint
-from milex.machine.ssh.errors import LinkDown
+from milex.machine.ssh.errors import LinkDown, PromptUnavailable, TunnelError, TunnelStopping
 from milex.machine.tunnel import control
 from milex.machine.tunnel.control import TunnelStatus
 from tests.unit.served import Served
@@ -97,3 +97,26 @@ def test_a_command_goes_to_the_tunnels_broker_and_checks_the_link_first_only_whe
     monkeypatch.setattr(control, "check_link", checks.append)
     assert endpoint.remote_endpoint(load_config().machine("cluster")) == endpoint_is
     assert checks == (["cluster"] if checked else [])
+
+
+@pytest.mark.parametrize("found", [PromptUnavailable("the server asks 'Code:'"), TunnelStopping("closed")])
+def test_a_tunnel_that_needs_a_code_or_is_stopping_is_replaced_by_one_that_asks_here(
+    milex_config, monkeypatch: pytest.MonkeyPatch, found: TunnelError
+) -> None:
+    old = TunnelStatus(machine="cluster", state="up", broker_socket="/run/old.zmq", link_error="reset")
+    new = TunnelStatus(machine="cluster", state="up", broker_socket="/run/new.zmq")
+    started: list[TunnelStatus] = []
+    stopped: list[str] = []
+
+    def start(machine: str, socket: str, **options: object) -> TunnelStatus:
+        started.append(new if started else old)
+        return started[-1]
+
+    def check(machine: str) -> None:
+        raise found
+
+    monkeypatch.setattr(control, "start_tunnel", start)
+    monkeypatch.setattr(control, "check_link", check)
+    monkeypatch.setattr(control, "stop_tunnel", stopped.append)
+    assert endpoint.remote_endpoint(load_config().machine("cluster")) == "ipc:///run/new.zmq"
+    assert (started, stopped) == ([old, new], ["cluster"])

@@ -39,7 +39,7 @@ def remote_endpoint(machine: Machine) -> str:
     """
     # Here, not at the top: a local machine's commands need none of the tunnel's code (~5 ms).
     from milex.machine.commands import remote_agent_command, remote_relay
-    from milex.machine.ssh.errors import PromptUnavailable
+    from milex.machine.ssh.errors import PromptUnavailable, TunnelStopping
     from milex.machine.tunnel.control import check_link, start_tunnel, stop_tunnel
 
     on_connect, relay = remote_agent_command(machine, "start"), remote_relay(machine)
@@ -50,7 +50,9 @@ def remote_endpoint(machine: Machine) -> str:
         return f"ipc://{status.broker_socket}"
     try:
         check_link(machine.name)
-    except PromptUnavailable:  # the new connection wants an answer (a second factor) the tunnel cannot ask
+    # The new connection wants an answer (a second factor) the tunnel cannot ask; or the tunnel was
+    # found as it stopped for that (a command before this one was told so): a new one, asking here.
+    except (PromptUnavailable, TunnelStopping):
         stop_tunnel(machine.name)
         status = start_tunnel(machine.name, "", relay=relay, on_connect=on_connect)  # asks on this terminal
     return f"ipc://{status.broker_socket or status.local_socket}"

@@ -34,6 +34,11 @@ class PromptUnavailable(AuthError):
     """The server wants a passphrase or an answer, and there is no terminal to ask the user."""
 
 
+class TunnelStopping(TunnelError):
+    """The tunnel closed a check of its link without an answer: it is stopping (it found that the link
+    needs a code it cannot ask, or it was told to stop). A new one replaces it."""
+
+
 ERRORS: dict[str, type[TunnelError]] = {
     kind.__name__: kind
     for kind in (TunnelError, LinkDown, UnknownHostError, HostKeyChangedError, AuthError, PromptUnavailable)

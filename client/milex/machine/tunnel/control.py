@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from milex.machine.ssh.errors import ERRORS, LinkDown, PromptUnavailable, TunnelError
+from milex.machine.ssh.errors import ERRORS, LinkDown, PromptUnavailable, TunnelError, TunnelStopping
 from milex_common.files import is_locked, private_directory, take_lock
 
 DEFAULT_IDLE = 30 * 60.0
@@ -197,8 +197,9 @@ def link_down_error(machine: str, reason: str) -> LinkDown:
 
 def check_link(machine: str) -> None:
     """Have the machine's tunnel make sure its SSH connection answers (or reconnect) before a command
-    relies on it; the error at once when it cannot (LinkDown when the machine does not answer). A
-    tunnel that has no check socket (it is gone, or of an older Milex) is left to the command."""
+    relies on it; the error at once when it cannot (LinkDown when the machine does not answer;
+    TunnelStopping when the tunnel stops before it answers). A tunnel up without a check socket (of an
+    older Milex) is left to the command."""
     import socket  # here: a command whose tunnel's broker answers never checks the link (~2 ms)
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as check:
@@ -206,13 +207,17 @@ def check_link(machine: str) -> None:
         try:
             check.connect(str(TunnelFiles.of(machine).path("check")))
         except (FileNotFoundError, ConnectionRefusedError):
-            return
+            if tunnel_status(machine).up:  # a tunnel of an older Milex: the command finds out by itself
+                return
+            raise TunnelStopping(f"the tunnel to {machine} stopped before a check of its link") from None
         try:
             line = check.makefile("rb").readline()
         except OSError as error:
-            raise TunnelError(
-                f"the tunnel to {machine} did not answer a check of its link: {error}"
-            ) from None
+            line, reason = b"", str(error)
+        else:
+            reason = "it closed the check"
+    if not line:  # it went as it was asked: stopping, as one that found the link needs a code does
+        raise TunnelStopping(f"the tunnel to {machine} did not answer a check of its link: {reason}")
     answer = parse_check(line)
     if answer is not None:
         raise link_down_error(machine, str(answer)) if isinstance(answer, LinkDown) else answer
