@@ -118,23 +118,54 @@ def test_a_stopped_spare_submits_nothing(seen: Path) -> None:
     assert len(submitted(seen)) == 1
 
 
-def test_an_old_or_dead_spare_is_replaced_not_used(seen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_spare_found_old_is_stopped_not_used(seen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = Sbatch()
     try:
         first = runner.start([], Path("a.sh"), SCRIPT)()
         old = spare(runner, seen, pid(first))
-        monkeypatch.setattr(sbatch, "SPARE_FOR", 0.0)
+        monkeypatch.setattr(sbatch, "SPARE_FOR", 0.0)  # older than that now, before the maker replaced it
         second = runner.start([], Path("b.sh"), SCRIPT)()
-        assert second.returncode == 0 and pid(second) != old
-        monkeypatch.setattr(sbatch, "SPARE_FOR", 300.0)
-        dead = spare(runner, seen, pid(first), old, pid(second))
-        os.kill(int(dead), 9)
-        time.sleep(0.2)
-        third = runner.start([], Path("c.sh"), SCRIPT)()
-        assert third.returncode == 0 and pid(third) != dead
     finally:
         runner.close()
-    assert old not in submitted(seen) and dead not in submitted(seen)
+    assert second.returncode == 0 and pid(second) != old
+    assert old not in submitted(seen)
+
+
+def test_a_dead_spare_is_replaced_not_used(seen: Path) -> None:
+    runner = Sbatch()
+    try:
+        first = runner.start([], Path("a.sh"), SCRIPT)()
+        dead = spare(runner, seen, pid(first))
+        os.kill(int(dead), 9)
+        time.sleep(0.2)
+        second = runner.start([], Path("b.sh"), SCRIPT)()
+        assert second.returncode == 0 and pid(second) != dead
+    finally:
+        runner.close()
+    assert dead not in submitted(seen)
+
+
+def test_a_spare_that_waited_its_time_is_replaced_by_a_fresh_one(
+    seen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sbatch, "SPARE_FOR", 0.5)
+    runner = Sbatch()
+    try:
+        first = runner.start([], Path("a.sh"), SCRIPT)()
+        old = spare(runner, seen, pid(first))
+        deadline = time.monotonic() + 10
+        while runner.waiting in (None, int(old)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fresh = runner.waiting
+        assert fresh not in (None, int(old)), "the old spare was not replaced"
+        second = runner.start([], Path("b.sh"), SCRIPT)()
+    finally:
+        runner.close()
+    started = (seen / "started").read_text().split()
+    assert started.index(pid(second)) > started.index(old)  # a spare started after the old one
+    assert old not in submitted(seen)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(old), 0)  # stopped, and reaped
 
 
 def test_a_script_sbatch_must_read_from_its_file_is_given_by_path_in_argv(seen: Path) -> None:

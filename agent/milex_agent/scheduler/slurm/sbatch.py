@@ -11,7 +11,8 @@ lines instead: sbatch reads options there from a script given on stdin, as it do
 Nothing is submitted before the script is written: the ledger records the intent first, and a spare
 whose stdin closes empty (the agent stopped) exits refusing an empty script. A spare older than
 `SPARE_FOR` seconds is replaced rather than used, so that the configuration it read is never older
-than that; the scheduler's `close` (the agent's exit) stops the one waiting.
+than that (the maker replaces it then; a call that finds one older stops it); the scheduler's
+`close` (the agent's exit) stops the one waiting.
 """
 
 from __future__ import annotations
@@ -118,24 +119,34 @@ class Sbatch:
             self._idle.notify_all()
 
     def _make_spares(self) -> None:
-        """Start a spare whenever none waits and no call has been made for IDLE_BEFORE_SPARE."""
+        """Start a spare whenever none waits and no call has been made for IDLE_BEFORE_SPARE; replace
+        one that has waited SPARE_FOR, so that a call after a long pause finds a fresh one."""
         with self._idle:
             while not self._closed:
-                if self._spare is not None or self._calls or self._failed:
-                    self._idle.wait()
+                due_in = self._spare_due_in()
+                if due_in is None or due_in > 0:
+                    self._idle.wait(due_in)
                     continue
-                idle_for = time.monotonic() - self._last
-                if idle_for < IDLE_BEFORE_SPARE:
-                    self._idle.wait(IDLE_BEFORE_SPARE - idle_for)
-                    continue
+                old, self._spare = self._spare, None
                 self._idle.release()
                 try:
+                    if old is not None:
+                        _stop(old[1])
                     process: subprocess.Popen[str] | None = spawn(SBATCH, reads_stdin=True)
                 except SchedulerError:  # the next call starts its own, and says why it cannot
                     process = None
                 finally:
                     self._idle.acquire()
                 self._keep(process)
+
+    def _spare_due_in(self) -> float | None:
+        """Seconds until a spare is to be started (or the waiting one replaced), the lock held; None
+        while calls are in flight or the last spare could not start (until the next call)."""
+        if self._calls or self._failed:
+            return None
+        if self._spare is not None:
+            return self._spare[0] + SPARE_FOR - time.monotonic()
+        return self._last + IDLE_BEFORE_SPARE - time.monotonic()
 
     def _keep(self, process: subprocess.Popen[str] | None) -> None:
         """Keep the spare just started (the lock held), unless a call came or `close` meanwhile."""
