@@ -123,9 +123,9 @@ class AgentSubmitter:
     ) -> Submitted | AppVersionsReply:
         """The Submitted reply (or the version check's refusal, when asked), passing on the progress
         that comes before it."""
-        final: tuple[type[Submitted | AppVersionsReply], ...] = (Submitted,)
-        if request.check_versions:
-            final = (Submitted, AppVersionsReply)
+        final: tuple[type[Submitted | AppVersionsReply], ...] = (
+            (Submitted, AppVersionsReply) if request.check_versions else (Submitted,)
+        )
         if not request.progress:  # the agent answers once every job is submitted: give it their time
             timeout = DEFAULT_TIMEOUT + SECONDS_PER_JOB * len(request.bundle.jobs)
             if request.check_versions:  # and the time of the check, first
@@ -134,9 +134,9 @@ class AgentSubmitter:
         expect: tuple[type[Submitted | AppVersionsReply | SubmitProgress], ...] = (SubmitProgress, *final)
         while True:
             reply = self.connection.receive(request_id, PROGRESS_TIMEOUT, expect=expect)
-            if isinstance(reply, (Submitted, AppVersionsReply)):
+            if not isinstance(reply, SubmitProgress):
                 return reply
-            if isinstance(reply, SubmitProgress) and on_progress is not None:
+            if on_progress is not None:
                 on_progress(reply)
 
     def tracked(self, job_ids: Sequence[str] = (), bundle: str = "", *, usage: bool = False) -> StatusReply:
