@@ -31,7 +31,7 @@ held = "#!/bin/sh\\n#SBATCH --hold\\n#SBATCH --output=/dev/null\\n"
 scheduler, ids = SlurmScheduler(), []
 
 def spare():
-    while scheduler.sbatch.waiting is None:  # started once no call has been made for a moment
+    while scheduler.sbatch.waiting is None:  # started while at most one call is in flight
         time.sleep(0.05)
     return scheduler.sbatch.waiting
 

@@ -188,17 +188,35 @@ def test_a_script_larger_than_a_pipe_holds_is_written_by_the_waiting_thread(seen
     assert submitted(seen)[pid(result)] == with_directives(large, ["--comment=c"]).rstrip("\n")
 
 
-def test_a_burst_of_calls_starts_no_spare_until_it_pauses(
-    seen: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bundle's calls keep the login node's cores to themselves: a spare waits for a pause."""
-    monkeypatch.setattr(sbatch, "IDLE_BEFORE_SPARE", 2.0)
+def test_calls_made_together_start_no_spare_until_at_most_one_is_in_flight(seen: Path) -> None:
+    """A bundle's independent jobs keep the login node's cores to themselves: while two calls are in
+    flight, no spare waits (one started as the first call began is stopped); once one call is left,
+    the next call's is started."""
     runner = Sbatch()
     try:
-        results = [runner.start([], Path(f"{n}.sh"), SCRIPT)() for n in range(3)]
-        time.sleep(0.5)
-        assert sorted((seen / "started").read_text().split()) == sorted(pid(r) for r in results)
-        ahead = spare(runner, seen, *(pid(r) for r in results))  # once idle for 2 s
-        assert pid(runner.start([], Path("4.sh"), SCRIPT)()) == ahead
+        first = runner.start([], Path("1.sh"), SCRIPT)
+        second = runner.start([], Path("2.sh"), SCRIPT)
+        time.sleep(0.5)  # the stand-ins have ended; their calls are still in flight until answered
+        assert runner.waiting is None
+        both = [pid(first()), pid(second())]
+        started = (seen / "started").read_text().split()
+        ahead = spare(runner, seen, *started)
+        assert pid(runner.start([], Path("3.sh"), SCRIPT)()) == ahead
+    finally:
+        runner.close()
+    assert set(submitted(seen)) == {*both, ahead}
+
+
+def test_a_chains_next_sbatch_starts_while_the_one_before_runs(seen: Path) -> None:
+    """One call in flight: the next call's sbatch is started meanwhile, and the next call takes it."""
+    runner = Sbatch()
+    try:
+        first = runner.start([], Path("1.sh"), SCRIPT)
+        deadline = time.monotonic() + 10
+        while runner.waiting is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ahead = runner.waiting  # started while the first call was still in flight
+        assert ahead is not None and pid(first()) != str(ahead)
+        assert pid(runner.start(["--dependency=afterok:1"], Path("2.sh"), SCRIPT)()) == str(ahead)
     finally:
         runner.close()

@@ -1,10 +1,12 @@
 """sbatch started ahead of its call: the next submission finds one waiting for its script.
 
 sbatch spends much of its time before it reads its script: the process's start, SLURM's libraries and
-slurm.conf (about 2.5 of 7 ms on the test cluster). One started while nothing waits for it (after a
-pause in the calls) leaves the next submission little more than the part that talks to the
-controller. In a burst of calls (a bundle) none is started: on a login node of few cores the spare's
-start-up would only take the CPU from the calls in flight and the controller. What argv
+slurm.conf (about 2.5 of 7 ms on the test cluster). One started ahead leaves the next submission
+little more than the part that talks to the controller. A spare is started whenever at most one call
+is in flight: a chain's next sbatch starts while the one before talks to the controller (each job
+waits for the id of the one before), and a lone submission's is ready for the next. While several
+are in flight (a bundle's independent jobs) none is started: on a login node of few cores the
+spare's start-up would only take the CPU from the calls in flight and the controller. What argv
 would carry for the call (the dependency, the comment) goes into the script's header as `#SBATCH`
 lines instead: sbatch reads options there from a script given on stdin, as it does from a file.
 
@@ -31,8 +33,6 @@ from milex_common.errors import SchedulerError
 SBATCH = ("sbatch", "--parsable")
 # What a pipe holds before its writer waits (Linux: 64 KiB): a script this size is written at once.
 PIPE_TAKES = 60 * 1024
-# How long sbatch must have been idle before a spare is started (calls closer than this are a burst).
-IDLE_BEFORE_SPARE = 0.05
 SPARE_FOR = 300.0  # seconds a spare may wait for its script; an older one is replaced, not used
 # An option a header line carries as argv does: sbatch splits header lines on blanks and quotes.
 _PLAIN_OPTION = re.compile(r"--[a-z-]+=[^\s'\"\\#]+")
@@ -40,15 +40,14 @@ _PLAIN_OPTION = re.compile(r"--[a-z-]+=[^\s'\"\\#]+")
 
 class Sbatch:
     """Runs sbatch for each submission, given its script as text or by path, with one started ahead
-    once no call has been made for `IDLE_BEFORE_SPARE`: a burst of calls (a bundle) keeps the cores of
-    the login node to itself, and the call after a pause finds an sbatch ready."""
+    while at most one call is in flight: the next call (of a chain, or after a pause) finds an sbatch
+    ready, and calls made together (a bundle's) keep the cores of the login node to themselves."""
 
     def __init__(self) -> None:
         # Submissions start from the agent's loop and end on workers; the spare's maker waits here.
         self._idle = threading.Condition()
         self._spare: tuple[float, subprocess.Popen[str]] | None = None
         self._calls = 0  # in flight
-        self._last = time.monotonic()  # when the last call started or ended
         self._maker: threading.Thread | None = None
         self._closed = False
         self._failed = False  # the last spare could not start: none until the next call
@@ -93,10 +92,11 @@ class Sbatch:
         with self._idle:
             spare, self._spare = self._spare, None
             self._calls += 1
-            self._last, self._failed = time.monotonic(), False
+            self._failed = False
             if self._maker is None and not self._closed:
                 self._maker = threading.Thread(target=self._make_spares, name="milex-sbatch", daemon=True)
                 self._maker.start()
+            self._idle.notify_all()  # the maker starts the next call's spare while this one runs
         if spare is None:
             return None
         started, process = spare
@@ -115,12 +115,11 @@ class Sbatch:
     def _ended(self) -> None:
         with self._idle:
             self._calls -= 1
-            self._last = time.monotonic()
             self._idle.notify_all()
 
     def _make_spares(self) -> None:
-        """Start a spare whenever none waits and no call has been made for IDLE_BEFORE_SPARE; replace
-        one that has waited SPARE_FOR, so that a call after a long pause finds a fresh one."""
+        """Start a spare whenever none waits and at most one call is in flight; replace one that has
+        waited SPARE_FOR, so that a call after a long pause finds a fresh one."""
         with self._idle:
             while not self._closed:
                 due_in = self._spare_due_in()
@@ -141,18 +140,19 @@ class Sbatch:
 
     def _spare_due_in(self) -> float | None:
         """Seconds until a spare is to be started (or the waiting one replaced), the lock held; None
-        while calls are in flight or the last spare could not start (until the next call)."""
-        if self._calls or self._failed:
+        while several calls are in flight or the last spare could not start (until the next call)."""
+        if self._calls > 1 or self._failed:
             return None
         if self._spare is not None:
             return self._spare[0] + SPARE_FOR - time.monotonic()
-        return self._last + IDLE_BEFORE_SPARE - time.monotonic()
+        return 0.0
 
     def _keep(self, process: subprocess.Popen[str] | None) -> None:
-        """Keep the spare just started (the lock held), unless a call came or `close` meanwhile."""
+        """Keep the spare just started (the lock held), unless calls came together or `close` did
+        meanwhile."""
         if process is None:
             self._failed = True
-        elif self._closed or self._calls:
+        elif self._closed or self._calls > 1:
             _stop(process)
         else:
             self._spare = (time.monotonic(), process)
