@@ -61,6 +61,8 @@ class Sbatch:
             return start_command(argv, stdin=text)
         process = self._take() or self._spawn_or_end()
         given = _give(process, headed)
+        with self._idle:  # the next call's spare is started while this one runs: after it is given
+            self._idle.notify_all()  # its script, as the spawn holds this process's GIL a moment
 
         def answer() -> CommandResult:
             try:
@@ -96,7 +98,6 @@ class Sbatch:
             if self._maker is None and not self._closed:
                 self._maker = threading.Thread(target=self._make_spares, name="milex-sbatch", daemon=True)
                 self._maker.start()
-            self._idle.notify_all()  # the maker starts the next call's spare while this one runs
         if spare is None:
             return None
         started, process = spare
