@@ -198,9 +198,9 @@ def test_calls_made_together_start_no_spare_until_at_most_one_is_in_flight(seen:
         second = runner.start([], Path("2.sh"), SCRIPT)
         time.sleep(0.5)  # the stand-ins have ended; their calls are still in flight until answered
         assert runner.waiting is None
+        started = (seen / "started").read_text().split()  # the calls', and a spare stopped, if any
         both = [pid(first()), pid(second())]
-        started = (seen / "started").read_text().split()
-        ahead = spare(runner, seen, *started)
+        ahead = spare(runner, seen, *started)  # started once one call was answered
         assert pid(runner.start([], Path("3.sh"), SCRIPT)()) == ahead
     finally:
         runner.close()
