@@ -33,7 +33,7 @@ def test_quick_run_writes_every_section(tmp_path: Path, slurm_cluster: None) -> 
     assert all(row["n"] >= 1 for rows in latency.values() for row in rows.values())
     assert latency["20"]["milex_api"]["median"] > 0.020  # at least the round trip the relay adds
     assert results["load"]["watching"]["commands"]["squeue"] >= 1  # the wrappers saw the agent's polls
-    assert len(results["goals"]) == 9
+    assert len(results["goals"]) == 10
     assert [row["clients"] for row in results["scale"]["clients"]["counts"].values()] == [1, 3]
     assert all(
         row["clients_without_the_event"] == 0 for row in results["scale"]["clients"]["counts"].values()
