@@ -127,7 +127,7 @@ def test_a_limit_the_agent_cannot_read_is_learnt_from_slurms_refusal(
 def test_an_array_past_max_array_size_runs_every_task_once_as_one_array(
     laptop: MilexHome, login_node: LoginNode
 ) -> None:
-    tasks = 2500  # the cluster's MaxArraySize is 1000: three windows, at 0, 1000 and 2000
+    tasks = 2050  # the cluster's MaxArraySize is 1000: three windows, at 0, 1000 and 2000 (of 50)
     record = 'echo "$SLURM_ARRAY_TASK_ID" >> ~/array-tasks.txt; echo "task $SLURM_ARRAY_TASK_ID"'
     job = Job(name="tasks", script="true", pre_commands=[record], slurm=SlurmOptions(array=f"0-{tasks - 1}"))
     bundle = Bundle(name="wide", created=time.strftime("%Y%m%d%H%M%S"), jobs={"tasks": job})
